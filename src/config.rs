@@ -1,0 +1,85 @@
+//! Command-line configuration. Every flag has an environment fallback (`MESHCA_*`) for the
+//! Helm chart; names follow cert-manager's where one exists, so operators recognise them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::duration::parse_go_duration;
+
+/// mesh-ca-issuer: a cert-manager external issuer for istiod's intermediate CA.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "mesh-ca-issuer", version, about, long_about = None)]
+pub struct Config {
+    /// Path to a kubeconfig. Without it: $KUBECONFIG, ~/.kube/config, then in-cluster config.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespace from which ClusterMeshCAIssuers read their Secrets (root CA, credentials).
+    #[arg(
+        long,
+        env = "MESHCA_CLUSTER_RESOURCE_NAMESPACE",
+        default_value = "cert-manager"
+    )]
+    pub cluster_resource_namespace: String,
+
+    /// Limit the controller to one namespace (requests, issuers, IstioCACerts). ClusterMeshCAIssuers
+    /// are then disabled, as with cert-manager's --namespace.
+    #[arg(long, env = "MESHCA_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Address of the one HTTP listener serving /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "MESHCA_METRICS_LISTEN_ADDRESS",
+        default_value = "0.0.0.0:9402"
+    )]
+    pub metrics_listen_address: SocketAddr,
+
+    /// How often every issuer is re-checked even when nothing changed (a root can expire or
+    /// disappear without any event), as a Go duration.
+    #[arg(long, env = "MESHCA_ISSUER_RECHECK_INTERVAL", default_value = "5m", value_parser = go_duration)]
+    pub issuer_recheck_interval: Duration,
+
+    /// Log output format.
+    #[arg(long, env = "MESHCA_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing-subscriber EnvFilter syntax), e.g. "info" or "mesh_ca_issuer=debug".
+    #[arg(long, env = "MESHCA_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn go_duration(s: &str) -> Result<Duration, String> {
+    parse_go_duration(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_cert_manager_familiar() {
+        let c = Config::try_parse_from(["mesh-ca-issuer"]).unwrap();
+        assert_eq!(c.cluster_resource_namespace, "cert-manager");
+        assert_eq!(c.issuer_recheck_interval, Duration::from_secs(300));
+        assert_eq!(c.metrics_listen_address.port(), 9402);
+        assert!(c.namespace.is_none());
+    }
+
+    #[test]
+    fn bad_duration_is_rejected_with_the_flag_name() {
+        let err = Config::try_parse_from(["mesh-ca-issuer", "--issuer-recheck-interval", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--issuer-recheck-interval"), "{err}");
+    }
+}

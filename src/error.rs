@@ -1,0 +1,51 @@
+//! Errors of the controller process and their one classification into retry kinds.
+
+use std::time::Duration;
+
+/// Everything that can go wrong outside a single reconcile's decision logic.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not build a Kubernetes client configuration: {0}")]
+    KubeConfig(String),
+
+    #[error("Kubernetes API request failed: {context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("could not serve the admin endpoint on {address}: {source}")]
+    AdminListener {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps a kube error with what we were doing and on which object.
+    pub fn kube(context: impl Into<String>, source: kube::Error) -> Self {
+        Error::Kube {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True when the API server answered 409 Conflict: someone else wrote first. A conflict
+    /// is a requeue, never a failure.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube { source: kube::Error::Api(s), .. } if s.code == 409)
+    }
+
+    /// How long to wait before the reconcile that failed with this error runs again.
+    pub fn requeue_after(&self) -> Duration {
+        if self.is_conflict() {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        }
+    }
+}

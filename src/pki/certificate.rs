@@ -1,0 +1,183 @@
+//! A parsed X.509 certificate and the questions we ask of it: who, until when, may it sign
+//! certificates, was it signed by that other certificate.
+
+use jiff::Timestamp;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer;
+
+use super::{PkiError, pem, sha256_fingerprint};
+use crate::api::issuer::CertificateSummary;
+
+/// A certificate kept as DER; fields are read on demand from a fresh parse (cheap, and it
+/// avoids a self-referential struct).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Certificate {
+    der: Vec<u8>,
+}
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("subject", &self.subject())
+            .field("sha256", &self.fingerprint())
+            .finish()
+    }
+}
+
+/// BasicConstraints as found in a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaConstraints {
+    pub is_ca: bool,
+    pub path_len: Option<u32>,
+}
+
+impl Certificate {
+    pub fn from_der(der: Vec<u8>) -> Result<Self, PkiError> {
+        let (rest, _) = X509Certificate::from_der(&der)
+            .map_err(|e| PkiError::MalformedCertificate(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(PkiError::MalformedCertificate(
+                "trailing bytes after the certificate".into(),
+            ));
+        }
+        Ok(Self { der })
+    }
+
+    /// Every certificate in a PEM bundle, in order. Any non-certificate block is an error.
+    pub fn parse_pem_bundle(input: &[u8], what: &'static str) -> Result<Vec<Self>, PkiError> {
+        pem::decode_expecting(input, pem::CERTIFICATE, what)?
+            .into_iter()
+            .map(Self::from_der)
+            .collect()
+    }
+
+    fn parsed(&self) -> X509Certificate<'_> {
+        // Parsing succeeded in `from_der`, and the bytes are immutable.
+        match X509Certificate::from_der(&self.der) {
+            Ok((_, cert)) => cert,
+            Err(_) => unreachable!("certificate DER was validated on construction"),
+        }
+    }
+
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    pub fn to_pem(&self) -> String {
+        pem::encode(pem::CERTIFICATE, &self.der)
+    }
+
+    /// The subject as an RFC 4514-style string, for status, events and logs.
+    pub fn subject(&self) -> String {
+        self.parsed().subject().to_string()
+    }
+
+    pub fn raw_subject(&self) -> Vec<u8> {
+        self.parsed().subject().as_raw().to_vec()
+    }
+
+    pub fn raw_issuer(&self) -> Vec<u8> {
+        self.parsed().issuer().as_raw().to_vec()
+    }
+
+    pub fn not_before(&self) -> Timestamp {
+        asn1_to_timestamp(self.parsed().validity().not_before.timestamp())
+    }
+
+    pub fn not_after(&self) -> Timestamp {
+        asn1_to_timestamp(self.parsed().validity().not_after.timestamp())
+    }
+
+    /// True when `now` lies within notBefore..=notAfter.
+    pub fn is_valid_at(&self, now: Timestamp) -> bool {
+        self.not_before() <= now && now <= self.not_after()
+    }
+
+    pub fn fingerprint(&self) -> String {
+        sha256_fingerprint(&self.der)
+    }
+
+    pub fn serial_hex(&self) -> String {
+        super::hex(self.parsed().raw_serial())
+    }
+
+    /// The DER SubjectPublicKeyInfo.
+    pub fn public_key_info(&self) -> Vec<u8> {
+        self.parsed().public_key().raw.to_vec()
+    }
+
+    pub fn ca_constraints(&self) -> Option<CaConstraints> {
+        let cert = self.parsed();
+        let bc = cert.basic_constraints().ok().flatten()?;
+        Some(CaConstraints {
+            is_ca: bc.value.ca,
+            path_len: bc.value.path_len_constraint,
+        })
+    }
+
+    pub fn is_ca(&self) -> bool {
+        self.ca_constraints().is_some_and(|c| c.is_ca)
+    }
+
+    /// Whether the KeyUsage extension allows signing certificates; `None` when absent.
+    pub fn key_usage_cert_sign(&self) -> Option<bool> {
+        let cert = self.parsed();
+        let ku = cert.key_usage().ok().flatten()?;
+        Some(ku.value.key_cert_sign())
+    }
+
+    /// Whether the certificate carries an ExtendedKeyUsage that excludes serverAuth. Go's
+    /// `x509.Verify` (istiod's check) rejects such an intermediate.
+    pub fn eku_excludes_server_auth(&self) -> bool {
+        let cert = self.parsed();
+        match cert.extended_key_usage().ok().flatten() {
+            Some(eku) => !(eku.value.any || eku.value.server_auth),
+            None => false,
+        }
+    }
+
+    pub fn uri_sans(&self) -> Vec<String> {
+        let cert = self.parsed();
+        let mut out = Vec::new();
+        for ext in cert.extensions() {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+                for name in &san.general_names {
+                    if let GeneralName::URI(uri) = name {
+                        out.push(uri.to_string());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// True when `issuer`'s key verifies this certificate's signature and the names chain.
+    pub fn is_signed_by(&self, issuer: &Certificate) -> bool {
+        let cert = self.parsed();
+        let issuer_cert = issuer.parsed();
+        cert.issuer().as_raw() == issuer_cert.subject().as_raw()
+            && cert
+                .verify_signature(Some(issuer_cert.public_key()))
+                .is_ok()
+    }
+
+    /// True for a self-signed certificate (a root).
+    pub fn is_self_signed(&self) -> bool {
+        self.is_signed_by(self)
+    }
+
+    pub fn summary(&self) -> CertificateSummary {
+        CertificateSummary {
+            subject: self.subject(),
+            not_before: self.not_before().to_string(),
+            not_after: self.not_after().to_string(),
+            fingerprint_sha256: self.fingerprint(),
+        }
+    }
+}
+
+fn asn1_to_timestamp(unix_seconds: i64) -> Timestamp {
+    // ASN.1 times lie within years 1950..=9999, always representable.
+    Timestamp::from_second(unix_seconds).unwrap_or(Timestamp::MAX)
+}

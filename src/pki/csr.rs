@@ -1,0 +1,182 @@
+//! PKCS#10 certificate signing requests: decoded strictly and verified before anything else
+//! looks at them. A request that is not exactly one well-formed, correctly self-signed CSR is
+//! refused with a message that says which of those it is not.
+
+use std::net::IpAddr;
+
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer;
+
+use super::{PkiError, pem};
+
+/// A subject alternative name we know how to carry into a certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubjectAltName {
+    Dns(String),
+    Uri(String),
+    Ip(IpAddr),
+    Email(String),
+}
+
+/// What a decoded and verified CSR asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateSigningRequest {
+    der: Vec<u8>,
+    /// The subject, RFC 4514-style, for messages.
+    pub subject: String,
+    /// The DER SubjectPublicKeyInfo.
+    pub public_key_info: Vec<u8>,
+    pub sans: Vec<SubjectAltName>,
+    /// BasicConstraints in the CSR's requested extensions, if any (cert-manager omits them by default).
+    pub requested_ca: Option<(bool, Option<u32>)>,
+}
+
+impl CertificateSigningRequest {
+    /// Decodes `spec.request`: exactly one PEM `CERTIFICATE REQUEST` whose signature verifies.
+    pub fn from_pem(input: &[u8]) -> Result<Self, PkiError> {
+        let what = "spec.request";
+        let blocks = pem::decode_all(input, what)?;
+        let mut csrs = Vec::new();
+        for (label, der) in blocks {
+            match label.as_str() {
+                pem::CERTIFICATE_REQUEST | "NEW CERTIFICATE REQUEST" => csrs.push(der),
+                _ => {
+                    return Err(PkiError::UnexpectedPemType {
+                        what,
+                        found: label,
+                        expected: pem::CERTIFICATE_REQUEST,
+                    });
+                }
+            }
+        }
+        if csrs.len() != 1 {
+            return Err(PkiError::NotOneCsr {
+                what,
+                count: csrs.len(),
+            });
+        }
+        Self::from_der(csrs.remove(0))
+    }
+
+    pub fn from_der(der: Vec<u8>) -> Result<Self, PkiError> {
+        let (rest, csr) = X509CertificationRequest::from_der(&der)
+            .map_err(|e| PkiError::MalformedCsr(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(PkiError::MalformedCsr(
+                "trailing bytes after the request".into(),
+            ));
+        }
+        csr.verify_signature()
+            .map_err(|_| PkiError::CsrSignatureInvalid)?;
+        let info = &csr.certification_request_info;
+        let mut sans = Vec::new();
+        let mut requested_ca = None;
+        if let Some(extensions) = csr.requested_extensions() {
+            for ext in extensions {
+                match ext {
+                    ParsedExtension::SubjectAlternativeName(san) => {
+                        for name in &san.general_names {
+                            sans.push(convert_san(name)?);
+                        }
+                    }
+                    ParsedExtension::BasicConstraints(bc) => {
+                        requested_ca = Some((bc.ca, bc.path_len_constraint));
+                    }
+                    // KeyUsage and ExtendedKeyUsage are decided by the issuer, not copied;
+                    // other requested extensions are not carried into the certificate.
+                    _ => {}
+                }
+            }
+        }
+        let subject = info.subject.to_string();
+        let public_key_info = info.subject_pki.raw.to_vec();
+        Ok(Self {
+            subject,
+            public_key_info,
+            sans,
+            requested_ca,
+            der,
+        })
+    }
+
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// The raw DER of the subject name.
+    pub fn raw_subject(&self) -> Vec<u8> {
+        match X509CertificationRequest::from_der(&self.der) {
+            Ok((_, csr)) => csr.certification_request_info.subject.as_raw().to_vec(),
+            Err(_) => unreachable!("CSR DER was validated on construction"),
+        }
+    }
+
+    /// `spiffe://` URI SANs.
+    pub fn spiffe_ids(&self) -> impl Iterator<Item = &str> {
+        self.sans.iter().filter_map(|san| match san {
+            SubjectAltName::Uri(uri) if uri.to_ascii_lowercase().starts_with("spiffe://") => {
+                Some(uri.as_str())
+            }
+            _ => None,
+        })
+    }
+}
+
+fn convert_san(name: &GeneralName<'_>) -> Result<SubjectAltName, PkiError> {
+    Ok(match name {
+        GeneralName::DNSName(dns) => SubjectAltName::Dns(dns.to_string()),
+        GeneralName::URI(uri) => SubjectAltName::Uri(uri.to_string()),
+        GeneralName::RFC822Name(email) => SubjectAltName::Email(email.to_string()),
+        GeneralName::IPAddress(bytes) => match bytes.len() {
+            4 => {
+                let octets: [u8; 4] = [bytes[0], bytes[1], bytes[2], bytes[3]];
+                SubjectAltName::Ip(IpAddr::from(octets))
+            }
+            16 => {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(bytes);
+                SubjectAltName::Ip(IpAddr::from(octets))
+            }
+            n => return Err(PkiError::UnsupportedSan(format!("IP address of {n} bytes"))),
+        },
+        other => return Err(PkiError::UnsupportedSan(format!("{other}"))),
+    })
+}
+
+/// The trust domain of a `spiffe://` ID (its authority, lower-cased), or `None` when malformed.
+pub fn spiffe_trust_domain(uri: &str) -> Option<String> {
+    let rest = uri
+        .get(..9)
+        .filter(|s| s.eq_ignore_ascii_case("spiffe://"))
+        .map(|_| &uri[9..])?;
+    let domain = rest.split('/').next()?;
+    let valid = !domain.is_empty()
+        && domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    valid.then(|| domain.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spiffe_trust_domains() {
+        let cases = [
+            (
+                "spiffe://cluster.local/ns/istio-system/sa/istiod",
+                Some("cluster.local"),
+            ),
+            ("SPIFFE://Cluster.Local/ns/x", Some("cluster.local")),
+            ("spiffe://example.org", Some("example.org")),
+            ("spiffe:///ns/x", None),
+            ("spiffe://bad domain/x", None),
+            ("https://example.org", None),
+        ];
+        for (uri, expected) in cases {
+            assert_eq!(spiffe_trust_domain(uri).as_deref(), expected, "{uri}");
+        }
+    }
+}

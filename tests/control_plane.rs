@@ -1,0 +1,260 @@
+//! The local control plane is a real Kubernetes API server: custom resources are written and
+//! read back, status is server-side applied through `/status`, watches deliver changes, RBAC
+//! denies an unprivileged identity, and the controller binary becomes healthy and ready.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use mesh_ca_issuer::api::cert_manager::{
+    CertificateRequest, CertificateRequestSpec, IssuerReference,
+};
+use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer};
+use support::{TEST_MANAGER, TestNamespace, admin_client, client_with_token, ensure_crds};
+
+fn request(name: &str) -> CertificateRequest {
+    CertificateRequest::new(
+        name,
+        CertificateRequestSpec {
+            issuer_ref: IssuerReference {
+                name: "mesh".into(),
+                kind: Some("MeshCAIssuer".into()),
+                group: Some("meshca.io".into()),
+            },
+            request: b"-----BEGIN CERTIFICATE REQUEST-----\n".to_vec(),
+            is_ca: Some(true),
+            ..Default::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn custom_resource_write_is_stored_and_read_back() {
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let ns = TestNamespace::create(&client, "cp-cr-write").await;
+    let issuers: Api<MeshCAIssuer> = ns.api();
+    let spec = IssuerSpec {
+        local_ca: Some(LocalCA {
+            secret_name: "root-ca".into(),
+            bootstrap: None,
+        }),
+        ..Default::default()
+    };
+    issuers
+        .create(
+            &PostParams::default(),
+            &MeshCAIssuer::new("mesh", spec.clone()),
+        )
+        .await
+        .unwrap();
+
+    let stored = issuers.get("mesh").await.unwrap();
+    assert_eq!(stored.spec, spec);
+    // The API server applied the schema's defaults to the policy we left out.
+    assert!(stored.spec.policy.require_ca);
+    assert_eq!(stored.metadata.generation, Some(1));
+}
+
+#[tokio::test]
+async fn server_side_apply_on_status_keeps_each_managers_condition() {
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let ns = TestNamespace::create(&client, "cp-ssa-status").await;
+    let requests: Api<CertificateRequest> = ns.api();
+    requests
+        .create(&PostParams::default(), &request("r1"))
+        .await
+        .unwrap();
+
+    // The approver's condition, then ours, each applied by its own field manager.
+    let approved = serde_json::json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+        "status": {"conditions": [{"type": "Approved", "status": "True", "reason": "test", "message": "ok"}]}
+    });
+    requests
+        .patch_status(
+            "r1",
+            &PatchParams::apply("approver-stand-in"),
+            &Patch::Apply(&approved),
+        )
+        .await
+        .unwrap();
+    let ready = serde_json::json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+        "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Pending", "message": "waiting"}]}
+    });
+    requests
+        .patch_status(
+            "r1",
+            &PatchParams::apply(TEST_MANAGER),
+            &Patch::Apply(&ready),
+        )
+        .await
+        .unwrap();
+
+    let stored = requests.get("r1").await.unwrap();
+    assert!(
+        stored.condition_is_true("Approved"),
+        "the other manager's condition survives"
+    );
+    assert_eq!(
+        stored.condition("Ready").map(|c| c.reason.clone()),
+        Some(Some("Pending".into()))
+    );
+    // Our manager owns exactly the Ready condition under status (1.20 predates the
+    // managedFields `subresource` field, so look at the owned field set itself).
+    let ours = stored
+        .managed_fields()
+        .iter()
+        .find(|m| m.manager.as_deref() == Some(TEST_MANAGER))
+        .expect("an entry for our field manager");
+    let owned = serde_json::to_value(&ours.fields_v1).unwrap();
+    let conditions = &owned["f:status"]["f:conditions"];
+    assert!(conditions.get(r#"k:{"type":"Ready"}"#).is_some(), "{owned}");
+    assert!(
+        conditions.get(r#"k:{"type":"Approved"}"#).is_none(),
+        "{owned}"
+    );
+    assert!(owned.get("f:spec").is_none(), "{owned}");
+    // Spec is untouched by status writes.
+    assert_eq!(stored.spec, request("r1").spec);
+}
+
+#[tokio::test]
+async fn watch_sees_a_change() {
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let ns = TestNamespace::create(&client, "cp-watch").await;
+    let requests: Api<CertificateRequest> = ns.api();
+
+    let mut events = watcher(requests.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    // The initial (empty) list is done once the watch is established: create after starting.
+    let create = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        requests
+            .create(&PostParams::default(), &request("watched"))
+            .await
+            .unwrap();
+        let label = serde_json::json!({"metadata": {"labels": {"changed": "yes"}}});
+        requests
+            .patch("watched", &PatchParams::default(), &Patch::Merge(&label))
+            .await
+            .unwrap();
+    };
+    let observe = async {
+        while let Some(obj) = events.try_next().await.unwrap() {
+            if obj.name_any() == "watched"
+                && obj.labels().get("changed").map(String::as_str) == Some("yes")
+            {
+                return true;
+            }
+        }
+        false
+    };
+    let (_, saw_change) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(create, observe)
+    })
+    .await
+    .expect("the watch delivered the change within 20s");
+    assert!(saw_change);
+}
+
+#[tokio::test]
+async fn unprivileged_service_account_is_denied_by_rbac() {
+    let client = admin_client().await;
+    let ns = TestNamespace::create(&client, "cp-rbac").await;
+    let accounts: Api<ServiceAccount> = ns.api();
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "nobody"}})).unwrap();
+    accounts.create(&PostParams::default(), &sa).await.unwrap();
+    // A real ServiceAccount token from the TokenRequest API (signed by the control plane's key).
+    let token_request: TokenRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 600}
+    }))
+    .unwrap();
+    let issued: TokenRequest = accounts
+        .create_subresource("token", "nobody", &PostParams::default(), &token_request)
+        .await
+        .unwrap();
+    let token = issued
+        .status
+        .and_then(|s| s.token)
+        .expect("an issued token");
+
+    let as_nobody = client_with_token(&token).await;
+    let secrets: Api<Secret> = Api::namespaced(as_nobody.clone(), &ns.name);
+    match secrets.list(&ListParams::default()).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 403, "{e:?}");
+            assert!(
+                e.message
+                    .contains(&format!("system:serviceaccount:{}:nobody", ns.name)),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!(
+            "listing secrets as an unprivileged ServiceAccount must be forbidden, got {other:?}"
+        ),
+    }
+    // The same token authenticates: the denial is authorization, not a broken token.
+    let review = as_nobody
+        .request::<serde_json::Value>(http_request(
+            "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+            &ns.name,
+        ))
+        .await
+        .expect("an authenticated identity may review its own rules");
+    assert_eq!(review["kind"], "SelfSubjectRulesReview");
+    // Admin can list the same secrets.
+    let admin_secrets: Api<Secret> = ns.api();
+    admin_secrets.list(&ListParams::default()).await.unwrap();
+}
+
+fn http_request(path: &str, namespace: &str) -> http::Request<Vec<u8>> {
+    let body = serde_json::json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+        "spec": {"namespace": namespace}
+    });
+    http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn controller_binary_becomes_healthy_and_ready() {
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let ns = TestNamespace::create(&client, "cp-controller").await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut controller = support::ControllerProcess::start(&["--namespace", &ns.name], logs.path());
+    assert!(
+        controller.wait_ready(Duration::from_secs(60)).await,
+        "not ready: {}",
+        controller.log()
+    );
+
+    let (status, body) = support::http_get(controller.admin_port, "/healthz")
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, metrics) = support::http_get(controller.admin_port, "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.lines().any(|l| l == "meshca_controller_ready 1"),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,381 @@
+//! The one integration-test harness: connects to the local control plane, installs the CRDs
+//! once, and gives each test a temporary namespace that it removes afterwards.
+//!
+//! The control plane comes from the environment: `make test` (hack/test) starts it and exports
+//! `KUBECONFIG`. Run a single test by hand with
+//! `hack/control-plane up && eval "$(hack/control-plane env)" && cargo test --test <name>`,
+//! or set `MESHCA_TEST_START_CONTROL_PLANE=1` and the harness runs `hack/control-plane up
+//! --name test` itself.
+//!
+//! The local API server has no controller-manager: nothing garbage-collects and nothing
+//! finalizes namespaces. The harness therefore does the namespace controller's job for its own
+//! namespaces: delete every namespaced object, then remove the `kubernetes` finalizer.
+#![allow(dead_code)] // each test crate uses a different part of the harness
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, DynamicObject};
+use kube::discovery::{Discovery, Scope, verbs};
+use kube::{Client, ResourceExt};
+use tokio::sync::OnceCell;
+
+/// Field manager of the harness's own writes (never the controller's).
+pub const TEST_MANAGER: &str = "mesh-ca-issuer-tests";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The kubeconfig of the control plane the tests run against.
+pub fn kubeconfig() -> PathBuf {
+    static KUBECONFIG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KUBECONFIG
+        .get_or_init(|| {
+            if let Ok(path) = std::env::var("KUBECONFIG") {
+                if !path.is_empty() && Path::new(&path).exists() {
+                    return PathBuf::from(path);
+                }
+            }
+            if std::env::var("MESHCA_TEST_START_CONTROL_PLANE").as_deref() == Ok("1") {
+                let status = Command::new(repo_root().join("hack/control-plane"))
+                    .args(["up", "--name", "test"])
+                    .status()
+                    .expect("could not run hack/control-plane");
+                assert!(status.success(), "hack/control-plane up --name test failed");
+                return repo_root().join(".control-plane/test/kubeconfig");
+            }
+            panic!(
+                "no control plane: run `make test`, or `hack/control-plane up && eval \"$(hack/control-plane env)\"` \
+                 before `cargo test`, or set MESHCA_TEST_START_CONTROL_PLANE=1"
+            )
+        })
+        .clone()
+}
+
+/// A client for the admin identity of the local control plane.
+pub async fn admin_client() -> Client {
+    mesh_ca_issuer::install_crypto_provider();
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(kubeconfig()).expect("readable kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("valid kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+/// A client that authenticates with a bearer token (a ServiceAccount's, say) instead of admin's.
+pub async fn client_with_token(token: &str) -> Client {
+    mesh_ca_issuer::install_crypto_provider();
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(kubeconfig()).expect("readable kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("valid kubeconfig");
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.to_string().into()),
+        ..Default::default()
+    };
+    Client::try_from(config).expect("client")
+}
+
+/// Every CRD the tests need: ours and the cert-manager stand-ins.
+pub fn all_crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = mesh_ca_issuer::api::crds();
+    crds.extend(mesh_ca_issuer::api::cert_manager::test_crds());
+    crds
+}
+
+/// Installs (server-side apply, idempotent across test processes) and waits until every CRD
+/// is Established. Runs once per test process.
+pub async fn ensure_crds(client: &Client) {
+    static INSTALLED: OnceCell<()> = OnceCell::const_new();
+    INSTALLED
+        .get_or_init(|| async {
+            let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+            let params = PatchParams::apply(TEST_MANAGER).force();
+            for crd in all_crds() {
+                let name = crd.name_any();
+                api.patch(&name, &params, &Patch::Apply(&crd))
+                    .await
+                    .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
+            }
+            for crd in all_crds() {
+                let name = crd.name_any();
+                let established = eventually(Duration::from_secs(30), || {
+                    let api = api.clone();
+                    let name = name.clone();
+                    async move {
+                        let crd = api.get(&name).await.ok()?;
+                        let conditions = crd.status?.conditions?;
+                        conditions
+                            .iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                            .then_some(())
+                    }
+                })
+                .await;
+                assert!(
+                    established.is_some(),
+                    "CRD {name} not Established within 30s"
+                );
+            }
+        })
+        .await;
+}
+
+/// Polls `check` until it yields `Some`, or gives up after `timeout` with `None`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A short random-enough suffix: unique across the test processes of one run.
+pub fn unique_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mixed = nanos
+        ^ ((std::process::id() as u64) << 32)
+        ^ COUNTER
+            .fetch_add(1, Ordering::SeqCst)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    format!("{:08x}", (mixed ^ (mixed >> 29)) as u32)
+}
+
+/// A namespace that lives as long as the test; removed (with everything in it) on drop, also
+/// when the test panics.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<suffix>`; `prefix` should say which test it belongs to.
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let mut prefix: String = prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        prefix.truncate(40);
+        let name = format!("{}-{}", prefix.trim_end_matches('-'), unique_suffix());
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"meshca.io/test": "true"}}
+        }))
+        .expect("namespace object");
+        api.create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        Self {
+            name,
+            client: client.clone(),
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::env::var("MESHCA_TEST_KEEP_NAMESPACES").as_deref() == Ok("1") {
+            eprintln!("keeping test namespace {}", self.name);
+            return;
+        }
+        let name = self.name.clone();
+        // Drop cannot be async, and the test's runtime may be shutting down: clean up on a
+        // thread with a runtime of its own, and a client of its own.
+        let handle = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let client = admin_client().await;
+                if let Err(e) = remove_namespace(&client, &name).await {
+                    eprintln!("warning: could not remove test namespace {name}: {e}");
+                }
+            });
+        });
+        let _ = handle.join();
+    }
+}
+
+/// Namespaced resource kinds that can be listed and deleted (discovered once per process).
+async fn namespaced_resources(client: &Client) -> &'static [ApiResource] {
+    static RESOURCES: OnceCell<Vec<ApiResource>> = OnceCell::const_new();
+    RESOURCES
+        .get_or_init(|| async {
+            let discovery = Discovery::new(client.clone())
+                .run()
+                .await
+                .expect("API discovery");
+            let mut out = Vec::new();
+            for group in discovery.groups() {
+                for (ar, caps) in group.recommended_resources() {
+                    if caps.scope == Scope::Namespaced
+                        && caps.supports_operation(verbs::DELETE_COLLECTION)
+                    {
+                        out.push(ar);
+                    }
+                }
+            }
+            out
+        })
+        .await
+}
+
+/// What the namespace controller would do: delete everything in it, then finalize it.
+async fn remove_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
+    for ar in namespaced_resources(client).await {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), name, ar);
+        // Resources this identity cannot delete or that vanished meanwhile are not fatal.
+        let _ = api
+            .delete_collection(&DeleteParams::background(), &ListParams::default())
+            .await;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match namespaces.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let mut ns = match namespaces.get(name).await {
+        Ok(ns) => ns,
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if let Some(spec) = ns.spec.as_mut() {
+        spec.finalizers = Some(Vec::new());
+    }
+    namespaces
+        .replace_subresource("finalize", name, &PostParams::default(), &ns)
+        .await?;
+    Ok(())
+}
+
+/// A free TCP port on 127.0.0.1 (the kernel picks; tiny window before the caller binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body). Enough for the admin endpoints.
+pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The controller binary running as a child process; killed on drop.
+pub struct ControllerProcess {
+    pub child: std::process::Child,
+    pub admin_port: u16,
+    pub log_path: PathBuf,
+}
+
+impl ControllerProcess {
+    /// Starts `mesh-ca-issuer` against the test control plane with extra arguments.
+    pub fn start(extra_args: &[&str], log_dir: &Path) -> Self {
+        Self::start_with_kubeconfig(&kubeconfig(), extra_args, log_dir)
+    }
+
+    pub fn start_with_kubeconfig(kubeconfig: &Path, extra_args: &[&str], log_dir: &Path) -> Self {
+        let admin_port = free_port();
+        let log_path = log_dir.join(format!("controller-{admin_port}.log"));
+        let log = std::fs::File::create(&log_path).expect("controller log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_mesh-ca-issuer"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--metrics-listen-address")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .args(extra_args)
+            .env_remove("RUST_LOG")
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("could not start mesh-ca-issuer");
+        Self {
+            child,
+            admin_port,
+            log_path,
+        }
+    }
+
+    /// Waits for /readyz to answer 200; false on timeout or if the process died.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let port = self.admin_port;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok((200, _)) = http_get(port, "/readyz").await {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
