@@ -121,8 +121,16 @@ pub async fn run(
 
 /// The API resources we cannot work without, and what to do when one is missing.
 const REQUIRED_RESOURCES: &[(&str, &str, &str)] = &[
-    ("cert-manager.io/v1", "certificaterequests", "install cert-manager (its CRDs) first"),
-    ("meshca.io/v1alpha1", "meshcaissuers", "install mesh-ca-issuer's CRDs (the Helm chart or `crdgen | kubectl apply -f -`)"),
+    (
+        "cert-manager.io/v1",
+        "certificaterequests",
+        "install cert-manager (its CRDs) first",
+    ),
+    (
+        "meshca.io/v1alpha1",
+        "meshcaissuers",
+        "install mesh-ca-issuer's CRDs (the Helm chart or `crdgen | kubectl apply -f -`)",
+    ),
 ];
 
 /// Waits until every required resource is served, saying every 10 s which is missing and what
