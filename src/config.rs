@@ -43,6 +43,16 @@ pub struct Config {
     #[arg(long, env = "MESHCA_ISSUER_RECHECK_INTERVAL", default_value = "5m", value_parser = go_duration)]
     pub issuer_recheck_interval: Duration,
 
+    /// How long a request keeps being retried after transient backend errors (network,
+    /// throttling, 5xx) before it is marked Failed and cert-manager's own back-off takes over.
+    #[arg(long, env = "MESHCA_MAX_RETRY_DURATION", default_value = "1h", value_parser = go_duration)]
+    pub max_retry_duration: Duration,
+
+    /// Namespaces in which to watch Secrets (issuer roots, credentials), comma-separated. Empty
+    /// means cluster-wide; the Helm chart sets exactly the namespaces its RBAC grants.
+    #[arg(long, env = "MESHCA_SECRET_NAMESPACES", value_delimiter = ',')]
+    pub secret_namespaces: Vec<String>,
+
     /// Log output format.
     #[arg(long, env = "MESHCA_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -73,6 +83,15 @@ mod tests {
         assert_eq!(c.issuer_recheck_interval, Duration::from_secs(300));
         assert_eq!(c.metrics_listen_address.port(), 9402);
         assert!(c.namespace.is_none());
+        assert_eq!(c.max_retry_duration, Duration::from_secs(3600));
+        assert!(c.secret_namespaces.is_empty());
+        let c = Config::try_parse_from([
+            "mesh-ca-issuer",
+            "--secret-namespaces",
+            "cert-manager,istio-system",
+        ])
+        .unwrap();
+        assert_eq!(c.secret_namespaces, vec!["cert-manager", "istio-system"]);
     }
 
     #[test]

@@ -49,3 +49,21 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> Error {
+        let status = kube::core::Status::failure("conflict", "Conflict").with_code(code);
+        Error::kube("writing status", kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn a_conflict_is_a_quick_requeue_and_other_errors_back_off() {
+        assert!(api_error(409).is_conflict());
+        assert_eq!(api_error(409).requeue_after(), Duration::from_millis(200));
+        assert!(!api_error(500).is_conflict());
+        assert_eq!(api_error(500).requeue_after(), Duration::from_secs(5));
+    }
+}

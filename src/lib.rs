@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod backend;
 pub mod config;
 pub mod controller;
 pub mod duration;

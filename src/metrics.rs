@@ -1,17 +1,17 @@
-//! Prometheus metrics, registered per area on one registry that lives in the controller's
-//! context (not a global), so several controllers can run in one test process.
+//! Prometheus metrics, registered on one registry that lives in the controller's context (not
+//! a global), so several controllers can run in one test process.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Labels of per-reconcile metrics: which controller.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ControllerLabels {
-    pub controller: String,
-}
+use crate::backend::CaInfo;
 
 /// Labels of per-outcome counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,11 +20,26 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Labels of a tracked certificate: the role it plays (`intermediate`, `root`, `backend_ca`),
+/// the object it belongs to, and which certificate exactly.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub fingerprint: String,
+}
+
 /// Every metric the process exports.
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Family<OutcomeLabels, Counter>,
     pub ready: Gauge,
+    pub signing_seconds: Histogram,
+    pub certificate_not_after: Family<CertificateLabels, Gauge>,
+    /// The fingerprints exported per (kind, namespace, name), so a replaced certificate's
+    /// series is removed instead of lingering.
+    exported: Mutex<HashMap<(String, String, String), Vec<String>>>,
 }
 
 impl Metrics {
@@ -42,10 +57,25 @@ impl Metrics {
             "1 once every watch cache has synced and the controllers run",
             ready.clone(),
         );
+        let signing_seconds = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]);
+        registry.register(
+            "signing_duration_seconds",
+            "Time the backend took to sign a request",
+            signing_seconds.clone(),
+        );
+        let certificate_not_after = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate_not_after_seconds",
+            "notAfter of a tracked certificate, as a Unix timestamp",
+            certificate_not_after.clone(),
+        );
         Self {
             registry,
             reconciles,
             ready,
+            signing_seconds,
+            certificate_not_after,
+            exported: Mutex::new(HashMap::new()),
         }
     }
 
@@ -56,6 +86,45 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// Exports an issuer's backend CA (`namespace` empty for a cluster issuer).
+    pub fn observe_backend_ca(&self, namespace: &str, name: &str, ca: &CaInfo) {
+        let series = [(
+            ca.summary.fingerprint_sha256.clone(),
+            ca.lifetime.not_after.as_second(),
+        )];
+        self.set_certificates("backend_ca", namespace, name, &series);
+    }
+
+    /// Replaces the certificates exported for one (kind, namespace, name): `(fingerprint,
+    /// notAfter)` pairs. Series of certificates no longer listed are removed.
+    pub fn set_certificates(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        certs: &[(String, i64)],
+    ) {
+        let labels = |fingerprint: &str| CertificateLabels {
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            fingerprint: fingerprint.to_string(),
+        };
+        let key = (kind.to_string(), namespace.to_string(), name.to_string());
+        let mut exported = self.exported.lock().unwrap_or_else(|p| p.into_inner());
+        for old in exported.remove(&key).unwrap_or_default() {
+            if !certs.iter().any(|(f, _)| *f == old) {
+                self.certificate_not_after.remove(&labels(&old));
+            }
+        }
+        for (fingerprint, not_after) in certs {
+            self.certificate_not_after
+                .get_or_create(&labels(fingerprint))
+                .set(*not_after);
+        }
+        exported.insert(key, certs.iter().map(|(f, _)| f.clone()).collect());
     }
 
     /// The Prometheus text exposition of every metric.
@@ -70,5 +139,32 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_certificate_series_disappears() {
+        let m = Metrics::new();
+        m.set_certificates(
+            "root",
+            "istio-system",
+            "cacerts",
+            &[("aa".into(), 100), ("bb".into(), 200)],
+        );
+        m.set_certificates(
+            "root",
+            "istio-system",
+            "cacerts",
+            &[("bb".into(), 200), ("cc".into(), 300)],
+        );
+        let text = m.render();
+        assert!(!text.contains("fingerprint=\"aa\""), "{text}");
+        assert!(text.contains(
+            "meshca_certificate_not_after_seconds{kind=\"root\",namespace=\"istio-system\",name=\"cacerts\",fingerprint=\"cc\"} 300"
+        ), "{text}");
     }
 }

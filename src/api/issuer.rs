@@ -39,7 +39,11 @@ pub const CLUSTER_ISSUER_KIND: &str = "ClusterMeshCAIssuer";
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
     printcolumn(name = "Backend", type_ = "string", json_path = ".status.backend"),
-    printcolumn(name = "CA Expiry", type_ = "date", json_path = ".status.ca.notAfter"),
+    printcolumn(
+        name = "CA Expiry",
+        type_ = "string",
+        json_path = ".status.ca.notAfter"
+    ),
     printcolumn(
         name = "Reason",
         type_ = "string",

@@ -1,26 +1,84 @@
 //! The controllers and what they share: one [`Context`] handed to every reconcile, and [`run`],
 //! which starts the admin listener and every controller and serves until shutdown.
+//!
+//! Controllers: CertificateRequests (the external-issuer contract), MeshCAIssuers and
+//! ClusterMeshCAIssuers (issuer health). Requests watch issuers, issuers watch Secrets, so a
+//! fix anywhere along the chain reaches the waiting requests without anyone touching them.
+
+pub mod certificate_request;
+pub mod issuer;
+pub mod retry;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::admin::{self, Readiness};
 use crate::api::cert_manager::CertificateRequest;
+use crate::api::issuer::{ClusterMeshCAIssuer, MeshCAIssuer};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use certificate_request::IssuerKind;
+use issuer::IssuerObject;
+use retry::RetryTracker;
 
 /// Everything a reconcile needs besides the object itself.
 pub struct Context {
     pub client: Client,
     pub config: Config,
     pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub retries: RetryTracker,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: crate::FIELD_MANAGER.to_string(),
+            instance: std::env::var("POD_NAME")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok()),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self {
+            client,
+            config,
+            metrics,
+            recorder,
+            retries: RetryTracker::default(),
+        }
+    }
+
+    /// Publishes an event; a failure to do so is logged, never fails the reconcile.
+    pub async fn publish_event(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: action.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, reference).await {
+            warn!(error = %e, %reason, "could not publish event");
+        }
+    }
 }
 
 /// Builds a client from `--kubeconfig`, else `$KUBECONFIG`/`~/.kube/config`, else in-cluster.
@@ -41,6 +99,32 @@ pub async fn client_from(config: &Config) -> Result<Client> {
             .map_err(|e| Error::KubeConfig(e.to_string()))?,
     };
     Client::try_from(kube_config).map_err(|e| Error::KubeConfig(e.to_string()))
+}
+
+/// An `Api` for a namespaced kind, limited to `--namespace` when set.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The Secret APIs to watch: `--namespace`, else `--secret-namespaces`, else cluster-wide.
+fn secret_apis(client: &Client, config: &Config) -> Vec<Api<Secret>> {
+    if let Some(ns) = &config.namespace {
+        return vec![Api::namespaced(client.clone(), ns)];
+    }
+    if config.secret_namespaces.is_empty() {
+        return vec![Api::all(client.clone())];
+    }
+    config
+        .secret_namespaces
+        .iter()
+        .map(|ns| Api::namespaced(client.clone(), ns))
+        .collect()
 }
 
 /// Runs the admin listener and the controllers until `shutdown` resolves.
@@ -69,54 +153,188 @@ pub async fn run(
         shutdown.await;
         let _ = shutdown_tx.send(true);
     });
-    let mut stop = shutdown_rx.clone();
+    let stopped = {
+        let rx = shutdown_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        }
+    };
     tokio::select! {
         _ = wait_for_crds(&client) => {}
-        _ = stop.wait_for(|stop| *stop) => {
+        _ = stopped() => {
             admin_task.abort();
             return Ok(());
         }
     }
 
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        config: config.clone(),
-        metrics: metrics.clone(),
-    });
-    let requests: Api<CertificateRequest> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let controller = Controller::new(requests, watcher::Config::default());
-    let store = controller.store();
-    let mut graceful = shutdown_rx.clone();
-    let controller = controller
-        .graceful_shutdown_on(async move {
-            let _ = graceful.wait_for(|stop| *stop).await;
-        })
-        .run(reconcile_request, error_policy, ctx.clone())
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config.clone(),
+        metrics.clone(),
+    ));
+    let namespace = config.namespace.as_deref();
+    let cluster_issuers_enabled = namespace.is_none();
+
+    // === CertificateRequests, re-queued when the issuer they wait on changes ===
+    let requests = Controller::new(
+        scoped::<CertificateRequest>(&client, namespace),
+        watcher::Config::default(),
+    );
+    let request_store = requests.store();
+    let mut requests = requests.watches(
+        scoped::<MeshCAIssuer>(&client, namespace),
+        watcher::Config::default(),
+        {
+            let store = request_store.clone();
+            move |issuer: MeshCAIssuer| {
+                certificate_request::requests_waiting_on(
+                    &store,
+                    IssuerKind::Namespaced,
+                    issuer.namespace().as_deref(),
+                    &issuer.name_any(),
+                )
+            }
+        },
+    );
+    if cluster_issuers_enabled {
+        requests = requests.watches(
+            Api::<ClusterMeshCAIssuer>::all(client.clone()),
+            watcher::Config::default(),
+            {
+                let store = request_store.clone();
+                move |issuer: ClusterMeshCAIssuer| {
+                    certificate_request::requests_waiting_on(
+                        &store,
+                        IssuerKind::Cluster,
+                        None,
+                        &issuer.name_any(),
+                    )
+                }
+            },
+        );
+    }
+    let requests = requests
+        .graceful_shutdown_on(stopped())
+        .run(certificate_request::reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 warn!(error = %e, "certificaterequest reconcile failed");
             }
-        });
+        })
+        .boxed();
 
+    // === Issuers, re-checked when their CA Secret changes ===
+    let (namespaced_issuers, namespaced_issuer_store) = issuer_controller(
+        Controller::new(
+            scoped::<MeshCAIssuer>(&client, namespace),
+            watcher::Config::default(),
+        ),
+        &client,
+        &config,
+        |issuer: &MeshCAIssuer, secret: &Secret, _| issuer.namespace() == secret.namespace(),
+        stopped(),
+        ctx.clone(),
+    );
+    let mut tasks = vec![requests, namespaced_issuers];
+    let mut stores_ready = vec![
+        wait_ready(request_store.clone()).boxed(),
+        wait_ready(namespaced_issuer_store).boxed(),
+    ];
+    if cluster_issuers_enabled {
+        let (cluster_issuers, cluster_issuer_store) = issuer_controller(
+            Controller::new(
+                Api::<ClusterMeshCAIssuer>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+            &client,
+            &config,
+            |_: &ClusterMeshCAIssuer, secret: &Secret, cluster_resource_namespace: &str| {
+                secret.namespace().as_deref() == Some(cluster_resource_namespace)
+            },
+            stopped(),
+            ctx.clone(),
+        );
+        tasks.push(cluster_issuers);
+        stores_ready.push(wait_ready(cluster_issuer_store).boxed());
+    }
+
+    // Ready only once every watch cache has its initial list: decisions need the whole picture.
     let readiness_task = {
         let readiness = readiness.clone();
         let metrics = metrics.clone();
         async move {
-            if store.wait_until_ready().await.is_ok() {
-                readiness.set_ready(true);
-                metrics.ready.set(1);
-                info!("watch caches synced; ready");
-            }
+            futures::future::join_all(stores_ready).await;
+            readiness.set_ready(true);
+            metrics.ready.set(1);
+            info!(
+                cluster_issuers = cluster_issuers_enabled,
+                "watch caches synced; ready"
+            );
         }
     };
-    tokio::join!(controller, readiness_task);
+    tokio::join!(futures::future::join_all(tasks), readiness_task);
     readiness.set_ready(false);
     admin_task.abort();
     info!("controllers stopped");
     Ok(())
+}
+
+async fn wait_ready<K: kube::Resource + Clone>(store: Store<K>) -> ()
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let _ = store.wait_until_ready().await;
+}
+
+/// Wires an issuer controller: its reconcile, and Secret watches mapped to the issuers whose
+/// `localCA.secretName` names the Secret (and whose scope covers its namespace).
+fn issuer_controller<K: IssuerObject>(
+    controller: Controller<K>,
+    client: &Client,
+    config: &Config,
+    in_scope: fn(&K, &Secret, &str) -> bool,
+    stopped: impl Future<Output = ()> + Send + Sync + 'static,
+    ctx: Arc<Context>,
+) -> (futures::future::BoxFuture<'static, ()>, Store<K>) {
+    let store = controller.store();
+    let mut controller = controller;
+    for secrets in secret_apis(client, config) {
+        let store = store.clone();
+        let cluster_resource_namespace = config.cluster_resource_namespace.clone();
+        controller = controller.watches(
+            secrets,
+            watcher::Config::default(),
+            move |secret: Secret| {
+                let name = secret.name_any();
+                store
+                    .state()
+                    .iter()
+                    .filter(|issuer| {
+                        issuer
+                            .spec()
+                            .local_ca
+                            .as_ref()
+                            .is_some_and(|l| l.secret_name == name)
+                            && in_scope(issuer, &secret, &cluster_resource_namespace)
+                    })
+                    .map(|issuer| ObjectRef::from_obj(issuer.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        );
+    }
+    let task = controller
+        .graceful_shutdown_on(stopped)
+        .run(issuer::reconcile::<K>, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(kind = K::KIND, error = %e, "issuer reconcile failed");
+            }
+        })
+        .boxed();
+    (task, store)
 }
 
 /// The API resources we cannot work without, and what to do when one is missing.
@@ -153,20 +371,11 @@ async fn wait_for_crds(client: &Client) {
         for m in &missing {
             warn!("{m}");
         }
-        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
     }
 }
 
-async fn reconcile_request(
-    cr: Arc<CertificateRequest>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
-    ctx.metrics
-        .count_reconcile("certificaterequest", "observed");
-    tracing::debug!(name = %kube::ResourceExt::name_any(cr.as_ref()), "observed certificaterequest");
-    Ok(Action::await_change())
-}
-
-fn error_policy(_cr: Arc<CertificateRequest>, error: &Error, _ctx: Arc<Context>) -> Action {
+/// Infrastructure errors (API server unreachable, conflicts) are retried; a 409 at once.
+fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
     Action::requeue(error.requeue_after())
 }

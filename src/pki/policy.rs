@@ -125,13 +125,13 @@ pub fn plan(
         });
     }
     // An unparsable maxDuration is caught by issuer validation; here it only means "no cap".
-    if let Ok(max) = parse_go_duration(&policy.max_duration) {
-        if requested > max {
-            return Err(PolicyViolation::DurationTooLong {
-                requested: facts.duration.unwrap_or("2160h").to_string(),
-                max: policy.max_duration.clone(),
-            });
-        }
+    if let Ok(max) = parse_go_duration(&policy.max_duration)
+        && requested > max
+    {
+        return Err(PolicyViolation::DurationTooLong {
+            requested: facts.duration.unwrap_or("2160h").to_string(),
+            max: policy.max_duration.clone(),
+        });
     }
 
     for uri in csr.spiffe_ids() {

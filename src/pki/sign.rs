@@ -202,6 +202,8 @@ fn check_chains_to(certificate: &Certificate, ca: &Certificate) -> Result<(), Pk
 pub fn probe_signing(ca: &CaSigner<'_>, now: Timestamp) -> Result<(), PkiError> {
     let probe_key = SigningKey::generate(&Default::default())?;
     let mut params = CertificateParams::default();
+    // rcgen pre-fills a CN; start from an empty name so ours comes out in the order given.
+    params.distinguished_name = DistinguishedName::new();
     params
         .distinguished_name
         .push(DnType::CommonName, "mesh-ca-issuer signing probe");
@@ -234,6 +236,8 @@ pub fn self_signed_root(
         .map_err(|e| PkiError::KeyGeneration(format!("bootstrap.duration: {e}")))?;
     let key = SigningKey::generate(&spec.private_key)?;
     let mut params = CertificateParams::default();
+    // rcgen pre-fills a CN; start from an empty name so ours comes out in the order given.
+    params.distinguished_name = DistinguishedName::new();
     for org in &spec.subject.organizations {
         params
             .distinguished_name
@@ -270,8 +274,15 @@ pub(crate) mod tests {
     /// A CSR like the one cert-manager makes for istiod's intermediate: ECDSA P-256, a subject
     /// with O and CN, a SPIFFE URI SAN, critical keyUsage, no BasicConstraints.
     pub(crate) fn istiod_csr() -> CertificateSigningRequest {
+        istiod_csr_with_key().0
+    }
+
+    /// [`istiod_csr`] and the key that signed it.
+    pub(crate) fn istiod_csr_with_key() -> (CertificateSigningRequest, SigningKey) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = CertificateParams::default();
+        // rcgen pre-fills a CN; start from an empty name so ours comes out in the order given.
+        params.distinguished_name = DistinguishedName::new();
         params
             .distinguished_name
             .push(DnType::OrganizationName, "cluster.local");
@@ -288,7 +299,11 @@ pub(crate) mod tests {
             KeyUsagePurpose::DigitalSignature,
         ];
         let csr = params.serialize_request(&key).unwrap();
-        CertificateSigningRequest::from_pem(csr.pem().unwrap().as_bytes()).unwrap()
+        let csr = CertificateSigningRequest::from_pem(csr.pem().unwrap().as_bytes()).unwrap();
+        (
+            csr,
+            SigningKey::from_pem(key.serialize_pem().as_bytes()).unwrap(),
+        )
     }
 
     fn now() -> Timestamp {

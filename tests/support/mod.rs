@@ -12,6 +12,8 @@
 //! namespaces: delete every namespaced object, then remove the `kubernetes` finalizer.
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
+pub mod cert_manager;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,10 +39,11 @@ pub fn kubeconfig() -> PathBuf {
     static KUBECONFIG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     KUBECONFIG
         .get_or_init(|| {
-            if let Ok(path) = std::env::var("KUBECONFIG") {
-                if !path.is_empty() && Path::new(&path).exists() {
-                    return PathBuf::from(path);
-                }
+            if let Ok(path) = std::env::var("KUBECONFIG")
+                && !path.is_empty()
+                && Path::new(&path).exists()
+            {
+                return PathBuf::from(path);
             }
             if std::env::var("MESHCA_TEST_START_CONTROL_PLANE").as_deref() == Ok("1") {
                 let status = Command::new(repo_root().join("hack/control-plane"))
@@ -378,4 +381,156 @@ impl Drop for ControllerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// === controllers in the test process ===
+
+/// Tests that run a controller scoped to their namespace hold this lock shared; tests that
+/// run a cluster-wide controller (cluster issuers) hold it exclusively, so a cluster-wide
+/// controller never acts on another test's requests. File locks, so the rule holds across
+/// test processes too.
+pub struct ScopeLock(std::fs::File);
+
+impl ScopeLock {
+    fn open() -> std::fs::File {
+        let path = kubeconfig().with_file_name("tests-cluster-wide.lock");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .expect("lock file")
+    }
+
+    pub async fn shared() -> Self {
+        tokio::task::spawn_blocking(|| {
+            let f = Self::open();
+            f.lock_shared().expect("shared lock");
+            Self(f)
+        })
+        .await
+        .expect("lock task")
+    }
+
+    pub async fn exclusive() -> Self {
+        tokio::task::spawn_blocking(|| {
+            let f = Self::open();
+            f.lock().expect("exclusive lock");
+            Self(f)
+        })
+        .await
+        .expect("lock task")
+    }
+}
+
+/// `mesh_ca_issuer::run` on the test's runtime; stopped on drop.
+pub struct RunningController {
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<mesh_ca_issuer::Result<()>>,
+    pub admin_port: u16,
+}
+
+impl RunningController {
+    /// Starts the controller with `args` (e.g. `["--namespace", ns]`) and waits for /readyz.
+    pub async fn start(args: &[&str]) -> Self {
+        mesh_ca_issuer::install_crypto_provider();
+        let admin_port = free_port();
+        let kubeconfig = kubeconfig();
+        let mut argv: Vec<String> = vec![
+            "mesh-ca-issuer".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--metrics-listen-address".into(),
+            format!("127.0.0.1:{admin_port}"),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let config = <mesh_ca_issuer::config::Config as clap::Parser>::try_parse_from(argv)
+            .expect("valid flags");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(mesh_ca_issuer::run(config, async move {
+            let _ = rx.await;
+        }));
+        let started = tokio::time::Instant::now();
+        loop {
+            if let Ok((200, _)) = http_get(admin_port, "/readyz").await {
+                break;
+            }
+            assert!(
+                !task.is_finished(),
+                "the controller stopped before becoming ready"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the controller did not become ready within 60s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            shutdown: Some(tx),
+            task,
+            admin_port,
+        }
+    }
+
+    /// A controller watching only `namespace` (cluster issuers disabled).
+    pub async fn in_namespace(namespace: &str) -> Self {
+        Self::start(&["--namespace", namespace]).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.admin_port, "/metrics")
+            .await
+            .expect("GET /metrics")
+            .1
+    }
+}
+
+impl Drop for RunningController {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.abort();
+    }
+}
+
+// === reading what the controller did ===
+
+/// Events (events.k8s.io/v1) about the object named `name` in `namespace`: (type, reason, note).
+pub async fn events_for(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Vec<(String, String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), namespace);
+    let mut out: Vec<(String, String, String)> = api
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until an event with `reason` about `name` exists; returns its note.
+pub async fn wait_for_event(client: &Client, namespace: &str, name: &str, reason: &str) -> String {
+    eventually(Duration::from_secs(20), || async {
+        events_for(client, namespace, name)
+            .await
+            .into_iter()
+            .find(|e| e.1 == reason)
+            .map(|e| e.2)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no {reason} event about {namespace}/{name} within 20s"))
 }

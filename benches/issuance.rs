@@ -1,0 +1,211 @@
+//! Issuance benchmark against the real local API server (run by `hack/bench-issuance`, which
+//! starts the control plane and the controller and passes its pid and admin port).
+//!
+//! For each batch size: N CertificateRequests for istiod intermediates are created, then all
+//! approved as fast as the API server takes it; approve→Ready latency is measured per request
+//! from the moment its approval was accepted to the moment a watch saw it Ready. Prints p50,
+//! p99, max, throughput, and the controller's RSS idle and after each batch. Figures, not
+//! assertions: the machines are shared and noisy.
+
+#[path = "../tests/support/cert_manager.rs"]
+mod cert_manager;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use mesh_ca_issuer::api::cert_manager::CertificateRequest;
+use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn run_batch(client: &Client, ns: &str, n: usize, tag: &str) -> (Vec<Duration>, Duration) {
+    // Keys and CSRs are cert-manager's work, not ours: made before the clock starts.
+    let requests: Vec<(cert_manager::IntermediateRequest, String)> = (0..n)
+        .map(|i| {
+            let req = cert_manager::IntermediateRequest::istiod(&format!("{tag}-{i}"), "bench");
+            let (_, csr) = cert_manager::make_key_and_csr(&req);
+            (req, csr)
+        })
+        .collect();
+    futures::stream::iter(requests.iter())
+        .for_each_concurrent(16, |(req, csr)| async move {
+            cert_manager::create_request(client, ns, req, csr.as_bytes()).await;
+        })
+        .await;
+
+    let api: Api<CertificateRequest> = Api::namespaced(client.clone(), ns);
+    let prefix = format!("{tag}-");
+    let watch = watcher(api.clone(), watcher::Config::default()).applied_objects();
+    let (approved_tx, mut approved_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let started = Instant::now();
+    let approve = async {
+        futures::stream::iter(requests.iter())
+            .for_each_concurrent(16, |(req, _)| {
+                let tx = approved_tx.clone();
+                async move {
+                    cert_manager::approve(client, ns, &req.name).await;
+                    let _ = tx.send((req.name.clone(), Instant::now()));
+                }
+            })
+            .await;
+    };
+    let observe = async {
+        let mut ready_at: HashMap<String, Instant> = HashMap::new();
+        let mut watch = std::pin::pin!(watch);
+        while ready_at.len() < n {
+            let Some(cr) = watch.try_next().await.expect("watch") else {
+                break;
+            };
+            let name = cr.name_any();
+            if name.starts_with(&prefix)
+                && cr.condition("Ready").is_some_and(|c| c.status == "True")
+            {
+                ready_at.entry(name).or_insert_with(Instant::now);
+            }
+        }
+        ready_at
+    };
+    let (_, ready_at) = tokio::join!(approve, observe);
+    let wall = started.elapsed();
+    drop(approved_tx);
+    let mut approved_at = HashMap::new();
+    while let Some((name, at)) = approved_rx.recv().await {
+        approved_at.insert(name, at);
+    }
+    let mut latencies: Vec<Duration> = ready_at
+        .iter()
+        .filter_map(|(name, ready)| {
+            approved_at
+                .get(name)
+                .map(|a| ready.saturating_duration_since(*a))
+        })
+        .collect();
+    latencies.sort();
+    (latencies, wall)
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo test --all-targets` runs bench binaries without `--bench`: this one needs a
+    // control plane and a controller, which hack/bench-issuance provides.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("issuance benchmark: run it with hack/bench-issuance");
+        return;
+    }
+    mesh_ca_issuer::install_crypto_provider();
+    let pid: u32 = std::env::var("MESHCA_BENCH_CONTROLLER_PID")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let sizes: Vec<usize> = std::env::var("MESHCA_BENCH_SIZES")
+        .unwrap_or_else(|_| "100,500".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let client = Client::try_default().await.expect("KUBECONFIG");
+    let ns_name = format!("bench-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns_name}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace");
+    let issuers: Api<MeshCAIssuer> = Api::namespaced(client.clone(), &ns_name);
+    let spec = IssuerSpec {
+        local_ca: Some(LocalCA {
+            secret_name: "bench-root".into(),
+            bootstrap: Some(RootBootstrap::default()),
+        }),
+        ..Default::default()
+    };
+    issuers
+        .create(&PostParams::default(), &MeshCAIssuer::new("bench", spec))
+        .await
+        .expect("issuer");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = issuers
+            .get("bench")
+            .await
+            .ok()
+            .and_then(|i| i.status)
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bench issuer not Ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_kib(pid);
+    println!(
+        "controller RSS idle: {} MiB",
+        idle.map(|k| format!("{:.1}", k as f64 / 1024.0))
+            .unwrap_or("n/a".into())
+    );
+    println!(
+        "{:>6} {:>10} {:>10} {:>10} {:>10} {:>12} {:>14}",
+        "N", "p50 ms", "p99 ms", "max ms", "wall s", "req/s", "RSS after MiB"
+    );
+    let mut p50s = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        let (lat, wall) = run_batch(&client, &ns_name, *n, &format!("b{i}")).await;
+        let p50 = percentile(&lat, 0.50);
+        p50s.push((*n, p50, percentile(&lat, 0.99)));
+        let after = rss_kib(pid);
+        println!(
+            "{:>6} {:>10.1} {:>10.1} {:>10.1} {:>10.2} {:>12.1} {:>14}",
+            n,
+            p50.as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3,
+            lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            wall.as_secs_f64(),
+            lat.len() as f64 / wall.as_secs_f64(),
+            after
+                .map(|k| format!("{:.1}", k as f64 / 1024.0))
+                .unwrap_or("n/a".into()),
+        );
+        assert_eq!(lat.len(), *n, "every request must be issued");
+    }
+    // Ratios within one run are what to compare across machines.
+    if let (Some(first), Some(last)) = (p50s.first(), p50s.last())
+        && p50s.len() > 1
+    {
+        println!(
+            "ratio N={} / N={}: p50 {:.2}x, p99 {:.2}x",
+            last.0,
+            first.0,
+            last.1.as_secs_f64() / first.1.as_secs_f64().max(1e-9),
+            last.2.as_secs_f64() / first.2.as_secs_f64().max(1e-9)
+        );
+    }
+    let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
+}

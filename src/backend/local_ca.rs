@@ -1,0 +1,481 @@
+//! The local CA backend: a CA certificate and key kept in a Kubernetes Secret, in the layout of
+//! cert-manager's CA issuer (`tls.crt`, `tls.key`, optionally `ca.crt`).
+//!
+//! Usually `tls.crt` is a self-signed root. It may also be an intermediate whose chain up to a
+//! root is in the rest of `tls.crt` or in `ca.crt`; requests then get that chain too. Before a
+//! CA is used it must: parse; have a key that matches; be a CA (and allow keyCertSign when it
+//! has a KeyUsage); be within its validity; and chain to a self-signed root in the Secret.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+
+use super::{
+    BackendError, CaInfo, IssuedChain, IssuerScope, Purpose, SignOutcome, SignRequest, Signer,
+};
+use crate::api::issuer::LocalCA;
+use crate::pki::policy::CaLifetime;
+use crate::pki::sign::{CaSigner, probe_signing, sign_csr};
+use crate::pki::{Certificate, SigningKey};
+
+pub const TLS_CRT: &str = "tls.crt";
+pub const TLS_KEY: &str = "tls.key";
+pub const CA_CRT: &str = "ca.crt";
+
+/// Condition reasons an issuer gets from this backend.
+pub mod reason {
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const SECRET_FORBIDDEN: &str = "SecretForbidden";
+    pub const INVALID_CA: &str = "InvalidCA";
+    pub const KEY_MISMATCH: &str = "KeyMismatch";
+    pub const NOT_A_CA: &str = "NotACA";
+    pub const CA_EXPIRED: &str = "CAExpired";
+    pub const CA_NOT_YET_VALID: &str = "CANotYetValid";
+    pub const INCOMPLETE_CHAIN: &str = "IncompleteChain";
+    pub const API_ERROR: &str = "APIError";
+    pub const SIGNING_FAILED: &str = "SigningFailed";
+}
+
+pub struct LocalCa {
+    ca: Certificate,
+    key: Arc<SigningKey>,
+    /// Certificates between `ca` and the root, bottom-up, excluding both.
+    path: Vec<Certificate>,
+    root: Certificate,
+    info: CaInfo,
+}
+
+impl LocalCa {
+    /// Reads and checks the CA Secret named by `spec` in the scope's Secret namespace.
+    pub async fn load(
+        client: &Client,
+        spec: &LocalCA,
+        scope: &IssuerScope,
+        purpose: Purpose,
+        now: Timestamp,
+    ) -> Result<Self, BackendError> {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &scope.secret_namespace);
+        let display = format!("Secret {}/{}", scope.secret_namespace, spec.secret_name);
+        let secret = match secrets.get_opt(&spec.secret_name).await {
+            Ok(Some(secret)) => secret,
+            Ok(None) => {
+                let hint = if spec.bootstrap.is_some() {
+                    "it will be created with a new self-signed root (localCA.bootstrap)"
+                } else {
+                    "create it with the root's tls.crt and tls.key, or set localCA.bootstrap to have one generated"
+                };
+                return Err(BackendError::issuer_not_ready(
+                    reason::SECRET_NOT_FOUND,
+                    format!("{display} not found: {hint}"),
+                ));
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                return Err(BackendError::issuer_not_ready(
+                    reason::SECRET_FORBIDDEN,
+                    format!(
+                        "not allowed to read {display}: grant the controller read access to Secrets in namespace {} (Helm value issuerNamespaces)",
+                        scope.secret_namespace
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(BackendError::retryable(
+                    reason::API_ERROR,
+                    format!("reading {display}: {e}"),
+                ));
+            }
+        };
+        Self::from_data(secret.data.as_ref(), &display, purpose, now)
+    }
+
+    /// Checks a CA from a Secret's data. Pure apart from the probe signature.
+    pub fn from_data(
+        data: Option<&BTreeMap<String, ByteString>>,
+        display: &str,
+        purpose: Purpose,
+        now: Timestamp,
+    ) -> Result<Self, BackendError> {
+        let invalid = |reason, message: String| BackendError::issuer_not_ready(reason, message);
+        let field = |key: &str| data.and_then(|d| d.get(key)).map(|b| b.0.as_slice());
+        let crt = field(TLS_CRT)
+            .ok_or_else(|| invalid(reason::INVALID_CA, format!("{display} has no {TLS_CRT}")))?;
+        let key = field(TLS_KEY)
+            .ok_or_else(|| invalid(reason::INVALID_CA, format!("{display} has no {TLS_KEY}")))?;
+        let mut certs = Certificate::parse_pem_bundle(crt, "tls.crt")
+            .map_err(|e| invalid(reason::INVALID_CA, format!("{display}: {e}")))?;
+        let extra = match field(CA_CRT) {
+            Some(bytes) if !bytes.is_empty() => Certificate::parse_pem_bundle(bytes, "ca.crt")
+                .map_err(|e| invalid(reason::INVALID_CA, format!("{display}: {e}")))?,
+            _ => Vec::new(),
+        };
+        let ca = certs.remove(0);
+        let subject = ca.subject();
+        let key = SigningKey::from_pem(key)
+            .map_err(|e| invalid(reason::INVALID_CA, format!("{display} {TLS_KEY}: {e}")))?;
+        if !key.matches(&ca) {
+            return Err(invalid(
+                reason::KEY_MISMATCH,
+                format!(
+                    "{display}: {TLS_KEY} is not the key of the certificate {subject} in {TLS_CRT}"
+                ),
+            ));
+        }
+        if !ca.is_ca() {
+            return Err(invalid(
+                reason::NOT_A_CA,
+                format!(
+                    "{display}: {subject} is not a CA certificate (no BasicConstraints CA:TRUE)"
+                ),
+            ));
+        }
+        if ca.key_usage_cert_sign() == Some(false) {
+            return Err(invalid(
+                reason::NOT_A_CA,
+                format!("{display}: {subject} has a KeyUsage without keyCertSign"),
+            ));
+        }
+        if now > ca.not_after() {
+            return Err(invalid(
+                reason::CA_EXPIRED,
+                format!("{display}: {subject} expired at {}", ca.not_after()),
+            ));
+        }
+        if now < ca.not_before() {
+            return Err(invalid(
+                reason::CA_NOT_YET_VALID,
+                format!(
+                    "{display}: {subject} is not valid before {}",
+                    ca.not_before()
+                ),
+            ));
+        }
+        let (path, root) = path_to_root(&ca, certs.into_iter().chain(extra).collect())
+            .map_err(|m| invalid(reason::INCOMPLETE_CHAIN, format!("{display}: {m}")))?;
+        if purpose == Purpose::HealthCheck {
+            probe_signing(
+                &CaSigner {
+                    certificate: &ca,
+                    key: &key,
+                },
+                now,
+            )
+            .map_err(|e| invalid(reason::INVALID_CA, format!("{display}: {e}")))?;
+        }
+        // The lifetime that bounds what we sign: the CA's own, cut by any CA above it.
+        let not_after = path
+            .iter()
+            .chain([&root])
+            .map(Certificate::not_after)
+            .fold(ca.not_after(), Ord::min);
+        let info = CaInfo {
+            summary: ca.summary(),
+            lifetime: CaLifetime {
+                not_before: ca.not_before(),
+                not_after,
+                max_validity: None,
+            },
+        };
+        Ok(Self {
+            ca,
+            key: Arc::new(key),
+            path,
+            root,
+            info,
+        })
+    }
+
+    pub fn root(&self) -> &Certificate {
+        &self.root
+    }
+}
+
+/// Finds the certificates linking `ca` to a self-signed root among `pool`.
+fn path_to_root(
+    ca: &Certificate,
+    pool: Vec<Certificate>,
+) -> Result<(Vec<Certificate>, Certificate), String> {
+    if ca.is_self_signed() {
+        return Ok((Vec::new(), ca.clone()));
+    }
+    let mut path = Vec::new();
+    let mut current = ca.clone();
+    // A chain longer than the pool cannot be honest; the bound also stops loops.
+    for _ in 0..=pool.len() {
+        let Some(parent) = pool
+            .iter()
+            .find(|p| current.is_signed_by(p) && *p != &current)
+        else {
+            break;
+        };
+        if parent.is_self_signed() {
+            return Ok((path, parent.clone()));
+        }
+        path.push(parent.clone());
+        current = parent.clone();
+    }
+    Err(format!(
+        "the root of {} is not in the Secret: add the chain up to a self-signed root to {TLS_CRT} or {CA_CRT}",
+        ca.subject()
+    ))
+}
+
+impl Signer for LocalCa {
+    fn backend_name(&self) -> &'static str {
+        "localCA"
+    }
+
+    fn ca(&self) -> &CaInfo {
+        &self.info
+    }
+
+    fn sign<'a>(
+        &'a self,
+        request: SignRequest<'a>,
+    ) -> BoxFuture<'a, Result<SignOutcome, BackendError>> {
+        Box::pin(async move {
+            let (csr, plan) = (request.csr.clone(), request.plan.clone());
+            let (ca, key) = (self.ca.clone(), self.key.clone());
+            // Signing is CPU work (RSA especially): keep it off the async reactor threads.
+            let signed = tokio::task::spawn_blocking(move || {
+                sign_csr(
+                    &csr,
+                    &plan,
+                    &CaSigner {
+                        certificate: &ca,
+                        key: &key,
+                    },
+                )
+            })
+            .await
+            .map_err(|e| {
+                BackendError::retryable(reason::SIGNING_FAILED, format!("signing task failed: {e}"))
+            })?;
+            let certificate = signed.map_err(|e| match e {
+                // The request itself cannot be signed as asked.
+                crate::pki::PkiError::UnsupportedSubject(_)
+                | crate::pki::PkiError::UnsupportedPublicKey(_)
+                | crate::pki::PkiError::UnsupportedSan(_) => {
+                    BackendError::permanent("BadRequest", e.to_string())
+                }
+                // Anything else is about the CA.
+                _ => BackendError::issuer_not_ready(reason::SIGNING_FAILED, e.to_string()),
+            })?;
+            let mut chain = vec![certificate];
+            if self.ca != self.root {
+                chain.push(self.ca.clone());
+                chain.extend(self.path.iter().cloned());
+            }
+            Ok(SignOutcome::Issued(IssuedChain {
+                chain,
+                root: self.root.clone(),
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::issuer::RootBootstrap;
+    use crate::pki::sign::self_signed_root;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn data(pairs: &[(&str, String)]) -> BTreeMap<String, ByteString> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.clone().into_bytes())))
+            .collect()
+    }
+
+    fn root() -> (Certificate, SigningKey) {
+        self_signed_root(
+            &RootBootstrap::default(),
+            now() - jiff::SignedDuration::from_hours(1),
+        )
+        .unwrap()
+    }
+
+    fn reason_of(result: Result<LocalCa, BackendError>) -> &'static str {
+        match result {
+            Ok(_) => "Ok",
+            Err(e) => {
+                assert_eq!(e.kind, super::super::FailureKind::IssuerNotReady, "{e:?}");
+                assert!(
+                    !e.message.contains("PRIVATE KEY"),
+                    "no key material in messages: {}",
+                    e.message
+                );
+                e.reason
+            }
+        }
+    }
+
+    #[test]
+    fn ca_secret_checks() {
+        let (cert, key) = root();
+        let (_, other_key) = root();
+        let (leaf_csr, leaf_key) = crate::pki::sign::tests::istiod_csr_with_key();
+        let leaf = {
+            // A certificate that is not a CA, signed by the root.
+            let csr = leaf_csr;
+            let plan = crate::pki::policy::SigningPlan {
+                ca_path_len: None,
+                not_before: now() - jiff::SignedDuration::from_secs(60),
+                not_after: now() + jiff::SignedDuration::from_hours(1),
+                requested: std::time::Duration::from_secs(3600),
+                clamped: None,
+            };
+            sign_csr(
+                &csr,
+                &plan,
+                &CaSigner {
+                    certificate: &cert,
+                    key: &key,
+                },
+            )
+            .unwrap()
+        };
+        let expired_at = now() + jiff::SignedDuration::from_hours(24 * 365 * 20);
+        let cases: Vec<(&str, BTreeMap<String, ByteString>, Timestamp, &str)> = vec![
+            // A bootstrapped root: usable.
+            (
+                "good root",
+                data(&[(TLS_CRT, cert.to_pem()), (TLS_KEY, key.to_pem())]),
+                now(),
+                "Ok",
+            ),
+            // Missing fields and garbage.
+            (
+                "no key",
+                data(&[(TLS_CRT, cert.to_pem())]),
+                now(),
+                reason::INVALID_CA,
+            ),
+            (
+                "no cert",
+                data(&[(TLS_KEY, key.to_pem())]),
+                now(),
+                reason::INVALID_CA,
+            ),
+            (
+                "garbage cert",
+                data(&[(TLS_CRT, "garbage".into()), (TLS_KEY, key.to_pem())]),
+                now(),
+                reason::INVALID_CA,
+            ),
+            (
+                "garbage key",
+                data(&[(TLS_CRT, cert.to_pem()), (TLS_KEY, "garbage".into())]),
+                now(),
+                reason::INVALID_CA,
+            ),
+            // The key of another root.
+            (
+                "key mismatch",
+                data(&[(TLS_CRT, cert.to_pem()), (TLS_KEY, other_key.to_pem())]),
+                now(),
+                reason::KEY_MISMATCH,
+            ),
+            // A leaf certificate cannot sign.
+            (
+                "not a CA",
+                data(&[(TLS_CRT, leaf.to_pem()), (TLS_KEY, leaf_key.to_pem())]),
+                now(),
+                reason::NOT_A_CA,
+            ),
+            // Past notAfter.
+            (
+                "expired",
+                data(&[(TLS_CRT, cert.to_pem()), (TLS_KEY, key.to_pem())]),
+                expired_at,
+                reason::CA_EXPIRED,
+            ),
+        ];
+        for (name, d, at, expected) in cases {
+            assert_eq!(
+                reason_of(LocalCa::from_data(
+                    Some(&d),
+                    "Secret ns/root",
+                    Purpose::HealthCheck,
+                    at
+                )),
+                expected,
+                "{name}"
+            );
+        }
+        assert_eq!(
+            reason_of(LocalCa::from_data(
+                None,
+                "Secret ns/root",
+                Purpose::HealthCheck,
+                now()
+            )),
+            reason::INVALID_CA
+        );
+    }
+
+    #[test]
+    fn intermediate_ca_signs_with_its_chain_and_the_root_in_ca_crt() {
+        let (root_cert, root_key) = root();
+        // An intermediate CA (pathLen 1) signed by the root, with its own key.
+        let int_key = SigningKey::generate(&Default::default()).unwrap();
+        let int_csr = {
+            let mut params = rcgen::CertificateParams::default();
+            // rcgen pre-fills a CN; start from an empty name so ours comes out in the order given.
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "Issuing CA");
+            let pair = rcgen::KeyPair::from_pem(&int_key.to_pem()).unwrap();
+            let pem = params.serialize_request(&pair).unwrap().pem().unwrap();
+            crate::pki::CertificateSigningRequest::from_pem(pem.as_bytes()).unwrap()
+        };
+        let plan = crate::pki::policy::SigningPlan {
+            ca_path_len: Some(1),
+            not_before: now() - jiff::SignedDuration::from_secs(60),
+            not_after: now() + jiff::SignedDuration::from_hours(24 * 365),
+            requested: std::time::Duration::from_secs(3600),
+            clamped: None,
+        };
+        let int_cert = sign_csr(
+            &int_csr,
+            &plan,
+            &CaSigner {
+                certificate: &root_cert,
+                key: &root_key,
+            },
+        )
+        .unwrap();
+        let secret = data(&[
+            (TLS_CRT, int_cert.to_pem()),
+            (TLS_KEY, int_key.to_pem()),
+            (CA_CRT, root_cert.to_pem()),
+        ]);
+        let ca = LocalCa::from_data(Some(&secret), "Secret ns/int", Purpose::HealthCheck, now())
+            .unwrap();
+        assert_eq!(ca.root(), &root_cert);
+        assert_eq!(
+            ca.ca().lifetime.not_after,
+            int_cert.not_after().min(root_cert.not_after())
+        );
+        // Without the root the chain is incomplete.
+        let no_root = data(&[(TLS_CRT, int_cert.to_pem()), (TLS_KEY, int_key.to_pem())]);
+        assert_eq!(
+            reason_of(LocalCa::from_data(
+                Some(&no_root),
+                "Secret ns/int",
+                Purpose::HealthCheck,
+                now()
+            )),
+            reason::INCOMPLETE_CHAIN
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! PKI backends behind one trait. A backend signs, and when it cannot it says what *kind* of
+//! failure that is ([`FailureKind`]); it never decides a CertificateRequest's status itself —
+//! `controller::certificate_request` does, in one place.
+
+pub mod local_ca;
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use kube::Client;
+
+use crate::api::issuer::{CertificateSummary, IssuerSpec};
+use crate::pki::policy::{CaLifetime, SigningPlan};
+use crate::pki::{Certificate, CertificateSigningRequest};
+
+/// What a failure means, as the backend sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The backend is working on it; ask again later (e.g. PCA's RequestInProgress).
+    Pending,
+    /// Transient (network, throttling, 5xx): retry with back-off, never give up early.
+    Retryable,
+    /// This request can never succeed as it is (malformed CSR, rejected by the CA).
+    Permanent,
+    /// The issuer's configuration or CA is unusable (secret missing, CA expired or disabled,
+    /// access denied): the issuer is not Ready and requests wait.
+    IssuerNotReady,
+}
+
+/// A backend failure: its kind, a PascalCase reason for conditions, and a message that says
+/// what failed and what to do. Never contains key material.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BackendError {
+    pub kind: FailureKind,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl BackendError {
+    pub fn new(kind: FailureKind, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            reason,
+            message: message.into(),
+        }
+    }
+    pub fn issuer_not_ready(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(FailureKind::IssuerNotReady, reason, message)
+    }
+    pub fn retryable(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(FailureKind::Retryable, reason, message)
+    }
+    pub fn permanent(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(FailureKind::Permanent, reason, message)
+    }
+}
+
+/// The CA a backend signs with, as last checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaInfo {
+    pub summary: CertificateSummary,
+    pub lifetime: CaLifetime,
+}
+
+/// Everything a backend needs to sign one request.
+pub struct SignRequest<'a> {
+    pub csr: &'a CertificateSigningRequest,
+    pub plan: &'a SigningPlan,
+    /// The CertificateRequest's UID: the idempotency key of backends that have one.
+    pub request_uid: &'a str,
+    /// A backend-side id persisted on the request by an earlier attempt (e.g. a PCA ARN).
+    pub backend_ref: Option<&'a str>,
+}
+
+/// A signed chain: `chain[0]` is the new certificate, followed by any intermediates, root
+/// excluded; `root` is the trust anchor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedChain {
+    pub chain: Vec<Certificate>,
+    pub root: Certificate,
+}
+
+impl IssuedChain {
+    /// PEM for `status.certificate`: the certificate followed by intermediates, root excluded.
+    pub fn certificate_pem(&self) -> String {
+        self.chain.iter().map(Certificate::to_pem).collect()
+    }
+
+    /// PEM for `status.ca`: the root.
+    pub fn ca_pem(&self) -> String {
+        self.root.to_pem()
+    }
+}
+
+/// What a sign call produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignOutcome {
+    Issued(IssuedChain),
+    /// Accepted but not finished: persist `backend_ref` on the request, then ask again.
+    InProgress {
+        backend_ref: String,
+    },
+}
+
+/// A PKI backend that can sign for one issuer.
+pub trait Signer: Send + Sync {
+    /// The backend's name as in the issuer spec (`localCA`).
+    fn backend_name(&self) -> &'static str;
+    /// The CA that signs.
+    fn ca(&self) -> &CaInfo;
+    fn sign<'a>(
+        &'a self,
+        request: SignRequest<'a>,
+    ) -> BoxFuture<'a, Result<SignOutcome, BackendError>>;
+}
+
+/// Where an issuer lives and where it may read Secrets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuerScope {
+    /// `MeshCAIssuer ns/name` or `ClusterMeshCAIssuer name`, for messages.
+    pub display: String,
+    /// A namespaced issuer's own namespace, or the cluster resource namespace.
+    pub secret_namespace: String,
+}
+
+/// Why `connect` is called: a health check also proves the CA can sign (a probe signature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    HealthCheck,
+    Signing,
+}
+
+/// Exactly one backend must be configured; returns its name.
+pub fn configured_backend(spec: &IssuerSpec) -> Result<&'static str, BackendError> {
+    let configured: Vec<&'static str> = [spec.local_ca.as_ref().map(|_| "localCA")]
+        .into_iter()
+        .flatten()
+        .collect();
+    match configured.as_slice() {
+        [one] => Ok(one),
+        [] => Err(BackendError::issuer_not_ready(
+            "InvalidSpec",
+            "no backend configured: set spec.localCA",
+        )),
+        many => Err(BackendError::issuer_not_ready(
+            "InvalidSpec",
+            format!(
+                "exactly one backend may be set, found {}",
+                many.join(" and ")
+            ),
+        )),
+    }
+}
+
+/// Builds the signer an issuer's spec describes, checking its CA on the way.
+pub async fn connect(
+    client: &Client,
+    spec: &IssuerSpec,
+    scope: &IssuerScope,
+    purpose: Purpose,
+    now: Timestamp,
+) -> Result<Box<dyn Signer>, BackendError> {
+    configured_backend(spec)?;
+    if let Some(local) = &spec.local_ca {
+        return Ok(Box::new(
+            local_ca::LocalCa::load(client, local, scope, purpose, now).await?,
+        ));
+    }
+    Err(BackendError::issuer_not_ready(
+        "InvalidSpec",
+        "no backend configured",
+    ))
+}

@@ -1,0 +1,848 @@
+//! The CertificateRequest controller: cert-manager's external-issuer contract.
+//!
+//! Order of checks (as cert-manager's issuer-lib): foreign request? already terminal? denied?
+//! approved? issuer exists, Ready, and checked at its current generation? CSR valid and within
+//! policy? sign. Every decision is a pure function of the request, the issuer and the clock
+//! ([`triage`], [`issuer_gate`], [`status_change`]); [`reconcile`] only fetches, signs and writes.
+//!
+//! Outcomes: issued (`Ready=True/Issued`, chain and root, in one status write); waiting
+//! (`Ready=False/Pending` with a message saying on what); failed (`Ready=False/Failed` +
+//! `failureTime`: only for requests that can never succeed, or transient errors that outlast
+//! `--max-retry-duration`); denied (`Ready=False/Denied` + `failureTime`, never signed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+use tracing::{debug, info, instrument, warn};
+
+use super::Context;
+use crate::FIELD_MANAGER;
+use crate::api::cert_manager::{
+    CertificateRequest, CertificateRequestCondition, CertificateRequestStatus, condition,
+};
+use crate::api::conditions::READY;
+use crate::api::issuer::{
+    CLUSTER_ISSUER_KIND, ClusterMeshCAIssuer, ISSUER_KIND, IssuerSpec, IssuerStatus, MeshCAIssuer,
+};
+use crate::backend::{
+    self, BackendError, FailureKind, IssuerScope, Purpose, SignOutcome, SignRequest,
+};
+use crate::error::{Error, Result};
+use crate::pki::CertificateSigningRequest;
+use crate::pki::policy::{self, RequestFacts};
+
+/// Which of our issuer kinds a request names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssuerKind {
+    Namespaced,
+    Cluster,
+}
+
+impl IssuerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssuerKind::Namespaced => ISSUER_KIND,
+            IssuerKind::Cluster => CLUSTER_ISSUER_KIND,
+        }
+    }
+}
+
+/// The first decision about a request, from the request alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Triage {
+    /// Not for us (another group or kind, or cluster issuers disabled): no write at all.
+    NotOurs,
+    /// Already Issued, Failed, Denied or invalid: untouched.
+    Terminal,
+    /// Neither approved nor denied yet: no write (approval triggers a new reconcile).
+    AwaitingApproval,
+    /// Denied by an approver: mark Denied, never sign.
+    Denied { message: String },
+    /// Approved and ours: go on with the issuer of this kind and name.
+    Proceed { kind: IssuerKind, name: String },
+}
+
+/// Decides what to do with a request before looking at anything else.
+pub fn triage(cr: &CertificateRequest, cluster_issuers_enabled: bool) -> Triage {
+    let issuer_ref = &cr.spec.issuer_ref;
+    if issuer_ref.group.as_deref() != Some(crate::api::GROUP) {
+        return Triage::NotOurs;
+    }
+    // Resolved strictly by kind: no fallback from one kind to the other, and an empty kind
+    // (cert-manager defaults it to "Issuer") is not ours.
+    let kind = match issuer_ref.kind.as_deref() {
+        Some(ISSUER_KIND) => IssuerKind::Namespaced,
+        Some(CLUSTER_ISSUER_KIND) if cluster_issuers_enabled => IssuerKind::Cluster,
+        _ => return Triage::NotOurs,
+    };
+    if let Some(ready) = cr.condition(condition::READY) {
+        let done = ready.status == "True"
+            || matches!(
+                ready.reason.as_deref(),
+                Some(condition::REASON_FAILED) | Some(condition::REASON_DENIED)
+            );
+        if done {
+            return Triage::Terminal;
+        }
+    }
+    if cr.condition_is_true(condition::INVALID_REQUEST) {
+        return Triage::Terminal;
+    }
+    if let Some(denied) = cr
+        .condition(condition::DENIED)
+        .filter(|c| c.status == "True")
+    {
+        let why = denied
+            .message
+            .clone()
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "no reason given".into());
+        return Triage::Denied {
+            message: format!("The CertificateRequest was denied by an approval controller: {why}"),
+        };
+    }
+    if !cr.condition_is_true(condition::APPROVED) {
+        return Triage::AwaitingApproval;
+    }
+    Triage::Proceed {
+        kind,
+        name: issuer_ref.name.clone(),
+    }
+}
+
+/// What the request's issuer looks like right now.
+#[derive(Clone, Debug, PartialEq)]
+pub enum IssuerLookup {
+    Missing,
+    Found {
+        spec: Box<IssuerSpec>,
+        status: Option<IssuerStatus>,
+        generation: Option<i64>,
+    },
+}
+
+/// Lets a request through only when its issuer exists, is Ready, and was checked at its
+/// current generation; otherwise says what the request waits on.
+pub fn issuer_gate<'a>(display: &str, lookup: &'a IssuerLookup) -> Result<&'a IssuerSpec, String> {
+    let (spec, status, generation) = match lookup {
+        IssuerLookup::Missing => return Err(format!("Waiting for {display}: it does not exist")),
+        IssuerLookup::Found {
+            spec,
+            status,
+            generation,
+        } => (spec.as_ref(), status, generation),
+    };
+    let ready = status
+        .as_ref()
+        .and_then(|s| crate::api::conditions::find(&s.conditions, READY));
+    match ready {
+        None => Err(format!("Waiting for {display} to be checked")),
+        Some(c) if c.observed_generation < *generation => Err(format!(
+            "Waiting for {display} to be re-checked: its spec changed (generation {}, last checked {})",
+            generation.unwrap_or_default(),
+            c.observed_generation.unwrap_or_default()
+        )),
+        Some(c) if c.status != "True" => Err(format!(
+            "Waiting for {display}, which is not Ready: {}: {}",
+            c.reason, c.message
+        )),
+        Some(_) => Ok(spec),
+    }
+}
+
+/// How a reconcile ended, before it is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Denied {
+        message: String,
+    },
+    /// Waiting on something that will trigger a new reconcile (issuer, backend).
+    Waiting {
+        message: String,
+        retry_after: Duration,
+    },
+    /// A transient failure: retried with back-off until the deadline, then Failed.
+    Transient {
+        message: String,
+        retry_after: Duration,
+    },
+    /// Can never succeed as asked.
+    Failed {
+        message: String,
+    },
+    Issued {
+        certificate: String,
+        ca: String,
+        message: String,
+    },
+}
+
+/// The status write and event an outcome calls for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusChange {
+    pub status: CertificateRequestStatus,
+    /// `Some` when the condition changed: one event per change, not per retry.
+    pub event: Option<(EventType, String, String)>,
+}
+
+/// Maps an outcome onto the request's status. `None` when the status already says exactly
+/// this (no write, no event). A transient failure past `deadline` becomes `Failed`.
+pub fn status_change(
+    cr: &CertificateRequest,
+    outcome: Outcome,
+    now: Timestamp,
+    deadline: Option<Timestamp>,
+) -> Option<StatusChange> {
+    let outcome = match outcome {
+        Outcome::Transient { message, .. } if deadline.is_some_and(|d| now >= d) => {
+            Outcome::Failed {
+                message: format!("Giving up after the maximum retry duration: {message}"),
+            }
+        }
+        other => other,
+    };
+    let (ready, reason, message, failed, event_type) = match &outcome {
+        Outcome::Denied { message } => (
+            false,
+            condition::REASON_DENIED,
+            message.clone(),
+            true,
+            EventType::Warning,
+        ),
+        Outcome::Waiting { message, .. } | Outcome::Transient { message, .. } => (
+            false,
+            condition::REASON_PENDING,
+            message.clone(),
+            false,
+            EventType::Normal,
+        ),
+        Outcome::Failed { message } => (
+            false,
+            condition::REASON_FAILED,
+            message.clone(),
+            true,
+            EventType::Warning,
+        ),
+        Outcome::Issued { message, .. } => (
+            true,
+            condition::REASON_ISSUED,
+            message.clone(),
+            false,
+            EventType::Normal,
+        ),
+    };
+    let previous = cr.condition(condition::READY);
+    let status_str = if ready { "True" } else { "False" };
+    let unchanged = previous.is_some_and(|c| {
+        c.status == status_str
+            && c.reason.as_deref() == Some(reason)
+            && c.message.as_deref() == Some(message.as_str())
+    });
+    if unchanged {
+        return None;
+    }
+    let last_transition_time = match previous {
+        Some(c) if c.status == status_str => c.last_transition_time.clone().or(Some(Time(now))),
+        _ => Some(Time(now)),
+    };
+    let (certificate, ca) = match outcome {
+        Outcome::Issued {
+            certificate, ca, ..
+        } => (Some(certificate.into_bytes()), Some(ca.into_bytes())),
+        _ => (None, None),
+    };
+    Some(StatusChange {
+        status: CertificateRequestStatus {
+            conditions: Some(vec![CertificateRequestCondition {
+                type_: condition::READY.to_string(),
+                status: status_str.to_string(),
+                reason: Some(reason.to_string()),
+                message: Some(message.clone()),
+                last_transition_time,
+            }]),
+            certificate,
+            ca,
+            failure_time: failed.then_some(Time(now)),
+        },
+        event: Some((event_type, reason.to_string(), message)),
+    })
+}
+
+/// What a backend failure means for a request. The one place backend errors are classified.
+pub fn classify(error: BackendError, issuer_display: &str, retry_after: Duration) -> Outcome {
+    match error.kind {
+        FailureKind::Permanent => Outcome::Failed {
+            message: error.message,
+        },
+        FailureKind::Retryable => Outcome::Transient {
+            message: format!("Transient error, will retry: {}", error.message),
+            retry_after,
+        },
+        FailureKind::Pending => Outcome::Waiting {
+            message: error.message,
+            retry_after,
+        },
+        FailureKind::IssuerNotReady => Outcome::Waiting {
+            message: format!(
+                "Waiting for {issuer_display}, which is not Ready: {}: {}",
+                error.reason, error.message
+            ),
+            retry_after: Duration::from_secs(60),
+        },
+    }
+}
+
+/// Requests that wait on the issuer `kind/namespace/name`: what an issuer change re-queues.
+pub fn requests_waiting_on(
+    store: &Store<CertificateRequest>,
+    kind: IssuerKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<CertificateRequest>> {
+    store
+        .state()
+        .iter()
+        .filter(|cr| {
+            let r = &cr.spec.issuer_ref;
+            r.group.as_deref() == Some(crate::api::GROUP)
+                && r.kind.as_deref() == Some(kind.as_str())
+                && r.name == name
+                && (kind == IssuerKind::Cluster || cr.namespace().as_deref() == namespace)
+                && !matches!(triage(cr, true), Triage::Terminal | Triage::NotOurs)
+        })
+        .map(|cr| ObjectRef::from_obj(cr.as_ref()))
+        .collect()
+}
+
+async fn lookup_issuer(
+    ctx: &Context,
+    kind: IssuerKind,
+    namespace: &str,
+    name: &str,
+) -> Result<(IssuerLookup, IssuerScope)> {
+    let found = match kind {
+        IssuerKind::Namespaced => Api::<MeshCAIssuer>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map(|o| o.map(|i| (i.spec, i.status, i.metadata.generation))),
+        IssuerKind::Cluster => Api::<ClusterMeshCAIssuer>::all(ctx.client.clone())
+            .get_opt(name)
+            .await
+            .map(|o| o.map(|i| (i.spec, i.status, i.metadata.generation))),
+    }
+    .map_err(|e| Error::kube(format!("reading {} {name}", kind.as_str()), e))?;
+    let scope = match kind {
+        IssuerKind::Namespaced => IssuerScope {
+            display: format!("{ISSUER_KIND} {namespace}/{name}"),
+            secret_namespace: namespace.to_string(),
+        },
+        IssuerKind::Cluster => IssuerScope {
+            display: format!("{CLUSTER_ISSUER_KIND} {name}"),
+            secret_namespace: ctx.config.cluster_resource_namespace.clone(),
+        },
+    };
+    let lookup = match found {
+        None => IssuerLookup::Missing,
+        Some((spec, status, generation)) => IssuerLookup::Found {
+            spec: Box::new(spec),
+            status,
+            generation,
+        },
+    };
+    Ok((lookup, scope))
+}
+
+#[instrument(skip_all, fields(namespace = cr.namespace().unwrap_or_default(), name = %cr.name_any()))]
+pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action> {
+    let now = Timestamp::now();
+    let (kind, issuer_name) = match triage(&cr, ctx.config.namespace.is_none()) {
+        // done: foreign, terminal or not yet approved requests get no write at all
+        Triage::NotOurs | Triage::Terminal | Triage::AwaitingApproval => {
+            return Ok(Action::await_change());
+        }
+        Triage::Denied { message } => {
+            apply_outcome(&ctx, &cr, Outcome::Denied { message }, now).await?;
+            // done: denied is terminal
+            return Ok(Action::await_change());
+        }
+        Triage::Proceed { kind, name } => (kind, name),
+    };
+    let namespace = cr.namespace().unwrap_or_default();
+    let (lookup, scope) = lookup_issuer(&ctx, kind, &namespace, &issuer_name).await?;
+    let outcome = match issuer_gate(&scope.display, &lookup) {
+        // requeue: the issuer watch brings the request back when the issuer changes
+        Err(message) => Outcome::Waiting {
+            message,
+            retry_after: Duration::from_secs(300),
+        },
+        Ok(spec) => sign(&ctx, &cr, spec, &scope, now).await,
+    };
+    let requeue = match &outcome {
+        Outcome::Waiting { retry_after, .. } | Outcome::Transient { retry_after, .. } => {
+            Some(*retry_after)
+        }
+        _ => None,
+    };
+    apply_outcome(&ctx, &cr, outcome, now).await?;
+    Ok(match requeue {
+        Some(after) => Action::requeue(after), // requeue: waiting or retrying
+        None => Action::await_change(),        // done
+    })
+}
+
+/// Decodes and checks the CSR, then asks the backend to sign.
+async fn sign(
+    ctx: &Context,
+    cr: &CertificateRequest,
+    spec: &IssuerSpec,
+    scope: &IssuerScope,
+    now: Timestamp,
+) -> Outcome {
+    let uid = cr.uid().unwrap_or_default();
+    let csr = match CertificateSigningRequest::from_pem(&cr.spec.request) {
+        Ok(csr) => csr,
+        Err(e) => {
+            return Outcome::Failed {
+                message: format!("Invalid request: {e}"),
+            };
+        }
+    };
+    let signer = match backend::connect(&ctx.client, spec, scope, Purpose::Signing, now).await {
+        Ok(signer) => signer,
+        Err(e) => return classify(e, &scope.display, ctx.retries.next_delay(&uid)),
+    };
+    let facts = RequestFacts {
+        is_ca: cr.spec.is_ca,
+        duration: cr.spec.duration.as_deref(),
+    };
+    let plan = match policy::plan(&csr, &facts, &spec.policy, &signer.ca().lifetime, now) {
+        Ok(plan) => plan,
+        Err(violation @ policy::PolicyViolation::CaNotValid { .. }) => {
+            return Outcome::Waiting {
+                message: format!(
+                    "Waiting for {}, whose CA cannot sign now: {violation}",
+                    scope.display
+                ),
+                retry_after: Duration::from_secs(60),
+            };
+        }
+        Err(violation) => {
+            return Outcome::Failed {
+                message: format!("Refused by {}'s policy: {violation}", scope.display),
+            };
+        }
+    };
+    let started = std::time::Instant::now();
+    let request = SignRequest {
+        csr: &csr,
+        plan: &plan,
+        request_uid: &uid,
+        backend_ref: None,
+    };
+    let result = signer.sign(request).await;
+    ctx.metrics
+        .signing_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(SignOutcome::Issued(chain)) => {
+            ctx.retries.forget(&uid);
+            let issued = &chain.chain[0];
+            let mut message = format!(
+                "Certificate issued by {} ({}): serial {}, valid until {}",
+                scope.display,
+                signer.backend_name(),
+                issued.serial_hex(),
+                issued.not_after()
+            );
+            if let Some(why) = &plan.clamped {
+                message.push_str(&format!(
+                    " (shortened from the requested {}: {why})",
+                    crate::duration::format_go_duration(plan.requested)
+                ));
+            }
+            Outcome::Issued {
+                certificate: chain.certificate_pem(),
+                ca: chain.ca_pem(),
+                message,
+            }
+        }
+        Ok(SignOutcome::InProgress { .. }) => Outcome::Waiting {
+            message: format!("{} is still issuing the certificate", scope.display),
+            retry_after: ctx.retries.next_delay(&uid),
+        },
+        Err(e) => classify(e, &scope.display, ctx.retries.next_delay(&uid)),
+    }
+}
+
+/// Writes the status an outcome calls for (if it changed) and raises its event.
+async fn apply_outcome(
+    ctx: &Context,
+    cr: &CertificateRequest,
+    outcome: Outcome,
+    now: Timestamp,
+) -> Result<()> {
+    let metric = match &outcome {
+        Outcome::Denied { .. } => "denied",
+        Outcome::Waiting { .. } => "pending",
+        Outcome::Transient { .. } => "retrying",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Issued { .. } => "issued",
+    };
+    let deadline = cr.meta().creation_timestamp.as_ref().map(|t| {
+        t.0 + jiff::SignedDuration::try_from(ctx.config.max_retry_duration)
+            .unwrap_or(jiff::SignedDuration::MAX)
+    });
+    let Some(change) = status_change(cr, outcome, now, deadline) else {
+        return Ok(());
+    };
+    let name = cr.name_any();
+    let api: Api<CertificateRequest> =
+        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": CertificateRequest::api_version(&()),
+        "kind": CertificateRequest::kind(&()),
+        "status": change.status,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("writing status of CertificateRequest {name}"), e))?;
+    ctx.metrics.count_reconcile("certificaterequest", metric);
+    if let Some((type_, reason, note)) = change.event {
+        match type_ {
+            EventType::Warning => warn!(%reason, %note, "certificaterequest"),
+            EventType::Normal if reason == condition::REASON_ISSUED => {
+                info!(%reason, %note, "certificaterequest")
+            }
+            EventType::Normal => debug!(%reason, %note, "certificaterequest"),
+        }
+        ctx.publish_event(&cr.object_ref(&()), type_, &reason, "Sign", note)
+            .await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::cert_manager::{CertificateRequestSpec, IssuerReference};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    fn cr(group: &str, kind: &str, conditions: &[(&str, &str, &str)]) -> CertificateRequest {
+        let mut cr = CertificateRequest::new(
+            "r",
+            CertificateRequestSpec {
+                issuer_ref: IssuerReference {
+                    name: "mesh".into(),
+                    kind: Some(kind.into()),
+                    group: Some(group.into()),
+                },
+                ..Default::default()
+            },
+        );
+        cr.status = Some(CertificateRequestStatus {
+            conditions: Some(
+                conditions
+                    .iter()
+                    .map(|(t, s, r)| CertificateRequestCondition {
+                        type_: t.to_string(),
+                        status: s.to_string(),
+                        reason: Some(r.to_string()),
+                        message: Some(format!("{t} {r}")),
+                        last_transition_time: None,
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        });
+        cr
+    }
+
+    const OURS: &str = "meshca.io";
+    const APPROVED: (&str, &str, &str) = ("Approved", "True", "cert-manager.io");
+
+    #[test]
+    fn triage_follows_the_external_issuer_contract() {
+        use Triage::*;
+        let proceed = |kind| Proceed {
+            kind,
+            name: "mesh".into(),
+        };
+        let cases: Vec<(&str, CertificateRequest, bool, Triage)> = vec![
+            // Another group: never ours.
+            (
+                "foreign group",
+                cr("cert-manager.io", "Issuer", &[APPROVED]),
+                true,
+                NotOurs,
+            ),
+            // Our group, unknown kind: not ours either (no kind fallback).
+            (
+                "unknown kind",
+                cr(OURS, "Issuer", &[APPROVED]),
+                true,
+                NotOurs,
+            ),
+            // Cluster kind while cluster issuers are disabled (--namespace).
+            (
+                "cluster disabled",
+                cr(OURS, "ClusterMeshCAIssuer", &[APPROVED]),
+                false,
+                NotOurs,
+            ),
+            // Neither approved nor denied: wait silently.
+            (
+                "unapproved",
+                cr(OURS, "MeshCAIssuer", &[]),
+                true,
+                AwaitingApproval,
+            ),
+            // Denied wins over everything but a terminal Ready.
+            (
+                "denied",
+                cr(OURS, "MeshCAIssuer", &[("Denied", "True", "policy")]),
+                true,
+                Denied {
+                    message:
+                        "The CertificateRequest was denied by an approval controller: Denied policy"
+                            .into(),
+                },
+            ),
+            // Terminal states are untouched.
+            (
+                "issued",
+                cr(
+                    OURS,
+                    "MeshCAIssuer",
+                    &[APPROVED, ("Ready", "True", "Issued")],
+                ),
+                true,
+                Terminal,
+            ),
+            (
+                "failed",
+                cr(
+                    OURS,
+                    "MeshCAIssuer",
+                    &[APPROVED, ("Ready", "False", "Failed")],
+                ),
+                true,
+                Terminal,
+            ),
+            (
+                "already denied",
+                cr(
+                    OURS,
+                    "MeshCAIssuer",
+                    &[("Denied", "True", "x"), ("Ready", "False", "Denied")],
+                ),
+                true,
+                Terminal,
+            ),
+            (
+                "invalid",
+                cr(
+                    OURS,
+                    "MeshCAIssuer",
+                    &[APPROVED, ("InvalidRequest", "True", "x")],
+                ),
+                true,
+                Terminal,
+            ),
+            // Pending is not terminal: proceed.
+            (
+                "pending",
+                cr(
+                    OURS,
+                    "MeshCAIssuer",
+                    &[APPROVED, ("Ready", "False", "Pending")],
+                ),
+                true,
+                proceed(IssuerKind::Namespaced),
+            ),
+            (
+                "approved cluster",
+                cr(OURS, "ClusterMeshCAIssuer", &[APPROVED]),
+                true,
+                proceed(IssuerKind::Cluster),
+            ),
+        ];
+        for (name, request, cluster_enabled, expected) in cases {
+            assert_eq!(triage(&request, cluster_enabled), expected, "{name}");
+        }
+    }
+
+    fn ready_condition(status: &str, observed: i64) -> IssuerStatus {
+        IssuerStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: status.into(),
+                reason: "Verified".into(),
+                message: "m".into(),
+                observed_generation: Some(observed),
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn issuer_gate_says_what_the_request_waits_on() {
+        let found = |status: Option<IssuerStatus>, generation| IssuerLookup::Found {
+            spec: Box::default(),
+            status,
+            generation,
+        };
+        let cases = vec![
+            ("missing", IssuerLookup::Missing, Some("does not exist")),
+            ("never checked", found(None, Some(1)), Some("to be checked")),
+            (
+                "stale generation",
+                found(Some(ready_condition("True", 1)), Some(2)),
+                Some("spec changed (generation 2, last checked 1)"),
+            ),
+            (
+                "not ready",
+                found(Some(ready_condition("False", 1)), Some(1)),
+                Some("which is not Ready: Verified: m"),
+            ),
+            (
+                "ready",
+                found(Some(ready_condition("True", 2)), Some(2)),
+                None,
+            ),
+        ];
+        for (name, lookup, expected) in cases {
+            match (issuer_gate("MeshCAIssuer ns/mesh", &lookup), expected) {
+                (Ok(_), None) => {}
+                (Err(m), Some(part)) => assert!(m.contains(part), "{name}: {m}"),
+                (got, want) => panic!("{name}: got {got:?}, expected {want:?}"),
+            }
+        }
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    #[test]
+    fn status_changes() {
+        let approved = cr(OURS, "MeshCAIssuer", &[APPROVED]);
+        let wait = || Outcome::Waiting {
+            message: "Waiting for X".into(),
+            retry_after: Duration::from_secs(1),
+        };
+
+        // Issued: Ready=True with certificate and root in the same write, a Normal event.
+        let issued = Outcome::Issued {
+            certificate: "CHAIN".into(),
+            ca: "ROOT".into(),
+            message: "ok".into(),
+        };
+        let change = status_change(&approved, issued, now(), None).unwrap();
+        assert_eq!(
+            change.status.certificate.as_deref(),
+            Some(b"CHAIN".as_slice())
+        );
+        assert_eq!(change.status.ca.as_deref(), Some(b"ROOT".as_slice()));
+        assert_eq!(change.status.failure_time, None);
+        assert_eq!(
+            change.event.as_ref().map(|e| (e.0, e.1.as_str())),
+            Some((EventType::Normal, "Issued"))
+        );
+
+        // Failed and Denied stamp failureTime and warn.
+        for outcome in [
+            Outcome::Failed {
+                message: "bad".into(),
+            },
+            Outcome::Denied {
+                message: "no".into(),
+            },
+        ] {
+            let change = status_change(&approved, outcome, now(), None).unwrap();
+            assert_eq!(change.status.failure_time, Some(Time(now())));
+            assert_eq!(change.event.unwrap().0, EventType::Warning);
+        }
+
+        // Pending with an unchanged message: no write, no event.
+        let mut pending = approved.clone();
+        pending.status = Some(
+            status_change(&approved, wait(), now(), None)
+                .unwrap()
+                .status,
+        );
+        pending
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()
+            .push(CertificateRequestCondition {
+                type_: "Approved".into(),
+                status: "True".into(),
+                reason: None,
+                message: None,
+                last_transition_time: None,
+            });
+        assert_eq!(status_change(&pending, wait(), now(), None), None);
+
+        // A transient error before the deadline is Pending, never Failed...
+        let transient = || Outcome::Transient {
+            message: "throttled".into(),
+            retry_after: Duration::from_secs(5),
+        };
+        let before = status_change(
+            &approved,
+            transient(),
+            now(),
+            Some(now() + jiff::SignedDuration::from_secs(1)),
+        )
+        .unwrap();
+        assert_eq!(
+            before.status.conditions.unwrap()[0].reason.as_deref(),
+            Some("Pending")
+        );
+        assert_eq!(before.status.failure_time, None);
+        // ...and Failed once the maximum retry duration has passed.
+        let after = status_change(&approved, transient(), now(), Some(now())).unwrap();
+        let condition = &after.status.conditions.unwrap()[0];
+        assert_eq!(condition.reason.as_deref(), Some("Failed"));
+        assert!(
+            condition
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("maximum retry duration")
+        );
+    }
+
+    #[test]
+    fn backend_failures_are_classified_in_one_place() {
+        let d = Duration::from_secs(7);
+        let cases = [
+            (FailureKind::Permanent, "Failed"),
+            (FailureKind::Retryable, "Transient"),
+            (FailureKind::Pending, "Waiting"),
+            (FailureKind::IssuerNotReady, "Waiting"),
+        ];
+        for (kind, expected) in cases {
+            let outcome = classify(BackendError::new(kind, "R", "m"), "MeshCAIssuer ns/mesh", d);
+            assert!(
+                format!("{outcome:?}").starts_with(expected),
+                "{kind:?}: {outcome:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! The issuer controller: checks `MeshCAIssuer`s and `ClusterMeshCAIssuer`s on every spec
+//! change, when their CA Secret changes, and periodically (a root can expire or vanish without
+//! any event), and publishes `Ready` with `observedGeneration` and the CA's identity.
+//!
+//! Requests wait on this condition; the CertificateRequest controller watches issuers, so a
+//! request waiting on an issuer is issued as soon as the issuer turns Ready.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, instrument, warn};
+
+use super::Context;
+use crate::FIELD_MANAGER;
+use crate::api::conditions::{self, READY};
+use crate::api::issuer::{
+    CLUSTER_ISSUER_KIND, ClusterMeshCAIssuer, ISSUER_KIND, IssuerSpec, IssuerStatus, LocalCA,
+    MeshCAIssuer, RootBootstrap,
+};
+use crate::backend::local_ca::{self, CA_CRT, TLS_CRT, TLS_KEY};
+use crate::backend::{self, BackendError, CaInfo, FailureKind, IssuerScope, Purpose};
+use crate::error::{Error, Result};
+use crate::pki::policy::validate_policy;
+use crate::pki::sign::self_signed_root;
+
+/// Reasons of the issuer's `Ready` condition besides those the backends report.
+pub mod reason {
+    pub const VERIFIED: &str = "Verified";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+}
+
+/// Label on Secrets this controller created.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "mesh-ca-issuer";
+/// Annotation on a bootstrapped root Secret: which issuer asked for it.
+pub const BOOTSTRAPPED_FOR_ANNOTATION: &str = "meshca.io/bootstrapped-for";
+
+/// What both issuer kinds have in common, for one generic reconcile.
+pub trait IssuerObject:
+    Resource<DynamicType = ()>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: &'static str;
+    fn spec(&self) -> &IssuerSpec;
+    fn status(&self) -> Option<&IssuerStatus>;
+    /// Where the issuer reads its Secrets: its own namespace, or the cluster resource namespace.
+    fn scope(&self, cluster_resource_namespace: &str) -> IssuerScope;
+    /// The API of this kind, in this object's namespace when it has one.
+    fn api(&self, client: kube::Client) -> Api<Self>;
+}
+
+impl IssuerObject for MeshCAIssuer {
+    const KIND: &'static str = ISSUER_KIND;
+    fn spec(&self) -> &IssuerSpec {
+        &self.spec
+    }
+    fn status(&self) -> Option<&IssuerStatus> {
+        self.status.as_ref()
+    }
+    fn scope(&self, _: &str) -> IssuerScope {
+        let namespace = self.namespace().unwrap_or_default();
+        IssuerScope {
+            display: format!("{ISSUER_KIND} {namespace}/{}", self.name_any()),
+            secret_namespace: namespace,
+        }
+    }
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+}
+
+impl IssuerObject for ClusterMeshCAIssuer {
+    const KIND: &'static str = CLUSTER_ISSUER_KIND;
+    fn spec(&self) -> &IssuerSpec {
+        &self.spec
+    }
+    fn status(&self) -> Option<&IssuerStatus> {
+        self.status.as_ref()
+    }
+    fn scope(&self, cluster_resource_namespace: &str) -> IssuerScope {
+        IssuerScope {
+            display: format!("{CLUSTER_ISSUER_KIND} {}", self.name_any()),
+            secret_namespace: cluster_resource_namespace.to_string(),
+        }
+    }
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::all(client)
+    }
+}
+
+/// The verdict on an issuer, before it is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assessment {
+    pub ready: bool,
+    pub reason: String,
+    pub message: String,
+    pub backend: Option<String>,
+    pub ca: Option<CaInfo>,
+    pub requeue_after: Duration,
+}
+
+/// Turns the result of checking an issuer into its status and the time of the next check.
+/// Ready issuers are checked again at the recheck interval or right after their CA expires,
+/// whichever is first; transient failures sooner.
+pub fn assess(
+    check: Result<(&'static str, CaInfo), BackendError>,
+    recheck: Duration,
+    now: Timestamp,
+) -> Assessment {
+    match check {
+        Ok((backend, ca)) => {
+            let until_expiry =
+                ca.lifetime.not_after.duration_since(now).unsigned_abs() + Duration::from_secs(1);
+            Assessment {
+                ready: true,
+                reason: reason::VERIFIED.to_string(),
+                message: format!(
+                    "Signing CA {} verified; valid until {}",
+                    ca.summary.subject, ca.summary.not_after
+                ),
+                backend: Some(backend.to_string()),
+                ca: Some(ca),
+                requeue_after: recheck.min(until_expiry),
+            }
+        }
+        Err(e) => Assessment {
+            ready: false,
+            reason: e.reason.to_string(),
+            message: e.message,
+            backend: None,
+            ca: None,
+            requeue_after: match e.kind {
+                FailureKind::Retryable | FailureKind::Pending => {
+                    recheck.min(Duration::from_secs(30))
+                }
+                FailureKind::IssuerNotReady | FailureKind::Permanent => recheck,
+            },
+        },
+    }
+}
+
+/// The status to write for an assessment, keeping the condition's transition time when its
+/// status did not change.
+pub fn next_status(
+    previous: Option<&IssuerStatus>,
+    a: &Assessment,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> IssuerStatus {
+    let previous_ready = previous.and_then(|s| conditions::find(&s.conditions, READY));
+    IssuerStatus {
+        conditions: vec![conditions::next(
+            previous_ready,
+            READY,
+            a.ready,
+            &a.reason,
+            a.message.clone(),
+            generation,
+            now,
+        )],
+        backend: a
+            .backend
+            .clone()
+            .or_else(|| previous.and_then(|s| s.backend.clone())),
+        ca: a.ca.as_ref().map(|ca| ca.summary.clone()),
+    }
+}
+
+/// Checks the issuer's spec and backend without writing anything.
+async fn check(
+    ctx: &Context,
+    spec: &IssuerSpec,
+    scope: &IssuerScope,
+    now: Timestamp,
+) -> Result<(&'static str, CaInfo), BackendError> {
+    validate_policy(&spec.policy)
+        .map_err(|m| BackendError::issuer_not_ready(reason::INVALID_SPEC, m))?;
+    let backend_name = backend::configured_backend(spec)?;
+    let signer = backend::connect(&ctx.client, spec, scope, Purpose::HealthCheck, now).await?;
+    Ok((backend_name, signer.ca().clone()))
+}
+
+#[instrument(skip_all, fields(kind = K::KIND, namespace = issuer.namespace().unwrap_or_default(), name = %issuer.name_any()))]
+pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let now = Timestamp::now();
+    let scope = issuer.scope(&ctx.config.cluster_resource_namespace);
+    let spec = issuer.spec();
+    let mut result = check(&ctx, spec, &scope, now).await;
+    // A missing root with `bootstrap` set: create it, then check again.
+    if let (Err(e), Some(local)) = (&result, &spec.local_ca)
+        && e.reason == local_ca::reason::SECRET_NOT_FOUND
+        && let Some(bootstrap) = &local.bootstrap
+    {
+        result = match bootstrap_root(&ctx, issuer.as_ref(), &scope, local, bootstrap, now).await {
+            Ok(()) => check(&ctx, spec, &scope, now).await,
+            Err(e) => Err(e),
+        };
+    }
+    let assessment = assess(result, ctx.config.issuer_recheck_interval, now);
+    let generation = issuer.meta().generation;
+    let previous = issuer.status();
+    let status = next_status(previous, &assessment, generation, now);
+    if previous != Some(&status) {
+        write_status(&ctx, issuer.as_ref(), &status).await?;
+        announce_transition(&ctx, issuer.as_ref(), previous, &assessment).await;
+    }
+    ctx.metrics.count_reconcile(
+        K::KIND,
+        if assessment.ready {
+            "ready"
+        } else {
+            "not_ready"
+        },
+    );
+    if let Some(ca) = &assessment.ca {
+        ctx.metrics.observe_backend_ca(
+            issuer.namespace().as_deref().unwrap_or(""),
+            &issuer.name_any(),
+            ca,
+        );
+    }
+    Ok(Action::requeue(assessment.requeue_after))
+}
+
+/// One event per transition: becoming Ready, or a new reason for not being Ready.
+async fn announce_transition<K: IssuerObject>(
+    ctx: &Context,
+    issuer: &K,
+    previous: Option<&IssuerStatus>,
+    a: &Assessment,
+) {
+    let before = previous.and_then(|s| conditions::find(&s.conditions, READY));
+    let unchanged =
+        before.is_some_and(|c| c.status == conditions::status_str(a.ready) && c.reason == a.reason);
+    if unchanged {
+        return;
+    }
+    if a.ready {
+        info!(message = %a.message, "issuer ready");
+        ctx.publish_event(
+            &issuer.object_ref(&()),
+            EventType::Normal,
+            &a.reason,
+            "Check",
+            a.message.clone(),
+        )
+        .await;
+    } else {
+        warn!(reason = %a.reason, message = %a.message, "issuer not ready");
+        ctx.publish_event(
+            &issuer.object_ref(&()),
+            EventType::Warning,
+            &a.reason,
+            "Check",
+            a.message.clone(),
+        )
+        .await;
+    }
+}
+
+async fn write_status<K: IssuerObject>(
+    ctx: &Context,
+    issuer: &K,
+    status: &IssuerStatus,
+) -> Result<()> {
+    let api = issuer.api(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::KIND,
+        "status": status,
+    });
+    api.patch_status(
+        &issuer.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|e| {
+        Error::kube(
+            format!("writing status of {} {}", K::KIND, issuer.name_any()),
+            e,
+        )
+    })?;
+    Ok(())
+}
+
+/// Creates a self-signed root in the (missing) CA Secret. `create` never overwrites: if
+/// someone else created the Secret meanwhile, theirs is kept.
+async fn bootstrap_root<K: IssuerObject>(
+    ctx: &Context,
+    issuer: &K,
+    scope: &IssuerScope,
+    local: &LocalCA,
+    bootstrap: &RootBootstrap,
+    now: Timestamp,
+) -> Result<(), BackendError> {
+    let spec = bootstrap.clone();
+    // RSA key generation can take a second: off the reactor.
+    let generated = tokio::task::spawn_blocking(move || self_signed_root(&spec, now))
+        .await
+        .map_err(|e| {
+            BackendError::retryable(
+                "BootstrapFailed",
+                format!("root generation task failed: {e}"),
+            )
+        })?;
+    let (cert, key) = generated.map_err(|e| {
+        BackendError::issuer_not_ready(reason::INVALID_SPEC, format!("localCA.bootstrap: {e}"))
+    })?;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(local.secret_name.clone()),
+            namespace: Some(scope.secret_namespace.clone()),
+            labels: Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into()),
+            annotations: Some(
+                [(
+                    BOOTSTRAPPED_FOR_ANNOTATION.to_string(),
+                    scope.display.clone(),
+                )]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".to_string()),
+        data: Some(
+            [
+                (TLS_CRT.to_string(), ByteString(cert.to_pem().into_bytes())),
+                (TLS_KEY.to_string(), ByteString(key.to_pem().into_bytes())),
+                (CA_CRT.to_string(), ByteString(cert.to_pem().into_bytes())),
+            ]
+            .into(),
+        ),
+        ..Secret::default()
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &scope.secret_namespace);
+    let secret_display = format!("Secret {}/{}", scope.secret_namespace, local.secret_name);
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            let note = format!(
+                "Created a self-signed root {} (SHA-256 {}) valid until {} in {secret_display}",
+                cert.subject(),
+                cert.fingerprint(),
+                cert.not_after()
+            );
+            info!(secret = %secret_display, fingerprint = %cert.fingerprint(), "bootstrapped a self-signed root");
+            ctx.publish_event(
+                &issuer.object_ref(&()),
+                EventType::Normal,
+                "RootBootstrapped",
+                "Bootstrap",
+                note,
+            )
+            .await;
+            Ok(())
+        }
+        // Someone created it first: theirs stands.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 403 => Err(BackendError::issuer_not_ready(
+            local_ca::reason::SECRET_FORBIDDEN,
+            format!(
+                "not allowed to create {secret_display} for localCA.bootstrap: {}",
+                e.message
+            ),
+        )),
+        Err(e) => Err(BackendError::retryable(
+            local_ca::reason::API_ERROR,
+            format!("creating {secret_display}: {e}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::issuer::CertificateSummary;
+    use crate::pki::policy::CaLifetime;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    fn ca(not_after: i64) -> CaInfo {
+        CaInfo {
+            summary: CertificateSummary {
+                subject: "CN=root".into(),
+                not_after: at(not_after).to_string(),
+                ..Default::default()
+            },
+            lifetime: CaLifetime {
+                not_before: at(0),
+                not_after: at(not_after),
+                max_validity: None,
+            },
+        }
+    }
+
+    const RECHECK: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn assessments() {
+        // A healthy CA far from expiry: Ready, re-checked at the interval.
+        let a = assess(Ok(("localCA", ca(1_000_000))), RECHECK, at(1000));
+        assert!(a.ready);
+        assert_eq!((a.reason.as_str(), a.requeue_after), ("Verified", RECHECK));
+        // A CA expiring in 100 s: re-checked right after it expires, not 5 minutes later.
+        let a = assess(Ok(("localCA", ca(1100))), RECHECK, at(1000));
+        assert_eq!(a.requeue_after, Duration::from_secs(101));
+        // A configuration problem: not Ready with the backend's reason, re-checked at the interval
+        // (watches on the Secret bring it back sooner).
+        let e = BackendError::issuer_not_ready("SecretNotFound", "Secret ns/root not found");
+        let a = assess(Err(e), RECHECK, at(1000));
+        assert!(!a.ready);
+        assert_eq!(
+            (a.reason.as_str(), a.requeue_after),
+            ("SecretNotFound", RECHECK)
+        );
+        // A transient API error: not Ready, retried within 30 s.
+        let a = assess(
+            Err(BackendError::retryable("APIError", "timeout")),
+            RECHECK,
+            at(1000),
+        );
+        assert_eq!(a.requeue_after, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn rechecks_do_not_move_the_transition_time_or_rewrite_status() {
+        let a = assess(Ok(("localCA", ca(1_000_000))), RECHECK, at(1000));
+        let first = next_status(None, &a, Some(1), at(1000));
+        let again = next_status(Some(&first), &a, Some(1), at(2000));
+        assert_eq!(
+            first, again,
+            "an unchanged verdict yields an identical status: no write"
+        );
+        // A new generation is stamped even when the verdict is the same.
+        let bumped = next_status(Some(&first), &a, Some(2), at(3000));
+        assert_eq!(bumped.conditions[0].observed_generation, Some(2));
+        assert_eq!(
+            bumped.conditions[0].last_transition_time,
+            first.conditions[0].last_transition_time
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! ClusterMeshCAIssuer: Secrets come only from the cluster resource namespace, requests from
+//! any namespace are served, and issuer kinds are resolved strictly (no fallback between
+//! MeshCAIssuer and ClusterMeshCAIssuer). These tests run a cluster-wide controller, so they
+//! hold the harness's exclusive lock.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, DeleteParams, PostParams};
+use mesh_ca_issuer::api::issuer::{
+    ClusterMeshCAIssuer, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap,
+};
+use support::cert_manager::{self as cm, IntermediateRequest};
+use support::{RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Deletes the cluster-scoped issuers a test made (namespaces take care of the rest).
+struct ClusterIssuers(Vec<String>);
+
+impl Drop for ClusterIssuers {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let api: Api<ClusterMeshCAIssuer> = Api::all(admin_client().await);
+                for name in names {
+                    let _ = api.delete(&name, &DeleteParams::default()).await;
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+fn spec(secret: &str, bootstrap: bool) -> IssuerSpec {
+    IssuerSpec {
+        local_ca: Some(LocalCA {
+            secret_name: secret.into(),
+            bootstrap: bootstrap.then(RootBootstrap::default),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn cluster_ready(client: &Client, name: &str, status: &str) -> (String, String) {
+    let api: Api<ClusterMeshCAIssuer> = Api::all(client.clone());
+    eventually(TIMEOUT, || async {
+        let c = api
+            .get(name)
+            .await
+            .ok()?
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (c.status == status).then_some((c.reason, c.message))
+    })
+    .await
+    .unwrap_or_else(|| panic!("ClusterMeshCAIssuer {name} not Ready={status}"))
+}
+
+#[tokio::test]
+async fn cluster_issuer_reads_only_the_cluster_resource_namespace_and_kinds_never_fall_back() {
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let _lock = ScopeLock::exclusive().await;
+    let resources = TestNamespace::create(&client, "cluster-resources").await;
+    let team_a = TestNamespace::create(&client, "team-a").await;
+    let team_b = TestNamespace::create(&client, "team-b").await;
+    let suffix = support::unique_suffix();
+    let (good, misplaced) = (format!("mesh-{suffix}"), format!("misplaced-{suffix}"));
+    let _cleanup = ClusterIssuers(vec![good.clone(), misplaced.clone()]);
+    let _controller =
+        RunningController::start(&["--cluster-resource-namespace", &resources.name]).await;
+
+    let api: Api<ClusterMeshCAIssuer> = Api::all(client.clone());
+    api.create(
+        &PostParams::default(),
+        &ClusterMeshCAIssuer::new(&good, spec("mesh-root", true)),
+    )
+    .await
+    .unwrap();
+    cluster_ready(&client, &good, "True").await;
+    // The bootstrapped root went into the cluster resource namespace, nowhere else.
+    let root: Option<Secret> = resources.api().get_opt("mesh-root").await.unwrap();
+    assert!(root.is_some());
+
+    // A cluster issuer whose Secret exists only in a team namespace: it must not be read.
+    let team_secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "team-root"}, "stringData": {"tls.crt": "x", "tls.key": "y"}
+    }))
+    .unwrap();
+    team_a
+        .api::<Secret>()
+        .create(&PostParams::default(), &team_secret)
+        .await
+        .unwrap();
+    api.create(
+        &PostParams::default(),
+        &ClusterMeshCAIssuer::new(&misplaced, spec("team-root", false)),
+    )
+    .await
+    .unwrap();
+    let (reason, message) = cluster_ready(&client, &misplaced, "False").await;
+    assert_eq!(reason, "SecretNotFound");
+    assert!(
+        message.contains(&format!("Secret {}/team-root not found", resources.name)),
+        "{message}"
+    );
+
+    // Requests from two namespaces, both served by the one cluster issuer.
+    for ns in [&team_a, &team_b] {
+        let req = IntermediateRequest {
+            issuer_kind: "ClusterMeshCAIssuer".into(),
+            ..IntermediateRequest::istiod("istiod", &good)
+        };
+        cm::request_and_approve(&client, &ns.name, &req).await;
+        cm::wait_for_reason(&client, &ns.name, "istiod", &["Issued"], TIMEOUT).await;
+    }
+
+    // Strict kinds: a namespaced issuer named like the cluster one does not serve a request
+    // for the cluster kind, and vice versa.
+    let local = format!("local-{suffix}");
+    let ns_issuers: Api<MeshCAIssuer> = team_b.api();
+    ns_issuers
+        .create(
+            &PostParams::default(),
+            &MeshCAIssuer::new(&local, spec("local-root", true)),
+        )
+        .await
+        .unwrap();
+    let wrong_cluster = IntermediateRequest {
+        issuer_kind: "ClusterMeshCAIssuer".into(),
+        ..IntermediateRequest::istiod("wants-cluster", &local)
+    };
+    cm::request_and_approve(&client, &team_b.name, &wrong_cluster).await;
+    let wrong_namespaced = IntermediateRequest::istiod("wants-namespaced", &good);
+    cm::request_and_approve(&client, &team_b.name, &wrong_namespaced).await;
+    for (name, expected) in [
+        (
+            "wants-cluster",
+            format!("ClusterMeshCAIssuer {local}: it does not exist"),
+        ),
+        (
+            "wants-namespaced",
+            format!("MeshCAIssuer {}/{good}: it does not exist", team_b.name),
+        ),
+    ] {
+        let cr = cm::wait_for_reason(&client, &team_b.name, name, &["Pending"], TIMEOUT).await;
+        let message = cr.condition("Ready").unwrap().message.clone().unwrap();
+        assert!(message.contains(&expected), "{name}: {message}");
+    }
+}

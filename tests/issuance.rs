@@ -1,0 +1,874 @@
+//! The external-issuer contract on the real API server, with the local root backend: each
+//! point of cert-manager's contract, the certificate we sign (judged by openssl), and every
+//! kind of bad input.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use mesh_ca_issuer::api::cert_manager::CertificateRequest;
+use mesh_ca_issuer::api::issuer::{
+    IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap,
+};
+use mesh_ca_issuer::pki::Certificate;
+use support::cert_manager::{self as cm, IntermediateRequest};
+use support::{
+    RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually,
+    wait_for_event,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Env {
+    client: Client,
+    ns: TestNamespace,
+    _controller: RunningController,
+    _lock: ScopeLock,
+}
+
+/// A namespace with a controller watching only it.
+async fn env(prefix: &str) -> Env {
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let lock = ScopeLock::shared().await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    let controller = RunningController::in_namespace(&ns.name).await;
+    Env {
+        client,
+        ns,
+        _controller: controller,
+        _lock: lock,
+    }
+}
+
+fn local_ca(secret: &str, bootstrap: Option<RootBootstrap>) -> IssuerSpec {
+    IssuerSpec {
+        local_ca: Some(LocalCA {
+            secret_name: secret.into(),
+            bootstrap,
+        }),
+        ..Default::default()
+    }
+}
+
+async fn create_issuer(env: &Env, name: &str, spec: IssuerSpec) {
+    let api: Api<MeshCAIssuer> = env.ns.api();
+    api.create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
+        .await
+        .expect("create issuer");
+}
+
+/// Waits for the issuer's Ready condition to have `status` and returns (reason, message).
+async fn wait_issuer(env: &Env, name: &str, status: &str) -> (String, String) {
+    let api: Api<MeshCAIssuer> = env.ns.api();
+    eventually(TIMEOUT, || async {
+        let issuer = api.get(name).await.ok()?;
+        let c = issuer
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (c.status == status && c.observed_generation == issuer.metadata.generation)
+            .then_some((c.reason, c.message))
+    })
+    .await
+    .unwrap_or_else(|| panic!("issuer {name} not Ready={status} within {TIMEOUT:?}"))
+}
+
+async fn ready_issuer(env: &Env, name: &str) {
+    create_issuer(
+        env,
+        name,
+        local_ca(&format!("{name}-root"), Some(RootBootstrap::default())),
+    )
+    .await;
+    wait_issuer(env, name, "True").await;
+}
+
+fn openssl_verify(root_pem: &[u8], chain_pem: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("root.pem"), root_pem).unwrap();
+    std::fs::write(dir.path().join("chain.pem"), chain_pem).unwrap();
+    let out = Command::new("openssl")
+        .args(["verify", "-x509_strict", "-CAfile", "root.pem", "chain.pem"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .trim()
+    .to_string()
+}
+
+fn openssl_text(pem: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.pem"), pem).unwrap();
+    let out = Command::new("openssl")
+        .args(["x509", "-in", "c.pem", "-noout", "-text"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn get_cr(env: &Env, name: &str) -> CertificateRequest {
+    env.ns.api::<CertificateRequest>().get(name).await.unwrap()
+}
+
+#[tokio::test]
+async fn approved_request_is_issued_with_the_intermediate_and_the_root_in_one_write() {
+    let env = env("issue-happy").await;
+    ready_issuer(&env, "mesh").await;
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("istiod", "mesh"),
+    )
+    .await;
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "istiod", &["Issued"], TIMEOUT).await;
+
+    let status = cr.status.clone().unwrap();
+    let chain =
+        Certificate::parse_pem_bundle(status.certificate.as_deref().unwrap(), "status.certificate")
+            .unwrap();
+    let root = Certificate::parse_pem_bundle(status.ca.as_deref().unwrap(), "status.ca").unwrap();
+    assert_eq!(
+        chain.len(),
+        1,
+        "status.certificate holds the intermediate only: root excluded"
+    );
+    assert_eq!(root.len(), 1);
+    assert!(root[0].is_self_signed());
+    // The root in status.ca is the issuer's root.
+    let root_secret: Secret = env.ns.api().get("mesh-root").await.unwrap();
+    let root_in_secret = &root_secret.data.unwrap()["tls.crt"].0;
+    assert_eq!(
+        Certificate::parse_pem_bundle(root_in_secret, "tls.crt").unwrap()[0],
+        root[0]
+    );
+
+    // Judged by openssl, not only by our own code.
+    assert_eq!(
+        openssl_verify(
+            status.ca.as_deref().unwrap(),
+            status.certificate.as_deref().unwrap()
+        ),
+        "chain.pem: OK"
+    );
+    let text = openssl_text(status.certificate.as_deref().unwrap());
+    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+    assert!(text.contains("X509v3 Key Usage: critical\n                Digital Signature, Certificate Sign, CRL Sign"), "{text}");
+    assert!(
+        text.contains("URI:spiffe://cluster.local/ns/istio-system/sa/istiod"),
+        "{text}"
+    );
+    // The CSR's subject, exactly (our signer compares the DER too).
+    assert!(
+        text.contains("Subject: O = cluster.local, CN = istiod intermediate"),
+        "{text}"
+    );
+    // cert-manager's default lifetime: 90 days from signing.
+    let remaining = chain[0].not_after().duration_since(jiff::Timestamp::now());
+    assert!(
+        (remaining.as_secs() - 2160 * 3600).abs() <= 120,
+        "notAfter is {remaining:?} away"
+    );
+
+    let ready = cr.condition("Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("True", Some("Issued"))
+    );
+    assert!(cr.status.unwrap().failure_time.is_none());
+    let note = wait_for_event(&env.client, &env.ns.name, "istiod", "Issued").await;
+    assert!(
+        note.contains(&format!("MeshCAIssuer {}/mesh", env.ns.name)),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn foreign_and_unapproved_requests_get_no_write() {
+    let env = env("issue-foreign").await;
+    ready_issuer(&env, "mesh").await;
+    // Another issuer's group, and our group with a kind that is not ours (no kind fallback).
+    let foreign_group = IntermediateRequest {
+        issuer_group: "cert-manager.io".into(),
+        issuer_kind: "Issuer".into(),
+        ..IntermediateRequest::istiod("foreign-group", "mesh")
+    };
+    let foreign_kind = IntermediateRequest {
+        issuer_kind: "Issuer".into(),
+        ..IntermediateRequest::istiod("foreign-kind", "mesh")
+    };
+    cm::request_and_approve(&env.client, &env.ns.name, &foreign_group).await;
+    cm::request_and_approve(&env.client, &env.ns.name, &foreign_kind).await;
+    // Ours, but not approved yet.
+    let (_, csr) = cm::make_key_and_csr(&IntermediateRequest::istiod("unapproved", "mesh"));
+    cm::create_request(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("unapproved", "mesh"),
+        csr.as_bytes(),
+    )
+    .await;
+    // A request that is ours and approved, as a witness that the controller is working.
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("witness", "mesh"),
+    )
+    .await;
+    cm::wait_for_reason(&env.client, &env.ns.name, "witness", &["Issued"], TIMEOUT).await;
+    let before: Vec<(String, Option<String>)> = futures::future::join_all(
+        ["foreign-group", "foreign-kind", "unapproved"]
+            .map(|n| async { (n.to_string(), get_cr(&env, n).await.resource_version()) }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, rv) in before {
+        let cr = get_cr(&env, &name).await;
+        assert_eq!(cr.resource_version(), rv, "{name} was written to");
+        assert!(
+            cr.condition("Ready").is_none(),
+            "{name} got a Ready condition"
+        );
+        assert!(
+            support::events_for(&env.client, &env.ns.name, &name)
+                .await
+                .is_empty(),
+            "{name} got events"
+        );
+    }
+    // Approval is all it takes for the unapproved one.
+    cm::approve(&env.client, &env.ns.name, "unapproved").await;
+    cm::wait_for_reason(
+        &env.client,
+        &env.ns.name,
+        "unapproved",
+        &["Issued"],
+        TIMEOUT,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn denied_request_is_never_signed() {
+    let env = env("issue-denied").await;
+    ready_issuer(&env, "mesh").await;
+    let req = IntermediateRequest::istiod("denied", "mesh");
+    let (_, csr) = cm::make_key_and_csr(&req);
+    cm::create_request(&env.client, &env.ns.name, &req, csr.as_bytes()).await;
+    cm::deny(
+        &env.client,
+        &env.ns.name,
+        "denied",
+        "istiod intermediates need a change ticket",
+    )
+    .await;
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "denied", &["Denied"], TIMEOUT).await;
+    let status = cr.status.clone().unwrap();
+    assert!(status.failure_time.is_some());
+    assert!(
+        status.certificate.is_none() && status.ca.is_none(),
+        "never signed"
+    );
+    assert_eq!(cr.condition("Ready").unwrap().status, "False");
+    let note = wait_for_event(&env.client, &env.ns.name, "denied", "Denied").await;
+    assert!(note.contains("change ticket"), "{note}");
+    assert!(
+        support::events_for(&env.client, &env.ns.name, "denied")
+            .await
+            .iter()
+            .all(|e| e.0 == "Warning")
+    );
+}
+
+#[tokio::test]
+async fn terminal_requests_are_left_untouched() {
+    let env = env("issue-terminal").await;
+    ready_issuer(&env, "mesh").await;
+    let api: Api<CertificateRequest> = env.ns.api();
+    for (name, status, reason) in [
+        ("was-issued", "True", "Issued"),
+        ("was-failed", "False", "Failed"),
+    ] {
+        let req = IntermediateRequest::istiod(name, "mesh");
+        let (_, csr) = cm::make_key_and_csr(&req);
+        cm::create_request(&env.client, &env.ns.name, &req, csr.as_bytes()).await;
+        // Someone (an earlier run) already finished it.
+        let done = serde_json::json!({
+            "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+            "status": {"conditions": [{"type": "Ready", "status": status, "reason": reason, "message": "earlier"}]}
+        });
+        api.patch_status(
+            name,
+            &PatchParams::apply("earlier-run").force(),
+            &Patch::Apply(&done),
+        )
+        .await
+        .unwrap();
+        cm::approve(&env.client, &env.ns.name, name).await;
+    }
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("witness", "mesh"),
+    )
+    .await;
+    cm::wait_for_reason(&env.client, &env.ns.name, "witness", &["Issued"], TIMEOUT).await;
+    let rvs: Vec<_> = [
+        get_cr(&env, "was-issued").await.resource_version(),
+        get_cr(&env, "was-failed").await.resource_version(),
+    ]
+    .into();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        rvs,
+        vec![
+            get_cr(&env, "was-issued").await.resource_version(),
+            get_cr(&env, "was-failed").await.resource_version()
+        ]
+    );
+    assert!(
+        get_cr(&env, "was-issued")
+            .await
+            .status
+            .unwrap()
+            .certificate
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn missing_issuer_makes_the_request_wait_until_the_issuer_exists() {
+    let env = env("issue-late-issuer").await;
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("early", "late"),
+    )
+    .await;
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "early", &["Pending"], TIMEOUT).await;
+    let message = cr.condition("Ready").unwrap().message.clone().unwrap();
+    assert!(
+        message.contains(&format!("MeshCAIssuer {}/late", env.ns.name))
+            && message.contains("does not exist"),
+        "{message}"
+    );
+    // Nobody touches the request: creating the issuer is enough.
+    ready_issuer(&env, "late").await;
+    cm::wait_for_reason(&env.client, &env.ns.name, "early", &["Issued"], TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn missing_root_secret_makes_issuer_not_ready_and_requests_wait_until_it_appears() {
+    let env = env("issue-late-root").await;
+    create_issuer(&env, "mesh", local_ca("root-ca", None)).await;
+    let (reason, message) = wait_issuer(&env, "mesh", "False").await;
+    assert_eq!(reason, "SecretNotFound");
+    assert!(
+        message.contains(&format!("Secret {}/root-ca not found", env.ns.name)),
+        "{message}"
+    );
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("waiting", "mesh"),
+    )
+    .await;
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "waiting", &["Pending"], TIMEOUT).await;
+    let pending = cr.condition("Ready").unwrap().message.clone().unwrap();
+    assert!(pending.contains("not Ready: SecretNotFound"), "{pending}");
+
+    // An operator creates the root Secret (made with openssl, as they would).
+    let dir = tempfile::tempdir().unwrap();
+    let sh = |args: &[&str]| {
+        assert!(
+            Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    sh(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.crt",
+        "-days",
+        "365",
+        "-subj",
+        "/O=Example/CN=Operator Root",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "root-ca"}, "type": "kubernetes.io/tls",
+        "stringData": {
+            "tls.crt": std::fs::read_to_string(dir.path().join("tls.crt")).unwrap(),
+            "tls.key": std::fs::read_to_string(dir.path().join("tls.key")).unwrap(),
+        }
+    });
+    let secrets: Api<Secret> = env.ns.api();
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(secret).unwrap(),
+        )
+        .await
+        .unwrap();
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "waiting", &["Issued"], TIMEOUT).await;
+    let status = cr.status.unwrap();
+    assert_eq!(
+        openssl_verify(
+            status.ca.as_deref().unwrap(),
+            status.certificate.as_deref().unwrap()
+        ),
+        "chain.pem: OK"
+    );
+    assert!(openssl_text(status.ca.as_deref().unwrap()).contains("CN = Operator Root"));
+}
+
+#[tokio::test]
+async fn bad_roots_make_the_issuer_not_ready_with_the_cause() {
+    let env = env("issue-bad-root").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sh = |args: &[&str]| {
+        assert!(
+            Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    sh(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "a.key",
+        "-out",
+        "a.crt",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=A",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+    ]);
+    sh(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "b.key",
+    ]);
+    sh(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.crt",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=not a CA",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+    ]);
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let secrets: Api<Secret> = env.ns.api();
+    let cases = [
+        ("mismatch", read("a.crt"), read("b.key"), "KeyMismatch"),
+        ("leaf", read("leaf.crt"), read("leaf.key"), "NotACA"),
+        (
+            "garbage",
+            "not a certificate".to_string(),
+            read("a.key"),
+            "InvalidCA",
+        ),
+    ];
+    for (name, crt, key, _) in &cases {
+        let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "stringData": {"tls.crt": crt, "tls.key": key}});
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(secret).unwrap(),
+            )
+            .await
+            .unwrap();
+        create_issuer(&env, name, local_ca(name, None)).await;
+    }
+    for (name, _, _, expected) in &cases {
+        let (reason, message) = wait_issuer(&env, name, "False").await;
+        assert_eq!(&reason, expected, "{name}: {message}");
+        assert!(
+            !message.contains("PRIVATE KEY") && !message.contains(&read("b.key")[30..60]),
+            "no key material: {message}"
+        );
+        let events = support::events_for(&env.client, &env.ns.name, name).await;
+        assert!(
+            events.iter().any(|e| e.0 == "Warning" && &e.1 == expected),
+            "{name}: {events:?}"
+        );
+    }
+    // A request to a broken issuer waits; it is not failed.
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("r", "mismatch"),
+    )
+    .await;
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "r", &["Pending"], TIMEOUT).await;
+    assert!(
+        cr.condition("Ready")
+            .unwrap()
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("KeyMismatch")
+    );
+}
+
+/// A CSR whose signature does not verify: one bit flipped in the signature.
+fn tampered_csr(req: &IntermediateRequest) -> String {
+    let (_, csr) = cm::make_key_and_csr(req);
+    let mut der = pem::parse(&csr).unwrap().into_contents();
+    let last = der.len() - 3;
+    der[last] ^= 0x01;
+    pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der))
+}
+
+#[tokio::test]
+async fn bad_requests_fail_with_the_cause_and_the_controller_keeps_serving() {
+    let env = env("issue-bad-input").await;
+    let policy = IssuancePolicy {
+        allowed_trust_domains: vec!["cluster.local".into()],
+        ..Default::default()
+    };
+    create_issuer(
+        &env,
+        "mesh",
+        IssuerSpec {
+            policy,
+            ..local_ca("mesh-root", Some(RootBootstrap::default()))
+        },
+    )
+    .await;
+    wait_issuer(&env, "mesh", "True").await;
+    let base = IntermediateRequest::istiod("x", "mesh");
+    let root_cert = {
+        let s: Secret = env.ns.api().get("mesh-root").await.unwrap();
+        String::from_utf8(s.data.unwrap()["tls.crt"].0.clone()).unwrap()
+    };
+    let with_bc = {
+        // A CSR asking for pathLen 2 in its BasicConstraints (made with openssl).
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-new",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-keyout",
+                    "k",
+                    "-out",
+                    "c",
+                    "-subj",
+                    "/CN=deep",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE,pathlen:2"
+                ])
+                .current_dir(dir.path())
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::fs::read_to_string(dir.path().join("c")).unwrap()
+    };
+    let leaf_req = IntermediateRequest {
+        is_ca: false,
+        ..base.clone()
+    };
+    let long_req = IntermediateRequest {
+        duration: Some("9000h".into()),
+        ..base.clone()
+    };
+    let foreign_req = IntermediateRequest {
+        uris: vec!["spiffe://evil.example/ns/x/sa/y".into()],
+        ..base.clone()
+    };
+    let cases: Vec<(&str, IntermediateRequest, String, &str)> = vec![
+        (
+            "garbage",
+            base.clone(),
+            "this is not PEM".into(),
+            "no PEM data found in spec.request",
+        ),
+        (
+            "not-a-csr",
+            base.clone(),
+            root_cert.clone(),
+            "holds a PEM block of type \"CERTIFICATE\"",
+        ),
+        (
+            "bad-signature",
+            base.clone(),
+            tampered_csr(&base),
+            "signature does not verify",
+        ),
+        (
+            "not-ca",
+            leaf_req.clone(),
+            cm::make_key_and_csr(&leaf_req).1,
+            "requireCA",
+        ),
+        (
+            "path-len",
+            base.clone(),
+            with_bc,
+            "pathLen 2, above this issuer's policy.maxPathLen 0",
+        ),
+        (
+            "too-long",
+            long_req.clone(),
+            cm::make_key_and_csr(&long_req).1,
+            "exceeds this issuer's policy.maxDuration 8760h",
+        ),
+        (
+            "trust-domain",
+            foreign_req.clone(),
+            cm::make_key_and_csr(&foreign_req).1,
+            "evil.example",
+        ),
+    ];
+    for (name, req, csr, _) in &cases {
+        let req = req.named(name);
+        cm::create_request(&env.client, &env.ns.name, &req, csr.as_bytes()).await;
+        cm::approve(&env.client, &env.ns.name, name).await;
+    }
+    for (name, _, _, cause) in &cases {
+        let cr = cm::wait_for_reason(&env.client, &env.ns.name, name, &["Failed"], TIMEOUT).await;
+        let status = cr.status.clone().unwrap();
+        let message = cr.condition("Ready").unwrap().message.clone().unwrap();
+        assert!(message.contains(cause), "{name}: {message}");
+        assert!(status.failure_time.is_some(), "{name}");
+        assert!(
+            status.certificate.is_none() && status.ca.is_none(),
+            "{name}: nothing signed"
+        );
+        let note = wait_for_event(&env.client, &env.ns.name, name, "Failed").await;
+        assert!(note.contains(cause), "{name}: {note}");
+    }
+    // Still serving.
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("good", "mesh"),
+    )
+    .await;
+    cm::wait_for_reason(&env.client, &env.ns.name, "good", &["Issued"], TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn lifetime_beyond_the_root_is_clamped_and_the_event_says_so() {
+    let env = env("issue-clamp").await;
+    let short_root = RootBootstrap {
+        duration: "720h".into(),
+        ..Default::default()
+    };
+    create_issuer(&env, "mesh", local_ca("mesh-root", Some(short_root))).await;
+    wait_issuer(&env, "mesh", "True").await;
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("long", "mesh"),
+    )
+    .await;
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "long", &["Issued"], TIMEOUT).await;
+    let status = cr.status.unwrap();
+    let cert =
+        &Certificate::parse_pem_bundle(status.certificate.as_deref().unwrap(), "c").unwrap()[0];
+    let root = &Certificate::parse_pem_bundle(status.ca.as_deref().unwrap(), "ca").unwrap()[0];
+    assert_eq!(
+        cert.not_after(),
+        root.not_after(),
+        "notAfter clamped to the root's"
+    );
+    let note = wait_for_event(&env.client, &env.ns.name, "long", "Issued").await;
+    assert!(
+        note.contains("shortened from the requested 2160h: the signing CA expires at"),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn issuer_turns_not_ready_when_its_root_vanishes_or_expires() {
+    let env = env("issue-recheck").await;
+    ready_issuer(&env, "vanishing").await;
+    let secrets: Api<Secret> = env.ns.api();
+    // Keep the Secret from being re-bootstrapped: drop bootstrap from the spec first.
+    let issuers: Api<MeshCAIssuer> = env.ns.api();
+    let patch = serde_json::json!({"spec": {"localCA": {"secretName": "vanishing-root", "bootstrap": null}}});
+    issuers
+        .patch("vanishing", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_issuer(&env, "vanishing", "True").await;
+    secrets
+        .delete("vanishing-root", &DeleteParams::default())
+        .await
+        .unwrap();
+    let (reason, _) = wait_issuer(&env, "vanishing", "False").await;
+    assert_eq!(reason, "SecretNotFound");
+
+    // A root that lives 8 seconds: the issuer is re-checked right when it expires.
+    let brief = RootBootstrap {
+        duration: "8s".into(),
+        ..Default::default()
+    };
+    create_issuer(&env, "brief", local_ca("brief-root", Some(brief))).await;
+    wait_issuer(&env, "brief", "True").await;
+    let api: Api<MeshCAIssuer> = env.ns.api();
+    let expired = eventually(Duration::from_secs(20), || async {
+        let c = api
+            .get("brief")
+            .await
+            .ok()?
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (c.reason == "CAExpired").then_some(c.message)
+    })
+    .await;
+    assert!(
+        expired.is_some(),
+        "issuer with an expired root did not turn CAExpired"
+    );
+}
+
+#[tokio::test]
+async fn no_key_material_in_logs_events_or_conditions() {
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let _lock = ScopeLock::shared().await;
+    let ns = TestNamespace::create(&client, "issue-no-secrets").await;
+    let logs = tempfile::tempdir().unwrap();
+    // The real binary at its most talkative, so every log line it can write is looked at.
+    let mut controller = support::ControllerProcess::start(
+        &["--namespace", &ns.name, "--log-level", "debug"],
+        logs.path(),
+    );
+    assert!(
+        controller.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        controller.log()
+    );
+    let issuers: Api<MeshCAIssuer> = ns.api();
+    issuers
+        .create(
+            &PostParams::default(),
+            &MeshCAIssuer::new(
+                "mesh",
+                local_ca("mesh-root", Some(RootBootstrap::default())),
+            ),
+        )
+        .await
+        .unwrap();
+    let mut keys = Vec::new();
+    keys.push(
+        cm::request_and_approve(
+            &client,
+            &ns.name,
+            &IntermediateRequest::istiod("good", "mesh"),
+        )
+        .await,
+    );
+    cm::wait_for_reason(&client, &ns.name, "good", &["Issued"], TIMEOUT).await;
+    let leaf = IntermediateRequest {
+        is_ca: false,
+        ..IntermediateRequest::istiod("refused", "mesh")
+    };
+    keys.push(cm::request_and_approve(&client, &ns.name, &leaf).await);
+    cm::wait_for_reason(&client, &ns.name, "refused", &["Failed"], TIMEOUT).await;
+    let root: Secret = ns.api().get("mesh-root").await.unwrap();
+    keys.push(String::from_utf8(root.data.unwrap()["tls.key"].0.clone()).unwrap());
+
+    let mut haystack = controller.log();
+    for name in ["mesh", "good", "refused"] {
+        for (_, reason, note) in support::events_for(&client, &ns.name, name).await {
+            haystack.push_str(&format!("\n{reason}: {note}"));
+        }
+    }
+    for name in ["good", "refused"] {
+        haystack.push_str(&format!(
+            "\n{:?}",
+            get_cr_in(&client, &ns.name, name).await.condition("Ready")
+        ));
+    }
+    haystack.push_str(&format!(
+        "\n{:?}",
+        issuers.get("mesh").await.unwrap().status
+    ));
+    assert!(
+        haystack.contains("Issued") && haystack.contains("requireCA"),
+        "the haystack holds what was said"
+    );
+    assert!(!haystack.contains("PRIVATE KEY"));
+    for key in &keys {
+        // Any 32-character run of the key's base64 body would be a leak.
+        let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+        for start in (0..body.len().saturating_sub(32)).step_by(16) {
+            assert!(
+                !haystack.contains(&body[start..start + 32]),
+                "key material leaked"
+            );
+        }
+    }
+}
+
+async fn get_cr_in(client: &Client, namespace: &str, name: &str) -> CertificateRequest {
+    Api::<CertificateRequest>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .unwrap()
+}

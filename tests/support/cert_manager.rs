@@ -1,0 +1,280 @@
+//! STAND-IN for cert-manager's own controllers, which cannot be installed on the local control
+//! plane. It does exactly what they do for an istiod intermediate, and nothing more:
+//!
+//! - the Certificate controller: make a private key and a CSR (subject, SPIFFE URI SAN, a
+//!   critical keyUsage with keyCertSign, no BasicConstraints — cert-manager's defaults for
+//!   `isCA: true`) and create the CertificateRequest with `spec.isCA`, `spec.duration`,
+//!   `spec.issuerRef` and the cert-manager annotations;
+//! - the approver: add `Approved=True` (or `Denied=True`) to the request's status;
+//! - the Certificate controller again: copy a issued request into the Certificate's Secret
+//!   (`tls.crt` = `status.certificate`, `tls.key`, `ca.crt` = `status.ca`) with cert-manager's
+//!   annotations.
+//!
+//! Used by the tests and, through `examples/cert_manager_stand_in.rs`, by `hack/demo`.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use mesh_ca_issuer::api::cert_manager::{
+    CERTIFICATE_NAME_ANNOTATION, CertificateRequest, CertificateRequestSpec,
+    ISSUER_GROUP_ANNOTATION, ISSUER_KIND_ANNOTATION, ISSUER_NAME_ANNOTATION, IssuerReference,
+};
+
+/// The field manager the stand-in approver writes with.
+pub const APPROVER: &str = "cert-manager-approver-stand-in";
+
+/// What the stand-in Certificate controller asks for.
+#[derive(Clone, Debug)]
+pub struct IntermediateRequest {
+    pub name: String,
+    pub issuer_group: String,
+    pub issuer_kind: String,
+    pub issuer_name: String,
+    pub common_name: String,
+    pub organization: Option<String>,
+    pub uris: Vec<String>,
+    pub is_ca: bool,
+    pub duration: Option<String>,
+    /// "ECDSA" (P-256) or "RSA" (2048).
+    pub key_algorithm: String,
+}
+
+impl IntermediateRequest {
+    /// istiod's intermediate from a MeshCAIssuer, as an Istio operator would write it.
+    pub fn istiod(name: &str, issuer_name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            issuer_group: "meshca.io".to_string(),
+            issuer_kind: "MeshCAIssuer".to_string(),
+            issuer_name: issuer_name.to_string(),
+            common_name: "istiod intermediate".to_string(),
+            organization: Some("cluster.local".to_string()),
+            uris: vec!["spiffe://cluster.local/ns/istio-system/sa/istiod".to_string()],
+            is_ca: true,
+            duration: None,
+            key_algorithm: "ECDSA".to_string(),
+        }
+    }
+}
+
+impl IntermediateRequest {
+    /// The same request under another name.
+    pub fn named(&self, name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            ..self.clone()
+        }
+    }
+}
+
+/// A private key and CSR in PEM, as cert-manager would generate them.
+pub fn make_key_and_csr(req: &IntermediateRequest) -> (String, String) {
+    let key = match req.key_algorithm.as_str() {
+        "RSA" => {
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        }
+        _ => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+    }
+    .expect("key generation");
+    let mut params = rcgen::CertificateParams::default();
+    // rcgen pre-fills a CN; start from an empty name so ours comes out in the order given.
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(org) = &req.organization {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, org.as_str());
+    }
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, req.common_name.as_str());
+    params.subject_alt_names = req
+        .uris
+        .iter()
+        .map(|u| rcgen::SanType::URI(u.clone().try_into().expect("IA5 URI")))
+        .collect();
+    if req.is_ca {
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+    } else {
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
+    }
+    let csr = params.serialize_request(&key).expect("CSR");
+    (key.serialize_pem(), csr.pem().expect("CSR PEM"))
+}
+
+/// Creates the CertificateRequest for `csr_pem`. Returns the created object.
+pub async fn create_request(
+    client: &Client,
+    namespace: &str,
+    req: &IntermediateRequest,
+    csr_pem: &[u8],
+) -> CertificateRequest {
+    let mut cr = CertificateRequest::new(
+        &req.name,
+        CertificateRequestSpec {
+            issuer_ref: IssuerReference {
+                name: req.issuer_name.clone(),
+                kind: Some(req.issuer_kind.clone()),
+                group: Some(req.issuer_group.clone()),
+            },
+            request: csr_pem.to_vec(),
+            is_ca: Some(req.is_ca),
+            duration: req.duration.clone(),
+            usages: Some(if req.is_ca {
+                vec!["cert sign".into(), "digital signature".into()]
+            } else {
+                vec!["digital signature".into(), "key encipherment".into()]
+            }),
+            ..Default::default()
+        },
+    );
+    cr.annotations_mut()
+        .insert(CERTIFICATE_NAME_ANNOTATION.to_string(), req.name.clone());
+    cr.annotations_mut().insert(
+        "cert-manager.io/certificate-revision".to_string(),
+        "1".to_string(),
+    );
+    let api: Api<CertificateRequest> = Api::namespaced(client.clone(), namespace);
+    api.create(&PostParams::default(), &cr)
+        .await
+        .expect("create CertificateRequest")
+}
+
+async fn set_approval(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) {
+    let api: Api<CertificateRequest> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+        "status": {"conditions": [{
+            "type": type_, "status": "True", "reason": reason, "message": message,
+            "lastTransitionTime": jiff::Timestamp::now().to_string(),
+        }]}
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(APPROVER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .expect("approve/deny CertificateRequest");
+}
+
+/// What cert-manager's approver does on approval.
+pub async fn approve(client: &Client, namespace: &str, name: &str) {
+    set_approval(
+        client,
+        namespace,
+        name,
+        "Approved",
+        "cert-manager.io",
+        "Certificate request has been approved by cert-manager.io",
+    )
+    .await;
+}
+
+/// What an approver does on denial.
+pub async fn deny(client: &Client, namespace: &str, name: &str, message: &str) {
+    set_approval(
+        client,
+        namespace,
+        name,
+        "Denied",
+        "policy.cert-manager.io",
+        message,
+    )
+    .await;
+}
+
+/// Creates, approves, and returns the key PEM.
+pub async fn request_and_approve(
+    client: &Client,
+    namespace: &str,
+    req: &IntermediateRequest,
+) -> String {
+    let (key, csr) = make_key_and_csr(req);
+    create_request(client, namespace, req, csr.as_bytes()).await;
+    approve(client, namespace, &req.name).await;
+    key
+}
+
+/// Waits until the request's Ready condition has one of `reasons`; returns the request.
+pub async fn wait_for_reason(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    reasons: &[&str],
+    timeout: Duration,
+) -> CertificateRequest {
+    let api: Api<CertificateRequest> = Api::namespaced(client.clone(), namespace);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let cr = api.get(name).await.expect("get CertificateRequest");
+        if let Some(reason) = cr.condition("Ready").and_then(|c| c.reason.clone())
+            && reasons.contains(&reason.as_str())
+        {
+            return cr;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "CertificateRequest {namespace}/{name} did not reach {reasons:?} within {timeout:?}: status {:?}",
+                cr.status
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What cert-manager's Certificate controller writes once the request is issued.
+pub async fn write_certificate_secret(
+    client: &Client,
+    namespace: &str,
+    secret_name: &str,
+    cr: &CertificateRequest,
+    key_pem: &str,
+) {
+    let status = cr.status.as_ref().expect("issued request has status");
+    let mut data = serde_json::Map::new();
+    let b64 = |b: &[u8]| serde_json::to_value(k8s_openapi::ByteString(b.to_vec())).expect("base64");
+    data.insert(
+        "tls.crt".into(),
+        b64(status.certificate.as_deref().unwrap_or_default()),
+    );
+    data.insert("tls.key".into(), b64(key_pem.as_bytes()));
+    if let Some(ca) = status.ca.as_deref().filter(|ca| !ca.is_empty()) {
+        data.insert("ca.crt".into(), b64(ca));
+    }
+    let issuer = &cr.spec.issuer_ref;
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": secret_name, "namespace": namespace, "annotations": {
+            CERTIFICATE_NAME_ANNOTATION: cr.annotations().get(CERTIFICATE_NAME_ANNOTATION).cloned().unwrap_or_default(),
+            ISSUER_NAME_ANNOTATION: issuer.name,
+            ISSUER_KIND_ANNOTATION: issuer.kind.clone().unwrap_or_default(),
+            ISSUER_GROUP_ANNOTATION: issuer.group.clone().unwrap_or_default(),
+        }},
+        "type": "kubernetes.io/tls",
+        "data": data,
+    });
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        secret_name,
+        &PatchParams::apply("cert-manager-certificates-issuing-stand-in").force(),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .expect("write certificate Secret");
+}
