@@ -1,4 +1,4 @@
-//! Issuance benchmark against the real local API server (run by `hack/bench-issuance`, which
+//! Issuance benchmark against the real local API server (run by `hack/bench`, which
 //! starts the control plane and the controller and passes its pid and admin port).
 //!
 //! For each batch size: N CertificateRequests for istiod intermediates are created, then all
@@ -58,8 +58,7 @@ async fn run_batch(client: &Client, ns: &str, n: usize, tag: &str) -> (Vec<Durat
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), ns);
     let prefix = format!("{tag}-");
     let watch = watcher(api.clone(), watcher::Config::default()).applied_objects();
-    let (approved_tx, mut approved_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let (approved_tx, mut approved_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let started = Instant::now();
     let approve = async {
         futures::stream::iter(requests.iter())
@@ -80,9 +79,7 @@ async fn run_batch(client: &Client, ns: &str, n: usize, tag: &str) -> (Vec<Durat
                 break;
             };
             let name = cr.name_any();
-            if name.starts_with(&prefix)
-                && cr.condition("Ready").is_some_and(|c| c.status == "True")
-            {
+            if name.starts_with(&prefix) && cr.condition("Ready").is_some_and(|c| c.status == "True") {
                 ready_at.entry(name).or_insert_with(Instant::now);
             }
         }
@@ -97,11 +94,7 @@ async fn run_batch(client: &Client, ns: &str, n: usize, tag: &str) -> (Vec<Durat
     }
     let mut latencies: Vec<Duration> = ready_at
         .iter()
-        .filter_map(|(name, ready)| {
-            approved_at
-                .get(name)
-                .map(|a| ready.saturating_duration_since(*a))
-        })
+        .filter_map(|(name, ready)| approved_at.get(name).map(|a| ready.saturating_duration_since(*a)))
         .collect();
     latencies.sort();
     (latencies, wall)
@@ -110,9 +103,9 @@ async fn run_batch(client: &Client, ns: &str, n: usize, tag: &str) -> (Vec<Durat
 #[tokio::main]
 async fn main() {
     // `cargo test --all-targets` runs bench binaries without `--bench`: this one needs a
-    // control plane and a controller, which hack/bench-issuance provides.
+    // control plane and a controller, which hack/bench provides.
     if !std::env::args().any(|a| a == "--bench") {
-        println!("issuance benchmark: run it with hack/bench-issuance");
+        println!("issuance benchmark: run it with hack/bench");
         return;
     }
     mesh_ca_issuer::install_crypto_provider();
@@ -128,12 +121,8 @@ async fn main() {
     let client = Client::try_default().await.expect("KUBECONFIG");
     let ns_name = format!("bench-{}", std::process::id());
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": ns_name}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns_name}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.expect("namespace");
     let issuers: Api<MeshCAIssuer> = Api::namespaced(client.clone(), &ns_name);
     let spec = IssuerSpec {
         local_ca: Some(LocalCA {
@@ -153,11 +142,7 @@ async fn main() {
             .await
             .ok()
             .and_then(|i| i.status)
-            .is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            });
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         if ready {
             break;
         }

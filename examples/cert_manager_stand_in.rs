@@ -73,10 +73,7 @@ async fn main() {
     )
     .await;
     let ready = cr.condition("Ready").cloned();
-    let reason = ready
-        .as_ref()
-        .and_then(|c| c.reason.clone())
-        .unwrap_or_default();
+    let reason = ready.as_ref().and_then(|c| c.reason.clone()).unwrap_or_default();
     println!(
         "[cert-manager stand-in] issuer answered: {reason}: {}",
         ready.and_then(|c| c.message).unwrap_or_default()
@@ -84,8 +81,7 @@ async fn main() {
     if reason != "Issued" {
         std::process::exit(1);
     }
-    cert_manager::write_certificate_secret(&client, &args.namespace, &args.certificate, &cr, &key)
-        .await;
+    cert_manager::write_certificate_secret(&client, &args.namespace, &args.certificate, &cr, &key).await;
     println!(
         "[cert-manager stand-in] wrote Secret {}/{} (tls.crt, tls.key, ca.crt)",
         args.namespace, args.certificate

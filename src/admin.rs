@@ -38,10 +38,7 @@ pub async fn bind(
     address: SocketAddr,
     readiness: Readiness,
     metrics: Arc<Metrics>,
-) -> std::io::Result<(
-    SocketAddr,
-    impl std::future::Future<Output = std::io::Result<()>>,
-)> {
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
     let listener = TcpListener::bind(address).await?;
     let local = listener.local_addr()?;
     let app = Router::new()
@@ -56,10 +53,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if state.readiness.is_ready() {
         (StatusCode::OK, "ok")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "watch caches not synced yet",
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, "watch caches not synced yet")
     }
 }
 

@@ -18,11 +18,7 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
 
     /// Namespace from which ClusterMeshCAIssuers read their Secrets (root CA, credentials).
-    #[arg(
-        long,
-        env = "MESHCA_CLUSTER_RESOURCE_NAMESPACE",
-        default_value = "cert-manager"
-    )]
+    #[arg(long, env = "MESHCA_CLUSTER_RESOURCE_NAMESPACE", default_value = "cert-manager")]
     pub cluster_resource_namespace: String,
 
     /// Limit the controller to one namespace (requests, issuers, IstioCACerts). ClusterMeshCAIssuers
@@ -31,11 +27,7 @@ pub struct Config {
     pub namespace: Option<String>,
 
     /// Address of the one HTTP listener serving /healthz, /readyz and /metrics.
-    #[arg(
-        long,
-        env = "MESHCA_METRICS_LISTEN_ADDRESS",
-        default_value = "0.0.0.0:9402"
-    )]
+    #[arg(long, env = "MESHCA_METRICS_LISTEN_ADDRESS", default_value = "0.0.0.0:9402")]
     pub metrics_listen_address: SocketAddr,
 
     /// How often every issuer is re-checked even when nothing changed (a root can expire or
@@ -53,6 +45,20 @@ pub struct Config {
     #[arg(long, env = "MESHCA_SECRET_NAMESPACES", value_delimiter = ',')]
     pub secret_namespaces: Vec<String>,
 
+    /// How long before notAfter a tracked certificate counts as Expiring.
+    #[arg(long, env = "MESHCA_EXPIRING_THRESHOLD", default_value = "168h", value_parser = go_duration)]
+    pub expiring_threshold: Duration,
+
+    /// How long past its renewal time a certificate may go unrenewed before it counts as
+    /// RenewalDue (cert-manager renews at the renewal time; this is its slack).
+    #[arg(long, env = "MESHCA_RENEWAL_GRACE", default_value = "1h", value_parser = go_duration)]
+    pub renewal_grace: Duration,
+
+    /// istiod's workload certificate lifetime (its DEFAULT_WORKLOAD_CERT_TTL): an intermediate
+    /// with less life left than this is flagged.
+    #[arg(long, env = "MESHCA_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = go_duration)]
+    pub workload_cert_ttl: Duration,
+
     /// Log output format.
     #[arg(long, env = "MESHCA_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -60,6 +66,17 @@ pub struct Config {
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. "info" or "mesh_ca_issuer=debug".
     #[arg(long, env = "MESHCA_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+impl Config {
+    /// The renewal-window thresholds these flags set.
+    pub fn thresholds(&self) -> crate::pki::renewal::Thresholds {
+        crate::pki::renewal::Thresholds {
+            expiring: self.expiring_threshold,
+            renewal_grace: self.renewal_grace,
+            workload_ttl: self.workload_cert_ttl,
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,12 +102,7 @@ mod tests {
         assert!(c.namespace.is_none());
         assert_eq!(c.max_retry_duration, Duration::from_secs(3600));
         assert!(c.secret_namespaces.is_empty());
-        let c = Config::try_parse_from([
-            "mesh-ca-issuer",
-            "--secret-namespaces",
-            "cert-manager,istio-system",
-        ])
-        .unwrap();
+        let c = Config::try_parse_from(["mesh-ca-issuer", "--secret-namespaces", "cert-manager,istio-system"]).unwrap();
         assert_eq!(c.secret_namespaces, vec!["cert-manager", "istio-system"]);
     }
 

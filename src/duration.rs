@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "invalid duration {input:?}: {reason} (expected a Go duration such as \"2160h\" or \"90m\")"
-)]
+#[error("invalid duration {input:?}: {reason} (expected a Go duration such as \"2160h\" or \"90m\")")]
 pub struct DurationError {
     pub input: String,
     pub reason: &'static str,
@@ -91,11 +89,7 @@ mod tests {
             ("8760h", 8760 * 3600),
         ];
         for (input, secs) in cases {
-            assert_eq!(
-                parse_go_duration(input),
-                Ok(Duration::from_secs(secs)),
-                "{input}"
-            );
+            assert_eq!(parse_go_duration(input), Ok(Duration::from_secs(secs)), "{input}");
         }
         assert_eq!(parse_go_duration("250ms"), Ok(Duration::from_millis(250)));
     }
@@ -103,19 +97,13 @@ mod tests {
     #[test]
     fn rejects_what_go_rejects() {
         for input in ["", "h", "10", "10d", "-1h", "1hh", "abc", "1.2.3h"] {
-            assert!(
-                parse_go_duration(input).is_err(),
-                "{input:?} should be rejected"
-            );
+            assert!(parse_go_duration(input).is_err(), "{input:?} should be rejected");
         }
     }
 
     #[test]
     fn formats_whole_units_compactly() {
-        assert_eq!(
-            format_go_duration(Duration::from_secs(2160 * 3600)),
-            "2160h"
-        );
+        assert_eq!(format_go_duration(Duration::from_secs(2160 * 3600)), "2160h");
         assert_eq!(format_go_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(format_go_duration(Duration::from_secs(61)), "1m1s");
         assert_eq!(format_go_duration(Duration::from_secs(3601)), "1h0m1s");

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub ready: Gauge,
     pub signing_seconds: Histogram,
     pub certificate_not_after: Family<CertificateLabels, Gauge>,
+    pub certificate_renewal: Family<CertificateLabels, Gauge>,
     /// The fingerprints exported per (kind, namespace, name), so a replaced certificate's
     /// series is removed instead of lingering.
     exported: Mutex<HashMap<(String, String, String), Vec<String>>>,
@@ -69,12 +70,19 @@ impl Metrics {
             "notAfter of a tracked certificate, as a Unix timestamp",
             certificate_not_after.clone(),
         );
+        let certificate_renewal = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate_renewal_seconds",
+            "When a tracked certificate is due for renewal, as a Unix timestamp",
+            certificate_renewal.clone(),
+        );
         Self {
             registry,
             reconciles,
             ready,
             signing_seconds,
             certificate_not_after,
+            certificate_renewal,
             exported: Mutex::new(HashMap::new()),
         }
     }
@@ -88,24 +96,20 @@ impl Metrics {
             .inc();
     }
 
-    /// Exports an issuer's backend CA (`namespace` empty for a cluster issuer).
-    pub fn observe_backend_ca(&self, namespace: &str, name: &str, ca: &CaInfo) {
+    /// Exports an issuer's signing CA (`namespace` empty for a cluster issuer), as kind `issuer_ca`.
+    pub fn observe_issuer_ca(&self, namespace: &str, name: &str, ca: &CaInfo) {
         let series = [(
             ca.summary.fingerprint_sha256.clone(),
             ca.lifetime.not_after.as_second(),
+            None,
         )];
-        self.set_certificates("backend_ca", namespace, name, &series);
+        self.set_certificates("issuer_ca", namespace, name, &series);
     }
 
     /// Replaces the certificates exported for one (kind, namespace, name): `(fingerprint,
-    /// notAfter)` pairs. Series of certificates no longer listed are removed.
-    pub fn set_certificates(
-        &self,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-        certs: &[(String, i64)],
-    ) {
+    /// notAfter, renewal time)` in Unix seconds. Series of certificates no longer listed are
+    /// removed.
+    pub fn set_certificates(&self, kind: &str, namespace: &str, name: &str, certs: &[(String, i64, Option<i64>)]) {
         let labels = |fingerprint: &str| CertificateLabels {
             kind: kind.to_string(),
             namespace: namespace.to_string(),
@@ -115,16 +119,22 @@ impl Metrics {
         let key = (kind.to_string(), namespace.to_string(), name.to_string());
         let mut exported = self.exported.lock().unwrap_or_else(|p| p.into_inner());
         for old in exported.remove(&key).unwrap_or_default() {
-            if !certs.iter().any(|(f, _)| *f == old) {
+            if !certs.iter().any(|(f, _, _)| *f == old) {
                 self.certificate_not_after.remove(&labels(&old));
+                self.certificate_renewal.remove(&labels(&old));
             }
         }
-        for (fingerprint, not_after) in certs {
+        for (fingerprint, not_after, renewal) in certs {
             self.certificate_not_after
                 .get_or_create(&labels(fingerprint))
                 .set(*not_after);
+            if let Some(renewal) = renewal {
+                self.certificate_renewal
+                    .get_or_create(&labels(fingerprint))
+                    .set(*renewal);
+            }
         }
-        exported.insert(key, certs.iter().map(|(f, _)| f.clone()).collect());
+        exported.insert(key, certs.iter().map(|(f, _, _)| f.clone()).collect());
     }
 
     /// The Prometheus text exposition of every metric.
@@ -152,19 +162,25 @@ mod tests {
         m.set_certificates(
             "root",
             "istio-system",
-            "cacerts",
-            &[("aa".into(), 100), ("bb".into(), 200)],
+            "mesh",
+            &[("aa".into(), 100, Some(50)), ("bb".into(), 200, None)],
         );
         m.set_certificates(
             "root",
             "istio-system",
-            "cacerts",
-            &[("bb".into(), 200), ("cc".into(), 300)],
+            "mesh",
+            &[("bb".into(), 200, None), ("cc".into(), 300, Some(250))],
         );
         let text = m.render();
         assert!(!text.contains("fingerprint=\"aa\""), "{text}");
-        assert!(text.contains(
-            "meshca_certificate_not_after_seconds{kind=\"root\",namespace=\"istio-system\",name=\"cacerts\",fingerprint=\"cc\"} 300"
-        ), "{text}");
+        let labels = "{kind=\"root\",namespace=\"istio-system\",name=\"mesh\",fingerprint=\"cc\"}";
+        assert!(
+            text.contains(&format!("meshca_certificate_not_after_seconds{labels} 300")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("meshca_certificate_renewal_seconds{labels} 250")),
+            "{text}"
+        );
     }
 }

@@ -13,9 +13,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
         _ => EnvFilter::try_new(level),
     }
     .map_err(|e| format!("invalid log filter: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
     let result = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

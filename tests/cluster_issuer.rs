@@ -10,9 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
-use mesh_ca_issuer::api::issuer::{
-    ClusterMeshCAIssuer, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap,
-};
+use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
 use support::cert_manager::{self as cm, IntermediateRequest};
 use support::{RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually};
 
@@ -79,8 +77,7 @@ async fn cluster_issuer_reads_only_the_cluster_resource_namespace_and_kinds_neve
     let suffix = support::unique_suffix();
     let (good, misplaced) = (format!("mesh-{suffix}"), format!("misplaced-{suffix}"));
     let _cleanup = ClusterIssuers(vec![good.clone(), misplaced.clone()]);
-    let _controller =
-        RunningController::start(&["--cluster-resource-namespace", &resources.name]).await;
+    let _controller = RunningController::start(&["--cluster-resource-namespace", &resources.name]).await;
 
     let api: Api<ClusterMeshCAIssuer> = Api::all(client.clone());
     api.create(

@@ -12,9 +12,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use mesh_ca_issuer::api::cert_manager::{
-    CertificateRequest, CertificateRequestSpec, IssuerReference,
-};
+use mesh_ca_issuer::api::cert_manager::{CertificateRequest, CertificateRequestSpec, IssuerReference};
 use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer};
 use support::{TEST_MANAGER, TestNamespace, admin_client, client_with_token, ensure_crds};
 
@@ -48,10 +46,7 @@ async fn custom_resource_write_is_stored_and_read_back() {
         ..Default::default()
     };
     issuers
-        .create(
-            &PostParams::default(),
-            &MeshCAIssuer::new("mesh", spec.clone()),
-        )
+        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", spec.clone()))
         .await
         .unwrap();
 
@@ -68,10 +63,7 @@ async fn server_side_apply_on_status_keeps_each_managers_condition() {
     ensure_crds(&client).await;
     let ns = TestNamespace::create(&client, "cp-ssa-status").await;
     let requests: Api<CertificateRequest> = ns.api();
-    requests
-        .create(&PostParams::default(), &request("r1"))
-        .await
-        .unwrap();
+    requests.create(&PostParams::default(), &request("r1")).await.unwrap();
 
     // The approver's condition, then ours, each applied by its own field manager.
     let approved = serde_json::json!({
@@ -79,11 +71,7 @@ async fn server_side_apply_on_status_keeps_each_managers_condition() {
         "status": {"conditions": [{"type": "Approved", "status": "True", "reason": "test", "message": "ok"}]}
     });
     requests
-        .patch_status(
-            "r1",
-            &PatchParams::apply("approver-stand-in"),
-            &Patch::Apply(&approved),
-        )
+        .patch_status("r1", &PatchParams::apply("approver-stand-in"), &Patch::Apply(&approved))
         .await
         .unwrap();
     let ready = serde_json::json!({
@@ -91,11 +79,7 @@ async fn server_side_apply_on_status_keeps_each_managers_condition() {
         "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Pending", "message": "waiting"}]}
     });
     requests
-        .patch_status(
-            "r1",
-            &PatchParams::apply(TEST_MANAGER),
-            &Patch::Apply(&ready),
-        )
+        .patch_status("r1", &PatchParams::apply(TEST_MANAGER), &Patch::Apply(&ready))
         .await
         .unwrap();
 
@@ -118,10 +102,7 @@ async fn server_side_apply_on_status_keeps_each_managers_condition() {
     let owned = serde_json::to_value(&ours.fields_v1).unwrap();
     let conditions = &owned["f:status"]["f:conditions"];
     assert!(conditions.get(r#"k:{"type":"Ready"}"#).is_some(), "{owned}");
-    assert!(
-        conditions.get(r#"k:{"type":"Approved"}"#).is_none(),
-        "{owned}"
-    );
+    assert!(conditions.get(r#"k:{"type":"Approved"}"#).is_none(), "{owned}");
     assert!(owned.get("f:spec").is_none(), "{owned}");
     // Spec is untouched by status writes.
     assert_eq!(stored.spec, request("r1").spec);
@@ -152,19 +133,15 @@ async fn watch_sees_a_change() {
     };
     let observe = async {
         while let Some(obj) = events.try_next().await.unwrap() {
-            if obj.name_any() == "watched"
-                && obj.labels().get("changed").map(String::as_str) == Some("yes")
-            {
+            if obj.name_any() == "watched" && obj.labels().get("changed").map(String::as_str) == Some("yes") {
                 return true;
             }
         }
         false
     };
-    let (_, saw_change) = tokio::time::timeout(Duration::from_secs(20), async {
-        tokio::join!(create, observe)
-    })
-    .await
-    .expect("the watch delivered the change within 20s");
+    let (_, saw_change) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(create, observe) })
+        .await
+        .expect("the watch delivered the change within 20s");
     assert!(saw_change);
 }
 
@@ -173,8 +150,7 @@ async fn unprivileged_service_account_is_denied_by_rbac() {
     let client = admin_client().await;
     let ns = TestNamespace::create(&client, "cp-rbac").await;
     let accounts: Api<ServiceAccount> = ns.api();
-    let sa: ServiceAccount =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "nobody"}})).unwrap();
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"metadata": {"name": "nobody"}})).unwrap();
     accounts.create(&PostParams::default(), &sa).await.unwrap();
     // A real ServiceAccount token from the TokenRequest API (signed by the control plane's key).
     let token_request: TokenRequest = serde_json::from_value(serde_json::json!({
@@ -186,10 +162,7 @@ async fn unprivileged_service_account_is_denied_by_rbac() {
         .create_subresource("token", "nobody", &PostParams::default(), &token_request)
         .await
         .unwrap();
-    let token = issued
-        .status
-        .and_then(|s| s.token)
-        .expect("an issued token");
+    let token = issued.status.and_then(|s| s.token).expect("an issued token");
 
     let as_nobody = client_with_token(&token).await;
     let secrets: Api<Secret> = Api::namespaced(as_nobody.clone(), &ns.name);
@@ -197,15 +170,12 @@ async fn unprivileged_service_account_is_denied_by_rbac() {
         Err(kube::Error::Api(e)) => {
             assert_eq!(e.code, 403, "{e:?}");
             assert!(
-                e.message
-                    .contains(&format!("system:serviceaccount:{}:nobody", ns.name)),
+                e.message.contains(&format!("system:serviceaccount:{}:nobody", ns.name)),
                 "{}",
                 e.message
             );
         }
-        other => panic!(
-            "listing secrets as an unprivileged ServiceAccount must be forbidden, got {other:?}"
-        ),
+        other => panic!("listing secrets as an unprivileged ServiceAccount must be forbidden, got {other:?}"),
     }
     // The same token authenticates: the denial is authorization, not a broken token.
     let review = as_nobody
@@ -245,16 +215,9 @@ async fn controller_binary_becomes_healthy_and_ready() {
         controller.log()
     );
 
-    let (status, body) = support::http_get(controller.admin_port, "/healthz")
-        .await
-        .unwrap();
+    let (status, body) = support::http_get(controller.admin_port, "/healthz").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "ok"));
-    let (status, metrics) = support::http_get(controller.admin_port, "/metrics")
-        .await
-        .unwrap();
+    let (status, metrics) = support::http_get(controller.admin_port, "/metrics").await.unwrap();
     assert_eq!(status, 200);
-    assert!(
-        metrics.lines().any(|l| l == "meshca_controller_ready 1"),
-        "{metrics}"
-    );
+    assert!(metrics.lines().any(|l| l == "meshca_controller_ready 1"), "{metrics}");
 }

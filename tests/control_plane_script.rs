@@ -46,8 +46,7 @@ impl Drop for Plane {
 
 async fn client_for(name: &str) -> kube::Client {
     mesh_ca_issuer::install_crypto_provider();
-    let kubeconfig =
-        kube::config::Kubeconfig::read_from(plane_dir(name).join("kubeconfig")).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(plane_dir(name).join("kubeconfig")).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .unwrap();
@@ -75,8 +74,7 @@ async fn two_control_planes_run_side_by_side_and_are_independent() {
         assert!(out.status.success(), "up {}: {}", plane.0, text(&out));
     }
     let (client_a, client_b) = (client_for(&a.0).await, client_for(&b.0).await);
-    let only_in_a: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "only-in-a"}})).unwrap();
+    let only_in_a: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "only-in-a"}})).unwrap();
     Api::<Namespace>::all(client_a.clone())
         .create(&PostParams::default(), &only_in_a)
         .await
@@ -137,10 +135,7 @@ fn stale_pid_files_from_a_crashed_run_are_cleaned_up_on_the_next_up() {
     assert!(run(&["up", "--name", &plane.0]).status.success());
     let crashed = pids_of(&plane.0);
     for pid in &crashed {
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap();
+        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     }
     // Wait until the kernel has reaped them (they are not our children).
     for _ in 0..100 {
@@ -164,16 +159,8 @@ fn failed_build_says_what_to_do_and_starts_nothing() {
     let cache = tempfile::tempdir().unwrap();
     let fake_bin = tempfile::tempdir().unwrap();
     let fake_make = fake_bin.path().join("make");
-    std::fs::write(
-        &fake_make,
-        "#!/bin/sh\necho 'simulated compiler failure' >&2\nexit 2\n",
-    )
-    .unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(&fake_make)
-        .status()
-        .unwrap();
+    std::fs::write(&fake_make, "#!/bin/sh\necho 'simulated compiler failure' >&2\nexit 2\n").unwrap();
+    Command::new("chmod").arg("+x").arg(&fake_make).status().unwrap();
     let path = format!(
         "{}:{}",
         fake_bin.path().display(),
@@ -196,10 +183,7 @@ fn failed_build_says_what_to_do_and_starts_nothing() {
     assert!(msg.contains("nothing was started"), "{msg}");
     assert!(pids_of(&plane.0).is_empty());
     assert!(
-        !cache
-            .path()
-            .join("kube-apiserver-v1.20.2/kube-apiserver")
-            .exists(),
+        !cache.path().join("kube-apiserver-v1.20.2/kube-apiserver").exists(),
         "no half binary cached"
     );
 }

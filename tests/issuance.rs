@@ -11,15 +11,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
-use mesh_ca_issuer::api::issuer::{
-    IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap,
-};
+use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
 use mesh_ca_issuer::pki::Certificate;
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::{
-    RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually,
-    wait_for_event,
-};
+use support::{RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, wait_for_event};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -67,13 +62,8 @@ async fn wait_issuer(env: &Env, name: &str, status: &str) -> (String, String) {
     let api: Api<MeshCAIssuer> = env.ns.api();
     eventually(TIMEOUT, || async {
         let issuer = api.get(name).await.ok()?;
-        let c = issuer
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")?;
-        (c.status == status && c.observed_generation == issuer.metadata.generation)
-            .then_some((c.reason, c.message))
+        let c = issuer.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        (c.status == status && c.observed_generation == issuer.metadata.generation).then_some((c.reason, c.message))
     })
     .await
     .unwrap_or_else(|| panic!("issuer {name} not Ready={status} within {TIMEOUT:?}"))
@@ -135,9 +125,7 @@ async fn approved_request_is_issued_with_the_intermediate_and_the_root_in_one_wr
     let cr = cm::wait_for_reason(&env.client, &env.ns.name, "istiod", &["Issued"], TIMEOUT).await;
 
     let status = cr.status.clone().unwrap();
-    let chain =
-        Certificate::parse_pem_bundle(status.certificate.as_deref().unwrap(), "status.certificate")
-            .unwrap();
+    let chain = Certificate::parse_pem_bundle(status.certificate.as_deref().unwrap(), "status.certificate").unwrap();
     let root = Certificate::parse_pem_bundle(status.ca.as_deref().unwrap(), "status.ca").unwrap();
     assert_eq!(
         chain.len(),
@@ -156,15 +144,15 @@ async fn approved_request_is_issued_with_the_intermediate_and_the_root_in_one_wr
 
     // Judged by openssl, not only by our own code.
     assert_eq!(
-        openssl_verify(
-            status.ca.as_deref().unwrap(),
-            status.certificate.as_deref().unwrap()
-        ),
+        openssl_verify(status.ca.as_deref().unwrap(), status.certificate.as_deref().unwrap()),
         "chain.pem: OK"
     );
     let text = openssl_text(status.certificate.as_deref().unwrap());
     assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
-    assert!(text.contains("X509v3 Key Usage: critical\n                Digital Signature, Certificate Sign, CRL Sign"), "{text}");
+    assert!(
+        text.contains("X509v3 Key Usage: critical\n                Digital Signature, Certificate Sign, CRL Sign"),
+        "{text}"
+    );
     assert!(
         text.contains("URI:spiffe://cluster.local/ns/istio-system/sa/istiod"),
         "{text}"
@@ -188,10 +176,7 @@ async fn approved_request_is_issued_with_the_intermediate_and_the_root_in_one_wr
     );
     assert!(cr.status.unwrap().failure_time.is_none());
     let note = wait_for_event(&env.client, &env.ns.name, "istiod", "Issued").await;
-    assert!(
-        note.contains(&format!("MeshCAIssuer {}/mesh", env.ns.name)),
-        "{note}"
-    );
+    assert!(note.contains(&format!("MeshCAIssuer {}/mesh", env.ns.name)), "{note}");
 }
 
 #[tokio::test]
@@ -236,27 +221,15 @@ async fn foreign_and_unapproved_requests_get_no_write() {
     for (name, rv) in before {
         let cr = get_cr(&env, &name).await;
         assert_eq!(cr.resource_version(), rv, "{name} was written to");
+        assert!(cr.condition("Ready").is_none(), "{name} got a Ready condition");
         assert!(
-            cr.condition("Ready").is_none(),
-            "{name} got a Ready condition"
-        );
-        assert!(
-            support::events_for(&env.client, &env.ns.name, &name)
-                .await
-                .is_empty(),
+            support::events_for(&env.client, &env.ns.name, &name).await.is_empty(),
             "{name} got events"
         );
     }
     // Approval is all it takes for the unapproved one.
     cm::approve(&env.client, &env.ns.name, "unapproved").await;
-    cm::wait_for_reason(
-        &env.client,
-        &env.ns.name,
-        "unapproved",
-        &["Issued"],
-        TIMEOUT,
-    )
-    .await;
+    cm::wait_for_reason(&env.client, &env.ns.name, "unapproved", &["Issued"], TIMEOUT).await;
 }
 
 #[tokio::test]
@@ -276,10 +249,7 @@ async fn denied_request_is_never_signed() {
     let cr = cm::wait_for_reason(&env.client, &env.ns.name, "denied", &["Denied"], TIMEOUT).await;
     let status = cr.status.clone().unwrap();
     assert!(status.failure_time.is_some());
-    assert!(
-        status.certificate.is_none() && status.ca.is_none(),
-        "never signed"
-    );
+    assert!(status.certificate.is_none() && status.ca.is_none(), "never signed");
     assert_eq!(cr.condition("Ready").unwrap().status, "False");
     let note = wait_for_event(&env.client, &env.ns.name, "denied", "Denied").await;
     assert!(note.contains("change ticket"), "{note}");
@@ -296,10 +266,7 @@ async fn terminal_requests_are_left_untouched() {
     let env = env("issue-terminal").await;
     ready_issuer(&env, "mesh").await;
     let api: Api<CertificateRequest> = env.ns.api();
-    for (name, status, reason) in [
-        ("was-issued", "True", "Issued"),
-        ("was-failed", "False", "Failed"),
-    ] {
+    for (name, status, reason) in [("was-issued", "True", "Issued"), ("was-failed", "False", "Failed")] {
         let req = IntermediateRequest::istiod(name, "mesh");
         let (_, csr) = cm::make_key_and_csr(&req);
         cm::create_request(&env.client, &env.ns.name, &req, csr.as_bytes()).await;
@@ -308,13 +275,9 @@ async fn terminal_requests_are_left_untouched() {
             "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
             "status": {"conditions": [{"type": "Ready", "status": status, "reason": reason, "message": "earlier"}]}
         });
-        api.patch_status(
-            name,
-            &PatchParams::apply("earlier-run").force(),
-            &Patch::Apply(&done),
-        )
-        .await
-        .unwrap();
+        api.patch_status(name, &PatchParams::apply("earlier-run").force(), &Patch::Apply(&done))
+            .await
+            .unwrap();
         cm::approve(&env.client, &env.ns.name, name).await;
     }
     cm::request_and_approve(
@@ -337,30 +300,17 @@ async fn terminal_requests_are_left_untouched() {
             get_cr(&env, "was-failed").await.resource_version()
         ]
     );
-    assert!(
-        get_cr(&env, "was-issued")
-            .await
-            .status
-            .unwrap()
-            .certificate
-            .is_none()
-    );
+    assert!(get_cr(&env, "was-issued").await.status.unwrap().certificate.is_none());
 }
 
 #[tokio::test]
 async fn missing_issuer_makes_the_request_wait_until_the_issuer_exists() {
     let env = env("issue-late-issuer").await;
-    cm::request_and_approve(
-        &env.client,
-        &env.ns.name,
-        &IntermediateRequest::istiod("early", "late"),
-    )
-    .await;
+    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("early", "late")).await;
     let cr = cm::wait_for_reason(&env.client, &env.ns.name, "early", &["Pending"], TIMEOUT).await;
     let message = cr.condition("Ready").unwrap().message.clone().unwrap();
     assert!(
-        message.contains(&format!("MeshCAIssuer {}/late", env.ns.name))
-            && message.contains("does not exist"),
+        message.contains(&format!("MeshCAIssuer {}/late", env.ns.name)) && message.contains("does not exist"),
         "{message}"
     );
     // Nobody touches the request: creating the issuer is enough.
@@ -430,19 +380,13 @@ async fn missing_root_secret_makes_issuer_not_ready_and_requests_wait_until_it_a
     });
     let secrets: Api<Secret> = env.ns.api();
     secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(secret).unwrap(),
-        )
+        .create(&PostParams::default(), &serde_json::from_value(secret).unwrap())
         .await
         .unwrap();
     let cr = cm::wait_for_reason(&env.client, &env.ns.name, "waiting", &["Issued"], TIMEOUT).await;
     let status = cr.status.unwrap();
     assert_eq!(
-        openssl_verify(
-            status.ca.as_deref().unwrap(),
-            status.certificate.as_deref().unwrap()
-        ),
+        openssl_verify(status.ca.as_deref().unwrap(), status.certificate.as_deref().unwrap()),
         "chain.pem: OK"
     );
     assert!(openssl_text(status.ca.as_deref().unwrap()).contains("CN = Operator Root"));
@@ -514,21 +458,13 @@ async fn bad_roots_make_the_issuer_not_ready_with_the_cause() {
     let cases = [
         ("mismatch", read("a.crt"), read("b.key"), "KeyMismatch"),
         ("leaf", read("leaf.crt"), read("leaf.key"), "NotACA"),
-        (
-            "garbage",
-            "not a certificate".to_string(),
-            read("a.key"),
-            "InvalidCA",
-        ),
+        ("garbage", "not a certificate".to_string(), read("a.key"), "InvalidCA"),
     ];
     for (name, crt, key, _) in &cases {
         let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
             "stringData": {"tls.crt": crt, "tls.key": key}});
         secrets
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(secret).unwrap(),
-            )
+            .create(&PostParams::default(), &serde_json::from_value(secret).unwrap())
             .await
             .unwrap();
         create_issuer(&env, name, local_ca(name, None)).await;
@@ -540,6 +476,8 @@ async fn bad_roots_make_the_issuer_not_ready_with_the_cause() {
             !message.contains("PRIVATE KEY") && !message.contains(&read("b.key")[30..60]),
             "no key material: {message}"
         );
+        // The event follows the status write.
+        wait_for_event(&env.client, &env.ns.name, name, expected).await;
         let events = support::events_for(&env.client, &env.ns.name, name).await;
         assert!(
             events.iter().any(|e| e.0 == "Warning" && &e.1 == expected),
@@ -547,12 +485,7 @@ async fn bad_roots_make_the_issuer_not_ready_with_the_cause() {
         );
     }
     // A request to a broken issuer waits; it is not failed.
-    cm::request_and_approve(
-        &env.client,
-        &env.ns.name,
-        &IntermediateRequest::istiod("r", "mismatch"),
-    )
-    .await;
+    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("r", "mismatch")).await;
     let cr = cm::wait_for_reason(&env.client, &env.ns.name, "r", &["Pending"], TIMEOUT).await;
     assert!(
         cr.condition("Ready")
@@ -699,12 +632,7 @@ async fn bad_requests_fail_with_the_cause_and_the_controller_keeps_serving() {
         assert!(note.contains(cause), "{name}: {note}");
     }
     // Still serving.
-    cm::request_and_approve(
-        &env.client,
-        &env.ns.name,
-        &IntermediateRequest::istiod("good", "mesh"),
-    )
-    .await;
+    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("good", "mesh")).await;
     cm::wait_for_reason(&env.client, &env.ns.name, "good", &["Issued"], TIMEOUT).await;
 }
 
@@ -717,22 +645,12 @@ async fn lifetime_beyond_the_root_is_clamped_and_the_event_says_so() {
     };
     create_issuer(&env, "mesh", local_ca("mesh-root", Some(short_root))).await;
     wait_issuer(&env, "mesh", "True").await;
-    cm::request_and_approve(
-        &env.client,
-        &env.ns.name,
-        &IntermediateRequest::istiod("long", "mesh"),
-    )
-    .await;
+    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("long", "mesh")).await;
     let cr = cm::wait_for_reason(&env.client, &env.ns.name, "long", &["Issued"], TIMEOUT).await;
     let status = cr.status.unwrap();
-    let cert =
-        &Certificate::parse_pem_bundle(status.certificate.as_deref().unwrap(), "c").unwrap()[0];
+    let cert = &Certificate::parse_pem_bundle(status.certificate.as_deref().unwrap(), "c").unwrap()[0];
     let root = &Certificate::parse_pem_bundle(status.ca.as_deref().unwrap(), "ca").unwrap()[0];
-    assert_eq!(
-        cert.not_after(),
-        root.not_after(),
-        "notAfter clamped to the root's"
-    );
+    assert_eq!(cert.not_after(), root.not_after(), "notAfter clamped to the root's");
     let note = wait_for_event(&env.client, &env.ns.name, "long", "Issued").await;
     assert!(
         note.contains("shortened from the requested 2160h: the signing CA expires at"),
@@ -780,10 +698,7 @@ async fn issuer_turns_not_ready_when_its_root_vanishes_or_expires() {
         (c.reason == "CAExpired").then_some(c.message)
     })
     .await;
-    assert!(
-        expired.is_some(),
-        "issuer with an expired root did not turn CAExpired"
-    );
+    assert!(expired.is_some(), "issuer with an expired root did not turn CAExpired");
 }
 
 #[tokio::test]
@@ -794,10 +709,8 @@ async fn no_key_material_in_logs_events_or_conditions() {
     let ns = TestNamespace::create(&client, "issue-no-secrets").await;
     let logs = tempfile::tempdir().unwrap();
     // The real binary at its most talkative, so every log line it can write is looked at.
-    let mut controller = support::ControllerProcess::start(
-        &["--namespace", &ns.name, "--log-level", "debug"],
-        logs.path(),
-    );
+    let mut controller =
+        support::ControllerProcess::start(&["--namespace", &ns.name, "--log-level", "debug"], logs.path());
     assert!(
         controller.wait_ready(Duration::from_secs(60)).await,
         "{}",
@@ -807,22 +720,12 @@ async fn no_key_material_in_logs_events_or_conditions() {
     issuers
         .create(
             &PostParams::default(),
-            &MeshCAIssuer::new(
-                "mesh",
-                local_ca("mesh-root", Some(RootBootstrap::default())),
-            ),
+            &MeshCAIssuer::new("mesh", local_ca("mesh-root", Some(RootBootstrap::default()))),
         )
         .await
         .unwrap();
     let mut keys = Vec::new();
-    keys.push(
-        cm::request_and_approve(
-            &client,
-            &ns.name,
-            &IntermediateRequest::istiod("good", "mesh"),
-        )
-        .await,
-    );
+    keys.push(cm::request_and_approve(&client, &ns.name, &IntermediateRequest::istiod("good", "mesh")).await);
     cm::wait_for_reason(&client, &ns.name, "good", &["Issued"], TIMEOUT).await;
     let leaf = IntermediateRequest {
         is_ca: false,
@@ -833,6 +736,10 @@ async fn no_key_material_in_logs_events_or_conditions() {
     let root: Secret = ns.api().get("mesh-root").await.unwrap();
     keys.push(String::from_utf8(root.data.unwrap()["tls.key"].0.clone()).unwrap());
 
+    // Every event that will be said has been said.
+    wait_for_event(&client, &ns.name, "good", "Issued").await;
+    wait_for_event(&client, &ns.name, "refused", "Failed").await;
+    wait_for_event(&client, &ns.name, "mesh", "RootBootstrapped").await;
     let mut haystack = controller.log();
     for name in ["mesh", "good", "refused"] {
         for (_, reason, note) in support::events_for(&client, &ns.name, name).await {
@@ -845,10 +752,7 @@ async fn no_key_material_in_logs_events_or_conditions() {
             get_cr_in(&client, &ns.name, name).await.condition("Ready")
         ));
     }
-    haystack.push_str(&format!(
-        "\n{:?}",
-        issuers.get("mesh").await.unwrap().status
-    ));
+    haystack.push_str(&format!("\n{:?}", issuers.get("mesh").await.unwrap().status));
     assert!(
         haystack.contains("Issued") && haystack.contains("requireCA"),
         "the haystack holds what was said"
@@ -858,10 +762,7 @@ async fn no_key_material_in_logs_events_or_conditions() {
         // Any 32-character run of the key's base64 body would be a leak.
         let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
         for start in (0..body.len().saturating_sub(32)).step_by(16) {
-            assert!(
-                !haystack.contains(&body[start..start + 32]),
-                "key material leaked"
-            );
+            assert!(!haystack.contains(&body[start..start + 32]), "key material leaked");
         }
     }
 }

@@ -26,11 +26,7 @@ fn openssl(dir: &Path, args: &[&str]) -> String {
 }
 
 /// An openssl-made root with a three-attribute UTF8 subject, its key in the given form.
-fn openssl_root(
-    dir: &Path,
-    key_args: &[&str],
-    convert: Option<&[&str]>,
-) -> (Certificate, SigningKey) {
+fn openssl_root(dir: &Path, key_args: &[&str], convert: Option<&[&str]>) -> (Certificate, SigningKey) {
     let mut genkey = vec!["genpkey"];
     genkey.extend_from_slice(key_args);
     genkey.extend_from_slice(&["-out", "root.pkcs8.key"]);
@@ -65,10 +61,9 @@ fn openssl_root(
             "root.crt",
         ],
     );
-    let cert =
-        Certificate::parse_pem_bundle(&std::fs::read(dir.join("root.crt")).unwrap(), "root.crt")
-            .unwrap()
-            .remove(0);
+    let cert = Certificate::parse_pem_bundle(&std::fs::read(dir.join("root.crt")).unwrap(), "root.crt")
+        .unwrap()
+        .remove(0);
     let key = SigningKey::from_pem(&std::fs::read(dir.join(key_file)).unwrap()).unwrap();
     assert!(key.matches(&cert));
     (cert, key)
@@ -137,13 +132,7 @@ fn sign_and_verify(key_args: &[&str], convert: Option<&[&str]>, expected_sig: &s
     // The independent verdict: the chain verifies and the intermediate can act as a CA.
     let verdict = openssl(
         dir.path(),
-        &[
-            "verify",
-            "-x509_strict",
-            "-CAfile",
-            "root.crt",
-            "intermediate.crt",
-        ],
+        &["verify", "-x509_strict", "-CAfile", "root.crt", "intermediate.crt"],
     );
     assert_eq!(verdict.trim(), "intermediate.crt: OK");
     // A leaf signed by the intermediate (as istiod would) verifies through it.
@@ -165,7 +154,11 @@ fn sign_and_verify(key_args: &[&str], convert: Option<&[&str]>, expected_sig: &s
             "leaf.csr",
         ],
     );
-    std::fs::write(dir.path().join("leaf.ext"), "basicConstraints=critical,CA:FALSE\nsubjectAltName=URI:spiffe://cluster.local/ns/default/sa/app\n").unwrap();
+    std::fs::write(
+        dir.path().join("leaf.ext"),
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=URI:spiffe://cluster.local/ns/default/sa/app\n",
+    )
+    .unwrap();
     openssl(
         dir.path(),
         &[
@@ -200,15 +193,15 @@ fn sign_and_verify(key_args: &[&str], convert: Option<&[&str]>, expected_sig: &s
     );
     assert_eq!(leaf.trim(), "leaf.crt: OK");
 
-    let text = openssl(
-        dir.path(),
-        &["x509", "-in", "intermediate.crt", "-noout", "-text"],
-    );
+    let text = openssl(dir.path(), &["x509", "-in", "intermediate.crt", "-noout", "-text"]);
     assert!(
         text.contains("X509v3 Basic Constraints: critical\n                CA:TRUE, pathlen:0"),
         "{text}"
     );
-    assert!(text.contains("X509v3 Key Usage: critical\n                Digital Signature, Certificate Sign, CRL Sign"), "{text}");
+    assert!(
+        text.contains("X509v3 Key Usage: critical\n                Digital Signature, Certificate Sign, CRL Sign"),
+        "{text}"
+    );
     assert!(text.contains("X509v3 Subject Key Identifier"), "{text}");
     assert!(text.contains("X509v3 Authority Key Identifier"), "{text}");
     assert!(
@@ -219,26 +212,15 @@ fn sign_and_verify(key_args: &[&str], convert: Option<&[&str]>, expected_sig: &s
         text.contains("URI:spiffe://cluster.local/ns/istio-system/sa/istiod"),
         "{text}"
     );
+    assert!(text.contains(&format!("Signature Algorithm: {expected_sig}")), "{text}");
     assert!(
-        text.contains(&format!("Signature Algorithm: {expected_sig}")),
+        text.contains("Issuer: O = Example Corp, OU = Platform Security, CN = Example Mesh Root CA"),
         "{text}"
     );
-    assert!(
-        text.contains(
-            "Issuer: O = Example Corp, OU = Platform Security, CN = Example Mesh Root CA"
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains("Subject: O = cluster.local, CN = istiod"),
-        "{text}"
-    );
+    assert!(text.contains("Subject: O = cluster.local, CN = istiod"), "{text}");
     // 720h requested: notAfter about 30 days out.
     let expected = now + SignedDuration::from_hours(720);
-    assert_eq!(
-        cert.not_after(),
-        Timestamp::from_second(expected.as_second()).unwrap()
-    );
+    assert_eq!(cert.not_after(), Timestamp::from_second(expected.as_second()).unwrap());
 }
 
 #[test]

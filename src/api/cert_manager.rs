@@ -101,19 +101,11 @@ pub struct CertificateRequestStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Option<Vec<CertificateRequestCondition>>,
     /// PEM: the signed certificate followed by intermediates, root excluded.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "opt_base64_bytes"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_base64_bytes")]
     #[schemars(with = "Option<String>", extend("format" = "byte"))]
     pub certificate: Option<Vec<u8>>,
     /// PEM: the root CA of the chain.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "opt_base64_bytes"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_base64_bytes")]
     #[schemars(with = "Option<String>", extend("format" = "byte"))]
     pub ca: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,10 +275,7 @@ mod tests {
         assert!(version["subresources"]["status"].is_object());
         let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
         assert_eq!(status["conditions"]["x-kubernetes-list-type"], "map");
-        assert_eq!(
-            status["conditions"]["x-kubernetes-list-map-keys"][0],
-            "type"
-        );
+        assert_eq!(status["conditions"]["x-kubernetes-list-map-keys"][0], "type");
         assert_eq!(status["certificate"]["format"], "byte");
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
         assert_eq!(spec["properties"]["request"]["format"], "byte");

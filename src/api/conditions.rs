@@ -55,15 +55,7 @@ mod tests {
     fn transition_time_moves_only_when_status_changes() {
         let first = next(None, READY, false, "Pending", "waiting", Some(1), at(100));
         // Same status, new reason and generation: the transition time stays.
-        let same = next(
-            Some(&first),
-            READY,
-            false,
-            "Other",
-            "still waiting",
-            Some(2),
-            at(200),
-        );
+        let same = next(Some(&first), READY, false, "Other", "still waiting", Some(2), at(200));
         assert_eq!(same.last_transition_time, Time(at(100)));
         assert_eq!(same.observed_generation, Some(2));
         assert_eq!(same.reason, "Other");

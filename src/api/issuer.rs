@@ -39,22 +39,14 @@ pub const CLUSTER_ISSUER_KIND: &str = "ClusterMeshCAIssuer";
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
     printcolumn(name = "Backend", type_ = "string", json_path = ".status.backend"),
-    printcolumn(
-        name = "CA Expiry",
-        type_ = "string",
-        json_path = ".status.ca.notAfter"
-    ),
+    printcolumn(name = "CA Expiry", type_ = "string", json_path = ".status.ca.notAfter"),
     printcolumn(
         name = "Reason",
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
         priority = 1
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("oneOf" = [{"required": ["localCA"]}]))]
@@ -322,16 +314,12 @@ mod tests {
         assert_eq!(cluster.spec.scope, "Cluster");
         assert_eq!(ns.spec.scope, "Namespaced");
         assert_eq!(cluster.spec.names.kind, "ClusterMeshCAIssuer");
-        assert_eq!(
-            cluster.metadata.name.as_deref(),
-            Some("clustermeshcaissuers.meshca.io")
-        );
+        assert_eq!(cluster.metadata.name.as_deref(), Some("clustermeshcaissuers.meshca.io"));
     }
 
     #[test]
     fn empty_policy_means_the_istiod_intermediate_defaults() {
-        let spec: IssuerSpec =
-            serde_json::from_value(serde_json::json!({"localCA": {"secretName": "root"}})).unwrap();
+        let spec: IssuerSpec = serde_json::from_value(serde_json::json!({"localCA": {"secretName": "root"}})).unwrap();
         assert!(spec.policy.require_ca);
         assert_eq!(spec.policy.max_path_len, 0);
         assert_eq!(spec.policy.max_duration, "8760h");

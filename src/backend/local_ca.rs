@@ -15,9 +15,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
-use super::{
-    BackendError, CaInfo, IssuedChain, IssuerScope, Purpose, SignOutcome, SignRequest, Signer,
-};
+use super::{BackendError, CaInfo, IssuedChain, IssuerScope, Purpose, SignOutcome, SignRequest, Signer};
 use crate::api::issuer::LocalCA;
 use crate::pki::policy::CaLifetime;
 use crate::pki::sign::{CaSigner, probe_signing, sign_csr};
@@ -102,10 +100,8 @@ impl LocalCa {
     ) -> Result<Self, BackendError> {
         let invalid = |reason, message: String| BackendError::issuer_not_ready(reason, message);
         let field = |key: &str| data.and_then(|d| d.get(key)).map(|b| b.0.as_slice());
-        let crt = field(TLS_CRT)
-            .ok_or_else(|| invalid(reason::INVALID_CA, format!("{display} has no {TLS_CRT}")))?;
-        let key = field(TLS_KEY)
-            .ok_or_else(|| invalid(reason::INVALID_CA, format!("{display} has no {TLS_KEY}")))?;
+        let crt = field(TLS_CRT).ok_or_else(|| invalid(reason::INVALID_CA, format!("{display} has no {TLS_CRT}")))?;
+        let key = field(TLS_KEY).ok_or_else(|| invalid(reason::INVALID_CA, format!("{display} has no {TLS_KEY}")))?;
         let mut certs = Certificate::parse_pem_bundle(crt, "tls.crt")
             .map_err(|e| invalid(reason::INVALID_CA, format!("{display}: {e}")))?;
         let extra = match field(CA_CRT) {
@@ -115,22 +111,18 @@ impl LocalCa {
         };
         let ca = certs.remove(0);
         let subject = ca.subject();
-        let key = SigningKey::from_pem(key)
-            .map_err(|e| invalid(reason::INVALID_CA, format!("{display} {TLS_KEY}: {e}")))?;
+        let key =
+            SigningKey::from_pem(key).map_err(|e| invalid(reason::INVALID_CA, format!("{display} {TLS_KEY}: {e}")))?;
         if !key.matches(&ca) {
             return Err(invalid(
                 reason::KEY_MISMATCH,
-                format!(
-                    "{display}: {TLS_KEY} is not the key of the certificate {subject} in {TLS_CRT}"
-                ),
+                format!("{display}: {TLS_KEY} is not the key of the certificate {subject} in {TLS_CRT}"),
             ));
         }
         if !ca.is_ca() {
             return Err(invalid(
                 reason::NOT_A_CA,
-                format!(
-                    "{display}: {subject} is not a CA certificate (no BasicConstraints CA:TRUE)"
-                ),
+                format!("{display}: {subject} is not a CA certificate (no BasicConstraints CA:TRUE)"),
             ));
         }
         if ca.key_usage_cert_sign() == Some(false) {
@@ -148,10 +140,7 @@ impl LocalCa {
         if now < ca.not_before() {
             return Err(invalid(
                 reason::CA_NOT_YET_VALID,
-                format!(
-                    "{display}: {subject} is not valid before {}",
-                    ca.not_before()
-                ),
+                format!("{display}: {subject} is not valid before {}", ca.not_before()),
             ));
         }
         let (path, root) = path_to_root(&ca, certs.into_iter().chain(extra).collect())
@@ -195,10 +184,7 @@ impl LocalCa {
 }
 
 /// Finds the certificates linking `ca` to a self-signed root among `pool`.
-fn path_to_root(
-    ca: &Certificate,
-    pool: Vec<Certificate>,
-) -> Result<(Vec<Certificate>, Certificate), String> {
+fn path_to_root(ca: &Certificate, pool: Vec<Certificate>) -> Result<(Vec<Certificate>, Certificate), String> {
     if ca.is_self_signed() {
         return Ok((Vec::new(), ca.clone()));
     }
@@ -206,10 +192,7 @@ fn path_to_root(
     let mut current = ca.clone();
     // A chain longer than the pool cannot be honest; the bound also stops loops.
     for _ in 0..=pool.len() {
-        let Some(parent) = pool
-            .iter()
-            .find(|p| current.is_signed_by(p) && *p != &current)
-        else {
+        let Some(parent) = pool.iter().find(|p| current.is_signed_by(p) && *p != &current) else {
             break;
         };
         if parent.is_self_signed() {
@@ -233,10 +216,7 @@ impl Signer for LocalCa {
         &self.info
     }
 
-    fn sign<'a>(
-        &'a self,
-        request: SignRequest<'a>,
-    ) -> BoxFuture<'a, Result<SignOutcome, BackendError>> {
+    fn sign<'a>(&'a self, request: SignRequest<'a>) -> BoxFuture<'a, Result<SignOutcome, BackendError>> {
         Box::pin(async move {
             let (csr, plan) = (request.csr.clone(), request.plan.clone());
             let (ca, key) = (self.ca.clone(), self.key.clone());
@@ -252,16 +232,12 @@ impl Signer for LocalCa {
                 )
             })
             .await
-            .map_err(|e| {
-                BackendError::retryable(reason::SIGNING_FAILED, format!("signing task failed: {e}"))
-            })?;
+            .map_err(|e| BackendError::retryable(reason::SIGNING_FAILED, format!("signing task failed: {e}")))?;
             let certificate = signed.map_err(|e| match e {
                 // The request itself cannot be signed as asked.
                 crate::pki::PkiError::UnsupportedSubject(_)
                 | crate::pki::PkiError::UnsupportedPublicKey(_)
-                | crate::pki::PkiError::UnsupportedSan(_) => {
-                    BackendError::permanent("BadRequest", e.to_string())
-                }
+                | crate::pki::PkiError::UnsupportedSan(_) => BackendError::permanent("BadRequest", e.to_string()),
                 // Anything else is about the CA.
                 _ => BackendError::issuer_not_ready(reason::SIGNING_FAILED, e.to_string()),
             })?;
@@ -296,11 +272,7 @@ mod tests {
     }
 
     fn root() -> (Certificate, SigningKey) {
-        self_signed_root(
-            &RootBootstrap::default(),
-            now() - jiff::SignedDuration::from_hours(1),
-        )
-        .unwrap()
+        self_signed_root(&RootBootstrap::default(), now() - jiff::SignedDuration::from_hours(1)).unwrap()
     }
 
     fn reason_of(result: Result<LocalCa, BackendError>) -> &'static str {
@@ -353,18 +325,8 @@ mod tests {
                 "Ok",
             ),
             // Missing fields and garbage.
-            (
-                "no key",
-                data(&[(TLS_CRT, cert.to_pem())]),
-                now(),
-                reason::INVALID_CA,
-            ),
-            (
-                "no cert",
-                data(&[(TLS_KEY, key.to_pem())]),
-                now(),
-                reason::INVALID_CA,
-            ),
+            ("no key", data(&[(TLS_CRT, cert.to_pem())]), now(), reason::INVALID_CA),
+            ("no cert", data(&[(TLS_KEY, key.to_pem())]), now(), reason::INVALID_CA),
             (
                 "garbage cert",
                 data(&[(TLS_CRT, "garbage".into()), (TLS_KEY, key.to_pem())]),
@@ -401,23 +363,13 @@ mod tests {
         ];
         for (name, d, at, expected) in cases {
             assert_eq!(
-                reason_of(LocalCa::from_data(
-                    Some(&d),
-                    "Secret ns/root",
-                    Purpose::HealthCheck,
-                    at
-                )),
+                reason_of(LocalCa::from_data(Some(&d), "Secret ns/root", Purpose::HealthCheck, at)),
                 expected,
                 "{name}"
             );
         }
         assert_eq!(
-            reason_of(LocalCa::from_data(
-                None,
-                "Secret ns/root",
-                Purpose::HealthCheck,
-                now()
-            )),
+            reason_of(LocalCa::from_data(None, "Secret ns/root", Purpose::HealthCheck, now())),
             reason::INVALID_CA
         );
     }
@@ -431,9 +383,7 @@ mod tests {
             let mut params = rcgen::CertificateParams::default();
             // rcgen pre-fills a CN; start from an empty name so ours comes out in the order given.
             params.distinguished_name = rcgen::DistinguishedName::new();
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, "Issuing CA");
+            params.distinguished_name.push(rcgen::DnType::CommonName, "Issuing CA");
             let pair = rcgen::KeyPair::from_pem(&int_key.to_pem()).unwrap();
             let pem = params.serialize_request(&pair).unwrap().pem().unwrap();
             crate::pki::CertificateSigningRequest::from_pem(pem.as_bytes()).unwrap()
@@ -459,8 +409,7 @@ mod tests {
             (TLS_KEY, int_key.to_pem()),
             (CA_CRT, root_cert.to_pem()),
         ]);
-        let ca = LocalCa::from_data(Some(&secret), "Secret ns/int", Purpose::HealthCheck, now())
-            .unwrap();
+        let ca = LocalCa::from_data(Some(&secret), "Secret ns/int", Purpose::HealthCheck, now()).unwrap();
         assert_eq!(ca.root(), &root_cert);
         assert_eq!(
             ca.ca().lifetime.not_after,

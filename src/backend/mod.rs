@@ -108,10 +108,7 @@ pub trait Signer: Send + Sync {
     fn backend_name(&self) -> &'static str;
     /// The CA that signs.
     fn ca(&self) -> &CaInfo;
-    fn sign<'a>(
-        &'a self,
-        request: SignRequest<'a>,
-    ) -> BoxFuture<'a, Result<SignOutcome, BackendError>>;
+    fn sign<'a>(&'a self, request: SignRequest<'a>) -> BoxFuture<'a, Result<SignOutcome, BackendError>>;
 }
 
 /// Where an issuer lives and where it may read Secrets.
@@ -144,10 +141,7 @@ pub fn configured_backend(spec: &IssuerSpec) -> Result<&'static str, BackendErro
         )),
         many => Err(BackendError::issuer_not_ready(
             "InvalidSpec",
-            format!(
-                "exactly one backend may be set, found {}",
-                many.join(" and ")
-            ),
+            format!("exactly one backend may be set, found {}", many.join(" and ")),
         )),
     }
 }
@@ -166,8 +160,5 @@ pub async fn connect(
             local_ca::LocalCa::load(client, local, scope, purpose, now).await?,
         ));
     }
-    Err(BackendError::issuer_not_ready(
-        "InvalidSpec",
-        "no backend configured",
-    ))
+    Err(BackendError::issuer_not_ready("InvalidSpec", "no backend configured"))
 }

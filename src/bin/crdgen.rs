@@ -11,15 +11,14 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let crds: Vec<CustomResourceDefinition> =
-        match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-            [] => mesh_ca_issuer::api::crds(),
-            ["--cert-manager-stand-ins"] => mesh_ca_issuer::api::cert_manager::test_crds(),
-            _ => {
-                eprintln!("usage: crdgen [--cert-manager-stand-ins]");
-                std::process::exit(2);
-            }
-        };
+    let crds: Vec<CustomResourceDefinition> = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => mesh_ca_issuer::api::crds(),
+        ["--cert-manager-stand-ins"] => mesh_ca_issuer::api::cert_manager::test_crds(),
+        _ => {
+            eprintln!("usage: crdgen [--cert-manager-stand-ins]");
+            std::process::exit(2);
+        }
+    };
     let mut out = std::io::stdout().lock();
     for crd in crds {
         let yaml = match serde_yaml::to_string(&crd) {

@@ -24,16 +24,12 @@ use tracing::{debug, info, instrument, warn};
 
 use super::Context;
 use crate::FIELD_MANAGER;
-use crate::api::cert_manager::{
-    CertificateRequest, CertificateRequestCondition, CertificateRequestStatus, condition,
-};
+use crate::api::cert_manager::{CertificateRequest, CertificateRequestCondition, CertificateRequestStatus, condition};
 use crate::api::conditions::READY;
 use crate::api::issuer::{
     CLUSTER_ISSUER_KIND, ClusterMeshCAIssuer, ISSUER_KIND, IssuerSpec, IssuerStatus, MeshCAIssuer,
 };
-use crate::backend::{
-    self, BackendError, FailureKind, IssuerScope, Purpose, SignOutcome, SignRequest,
-};
+use crate::backend::{self, BackendError, FailureKind, IssuerScope, Purpose, SignOutcome, SignRequest};
 use crate::error::{Error, Result};
 use crate::pki::CertificateSigningRequest;
 use crate::pki::policy::{self, RequestFacts};
@@ -95,10 +91,7 @@ pub fn triage(cr: &CertificateRequest, cluster_issuers_enabled: bool) -> Triage 
     if cr.condition_is_true(condition::INVALID_REQUEST) {
         return Triage::Terminal;
     }
-    if let Some(denied) = cr
-        .condition(condition::DENIED)
-        .filter(|c| c.status == "True")
-    {
+    if let Some(denied) = cr.condition(condition::DENIED).filter(|c| c.status == "True") {
         let why = denied
             .message
             .clone()
@@ -201,11 +194,9 @@ pub fn status_change(
     deadline: Option<Timestamp>,
 ) -> Option<StatusChange> {
     let outcome = match outcome {
-        Outcome::Transient { message, .. } if deadline.is_some_and(|d| now >= d) => {
-            Outcome::Failed {
-                message: format!("Giving up after the maximum retry duration: {message}"),
-            }
-        }
+        Outcome::Transient { message, .. } if deadline.is_some_and(|d| now >= d) => Outcome::Failed {
+            message: format!("Giving up after the maximum retry duration: {message}"),
+        },
         other => other,
     };
     let (ready, reason, message, failed, event_type) = match &outcome {
@@ -241,9 +232,7 @@ pub fn status_change(
     let previous = cr.condition(condition::READY);
     let status_str = if ready { "True" } else { "False" };
     let unchanged = previous.is_some_and(|c| {
-        c.status == status_str
-            && c.reason.as_deref() == Some(reason)
-            && c.message.as_deref() == Some(message.as_str())
+        c.status == status_str && c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(message.as_str())
     });
     if unchanged {
         return None;
@@ -253,9 +242,7 @@ pub fn status_change(
         _ => Some(Time(now)),
     };
     let (certificate, ca) = match outcome {
-        Outcome::Issued {
-            certificate, ca, ..
-        } => (Some(certificate.into_bytes()), Some(ca.into_bytes())),
+        Outcome::Issued { certificate, ca, .. } => (Some(certificate.into_bytes()), Some(ca.into_bytes())),
         _ => (None, None),
     };
     Some(StatusChange {
@@ -278,9 +265,7 @@ pub fn status_change(
 /// What a backend failure means for a request. The one place backend errors are classified.
 pub fn classify(error: BackendError, issuer_display: &str, retry_after: Duration) -> Outcome {
     match error.kind {
-        FailureKind::Permanent => Outcome::Failed {
-            message: error.message,
-        },
+        FailureKind::Permanent => Outcome::Failed { message: error.message },
         FailureKind::Retryable => Outcome::Transient {
             message: format!("Transient error, will retry: {}", error.message),
             retry_after,
@@ -385,9 +370,7 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
         Ok(spec) => sign(&ctx, &cr, spec, &scope, now).await,
     };
     let requeue = match &outcome {
-        Outcome::Waiting { retry_after, .. } | Outcome::Transient { retry_after, .. } => {
-            Some(*retry_after)
-        }
+        Outcome::Waiting { retry_after, .. } | Outcome::Transient { retry_after, .. } => Some(*retry_after),
         _ => None,
     };
     apply_outcome(&ctx, &cr, outcome, now).await?;
@@ -426,10 +409,7 @@ async fn sign(
         Ok(plan) => plan,
         Err(violation @ policy::PolicyViolation::CaNotValid { .. }) => {
             return Outcome::Waiting {
-                message: format!(
-                    "Waiting for {}, whose CA cannot sign now: {violation}",
-                    scope.display
-                ),
+                message: format!("Waiting for {}, whose CA cannot sign now: {violation}", scope.display),
                 retry_after: Duration::from_secs(60),
             };
         }
@@ -447,9 +427,7 @@ async fn sign(
         backend_ref: None,
     };
     let result = signer.sign(request).await;
-    ctx.metrics
-        .signing_seconds
-        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics.signing_seconds.observe(started.elapsed().as_secs_f64());
     match result {
         Ok(SignOutcome::Issued(chain)) => {
             ctx.retries.forget(&uid);
@@ -482,12 +460,7 @@ async fn sign(
 }
 
 /// Writes the status an outcome calls for (if it changed) and raises its event.
-async fn apply_outcome(
-    ctx: &Context,
-    cr: &CertificateRequest,
-    outcome: Outcome,
-    now: Timestamp,
-) -> Result<()> {
+async fn apply_outcome(ctx: &Context, cr: &CertificateRequest, outcome: Outcome, now: Timestamp) -> Result<()> {
     let metric = match &outcome {
         Outcome::Denied { .. } => "denied",
         Outcome::Waiting { .. } => "pending",
@@ -496,27 +469,21 @@ async fn apply_outcome(
         Outcome::Issued { .. } => "issued",
     };
     let deadline = cr.meta().creation_timestamp.as_ref().map(|t| {
-        t.0 + jiff::SignedDuration::try_from(ctx.config.max_retry_duration)
-            .unwrap_or(jiff::SignedDuration::MAX)
+        t.0 + jiff::SignedDuration::try_from(ctx.config.max_retry_duration).unwrap_or(jiff::SignedDuration::MAX)
     });
     let Some(change) = status_change(cr, outcome, now, deadline) else {
         return Ok(());
     };
     let name = cr.name_any();
-    let api: Api<CertificateRequest> =
-        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": CertificateRequest::api_version(&()),
         "kind": CertificateRequest::kind(&()),
         "status": change.status,
     });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|e| Error::kube(format!("writing status of CertificateRequest {name}"), e))?;
+    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|e| Error::kube(format!("writing status of CertificateRequest {name}"), e))?;
     ctx.metrics.count_reconcile("certificaterequest", metric);
     if let Some((type_, reason, note)) = change.event {
         match type_ {
@@ -587,12 +554,7 @@ mod tests {
                 NotOurs,
             ),
             // Our group, unknown kind: not ours either (no kind fallback).
-            (
-                "unknown kind",
-                cr(OURS, "Issuer", &[APPROVED]),
-                true,
-                NotOurs,
-            ),
+            ("unknown kind", cr(OURS, "Issuer", &[APPROVED]), true, NotOurs),
             // Cluster kind while cluster issuers are disabled (--namespace).
             (
                 "cluster disabled",
@@ -601,41 +563,26 @@ mod tests {
                 NotOurs,
             ),
             // Neither approved nor denied: wait silently.
-            (
-                "unapproved",
-                cr(OURS, "MeshCAIssuer", &[]),
-                true,
-                AwaitingApproval,
-            ),
+            ("unapproved", cr(OURS, "MeshCAIssuer", &[]), true, AwaitingApproval),
             // Denied wins over everything but a terminal Ready.
             (
                 "denied",
                 cr(OURS, "MeshCAIssuer", &[("Denied", "True", "policy")]),
                 true,
                 Denied {
-                    message:
-                        "The CertificateRequest was denied by an approval controller: Denied policy"
-                            .into(),
+                    message: "The CertificateRequest was denied by an approval controller: Denied policy".into(),
                 },
             ),
             // Terminal states are untouched.
             (
                 "issued",
-                cr(
-                    OURS,
-                    "MeshCAIssuer",
-                    &[APPROVED, ("Ready", "True", "Issued")],
-                ),
+                cr(OURS, "MeshCAIssuer", &[APPROVED, ("Ready", "True", "Issued")]),
                 true,
                 Terminal,
             ),
             (
                 "failed",
-                cr(
-                    OURS,
-                    "MeshCAIssuer",
-                    &[APPROVED, ("Ready", "False", "Failed")],
-                ),
+                cr(OURS, "MeshCAIssuer", &[APPROVED, ("Ready", "False", "Failed")]),
                 true,
                 Terminal,
             ),
@@ -651,22 +598,14 @@ mod tests {
             ),
             (
                 "invalid",
-                cr(
-                    OURS,
-                    "MeshCAIssuer",
-                    &[APPROVED, ("InvalidRequest", "True", "x")],
-                ),
+                cr(OURS, "MeshCAIssuer", &[APPROVED, ("InvalidRequest", "True", "x")]),
                 true,
                 Terminal,
             ),
             // Pending is not terminal: proceed.
             (
                 "pending",
-                cr(
-                    OURS,
-                    "MeshCAIssuer",
-                    &[APPROVED, ("Ready", "False", "Pending")],
-                ),
+                cr(OURS, "MeshCAIssuer", &[APPROVED, ("Ready", "False", "Pending")]),
                 true,
                 proceed(IssuerKind::Namespaced),
             ),
@@ -716,11 +655,7 @@ mod tests {
                 found(Some(ready_condition("False", 1)), Some(1)),
                 Some("which is not Ready: Verified: m"),
             ),
-            (
-                "ready",
-                found(Some(ready_condition("True", 2)), Some(2)),
-                None,
-            ),
+            ("ready", found(Some(ready_condition("True", 2)), Some(2)), None),
         ];
         for (name, lookup, expected) in cases {
             match (issuer_gate("MeshCAIssuer ns/mesh", &lookup), expected) {
@@ -750,10 +685,7 @@ mod tests {
             message: "ok".into(),
         };
         let change = status_change(&approved, issued, now(), None).unwrap();
-        assert_eq!(
-            change.status.certificate.as_deref(),
-            Some(b"CHAIN".as_slice())
-        );
+        assert_eq!(change.status.certificate.as_deref(), Some(b"CHAIN".as_slice()));
         assert_eq!(change.status.ca.as_deref(), Some(b"ROOT".as_slice()));
         assert_eq!(change.status.failure_time, None);
         assert_eq!(
@@ -763,12 +695,8 @@ mod tests {
 
         // Failed and Denied stamp failureTime and warn.
         for outcome in [
-            Outcome::Failed {
-                message: "bad".into(),
-            },
-            Outcome::Denied {
-                message: "no".into(),
-            },
+            Outcome::Failed { message: "bad".into() },
+            Outcome::Denied { message: "no".into() },
         ] {
             let change = status_change(&approved, outcome, now(), None).unwrap();
             assert_eq!(change.status.failure_time, Some(Time(now())));
@@ -777,11 +705,7 @@ mod tests {
 
         // Pending with an unchanged message: no write, no event.
         let mut pending = approved.clone();
-        pending.status = Some(
-            status_change(&approved, wait(), now(), None)
-                .unwrap()
-                .status,
-        );
+        pending.status = Some(status_change(&approved, wait(), now(), None).unwrap().status);
         pending
             .status
             .as_mut()
@@ -810,22 +734,13 @@ mod tests {
             Some(now() + jiff::SignedDuration::from_secs(1)),
         )
         .unwrap();
-        assert_eq!(
-            before.status.conditions.unwrap()[0].reason.as_deref(),
-            Some("Pending")
-        );
+        assert_eq!(before.status.conditions.unwrap()[0].reason.as_deref(), Some("Pending"));
         assert_eq!(before.status.failure_time, None);
         // ...and Failed once the maximum retry duration has passed.
         let after = status_change(&approved, transient(), now(), Some(now())).unwrap();
         let condition = &after.status.conditions.unwrap()[0];
         assert_eq!(condition.reason.as_deref(), Some("Failed"));
-        assert!(
-            condition
-                .message
-                .as_deref()
-                .unwrap()
-                .contains("maximum retry duration")
-        );
+        assert!(condition.message.as_deref().unwrap().contains("maximum retry duration"));
     }
 
     #[test]
@@ -839,10 +754,7 @@ mod tests {
         ];
         for (kind, expected) in cases {
             let outcome = classify(BackendError::new(kind, "R", "m"), "MeshCAIssuer ns/mesh", d);
-            assert!(
-                format!("{outcome:?}").starts_with(expected),
-                "{kind:?}: {outcome:?}"
-            );
+            assert!(format!("{outcome:?}").starts_with(expected), "{kind:?}: {outcome:?}");
         }
     }
 }

@@ -24,8 +24,8 @@ use super::Context;
 use crate::FIELD_MANAGER;
 use crate::api::conditions::{self, READY};
 use crate::api::issuer::{
-    CLUSTER_ISSUER_KIND, ClusterMeshCAIssuer, ISSUER_KIND, IssuerSpec, IssuerStatus, LocalCA,
-    MeshCAIssuer, RootBootstrap,
+    CLUSTER_ISSUER_KIND, ClusterMeshCAIssuer, ISSUER_KIND, IssuerSpec, IssuerStatus, LocalCA, MeshCAIssuer,
+    RootBootstrap,
 };
 use crate::backend::local_ca::{self, CA_CRT, TLS_CRT, TLS_KEY};
 use crate::backend::{self, BackendError, CaInfo, FailureKind, IssuerScope, Purpose};
@@ -47,14 +47,7 @@ pub const BOOTSTRAPPED_FOR_ANNOTATION: &str = "meshca.io/bootstrapped-for";
 
 /// What both issuer kinds have in common, for one generic reconcile.
 pub trait IssuerObject:
-    Resource<DynamicType = ()>
-    + Clone
-    + Serialize
-    + DeserializeOwned
-    + std::fmt::Debug
-    + Send
-    + Sync
-    + 'static
+    Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
 {
     const KIND: &'static str;
     fn spec(&self) -> &IssuerSpec;
@@ -118,15 +111,10 @@ pub struct Assessment {
 /// Turns the result of checking an issuer into its status and the time of the next check.
 /// Ready issuers are checked again at the recheck interval or right after their CA expires,
 /// whichever is first; transient failures sooner.
-pub fn assess(
-    check: Result<(&'static str, CaInfo), BackendError>,
-    recheck: Duration,
-    now: Timestamp,
-) -> Assessment {
+pub fn assess(check: Result<(&'static str, CaInfo), BackendError>, recheck: Duration, now: Timestamp) -> Assessment {
     match check {
         Ok((backend, ca)) => {
-            let until_expiry =
-                ca.lifetime.not_after.duration_since(now).unsigned_abs() + Duration::from_secs(1);
+            let until_expiry = ca.lifetime.not_after.duration_since(now).unsigned_abs() + Duration::from_secs(1);
             Assessment {
                 ready: true,
                 reason: reason::VERIFIED.to_string(),
@@ -146,9 +134,7 @@ pub fn assess(
             backend: None,
             ca: None,
             requeue_after: match e.kind {
-                FailureKind::Retryable | FailureKind::Pending => {
-                    recheck.min(Duration::from_secs(30))
-                }
+                FailureKind::Retryable | FailureKind::Pending => recheck.min(Duration::from_secs(30)),
                 FailureKind::IssuerNotReady | FailureKind::Permanent => recheck,
             },
         },
@@ -174,10 +160,7 @@ pub fn next_status(
             generation,
             now,
         )],
-        backend: a
-            .backend
-            .clone()
-            .or_else(|| previous.and_then(|s| s.backend.clone())),
+        backend: a.backend.clone().or_else(|| previous.and_then(|s| s.backend.clone())),
         ca: a.ca.as_ref().map(|ca| ca.summary.clone()),
     }
 }
@@ -189,8 +172,7 @@ async fn check(
     scope: &IssuerScope,
     now: Timestamp,
 ) -> Result<(&'static str, CaInfo), BackendError> {
-    validate_policy(&spec.policy)
-        .map_err(|m| BackendError::issuer_not_ready(reason::INVALID_SPEC, m))?;
+    validate_policy(&spec.policy).map_err(|m| BackendError::issuer_not_ready(reason::INVALID_SPEC, m))?;
     let backend_name = backend::configured_backend(spec)?;
     let signer = backend::connect(&ctx.client, spec, scope, Purpose::HealthCheck, now).await?;
     Ok((backend_name, signer.ca().clone()))
@@ -220,20 +202,11 @@ pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Re
         write_status(&ctx, issuer.as_ref(), &status).await?;
         announce_transition(&ctx, issuer.as_ref(), previous, &assessment).await;
     }
-    ctx.metrics.count_reconcile(
-        K::KIND,
-        if assessment.ready {
-            "ready"
-        } else {
-            "not_ready"
-        },
-    );
+    ctx.metrics
+        .count_reconcile(K::KIND, if assessment.ready { "ready" } else { "not_ready" });
     if let Some(ca) = &assessment.ca {
-        ctx.metrics.observe_backend_ca(
-            issuer.namespace().as_deref().unwrap_or(""),
-            &issuer.name_any(),
-            ca,
-        );
+        ctx.metrics
+            .observe_issuer_ca(issuer.namespace().as_deref().unwrap_or(""), &issuer.name_any(), ca);
     }
     Ok(Action::requeue(assessment.requeue_after))
 }
@@ -246,8 +219,7 @@ async fn announce_transition<K: IssuerObject>(
     a: &Assessment,
 ) {
     let before = previous.and_then(|s| conditions::find(&s.conditions, READY));
-    let unchanged =
-        before.is_some_and(|c| c.status == conditions::status_str(a.ready) && c.reason == a.reason);
+    let unchanged = before.is_some_and(|c| c.status == conditions::status_str(a.ready) && c.reason == a.reason);
     if unchanged {
         return;
     }
@@ -274,11 +246,7 @@ async fn announce_transition<K: IssuerObject>(
     }
 }
 
-async fn write_status<K: IssuerObject>(
-    ctx: &Context,
-    issuer: &K,
-    status: &IssuerStatus,
-) -> Result<()> {
+async fn write_status<K: IssuerObject>(ctx: &Context, issuer: &K, status: &IssuerStatus) -> Result<()> {
     let api = issuer.api(ctx.client.clone());
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
@@ -291,12 +259,7 @@ async fn write_status<K: IssuerObject>(
         &Patch::Apply(&patch),
     )
     .await
-    .map_err(|e| {
-        Error::kube(
-            format!("writing status of {} {}", K::KIND, issuer.name_any()),
-            e,
-        )
-    })?;
+    .map_err(|e| Error::kube(format!("writing status of {} {}", K::KIND, issuer.name_any()), e))?;
     Ok(())
 }
 
@@ -314,27 +277,15 @@ async fn bootstrap_root<K: IssuerObject>(
     // RSA key generation can take a second: off the reactor.
     let generated = tokio::task::spawn_blocking(move || self_signed_root(&spec, now))
         .await
-        .map_err(|e| {
-            BackendError::retryable(
-                "BootstrapFailed",
-                format!("root generation task failed: {e}"),
-            )
-        })?;
-    let (cert, key) = generated.map_err(|e| {
-        BackendError::issuer_not_ready(reason::INVALID_SPEC, format!("localCA.bootstrap: {e}"))
-    })?;
+        .map_err(|e| BackendError::retryable("BootstrapFailed", format!("root generation task failed: {e}")))?;
+    let (cert, key) = generated
+        .map_err(|e| BackendError::issuer_not_ready(reason::INVALID_SPEC, format!("localCA.bootstrap: {e}")))?;
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(local.secret_name.clone()),
             namespace: Some(scope.secret_namespace.clone()),
             labels: Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into()),
-            annotations: Some(
-                [(
-                    BOOTSTRAPPED_FOR_ANNOTATION.to_string(),
-                    scope.display.clone(),
-                )]
-                .into(),
-            ),
+            annotations: Some([(BOOTSTRAPPED_FOR_ANNOTATION.to_string(), scope.display.clone())].into()),
             ..ObjectMeta::default()
         },
         type_: Some("kubernetes.io/tls".to_string()),
@@ -426,16 +377,9 @@ mod tests {
         let e = BackendError::issuer_not_ready("SecretNotFound", "Secret ns/root not found");
         let a = assess(Err(e), RECHECK, at(1000));
         assert!(!a.ready);
-        assert_eq!(
-            (a.reason.as_str(), a.requeue_after),
-            ("SecretNotFound", RECHECK)
-        );
+        assert_eq!((a.reason.as_str(), a.requeue_after), ("SecretNotFound", RECHECK));
         // A transient API error: not Ready, retried within 30 s.
-        let a = assess(
-            Err(BackendError::retryable("APIError", "timeout")),
-            RECHECK,
-            at(1000),
-        );
+        let a = assess(Err(BackendError::retryable("APIError", "timeout")), RECHECK, at(1000));
         assert_eq!(a.requeue_after, Duration::from_secs(30));
     }
 

@@ -7,6 +7,7 @@
 
 pub mod certificate_request;
 pub mod issuer;
+pub mod istio_cacerts;
 pub mod retry;
 
 use std::future::Future;
@@ -23,8 +24,9 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::admin::{self, Readiness};
-use crate::api::cert_manager::CertificateRequest;
+use crate::api::cert_manager::{Certificate as CertManagerCertificate, CertificateRequest};
 use crate::api::issuer::{ClusterMeshCAIssuer, MeshCAIssuer};
+use crate::api::istio_cacerts::IstioCACerts;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -87,12 +89,9 @@ pub async fn client_from(config: &Config) -> Result<Client> {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?
         }
         None => kube::Config::infer()
             .await
@@ -128,23 +127,16 @@ fn secret_apis(client: &Client, config: &Config) -> Vec<Api<Secret>> {
 }
 
 /// Runs the admin listener and the controllers until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
     let client = client_from(&config).await?;
     let metrics = Arc::new(Metrics::new());
     let readiness = Readiness::default();
-    let (admin_address, admin_server) = admin::bind(
-        config.metrics_listen_address,
-        readiness.clone(),
-        metrics.clone(),
-    )
-    .await
-    .map_err(|source| Error::AdminListener {
-        address: config.metrics_listen_address,
-        source,
-    })?;
+    let (admin_address, admin_server) = admin::bind(config.metrics_listen_address, readiness.clone(), metrics.clone())
+        .await
+        .map_err(|source| Error::AdminListener {
+            address: config.metrics_listen_address,
+            source,
+        })?;
     info!(%admin_address, "serving /healthz, /readyz and /metrics");
     let admin_task = tokio::spawn(admin_server);
 
@@ -170,11 +162,7 @@ pub async fn run(
         }
     }
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        config.clone(),
-        metrics.clone(),
-    ));
+    let ctx = Arc::new(Context::new(client.clone(), config.clone(), metrics.clone()));
     let namespace = config.namespace.as_deref();
     let cluster_issuers_enabled = namespace.is_none();
 
@@ -206,12 +194,7 @@ pub async fn run(
             {
                 let store = request_store.clone();
                 move |issuer: ClusterMeshCAIssuer| {
-                    certificate_request::requests_waiting_on(
-                        &store,
-                        IssuerKind::Cluster,
-                        None,
-                        &issuer.name_any(),
-                    )
+                    certificate_request::requests_waiting_on(&store, IssuerKind::Cluster, None, &issuer.name_any())
                 }
             },
         );
@@ -228,10 +211,7 @@ pub async fn run(
 
     // === Issuers, re-checked when their CA Secret changes ===
     let (namespaced_issuers, namespaced_issuer_store) = issuer_controller(
-        Controller::new(
-            scoped::<MeshCAIssuer>(&client, namespace),
-            watcher::Config::default(),
-        ),
+        Controller::new(scoped::<MeshCAIssuer>(&client, namespace), watcher::Config::default()),
         &client,
         &config,
         |issuer: &MeshCAIssuer, secret: &Secret, _| issuer.namespace() == secret.namespace(),
@@ -261,6 +241,12 @@ pub async fn run(
         stores_ready.push(wait_ready(cluster_issuer_store).boxed());
     }
 
+    // === IstioCACerts, re-checked when its Secrets, Certificate or issuer change ===
+    let (cacerts_task, cacerts_store) =
+        istio_cacerts_controller(&client, &config, cluster_issuers_enabled, stopped(), ctx.clone());
+    tasks.push(cacerts_task);
+    stores_ready.push(wait_ready(cacerts_store).boxed());
+
     // Ready only once every watch cache has its initial list: decisions need the whole picture.
     let readiness_task = {
         let readiness = readiness.clone();
@@ -269,10 +255,7 @@ pub async fn run(
             futures::future::join_all(stores_ready).await;
             readiness.set_ready(true);
             metrics.ready.set(1);
-            info!(
-                cluster_issuers = cluster_issuers_enabled,
-                "watch caches synced; ready"
-            );
+            info!(cluster_issuers = cluster_issuers_enabled, "watch caches synced; ready");
         }
     };
     tokio::join!(futures::future::join_all(tasks), readiness_task);
@@ -304,26 +287,18 @@ fn issuer_controller<K: IssuerObject>(
     for secrets in secret_apis(client, config) {
         let store = store.clone();
         let cluster_resource_namespace = config.cluster_resource_namespace.clone();
-        controller = controller.watches(
-            secrets,
-            watcher::Config::default(),
-            move |secret: Secret| {
-                let name = secret.name_any();
-                store
-                    .state()
-                    .iter()
-                    .filter(|issuer| {
-                        issuer
-                            .spec()
-                            .local_ca
-                            .as_ref()
-                            .is_some_and(|l| l.secret_name == name)
-                            && in_scope(issuer, &secret, &cluster_resource_namespace)
-                    })
-                    .map(|issuer| ObjectRef::from_obj(issuer.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        );
+        controller = controller.watches(secrets, watcher::Config::default(), move |secret: Secret| {
+            let name = secret.name_any();
+            store
+                .state()
+                .iter()
+                .filter(|issuer| {
+                    issuer.spec().local_ca.as_ref().is_some_and(|l| l.secret_name == name)
+                        && in_scope(issuer, &secret, &cluster_resource_namespace)
+                })
+                .map(|issuer| ObjectRef::from_obj(issuer.as_ref()))
+                .collect::<Vec<_>>()
+        });
     }
     let task = controller
         .graceful_shutdown_on(stopped)
@@ -331,6 +306,84 @@ fn issuer_controller<K: IssuerObject>(
         .for_each(|result| async move {
             if let Err(e) = result {
                 warn!(kind = K::KIND, error = %e, "issuer reconcile failed");
+            }
+        })
+        .boxed();
+    (task, store)
+}
+
+/// Wires the IstioCACerts controller: Secrets map to the IstioCACerts naming them as source or
+/// target, Certificates to those whose source is the Certificate's Secret, and any issuer
+/// change re-checks every IstioCACerts (few objects; their backend CA may have changed).
+fn istio_cacerts_controller(
+    client: &Client,
+    config: &Config,
+    cluster_issuers_enabled: bool,
+    stopped: impl Future<Output = ()> + Send + Sync + 'static,
+    ctx: Arc<Context>,
+) -> (futures::future::BoxFuture<'static, ()>, Store<IstioCACerts>) {
+    let namespace = config.namespace.as_deref();
+    let controller = Controller::new(scoped::<IstioCACerts>(client, namespace), watcher::Config::default());
+    let store = controller.store();
+    let mut controller = controller;
+    let all = |store: &Store<IstioCACerts>| {
+        store
+            .state()
+            .iter()
+            .map(|i| ObjectRef::from_obj(i.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    for secrets in secret_apis(client, config) {
+        let store = store.clone();
+        controller = controller.watches(secrets, watcher::Config::default(), move |secret: Secret| {
+            let name = secret.name_any();
+            store
+                .state()
+                .iter()
+                .filter(|i| {
+                    i.namespace() == secret.namespace()
+                        && (i.spec.source_secret_name == name || i.spec.target_secret_name == name)
+                })
+                .map(|i| ObjectRef::from_obj(i.as_ref()))
+                .collect::<Vec<_>>()
+        });
+    }
+    controller = controller.watches(
+        scoped::<CertManagerCertificate>(client, namespace),
+        watcher::Config::default(),
+        {
+            let store = store.clone();
+            move |certificate: CertManagerCertificate| {
+                store
+                    .state()
+                    .iter()
+                    .filter(|i| {
+                        i.namespace() == certificate.namespace()
+                            && i.spec.source_secret_name == certificate.spec.secret_name
+                    })
+                    .map(|i| ObjectRef::from_obj(i.as_ref()))
+                    .collect::<Vec<_>>()
+            }
+        },
+    );
+    controller = controller.watches(scoped::<MeshCAIssuer>(client, namespace), watcher::Config::default(), {
+        let store = store.clone();
+        move |_: MeshCAIssuer| all(&store)
+    });
+    if cluster_issuers_enabled {
+        let store = store.clone();
+        controller = controller.watches(
+            Api::<ClusterMeshCAIssuer>::all(client.clone()),
+            watcher::Config::default(),
+            move |_: ClusterMeshCAIssuer| all(&store),
+        );
+    }
+    let task = controller
+        .graceful_shutdown_on(stopped)
+        .run(istio_cacerts::reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "istiocacerts reconcile failed");
             }
         })
         .boxed();
@@ -347,6 +400,11 @@ const REQUIRED_RESOURCES: &[(&str, &str, &str)] = &[
     (
         "meshca.io/v1alpha1",
         "meshcaissuers",
+        "install mesh-ca-issuer's CRDs (the Helm chart or `crdgen | kubectl apply -f -`)",
+    ),
+    (
+        "meshca.io/v1alpha1",
+        "istiocacerts",
         "install mesh-ca-issuer's CRDs (the Helm chart or `crdgen | kubectl apply -f -`)",
     ),
 ];

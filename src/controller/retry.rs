@@ -19,10 +19,7 @@ impl RetryTracker {
     /// The delay before the next attempt for `key`, counting this one.
     pub fn next_delay(&self, key: &str) -> Duration {
         let attempt = {
-            let mut map = self
-                .attempts
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut map = self.attempts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let n = map.entry(key.to_string()).or_insert(0);
             *n = n.saturating_add(1);
             *n
@@ -50,9 +47,7 @@ impl RetryTracker {
 
 /// 5 s, 10 s, 20 s, ... capped at 5 min, for attempt 1, 2, 3, ...
 pub fn backoff(attempt: u32) -> Duration {
-    let factor = 1u32
-        .checked_shl(attempt.saturating_sub(1).min(16))
-        .unwrap_or(u32::MAX);
+    let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
     INITIAL.saturating_mul(factor).min(MAX)
 }
 

@@ -34,8 +34,7 @@ pub struct CaConstraints {
 
 impl Certificate {
     pub fn from_der(der: Vec<u8>) -> Result<Self, PkiError> {
-        let (rest, _) = X509Certificate::from_der(&der)
-            .map_err(|e| PkiError::MalformedCertificate(e.to_string()))?;
+        let (rest, _) = X509Certificate::from_der(&der).map_err(|e| PkiError::MalformedCertificate(e.to_string()))?;
         if !rest.is_empty() {
             return Err(PkiError::MalformedCertificate(
                 "trailing bytes after the certificate".into(),
@@ -157,9 +156,7 @@ impl Certificate {
         let cert = self.parsed();
         let issuer_cert = issuer.parsed();
         cert.issuer().as_raw() == issuer_cert.subject().as_raw()
-            && cert
-                .verify_signature(Some(issuer_cert.public_key()))
-                .is_ok()
+            && cert.verify_signature(Some(issuer_cert.public_key())).is_ok()
     }
 
     /// True for a self-signed certificate (a root).

@@ -60,15 +60,12 @@ impl CertificateSigningRequest {
     }
 
     pub fn from_der(der: Vec<u8>) -> Result<Self, PkiError> {
-        let (rest, csr) = X509CertificationRequest::from_der(&der)
-            .map_err(|e| PkiError::MalformedCsr(e.to_string()))?;
+        let (rest, csr) =
+            X509CertificationRequest::from_der(&der).map_err(|e| PkiError::MalformedCsr(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(PkiError::MalformedCsr(
-                "trailing bytes after the request".into(),
-            ));
+            return Err(PkiError::MalformedCsr("trailing bytes after the request".into()));
         }
-        csr.verify_signature()
-            .map_err(|_| PkiError::CsrSignatureInvalid)?;
+        csr.verify_signature().map_err(|_| PkiError::CsrSignatureInvalid)?;
         let info = &csr.certification_request_info;
         let mut sans = Vec::new();
         let mut requested_ca = None;
@@ -115,9 +112,7 @@ impl CertificateSigningRequest {
     /// `spiffe://` URI SANs.
     pub fn spiffe_ids(&self) -> impl Iterator<Item = &str> {
         self.sans.iter().filter_map(|san| match san {
-            SubjectAltName::Uri(uri) if uri.to_ascii_lowercase().starts_with("spiffe://") => {
-                Some(uri.as_str())
-            }
+            SubjectAltName::Uri(uri) if uri.to_ascii_lowercase().starts_with("spiffe://") => Some(uri.as_str()),
             _ => None,
         })
     }

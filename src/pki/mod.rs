@@ -9,6 +9,7 @@ pub mod csr;
 pub mod key;
 pub mod pem;
 pub mod policy;
+pub mod renewal;
 pub mod sign;
 
 pub use certificate::Certificate;
@@ -32,15 +33,11 @@ pub enum PkiError {
     NotOneCsr { what: &'static str, count: usize },
     #[error("the certificate request cannot be decoded: {0}")]
     MalformedCsr(String),
-    #[error(
-        "the certificate request's signature does not verify: it was not signed by the key it carries"
-    )]
+    #[error("the certificate request's signature does not verify: it was not signed by the key it carries")]
     CsrSignatureInvalid,
     #[error("the certificate request uses a public key type this issuer cannot certify: {0}")]
     UnsupportedPublicKey(String),
-    #[error(
-        "the certificate request's subject alternative name {0} is of a type this issuer does not sign"
-    )]
+    #[error("the certificate request's subject alternative name {0} is of a type this issuer does not sign")]
     UnsupportedSan(String),
     #[error(
         "the certificate request's subject cannot be reproduced exactly ({0}); use a subject without multi-valued or repeated attributes"
@@ -48,9 +45,7 @@ pub enum PkiError {
     UnsupportedSubject(String),
     #[error("a certificate cannot be decoded: {0}")]
     MalformedCertificate(String),
-    #[error(
-        "the private key cannot be decoded (expected PKCS#8, PKCS#1 or SEC1 PEM of an RSA or ECDSA key)"
-    )]
+    #[error("the private key cannot be decoded (expected PKCS#8, PKCS#1 or SEC1 PEM of an RSA or ECDSA key)")]
     MalformedKey,
     #[error("the private key does not match the certificate {subject}")]
     KeyMismatch { subject: String },

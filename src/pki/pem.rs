@@ -22,11 +22,7 @@ pub fn decode_all(input: &[u8], what: &'static str) -> Result<Vec<(String, Vec<u
 }
 
 /// Every block of `input`, all of which must carry `label`.
-pub fn decode_expecting(
-    input: &[u8],
-    label: &'static str,
-    what: &'static str,
-) -> Result<Vec<Vec<u8>>, PkiError> {
+pub fn decode_expecting(input: &[u8], label: &'static str, what: &'static str) -> Result<Vec<Vec<u8>>, PkiError> {
     decode_all(input, what)?
         .into_iter()
         .map(|(tag, der)| {

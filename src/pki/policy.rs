@@ -135,9 +135,8 @@ pub fn plan(
     }
 
     for uri in csr.spiffe_ids() {
-        let domain = spiffe_trust_domain(uri).ok_or_else(|| PolicyViolation::InvalidSpiffeId {
-            uri: uri.to_string(),
-        })?;
+        let domain =
+            spiffe_trust_domain(uri).ok_or_else(|| PolicyViolation::InvalidSpiffeId { uri: uri.to_string() })?;
         let allowed = &policy.allowed_trust_domains;
         if !allowed.is_empty() && !allowed.iter().any(|d| d.eq_ignore_ascii_case(&domain)) {
             return Err(PolicyViolation::TrustDomainNotAllowed {
@@ -205,10 +204,7 @@ mod tests {
         // Only the fields the policy reads matter; the DER is not looked at.
         let mut c = crate::pki::sign::tests::istiod_csr();
         c.requested_ca = requested_ca;
-        c.sans = uris
-            .iter()
-            .map(|u| SubjectAltName::Uri(u.to_string()))
-            .collect();
+        c.sans = uris.iter().map(|u| SubjectAltName::Uri(u.to_string())).collect();
         c
     }
 
@@ -284,21 +280,9 @@ mod tests {
                 Ok(Some(0)),
             ),
             // Not a CA while requireCA: refused.
-            (
-                "leaf refused",
-                csr(None, &[]),
-                no_ca.clone(),
-                &p,
-                Err("NotCA"),
-            ),
+            ("leaf refused", csr(None, &[]), no_ca.clone(), &p, Err("NotCA")),
             // Leaf allowed when requireCA is off: no CA constraints.
-            (
-                "leaf allowed",
-                csr(None, &[]),
-                no_ca.clone(),
-                &leaf_ok,
-                Ok(None),
-            ),
+            ("leaf allowed", csr(None, &[]), no_ca.clone(), &leaf_ok, Ok(None)),
             // A smaller requested pathLen is honoured.
             (
                 "smaller pathLen",
@@ -316,20 +300,8 @@ mod tests {
                 Err("PathLenTooLong"),
             ),
             // Above maxDuration: refused, not clamped.
-            (
-                "duration too long",
-                csr(None, &[]),
-                long,
-                &p,
-                Err("DurationTooLong"),
-            ),
-            (
-                "duration garbage",
-                csr(None, &[]),
-                bad,
-                &p,
-                Err("InvalidDuration"),
-            ),
+            ("duration too long", csr(None, &[]), long, &p, Err("DurationTooLong")),
+            ("duration garbage", csr(None, &[]), bad, &p, Err("InvalidDuration")),
             // Trust domain allow-list.
             (
                 "allowed domain",

@@ -9,8 +9,8 @@
 
 use jiff::Timestamp;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa, Issuer,
-    KeyIdMethod, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa, Issuer, KeyIdMethod,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use x509_parser::der_parser::asn1_rs::Tag;
 use x509_parser::prelude::FromDer;
@@ -26,8 +26,7 @@ use crate::duration::parse_go_duration;
 /// CAs that follow the CA/B baseline; we use 16 bytes with the top bit cleared).
 fn random_serial() -> Result<SerialNumber, PkiError> {
     let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes)
-        .map_err(|_| PkiError::Signing("no randomness available".into()))?;
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| PkiError::Signing("no randomness available".into()))?;
     bytes[0] &= 0x7f;
     // A leading zero byte would be stripped by DER; keep 128 bits of length.
     bytes[0] |= 0x40;
@@ -54,30 +53,18 @@ fn distinguished_name(name: &X509Name<'_>) -> Result<DistinguishedName, PkiError
             .ok_or_else(|| unsupported("an attribute OID too large"))?
             .collect();
         let data = attr.attr_value().data;
-        let text = || {
-            std::str::from_utf8(data)
-                .map_err(|_| unsupported("an attribute that is not valid text"))
-        };
+        let text = || std::str::from_utf8(data).map_err(|_| unsupported("an attribute that is not valid text"));
         let value = match attr.attr_value().header.tag() {
             Tag::Utf8String => DnValue::Utf8String(text()?.to_string()),
-            Tag::PrintableString => DnValue::PrintableString(
-                text()?
-                    .try_into()
-                    .map_err(|_| unsupported("a bad PrintableString"))?,
-            ),
-            Tag::Ia5String => DnValue::Ia5String(
-                text()?
-                    .try_into()
-                    .map_err(|_| unsupported("a bad IA5String"))?,
-            ),
-            Tag::T61String => DnValue::TeletexString(
-                text()?
-                    .try_into()
-                    .map_err(|_| unsupported("a bad TeletexString"))?,
-            ),
+            Tag::PrintableString => {
+                DnValue::PrintableString(text()?.try_into().map_err(|_| unsupported("a bad PrintableString"))?)
+            }
+            Tag::Ia5String => DnValue::Ia5String(text()?.try_into().map_err(|_| unsupported("a bad IA5String"))?),
+            Tag::T61String => {
+                DnValue::TeletexString(text()?.try_into().map_err(|_| unsupported("a bad TeletexString"))?)
+            }
             Tag::BmpString => DnValue::BmpString(
-                rcgen::string::BmpString::from_utf16be(data.to_vec())
-                    .map_err(|_| unsupported("a bad BMPString"))?,
+                rcgen::string::BmpString::from_utf16be(data.to_vec()).map_err(|_| unsupported("a bad BMPString"))?,
             ),
             Tag::UniversalString => DnValue::UniversalString(
                 rcgen::string::UniversalString::from_utf32be(data.to_vec())
@@ -122,9 +109,8 @@ pub fn sign_csr(
     ca: &CaSigner<'_>,
 ) -> Result<Certificate, PkiError> {
     let csr_der = csr.der();
-    let (_, parsed) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
-            .map_err(|e| PkiError::MalformedCsr(e.to_string()))?;
+    let (_, parsed) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| PkiError::MalformedCsr(e.to_string()))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = distinguished_name(&parsed.certification_request_info.subject)?;
     params.subject_alt_names = csr.sans.iter().map(san).collect::<Result<_, _>>()?;
@@ -144,21 +130,13 @@ pub fn sign_csr(
         }
         None => {
             params.is_ca = IsCa::ExplicitNoCa;
-            params.key_usages = vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyEncipherment,
-            ];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         }
     }
     let public_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.public_key_info)
         .map_err(|e| PkiError::UnsupportedPublicKey(e.to_string()))?;
     let issuer = Issuer::from_ca_cert_der(&ca.certificate.der().to_vec().into(), ca.key.key_pair())
-        .map_err(|e| {
-            PkiError::Signing(format!(
-                "cannot use {} as issuer: {e}",
-                ca.certificate.subject()
-            ))
-        })?;
+        .map_err(|e| PkiError::Signing(format!("cannot use {} as issuer: {e}", ca.certificate.subject())))?;
     let signed = params
         .signed_by(&public_key, &issuer)
         .map_err(|e| PkiError::Signing(e.to_string()))?;
@@ -211,37 +189,24 @@ pub fn probe_signing(ca: &CaSigner<'_>, now: Timestamp) -> Result<(), PkiError> 
     params.not_after = to_offset(now + jiff::SignedDuration::from_secs(60))?;
     params.serial_number = Some(random_serial()?);
     let issuer = Issuer::from_ca_cert_der(&ca.certificate.der().to_vec().into(), ca.key.key_pair())
-        .map_err(|e| {
-            PkiError::Signing(format!(
-                "cannot use {} as issuer: {e}",
-                ca.certificate.subject()
-            ))
-        })?;
+        .map_err(|e| PkiError::Signing(format!("cannot use {} as issuer: {e}", ca.certificate.subject())))?;
     let signed = params
         .signed_by(probe_key.key_pair(), &issuer)
         .map_err(|e| PkiError::Signing(e.to_string()))?;
-    check_chains_to(
-        &Certificate::from_der(signed.der().to_vec())?,
-        ca.certificate,
-    )
+    check_chains_to(&Certificate::from_der(signed.der().to_vec())?, ca.certificate)
 }
 
 /// A new self-signed root as `localCA.bootstrap` describes: CA:true without a path length
 /// limit, keyCertSign + cRLSign + digitalSignature.
-pub fn self_signed_root(
-    spec: &RootBootstrap,
-    now: Timestamp,
-) -> Result<(Certificate, SigningKey), PkiError> {
-    let lifetime = parse_go_duration(&spec.duration)
-        .map_err(|e| PkiError::KeyGeneration(format!("bootstrap.duration: {e}")))?;
+pub fn self_signed_root(spec: &RootBootstrap, now: Timestamp) -> Result<(Certificate, SigningKey), PkiError> {
+    let lifetime =
+        parse_go_duration(&spec.duration).map_err(|e| PkiError::KeyGeneration(format!("bootstrap.duration: {e}")))?;
     let key = SigningKey::generate(&spec.private_key)?;
     let mut params = CertificateParams::default();
     // rcgen pre-fills a CN; start from an empty name so ours comes out in the order given.
     params.distinguished_name = DistinguishedName::new();
     for org in &spec.subject.organizations {
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, org.as_str());
+        params.distinguished_name.push(DnType::OrganizationName, org.as_str());
     }
     params
         .distinguished_name
@@ -290,20 +255,12 @@ pub(crate) mod tests {
             .distinguished_name
             .push(DnType::CommonName, "istiod intermediate");
         params.subject_alt_names = vec![SanType::URI(
-            "spiffe://cluster.local/ns/istio-system/sa/istiod"
-                .try_into()
-                .unwrap(),
+            "spiffe://cluster.local/ns/istio-system/sa/istiod".try_into().unwrap(),
         )];
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
         let csr = params.serialize_request(&key).unwrap();
         let csr = CertificateSigningRequest::from_pem(csr.pem().unwrap().as_bytes()).unwrap();
-        (
-            csr,
-            SigningKey::from_pem(key.serialize_pem().as_bytes()).unwrap(),
-        )
+        (csr, SigningKey::from_pem(key.serialize_pem().as_bytes()).unwrap())
     }
 
     fn now() -> Timestamp {

@@ -19,8 +19,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::{
-    CERTIFICATE_NAME_ANNOTATION, CertificateRequest, CertificateRequestSpec,
-    ISSUER_GROUP_ANNOTATION, ISSUER_KIND_ANNOTATION, ISSUER_NAME_ANNOTATION, IssuerReference,
+    CERTIFICATE_NAME_ANNOTATION, CertificateRequest, CertificateRequestSpec, ISSUER_GROUP_ANNOTATION,
+    ISSUER_KIND_ANNOTATION, ISSUER_NAME_ANNOTATION, IssuerReference,
 };
 
 /// The field manager the stand-in approver writes with.
@@ -73,9 +73,7 @@ impl IntermediateRequest {
 /// A private key and CSR in PEM, as cert-manager would generate them.
 pub fn make_key_and_csr(req: &IntermediateRequest) -> (String, String) {
     let key = match req.key_algorithm.as_str() {
-        "RSA" => {
-            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-        }
+        "RSA" => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
         _ => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
     }
     .expect("key generation");
@@ -138,24 +136,15 @@ pub async fn create_request(
     );
     cr.annotations_mut()
         .insert(CERTIFICATE_NAME_ANNOTATION.to_string(), req.name.clone());
-    cr.annotations_mut().insert(
-        "cert-manager.io/certificate-revision".to_string(),
-        "1".to_string(),
-    );
+    cr.annotations_mut()
+        .insert("cert-manager.io/certificate-revision".to_string(), "1".to_string());
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), namespace);
     api.create(&PostParams::default(), &cr)
         .await
         .expect("create CertificateRequest")
 }
 
-async fn set_approval(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    type_: &str,
-    reason: &str,
-    message: &str,
-) {
+async fn set_approval(client: &Client, namespace: &str, name: &str, type_: &str, reason: &str, message: &str) {
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), namespace);
     let patch = serde_json::json!({
         "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
@@ -164,13 +153,9 @@ async fn set_approval(
             "lastTransitionTime": jiff::Timestamp::now().to_string(),
         }]}
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(APPROVER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .expect("approve/deny CertificateRequest");
+    api.patch_status(name, &PatchParams::apply(APPROVER).force(), &Patch::Apply(&patch))
+        .await
+        .expect("approve/deny CertificateRequest");
 }
 
 /// What cert-manager's approver does on approval.
@@ -188,23 +173,11 @@ pub async fn approve(client: &Client, namespace: &str, name: &str) {
 
 /// What an approver does on denial.
 pub async fn deny(client: &Client, namespace: &str, name: &str, message: &str) {
-    set_approval(
-        client,
-        namespace,
-        name,
-        "Denied",
-        "policy.cert-manager.io",
-        message,
-    )
-    .await;
+    set_approval(client, namespace, name, "Denied", "policy.cert-manager.io", message).await;
 }
 
 /// Creates, approves, and returns the key PEM.
-pub async fn request_and_approve(
-    client: &Client,
-    namespace: &str,
-    req: &IntermediateRequest,
-) -> String {
+pub async fn request_and_approve(client: &Client, namespace: &str, req: &IntermediateRequest) -> String {
     let (key, csr) = make_key_and_csr(req);
     create_request(client, namespace, req, csr.as_bytes()).await;
     approve(client, namespace, &req.name).await;
@@ -249,10 +222,7 @@ pub async fn write_certificate_secret(
     let status = cr.status.as_ref().expect("issued request has status");
     let mut data = serde_json::Map::new();
     let b64 = |b: &[u8]| serde_json::to_value(k8s_openapi::ByteString(b.to_vec())).expect("base64");
-    data.insert(
-        "tls.crt".into(),
-        b64(status.certificate.as_deref().unwrap_or_default()),
-    );
+    data.insert("tls.crt".into(), b64(status.certificate.as_deref().unwrap_or_default()));
     data.insert("tls.key".into(), b64(key_pem.as_bytes()));
     if let Some(ca) = status.ca.as_deref().filter(|ca| !ca.is_empty()) {
         data.insert("ca.crt".into(), b64(ca));
@@ -277,4 +247,58 @@ pub async fn write_certificate_secret(
     )
     .await
     .expect("write certificate Secret");
+}
+
+/// What cert-manager's Certificate controller records on the Certificate once issued:
+/// `status.notBefore`, `notAfter` and `renewalTime` = notAfter - renewBefore (default: a third
+/// of the lifetime).
+pub async fn record_certificate(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    secret_name: &str,
+    cr: &CertificateRequest,
+    renew_before: Option<Duration>,
+) -> jiff::Timestamp {
+    let status = cr.status.as_ref().expect("issued request");
+    let cert = mesh_ca_issuer::pki::Certificate::parse_pem_bundle(
+        status.certificate.as_deref().unwrap_or_default(),
+        "tls.crt",
+    )
+    .expect("issued certificate")
+    .remove(0);
+    let lifetime = cert.not_after().duration_since(cert.not_before());
+    let renew_before = renew_before
+        .map(|d| jiff::SignedDuration::try_from(d).expect("duration"))
+        .unwrap_or(lifetime / 3);
+    let renewal = cert.not_after() - renew_before;
+    let api: Api<mesh_ca_issuer::api::cert_manager::Certificate> = Api::namespaced(client.clone(), namespace);
+    let object = serde_json::json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"secretName": secret_name, "issuerRef": cr.spec.issuer_ref, "isCA": true},
+    });
+    api.patch(
+        name,
+        &PatchParams::apply("cert-manager-certificates-stand-in").force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .expect("apply Certificate");
+    let status = serde_json::json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+        "status": {
+            "notBefore": cert.not_before().to_string(),
+            "notAfter": cert.not_after().to_string(),
+            "renewalTime": renewal.to_string(),
+        },
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply("cert-manager-certificates-stand-in").force(),
+        &Patch::Apply(&status),
+    )
+    .await
+    .expect("Certificate status");
+    renewal
 }

@@ -64,8 +64,7 @@ pub fn kubeconfig() -> PathBuf {
 /// A client for the admin identity of the local control plane.
 pub async fn admin_client() -> Client {
     mesh_ca_issuer::install_crypto_provider();
-    let kubeconfig =
-        kube::config::Kubeconfig::read_from(kubeconfig()).expect("readable kubeconfig");
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig()).expect("readable kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .expect("valid kubeconfig");
@@ -75,8 +74,7 @@ pub async fn admin_client() -> Client {
 /// A client that authenticates with a bearer token (a ServiceAccount's, say) instead of admin's.
 pub async fn client_with_token(token: &str) -> Client {
     mesh_ca_issuer::install_crypto_provider();
-    let kubeconfig =
-        kube::config::Kubeconfig::read_from(kubeconfig()).expect("readable kubeconfig");
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig()).expect("readable kubeconfig");
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .expect("valid kubeconfig");
@@ -123,10 +121,7 @@ pub async fn ensure_crds(client: &Client) {
                     }
                 })
                 .await;
-                assert!(
-                    established.is_some(),
-                    "CRD {name} not Established within 30s"
-                );
+                assert!(established.is_some(), "CRD {name} not Established within 30s");
             }
         })
         .await;
@@ -240,16 +235,11 @@ async fn namespaced_resources(client: &Client) -> &'static [ApiResource] {
     static RESOURCES: OnceCell<Vec<ApiResource>> = OnceCell::const_new();
     RESOURCES
         .get_or_init(|| async {
-            let discovery = Discovery::new(client.clone())
-                .run()
-                .await
-                .expect("API discovery");
+            let discovery = Discovery::new(client.clone()).run().await.expect("API discovery");
             let mut out = Vec::new();
             for group in discovery.groups() {
                 for (ar, caps) in group.recommended_resources() {
-                    if caps.scope == Scope::Namespaced
-                        && caps.supports_operation(verbs::DELETE_COLLECTION)
-                    {
+                    if caps.scope == Scope::Namespaced && caps.supports_operation(verbs::DELETE_COLLECTION) {
                         out.push(ar);
                     }
                 }
@@ -444,8 +434,7 @@ impl RunningController {
             format!("127.0.0.1:{admin_port}"),
         ];
         argv.extend(args.iter().map(|a| a.to_string()));
-        let config = <mesh_ca_issuer::config::Config as clap::Parser>::try_parse_from(argv)
-            .expect("valid flags");
+        let config = <mesh_ca_issuer::config::Config as clap::Parser>::try_parse_from(argv).expect("valid flags");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(mesh_ca_issuer::run(config, async move {
             let _ = rx.await;
@@ -455,10 +444,7 @@ impl RunningController {
             if let Ok((200, _)) = http_get(admin_port, "/readyz").await {
                 break;
             }
-            assert!(
-                !task.is_finished(),
-                "the controller stopped before becoming ready"
-            );
+            assert!(!task.is_finished(), "the controller stopped before becoming ready");
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "the controller did not become ready within 60s"
@@ -478,10 +464,7 @@ impl RunningController {
     }
 
     pub async fn metrics(&self) -> String {
-        http_get(self.admin_port, "/metrics")
-            .await
-            .expect("GET /metrics")
-            .1
+        http_get(self.admin_port, "/metrics").await.expect("GET /metrics").1
     }
 }
 
@@ -496,12 +479,13 @@ impl Drop for RunningController {
 
 // === reading what the controller did ===
 
-/// Events (events.k8s.io/v1) about the object named `name` in `namespace`: (type, reason, note).
-pub async fn events_for(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-) -> Vec<(String, String, String)> {
+/// Events (events.k8s.io/v1) about an object in `namespace`: (type, reason, note). `object` is
+/// a name, or `Kind/name` when objects of different kinds share the name.
+pub async fn events_for(client: &Client, namespace: &str, object: &str) -> Vec<(String, String, String)> {
+    let (kind, name) = match object.split_once('/') {
+        Some((kind, name)) => (Some(kind), name),
+        None => (None, object),
+    };
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), namespace);
     let mut out: Vec<(String, String, String)> = api
         .list(&ListParams::default())
@@ -509,7 +493,11 @@ pub async fn events_for(
         .expect("list events")
         .items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter(|e| {
+            let regarding = e.regarding.as_ref();
+            regarding.and_then(|r| r.name.as_deref()) == Some(name)
+                && kind.is_none_or(|k| regarding.and_then(|r| r.kind.as_deref()) == Some(k))
+        })
         .map(|e| {
             (
                 e.type_.unwrap_or_default(),

@@ -1,0 +1,645 @@
+//! istiod's `cacerts` Secret: assembling it from cert-manager's Secret, deciding whether we may
+//! write it, and verifying it the way istiod does before it is written. Pure.
+//!
+//! What istiod checks when it loads a plugged-in CA (pilot/pkg/bootstrap/istio_ca.go,
+//! security/pkg/pki/util/keycertbundle.go): the key parses and matches `ca-cert.pem`; Go's
+//! `x509.Verify` of the signing certificate against *all* certificates in `root-cert.pem`, with
+//! `cert-chain.pem` as intermediates — so every certificate must be within its validity,
+//! intermediates must be CAs, and an ExtendedKeyUsage on the intermediate must allow
+//! serverAuth. On reload it compares `root-cert.pem` byte for byte with what it loaded and,
+//! without multi-root support, ignores the whole update when the bytes differ. Hence: on a
+//! renewal under the same root, `root-cert.pem` is kept byte for byte.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+
+use crate::pki::{Certificate, SigningKey};
+
+pub const CA_CERT: &str = "ca-cert.pem";
+pub const CA_KEY: &str = "ca-key.pem";
+pub const CERT_CHAIN: &str = "cert-chain.pem";
+pub const ROOT_CERT: &str = "root-cert.pem";
+/// Marks istiod's own self-signed CA: never written, never kept, never replaced.
+pub const ISTIO_GENERATED: &str = "istio-generated";
+/// Keys of istiod's TLS format; when `tls.crt` is present istiod uses these instead of ours.
+pub const TLS_FORMAT_KEYS: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
+
+/// Label and annotation that mark a target Secret as written by an IstioCACerts.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "mesh-ca-issuer";
+pub const OWNER_ANNOTATION: &str = "meshca.io/istiocacerts";
+
+/// Reasons of the `Ready` condition.
+pub mod reason {
+    pub const SYNCED: &str = "Synced";
+    pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
+    pub const SOURCE_INCOMPLETE: &str = "SourceIncomplete";
+    pub const INVALID_SOURCE: &str = "InvalidSource";
+    pub const KEY_MISMATCH: &str = "KeyMismatch";
+    pub const NOT_A_CA: &str = "NotACA";
+    pub const CHAIN_INVALID: &str = "ChainInvalid";
+    pub const EXPIRED: &str = "Expired";
+    pub const NOT_YET_VALID: &str = "NotYetValid";
+    pub const NOT_OWNED: &str = "NotOwned";
+    pub const ISTIOD_SELF_SIGNED: &str = "IstiodSelfSignedCA";
+    pub const ROOT_CHANGED: &str = "RootChanged";
+    pub const WRITE_FAILED: &str = "WriteFailed";
+}
+
+/// Why `cacerts` is not (re)written, and what to do about it. Never carries key material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// What cert-manager's Secret holds, parsed but not yet judged.
+#[derive(Debug)]
+pub struct SourceBundle {
+    pub intermediate: Certificate,
+    /// Further intermediates between it and the root (bottom-up), if any.
+    pub intermediates: Vec<Certificate>,
+    pub key_pem: Vec<u8>,
+    pub root: Certificate,
+}
+
+/// Reads cert-manager's Secret (`tls.crt`, `tls.key`, `ca.crt`).
+pub fn read_source(data: &BTreeMap<String, Vec<u8>>, display: &str) -> Result<SourceBundle, Problem> {
+    let need = |key: &str| {
+        data.get(key).filter(|v| !v.is_empty()).ok_or_else(|| {
+            Problem::new(
+                reason::SOURCE_INCOMPLETE,
+                format!("{display} has no {key}: is its Certificate issued yet?"),
+            )
+        })
+    };
+    let mut chain = Certificate::parse_pem_bundle(need("tls.crt")?, "tls.crt")
+        .map_err(|e| Problem::new(reason::INVALID_SOURCE, format!("{display}: {e}")))?;
+    let key_pem = need("tls.key")?.clone();
+    SigningKey::from_pem(&key_pem)
+        .map_err(|e| Problem::new(reason::INVALID_SOURCE, format!("{display} tls.key: {e}")))?;
+    let root = match data.get("ca.crt").filter(|v| !v.is_empty()) {
+        Some(bytes) => Certificate::parse_pem_bundle(bytes, "ca.crt")
+            .map_err(|e| Problem::new(reason::INVALID_SOURCE, format!("{display}: {e}")))?
+            .remove(0),
+        None if chain.len() > 1 && chain.last().is_some_and(Certificate::is_self_signed) => {
+            chain.remove(chain.len() - 1)
+        }
+        None => {
+            return Err(Problem::new(
+                reason::SOURCE_INCOMPLETE,
+                format!(
+                    "{display} has no ca.crt, and tls.crt does not end in a root: the issuer must return its root in status.ca"
+                ),
+            ));
+        }
+    };
+    // A tls.crt that repeats the root at its end: the root goes into root-cert.pem only once.
+    if chain.len() > 1 && chain.last() == Some(&root) {
+        chain.pop();
+    }
+    let intermediate = chain.remove(0);
+    Ok(SourceBundle {
+        intermediate,
+        intermediates: chain,
+        key_pem,
+        root,
+    })
+}
+
+/// The target Secret as found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Absent,
+    Present {
+        data: BTreeMap<String, Vec<u8>>,
+        /// Which IstioCACerts (if any) marked it as theirs.
+        owner: Option<String>,
+    },
+}
+
+/// What istiod would load from a bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleContents {
+    pub intermediate: Certificate,
+    /// `cert-chain.pem` as written: intermediate first, the root last.
+    pub chain: Vec<Certificate>,
+    pub roots: Vec<Certificate>,
+    /// The root the intermediate chains to.
+    pub anchor: Certificate,
+}
+
+/// Checks a `cacerts` bundle as istiod does before it loads it.
+pub fn verify_bundle(data: &BTreeMap<String, Vec<u8>>, now: Timestamp) -> Result<BundleContents, Problem> {
+    let get = |key: &'static str| {
+        data.get(key)
+            .ok_or_else(|| Problem::new(reason::SOURCE_INCOMPLETE, format!("the bundle has no {key}")))
+    };
+    let bad = |key: &str, e: crate::pki::PkiError| Problem::new(reason::INVALID_SOURCE, format!("{key}: {e}"));
+    let intermediate = Certificate::parse_pem_bundle(get(CA_CERT)?, "ca-cert.pem")
+        .map_err(|e| bad(CA_CERT, e))?
+        .remove(0);
+    let key = SigningKey::from_pem(get(CA_KEY)?).map_err(|e| bad(CA_KEY, e))?;
+    let chain = Certificate::parse_pem_bundle(get(CERT_CHAIN)?, "cert-chain.pem").map_err(|e| bad(CERT_CHAIN, e))?;
+    let roots = Certificate::parse_pem_bundle(get(ROOT_CERT)?, "root-cert.pem").map_err(|e| bad(ROOT_CERT, e))?;
+    let subject = intermediate.subject();
+
+    if !key.matches(&intermediate) {
+        return Err(Problem::new(
+            reason::KEY_MISMATCH,
+            format!("the private key is not the key of the certificate {subject}"),
+        ));
+    }
+    if !intermediate.is_ca() || intermediate.key_usage_cert_sign() == Some(false) {
+        return Err(Problem::new(
+            reason::NOT_A_CA,
+            format!(
+                "{subject} is not a CA certificate that may sign certificates (BasicConstraints CA:TRUE and keyCertSign): istiod cannot sign workload certificates with it"
+            ),
+        ));
+    }
+    if intermediate.eku_excludes_server_auth() {
+        return Err(Problem::new(
+            reason::NOT_A_CA,
+            format!("{subject} has an ExtendedKeyUsage without serverAuth, which istiod's chain verification rejects"),
+        ));
+    }
+    if chain.first() != Some(&intermediate) {
+        return Err(Problem::new(
+            reason::CHAIN_INVALID,
+            "cert-chain.pem does not start with ca-cert.pem",
+        ));
+    }
+    // Build the path as Go's x509.Verify would: up through cert-chain.pem until a certificate
+    // is signed by one of the roots.
+    let mut path = vec![&intermediate];
+    let anchor = loop {
+        let current = path[path.len() - 1];
+        if let Some(root) = roots.iter().find(|r| current.is_signed_by(r)) {
+            break root.clone();
+        }
+        let Some(parent) = chain.iter().find(|c| !path.contains(c) && current.is_signed_by(c)) else {
+            return Err(Problem::new(
+                reason::CHAIN_INVALID,
+                format!(
+                    "{} does not chain to a root in root-cert.pem ({} roots)",
+                    current.subject(),
+                    roots.len()
+                ),
+            ));
+        };
+        path.push(parent);
+    };
+    for cert in path.iter().copied().chain([&anchor]) {
+        if now > cert.not_after() {
+            return Err(Problem::new(
+                reason::EXPIRED,
+                format!("{} expired at {}", cert.subject(), cert.not_after()),
+            ));
+        }
+        if now < cert.not_before() {
+            return Err(Problem::new(
+                reason::NOT_YET_VALID,
+                format!("{} is not valid before {}", cert.subject(), cert.not_before()),
+            ));
+        }
+    }
+    Ok(BundleContents {
+        intermediate,
+        chain,
+        roots,
+        anchor,
+    })
+}
+
+/// What to write, and whether that changes anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacertsPlan {
+    /// Exactly the four keys istiod reads.
+    pub data: BTreeMap<String, Vec<u8>>,
+    pub contents: BundleContents,
+    /// False when the target already holds exactly this: no write.
+    pub changed: bool,
+    /// True when this write takes over a Secret we did not create (`adoptExisting`).
+    pub adopting: bool,
+    /// Keys of the existing Secret that the write removes (adoption of a TLS-format bundle).
+    pub dropped_keys: Vec<String>,
+}
+
+/// Decides what `cacerts` should hold, or why it must stay as it is.
+pub fn plan(
+    source: &SourceBundle,
+    target: &Target,
+    owner: &str,
+    adopt_existing: bool,
+    now: Timestamp,
+) -> Result<CacertsPlan, Problem> {
+    let (existing, adopting) = match target {
+        Target::Absent => (None, false),
+        Target::Present { data, .. } if data.contains_key(ISTIO_GENERATED) => {
+            return Err(Problem::new(
+                reason::ISTIOD_SELF_SIGNED,
+                "the target holds istiod's own self-signed CA (key istio-generated); it is never replaced. To plug in this CA, delete that Secret and restart istiod after cacerts is written",
+            ));
+        }
+        Target::Present { data, owner: Some(o) } if o == owner => (Some(data), false),
+        Target::Present { owner: Some(other), .. } if !adopt_existing => {
+            return Err(Problem::new(
+                reason::NOT_OWNED,
+                format!("the target Secret belongs to IstioCACerts {other}; it is left untouched"),
+            ));
+        }
+        Target::Present { data, .. } if adopt_existing => (Some(data), true),
+        Target::Present { .. } => {
+            return Err(Problem::new(
+                reason::NOT_OWNED,
+                "the target Secret exists and was not created by mesh-ca-issuer; it is left untouched. Set spec.adoptExisting: true to take it over",
+            ));
+        }
+    };
+
+    // The source must hold together on its own before we compare it with what istiod trusts.
+    let mut links = std::iter::once(&source.intermediate)
+        .chain(source.intermediates.iter())
+        .peekable();
+    while let Some(cert) = links.next() {
+        let parent = links.peek().copied().unwrap_or(&source.root);
+        if !cert.is_signed_by(parent) {
+            return Err(Problem::new(
+                reason::CHAIN_INVALID,
+                format!(
+                    "{} in the source is not signed by {} (its ca.crt or the next certificate in tls.crt)",
+                    cert.subject(),
+                    parent.subject()
+                ),
+            ));
+        }
+    }
+
+    // root-cert.pem: kept byte for byte when it already trusts the source's root; a root that
+    // is not in it is a root change, which istiod would ignore (or, partly trusted, break).
+    let root_pem = match existing.and_then(|d| d.get(ROOT_CERT)) {
+        Some(bytes) => match Certificate::parse_pem_bundle(bytes, "root-cert.pem") {
+            Ok(roots) if roots.contains(&source.root) => bytes.clone(),
+            Ok(roots) => {
+                return Err(Problem::new(
+                    reason::ROOT_CHANGED,
+                    format!(
+                        "the new intermediate chains to root {} (SHA-256 {}), which is not among the {} trust anchors in root-cert.pem; cacerts is left as it is. Rotating roots without downtime needs the new root added to root-cert.pem first (and ISTIO_MULTIROOT_MESH on istiod); if the root change is intended and downtime is acceptable, delete the target Secret and restart istiod",
+                        source.root.subject(),
+                        source.root.fingerprint(),
+                        roots.len()
+                    ),
+                ));
+            }
+            // An unreadable bundle in a Secret we own or adopt is replaced.
+            Err(_) => source.root.to_pem().into_bytes(),
+        },
+        None => source.root.to_pem().into_bytes(),
+    };
+    let intermediate_pem = source.intermediate.to_pem();
+    let mut chain_pem = intermediate_pem.clone();
+    for c in &source.intermediates {
+        chain_pem.push_str(&c.to_pem());
+    }
+    chain_pem.push_str(&source.root.to_pem());
+    let data: BTreeMap<String, Vec<u8>> = [
+        (CA_CERT.to_string(), intermediate_pem.into_bytes()),
+        (CA_KEY.to_string(), source.key_pem.clone()),
+        (CERT_CHAIN.to_string(), chain_pem.into_bytes()),
+        (ROOT_CERT.to_string(), root_pem),
+    ]
+    .into();
+    let contents = verify_bundle(&data, now)?;
+    let changed = existing != Some(&data);
+    let dropped_keys = existing
+        .map(|d| d.keys().filter(|k| !data.contains_key(*k)).cloned().collect())
+        .unwrap_or_default();
+    Ok(CacertsPlan {
+        data,
+        contents,
+        changed,
+        adopting,
+        dropped_keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::issuer::RootBootstrap;
+    use crate::pki::policy::SigningPlan;
+    use crate::pki::sign::{CaSigner, self_signed_root, sign_csr, tests::istiod_csr_with_key};
+    use jiff::SignedDuration;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    struct Pki {
+        root: Certificate,
+        root_key: SigningKey,
+    }
+
+    fn pki() -> Pki {
+        let (root, root_key) =
+            self_signed_root(&RootBootstrap::default(), now() - SignedDuration::from_hours(24)).unwrap();
+        Pki { root, root_key }
+    }
+
+    fn intermediate(pki: &Pki, ca: bool, from: Timestamp, to: Timestamp) -> (Certificate, SigningKey) {
+        let (csr, key) = istiod_csr_with_key();
+        let plan = SigningPlan {
+            ca_path_len: ca.then_some(0),
+            not_before: from,
+            not_after: to,
+            requested: std::time::Duration::from_secs(1),
+            clamped: None,
+        };
+        (
+            sign_csr(
+                &csr,
+                &plan,
+                &CaSigner {
+                    certificate: &pki.root,
+                    key: &pki.root_key,
+                },
+            )
+            .unwrap(),
+            key,
+        )
+    }
+
+    fn source(pki: &Pki) -> SourceBundle {
+        let (cert, key) = intermediate(
+            pki,
+            true,
+            now() - SignedDuration::from_hours(1),
+            now() + SignedDuration::from_hours(2160),
+        );
+        SourceBundle {
+            intermediate: cert,
+            intermediates: vec![],
+            key_pem: key.to_pem().into_bytes(),
+            root: pki.root.clone(),
+        }
+    }
+
+    fn source_data(s: &SourceBundle) -> BTreeMap<String, Vec<u8>> {
+        [
+            ("tls.crt".to_string(), s.intermediate.to_pem().into_bytes()),
+            ("tls.key".to_string(), s.key_pem.clone()),
+            ("ca.crt".to_string(), s.root.to_pem().into_bytes()),
+        ]
+        .into()
+    }
+
+    fn owned(data: BTreeMap<String, Vec<u8>>) -> Target {
+        Target::Present {
+            data,
+            owner: Some("mesh".into()),
+        }
+    }
+
+    #[test]
+    fn a_fresh_target_gets_exactly_the_four_keys_in_istio_order() {
+        let pki = pki();
+        let src = source(&pki);
+        let p = plan(&src, &Target::Absent, "mesh", false, now()).unwrap();
+        assert!(p.changed && !p.adopting);
+        assert_eq!(
+            p.data.keys().collect::<Vec<_>>(),
+            vec![CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT]
+        );
+        let chain = Certificate::parse_pem_bundle(&p.data[CERT_CHAIN], "c").unwrap();
+        assert_eq!(
+            chain,
+            vec![src.intermediate.clone(), pki.root.clone()],
+            "intermediate, then the root"
+        );
+        assert_eq!(p.contents.anchor, pki.root);
+        // Writing the same again is a no-op.
+        let again = plan(&src, &owned(p.data.clone()), "mesh", false, now()).unwrap();
+        assert!(!again.changed);
+    }
+
+    #[test]
+    fn renewals_under_the_same_root_keep_root_cert_pem_byte_for_byte() {
+        let pki = pki();
+        // An existing bundle whose root-cert.pem holds the root plus a second anchor, with its
+        // own (non-canonical) formatting: a trailing comment line and CRLF line endings.
+        let other = self::pki();
+        let bundle =
+            format!("{}{}# extra trust anchor\n", pki.root.to_pem(), other.root.to_pem()).replace('\n', "\r\n");
+        let first = plan(&source(&pki), &Target::Absent, "mesh", false, now()).unwrap();
+        let mut existing = first.data.clone();
+        existing.insert(ROOT_CERT.into(), bundle.clone().into_bytes());
+        for _ in 0..3 {
+            let p = plan(&source(&pki), &owned(existing.clone()), "mesh", false, now()).unwrap();
+            assert!(p.changed, "a new intermediate is written");
+            assert_eq!(p.data[ROOT_CERT], bundle.as_bytes(), "root-cert.pem untouched");
+            existing = p.data;
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let pki = pki();
+        let src = source(&pki);
+        let written = plan(&src, &Target::Absent, "mesh", false, now()).unwrap().data;
+        let foreign = Target::Present {
+            data: written.clone(),
+            owner: None,
+        };
+        let other_owner = Target::Present {
+            data: written.clone(),
+            owner: Some("other".into()),
+        };
+        let mut self_signed = written.clone();
+        self_signed.insert(ISTIO_GENERATED.into(), b"".to_vec());
+        let istiod = Target::Present {
+            data: self_signed,
+            owner: Some("mesh".into()),
+        };
+        let new_root_pki = self::pki();
+        // (case, source, target, adoptExisting, expected refusal)
+        type Case<'a> = (&'a str, &'a SourceBundle, Target, bool, Result<(), &'a str>);
+        let cases: Vec<Case> = vec![
+            // A hand-made cacerts is never replaced unless asked...
+            ("foreign", &src, foreign.clone(), false, Err(reason::NOT_OWNED)),
+            // ...and taken over when asked.
+            ("adopted", &src, foreign, true, Ok(())),
+            ("other owner", &src, other_owner, false, Err(reason::NOT_OWNED)),
+            // istiod's own self-signed CA: never, even when adopting.
+            (
+                "istio-generated",
+                &src,
+                istiod.clone(),
+                true,
+                Err(reason::ISTIOD_SELF_SIGNED),
+            ),
+        ];
+        for (name, s, target, adopt, expected) in cases {
+            let got = plan(s, &target, "mesh", adopt, now()).map(|_| ()).map_err(|p| p.reason);
+            assert_eq!(got, expected, "{name}");
+        }
+        // A source whose ca.crt did not sign its tls.crt: the chain is broken in itself.
+        let broken = SourceBundle {
+            root: new_root_pki.root.clone(),
+            ..source(&pki)
+        };
+        assert_eq!(
+            plan(&broken, &Target::Absent, "mesh", false, now()).unwrap_err().reason,
+            reason::CHAIN_INVALID
+        );
+        // A source under another root than the one istiod trusts: RootChanged, with what to do.
+        let moved = source(&new_root_pki);
+        let err = plan(&moved, &owned(written), "mesh", false, now()).unwrap_err();
+        assert_eq!(err.reason, reason::ROOT_CHANGED);
+        assert!(err.message.contains("ISTIO_MULTIROOT_MESH"), "{}", err.message);
+    }
+
+    #[test]
+    fn adopting_a_tls_format_bundle_drops_its_tls_keys() {
+        let pki = pki();
+        let tls_format: BTreeMap<String, Vec<u8>> = TLS_FORMAT_KEYS
+            .iter()
+            .map(|k| (k.to_string(), b"old".to_vec()))
+            .collect();
+        let p = plan(
+            &source(&pki),
+            &Target::Present {
+                data: tls_format,
+                owner: None,
+            },
+            "mesh",
+            true,
+            now(),
+        )
+        .unwrap();
+        assert!(p.adopting);
+        assert_eq!(p.dropped_keys, vec!["ca.crt", "tls.crt", "tls.key"]);
+    }
+
+    #[test]
+    fn istiod_checks() {
+        let pki = pki();
+        let good = source(&pki);
+        let data = plan(&good, &Target::Absent, "mesh", false, now()).unwrap().data;
+        let with = |key: &str, value: Vec<u8>| {
+            let mut d = data.clone();
+            d.insert(key.to_string(), value);
+            d
+        };
+        let (leaf, leaf_key) = intermediate(
+            &pki,
+            false,
+            now() - SignedDuration::from_hours(1),
+            now() + SignedDuration::from_hours(24),
+        );
+        let (expired, expired_key) = intermediate(
+            &pki,
+            true,
+            now() - SignedDuration::from_hours(48),
+            now() - SignedDuration::from_hours(24),
+        );
+        let stranger = self::pki();
+        let leaf_bundle = {
+            let mut d = with(CA_CERT, leaf.to_pem().into_bytes());
+            d.insert(CA_KEY.into(), leaf_key.to_pem().into_bytes());
+            d.insert(
+                CERT_CHAIN.into(),
+                format!("{}{}", leaf.to_pem(), pki.root.to_pem()).into_bytes(),
+            );
+            d
+        };
+        let expired_bundle = {
+            let mut d = with(CA_CERT, expired.to_pem().into_bytes());
+            d.insert(CA_KEY.into(), expired_key.to_pem().into_bytes());
+            d.insert(
+                CERT_CHAIN.into(),
+                format!("{}{}", expired.to_pem(), pki.root.to_pem()).into_bytes(),
+            );
+            d
+        };
+        let cases = vec![
+            ("good", data.clone(), None),
+            (
+                "key of another certificate",
+                with(CA_KEY, stranger.root_key.to_pem().into_bytes()),
+                Some(reason::KEY_MISMATCH),
+            ),
+            ("leaf", leaf_bundle, Some(reason::NOT_A_CA)),
+            ("expired", expired_bundle, Some(reason::EXPIRED)),
+            (
+                "chain to an unknown root",
+                with(ROOT_CERT, stranger.root.to_pem().into_bytes()),
+                Some(reason::CHAIN_INVALID),
+            ),
+            (
+                "chain not starting with ca-cert",
+                with(CERT_CHAIN, pki.root.to_pem().into_bytes()),
+                Some(reason::CHAIN_INVALID),
+            ),
+            (
+                "garbage",
+                with(CA_CERT, b"garbage".to_vec()),
+                Some(reason::INVALID_SOURCE),
+            ),
+        ];
+        for (name, bundle, expected) in cases {
+            let got = verify_bundle(&bundle, now()).err().map(|p| p.reason);
+            assert_eq!(got, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn source_reading() {
+        let pki = pki();
+        let s = source(&pki);
+        let data = source_data(&s);
+        assert_eq!(read_source(&data, "Secret ns/src").unwrap().root, pki.root);
+        // tls.crt carrying the root too (and no ca.crt): the root is taken from its end.
+        let mut bundled = data.clone();
+        bundled.remove("ca.crt");
+        bundled.insert(
+            "tls.crt".into(),
+            format!("{}{}", s.intermediate.to_pem(), pki.root.to_pem()).into_bytes(),
+        );
+        let read = read_source(&bundled, "Secret ns/src").unwrap();
+        assert_eq!((read.root, read.intermediates.len()), (pki.root.clone(), 0));
+        for missing in ["tls.crt", "tls.key"] {
+            let mut d = data.clone();
+            d.remove(missing);
+            assert_eq!(
+                read_source(&d, "s").unwrap_err().reason,
+                reason::SOURCE_INCOMPLETE,
+                "{missing}"
+            );
+        }
+        let mut no_root = data.clone();
+        no_root.remove("ca.crt");
+        assert_eq!(
+            read_source(&no_root, "s").unwrap_err().reason,
+            reason::SOURCE_INCOMPLETE
+        );
+        let mut garbage = data;
+        garbage.insert(
+            "tls.crt".into(),
+            b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n".to_vec(),
+        );
+        let err = read_source(&garbage, "s").unwrap_err();
+        assert_eq!(err.reason, reason::INVALID_SOURCE);
+        assert!(!err.message.contains("PRIVATE"));
+    }
+}

@@ -1,0 +1,675 @@
+//! IstioCACerts on the real API server: `cacerts` written verified and byte-stable, never
+//! written when it would break a running mesh, renewal windows tracked with status, events,
+//! metrics and a requeue at the exact boundary.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, RenewalWindow};
+use mesh_ca_issuer::pki::policy::SigningPlan;
+use mesh_ca_issuer::pki::sign::{CaSigner, sign_csr};
+use mesh_ca_issuer::pki::{Certificate, CertificateSigningRequest, SigningKey};
+use support::cert_manager::{self as cm, IntermediateRequest};
+use support::{RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, wait_for_event};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const SOURCE: &str = "istiod-intermediate";
+
+struct Env {
+    client: Client,
+    ns: TestNamespace,
+    controller: RunningController,
+    _lock: ScopeLock,
+    revision: u32,
+}
+
+async fn env_with(prefix: &str, flags: &[&str], root_duration: &str) -> Env {
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let lock = ScopeLock::shared().await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    let mut args = vec!["--namespace", ns.name.as_str()];
+    args.extend_from_slice(flags);
+    let controller = RunningController::start(&args).await;
+    let env = Env {
+        client,
+        ns,
+        controller,
+        _lock: lock,
+        revision: 0,
+    };
+    let root = RootBootstrap {
+        duration: root_duration.into(),
+        ..Default::default()
+    };
+    let policy = IssuancePolicy {
+        max_duration: "8760h".into(),
+        ..Default::default()
+    };
+    create_issuer(
+        &env,
+        "mesh",
+        IssuerSpec {
+            local_ca: Some(LocalCA {
+                secret_name: "mesh-root".into(),
+                bootstrap: Some(root),
+            }),
+            policy,
+        },
+    )
+    .await;
+    env
+}
+
+async fn env(prefix: &str) -> Env {
+    env_with(prefix, &[], "87600h").await
+}
+
+async fn create_issuer(env: &Env, name: &str, spec: IssuerSpec) {
+    let api: Api<MeshCAIssuer> = env.ns.api();
+    api.create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
+        .await
+        .unwrap();
+    eventually(TIMEOUT, || async {
+        let s = api.get(name).await.ok()?.status?;
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await
+    .expect("issuer Ready");
+}
+
+/// cert-manager (stand-in) issues a new revision of the intermediate into the source Secret.
+async fn issue(
+    env: &mut Env,
+    issuer: &str,
+    duration: Option<&str>,
+) -> mesh_ca_issuer::api::cert_manager::CertificateRequest {
+    env.revision += 1;
+    let req = IntermediateRequest {
+        duration: duration.map(str::to_string),
+        ..IntermediateRequest::istiod(&format!("{SOURCE}-{}", env.revision), issuer)
+    };
+    let key = cm::request_and_approve(&env.client, &env.ns.name, &req).await;
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+    cm::write_certificate_secret(&env.client, &env.ns.name, SOURCE, &cr, &key).await;
+    cr
+}
+
+async fn create_icc(env: &Env, adopt: bool) {
+    let api: Api<IstioCACerts> = env.ns.api();
+    let spec = IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        target_secret_name: "cacerts".into(),
+        adopt_existing: adopt,
+    };
+    api.create(&PostParams::default(), &IstioCACerts::new("mesh", spec))
+        .await
+        .unwrap();
+}
+
+/// Waits until the IstioCACerts' condition `type_` has `reason`; returns the object.
+async fn wait_condition(env: &Env, type_: &str, reason: &str) -> IstioCACerts {
+    let api: Api<IstioCACerts> = env.ns.api();
+    eventually(TIMEOUT, || async {
+        let icc = api.get("mesh").await.ok()?;
+        let c = icc.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+        (c.reason == reason).then_some(icc.clone())
+    })
+    .await
+    .unwrap_or_else(|| panic!("IstioCACerts not {type_}={reason} within {TIMEOUT:?}"))
+}
+
+async fn cacerts(env: &Env) -> Option<Secret> {
+    env.ns.api::<Secret>().get_opt("cacerts").await.unwrap()
+}
+
+fn data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+fn condition_message(icc: &IstioCACerts, type_: &str) -> String {
+    icc.status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap()
+        .message
+        .clone()
+}
+
+fn openssl_verify(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .arg("verify")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .trim()
+    .to_string()
+}
+
+/// Parses `name{labels} value` lines of the Prometheus text format.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric_name, rest) = series.split_once('{')?;
+        if metric_name != name {
+            return None;
+        }
+        let label_text = rest.strip_suffix('}')?;
+        let parsed: Vec<(&str, &str)> = label_text
+            .split(',')
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
+            .collect();
+        labels
+            .iter()
+            .all(|l| parsed.contains(l))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
+#[tokio::test]
+async fn cacerts_is_written_verified_and_tracked_with_metrics() {
+    let mut env = env("icc-write").await;
+    let cr = issue(&mut env, "mesh", None).await;
+    // cert-manager records the renewal time on the Certificate (here with renewBefore 720h).
+    let renewal = cm::record_certificate(
+        &env.client,
+        &env.ns.name,
+        SOURCE,
+        SOURCE,
+        &cr,
+        Some(Duration::from_secs(720 * 3600)),
+    )
+    .await;
+    create_icc(&env, false).await;
+    let icc = wait_condition(&env, "Ready", "Synced").await;
+
+    let secret = cacerts(&env).await.expect("cacerts written");
+    let d = data(&secret);
+    assert_eq!(
+        d.keys().collect::<Vec<_>>(),
+        vec!["ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"]
+    );
+    assert_eq!(
+        secret.labels().get("app.kubernetes.io/managed-by").map(String::as_str),
+        Some("mesh-ca-issuer")
+    );
+    assert_eq!(
+        secret.annotations().get("meshca.io/istiocacerts").map(String::as_str),
+        Some("mesh")
+    );
+    assert!(
+        secret.metadata.owner_references.is_none(),
+        "no ownerReference: deleting the IstioCACerts must not delete cacerts"
+    );
+    let source: Secret = env.ns.api().get(SOURCE).await.unwrap();
+    let source_data = data(&source);
+    assert_eq!(d["ca-key.pem"], source_data["tls.key"]);
+    let intermediate = &Certificate::parse_pem_bundle(&d["ca-cert.pem"], "ca-cert").unwrap()[0];
+    let root = &Certificate::parse_pem_bundle(&d["root-cert.pem"], "root").unwrap()[0];
+    let chain = Certificate::parse_pem_bundle(&d["cert-chain.pem"], "chain").unwrap();
+    assert_eq!(chain, vec![intermediate.clone(), root.clone()]);
+
+    // openssl's verdict on what istiod will load.
+    let dir = tempfile::tempdir().unwrap();
+    for (k, v) in &d {
+        if k != "ca-key.pem" {
+            std::fs::write(dir.path().join(k), v).unwrap();
+        }
+    }
+    assert_eq!(
+        openssl_verify(dir.path(), &["-x509_strict", "-CAfile", "root-cert.pem", "ca-cert.pem"]),
+        "ca-cert.pem: OK"
+    );
+    assert_eq!(
+        openssl_verify(
+            dir.path(),
+            &["-x509_strict", "-CAfile", "root-cert.pem", "cert-chain.pem"]
+        ),
+        "cert-chain.pem: OK"
+    );
+
+    // Status: the intermediate with the Certificate's renewal time, the root, the backend CA.
+    let status = icc.status.clone().unwrap();
+    let tracked = status.intermediate.clone().unwrap();
+    assert_eq!(tracked.fingerprint_sha256, intermediate.fingerprint());
+    assert_eq!(tracked.renewal_time, renewal.to_string());
+    assert_eq!(tracked.window, RenewalWindow::Healthy);
+    assert_eq!(status.roots.len(), 1);
+    assert_eq!(status.roots[0].fingerprint_sha256, root.fingerprint());
+    let backend = status.backend_ca.clone().expect("the issuer's CA is tracked");
+    assert_eq!(
+        backend.fingerprint_sha256,
+        root.fingerprint(),
+        "the local CA is the root here"
+    );
+    let healthy = wait_condition(&env, "CertificatesHealthy", "AllHealthy").await;
+    assert!(condition_message(&healthy, "CertificatesHealthy").contains("healthy window"));
+    let note = wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "Written").await;
+    assert!(note.contains(&intermediate.fingerprint()), "{note}");
+
+    // Metrics, parsed from /metrics.
+    let text = env.controller.metrics().await;
+    let labels = [
+        ("kind", "intermediate"),
+        ("namespace", env.ns.name.as_str()),
+        ("name", "mesh"),
+    ];
+    let fp = intermediate.fingerprint();
+    let mut with_fp = labels.to_vec();
+    with_fp.push(("fingerprint", fp.as_str()));
+    assert_eq!(
+        metric(&text, "meshca_certificate_not_after_seconds", &with_fp),
+        Some(intermediate.not_after().as_second() as f64),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "meshca_certificate_renewal_seconds", &with_fp),
+        Some(renewal.as_second() as f64)
+    );
+    let root_fp = root.fingerprint();
+    let root_labels = [
+        ("kind", "root"),
+        ("namespace", env.ns.name.as_str()),
+        ("name", "mesh"),
+        ("fingerprint", root_fp.as_str()),
+    ];
+    assert_eq!(
+        metric(&text, "meshca_certificate_not_after_seconds", &root_labels),
+        Some(root.not_after().as_second() as f64)
+    );
+    let backend_labels = [
+        ("kind", "backend_ca"),
+        ("namespace", env.ns.name.as_str()),
+        ("name", "mesh"),
+    ];
+    assert!(metric(&text, "meshca_certificate_not_after_seconds", &backend_labels).is_some());
+}
+
+#[tokio::test]
+async fn renewals_keep_root_cert_pem_byte_identical_and_unchanged_content_is_not_rewritten() {
+    let mut env = env("icc-renew").await;
+    issue(&mut env, "mesh", None).await;
+    create_icc(&env, false).await;
+    wait_condition(&env, "Ready", "Synced").await;
+    let first = data(&cacerts(&env).await.unwrap());
+    let mut intermediates = vec![first["ca-cert.pem"].clone()];
+    for _ in 0..3 {
+        issue(&mut env, "mesh", None).await;
+        let renewed = eventually(TIMEOUT, || async {
+            let d = data(&cacerts(&env).await?);
+            (!intermediates.contains(&d["ca-cert.pem"])).then_some(d)
+        })
+        .await
+        .expect("cacerts follows the renewal");
+        assert_eq!(
+            renewed["root-cert.pem"], first["root-cert.pem"],
+            "root-cert.pem byte for byte"
+        );
+        intermediates.push(renewed["ca-cert.pem"].clone());
+    }
+    assert_eq!(intermediates.len(), 4);
+
+    // Nothing changed: a forced reconcile writes nothing (same resourceVersion).
+    let before = cacerts(&env).await.unwrap().resource_version();
+    let touch = serde_json::json!({"metadata": {"annotations": {"touched": Timestamp::now().to_string()}}});
+    env.ns
+        .api::<IstioCACerts>()
+        .patch("mesh", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cacerts(&env).await.unwrap().resource_version(), before);
+}
+
+#[tokio::test]
+async fn a_foreign_cacerts_is_untouched_unless_adoption_is_asked_for() {
+    let mut env = env("icc-foreign").await;
+    issue(&mut env, "mesh", None).await;
+    let hand_made: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "cacerts"}, "stringData": {"ca-cert.pem": "hand made", "note": "by an operator"}
+    }))
+    .unwrap();
+    env.ns
+        .api::<Secret>()
+        .create(&PostParams::default(), &hand_made)
+        .await
+        .unwrap();
+    let before = cacerts(&env).await.unwrap();
+    create_icc(&env, false).await;
+    let icc = wait_condition(&env, "Ready", "NotOwned").await;
+    assert!(condition_message(&icc, "Ready").contains("adoptExisting"));
+    wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "NotOwned").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = cacerts(&env).await.unwrap();
+    assert_eq!(
+        (after.resource_version(), data(&after)),
+        (before.resource_version(), data(&before)),
+        "untouched"
+    );
+
+    // Asked to adopt: written, marked ours, the foreign keys gone.
+    let adopt = serde_json::json!({"spec": {"adoptExisting": true}});
+    env.ns
+        .api::<IstioCACerts>()
+        .patch("mesh", &PatchParams::default(), &Patch::Merge(&adopt))
+        .await
+        .unwrap();
+    wait_condition(&env, "Ready", "Synced").await;
+    let adopted = cacerts(&env).await.unwrap();
+    assert_eq!(
+        adopted.labels().get("app.kubernetes.io/managed-by").map(String::as_str),
+        Some("mesh-ca-issuer")
+    );
+    assert_eq!(
+        data(&adopted).keys().collect::<Vec<_>>(),
+        vec!["ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"]
+    );
+    let note = wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "Written").await;
+    assert!(note.starts_with("Adopted"), "{note}");
+}
+
+#[tokio::test]
+async fn istiods_self_signed_ca_is_never_touched_even_when_adopting() {
+    let mut env = env("icc-istiod").await;
+    issue(&mut env, "mesh", None).await;
+    let istiod: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "cacerts"},
+        "stringData": {"ca-cert.pem": "istiod's own", "ca-key.pem": "k", "root-cert.pem": "r", "istio-generated": ""}
+    }))
+    .unwrap();
+    env.ns
+        .api::<Secret>()
+        .create(&PostParams::default(), &istiod)
+        .await
+        .unwrap();
+    let before = cacerts(&env).await.unwrap();
+    create_icc(&env, true).await;
+    let icc = wait_condition(&env, "Ready", "IstiodSelfSignedCA").await;
+    assert!(condition_message(&icc, "Ready").contains("istio-generated"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        cacerts(&env).await.unwrap().resource_version(),
+        before.resource_version()
+    );
+}
+
+#[tokio::test]
+async fn a_new_root_leaves_cacerts_untouched_with_root_changed() {
+    let mut env = env("icc-root-change").await;
+    issue(&mut env, "mesh", None).await;
+    create_icc(&env, false).await;
+    wait_condition(&env, "Ready", "Synced").await;
+    let before = cacerts(&env).await.unwrap();
+    // The Certificate moves to an issuer with another root.
+    create_issuer(
+        &env,
+        "other",
+        IssuerSpec {
+            local_ca: Some(LocalCA {
+                secret_name: "other-root".into(),
+                bootstrap: Some(RootBootstrap::default()),
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    issue(&mut env, "other", None).await;
+    let icc = wait_condition(&env, "Ready", "RootChanged").await;
+    let message = condition_message(&icc, "Ready");
+    assert!(
+        message.contains("not among the 1 trust anchors") && message.contains("ISTIO_MULTIROOT_MESH"),
+        "{message}"
+    );
+    wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "RootChanged").await;
+    let after = cacerts(&env).await.unwrap();
+    assert_eq!(
+        (after.resource_version(), data(&after)),
+        (before.resource_version(), data(&before))
+    );
+    // Status keeps tracking what istiod actually runs with: the old intermediate.
+    let tracked = icc.status.unwrap().intermediate.unwrap();
+    let running = &Certificate::parse_pem_bundle(&data(&before)["ca-cert.pem"], "c").unwrap()[0];
+    assert_eq!(tracked.fingerprint_sha256, running.fingerprint());
+}
+
+/// Signs a CSR with the issuer's root directly (for sources that no issuer would produce).
+fn sign_with_root(root_secret: &Secret, ca: bool, from: Timestamp, to: Timestamp) -> (String, String) {
+    let d = data(root_secret);
+    let root = Certificate::parse_pem_bundle(&d["tls.crt"], "root").unwrap().remove(0);
+    let root_key = SigningKey::from_pem(&d["tls.key"]).unwrap();
+    let (key, csr) = cm::make_key_and_csr(&IntermediateRequest::istiod("x", "mesh"));
+    let csr = CertificateSigningRequest::from_pem(csr.as_bytes()).unwrap();
+    let plan = SigningPlan {
+        ca_path_len: ca.then_some(0),
+        not_before: from,
+        not_after: to,
+        requested: Duration::from_secs(1),
+        clamped: None,
+    };
+    let cert = sign_csr(
+        &csr,
+        &plan,
+        &CaSigner {
+            certificate: &root,
+            key: &root_key,
+        },
+    )
+    .unwrap();
+    (cert.to_pem(), key)
+}
+
+#[tokio::test]
+async fn bad_sources_leave_cacerts_untouched_with_the_cause() {
+    let mut env = env("icc-bad-source").await;
+    issue(&mut env, "mesh", None).await;
+    create_icc(&env, false).await;
+    wait_condition(&env, "Ready", "Synced").await;
+    let good = cacerts(&env).await.unwrap();
+    let source: Secret = env.ns.api().get(SOURCE).await.unwrap();
+    let source_data = data(&source);
+    let root_secret: Secret = env.ns.api().get("mesh-root").await.unwrap();
+    let now = Timestamp::now();
+    let (leaf, leaf_key) = sign_with_root(
+        &root_secret,
+        false,
+        now - SignedDuration::from_hours(1),
+        now + SignedDuration::from_hours(24),
+    );
+    let (expired, expired_key) = sign_with_root(
+        &root_secret,
+        true,
+        now - SignedDuration::from_hours(48),
+        now - SignedDuration::from_hours(1),
+    );
+    let stranger = mesh_ca_issuer::pki::sign::self_signed_root(&RootBootstrap::default(), now).unwrap();
+    let text = |b: &Vec<u8>| String::from_utf8(b.clone()).unwrap();
+    let (crt, key, ca) = (
+        text(&source_data["tls.crt"]),
+        text(&source_data["tls.key"]),
+        text(&source_data["ca.crt"]),
+    );
+    let other_key = SigningKey::generate(&Default::default()).unwrap().to_pem();
+    let cases: Vec<(&str, Option<BTreeMap<&str, String>>)> = vec![
+        ("SourceNotFound", None),
+        (
+            "SourceIncomplete",
+            Some([("tls.crt", crt.clone()), ("ca.crt", ca.clone())].into()),
+        ),
+        (
+            "KeyMismatch",
+            Some([("tls.crt", crt.clone()), ("tls.key", other_key), ("ca.crt", ca.clone())].into()),
+        ),
+        (
+            "NotACA",
+            Some([("tls.crt", leaf), ("tls.key", leaf_key), ("ca.crt", ca.clone())].into()),
+        ),
+        (
+            "ChainInvalid",
+            Some(
+                [
+                    ("tls.crt", crt.clone()),
+                    ("tls.key", key.clone()),
+                    ("ca.crt", stranger.0.to_pem()),
+                ]
+                .into(),
+            ),
+        ),
+        (
+            "Expired",
+            Some([("tls.crt", expired), ("tls.key", expired_key), ("ca.crt", ca.clone())].into()),
+        ),
+        (
+            "InvalidSource",
+            Some(
+                [
+                    (
+                        "tls.crt",
+                        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n".into(),
+                    ),
+                    ("tls.key", key.clone()),
+                    ("ca.crt", ca.clone()),
+                ]
+                .into(),
+            ),
+        ),
+    ];
+    let secrets: Api<Secret> = env.ns.api();
+    for (expected, content) in cases {
+        let _ = secrets.delete(SOURCE, &DeleteParams::default()).await;
+        if let Some(content) = content {
+            eventually(TIMEOUT, || async {
+                secrets.get_opt(SOURCE).await.ok()?.is_none().then_some(())
+            })
+            .await;
+            let s: Secret =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": SOURCE}, "stringData": content}))
+                    .unwrap();
+            secrets.create(&PostParams::default(), &s).await.unwrap();
+        }
+        let icc = wait_condition(&env, "Ready", expected).await;
+        let message = condition_message(&icc, "Ready");
+        let note = wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", expected).await;
+        for said in [&message, &note] {
+            assert!(
+                !said.contains("PRIVATE KEY") && !said.contains(&key[40..80]),
+                "{expected}: no key material"
+            );
+        }
+        let now_cacerts = cacerts(&env).await.unwrap();
+        assert_eq!(
+            now_cacerts.resource_version(),
+            good.resource_version(),
+            "{expected}: cacerts untouched"
+        );
+        assert_eq!(data(&now_cacerts), data(&good), "{expected}");
+    }
+}
+
+#[tokio::test]
+async fn deleting_the_istiocacerts_leaves_cacerts_in_place() {
+    let mut env = env("icc-delete").await;
+    issue(&mut env, "mesh", None).await;
+    create_icc(&env, false).await;
+    wait_condition(&env, "Ready", "Synced").await;
+    let before = cacerts(&env).await.unwrap();
+    env.ns
+        .api::<IstioCACerts>()
+        .delete("mesh", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(TIMEOUT, || async {
+        env.ns
+            .api::<IstioCACerts>()
+            .get_opt("mesh")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // This control plane has no garbage collector: what protects cacerts on a real cluster is
+    // that it carries no ownerReference to the IstioCACerts.
+    let after = cacerts(&env).await.unwrap();
+    assert!(after.metadata.owner_references.is_none());
+    assert_eq!(data(&after), data(&before));
+}
+
+#[tokio::test]
+async fn renewal_windows_change_at_their_exact_boundaries_with_one_event_each() {
+    // A 30-second intermediate; renewal due 1 s after two thirds (20 s), expiring 5 s before
+    // the end (25 s), expired at 30 s. Nothing renews it: the windows must follow each other.
+    let mut env = env_with(
+        "icc-windows",
+        &["--expiring-threshold", "5s", "--renewal-grace", "1s"],
+        "87600h",
+    )
+    .await;
+    let cr = issue(&mut env, "mesh", Some("30s")).await;
+    create_icc(&env, false).await;
+    wait_condition(&env, "Ready", "Synced").await;
+    let cert =
+        &Certificate::parse_pem_bundle(cr.status.as_ref().unwrap().certificate.as_deref().unwrap(), "c").unwrap()[0];
+    let life = cert.not_after().duration_since(cert.not_before());
+    let renewal = cert.not_before() + life * 2 / 3;
+    // Less than a day left from the start: the dangerous combination is flagged at once.
+    let icc = wait_condition(&env, "CertificatesHealthy", "ShorterThanWorkloadCertificates").await;
+    assert!(
+        condition_message(&icc, "CertificatesHealthy").contains("less than istiod's workload certificate lifetime")
+    );
+    let expected = [
+        ("IntermediateRenewalDue", renewal + SignedDuration::from_secs(1)),
+        ("IntermediateExpiring", cert.not_after() - SignedDuration::from_secs(5)),
+        ("IntermediateExpired", cert.not_after()),
+    ];
+    for (reason, boundary) in expected {
+        let seen = eventually(Duration::from_secs(45), || async {
+            let events = support::events_for(&env.client, &env.ns.name, "IstioCACerts/mesh").await;
+            events.iter().any(|e| e.1 == reason).then(Timestamp::now)
+        })
+        .await
+        .unwrap_or_else(|| panic!("no {reason} event"));
+        let late = seen.duration_since(boundary);
+        assert!(
+            late >= -SignedDuration::from_millis(200) && late < SignedDuration::from_secs(3),
+            "{reason} seen {late:?} after its boundary"
+        );
+    }
+    let events = support::events_for(&env.client, &env.ns.name, "IstioCACerts/mesh").await;
+    for reason in ["IntermediateRenewalDue", "IntermediateExpiring", "IntermediateExpired"] {
+        assert_eq!(
+            events.iter().filter(|e| e.1 == reason).count(),
+            1,
+            "one {reason} event: {events:?}"
+        );
+    }
+    let icc = wait_condition(&env, "CertificatesHealthy", "IntermediateExpired").await;
+    assert_eq!(icc.status.unwrap().intermediate.unwrap().window, RenewalWindow::Expired);
+}
