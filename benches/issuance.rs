@@ -15,11 +15,33 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
-use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+use mesh_ca_issuer::api::issuer::{AwsCredentialsSecretRef, AwsPCA, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+
+/// Creates an ACTIVE root CA on the fixture (its control endpoint, over plain HTTP).
+async fn pca_root_ca(endpoint: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = endpoint.trim_start_matches("http://");
+    let body = br#"{"keyAlgorithm":"EC_prime256v1","usageMode":"GENERAL_PURPOSE","validityDays":3650}"#;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("fixture");
+    let head = format!(
+        "POST /__fixture/ca HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let json = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(json).expect("fixture JSON")["arn"]
+        .as_str()
+        .expect("arn")
+        .to_string()
+}
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -124,12 +146,45 @@ async fn main() {
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns_name}})).unwrap();
     namespaces.create(&PostParams::default(), &ns).await.expect("namespace");
     let issuers: Api<MeshCAIssuer> = Api::namespaced(client.clone(), &ns_name);
-    let spec = IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: "bench-root".into(),
-            bootstrap: Some(RootBootstrap::default()),
-        }),
-        ..Default::default()
+    let spec = match std::env::var("MESHCA_BENCH_PCA_ENDPOINT") {
+        // AWS Private CA through the local ACM PCA endpoint (hack/bench starts it).
+        Ok(endpoint) => {
+            let arn = pca_root_ca(&endpoint).await;
+            let creds: Secret = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "aws-creds"},
+                "stringData": {"AWS_ACCESS_KEY_ID": "AKIDMESHCATEST", "AWS_SECRET_ACCESS_KEY": "bench-only"}
+            }))
+            .unwrap();
+            Api::<Secret>::namespaced(client.clone(), &ns_name)
+                .create(&PostParams::default(), &creds)
+                .await
+                .expect("credentials");
+            println!("backend: awsPCA ({arn} at {endpoint})");
+            IssuerSpec {
+                aws_pca: Some(AwsPCA {
+                    arn,
+                    endpoint: Some(endpoint),
+                    credentials_secret_ref: Some(AwsCredentialsSecretRef {
+                        name: "aws-creds".into(),
+                        access_key_id_key: "AWS_ACCESS_KEY_ID".into(),
+                        secret_access_key_key: "AWS_SECRET_ACCESS_KEY".into(),
+                        session_token_key: "AWS_SESSION_TOKEN".into(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        }
+        Err(_) => {
+            println!("backend: localCA");
+            IssuerSpec {
+                local_ca: Some(LocalCA {
+                    secret_name: "bench-root".into(),
+                    bootstrap: Some(RootBootstrap::default()),
+                }),
+                ..Default::default()
+            }
+        }
     };
     issuers
         .create(&PostParams::default(), &MeshCAIssuer::new("bench", spec))

@@ -40,10 +40,28 @@ pub struct Config {
     #[arg(long, env = "MESHCA_MAX_RETRY_DURATION", default_value = "1h", value_parser = go_duration)]
     pub max_retry_duration: Duration,
 
+    /// First delay before a request is retried after a transient backend error (doubling up to
+    /// --retry-backoff-max, with jitter).
+    #[arg(long, env = "MESHCA_RETRY_BACKOFF_INITIAL", default_value = "5s", value_parser = go_duration)]
+    pub retry_backoff_initial: Duration,
+
+    /// Longest delay between retries of one request.
+    #[arg(long, env = "MESHCA_RETRY_BACKOFF_MAX", default_value = "5m", value_parser = go_duration)]
+    pub retry_backoff_max: Duration,
+
     /// Namespaces in which to watch Secrets (issuer roots, credentials), comma-separated. Empty
     /// means cluster-wide; the Helm chart sets exactly the namespaces its RBAC grants.
     #[arg(long, env = "MESHCA_SECRET_NAMESPACES", value_delimiter = ',')]
     pub secret_namespaces: Vec<String>,
+
+    /// AWS Private CA: IssueCertificate calls per second allowed per issuer (token bucket), so
+    /// a burst of renewals cannot exceed the account's PCA quota.
+    #[arg(long, env = "MESHCA_AWS_PCA_ISSUE_RATE", default_value_t = 2.0)]
+    pub aws_pca_issue_rate: f64,
+
+    /// AWS Private CA: the token bucket's burst size per issuer.
+    #[arg(long, env = "MESHCA_AWS_PCA_ISSUE_BURST", default_value_t = 10.0)]
+    pub aws_pca_issue_burst: f64,
 
     /// How long before notAfter a tracked certificate counts as Expiring.
     #[arg(long, env = "MESHCA_EXPIRING_THRESHOLD", default_value = "168h", value_parser = go_duration)]

@@ -15,6 +15,7 @@ pub mod config;
 pub mod controller;
 pub mod duration;
 pub mod error;
+pub mod failpoint;
 pub mod istio;
 pub mod metrics;
 pub mod pki;

@@ -63,6 +63,7 @@ async fn env_with(prefix: &str, flags: &[&str], root_duration: &str) -> Env {
                 bootstrap: Some(root),
             }),
             policy,
+            ..Default::default()
         },
     )
     .await;

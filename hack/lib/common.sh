@@ -94,3 +94,20 @@ ensure_kubectl() {
   fi
   printf '%s\n' "$dir/kubectl"
 }
+
+MOTO_VERSION="5.2.5"
+# A Python virtualenv with moto's server (PyPI `moto[server]`), for the ACM PCA test endpoint
+# (tests/fixtures/pca_fixture.py); prints its python.
+ensure_moto() {
+  local dir="$MESHCA_CACHE_DIR/tools/moto-$MOTO_VERSION"
+  if [ ! -x "$dir/bin/python" ] || ! "$dir/bin/python" -c 'import moto.server, werkzeug, cryptography' >/dev/null 2>&1; then
+    log "installing moto[server]==$MOTO_VERSION from PyPI into $dir (the local ACM PCA endpoint)"
+    python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
+    rm -rf "$dir"
+    python3 -m venv "$dir" >&2 || { apt_install python3-venv && python3 -m venv "$dir" >&2; } ||
+      die "could not create a Python virtualenv in $dir"
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2 ||
+      die "could not install moto[server]==$MOTO_VERSION from PyPI"
+  fi
+  printf '%s\n' "$dir/bin/python"
+}

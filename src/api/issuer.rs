@@ -49,12 +49,15 @@ pub const CLUSTER_ISSUER_KIND: &str = "ClusterMeshCAIssuer";
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("oneOf" = [{"required": ["localCA"]}]))]
+#[schemars(extend("oneOf" = [{"required": ["localCA"]}, {"required": ["awsPCA"]}]))]
 pub struct IssuerSpec {
     /// Sign with a root CA whose certificate and key are kept in a Kubernetes Secret (the
     /// layout of cert-manager's CA issuer: `tls.crt`, `tls.key`). Exactly one backend must be set.
     #[serde(default, rename = "localCA", skip_serializing_if = "Option::is_none")]
     pub local_ca: Option<LocalCA>,
+    /// Sign with AWS Private CA (ACM PCA). Exactly one backend must be set.
+    #[serde(default, rename = "awsPCA", skip_serializing_if = "Option::is_none")]
+    pub aws_pca: Option<AwsPCA>,
     /// What this issuer is allowed to sign.
     #[serde(default)]
     pub policy: IssuancePolicy,
@@ -73,6 +76,81 @@ pub struct LocalCA {
     /// Secret is never overwritten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<RootBootstrap>,
+}
+
+/// The AWS Private CA backend.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsPCA {
+    /// ARN of the private CA (`arn:<partition>:acm-pca:<region>:<account>:certificate-authority/<id>`).
+    #[schemars(length(min = 1))]
+    pub arn: String,
+    /// AWS region; default: the region in `arn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoint URL override (VPC endpoints, tests); default: the regional endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// A Secret with static credentials, read like the local CA's Secret (the issuer's
+    /// namespace, or the cluster resource namespace for a ClusterMeshCAIssuer). Without it:
+    /// the standard AWS credential chain (environment, IRSA web identity, EKS Pod Identity, IMDS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<AwsCredentialsSecretRef>,
+    /// A role to assume with those credentials.
+    #[serde(default, rename = "roleARN", skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// Path length of the issued intermediate: selects the template
+    /// `SubordinateCACertificate_PathLen{n}/V1`. Must not exceed `policy.maxPathLen`.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 3))]
+    pub path_len: u8,
+    /// Signing algorithm; default: the one that fits the CA's key (never the CSR's).
+    // The schema is the enum's own: Kubernetes rejects `null` among enum values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "PcaSigningAlgorithm")]
+    pub signing_algorithm: Option<PcaSigningAlgorithm>,
+}
+
+/// Where static AWS credentials are kept. Key names default to those the AWS PCA issuer's
+/// users already use.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsCredentialsSecretRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[serde(default = "default_access_key_id_key", rename = "accessKeyIDKey")]
+    pub access_key_id_key: String,
+    #[serde(default = "default_secret_access_key_key")]
+    pub secret_access_key_key: String,
+    #[serde(default = "default_session_token_key")]
+    pub session_token_key: String,
+}
+
+fn default_access_key_id_key() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+fn default_secret_access_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+fn default_session_token_key() -> String {
+    "AWS_SESSION_TOKEN".into()
+}
+
+/// PCA signing algorithms (ECDSA ones need an EC CA key, RSA ones an RSA key).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PcaSigningAlgorithm {
+    #[serde(rename = "SHA256WITHECDSA")]
+    Sha256WithEcdsa,
+    #[serde(rename = "SHA384WITHECDSA")]
+    Sha384WithEcdsa,
+    #[serde(rename = "SHA512WITHECDSA")]
+    Sha512WithEcdsa,
+    #[serde(rename = "SHA256WITHRSA")]
+    Sha256WithRsa,
+    #[serde(rename = "SHA384WITHRSA")]
+    Sha384WithRsa,
+    #[serde(rename = "SHA512WITHRSA")]
+    Sha512WithRsa,
 }
 
 /// How to create a self-signed root when its Secret does not exist yet.
@@ -203,7 +281,7 @@ pub struct IssuerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// The configured backend: `localCA`.
+    /// The configured backend: `localCA` or `awsPCA`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     /// The backend's signing CA, as last checked.

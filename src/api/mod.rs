@@ -21,3 +21,34 @@ pub const VERSION: &str = "v1alpha1";
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![MeshCAIssuer::crd(), ClusterMeshCAIssuer::crd(), IstioCACerts::crd()]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kubernetes refuses `null` among enum values (and says so confusingly); Option<enum>
+    /// fields must carry the enum's own schema.
+    #[test]
+    fn no_crd_schema_lists_null_as_an_enum_value() {
+        fn walk(path: &str, v: &serde_json::Value) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::Array(values)) = map.get("enum") {
+                        assert!(!values.iter().any(|e| e.is_null()), "null enum value at {path}");
+                    }
+                    for (k, child) in map {
+                        walk(&format!("{path}.{k}"), child);
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|i| walk(path, i)),
+                _ => {}
+            }
+        }
+        for crd in crds().into_iter().chain(cert_manager::test_crds()) {
+            walk(
+                crd.metadata.name.as_deref().unwrap_or("?"),
+                &serde_json::to_value(&crd).unwrap(),
+            );
+        }
+    }
+}

@@ -2,11 +2,13 @@
 //! failure that is ([`FailureKind`]); it never decides a CertificateRequest's status itself —
 //! `controller::certificate_request` does, in one place.
 
+pub mod aws_pca;
 pub mod local_ca;
+
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use jiff::Timestamp;
-use kube::Client;
 
 use crate::api::issuer::{CertificateSummary, IssuerSpec};
 use crate::pki::policy::{CaLifetime, SigningPlan};
@@ -127,17 +129,27 @@ pub enum Purpose {
     Signing,
 }
 
+/// What backends need from the process: the Kubernetes client (Secrets) and the state PCA
+/// issuers share (clients, CA descriptions, rate limits).
+pub struct Backends {
+    pub kube: kube::Client,
+    pub pca: Arc<aws_pca::Shared>,
+}
+
 /// Exactly one backend must be configured; returns its name.
 pub fn configured_backend(spec: &IssuerSpec) -> Result<&'static str, BackendError> {
-    let configured: Vec<&'static str> = [spec.local_ca.as_ref().map(|_| "localCA")]
-        .into_iter()
-        .flatten()
-        .collect();
+    let configured: Vec<&'static str> = [
+        spec.local_ca.as_ref().map(|_| "localCA"),
+        spec.aws_pca.as_ref().map(|_| "awsPCA"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     match configured.as_slice() {
         [one] => Ok(one),
         [] => Err(BackendError::issuer_not_ready(
             "InvalidSpec",
-            "no backend configured: set spec.localCA",
+            "no backend configured: set spec.localCA or spec.awsPCA",
         )),
         many => Err(BackendError::issuer_not_ready(
             "InvalidSpec",
@@ -148,7 +160,7 @@ pub fn configured_backend(spec: &IssuerSpec) -> Result<&'static str, BackendErro
 
 /// Builds the signer an issuer's spec describes, checking its CA on the way.
 pub async fn connect(
-    client: &Client,
+    backends: &Backends,
     spec: &IssuerSpec,
     scope: &IssuerScope,
     purpose: Purpose,
@@ -157,8 +169,21 @@ pub async fn connect(
     configured_backend(spec)?;
     if let Some(local) = &spec.local_ca {
         return Ok(Box::new(
-            local_ca::LocalCa::load(client, local, scope, purpose, now).await?,
+            local_ca::LocalCa::load(&backends.kube, local, scope, purpose, now).await?,
         ));
+    }
+    if let Some(pca) = &spec.aws_pca {
+        if pca.path_len > spec.policy.max_path_len {
+            return Err(BackendError::issuer_not_ready(
+                "InvalidSpec",
+                format!(
+                    "spec.awsPCA.pathLen {} exceeds spec.policy.maxPathLen {}",
+                    pca.path_len, spec.policy.max_path_len
+                ),
+            ));
+        }
+        let signer = aws_pca::AwsPcaSigner::connect(&backends.kube, backends.pca.clone(), pca, scope, purpose).await?;
+        return Ok(Box::new(signer));
     }
     Err(BackendError::issuer_not_ready("InvalidSpec", "no backend configured"))
 }

@@ -29,7 +29,7 @@ use crate::api::conditions::READY;
 use crate::api::issuer::{
     CLUSTER_ISSUER_KIND, ClusterMeshCAIssuer, ISSUER_KIND, IssuerSpec, IssuerStatus, MeshCAIssuer,
 };
-use crate::backend::{self, BackendError, FailureKind, IssuerScope, Purpose, SignOutcome, SignRequest};
+use crate::backend::{self, BackendError, FailureKind, IssuerScope, Purpose, SignOutcome, SignRequest, aws_pca};
 use crate::error::{Error, Result};
 use crate::pki::CertificateSigningRequest;
 use crate::pki::policy::{self, RequestFacts};
@@ -367,6 +367,15 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
             message,
             retry_after: Duration::from_secs(300),
         },
+        Ok(_) if ctx.retries.wait_remaining(&cr.uid().unwrap_or_default()).is_some() => {
+            // requeue: backing off after a transient failure; an early wake-up (say, our own
+            // status write) must not call the backend again
+            let wait = ctx
+                .retries
+                .wait_remaining(&cr.uid().unwrap_or_default())
+                .unwrap_or_default();
+            return Ok(Action::requeue(wait));
+        }
         Ok(spec) => sign(&ctx, &cr, spec, &scope, now).await,
     };
     let requeue = match &outcome {
@@ -397,7 +406,7 @@ async fn sign(
             };
         }
     };
-    let signer = match backend::connect(&ctx.client, spec, scope, Purpose::Signing, now).await {
+    let signer = match backend::connect(&ctx.backends, spec, scope, Purpose::Signing, now).await {
         Ok(signer) => signer,
         Err(e) => return classify(e, &scope.display, ctx.retries.next_delay(&uid)),
     };
@@ -420,13 +429,36 @@ async fn sign(
         }
     };
     let started = std::time::Instant::now();
+    // A backend-side id from an earlier attempt (a PCA certificate ARN): fetch, never re-issue.
+    let known_ref = cr.annotations().get(aws_pca::CERTIFICATE_ARN_ANNOTATION).cloned();
     let request = SignRequest {
         csr: &csr,
         plan: &plan,
         request_uid: &uid,
-        backend_ref: None,
+        backend_ref: known_ref.as_deref(),
     };
-    let result = signer.sign(request).await;
+    let mut result = signer.sign(request).await;
+    if let (Ok(SignOutcome::InProgress { backend_ref }), None) = (&result, &known_ref) {
+        // Persist the id before anything else: after a crash or a retry, this request fetches
+        // the certificate that was issued instead of paying for another.
+        let backend_ref = backend_ref.clone();
+        if let Err(e) = persist_backend_ref(ctx, cr, &backend_ref).await {
+            return Outcome::Transient {
+                message: format!("could not record the issued certificate's id on the request: {e}"),
+                retry_after: ctx.retries.next_delay(&uid),
+            };
+        }
+        crate::failpoint::hit("after-arn-annotation");
+        // Issuing is done; fetching the certificate gets a back-off of its own.
+        ctx.retries.forget(&uid);
+        let request = SignRequest {
+            csr: &csr,
+            plan: &plan,
+            request_uid: &uid,
+            backend_ref: Some(&backend_ref),
+        };
+        result = signer.sign(request).await;
+    }
     ctx.metrics.signing_seconds.observe(started.elapsed().as_secs_f64());
     match result {
         Ok(SignOutcome::Issued(chain)) => {
@@ -457,6 +489,18 @@ async fn sign(
         },
         Err(e) => classify(e, &scope.display, ctx.retries.next_delay(&uid)),
     }
+}
+
+/// Records a backend-side id (the PCA certificate ARN) on the request's metadata.
+async fn persist_backend_ref(ctx: &Context, cr: &CertificateRequest, backend_ref: &str) -> Result<()> {
+    let name = cr.name_any();
+    let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"metadata": {"annotations": {aws_pca::CERTIFICATE_ARN_ANNOTATION: backend_ref}}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube(format!("annotating CertificateRequest {name}"), e))?;
+    info!(certificate_arn = %backend_ref, "recorded the issued certificate's ARN on the request");
+    Ok(())
 }
 
 /// Writes the status an outcome calls for (if it changed) and raises its event.

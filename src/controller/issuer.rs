@@ -174,7 +174,7 @@ async fn check(
 ) -> Result<(&'static str, CaInfo), BackendError> {
     validate_policy(&spec.policy).map_err(|m| BackendError::issuer_not_ready(reason::INVALID_SPEC, m))?;
     let backend_name = backend::configured_backend(spec)?;
-    let signer = backend::connect(&ctx.client, spec, scope, Purpose::HealthCheck, now).await?;
+    let signer = backend::connect(&ctx.backends, spec, scope, Purpose::HealthCheck, now).await?;
     Ok((backend_name, signer.ca().clone()))
 }
 

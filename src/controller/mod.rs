@@ -27,6 +27,7 @@ use crate::admin::{self, Readiness};
 use crate::api::cert_manager::{Certificate as CertManagerCertificate, CertificateRequest};
 use crate::api::issuer::{ClusterMeshCAIssuer, MeshCAIssuer};
 use crate::api::istio_cacerts::IstioCACerts;
+use crate::backend::{Backends, aws_pca};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -41,6 +42,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub retries: RetryTracker,
+    pub backends: Backends,
 }
 
 impl Context {
@@ -52,12 +54,23 @@ impl Context {
                 .or_else(|| std::env::var("HOSTNAME").ok()),
         };
         let recorder = Recorder::new(client.clone(), reporter);
+        let pca = aws_pca::Shared::new(
+            config.aws_pca_issue_rate,
+            config.aws_pca_issue_burst,
+            config.issuer_recheck_interval,
+        );
+        let backends = Backends {
+            kube: client.clone(),
+            pca: Arc::new(pca),
+        };
+        let retries = RetryTracker::new(config.retry_backoff_initial, config.retry_backoff_max);
         Self {
             client,
             config,
             metrics,
             recorder,
-            retries: RetryTracker::default(),
+            retries,
+            backends,
         }
     }
 
@@ -293,8 +306,14 @@ fn issuer_controller<K: IssuerObject>(
                 .state()
                 .iter()
                 .filter(|issuer| {
-                    issuer.spec().local_ca.as_ref().is_some_and(|l| l.secret_name == name)
-                        && in_scope(issuer, &secret, &cluster_resource_namespace)
+                    let spec = issuer.spec();
+                    let names_it = spec.local_ca.as_ref().is_some_and(|l| l.secret_name == name)
+                        || spec
+                            .aws_pca
+                            .as_ref()
+                            .and_then(|p| p.credentials_secret_ref.as_ref())
+                            .is_some_and(|r| r.name == name);
+                    names_it && in_scope(issuer, &secret, &cluster_resource_namespace)
                 })
                 .map(|issuer| ObjectRef::from_obj(issuer.as_ref()))
                 .collect::<Vec<_>>()

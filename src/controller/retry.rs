@@ -1,54 +1,87 @@
-//! Back-off for requests that wait or retry, kept per request UID in memory: exponential from
-//! 5 s to 5 min with ±10 % jitter, so a burst of failing requests (throttling, an outage)
-//! spreads out instead of hammering a backend in lockstep. Forgotten on success; a restart
-//! starts afresh, which at worst retries a little sooner.
+//! Back-off for requests whose backend failed transiently or is still working, kept per
+//! request UID in memory: exponential from `--retry-backoff-initial` (5 s) doubling up to
+//! `--retry-backoff-max` (5 min) with ±10 % jitter, so a burst of failing requests (throttling,
+//! an outage) spreads out instead of hammering a backend in lockstep.
+//!
+//! The back-off is also a gate: a reconcile that comes early (our own status write, any watch
+//! event) does not call the backend again before the delay is over. Without the gate every
+//! change of the Pending message would trigger an immediate, un-backed-off retry.
+//! Forgotten on success; a restart starts afresh, which at worst retries a little sooner.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-pub const INITIAL: Duration = Duration::from_secs(5);
-pub const MAX: Duration = Duration::from_secs(300);
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    attempts: u32,
+    not_before: Instant,
+}
 
-#[derive(Default)]
 pub struct RetryTracker {
-    attempts: Mutex<HashMap<String, u32>>,
+    initial: Duration,
+    max: Duration,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl Default for RetryTracker {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(5), Duration::from_secs(300))
+    }
 }
 
 impl RetryTracker {
-    /// The delay before the next attempt for `key`, counting this one.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a failed attempt for `key` and returns the delay before the next one; the backend
+    /// is not called for `key` again before then.
     pub fn next_delay(&self, key: &str) -> Duration {
-        let attempt = {
-            let mut map = self.attempts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let n = map.entry(key.to_string()).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        };
-        jitter(backoff(attempt))
+        let mut map = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = map.entry(key.to_string()).or_insert(Entry {
+            attempts: 0,
+            not_before: Instant::now(),
+        });
+        entry.attempts = entry.attempts.saturating_add(1);
+        let delay = jitter(backoff(self.initial, self.max, entry.attempts));
+        entry.not_before = Instant::now() + delay;
+        delay
+    }
+
+    /// How long `key` must still wait before its backend may be called again, if at all.
+    pub fn wait_remaining(&self, key: &str) -> Option<Duration> {
+        let map = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let remaining = map.get(key)?.not_before.saturating_duration_since(Instant::now());
+        (!remaining.is_zero()).then_some(remaining)
     }
 
     /// Clears the history of `key` (it succeeded or ended).
     pub fn forget(&self, key: &str) {
-        self.attempts
+        self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(key);
     }
 
     pub fn attempts(&self, key: &str) -> u32 {
-        self.attempts
+        self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(key)
-            .copied()
+            .map(|e| e.attempts)
             .unwrap_or(0)
     }
 }
 
-/// 5 s, 10 s, 20 s, ... capped at 5 min, for attempt 1, 2, 3, ...
-pub fn backoff(attempt: u32) -> Duration {
+/// `initial`, twice that, four times, ... capped at `max`, for attempt 1, 2, 3, ...
+pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
     let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
-    INITIAL.saturating_mul(factor).min(MAX)
+    initial.saturating_mul(factor).min(max)
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -65,13 +98,14 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let secs: Vec<u64> = (1..=8).map(|a| backoff(a).as_secs()).collect();
+        let (initial, max) = (Duration::from_secs(5), Duration::from_secs(300));
+        let secs: Vec<u64> = (1..=8).map(|a| backoff(initial, max, a).as_secs()).collect();
         assert_eq!(secs, vec![5, 10, 20, 40, 80, 160, 300, 300]);
-        assert_eq!(backoff(u32::MAX), MAX);
+        assert_eq!(backoff(initial, max, u32::MAX), max);
     }
 
     #[test]
-    fn delays_grow_per_key_and_reset_on_forget() {
+    fn delays_grow_per_key_gate_early_calls_and_reset_on_forget() {
         let t = RetryTracker::default();
         let first = t.next_delay("a");
         let second = t.next_delay("a");
@@ -79,8 +113,12 @@ mod tests {
             first <= Duration::from_millis(5500) && second >= Duration::from_millis(9000),
             "{first:?} {second:?}"
         );
-        assert_eq!(t.attempts("b"), 0);
+        assert!(
+            t.wait_remaining("a").is_some_and(|w| w > Duration::from_secs(8)),
+            "an early reconcile waits"
+        );
+        assert_eq!(t.wait_remaining("b"), None);
         t.forget("a");
-        assert_eq!(t.attempts("a"), 0);
+        assert_eq!((t.attempts("a"), t.wait_remaining("a")), (0, None));
     }
 }

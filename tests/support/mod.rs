@@ -13,6 +13,7 @@
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
 pub mod cert_manager;
+pub mod pca;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -308,6 +309,32 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// A plain HTTP/1.0 POST of JSON on loopback: (status code, body).
+pub async fn http_post_json(port: u16, path: &str, body: &serde_json::Value) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let payload = serde_json::to_vec(body)?;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let head = format!(
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        payload.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&payload).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
 /// The controller binary running as a child process; killed on drop.
 pub struct ControllerProcess {
     pub child: std::process::Child,
@@ -322,6 +349,11 @@ impl ControllerProcess {
     }
 
     pub fn start_with_kubeconfig(kubeconfig: &Path, extra_args: &[&str], log_dir: &Path) -> Self {
+        Self::start_with_env(kubeconfig, extra_args, &[], log_dir)
+    }
+
+    /// Starts it with extra environment variables (e.g. `MESHCA_FAILPOINT`).
+    pub fn start_with_env(kubeconfig: &Path, extra_args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Self {
         let admin_port = free_port();
         let log_path = log_dir.join(format!("controller-{admin_port}.log"));
         let log = std::fs::File::create(&log_path).expect("controller log file");
@@ -332,6 +364,9 @@ impl ControllerProcess {
             .arg(format!("127.0.0.1:{admin_port}"))
             .args(extra_args)
             .env_remove("RUST_LOG")
+            // Never reach for the EC2 metadata service from a test.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()

@@ -1,0 +1,571 @@
+//! The AWS Private CA backend against a real ACM PCA API endpoint on loopback (moto's server
+//! behind tests/fixtures/pca_fixture.py), reached through the real `aws-sdk-acmpca`, with the
+//! controller on the real API server. Exactly-once issuance (also across SIGKILL), classified
+//! errors, throttling, CA state, credentials, validity clamping.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use mesh_ca_issuer::api::cert_manager::CertificateRequest;
+use mesh_ca_issuer::api::issuer::{AwsCredentialsSecretRef, AwsPCA, IssuerSpec, MeshCAIssuer};
+use mesh_ca_issuer::pki::Certificate;
+use support::cert_manager::{self as cm, IntermediateRequest};
+use support::pca::{ACCESS_KEY_ID, PcaFixture, SECRET_ACCESS_KEY};
+use support::{
+    ControllerProcess, RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually,
+    wait_for_event,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(45);
+const ARN_ANNOTATION: &str = "meshca.io/aws-pca-certificate-arn";
+
+struct Env {
+    client: Client,
+    ns: TestNamespace,
+    pca: PcaFixture,
+    _lock: ScopeLock,
+}
+
+async fn env(prefix: &str) -> Env {
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let lock = ScopeLock::shared().await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    let pca = PcaFixture::start();
+    let creds: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "aws-creds"},
+        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY}
+    }))
+    .unwrap();
+    ns.api::<Secret>().create(&PostParams::default(), &creds).await.unwrap();
+    Env {
+        client,
+        ns,
+        pca,
+        _lock: lock,
+    }
+}
+
+fn pca_spec(env: &Env, arn: &str) -> IssuerSpec {
+    IssuerSpec {
+        aws_pca: Some(AwsPCA {
+            arn: arn.to_string(),
+            endpoint: Some(env.pca.endpoint.clone()),
+            credentials_secret_ref: Some(AwsCredentialsSecretRef {
+                name: "aws-creds".into(),
+                access_key_id_key: "AWS_ACCESS_KEY_ID".into(),
+                secret_access_key_key: "AWS_SECRET_ACCESS_KEY".into(),
+                session_token_key: "AWS_SESSION_TOKEN".into(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn create_issuer(env: &Env, name: &str, spec: IssuerSpec) {
+    env.ns
+        .api::<MeshCAIssuer>()
+        .create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
+        .await
+        .unwrap();
+}
+
+async fn wait_issuer(env: &Env, name: &str, status: &str) -> (String, String) {
+    let api: Api<MeshCAIssuer> = env.ns.api();
+    eventually(TIMEOUT, || async {
+        let issuer = api.get(name).await.ok()?;
+        let c = issuer.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        (c.status == status && c.observed_generation == issuer.metadata.generation).then_some((c.reason, c.message))
+    })
+    .await
+    .unwrap_or_else(|| panic!("issuer {name} not Ready={status} within {TIMEOUT:?}"))
+}
+
+fn openssl(args: &[&str], files: &[(&str, &[u8])]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn issued_parts(cr: &CertificateRequest) -> (Vec<Certificate>, Certificate) {
+    let status = cr.status.as_ref().unwrap();
+    let chain = Certificate::parse_pem_bundle(status.certificate.as_deref().unwrap(), "certificate").unwrap();
+    let root = Certificate::parse_pem_bundle(status.ca.as_deref().unwrap(), "ca")
+        .unwrap()
+        .remove(0);
+    (chain, root)
+}
+
+#[tokio::test]
+async fn an_istiod_intermediate_is_signed_by_the_pca_exactly_once() {
+    let env = env("pca-happy").await;
+    let _controller = RunningController::in_namespace(&env.ns.name).await;
+    let arn = env.pca.create_ca("RSA_2048", "GENERAL_PURPOSE", 3650).await;
+    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
+    let (reason, message) = wait_issuer(&env, "pca", "True").await;
+    assert_eq!(reason, "Verified", "{message}");
+    let issuer = env.ns.api::<MeshCAIssuer>().get("pca").await.unwrap();
+    let status = issuer.status.unwrap();
+    assert_eq!(status.backend.as_deref(), Some("awsPCA"));
+    assert!(status.ca.unwrap().subject.contains("Test PCA Root RSA_2048"));
+
+    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("istiod", "pca")).await;
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "istiod", &["Issued"], TIMEOUT).await;
+    let (chain, root) = issued_parts(&cr);
+    assert_eq!(chain.len(), 1, "the intermediate only; the root goes to status.ca");
+    assert!(
+        root.is_self_signed() && root.subject().contains("Test PCA Root"),
+        "status.ca is the PCA root"
+    );
+    let certificate = cr.status.as_ref().unwrap().certificate.clone().unwrap();
+    let ca = cr.status.as_ref().unwrap().ca.clone().unwrap();
+    let verdict = openssl(
+        &["verify", "-x509_strict", "-CAfile", "ca.pem", "cert.pem"],
+        &[("ca.pem", &ca), ("cert.pem", &certificate)],
+    );
+    assert_eq!(verdict.trim(), "cert.pem: OK");
+    let text = openssl(
+        &["x509", "-in", "cert.pem", "-noout", "-text"],
+        &[("cert.pem", &certificate)],
+    );
+    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+    assert!(
+        text.contains("URI:spiffe://cluster.local/ns/istio-system/sa/istiod"),
+        "{text}"
+    );
+    // The ARN was recorded on the request, and exactly one certificate was issued.
+    let arn_recorded = cr.annotations().get(ARN_ANNOTATION).cloned().expect("ARN annotation");
+    assert!(arn_recorded.starts_with(&arn));
+    let stats = env.pca.stats().await;
+    assert_eq!(stats["certificates_issued"], 1);
+    assert_eq!(stats["calls"]["IssueCertificate"], 1);
+    assert_eq!(
+        stats["issued"][0]["template"],
+        "arn:aws:acm-pca:::template/SubordinateCACertificate_PathLen0/V1"
+    );
+    assert_eq!(
+        stats["issued"][0]["token"],
+        cr.uid().unwrap(),
+        "the idempotency token is the request's UID"
+    );
+    let note = wait_for_event(&env.client, &env.ns.name, "istiod", "Issued").await;
+    assert!(note.contains("(awsPCA)"), "{note}");
+}
+
+#[tokio::test]
+async fn the_signing_algorithm_follows_the_cas_key_not_the_csrs() {
+    let env = env("pca-algorithms").await;
+    let _controller = RunningController::in_namespace(&env.ns.name).await;
+    let cases = [
+        // (CA key, CSR key, algorithm PCA must be asked for, openssl's name for it)
+        ("RSA_2048", "ECDSA", "SHA256WITHRSA", "sha256WithRSAEncryption"),
+        ("EC_prime256v1", "RSA", "SHA256WITHECDSA", "ecdsa-with-SHA256"),
+        ("EC_secp384r1", "ECDSA", "SHA384WITHECDSA", "ecdsa-with-SHA384"),
+    ];
+    for (i, (ca_key, csr_key, _, _)) in cases.iter().enumerate() {
+        let arn = env.pca.create_ca(ca_key, "GENERAL_PURPOSE", 3650).await;
+        create_issuer(&env, &format!("pca-{i}"), pca_spec(&env, &arn)).await;
+        wait_issuer(&env, &format!("pca-{i}"), "True").await;
+        let req = IntermediateRequest {
+            key_algorithm: csr_key.to_string(),
+            ..IntermediateRequest::istiod(&format!("r-{i}"), &format!("pca-{i}"))
+        };
+        cm::request_and_approve(&env.client, &env.ns.name, &req).await;
+    }
+    let stats = env.pca.stats().await;
+    for (i, (_, _, algorithm, openssl_name)) in cases.iter().enumerate() {
+        let cr = cm::wait_for_reason(&env.client, &env.ns.name, &format!("r-{i}"), &["Issued"], TIMEOUT).await;
+        let arn = cr.annotations().get(ARN_ANNOTATION).cloned().unwrap();
+        let issued = stats["issued"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["arn"] == arn.as_str());
+        let issued = match issued {
+            Some(c) => c.clone(),
+            None => env.pca.stats().await["issued"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["arn"] == arn.as_str())
+                .cloned()
+                .unwrap(),
+        };
+        assert_eq!(issued["signing_algorithm"], *algorithm, "case {i}");
+        let certificate = cr.status.unwrap().certificate.unwrap();
+        let text = openssl(&["x509", "-in", "c.pem", "-noout", "-text"], &[("c.pem", &certificate)]);
+        assert!(
+            text.contains(&format!("Signature Algorithm: {openssl_name}")),
+            "case {i}: {text}"
+        );
+    }
+}
+
+/// Runs the controller binary (no failpoint) until `request` is Issued, then stops it.
+async fn restart_until_issued(env: &Env, request: &str, logs: &std::path::Path) {
+    let mut controller = ControllerProcess::start(&["--namespace", &env.ns.name], logs);
+    assert!(
+        controller.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        controller.log()
+    );
+    cm::wait_for_reason(&env.client, &env.ns.name, request, &["Issued"], TIMEOUT).await;
+}
+
+/// Runs the controller binary with a failpoint until it stops there, then SIGKILLs it.
+async fn crash_at(env: &Env, failpoint: &str, request: &str, logs: &std::path::Path) {
+    let kubeconfig = support::kubeconfig();
+    let mut controller = ControllerProcess::start_with_env(
+        &kubeconfig,
+        &["--namespace", &env.ns.name],
+        &[("MESHCA_FAILPOINT", failpoint)],
+        logs,
+    );
+    assert!(
+        controller.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        controller.log()
+    );
+    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod(request, "pca")).await;
+    let reached = eventually(TIMEOUT, || async {
+        controller
+            .log()
+            .contains(&format!("failpoint {failpoint} reached"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "failpoint {failpoint} not reached: {}",
+        controller.log()
+    );
+    let pid = controller.child.id().to_string();
+    assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    let _ = controller.child.wait();
+}
+
+#[tokio::test]
+async fn a_crash_between_issue_and_status_never_issues_twice() {
+    let env = env("pca-crash").await;
+    let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
+    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
+    let logs = tempfile::tempdir().unwrap();
+
+    // 1. Killed right after IssueCertificate returned, before the ARN was recorded.
+    crash_at(&env, "after-issue-certificate", "crash-1", logs.path()).await;
+    let cr = env.ns.api::<CertificateRequest>().get("crash-1").await.unwrap();
+    assert!(
+        cr.annotations().get(ARN_ANNOTATION).is_none(),
+        "the ARN was not recorded before the crash"
+    );
+    assert_eq!(env.pca.certificates_issued().await, 1);
+    // Restarted: the request ends Issued with the certificate already issued for it.
+    restart_until_issued(&env, "crash-1", logs.path()).await;
+    assert_eq!(
+        env.pca.certificates_issued().await,
+        1,
+        "no second certificate after the restart"
+    );
+
+    // 2. Killed right after the ARN was recorded, before the status was written.
+    crash_at(&env, "after-arn-annotation", "crash-2", logs.path()).await;
+    let cr = env.ns.api::<CertificateRequest>().get("crash-2").await.unwrap();
+    assert!(
+        cr.annotations().get(ARN_ANNOTATION).is_some(),
+        "the ARN was recorded before the crash"
+    );
+    assert!(
+        cr.condition("Ready")
+            .is_none_or(|c| c.reason.as_deref() != Some("Issued"))
+    );
+    assert_eq!(env.pca.certificates_issued().await, 2);
+    restart_until_issued(&env, "crash-2", logs.path()).await;
+
+    let stats = env.pca.stats().await;
+    assert_eq!(stats["certificates_issued"], 2, "one certificate per request: {stats}");
+    // crash-1 called IssueCertificate twice (same token, same ARN); crash-2 once.
+    assert_eq!(stats["calls"]["IssueCertificate"], 3, "{stats}");
+    let arns: Vec<String> = futures::future::join_all(["crash-1", "crash-2"].map(|n| async {
+        env.ns.api::<CertificateRequest>().get(n).await.unwrap().annotations()[ARN_ANNOTATION].clone()
+    }))
+    .await;
+    let issued: Vec<String> = stats["issued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["arn"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        arns.iter().filter(|a| issued.contains(a)).count(),
+        2,
+        "each request holds the certificate that was issued for it"
+    );
+    println!(
+        "crash test: IssueCertificate calls {}, GetCertificate calls {}, certificates issued {}",
+        stats["calls"]["IssueCertificate"], stats["calls"]["GetCertificate"], stats["certificates_issued"]
+    );
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_keep_requests_pending_then_issue_once() {
+    let env = env("pca-throttle").await;
+    // A 1 s initial back-off keeps the test short; the schedule is the production one otherwise.
+    let _controller = RunningController::start(&["--namespace", &env.ns.name, "--retry-backoff-initial", "1s"]).await;
+    let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
+    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
+    wait_issuer(&env, "pca", "True").await;
+    // The first three IssueCertificate calls are throttled, the fourth gets a 500; the new
+    // certificate then answers RequestInProgress to its first GetCertificate.
+    env.pca.inject("IssueCertificate", "throttle", 3).await;
+    env.pca.inject("IssueCertificate", "server_error", 1).await;
+    env.pca.pending_gets(1).await;
+    let started = std::time::Instant::now();
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("throttled", "pca"),
+    )
+    .await;
+    let pending = cm::wait_for_reason(&env.client, &env.ns.name, "throttled", &["Pending"], TIMEOUT).await;
+    let message = pending.condition("Ready").unwrap().message.clone().unwrap();
+    assert!(message.contains("ThrottlingException"), "{message}");
+    assert!(
+        pending.status.as_ref().unwrap().failure_time.is_none(),
+        "never Failed for a transient error"
+    );
+    let cr = cm::wait_for_reason(
+        &env.client,
+        &env.ns.name,
+        "throttled",
+        &["Issued", "Failed"],
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(cr.condition("Ready").unwrap().reason.as_deref(), Some("Issued"));
+    let elapsed = started.elapsed();
+    let stats = env.pca.stats().await;
+    assert_eq!(stats["certificates_issued"], 1, "{stats}");
+    // Bounded by the back-off: four failures and the call that worked, nothing more.
+    assert_eq!(stats["calls"]["IssueCertificate"], 5, "{stats}");
+    assert_eq!(stats["calls"]["GetCertificate"], 2, "{stats}");
+    // 1 + 2 + 4 + 8 s of back-off (±10 %) before the fifth call.
+    assert!(
+        elapsed >= Duration::from_millis(13_500),
+        "retries came faster than the back-off: {elapsed:?}"
+    );
+    println!(
+        "throttle test: IssueCertificate calls {}, GetCertificate calls {}, certificates issued {}, {:.1}s",
+        stats["calls"]["IssueCertificate"],
+        stats["calls"]["GetCertificate"],
+        stats["certificates_issued"],
+        elapsed.as_secs_f64()
+    );
+}
+
+#[tokio::test]
+async fn requests_pca_refuses_fail_and_malformed_csrs_never_reach_it() {
+    let env = env("pca-malformed").await;
+    let _controller = RunningController::in_namespace(&env.ns.name).await;
+    let arn = env.pca.create_ca("RSA_2048", "GENERAL_PURPOSE", 3650).await;
+    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
+    wait_issuer(&env, "pca", "True").await;
+    // A CSR that is not a CSR is refused before any billed call.
+    let req = IntermediateRequest::istiod("garbage", "pca");
+    cm::create_request(
+        &env.client,
+        &env.ns.name,
+        &req,
+        b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+    )
+    .await;
+    cm::approve(&env.client, &env.ns.name, "garbage").await;
+    cm::wait_for_reason(&env.client, &env.ns.name, "garbage", &["Failed"], TIMEOUT).await;
+    assert_eq!(env.pca.calls("IssueCertificate").await, 0);
+    // A CSR PCA itself rejects (MalformedCSRException): Failed, with PCA's words.
+    env.pca.inject("IssueCertificate", "malformed_csr", 1).await;
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("rejected", "pca"),
+    )
+    .await;
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "rejected", &["Failed"], TIMEOUT).await;
+    let message = cr.condition("Ready").unwrap().message.clone().unwrap();
+    assert!(message.contains("MalformedCSRException"), "{message}");
+    assert!(cr.status.unwrap().failure_time.is_some());
+    assert_eq!(env.pca.certificates_issued().await, 0);
+}
+
+#[tokio::test]
+async fn a_disabled_ca_makes_requests_wait_until_it_is_enabled() {
+    let env = env("pca-disabled").await;
+    let _controller = RunningController::start(&["--namespace", &env.ns.name, "--issuer-recheck-interval", "2s"]).await;
+    let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
+    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
+    wait_issuer(&env, "pca", "True").await;
+    env.pca.set_ca_status(&arn, "DISABLED").await;
+    let (reason, message) = wait_issuer(&env, "pca", "False").await;
+    assert_eq!(reason, "CADisabled");
+    assert!(
+        message.contains("DISABLED") && message.contains("enable it"),
+        "{message}"
+    );
+    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("waits", "pca")).await;
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "waits", &["Pending"], TIMEOUT).await;
+    assert!(
+        cr.condition("Ready")
+            .unwrap()
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("CADisabled")
+    );
+    // Enabled again: issued without anyone touching the request.
+    env.pca.set_ca_status(&arn, "ACTIVE").await;
+    cm::wait_for_reason(&env.client, &env.ns.name, "waits", &["Issued"], TIMEOUT).await;
+    assert_eq!(env.pca.certificates_issued().await, 1);
+}
+
+#[tokio::test]
+async fn unknown_arns_and_bad_credentials_say_what_to_fix() {
+    let env = env("pca-config").await;
+    let _controller = RunningController::in_namespace(&env.ns.name).await;
+    let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
+    let unknown = "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/00000000-0000-0000-0000-000000000000";
+    create_issuer(&env, "unknown", pca_spec(&env, unknown)).await;
+    let bad: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bad-creds"},
+        "stringData": {"AWS_ACCESS_KEY_ID": "AKIDWRONG", "AWS_SECRET_ACCESS_KEY": "nope-nope-nope-secret"}
+    }))
+    .unwrap();
+    env.ns
+        .api::<Secret>()
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap();
+    let mut spec = pca_spec(&env, &arn);
+    spec.aws_pca
+        .as_mut()
+        .unwrap()
+        .credentials_secret_ref
+        .as_mut()
+        .unwrap()
+        .name = "bad-creds".into();
+    create_issuer(&env, "bad-creds", spec).await;
+    let mut malformed = pca_spec(&env, "arn:aws:acm-pca:nowhere");
+    malformed.aws_pca.as_mut().unwrap().endpoint = Some(env.pca.endpoint.clone());
+    create_issuer(&env, "malformed", malformed).await;
+    let cases = [
+        ("unknown", "CANotFound", "check spec.awsPCA.arn"),
+        (
+            "bad-creds",
+            "InvalidCredentials",
+            "fix the Secret named by credentialsSecretRef",
+        ),
+        ("malformed", "InvalidSpec", "is not an AWS Private CA ARN"),
+    ];
+    for (name, reason, hint) in cases {
+        let (got, message) = wait_issuer(&env, name, "False").await;
+        assert_eq!(got, reason, "{name}: {message}");
+        assert!(message.contains(hint), "{name}: {message}");
+        assert!(
+            !message.contains("nope-nope-nope-secret") && !message.contains(SECRET_ACCESS_KEY),
+            "no secrets in conditions"
+        );
+    }
+    assert_eq!(env.pca.certificates_issued().await, 0);
+}
+
+#[tokio::test]
+async fn validity_is_clamped_to_the_ca_and_to_seven_days_for_a_short_lived_ca() {
+    let env = env("pca-validity").await;
+    let _controller = RunningController::in_namespace(&env.ns.name).await;
+    let month = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 30).await;
+    let short = env
+        .pca
+        .create_ca("EC_prime256v1", "SHORT_LIVED_CERTIFICATE", 3650)
+        .await;
+    create_issuer(&env, "month", pca_spec(&env, &month)).await;
+    create_issuer(&env, "short", pca_spec(&env, &short)).await;
+    wait_issuer(&env, "month", "True").await;
+    wait_issuer(&env, "short", "True").await;
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("from-month", "month"),
+    )
+    .await;
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("from-short", "short"),
+    )
+    .await;
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "from-month", &["Issued"], TIMEOUT).await;
+    let (chain, root) = issued_parts(&cr);
+    assert_eq!(chain[0].not_after(), root.not_after(), "clamped to the CA's notAfter");
+    let note = wait_for_event(&env.client, &env.ns.name, "from-month", "Issued").await;
+    assert!(
+        note.contains("shortened from the requested 2160h: the signing CA expires at"),
+        "{note}"
+    );
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "from-short", &["Issued"], TIMEOUT).await;
+    let (chain, _) = issued_parts(&cr);
+    let left = chain[0].not_after().duration_since(jiff::Timestamp::now());
+    assert!(
+        left <= jiff::SignedDuration::from_hours(7 * 24) && left > jiff::SignedDuration::from_hours(7 * 24 - 1),
+        "{left:?}"
+    );
+    let note = wait_for_event(&env.client, &env.ns.name, "from-short", "Issued").await;
+    assert!(note.contains("at most 168h"), "{note}");
+}
+
+#[tokio::test]
+async fn no_credentials_or_keys_in_logs_events_or_conditions() {
+    let env = env("pca-no-secrets").await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut controller = ControllerProcess::start(&["--namespace", &env.ns.name, "--log-level", "debug"], logs.path());
+    assert!(
+        controller.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        controller.log()
+    );
+    let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
+    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
+    wait_issuer(&env, "pca", "True").await;
+    let key = cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("good", "pca")).await;
+    cm::wait_for_reason(&env.client, &env.ns.name, "good", &["Issued"], TIMEOUT).await;
+    wait_for_event(&env.client, &env.ns.name, "good", "Issued").await;
+    let mut haystack = controller.log();
+    for name in ["pca", "good"] {
+        for (_, reason, note) in support::events_for(&env.client, &env.ns.name, name).await {
+            haystack.push_str(&format!("\n{reason}: {note}"));
+        }
+    }
+    haystack.push_str(&format!(
+        "{:?}",
+        env.ns.api::<MeshCAIssuer>().get("pca").await.unwrap().status
+    ));
+    assert!(haystack.contains("Issued"), "the haystack holds what was said");
+    assert!(!haystack.contains(SECRET_ACCESS_KEY), "the secret access key leaked");
+    assert!(!haystack.contains("PRIVATE KEY"));
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!haystack.contains(&body[10..42]), "key material leaked");
+}

@@ -1,0 +1,119 @@
+//! The local ACM PCA endpoint: moto's server behind `tests/fixtures/pca_fixture.py`, which
+//! closes moto's gaps and counts calls. One per test, on a free loopback port.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// The static test credentials the fixture accepts.
+pub const ACCESS_KEY_ID: &str = "AKIDMESHCATEST";
+pub const SECRET_ACCESS_KEY: &str = "meshca-test-secret-key-0123456789abcdef";
+
+pub struct PcaFixture {
+    child: Child,
+    pub endpoint: String,
+    port: u16,
+}
+
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("MESHCA_PCA_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let cached = std::env::var("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".cache/mesh-ca-issuer/tools/moto-5.2.5/bin/python");
+    assert!(
+        cached.exists(),
+        "no moto virtualenv: run `hack/test`, or set MESHCA_PCA_PYTHON to a python with moto[server] installed"
+    );
+    cached
+}
+
+impl PcaFixture {
+    pub fn start() -> Self {
+        let script = super::repo_root().join("tests/fixtures/pca_fixture.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the PCA fixture");
+        let stdout = child.stdout.take().expect("fixture stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("fixture READY line");
+        let endpoint = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("fixture said {line:?}"))
+            .to_string();
+        let port = endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("fixture port");
+        Self { child, endpoint, port }
+    }
+
+    async fn control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let (status, text) = super::http_post_json(self.port, path, &body)
+            .await
+            .expect("fixture control call");
+        assert_eq!(status, 200, "{path}: {text}");
+        serde_json::from_str(&text).expect("fixture JSON")
+    }
+
+    /// An ACTIVE root CA with a key of `key_algorithm` (RSA_2048, EC_prime256v1, ...).
+    pub async fn create_ca(&self, key_algorithm: &str, usage_mode: &str, validity_days: u32) -> String {
+        let body = serde_json::json!({"keyAlgorithm": key_algorithm, "usageMode": usage_mode, "validityDays": validity_days,
+            "commonName": format!("Test PCA Root {key_algorithm}")});
+        self.control("/__fixture/ca", body).await["arn"]
+            .as_str()
+            .expect("arn")
+            .to_string()
+    }
+
+    /// The next `count` calls of `operation` fail with `kind` (throttle, server_error, pending, malformed_csr).
+    pub async fn inject(&self, operation: &str, kind: &str, count: u32) {
+        self.control(
+            "/__fixture/faults",
+            serde_json::json!({"operation": operation, "kind": kind, "count": count}),
+        )
+        .await;
+    }
+
+    /// Each newly issued certificate answers RequestInProgress to its first `count` GetCertificate calls.
+    pub async fn pending_gets(&self, count: u32) {
+        self.control("/__fixture/pending-gets", serde_json::json!({"count": count}))
+            .await;
+    }
+
+    pub async fn set_ca_status(&self, arn: &str, status: &str) {
+        self.control(
+            "/__fixture/ca-status",
+            serde_json::json!({"arn": arn, "status": status}),
+        )
+        .await;
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        self.control("/__fixture/stats", serde_json::json!({})).await
+    }
+
+    pub async fn calls(&self, operation: &str) -> u64 {
+        self.stats().await["calls"][operation].as_u64().unwrap_or(0)
+    }
+
+    pub async fn certificates_issued(&self) -> u64 {
+        self.stats().await["certificates_issued"].as_u64().unwrap_or(0)
+    }
+}
+
+impl Drop for PcaFixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
