@@ -77,6 +77,31 @@ pub struct Config {
     #[arg(long, env = "MESHCA_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = go_duration)]
     pub workload_cert_ttl: Duration,
 
+    /// Elect a leader through a Lease so that only one replica writes. Turn off only when a
+    /// single replica runs (e.g. local development).
+    #[arg(long, env = "MESHCA_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader election Lease; default: $POD_NAMESPACE, else kube-system.
+    #[arg(long, env = "MESHCA_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the leader election Lease.
+    #[arg(long, env = "MESHCA_LEADER_ELECTION_ID", default_value = "mesh-ca-issuer")]
+    pub leader_election_id: String,
+
+    /// How long a leader's Lease stays valid without renewal; a standby takes over after it.
+    #[arg(long, env = "MESHCA_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = go_duration)]
+    pub leader_election_lease_duration: Duration,
+
+    /// How long a leader keeps leading while it fails to renew.
+    #[arg(long, env = "MESHCA_LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = go_duration)]
+    pub leader_election_renew_deadline: Duration,
+
+    /// How often candidates try to acquire or renew.
+    #[arg(long, env = "MESHCA_LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = go_duration)]
+    pub leader_election_retry_period: Duration,
+
     /// Log output format.
     #[arg(long, env = "MESHCA_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -87,6 +112,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The leader election Lease's namespace: the flag, else the pod's namespace, else kube-system.
+    pub fn leader_election_namespace(&self) -> String {
+        self.leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| "kube-system".to_string())
+    }
+
     /// The renewal-window thresholds these flags set.
     pub fn thresholds(&self) -> crate::pki::renewal::Thresholds {
         crate::pki::renewal::Thresholds {
@@ -120,6 +153,9 @@ mod tests {
         assert!(c.namespace.is_none());
         assert_eq!(c.max_retry_duration, Duration::from_secs(3600));
         assert!(c.secret_namespaces.is_empty());
+        assert!(c.leader_elect);
+        let c = Config::try_parse_from(["mesh-ca-issuer", "--leader-elect=false"]).unwrap();
+        assert!(!c.leader_elect);
         let c = Config::try_parse_from(["mesh-ca-issuer", "--secret-namespaces", "cert-manager,istio-system"]).unwrap();
         assert_eq!(c.secret_namespaces, vec!["cert-manager", "istio-system"]);
     }

@@ -17,6 +17,7 @@ pub mod duration;
 pub mod error;
 pub mod failpoint;
 pub mod istio;
+pub mod lease;
 pub mod metrics;
 pub mod pki;
 pub mod telemetry;

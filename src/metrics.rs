@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::api::istio_cacerts::RenewalWindow;
 use crate::backend::CaInfo;
 
 /// Labels of per-outcome counters.
@@ -20,8 +21,8 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
-/// Labels of a tracked certificate: the role it plays (`intermediate`, `root`, `backend_ca`),
-/// the object it belongs to, and which certificate exactly.
+/// Labels of a tracked certificate: the role it plays (`intermediate`, `root`, `backend_ca`,
+/// `issuer_ca`), the object it belongs to, and which certificate exactly.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabels {
     pub kind: String,
@@ -30,14 +31,37 @@ pub struct CertificateLabels {
     pub fingerprint: String,
 }
 
+/// One tracked certificate's figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateSeries {
+    pub fingerprint: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Unix seconds.
+    pub renewal: Option<i64>,
+    pub window: Option<RenewalWindow>,
+}
+
+/// The window as a number that orders by urgency, for alerts (`>= 2` is expiring or worse).
+pub fn window_code(window: RenewalWindow) -> i64 {
+    match window {
+        RenewalWindow::Healthy => 0,
+        RenewalWindow::RenewalDue => 1,
+        RenewalWindow::Expiring => 2,
+        RenewalWindow::Expired => 3,
+    }
+}
+
 /// Every metric the process exports.
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Family<OutcomeLabels, Counter>,
     pub ready: Gauge,
+    pub leader: Gauge,
     pub signing_seconds: Histogram,
     pub certificate_not_after: Family<CertificateLabels, Gauge>,
     pub certificate_renewal: Family<CertificateLabels, Gauge>,
+    pub certificate_window: Family<CertificateLabels, Gauge>,
     /// The fingerprints exported per (kind, namespace, name), so a replaced certificate's
     /// series is removed instead of lingering.
     exported: Mutex<HashMap<(String, String, String), Vec<String>>>,
@@ -58,6 +82,12 @@ impl Metrics {
             "1 once every watch cache has synced and the controllers run",
             ready.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease and acts",
+            leader.clone(),
+        );
         let signing_seconds = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]);
         registry.register(
             "signing_duration_seconds",
@@ -76,13 +106,21 @@ impl Metrics {
             "When a tracked certificate is due for renewal, as a Unix timestamp",
             certificate_renewal.clone(),
         );
+        let certificate_window = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate_window",
+            "Renewal window of a tracked certificate: 0 Healthy, 1 RenewalDue, 2 Expiring, 3 Expired",
+            certificate_window.clone(),
+        );
         Self {
             registry,
             reconciles,
             ready,
+            leader,
             signing_seconds,
             certificate_not_after,
             certificate_renewal,
+            certificate_window,
             exported: Mutex::new(HashMap::new()),
         }
     }
@@ -98,18 +136,18 @@ impl Metrics {
 
     /// Exports an issuer's signing CA (`namespace` empty for a cluster issuer), as kind `issuer_ca`.
     pub fn observe_issuer_ca(&self, namespace: &str, name: &str, ca: &CaInfo) {
-        let series = [(
-            ca.summary.fingerprint_sha256.clone(),
-            ca.lifetime.not_after.as_second(),
-            None,
-        )];
-        self.set_certificates("issuer_ca", namespace, name, &series);
+        let series = CertificateSeries {
+            fingerprint: ca.summary.fingerprint_sha256.clone(),
+            not_after: ca.lifetime.not_after.as_second(),
+            renewal: None,
+            window: None,
+        };
+        self.set_certificates("issuer_ca", namespace, name, &[series]);
     }
 
-    /// Replaces the certificates exported for one (kind, namespace, name): `(fingerprint,
-    /// notAfter, renewal time)` in Unix seconds. Series of certificates no longer listed are
-    /// removed.
-    pub fn set_certificates(&self, kind: &str, namespace: &str, name: &str, certs: &[(String, i64, Option<i64>)]) {
+    /// Replaces the certificates exported for one (kind, namespace, name). Series of
+    /// certificates no longer listed are removed.
+    pub fn set_certificates(&self, kind: &str, namespace: &str, name: &str, certs: &[CertificateSeries]) {
         let labels = |fingerprint: &str| CertificateLabels {
             kind: kind.to_string(),
             namespace: namespace.to_string(),
@@ -119,22 +157,23 @@ impl Metrics {
         let key = (kind.to_string(), namespace.to_string(), name.to_string());
         let mut exported = self.exported.lock().unwrap_or_else(|p| p.into_inner());
         for old in exported.remove(&key).unwrap_or_default() {
-            if !certs.iter().any(|(f, _, _)| *f == old) {
+            if !certs.iter().any(|c| c.fingerprint == old) {
                 self.certificate_not_after.remove(&labels(&old));
                 self.certificate_renewal.remove(&labels(&old));
+                self.certificate_window.remove(&labels(&old));
             }
         }
-        for (fingerprint, not_after, renewal) in certs {
-            self.certificate_not_after
-                .get_or_create(&labels(fingerprint))
-                .set(*not_after);
-            if let Some(renewal) = renewal {
-                self.certificate_renewal
-                    .get_or_create(&labels(fingerprint))
-                    .set(*renewal);
+        for c in certs {
+            let l = labels(&c.fingerprint);
+            self.certificate_not_after.get_or_create(&l).set(c.not_after);
+            if let Some(renewal) = c.renewal {
+                self.certificate_renewal.get_or_create(&l).set(renewal);
+            }
+            if let Some(window) = c.window {
+                self.certificate_window.get_or_create(&l).set(window_code(window));
             }
         }
-        exported.insert(key, certs.iter().map(|(f, _, _)| f.clone()).collect());
+        exported.insert(key, certs.iter().map(|c| c.fingerprint.clone()).collect());
     }
 
     /// The Prometheus text exposition of every metric.
@@ -156,6 +195,15 @@ impl Default for Metrics {
 mod tests {
     use super::*;
 
+    fn series(fp: &str, not_after: i64, renewal: Option<i64>, window: Option<RenewalWindow>) -> CertificateSeries {
+        CertificateSeries {
+            fingerprint: fp.into(),
+            not_after,
+            renewal,
+            window,
+        }
+    }
+
     #[test]
     fn a_replaced_certificate_series_disappears() {
         let m = Metrics::new();
@@ -163,13 +211,16 @@ mod tests {
             "root",
             "istio-system",
             "mesh",
-            &[("aa".into(), 100, Some(50)), ("bb".into(), 200, None)],
+            &[series("aa", 100, Some(50), None), series("bb", 200, None, None)],
         );
         m.set_certificates(
             "root",
             "istio-system",
             "mesh",
-            &[("bb".into(), 200, None), ("cc".into(), 300, Some(250))],
+            &[
+                series("bb", 200, None, None),
+                series("cc", 300, Some(250), Some(RenewalWindow::Expiring)),
+            ],
         );
         let text = m.render();
         assert!(!text.contains("fingerprint=\"aa\""), "{text}");
@@ -182,5 +233,6 @@ mod tests {
             text.contains(&format!("meshca_certificate_renewal_seconds{labels} 250")),
             "{text}"
         );
+        assert!(text.contains(&format!("meshca_certificate_window{labels} 2")), "{text}");
     }
 }

@@ -109,6 +109,16 @@ async fn cluster_issuer_reads_only_the_cluster_resource_namespace_and_kinds_neve
     .unwrap();
     let (reason, message) = cluster_ready(&client, &misplaced, "False").await;
     assert_eq!(reason, "SecretNotFound");
+    // Events about cluster-scoped issuers land in kube-system (the namespace every Kubernetes
+    // version accepts for them).
+    let note = support::wait_for_event(
+        &client,
+        "kube-system",
+        &format!("ClusterMeshCAIssuer/{misplaced}"),
+        "SecretNotFound",
+    )
+    .await;
+    assert!(note.contains("team-root"), "{note}");
     assert!(
         message.contains(&format!("Secret {}/team-root not found", resources.name)),
         "{message}"

@@ -773,3 +773,128 @@ async fn get_cr_in(client: &Client, namespace: &str, name: &str) -> CertificateR
         .await
         .unwrap()
 }
+
+/// An issuer whose `Ready` was written for an older generation must not be trusted: here the
+/// controller runs as an identity that cannot write issuer status, so the status stays stale
+/// after a spec change, and requests wait until the controller can re-check it.
+#[tokio::test]
+async fn requests_wait_while_the_issuer_status_is_older_than_its_spec() {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let _lock = ScopeLock::shared().await;
+    let ns = TestNamespace::create(&client, "issue-stale-generation").await;
+    let issuers: Api<MeshCAIssuer> = ns.api();
+    issuers
+        .create(
+            &PostParams::default(),
+            &MeshCAIssuer::new("mesh", local_ca("mesh-root", Some(RootBootstrap::default()))),
+        )
+        .await
+        .unwrap();
+    // Checked once (by an admin-run controller), then the controller goes away.
+    {
+        let _checker = RunningController::in_namespace(&ns.name).await;
+        eventually(TIMEOUT, || async {
+            let s = issuers.get("mesh").await.ok()?.status?;
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == Some(1))
+                .then_some(())
+        })
+        .await
+        .expect("issuer Ready at generation 1");
+    }
+    // The spec changes: generation 2, status still says generation 1.
+    let patch = serde_json::json!({"spec": {"policy": {"maxDuration": "4000h"}}});
+    issuers
+        .patch("mesh", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+
+    // A controller that may do everything but write issuer status.
+    let rules = |issuer_status: bool| {
+        let mut rules = vec![
+            serde_json::json!({"apiGroups": ["cert-manager.io"], "resources": ["certificaterequests", "certificates"], "verbs": ["get", "list", "watch", "patch"]}),
+            serde_json::json!({"apiGroups": ["cert-manager.io"], "resources": ["certificaterequests/status"], "verbs": ["update", "patch"]}),
+            serde_json::json!({"apiGroups": ["meshca.io"], "resources": ["meshcaissuers", "istiocacerts"], "verbs": ["get", "list", "watch"]}),
+            serde_json::json!({"apiGroups": ["meshca.io"], "resources": ["istiocacerts/status"], "verbs": ["update", "patch"]}),
+            serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}),
+            serde_json::json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}),
+        ];
+        if issuer_status {
+            rules.push(serde_json::json!({"apiGroups": ["meshca.io"], "resources": ["meshcaissuers/status"], "verbs": ["update", "patch"]}));
+        }
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "controller"}, "rules": rules})
+    };
+    let roles: Api<Role> = ns.api();
+    roles
+        .create(&PostParams::default(), &serde_json::from_value(rules(false)).unwrap())
+        .await
+        .unwrap();
+    let binding = serde_json::json!({
+        "metadata": {"name": "controller"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "controller"},
+        "subjects": [{"kind": "ServiceAccount", "name": "controller", "namespace": ns.name}]
+    });
+    ns.api::<ServiceAccount>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "controller"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    ns.api::<RoleBinding>()
+        .create(&PostParams::default(), &serde_json::from_value(binding).unwrap())
+        .await
+        .unwrap();
+    let request: TokenRequest =
+        serde_json::from_value(serde_json::json!({"spec": {"audiences": ["https://kubernetes.default.svc"]}})).unwrap();
+    let token = ns
+        .api::<ServiceAccount>()
+        .create_subresource::<TokenRequest, TokenRequest>("token", "controller", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.token)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(support::kubeconfig()).unwrap()).unwrap();
+    config["users"][0]["user"] = serde_yaml::to_value(serde_json::json!({"token": token})).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let mut controller =
+        support::ControllerProcess::start_with_env(&kubeconfig, &["--namespace", &ns.name], &[], dir.path());
+    assert!(
+        controller.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        controller.log()
+    );
+
+    cm::request_and_approve(&client, &ns.name, &IntermediateRequest::istiod("waits", "mesh")).await;
+    let cr = cm::wait_for_reason(&client, &ns.name, "waits", &["Pending"], TIMEOUT).await;
+    let message = cr.condition("Ready").unwrap().message.clone().unwrap();
+    assert!(
+        message.contains("spec changed (generation 2, last checked 1)"),
+        "{message}"
+    );
+    assert!(
+        cr.status.unwrap().certificate.is_none(),
+        "nothing signed on a stale check"
+    );
+
+    // Once the controller may write the issuer's status again, it re-checks the issuer and the
+    // request is issued without anyone touching it.
+    roles
+        .replace(
+            "controller",
+            &PostParams::default(),
+            &serde_json::from_value(rules(true)).unwrap(),
+        )
+        .await
+        .unwrap();
+    cm::wait_for_reason(&client, &ns.name, "waits", &["Issued"], Duration::from_secs(60)).await;
+}

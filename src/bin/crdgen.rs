@@ -1,5 +1,6 @@
-//! Prints every CRD of ours as a multi-document YAML stream. `config/crd/` and the Helm chart
-//! are generated from this output, and a test fails when they drift from it.
+//! Prints every CRD of ours as a multi-document YAML stream. `config/crd/` and the Helm chart's
+//! `crds/` are generated from this output (hack/update-generated), and a test fails when they
+//! drift from it.
 //!
 //! `crdgen --cert-manager-stand-ins` prints instead the stand-in CRDs for cert-manager's
 //! CertificateRequest and Certificate that the local demo and tests install because
@@ -21,7 +22,7 @@ fn main() {
     };
     let mut out = std::io::stdout().lock();
     for crd in crds {
-        let yaml = match serde_yaml::to_string(&crd) {
+        let yaml = match mesh_ca_issuer::api::crd_yaml(&crd) {
             Ok(yaml) => yaml,
             Err(e) => {
                 eprintln!("error: could not serialise CRD: {e}");
@@ -29,7 +30,7 @@ fn main() {
             }
         };
         // A closed pipe (`crdgen | head`) is not an error worth a panic.
-        if write!(out, "---\n{yaml}").is_err() {
+        if out.write_all(yaml.as_bytes()).is_err() {
             std::process::exit(1);
         }
     }

@@ -346,6 +346,10 @@ async fn lookup_issuer(
 
 #[instrument(skip_all, fields(namespace = cr.namespace().unwrap_or_default(), name = %cr.name_any()))]
 pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.leadership.is_leader() {
+        // done: a standby only keeps its caches warm; becoming the leader re-queues everything
+        return Ok(Action::await_change());
+    }
     let now = Timestamp::now();
     let (kind, issuer_name) = match triage(&cr, ctx.config.namespace.is_none()) {
         // done: foreign, terminal or not yet approved requests get no write at all

@@ -180,6 +180,10 @@ async fn check(
 
 #[instrument(skip_all, fields(kind = K::KIND, namespace = issuer.namespace().unwrap_or_default(), name = %issuer.name_any()))]
 pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.leadership.is_leader() {
+        // done: a standby only keeps its caches warm; becoming the leader re-queues everything
+        return Ok(Action::await_change());
+    }
     let now = Timestamp::now();
     let scope = issuer.scope(&ctx.config.cluster_resource_namespace);
     let spec = issuer.spec();

@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::istio::cacerts::{
     self, BundleContents, CacertsPlan, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION, Problem, Target,
 };
+use crate::metrics::CertificateSeries;
 use crate::pki::Certificate;
 use crate::pki::renewal::{Life, Thresholds, risks};
 
@@ -182,6 +183,10 @@ fn parse_time(s: &str) -> Option<Timestamp> {
 
 #[instrument(skip_all, fields(namespace = icc.namespace().unwrap_or_default(), name = %icc.name_any()))]
 pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.leadership.is_leader() {
+        // done: a standby only keeps its caches warm; becoming the leader re-queues everything
+        return Ok(Action::await_change());
+    }
     let now = Timestamp::now();
     let namespace = icc.namespace().unwrap_or_default();
     let name = icc.name_any();
@@ -315,15 +320,14 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
 
     // === metrics ===
     for role in [Role::Intermediate, Role::Root, Role::BackendCA] {
-        let series: Vec<(String, i64, Option<i64>)> = tracked
+        let series: Vec<CertificateSeries> = tracked
             .iter()
             .filter(|t| t.role == role)
-            .map(|t| {
-                (
-                    t.fingerprint.clone(),
-                    t.life.not_after.as_second(),
-                    Some(t.life.renewal.as_second()),
-                )
+            .map(|t| CertificateSeries {
+                fingerprint: t.fingerprint.clone(),
+                not_after: t.life.not_after.as_second(),
+                renewal: Some(t.life.renewal.as_second()),
+                window: Some(t.life.window(now, &thresholds)),
             })
             .collect();
         ctx.metrics

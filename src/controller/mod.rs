@@ -30,6 +30,7 @@ use crate::api::istio_cacerts::IstioCACerts;
 use crate::backend::{Backends, aws_pca};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::lease::{self, ElectionConfig, Leadership};
 use crate::metrics::Metrics;
 use certificate_request::IssuerKind;
 use issuer::IssuerObject;
@@ -43,10 +44,12 @@ pub struct Context {
     pub recorder: Recorder,
     pub retries: RetryTracker,
     pub backends: Backends,
+    /// Only the leader acts; standbys keep their caches warm and do nothing else.
+    pub leadership: Leadership,
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>, leadership: Leadership) -> Self {
         let reporter = Reporter {
             controller: crate::FIELD_MANAGER.to_string(),
             instance: std::env::var("POD_NAME")
@@ -71,6 +74,7 @@ impl Context {
             recorder,
             retries,
             backends,
+            leadership,
         }
     }
 
@@ -83,16 +87,62 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let event = Event {
-            type_,
-            reason: reason.to_string(),
-            note: Some(note),
-            action: action.to_string(),
-            secondary: None,
+        let result = if reference.namespace.as_deref().is_none_or(str::is_empty) {
+            self.publish_cluster_event(reference, type_, reason, action, &note)
+                .await
+        } else {
+            let event = Event {
+                type_,
+                reason: reason.to_string(),
+                note: Some(note),
+                action: action.to_string(),
+                secondary: None,
+            };
+            self.recorder.publish(&event, reference).await
         };
-        if let Err(e) = self.recorder.publish(&event, reference).await {
+        if let Err(e) = result {
             warn!(error = %e, %reason, "could not publish event");
         }
+    }
+
+    /// Events about cluster-scoped objects (ClusterMeshCAIssuers) go to kube-system: the one
+    /// namespace every Kubernetes version accepts for them (1.20 rejects "default").
+    async fn publish_cluster_event(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) -> Result<(), kube::Error> {
+        use k8s_openapi::api::events::v1::Event as K8sEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let now = jiff::Timestamp::now();
+        let name = reference
+            .name
+            .clone()
+            .unwrap_or_else(|| crate::FIELD_MANAGER.to_string());
+        let event = K8sEvent {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                namespace: Some("kube-system".to_string()),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(now)),
+            action: Some(action.to_string()),
+            reason: Some(reason.to_string()),
+            note: Some(note.to_string()),
+            regarding: Some(reference.clone()),
+            reporting_controller: Some(crate::FIELD_MANAGER.to_string()),
+            reporting_instance: Some(std::env::var("POD_NAME").unwrap_or_else(|_| crate::FIELD_MANAGER.to_string())),
+            type_: Some(match type_ {
+                EventType::Normal => "Normal".to_string(),
+                EventType::Warning => "Warning".to_string(),
+            }),
+            ..K8sEvent::default()
+        };
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), "kube-system");
+        api.create(&kube::api::PostParams::default(), &event).await.map(|_| ())
     }
 }
 
@@ -175,7 +225,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     }
 
-    let ctx = Arc::new(Context::new(client.clone(), config.clone(), metrics.clone()));
+    let leadership = if config.leader_elect {
+        let identity = format!(
+            "{}_{}",
+            std::env::var("POD_NAME")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_else(|_| "mesh-ca-issuer".into()),
+            crate::pki::hex(&random_bytes::<4>())
+        );
+        let election = ElectionConfig {
+            namespace: config.leader_election_namespace(),
+            name: config.leader_election_id.clone(),
+            identity,
+            lease_duration: config.leader_election_lease_duration,
+            renew_deadline: config.leader_election_renew_deadline,
+            retry_period: config.leader_election_retry_period,
+        };
+        info!(lease = %format!("{}/{}", election.namespace, election.name), identity = %election.identity, "leader election on");
+        lease::start(client.clone(), election, shutdown_rx.clone())
+    } else {
+        Leadership::always()
+    };
+    {
+        let metrics = metrics.clone();
+        let mut changes = leadership.changes();
+        metrics.leader.set(i64::from(*changes.borrow()));
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                metrics.leader.set(i64::from(*changes.borrow()));
+            }
+        });
+    }
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config.clone(),
+        metrics.clone(),
+        leadership,
+    ));
     let namespace = config.namespace.as_deref();
     let cluster_issuers_enabled = namespace.is_none();
 
@@ -213,6 +299,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         );
     }
     let requests = requests
+        .reconcile_all_on(leadership_gained(&ctx.leadership))
         .graceful_shutdown_on(stopped())
         .run(certificate_request::reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -320,6 +407,7 @@ fn issuer_controller<K: IssuerObject>(
         });
     }
     let task = controller
+        .reconcile_all_on(leadership_gained(&ctx.leadership))
         .graceful_shutdown_on(stopped)
         .run(issuer::reconcile::<K>, error_policy, ctx)
         .for_each(|result| async move {
@@ -398,6 +486,7 @@ fn istio_cacerts_controller(
         );
     }
     let task = controller
+        .reconcile_all_on(leadership_gained(&ctx.leadership))
         .graceful_shutdown_on(stopped)
         .run(istio_cacerts::reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -407,6 +496,25 @@ fn istio_cacerts_controller(
         })
         .boxed();
     (task, store)
+}
+
+/// Yields once each time this replica becomes the leader: a new leader looks at everything.
+fn leadership_gained(leadership: &Leadership) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(leadership.changes(), |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow() {
+                return Some(((), rx));
+            }
+        }
+    })
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // A less random identity suffix is still a valid one.
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    bytes
 }
 
 /// The API resources we cannot work without, and what to do when one is missing.

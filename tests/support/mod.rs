@@ -363,6 +363,8 @@ impl ControllerProcess {
             .arg("--metrics-listen-address")
             .arg(format!("127.0.0.1:{admin_port}"))
             .args(extra_args)
+            // Tests run many controllers side by side: no leader election unless a test asks.
+            .args((!extra_args.iter().any(|a| a.starts_with("--leader-elect"))).then_some("--leader-elect=false"))
             .env_remove("RUST_LOG")
             // Never reach for the EC2 metadata service from a test.
             .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -469,6 +471,10 @@ impl RunningController {
             format!("127.0.0.1:{admin_port}"),
         ];
         argv.extend(args.iter().map(|a| a.to_string()));
+        // Tests run many controllers side by side: no leader election unless a test asks.
+        if !args.iter().any(|a| a.starts_with("--leader-elect")) {
+            argv.push("--leader-elect=false".into());
+        }
         let config = <mesh_ca_issuer::config::Config as clap::Parser>::try_parse_from(argv).expect("valid flags");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(mesh_ca_issuer::run(config, async move {
