@@ -5,6 +5,7 @@
 
 #[path = "../tests/support/cert_manager.rs"]
 mod cert_manager;
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -14,15 +15,8 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
-use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, RootBootstrap};
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted
-        .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
-        .copied()
-        .unwrap_or_default()
-}
 
 async fn wait_until<F, Fut>(what: &str, mut check: F)
 where
@@ -49,13 +43,7 @@ async fn main() {
         .unwrap_or(100);
     let client = Client::try_default().await.expect("KUBECONFIG");
     let ns = format!("bench-cacerts-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let object: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &object)
-        .await
-        .expect("namespace");
-    let issuers: Api<MeshCAIssuer> = Api::namespaced(client.clone(), &ns);
+    common::create_namespace(&client, &ns).await;
     let spec = IssuerSpec {
         local_ca: Some(LocalCA {
             secret_name: "bench-root".into(),
@@ -63,10 +51,7 @@ async fn main() {
         }),
         ..Default::default()
     };
-    issuers
-        .create(&PostParams::default(), &MeshCAIssuer::new("bench", spec))
-        .await
-        .expect("issuer");
+    common::create_ready_issuer(&client, &ns, "bench", spec).await;
 
     // Issue every intermediate up front (cert-manager's and the issuer's part).
     println!("issuing {} intermediates beforehand...", renewals + 1);
@@ -138,8 +123,8 @@ async fn main() {
     );
     println!(
         "  p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms   mean {:.1} ms",
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        common::percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        common::percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         total.as_secs_f64() * 1e3 / latencies.len().max(1) as f64
     );
@@ -148,5 +133,7 @@ async fn main() {
         "  cacerts resourceVersion after: {}",
         written.resource_version().unwrap_or_default()
     );
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(&ns, &DeleteParams::default())
+        .await;
 }

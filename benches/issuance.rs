@@ -9,6 +9,7 @@
 
 #[path = "../tests/support/cert_manager.rs"]
 mod cert_manager;
+mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
-use mesh_ca_issuer::api::issuer::{AwsCredentialsSecretRef, AwsPCA, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+use mesh_ca_issuer::api::issuer::{AwsCredentialsSecretRef, AwsPCA, IssuerSpec, LocalCA, RootBootstrap};
 
 /// Creates an ACTIVE root CA on the fixture (its control endpoint, over plain HTTP).
 async fn pca_root_ca(endpoint: &str) -> String {
@@ -52,14 +53,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 async fn run_batch(client: &Client, ns: &str, n: usize, tag: &str) -> (Vec<Duration>, Duration) {
@@ -142,10 +135,7 @@ async fn main() {
         .collect();
     let client = Client::try_default().await.expect("KUBECONFIG");
     let ns_name = format!("bench-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns_name}})).unwrap();
-    namespaces.create(&PostParams::default(), &ns).await.expect("namespace");
-    let issuers: Api<MeshCAIssuer> = Api::namespaced(client.clone(), &ns_name);
+    common::create_namespace(&client, &ns_name).await;
     let spec = match std::env::var("MESHCA_BENCH_PCA_ENDPOINT") {
         // AWS Private CA through the local ACM PCA endpoint (hack/bench starts it).
         Ok(endpoint) => {
@@ -164,12 +154,7 @@ async fn main() {
                 aws_pca: Some(AwsPCA {
                     arn,
                     endpoint: Some(endpoint),
-                    credentials_secret_ref: Some(AwsCredentialsSecretRef {
-                        name: "aws-creds".into(),
-                        access_key_id_key: "AWS_ACCESS_KEY_ID".into(),
-                        secret_access_key_key: "AWS_SECRET_ACCESS_KEY".into(),
-                        session_token_key: "AWS_SESSION_TOKEN".into(),
-                    }),
+                    credentials_secret_ref: Some(AwsCredentialsSecretRef::named("aws-creds")),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -186,24 +171,7 @@ async fn main() {
             }
         }
     };
-    issuers
-        .create(&PostParams::default(), &MeshCAIssuer::new("bench", spec))
-        .await
-        .expect("issuer");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = issuers
-            .get("bench")
-            .await
-            .ok()
-            .and_then(|i| i.status)
-            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        if ready {
-            break;
-        }
-        assert!(Instant::now() < deadline, "bench issuer not Ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::create_ready_issuer(&client, &ns_name, "bench", spec).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = rss_kib(pid);
     println!(
@@ -218,14 +186,14 @@ async fn main() {
     let mut p50s = Vec::new();
     for (i, n) in sizes.iter().enumerate() {
         let (lat, wall) = run_batch(&client, &ns_name, *n, &format!("b{i}")).await;
-        let p50 = percentile(&lat, 0.50);
-        p50s.push((*n, p50, percentile(&lat, 0.99)));
+        let p50 = common::percentile(&lat, 0.50);
+        p50s.push((*n, p50, common::percentile(&lat, 0.99)));
         let after = rss_kib(pid);
         println!(
             "{:>6} {:>10.1} {:>10.1} {:>10.1} {:>10.2} {:>12.1} {:>14}",
             n,
             p50.as_secs_f64() * 1e3,
-            percentile(&lat, 0.99).as_secs_f64() * 1e3,
+            common::percentile(&lat, 0.99).as_secs_f64() * 1e3,
             lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
             wall.as_secs_f64(),
             lat.len() as f64 / wall.as_secs_f64(),
@@ -247,5 +215,7 @@ async fn main() {
             last.2.as_secs_f64() / first.2.as_secs_f64().max(1e-9)
         );
     }
-    let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(&ns_name, &DeleteParams::default())
+        .await;
 }

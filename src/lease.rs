@@ -99,11 +99,15 @@ fn lease_spec(previous: Option<&LeaseSpec>, c: &ElectionConfig, now: Timestamp, 
     }
 }
 
-/// Starts the election loop; returns the leadership handle. The loop ends (releasing the lease
-/// if held) when `shutdown` says so.
-pub fn start(client: Client, config: ElectionConfig, mut shutdown: watch::Receiver<bool>) -> Leadership {
+/// Starts the election loop; returns the leadership handle and the loop's task. The loop ends
+/// (releasing the lease if held) when `shutdown` says so; await the task to let it finish.
+pub fn start(
+    client: Client,
+    config: ElectionConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> (Leadership, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
         let mut last_renewal: Option<std::time::Instant> = None;
         loop {
@@ -133,7 +137,7 @@ pub fn start(client: Client, config: ElectionConfig, mut shutdown: watch::Receiv
             let _ = tx.send(false);
         }
     });
-    Leadership(rx)
+    (Leadership(rx), task)
 }
 
 /// One round: read the Lease, then renew, acquire or follow. Ok(true) when we hold it now.

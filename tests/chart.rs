@@ -10,8 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, IssuerSpec, LocalCA, RootBootstrap};
@@ -303,16 +302,6 @@ async fn samples_are_valid_against_the_installed_crds() {
     }
 }
 
-/// A kubeconfig that authenticates as `token` against the test control plane.
-fn kubeconfig_with_token(dir: &Path, token: &str) -> PathBuf {
-    let admin = std::fs::read_to_string(support::kubeconfig()).unwrap();
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
-    config["users"][0]["user"] = serde_yaml::to_value(serde_json::json!({"token": token})).unwrap();
-    let path = dir.join("chart-sa.kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    path
-}
-
 /// A client that impersonates the chart's ServiceAccount, to ask the API server what it may do.
 async fn impersonating(namespace: &str, sa: &str) -> Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(support::kubeconfig()).unwrap();
@@ -393,21 +382,9 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
         args.contains(&format!("--secret-namespaces={},{}", resources.name, istio.name)),
         "{args:?}"
     );
-    let accounts: Api<ServiceAccount> = release_ns.api();
-    let token_request: TokenRequest = serde_json::from_value(serde_json::json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}
-    }))
-    .unwrap();
-    let token = accounts
-        .create_subresource::<TokenRequest, TokenRequest>("token", &sa_name, &PostParams::default(), &token_request)
-        .await
-        .unwrap()
-        .status
-        .and_then(|s| s.token)
-        .unwrap();
+    let token = support::service_account_token(&client, &release_ns.name, &sa_name).await;
     let dir = tempfile::tempdir().unwrap();
-    let sa_kubeconfig = kubeconfig_with_token(dir.path(), &token);
+    let sa_kubeconfig = support::kubeconfig_with_token(dir.path(), &token);
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let pod_name = format!("{release}-pod");
     let mut controller = ControllerProcess::start_with_env(
@@ -456,7 +433,7 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
         .create(&PostParams::default(), &ClusterMeshCAIssuer::new(&issuer_name, spec))
         .await
         .unwrap();
-    let _cleanup = DeleteClusterIssuer(issuer_name.clone());
+    let _cleanup = support::DeleteClusterIssuers(vec![issuer_name.clone()]);
     let req = IntermediateRequest {
         issuer_kind: "ClusterMeshCAIssuer".into(),
         ..IntermediateRequest::istiod("istiod-intermediate-1", &issuer_name)
@@ -562,24 +539,5 @@ impl Drop for Uninstall {
                 self.kubeconfig.to_str().unwrap(),
             ],
         );
-    }
-}
-
-struct DeleteClusterIssuer(String);
-
-impl Drop for DeleteClusterIssuer {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let api: Api<ClusterMeshCAIssuer> = Api::all(admin_client().await);
-                let _ = api.delete(&name, &Default::default()).await;
-            });
-        })
-        .join();
     }
 }

@@ -9,35 +9,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::{RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually};
+use support::{RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Deletes the cluster-scoped issuers a test made (namespaces take care of the rest).
-struct ClusterIssuers(Vec<String>);
-
-impl Drop for ClusterIssuers {
-    fn drop(&mut self) {
-        let names = std::mem::take(&mut self.0);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let api: Api<ClusterMeshCAIssuer> = Api::all(admin_client().await);
-                for name in names {
-                    let _ = api.delete(&name, &DeleteParams::default()).await;
-                }
-            });
-        })
-        .join()
-        .ok();
-    }
-}
 
 fn spec(secret: &str, bootstrap: bool) -> IssuerSpec {
     IssuerSpec {
@@ -50,20 +27,7 @@ fn spec(secret: &str, bootstrap: bool) -> IssuerSpec {
 }
 
 async fn cluster_ready(client: &Client, name: &str, status: &str) -> (String, String) {
-    let api: Api<ClusterMeshCAIssuer> = Api::all(client.clone());
-    eventually(TIMEOUT, || async {
-        let c = api
-            .get(name)
-            .await
-            .ok()?
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")?;
-        (c.status == status).then_some((c.reason, c.message))
-    })
-    .await
-    .unwrap_or_else(|| panic!("ClusterMeshCAIssuer {name} not Ready={status}"))
+    support::wait_issuer(&Api::<ClusterMeshCAIssuer>::all(client.clone()), name, status, TIMEOUT).await
 }
 
 #[tokio::test]
@@ -76,7 +40,7 @@ async fn cluster_issuer_reads_only_the_cluster_resource_namespace_and_kinds_neve
     let team_b = TestNamespace::create(&client, "team-b").await;
     let suffix = support::unique_suffix();
     let (good, misplaced) = (format!("mesh-{suffix}"), format!("misplaced-{suffix}"));
-    let _cleanup = ClusterIssuers(vec![good.clone(), misplaced.clone()]);
+    let _cleanup = support::DeleteClusterIssuers(vec![good.clone(), misplaced.clone()]);
     let _controller = RunningController::start(&["--cluster-resource-namespace", &resources.name]).await;
 
     let api: Api<ClusterMeshCAIssuer> = Api::all(client.clone());

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -14,7 +13,9 @@ use mesh_ca_issuer::api::cert_manager::CertificateRequest;
 use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
 use mesh_ca_issuer::pki::Certificate;
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::{RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, wait_for_event};
+use support::{
+    RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, openssl, wait_for_event,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -59,14 +60,7 @@ async fn create_issuer(env: &Env, name: &str, spec: IssuerSpec) {
 
 /// Waits for the issuer's Ready condition to have `status` and returns (reason, message).
 async fn wait_issuer(env: &Env, name: &str, status: &str) -> (String, String) {
-    let api: Api<MeshCAIssuer> = env.ns.api();
-    eventually(TIMEOUT, || async {
-        let issuer = api.get(name).await.ok()?;
-        let c = issuer.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
-        (c.status == status && c.observed_generation == issuer.metadata.generation).then_some((c.reason, c.message))
-    })
-    .await
-    .unwrap_or_else(|| panic!("issuer {name} not Ready={status} within {TIMEOUT:?}"))
+    support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), name, status, TIMEOUT).await
 }
 
 async fn ready_issuer(env: &Env, name: &str) {
@@ -77,35 +71,6 @@ async fn ready_issuer(env: &Env, name: &str) {
     )
     .await;
     wait_issuer(env, name, "True").await;
-}
-
-fn openssl_verify(root_pem: &[u8], chain_pem: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("root.pem"), root_pem).unwrap();
-    std::fs::write(dir.path().join("chain.pem"), chain_pem).unwrap();
-    let out = Command::new("openssl")
-        .args(["verify", "-x509_strict", "-CAfile", "root.pem", "chain.pem"])
-        .current_dir(dir.path())
-        .output()
-        .expect("openssl");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-    .trim()
-    .to_string()
-}
-
-fn openssl_text(pem: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("c.pem"), pem).unwrap();
-    let out = Command::new("openssl")
-        .args(["x509", "-in", "c.pem", "-noout", "-text"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn get_cr(env: &Env, name: &str) -> CertificateRequest {
@@ -144,10 +109,10 @@ async fn approved_request_is_issued_with_the_intermediate_and_the_root_in_one_wr
 
     // Judged by openssl, not only by our own code.
     assert_eq!(
-        openssl_verify(status.ca.as_deref().unwrap(), status.certificate.as_deref().unwrap()),
+        openssl::verify(status.ca.as_deref().unwrap(), status.certificate.as_deref().unwrap()),
         "chain.pem: OK"
     );
-    let text = openssl_text(status.certificate.as_deref().unwrap());
+    let text = openssl::text(status.certificate.as_deref().unwrap());
     assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
     assert!(
         text.contains("X509v3 Key Usage: critical\n                Digital Signature, Certificate Sign, CRL Sign"),
@@ -339,16 +304,9 @@ async fn missing_root_secret_makes_issuer_not_ready_and_requests_wait_until_it_a
     assert!(pending.contains("not Ready: SecretNotFound"), "{pending}");
 
     // An operator creates the root Secret (made with openssl, as they would).
-    let dir = tempfile::tempdir().unwrap();
+    let dir = openssl::Workdir::new();
     let sh = |args: &[&str]| {
-        assert!(
-            Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .status()
-                .unwrap()
-                .success()
-        )
+        dir.run(args);
     };
     sh(&[
         "req",
@@ -374,8 +332,8 @@ async fn missing_root_secret_makes_issuer_not_ready_and_requests_wait_until_it_a
     let secret = serde_json::json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "root-ca"}, "type": "kubernetes.io/tls",
         "stringData": {
-            "tls.crt": std::fs::read_to_string(dir.path().join("tls.crt")).unwrap(),
-            "tls.key": std::fs::read_to_string(dir.path().join("tls.key")).unwrap(),
+            "tls.crt": dir.read("tls.crt"),
+            "tls.key": dir.read("tls.key"),
         }
     });
     let secrets: Api<Secret> = env.ns.api();
@@ -386,25 +344,18 @@ async fn missing_root_secret_makes_issuer_not_ready_and_requests_wait_until_it_a
     let cr = cm::wait_for_reason(&env.client, &env.ns.name, "waiting", &["Issued"], TIMEOUT).await;
     let status = cr.status.unwrap();
     assert_eq!(
-        openssl_verify(status.ca.as_deref().unwrap(), status.certificate.as_deref().unwrap()),
+        openssl::verify(status.ca.as_deref().unwrap(), status.certificate.as_deref().unwrap()),
         "chain.pem: OK"
     );
-    assert!(openssl_text(status.ca.as_deref().unwrap()).contains("CN = Operator Root"));
+    assert!(openssl::text(status.ca.as_deref().unwrap()).contains("CN = Operator Root"));
 }
 
 #[tokio::test]
 async fn bad_roots_make_the_issuer_not_ready_with_the_cause() {
     let env = env("issue-bad-root").await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = openssl::Workdir::new();
     let sh = |args: &[&str]| {
-        assert!(
-            Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .status()
-                .unwrap()
-                .success()
-        )
+        dir.run(args);
     };
     sh(&[
         "req",
@@ -453,7 +404,7 @@ async fn bad_roots_make_the_issuer_not_ready_with_the_cause() {
         "-addext",
         "basicConstraints=critical,CA:FALSE",
     ]);
-    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let read = |f: &str| dir.read(f);
     let secrets: Api<Secret> = env.ns.api();
     let cases = [
         ("mismatch", read("a.crt"), read("b.key"), "KeyMismatch"),
@@ -470,8 +421,7 @@ async fn bad_roots_make_the_issuer_not_ready_with_the_cause() {
         create_issuer(&env, name, local_ca(name, None)).await;
     }
     for (name, _, _, expected) in &cases {
-        let (reason, message) = wait_issuer(&env, name, "False").await;
-        assert_eq!(&reason, expected, "{name}: {message}");
+        let message = support::wait_issuer_reason(&env.ns.api::<MeshCAIssuer>(), name, expected, TIMEOUT).await;
         assert!(
             !message.contains("PRIVATE KEY") && !message.contains(&read("b.key")[30..60]),
             "no key material: {message}"
@@ -530,32 +480,25 @@ async fn bad_requests_fail_with_the_cause_and_the_controller_keeps_serving() {
     };
     let with_bc = {
         // A CSR asking for pathLen 2 in its BasicConstraints (made with openssl).
-        let dir = tempfile::tempdir().unwrap();
-        assert!(
-            Command::new("openssl")
-                .args([
-                    "req",
-                    "-new",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                    "-nodes",
-                    "-keyout",
-                    "k",
-                    "-out",
-                    "c",
-                    "-subj",
-                    "/CN=deep",
-                    "-addext",
-                    "basicConstraints=critical,CA:TRUE,pathlen:2"
-                ])
-                .current_dir(dir.path())
-                .status()
-                .unwrap()
-                .success()
-        );
-        std::fs::read_to_string(dir.path().join("c")).unwrap()
+        let dir = openssl::Workdir::new();
+        dir.run(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "k",
+            "-out",
+            "c",
+            "-subj",
+            "/CN=deep",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE,pathlen:2",
+        ]);
+        dir.read("c")
     };
     let leaf_req = IntermediateRequest {
         is_ca: false,
@@ -779,7 +722,6 @@ async fn get_cr_in(client: &Client, namespace: &str, name: &str) -> CertificateR
 /// after a spec change, and requests wait until the controller can re-check it.
 #[tokio::test]
 async fn requests_wait_while_the_issuer_status_is_older_than_its_spec() {
-    use k8s_openapi::api::authentication::v1::TokenRequest;
     use k8s_openapi::api::core::v1::ServiceAccount;
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let client = admin_client().await;
@@ -850,22 +792,9 @@ async fn requests_wait_while_the_issuer_status_is_older_than_its_spec() {
         .create(&PostParams::default(), &serde_json::from_value(binding).unwrap())
         .await
         .unwrap();
-    let request: TokenRequest =
-        serde_json::from_value(serde_json::json!({"spec": {"audiences": ["https://kubernetes.default.svc"]}})).unwrap();
-    let token = ns
-        .api::<ServiceAccount>()
-        .create_subresource::<TokenRequest, TokenRequest>("token", "controller", &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .and_then(|s| s.token)
-        .unwrap();
+    let token = support::service_account_token(&client, &ns.name, "controller").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(support::kubeconfig()).unwrap()).unwrap();
-    config["users"][0]["user"] = serde_yaml::to_value(serde_json::json!({"token": token})).unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let kubeconfig = support::kubeconfig_with_token(dir.path(), &token);
     let mut controller =
         support::ControllerProcess::start_with_env(&kubeconfig, &["--namespace", &ns.name], &[], dir.path());
     assert!(

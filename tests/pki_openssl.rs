@@ -2,8 +2,9 @@
 //! formats cert-manager and operators actually use (PKCS#1 RSA, SEC1 EC, PKCS#8), intermediates
 //! signed by this crate, and `openssl verify` / `openssl x509 -text` as the judges.
 
-use std::path::Path;
-use std::process::Command;
+mod support;
+
+use support::openssl::Workdir;
 
 use jiff::{SignedDuration, Timestamp};
 use mesh_ca_issuer::api::issuer::IssuancePolicy;
@@ -11,102 +12,79 @@ use mesh_ca_issuer::pki::policy::{CaLifetime, RequestFacts, plan};
 use mesh_ca_issuer::pki::sign::{CaSigner, sign_csr};
 use mesh_ca_issuer::pki::{Certificate, CertificateSigningRequest, SigningKey};
 
-fn openssl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// An openssl-made root with a three-attribute UTF8 subject, its key in the given form.
-fn openssl_root(dir: &Path, key_args: &[&str], convert: Option<&[&str]>) -> (Certificate, SigningKey) {
+fn openssl_root(dir: &Workdir, key_args: &[&str], convert: Option<&[&str]>) -> (Certificate, SigningKey) {
     let mut genkey = vec!["genpkey"];
     genkey.extend_from_slice(key_args);
     genkey.extend_from_slice(&["-out", "root.pkcs8.key"]);
-    openssl(dir, &genkey);
+    dir.run(&genkey);
     let key_file = match convert {
         Some(args) => {
             let mut a = args.to_vec();
             a.extend_from_slice(&["-in", "root.pkcs8.key", "-out", "root.key"]);
-            openssl(dir, &a);
+            dir.run(&a);
             "root.key"
         }
         None => "root.pkcs8.key",
     };
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            key_file,
-            "-days",
-            "3650",
-            "-utf8",
-            "-subj",
-            "/O=Example Corp/OU=Platform Security/CN=Example Mesh Root CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-out",
-            "root.crt",
-        ],
-    );
-    let cert = Certificate::parse_pem_bundle(&std::fs::read(dir.join("root.crt")).unwrap(), "root.crt")
+    dir.run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        key_file,
+        "-days",
+        "3650",
+        "-utf8",
+        "-subj",
+        "/O=Example Corp/OU=Platform Security/CN=Example Mesh Root CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        "root.crt",
+    ]);
+    let cert = Certificate::parse_pem_bundle(&std::fs::read(dir.path().join("root.crt")).unwrap(), "root.crt")
         .unwrap()
         .remove(0);
-    let key = SigningKey::from_pem(&std::fs::read(dir.join(key_file)).unwrap()).unwrap();
+    let key = SigningKey::from_pem(&std::fs::read(dir.path().join(key_file)).unwrap()).unwrap();
     assert!(key.matches(&cert));
     (cert, key)
 }
 
 /// An istiod-like CSR made by openssl (so the CSR side is independent of our code too).
-fn openssl_csr(dir: &Path) -> CertificateSigningRequest {
-    openssl(
-        dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            "istiod.key",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "istiod.key",
-            "-subj",
-            "/O=cluster.local/CN=istiod",
-            "-addext",
-            "keyUsage=critical,keyCertSign,digitalSignature",
-            "-addext",
-            "subjectAltName=URI:spiffe://cluster.local/ns/istio-system/sa/istiod",
-            "-out",
-            "istiod.csr",
-        ],
-    );
-    CertificateSigningRequest::from_pem(&std::fs::read(dir.join("istiod.csr")).unwrap()).unwrap()
+fn openssl_csr(dir: &Workdir) -> CertificateSigningRequest {
+    dir.run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "istiod.key",
+    ]);
+    dir.run(&[
+        "req",
+        "-new",
+        "-key",
+        "istiod.key",
+        "-subj",
+        "/O=cluster.local/CN=istiod",
+        "-addext",
+        "keyUsage=critical,keyCertSign,digitalSignature",
+        "-addext",
+        "subjectAltName=URI:spiffe://cluster.local/ns/istio-system/sa/istiod",
+        "-out",
+        "istiod.csr",
+    ]);
+    CertificateSigningRequest::from_pem(&std::fs::read(dir.path().join("istiod.csr")).unwrap()).unwrap()
 }
 
 fn sign_and_verify(key_args: &[&str], convert: Option<&[&str]>, expected_sig: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let (root, root_key) = openssl_root(dir.path(), key_args, convert);
-    let csr = openssl_csr(dir.path());
+    let dir = Workdir::new();
+    let (root, root_key) = openssl_root(&dir, key_args, convert);
+    let csr = openssl_csr(&dir);
     let now = Timestamp::now();
     let ca = CaLifetime {
         not_before: root.not_before(),
@@ -130,70 +108,58 @@ fn sign_and_verify(key_args: &[&str], convert: Option<&[&str]>, expected_sig: &s
     std::fs::write(dir.path().join("intermediate.crt"), cert.to_pem()).unwrap();
 
     // The independent verdict: the chain verifies and the intermediate can act as a CA.
-    let verdict = openssl(
-        dir.path(),
-        &["verify", "-x509_strict", "-CAfile", "root.crt", "intermediate.crt"],
-    );
+    let verdict = dir.run(&["verify", "-x509_strict", "-CAfile", "root.crt", "intermediate.crt"]);
     assert_eq!(verdict.trim(), "intermediate.crt: OK");
     // A leaf signed by the intermediate (as istiod would) verifies through it.
-    openssl(
-        dir.path(),
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "leaf.key",
-            "-subj",
-            "/CN=workload",
-            "-out",
-            "leaf.csr",
-        ],
-    );
+    dir.run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-subj",
+        "/CN=workload",
+        "-out",
+        "leaf.csr",
+    ]);
     std::fs::write(
         dir.path().join("leaf.ext"),
         "basicConstraints=critical,CA:FALSE\nsubjectAltName=URI:spiffe://cluster.local/ns/default/sa/app\n",
     )
     .unwrap();
-    openssl(
-        dir.path(),
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "intermediate.crt",
-            "-CAkey",
-            "istiod.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "leaf.crt",
-        ],
-    );
-    let leaf = openssl(
-        dir.path(),
-        &[
-            "verify",
-            "-x509_strict",
-            "-CAfile",
-            "root.crt",
-            "-untrusted",
-            "intermediate.crt",
-            "leaf.crt",
-        ],
-    );
+    dir.run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "intermediate.crt",
+        "-CAkey",
+        "istiod.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.crt",
+    ]);
+    let leaf = dir.run(&[
+        "verify",
+        "-x509_strict",
+        "-CAfile",
+        "root.crt",
+        "-untrusted",
+        "intermediate.crt",
+        "leaf.crt",
+    ]);
     assert_eq!(leaf.trim(), "leaf.crt: OK");
 
-    let text = openssl(dir.path(), &["x509", "-in", "intermediate.crt", "-noout", "-text"]);
+    let text = dir.run(&["x509", "-in", "intermediate.crt", "-noout", "-text"]);
     assert!(
         text.contains("X509v3 Basic Constraints: critical\n                CA:TRUE, pathlen:0"),
         "{text}"

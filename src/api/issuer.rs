@@ -126,6 +126,18 @@ pub struct AwsCredentialsSecretRef {
     pub session_token_key: String,
 }
 
+impl AwsCredentialsSecretRef {
+    /// A reference to Secret `name` with the default key names.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            access_key_id_key: default_access_key_id_key(),
+            secret_access_key_key: default_secret_access_key_key(),
+            session_token_key: default_session_token_key(),
+        }
+    }
+}
+
 fn default_access_key_id_key() -> String {
     "AWS_ACCESS_KEY_ID".into()
 }

@@ -365,22 +365,18 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
     };
     let namespace = cr.namespace().unwrap_or_default();
     let (lookup, scope) = lookup_issuer(&ctx, kind, &namespace, &issuer_name).await?;
-    let outcome = match issuer_gate(&scope.display, &lookup) {
+    // An early wake-up (say, our own status write) while backing off after a transient backend
+    // failure must not call the backend again before the delay is over.
+    let backing_off = ctx.retries.wait_remaining(&cr.uid().unwrap_or_default());
+    let outcome = match (issuer_gate(&scope.display, &lookup), backing_off) {
         // requeue: the issuer watch brings the request back when the issuer changes
-        Err(message) => Outcome::Waiting {
+        (Err(message), _) => Outcome::Waiting {
             message,
             retry_after: Duration::from_secs(300),
         },
-        Ok(_) if ctx.retries.wait_remaining(&cr.uid().unwrap_or_default()).is_some() => {
-            // requeue: backing off after a transient failure; an early wake-up (say, our own
-            // status write) must not call the backend again
-            let wait = ctx
-                .retries
-                .wait_remaining(&cr.uid().unwrap_or_default())
-                .unwrap_or_default();
-            return Ok(Action::requeue(wait));
-        }
-        Ok(spec) => sign(&ctx, &cr, spec, &scope, now).await,
+        // requeue: still backing off
+        (Ok(_), Some(wait)) => return Ok(Action::requeue(wait)),
+        (Ok(spec), None) => sign(&ctx, &cr, spec, &scope, now).await,
     };
     let requeue = match &outcome {
         Outcome::Waiting { retry_after, .. } | Outcome::Transient { retry_after, .. } => Some(*retry_after),

@@ -225,7 +225,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     }
 
-    let leadership = if config.leader_elect {
+    let (leadership, election_task) = if config.leader_elect {
         let identity = format!(
             "{}_{}",
             std::env::var("POD_NAME")
@@ -242,9 +242,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             retry_period: config.leader_election_retry_period,
         };
         info!(lease = %format!("{}/{}", election.namespace, election.name), identity = %election.identity, "leader election on");
-        lease::start(client.clone(), election, shutdown_rx.clone())
+        let (leadership, task) = lease::start(client.clone(), election, shutdown_rx.clone());
+        (leadership, Some(task))
     } else {
-        Leadership::always()
+        (Leadership::always(), None)
     };
     {
         let metrics = metrics.clone();
@@ -360,6 +361,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     };
     tokio::join!(futures::future::join_all(tasks), readiness_task);
     readiness.set_ready(false);
+    // Give the Lease back so a standby takes over at once (bounded: a stuck API server must not
+    // hold up the shutdown).
+    if let Some(task) = election_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     admin_task.abort();
     info!("controllers stopped");
     Ok(())

@@ -13,6 +13,7 @@
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
 pub mod cert_manager;
+pub mod openssl;
 pub mod pca;
 
 use std::path::{Path, PathBuf};
@@ -419,34 +420,30 @@ impl Drop for ControllerProcess {
 pub struct ScopeLock(std::fs::File);
 
 impl ScopeLock {
-    fn open() -> std::fs::File {
-        let path = kubeconfig().with_file_name("tests-cluster-wide.lock");
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .expect("lock file")
+    async fn acquire(exclusive: bool) -> Self {
+        tokio::task::spawn_blocking(move || {
+            let path = kubeconfig().with_file_name("tests-cluster-wide.lock");
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+                .expect("lock file");
+            if exclusive { file.lock() } else { file.lock_shared() }.expect("file lock");
+            Self(file)
+        })
+        .await
+        .expect("lock task")
     }
 
+    /// For tests whose controllers watch only their own namespace.
     pub async fn shared() -> Self {
-        tokio::task::spawn_blocking(|| {
-            let f = Self::open();
-            f.lock_shared().expect("shared lock");
-            Self(f)
-        })
-        .await
-        .expect("lock task")
+        Self::acquire(false).await
     }
 
+    /// For tests that run a cluster-wide controller.
     pub async fn exclusive() -> Self {
-        tokio::task::spawn_blocking(|| {
-            let f = Self::open();
-            f.lock().expect("exclusive lock");
-            Self(f)
-        })
-        .await
-        .expect("lock task")
+        Self::acquire(true).await
     }
 }
 
@@ -562,4 +559,86 @@ pub async fn wait_for_event(client: &Client, namespace: &str, name: &str, reason
     })
     .await
     .unwrap_or_else(|| panic!("no {reason} event about {namespace}/{name} within 20s"))
+}
+
+// === identities and cluster-scoped leftovers ===
+
+/// A token for ServiceAccount `namespace/name` from the TokenRequest API.
+pub async fn service_account_token(client: &Client, namespace: &str, name: &str) -> String {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}
+    }))
+    .expect("TokenRequest");
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_subresource::<TokenRequest, TokenRequest>("token", name, &PostParams::default(), &request)
+        .await
+        .expect("a ServiceAccount token")
+        .status
+        .and_then(|s| s.token)
+        .expect("the issued token")
+}
+
+/// A copy of the test kubeconfig that authenticates with `token` instead of as admin.
+pub fn kubeconfig_with_token(dir: &Path, token: &str) -> PathBuf {
+    let admin = std::fs::read_to_string(kubeconfig()).expect("kubeconfig");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
+    config["users"][0]["user"] = serde_yaml::to_value(serde_json::json!({"token": token})).expect("user");
+    let path = dir.join("token.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config).expect("YAML")).expect("write kubeconfig");
+    path
+}
+
+/// Deletes the ClusterMeshCAIssuers a test made when it ends (namespaces take care of the rest).
+pub struct DeleteClusterIssuers(pub Vec<String>);
+
+impl Drop for DeleteClusterIssuers {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let api: Api<mesh_ca_issuer::api::ClusterMeshCAIssuer> = Api::all(admin_client().await);
+                for name in names {
+                    let _ = api.delete(&name, &DeleteParams::default()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Waits until an issuer's Ready condition has `status` for its current generation; returns
+/// (reason, message).
+pub async fn wait_issuer<K>(api: &Api<K>, name: &str, status: &str, timeout: Duration) -> (String, String)
+where
+    K: mesh_ca_issuer::controller::issuer::IssuerObject,
+{
+    eventually(timeout, || async {
+        let issuer = api.get(name).await.ok()?;
+        let c = issuer.status()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+        (c.status == status && c.observed_generation == issuer.meta().generation).then_some((c.reason, c.message))
+    })
+    .await
+    .unwrap_or_else(|| panic!("issuer {name} not Ready={status} within {timeout:?}"))
+}
+
+/// Waits until an issuer's Ready condition has `reason` (transient reasons may come first);
+/// returns its message.
+pub async fn wait_issuer_reason<K>(api: &Api<K>, name: &str, reason: &str, timeout: Duration) -> String
+where
+    K: mesh_ca_issuer::controller::issuer::IssuerObject,
+{
+    eventually(timeout, || async {
+        let issuer = api.get(name).await.ok()?;
+        let c = issuer.status()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+        (c.reason == reason).then_some(c.message)
+    })
+    .await
+    .unwrap_or_else(|| panic!("issuer {name} never had Ready reason {reason} within {timeout:?}"))
 }

@@ -1,0 +1,68 @@
+//! openssl, the independent judge of what we sign: a scratch directory to run it in, and the
+//! two questions the tests ask most (does this chain verify, what does this certificate hold).
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command;
+
+/// A temporary directory in which to write files and run openssl.
+pub struct Workdir(tempfile::TempDir);
+
+impl Workdir {
+    pub fn new() -> Self {
+        Self(tempfile::tempdir().expect("temporary directory"))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> &Self {
+        std::fs::write(self.path().join(name), contents).expect("write file");
+        self
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join(name)).expect("read file")
+    }
+
+    /// Runs openssl with `args`; whether it succeeded, and what it said (stdout then stderr).
+    pub fn try_run(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.path())
+            .output()
+            .expect("openssl is installed");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), said)
+    }
+
+    /// Runs openssl with `args`, which must succeed; returns what it said.
+    pub fn run(&self, args: &[&str]) -> String {
+        let (ok, said) = self.try_run(args);
+        assert!(ok, "openssl {args:?}: {said}");
+        said
+    }
+}
+
+/// openssl's verdict on `chain_pem` (the leaf first) against `root_pem`, with x509_strict:
+/// `"chain.pem: OK"` when it verifies.
+pub fn verify(root_pem: &[u8], chain_pem: &[u8]) -> String {
+    let dir = Workdir::new();
+    dir.write("root.pem", root_pem).write("chain.pem", chain_pem);
+    dir.try_run(&["verify", "-x509_strict", "-CAfile", "root.pem", "chain.pem"])
+        .1
+        .trim()
+        .to_string()
+}
+
+/// `openssl x509 -text` of the first certificate in `pem`.
+pub fn text(pem: &[u8]) -> String {
+    let dir = Workdir::new();
+    dir.write("c.pem", pem);
+    dir.run(&["x509", "-in", "c.pem", "-noout", "-text"])
+}
