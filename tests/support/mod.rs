@@ -288,37 +288,28 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A plain HTTP/1.0 GET on loopback: (status code, body). Enough for the admin endpoints.
-pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+/// A plain HTTP/1.0 request on loopback, with an optional JSON body: (status code, body).
+/// Enough for the admin endpoints and the PCA fixture's control endpoints.
+async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    json: Option<&serde_json::Value>,
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let payload = match json {
+        Some(body) => serde_json::to_vec(body)?,
+        None => Vec::new(),
+    };
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n");
+    if json.is_some() {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            payload.len()
+        ));
+    }
+    head.push_str("\r\n");
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// A plain HTTP/1.0 POST of JSON on loopback: (status code, body).
-pub async fn http_post_json(port: u16, path: &str, body: &serde_json::Value) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let payload = serde_json::to_vec(body)?;
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let head = format!(
-        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        payload.len()
-    );
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(&payload).await?;
     let mut raw = Vec::new();
@@ -334,6 +325,16 @@ pub async fn http_post_json(port: u16, path: &str, body: &serde_json::Value) -> 
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// GET on loopback: (status code, body).
+pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(port, "GET", path, None).await
+}
+
+/// POST of JSON on loopback: (status code, body).
+pub async fn http_post_json(port: u16, path: &str, body: &serde_json::Value) -> std::io::Result<(u16, String)> {
+    http_request(port, "POST", path, Some(body)).await
 }
 
 /// The controller binary running as a child process; killed on drop.
