@@ -48,6 +48,7 @@ async fn main() {
     };
     let request_name = format!("{}-{}", args.certificate, args.revision);
     let req = cert_manager::IntermediateRequest {
+        certificate: Some(args.certificate.clone()),
         issuer_kind: args.issuer_kind.clone(),
         duration: args.duration.clone(),
         ..cert_manager::IntermediateRequest::istiod(&request_name, &args.issuer)

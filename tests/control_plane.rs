@@ -221,3 +221,46 @@ async fn controller_binary_becomes_healthy_and_ready() {
     assert_eq!(status, 200);
     assert!(metrics.lines().any(|l| l == "meshca_controller_ready 1"), "{metrics}");
 }
+
+#[tokio::test]
+async fn status_apply_with_a_stale_resource_version_is_refused() {
+    // The controller relies on this to never publish a decision made on an outdated request.
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let ns = TestNamespace::create(&client, "cp-ssa-precondition").await;
+    let requests: Api<CertificateRequest> = ns.api();
+    let created = requests.create(&PostParams::default(), &request("r1")).await.unwrap();
+    let stale = created.resource_version().unwrap();
+    let label = serde_json::json!({"metadata": {"labels": {"touched": "yes"}}});
+    requests
+        .patch("r1", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    let ready = |rv: &str| {
+        serde_json::json!({
+            "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+            "metadata": {"resourceVersion": rv},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Issued", "message": "m"}]}
+        })
+    };
+    match requests
+        .patch_status(
+            "r1",
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&ready(&stale)),
+        )
+        .await
+    {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 409, "{e:?}"),
+        other => panic!("a stale resourceVersion must be refused, got {other:?}"),
+    }
+    let current = requests.get("r1").await.unwrap().resource_version().unwrap();
+    requests
+        .patch_status(
+            "r1",
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&ready(&current)),
+        )
+        .await
+        .expect("the current resourceVersion is accepted");
+}

@@ -827,3 +827,60 @@ async fn requests_wait_while_the_issuer_status_is_older_than_its_spec() {
         .unwrap();
     cm::wait_for_reason(&client, &ns.name, "waits", &["Issued"], Duration::from_secs(60)).await;
 }
+
+/// A reconcile handed an outdated copy of a request (the watch cache lags behind our own
+/// status write when two triggers queue up) must not sign it again: the request is read afresh
+/// before signing, and the status write carries the resourceVersion it was decided on.
+#[tokio::test]
+async fn a_stale_copy_of_an_issued_request_is_never_signed_again() {
+    use mesh_ca_issuer::controller::{Context, certificate_request};
+    let env = env("issue-once").await;
+    ready_issuer(&env, "mesh").await;
+    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("once", "mesh")).await;
+    let issued = cm::wait_for_reason(&env.client, &env.ns.name, "once", &["Issued"], TIMEOUT).await;
+    let first = issued.status.clone().unwrap().certificate;
+    // The request as it was before it was issued: approved, no Ready condition.
+    let mut stale = issued.clone();
+    stale
+        .status
+        .as_mut()
+        .unwrap()
+        .conditions
+        .as_mut()
+        .unwrap()
+        .retain(|c| c.type_ != "Ready");
+    stale.status.as_mut().unwrap().certificate = None;
+    stale.status.as_mut().unwrap().ca = None;
+
+    // Reconcile that stale copy directly, with a context of our own.
+    let config = <mesh_ca_issuer::config::Config as clap::Parser>::try_parse_from([
+        "mesh-ca-issuer",
+        "--namespace",
+        env.ns.name.as_str(),
+        "--leader-elect=false",
+    ])
+    .unwrap();
+    let metrics = std::sync::Arc::new(mesh_ca_issuer::metrics::Metrics::new());
+    let ctx = std::sync::Arc::new(Context::new(
+        env.client.clone(),
+        config,
+        metrics.clone(),
+        mesh_ca_issuer::lease::Leadership::always(),
+    ));
+    certificate_request::reconcile(std::sync::Arc::new(stale), ctx)
+        .await
+        .unwrap();
+
+    assert!(
+        !metrics.render().contains("outcome=\"issued\""),
+        "nothing was issued again"
+    );
+    let now = get_cr(&env, "once").await;
+    assert_eq!(
+        now.status.unwrap().certificate,
+        first,
+        "the certificate in status is the first one"
+    );
+    let events = support::events_for(&env.client, &env.ns.name, "once").await;
+    assert_eq!(events.iter().filter(|e| e.1 == "Issued").count(), 1, "{events:?}");
+}

@@ -376,12 +376,28 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
         },
         // requeue: still backing off
         (Ok(_), Some(wait)) => return Ok(Action::requeue(wait)),
-        (Ok(spec), None) => sign(&ctx, &cr, spec, &scope, now).await,
+        (Ok(spec), None) => {
+            // The cached request may lag behind our own last write (two triggers queued while
+            // one reconcile ran): read it afresh before signing, so an Issued request is never
+            // signed again.
+            let mut fresh = match read_fresh(&ctx, &cr).await? {
+                Some(fresh) => fresh,
+                None => return Ok(Action::await_change()), // done: deleted meanwhile
+            };
+            if !matches!(triage(&fresh, ctx.config.namespace.is_none()), Triage::Proceed { .. }) {
+                // requeue: it changed (issued, denied, ...) since the cache saw it
+                return Ok(Action::requeue(Duration::ZERO));
+            }
+            let outcome = sign(&ctx, &mut fresh, spec, &scope, now).await;
+            let requeue = requeue_after(&outcome);
+            apply_outcome(&ctx, &fresh, outcome, now).await?;
+            return Ok(match requeue {
+                Some(after) => Action::requeue(after), // requeue: waiting or retrying
+                None => Action::await_change(),        // done
+            });
+        }
     };
-    let requeue = match &outcome {
-        Outcome::Waiting { retry_after, .. } | Outcome::Transient { retry_after, .. } => Some(*retry_after),
-        _ => None,
-    };
+    let requeue = requeue_after(&outcome);
     apply_outcome(&ctx, &cr, outcome, now).await?;
     Ok(match requeue {
         Some(after) => Action::requeue(after), // requeue: waiting or retrying
@@ -389,10 +405,27 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
     })
 }
 
-/// Decodes and checks the CSR, then asks the backend to sign.
+fn requeue_after(outcome: &Outcome) -> Option<Duration> {
+    match outcome {
+        Outcome::Waiting { retry_after, .. } | Outcome::Transient { retry_after, .. } => Some(*retry_after),
+        _ => None,
+    }
+}
+
+/// The request as the API server has it now (not as the watch cache last saw it).
+async fn read_fresh(ctx: &Context, cr: &CertificateRequest) -> Result<Option<CertificateRequest>> {
+    let name = cr.name_any();
+    Api::<CertificateRequest>::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default())
+        .get_opt(&name)
+        .await
+        .map_err(|e| Error::kube(format!("reading CertificateRequest {name}"), e))
+}
+
+/// Decodes and checks the CSR, then asks the backend to sign. `cr` is updated when a backend
+/// id is recorded on it.
 async fn sign(
     ctx: &Context,
-    cr: &CertificateRequest,
+    cr: &mut CertificateRequest,
     spec: &IssuerSpec,
     scope: &IssuerScope,
     now: Timestamp,
@@ -442,11 +475,14 @@ async fn sign(
         // Persist the id before anything else: after a crash or a retry, this request fetches
         // the certificate that was issued instead of paying for another.
         let backend_ref = backend_ref.clone();
-        if let Err(e) = persist_backend_ref(ctx, cr, &backend_ref).await {
-            return Outcome::Transient {
-                message: format!("could not record the issued certificate's id on the request: {e}"),
-                retry_after: ctx.retries.next_delay(&uid),
-            };
+        match persist_backend_ref(ctx, cr, &backend_ref).await {
+            Ok(updated) => *cr = updated,
+            Err(e) => {
+                return Outcome::Transient {
+                    message: format!("could not record the issued certificate's id on the request: {e}"),
+                    retry_after: ctx.retries.next_delay(&uid),
+                };
+            }
         }
         crate::failpoint::hit("after-arn-annotation");
         // Issuing is done; fetching the certificate gets a back-off of its own.
@@ -492,15 +528,16 @@ async fn sign(
 }
 
 /// Records a backend-side id (the PCA certificate ARN) on the request's metadata.
-async fn persist_backend_ref(ctx: &Context, cr: &CertificateRequest, backend_ref: &str) -> Result<()> {
+async fn persist_backend_ref(ctx: &Context, cr: &CertificateRequest, backend_ref: &str) -> Result<CertificateRequest> {
     let name = cr.name_any();
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
     let patch = serde_json::json!({"metadata": {"annotations": {aws_pca::CERTIFICATE_ARN_ANNOTATION: backend_ref}}});
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+    let updated = api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| Error::kube(format!("annotating CertificateRequest {name}"), e))?;
     info!(certificate_arn = %backend_ref, "recorded the issued certificate's ARN on the request");
-    Ok(())
+    Ok(updated)
 }
 
 /// Writes the status an outcome calls for (if it changed) and raises its event.
@@ -520,9 +557,12 @@ async fn apply_outcome(ctx: &Context, cr: &CertificateRequest, outcome: Outcome,
     };
     let name = cr.name_any();
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    // The resourceVersion we decided on is a precondition: if the request changed meanwhile
+    // (another writer, a leader hand-over), the write fails with 409 and is decided again.
     let patch = serde_json::json!({
         "apiVersion": CertificateRequest::api_version(&()),
         "kind": CertificateRequest::kind(&()),
+        "metadata": {"resourceVersion": cr.resource_version()},
         "status": change.status,
     });
     api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))

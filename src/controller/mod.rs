@@ -303,11 +303,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .reconcile_all_on(leadership_gained(&ctx.leadership))
         .graceful_shutdown_on(stopped())
         .run(certificate_request::reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "certificaterequest reconcile failed");
-            }
-        })
+        .for_each(|result| async move { log_failure("certificaterequest", result) })
         .boxed();
 
     // === Issuers, re-checked when their CA Secret changes ===
@@ -416,11 +412,7 @@ fn issuer_controller<K: IssuerObject>(
         .reconcile_all_on(leadership_gained(&ctx.leadership))
         .graceful_shutdown_on(stopped)
         .run(issuer::reconcile::<K>, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(kind = K::KIND, error = %e, "issuer reconcile failed");
-            }
-        })
+        .for_each(|result| async move { log_failure(K::KIND, result) })
         .boxed();
     (task, store)
 }
@@ -495,13 +487,24 @@ fn istio_cacerts_controller(
         .reconcile_all_on(leadership_gained(&ctx.leadership))
         .graceful_shutdown_on(stopped)
         .run(istio_cacerts::reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "istiocacerts reconcile failed");
-            }
-        })
+        .for_each(|result| async move { log_failure("istiocacerts", result) })
         .boxed();
     (task, store)
+}
+
+/// Logs a failed reconcile. A conflict (someone wrote first; it is decided again at once) is
+/// routine, not a warning.
+fn log_failure<T, E: std::fmt::Display>(
+    controller: &str,
+    result: Result<T, kube::runtime::controller::Error<Error, E>>,
+) {
+    match result {
+        Ok(_) => {}
+        Err(kube::runtime::controller::Error::ReconcilerFailed(e, object)) if e.is_conflict() => {
+            tracing::debug!(controller, object = %object, error = %e, "conflict; deciding again");
+        }
+        Err(e) => warn!(controller, error = %e, "reconcile failed"),
+    }
 }
 
 /// Yields once each time this replica becomes the leader: a new leader looks at everything.

@@ -29,7 +29,11 @@ pub const APPROVER: &str = "cert-manager-approver-stand-in";
 /// What the stand-in Certificate controller asks for.
 #[derive(Clone, Debug)]
 pub struct IntermediateRequest {
+    /// The CertificateRequest's name (cert-manager: `<certificate>-<revision>`).
     pub name: String,
+    /// The Certificate it belongs to (the `cert-manager.io/certificate-name` annotation);
+    /// `None`: a Certificate named like the request.
+    pub certificate: Option<String>,
     pub issuer_group: String,
     pub issuer_kind: String,
     pub issuer_name: String,
@@ -47,6 +51,7 @@ impl IntermediateRequest {
     pub fn istiod(name: &str, issuer_name: &str) -> Self {
         Self {
             name: name.to_string(),
+            certificate: None,
             issuer_group: "meshca.io".to_string(),
             issuer_kind: "MeshCAIssuer".to_string(),
             issuer_name: issuer_name.to_string(),
@@ -134,8 +139,10 @@ pub async fn create_request(
             ..Default::default()
         },
     );
-    cr.annotations_mut()
-        .insert(CERTIFICATE_NAME_ANNOTATION.to_string(), req.name.clone());
+    cr.annotations_mut().insert(
+        CERTIFICATE_NAME_ANNOTATION.to_string(),
+        req.certificate.clone().unwrap_or_else(|| req.name.clone()),
+    );
     cr.annotations_mut()
         .insert("cert-manager.io/certificate-revision".to_string(), "1".to_string());
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), namespace);
