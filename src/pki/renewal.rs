@@ -37,10 +37,12 @@ fn signed(d: Duration) -> SignedDuration {
     SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }
 
-/// cert-manager's default renewal time: two thirds into the lifetime.
+/// cert-manager's default renewal time: two thirds into the lifetime, in whole seconds like
+/// every certificate time.
 pub fn default_renewal_time(not_before: Timestamp, not_after: Timestamp) -> Timestamp {
     let lifetime = not_after.duration_since(not_before);
-    not_before + lifetime * 2 / 3
+    let renewal = not_before + lifetime * 2 / 3;
+    Timestamp::from_second(renewal.as_second()).unwrap_or(renewal)
 }
 
 /// A certificate's life, for window arithmetic.
