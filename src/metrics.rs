@@ -2,7 +2,7 @@
 //! a global), so several controllers can run in one test process.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -42,6 +42,18 @@ pub struct CertificateSeries {
     pub window: Option<RenewalWindow>,
 }
 
+/// The object a group of certificate series belongs to: the series' `kind`, `namespace` and
+/// `name` labels (`namespace` empty for a cluster-scoped issuer).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct SeriesOwner {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Answers whether the object behind a [`SeriesOwner`] still exists (from the watch caches).
+pub type OwnerExists = Box<dyn Fn(&SeriesOwner) -> bool + Send + Sync>;
+
 /// The window as a number that orders by urgency, for alerts (`>= 2` is expiring or worse).
 pub fn window_code(window: RenewalWindow) -> i64 {
     match window {
@@ -62,9 +74,13 @@ pub struct Metrics {
     pub certificate_not_after: Family<CertificateLabels, Gauge>,
     pub certificate_renewal: Family<CertificateLabels, Gauge>,
     pub certificate_window: Family<CertificateLabels, Gauge>,
-    /// The fingerprints exported per (kind, namespace, name), so a replaced certificate's
-    /// series is removed instead of lingering.
-    exported: Mutex<HashMap<(String, String, String), Vec<String>>>,
+    /// The fingerprints exported per owner, so a replaced certificate's series is removed
+    /// instead of lingering.
+    exported: Mutex<HashMap<SeriesOwner, Vec<String>>>,
+    /// Set once the watch caches exist. A deleted object is never reconciled again, so its
+    /// series are dropped when `/metrics` is rendered, not by its reconcile: an alert on a
+    /// deleted IstioCACerts' expiring intermediate would otherwise fire until a restart.
+    owner_exists: OnceLock<OwnerExists>,
 }
 
 impl Metrics {
@@ -122,6 +138,7 @@ impl Metrics {
             certificate_renewal,
             certificate_window,
             exported: Mutex::new(HashMap::new()),
+            owner_exists: OnceLock::new(),
         }
     }
 
@@ -148,23 +165,19 @@ impl Metrics {
     /// Replaces the certificates exported for one (kind, namespace, name). Series of
     /// certificates no longer listed are removed.
     pub fn set_certificates(&self, kind: &str, namespace: &str, name: &str, certs: &[CertificateSeries]) {
-        let labels = |fingerprint: &str| CertificateLabels {
+        let owner = SeriesOwner {
             kind: kind.to_string(),
             namespace: namespace.to_string(),
             name: name.to_string(),
-            fingerprint: fingerprint.to_string(),
         };
-        let key = (kind.to_string(), namespace.to_string(), name.to_string());
         let mut exported = self.exported.lock().unwrap_or_else(|p| p.into_inner());
-        for old in exported.remove(&key).unwrap_or_default() {
+        for old in exported.remove(&owner).unwrap_or_default() {
             if !certs.iter().any(|c| c.fingerprint == old) {
-                self.certificate_not_after.remove(&labels(&old));
-                self.certificate_renewal.remove(&labels(&old));
-                self.certificate_window.remove(&labels(&old));
+                self.remove_series(&owner, &old);
             }
         }
         for c in certs {
-            let l = labels(&c.fingerprint);
+            let l = certificate_labels(&owner, &c.fingerprint);
             self.certificate_not_after.get_or_create(&l).set(c.not_after);
             if let Some(renewal) = c.renewal {
                 self.certificate_renewal.get_or_create(&l).set(renewal);
@@ -173,15 +186,55 @@ impl Metrics {
                 self.certificate_window.get_or_create(&l).set(window_code(window));
             }
         }
-        exported.insert(key, certs.iter().map(|c| c.fingerprint.clone()).collect());
+        exported.insert(owner, certs.iter().map(|c| c.fingerprint.clone()).collect());
+    }
+
+    /// Tells the metrics how to find out whether a series' object still exists. Only the
+    /// first call counts: one process has one set of watch caches.
+    pub fn track_owners(&self, owner_exists: OwnerExists) {
+        let _ = self.owner_exists.set(owner_exists);
+    }
+
+    /// Removes the series of every object that no longer exists.
+    fn forget_deleted_owners(&self) {
+        let Some(owner_exists) = self.owner_exists.get() else {
+            return;
+        };
+        let mut exported = self.exported.lock().unwrap_or_else(|p| p.into_inner());
+        exported.retain(|owner, fingerprints| {
+            if owner_exists(owner) {
+                return true;
+            }
+            for fingerprint in fingerprints.iter() {
+                self.remove_series(owner, fingerprint);
+            }
+            false
+        });
+    }
+
+    fn remove_series(&self, owner: &SeriesOwner, fingerprint: &str) {
+        let labels = certificate_labels(owner, fingerprint);
+        self.certificate_not_after.remove(&labels);
+        self.certificate_renewal.remove(&labels);
+        self.certificate_window.remove(&labels);
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.forget_deleted_owners();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+fn certificate_labels(owner: &SeriesOwner, fingerprint: &str) -> CertificateLabels {
+    CertificateLabels {
+        kind: owner.kind.clone(),
+        namespace: owner.namespace.clone(),
+        name: owner.name.clone(),
+        fingerprint: fingerprint.to_string(),
     }
 }
 
@@ -234,5 +287,30 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(&format!("meshca_certificate_window{labels} 2")), "{text}");
+    }
+
+    #[test]
+    fn series_of_a_deleted_object_disappear_at_the_next_render() {
+        use std::collections::HashSet;
+        use std::sync::Arc;
+        let m = Metrics::new();
+        m.set_certificates("intermediate", "istio-system", "gone", &[series("aa", 100, None, None)]);
+        m.set_certificates("intermediate", "istio-system", "kept", &[series("bb", 200, None, None)]);
+        m.set_certificates("issuer_ca", "", "cluster-root", &[series("cc", 300, None, None)]);
+        // Before the caches exist nothing is judged deleted.
+        assert!(m.render().contains("fingerprint=\"aa\""));
+        let live: Arc<Mutex<HashSet<&str>>> = Arc::new(Mutex::new(HashSet::from(["kept", "cluster-root"])));
+        let cache = live.clone();
+        m.track_owners(Box::new(move |owner: &SeriesOwner| {
+            cache.lock().unwrap().contains(owner.name.as_str())
+        }));
+        let text = m.render();
+        assert!(!text.contains("fingerprint=\"aa\""), "{text}");
+        assert!(text.contains("fingerprint=\"bb\""), "{text}");
+        assert!(text.contains("fingerprint=\"cc\""), "{text}");
+        // Created again under the same name, it is exported again.
+        live.lock().unwrap().insert("gone");
+        m.set_certificates("intermediate", "istio-system", "gone", &[series("dd", 400, None, None)]);
+        assert!(m.render().contains("fingerprint=\"dd\""));
     }
 }

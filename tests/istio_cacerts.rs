@@ -599,6 +599,68 @@ async fn deleting_the_istiocacerts_leaves_cacerts_in_place() {
     assert_eq!(data(&after), data(&before));
 }
 
+/// Series whose `namespace` and `name` labels are these, in the `/metrics` text.
+fn series_of(text: &str, namespace: &str, name: &str) -> Vec<String> {
+    let namespace = format!("namespace=\"{namespace}\"");
+    let name = format!("name=\"{name}\"");
+    text.lines()
+        .filter(|l| l.starts_with("meshca_certificate_") && l.contains(&namespace) && l.contains(&name))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_deleted_objects_metrics_go_with_it() {
+    let mut env = env("icc-metrics-gone").await;
+    issue(&mut env, "mesh", None).await;
+    create_icc(&env, false).await;
+    wait_condition(&env, "Ready", "Synced").await;
+    // The IstioCACerts and its issuer are both named `mesh`: intermediate, root, backend_ca
+    // and issuer_ca series.
+    let ns = env.ns.name.clone();
+    let text = env.controller.metrics().await;
+    let kinds = |series: &[String]| {
+        let mut kinds: Vec<&str> = series
+            .iter()
+            .filter_map(|l| l.split("kind=\"").nth(1)?.split('"').next())
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        kinds(&series_of(&text, &ns, "mesh")),
+        ["backend_ca", "intermediate", "issuer_ca", "root"],
+        "{text}"
+    );
+
+    env.ns
+        .api::<IstioCACerts>()
+        .delete("mesh", &DeleteParams::default())
+        .await
+        .unwrap();
+    let text = eventually(TIMEOUT, || async {
+        let text = env.controller.metrics().await;
+        (kinds(&series_of(&text, &ns, "mesh")) == ["issuer_ca"]).then_some(text)
+    })
+    .await
+    .expect("the IstioCACerts' series gone, the issuer's kept");
+    // An issuer's CA is exported as its notAfter only.
+    assert_eq!(series_of(&text, &ns, "mesh").len(), 1, "{text}");
+
+    env.ns
+        .api::<MeshCAIssuer>()
+        .delete("mesh", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(TIMEOUT, || async {
+        let text = env.controller.metrics().await;
+        series_of(&text, &ns, "mesh").is_empty().then_some(())
+    })
+    .await
+    .expect("the issuer's series gone too");
+}
+
 #[tokio::test]
 async fn renewal_windows_change_at_their_exact_boundaries_with_one_event_each() {
     // A 30-second intermediate; renewal due 1 s after two thirds (20 s), expiring 5 s before

@@ -31,7 +31,7 @@ use crate::backend::{Backends, aws_pca};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lease::{self, ElectionConfig, Leadership};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OwnerExists, SeriesOwner};
 use certificate_request::IssuerKind;
 use issuer::IssuerObject;
 use retry::RetryTracker;
@@ -318,8 +318,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let mut tasks = vec![requests, namespaced_issuers];
     let mut stores_ready = vec![
         wait_ready(request_store.clone()).boxed(),
-        wait_ready(namespaced_issuer_store).boxed(),
+        wait_ready(namespaced_issuer_store.clone()).boxed(),
     ];
+    let mut cluster_issuer_cache = None;
     if cluster_issuers_enabled {
         let (cluster_issuers, cluster_issuer_store) = issuer_controller(
             Controller::new(
@@ -335,14 +336,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             ctx.clone(),
         );
         tasks.push(cluster_issuers);
-        stores_ready.push(wait_ready(cluster_issuer_store).boxed());
+        stores_ready.push(wait_ready(cluster_issuer_store.clone()).boxed());
+        cluster_issuer_cache = Some(cluster_issuer_store);
     }
 
     // === IstioCACerts, re-checked when its Secrets, Certificate or issuer change ===
     let (cacerts_task, cacerts_store) =
         istio_cacerts_controller(&client, &config, cluster_issuers_enabled, stopped(), ctx.clone());
     tasks.push(cacerts_task);
-    stores_ready.push(wait_ready(cacerts_store).boxed());
+    stores_ready.push(wait_ready(cacerts_store.clone()).boxed());
+    metrics.track_owners(series_owner_exists(
+        namespaced_issuer_store,
+        cluster_issuer_cache,
+        cacerts_store,
+    ));
 
     // Ready only once every watch cache has its initial list: decisions need the whole picture.
     let readiness_task = {
@@ -365,6 +372,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     admin_task.abort();
     info!("controllers stopped");
     Ok(())
+}
+
+/// Whether the object behind a certificate series still exists, from the watch caches: the
+/// metrics drop a deleted object's series with it.
+fn series_owner_exists(
+    namespaced_issuers: Store<MeshCAIssuer>,
+    cluster_issuers: Option<Store<ClusterMeshCAIssuer>>,
+    istio_cacerts: Store<IstioCACerts>,
+) -> OwnerExists {
+    Box::new(
+        move |owner: &SeriesOwner| match (owner.kind.as_str(), owner.namespace.as_str()) {
+            // `observe_issuer_ca` exports a cluster issuer with an empty namespace.
+            ("issuer_ca", "") => cluster_issuers
+                .as_ref()
+                .is_some_and(|store| store.get(&ObjectRef::new(&owner.name)).is_some()),
+            ("issuer_ca", namespace) => namespaced_issuers
+                .get(&ObjectRef::new(&owner.name).within(namespace))
+                .is_some(),
+            (_, namespace) => istio_cacerts
+                .get(&ObjectRef::new(&owner.name).within(namespace))
+                .is_some(),
+        },
+    )
 }
 
 async fn wait_ready<K: kube::Resource + Clone>(store: Store<K>) -> ()
