@@ -456,6 +456,58 @@ async fn unknown_arns_and_bad_credentials_say_what_to_fix() {
     assert_eq!(env.pca.certificates_issued().await, 0);
 }
 
+/// With `roleARN`, the Secret's credentials only assume the role (STS at `AWS_ENDPOINT_URL_STS`,
+/// the SDK's standard override, here moto's STS) and PCA is called with the role's.
+#[tokio::test]
+async fn with_a_role_arn_pca_is_called_with_the_assumed_roles_credentials() {
+    let env = env("pca-role").await;
+    // The Secret's key may assume the role, but is refused by PCA itself.
+    env.pca.allow_keys(&[]).await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut controller = ControllerProcess::start_with_env(
+        &support::kubeconfig(),
+        &["--namespace", &env.ns.name],
+        &[("AWS_ENDPOINT_URL_STS", &env.pca.endpoint)],
+        logs.path(),
+    );
+    assert!(
+        controller.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        controller.log()
+    );
+    let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
+    let role = "arn:aws:iam::123456789012:role/mesh-ca-issuer-signer";
+    let mut spec = pca_spec(&env, &arn);
+    spec.aws_pca.as_mut().unwrap().role_arn = Some(role.to_string());
+    create_issuer(&env, "pca", spec).await;
+    let (reason, message) = wait_issuer(&env, "pca", "True").await;
+    assert_eq!(reason, "Verified", "{message}");
+    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("istiod", "pca")).await;
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "istiod", &["Issued"], TIMEOUT).await;
+    let status = cr.status.clone().unwrap();
+    assert_eq!(
+        openssl::verify(&status.ca.unwrap(), &status.certificate.unwrap()),
+        "chain.pem: OK"
+    );
+
+    let stats = env.pca.stats().await;
+    let sessions = stats["role_sessions"].as_array().unwrap();
+    assert!(!sessions.is_empty(), "the role was assumed: {stats}");
+    for session in sessions {
+        assert_eq!(session["role_arn"], role);
+        assert_eq!(session["session_name"], "mesh-ca-issuer");
+        assert_eq!(session["caller"], ACCESS_KEY_ID, "the Secret's key assumes the role");
+    }
+    let callers = stats["pca_callers"].as_array().unwrap();
+    assert!(!callers.is_empty());
+    assert!(
+        !callers.iter().any(|k| k == ACCESS_KEY_ID),
+        "PCA is never called with the Secret's key: {callers:?}"
+    );
+    assert_eq!(stats["certificates_issued"], 1);
+    assert!(!controller.log().contains(SECRET_ACCESS_KEY));
+}
+
 #[tokio::test]
 async fn validity_is_clamped_to_the_ca_and_to_seven_days_for_a_short_lived_ca() {
     let env = env("pca-validity").await;

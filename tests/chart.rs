@@ -88,6 +88,9 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "clusterIssuer.backend=awsPCA",
             "clusterIssuer.awsPCA.arn=arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/abc",
             "clusterIssuer.awsPCA.credentialsSecretName=aws-creds",
+            "clusterIssuer.awsPCA.roleARN=arn:aws:iam::123456789012:role/mesh-ca-issuer",
+            "controller.extraEnv[0].name=AWS_ENDPOINT_URL_STS",
+            "controller.extraEnv[0].value=https://vpce-0123.sts.eu-west-1.vpce.amazonaws.com",
         ],
     ),
 ];

@@ -98,6 +98,12 @@ impl PcaFixture {
         .await;
     }
 
+    /// Only these access key ids may call PCA; keys STS hands out are added as it does.
+    pub async fn allow_keys(&self, keys: &[&str]) {
+        self.control("/__fixture/credentials", serde_json::json!({"allowed": keys}))
+            .await;
+    }
+
     pub async fn stats(&self) -> serde_json::Value {
         self.control("/__fixture/stats", serde_json::json!({})).await
     }
