@@ -109,6 +109,15 @@ async fn issue(
     cr
 }
 
+/// An environment whose `cacerts` has been written once from a first intermediate.
+async fn synced_env(prefix: &str) -> Env {
+    let mut env = env(prefix).await;
+    issue(&mut env, "mesh", None).await;
+    create_icc(&env, false).await;
+    wait_condition(&env, "Ready", "Synced").await;
+    env
+}
+
 async fn create_icc(env: &Env, adopt: bool) {
     let api: Api<IstioCACerts> = env.ns.api();
     let spec = IstioCACertsSpec {
@@ -291,10 +300,7 @@ async fn cacerts_is_written_verified_and_tracked_with_metrics() {
 
 #[tokio::test]
 async fn renewals_keep_root_cert_pem_byte_identical_and_unchanged_content_is_not_rewritten() {
-    let mut env = env("icc-renew").await;
-    issue(&mut env, "mesh", None).await;
-    create_icc(&env, false).await;
-    wait_condition(&env, "Ready", "Synced").await;
+    let mut env = synced_env("icc-renew").await;
     let first = data(&cacerts(&env).await.unwrap());
     let mut intermediates = vec![first["ca-cert.pem"].clone()];
     for _ in 0..3 {
@@ -399,10 +405,7 @@ async fn istiods_self_signed_ca_is_never_touched_even_when_adopting() {
 
 #[tokio::test]
 async fn a_new_root_leaves_cacerts_untouched_with_root_changed() {
-    let mut env = env("icc-root-change").await;
-    issue(&mut env, "mesh", None).await;
-    create_icc(&env, false).await;
-    wait_condition(&env, "Ready", "Synced").await;
+    let mut env = synced_env("icc-root-change").await;
     let before = cacerts(&env).await.unwrap();
     // The Certificate moves to an issuer with another root.
     create_issuer(
@@ -464,10 +467,7 @@ fn sign_with_root(root_secret: &Secret, ca: bool, from: Timestamp, to: Timestamp
 
 #[tokio::test]
 async fn bad_sources_leave_cacerts_untouched_with_the_cause() {
-    let mut env = env("icc-bad-source").await;
-    issue(&mut env, "mesh", None).await;
-    create_icc(&env, false).await;
-    wait_condition(&env, "Ready", "Synced").await;
+    let env = synced_env("icc-bad-source").await;
     let good = cacerts(&env).await.unwrap();
     let source: Secret = env.ns.api().get(SOURCE).await.unwrap();
     let source_data = data(&source);
@@ -571,10 +571,7 @@ async fn bad_sources_leave_cacerts_untouched_with_the_cause() {
 
 #[tokio::test]
 async fn deleting_the_istiocacerts_leaves_cacerts_in_place() {
-    let mut env = env("icc-delete").await;
-    issue(&mut env, "mesh", None).await;
-    create_icc(&env, false).await;
-    wait_condition(&env, "Ready", "Synced").await;
+    let env = synced_env("icc-delete").await;
     let before = cacerts(&env).await.unwrap();
     env.ns
         .api::<IstioCACerts>()
@@ -611,10 +608,7 @@ fn series_of(text: &str, namespace: &str, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_deleted_objects_metrics_go_with_it() {
-    let mut env = env("icc-metrics-gone").await;
-    issue(&mut env, "mesh", None).await;
-    create_icc(&env, false).await;
-    wait_condition(&env, "Ready", "Synced").await;
+    let env = synced_env("icc-metrics-gone").await;
     // The IstioCACerts and its issuer are both named `mesh`: intermediate, root, backend_ca
     // and issuer_ca series.
     let ns = env.ns.name.clone();
