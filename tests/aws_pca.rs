@@ -456,18 +456,15 @@ async fn unknown_arns_and_bad_credentials_say_what_to_fix() {
     assert_eq!(env.pca.certificates_issued().await, 0);
 }
 
-/// With `roleARN`, the Secret's credentials only assume the role (STS at `AWS_ENDPOINT_URL_STS`,
-/// the SDK's standard override, here moto's STS) and PCA is called with the role's.
-#[tokio::test]
-async fn with_a_role_arn_pca_is_called_with_the_assumed_roles_credentials() {
-    let env = env("pca-role").await;
-    // The Secret's key may assume the role, but is refused by PCA itself.
-    env.pca.allow_keys(&[]).await;
+/// Runs the controller binary with the environment `vars`, has it sign one istiod intermediate
+/// through an issuer with `spec` (the CA's ARN filled in), checks the chain with openssl and
+/// returns the fixture's stats.
+async fn issue_once_with(env: &Env, vars: &[(&str, &str)], mut spec: IssuerSpec) -> serde_json::Value {
     let logs = tempfile::tempdir().unwrap();
     let mut controller = ControllerProcess::start_with_env(
         &support::kubeconfig(),
         &["--namespace", &env.ns.name],
-        &[("AWS_ENDPOINT_URL_STS", &env.pca.endpoint)],
+        vars,
         logs.path(),
     );
     assert!(
@@ -476,12 +473,10 @@ async fn with_a_role_arn_pca_is_called_with_the_assumed_roles_credentials() {
         controller.log()
     );
     let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
-    let role = "arn:aws:iam::123456789012:role/mesh-ca-issuer-signer";
-    let mut spec = pca_spec(&env, &arn);
-    spec.aws_pca.as_mut().unwrap().role_arn = Some(role.to_string());
-    create_issuer(&env, "pca", spec).await;
-    let (reason, message) = wait_issuer(&env, "pca", "True").await;
-    assert_eq!(reason, "Verified", "{message}");
+    spec.aws_pca.as_mut().unwrap().arn = arn;
+    create_issuer(env, "pca", spec).await;
+    let (reason, message) = wait_issuer(env, "pca", "True").await;
+    assert_eq!(reason, "Verified", "{message}\n{}", controller.log());
     cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("istiod", "pca")).await;
     let cr = cm::wait_for_reason(&env.client, &env.ns.name, "istiod", &["Issued"], TIMEOUT).await;
     let status = cr.status.clone().unwrap();
@@ -489,23 +484,100 @@ async fn with_a_role_arn_pca_is_called_with_the_assumed_roles_credentials() {
         openssl::verify(&status.ca.unwrap(), &status.certificate.unwrap()),
         "chain.pem: OK"
     );
-
+    let log = controller.log();
+    assert!(!log.contains(SECRET_ACCESS_KEY), "no secret key in the log");
     let stats = env.pca.stats().await;
+    assert_eq!(stats["certificates_issued"], 1);
+    stats
+}
+
+/// The access keys PCA accepted calls from.
+fn pca_callers(stats: &serde_json::Value) -> Vec<String> {
+    stats["pca_callers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect()
+}
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/mesh-ca-issuer-signer";
+
+/// With `roleARN`, the Secret's credentials only assume the role (STS at `AWS_ENDPOINT_URL_STS`,
+/// the SDK's standard override, here moto's STS) and PCA is called with the role's.
+#[tokio::test]
+async fn with_a_role_arn_pca_is_called_with_the_assumed_roles_credentials() {
+    let env = env("pca-role").await;
+    // The Secret's key may assume the role, but is refused by PCA itself.
+    env.pca.allow_keys(&[]).await;
+    let mut spec = pca_spec(&env, "");
+    spec.aws_pca.as_mut().unwrap().role_arn = Some(ROLE.to_string());
+    let stats = issue_once_with(&env, &[("AWS_ENDPOINT_URL_STS", &env.pca.endpoint)], spec).await;
     let sessions = stats["role_sessions"].as_array().unwrap();
     assert!(!sessions.is_empty(), "the role was assumed: {stats}");
     for session in sessions {
-        assert_eq!(session["role_arn"], role);
+        assert_eq!(session["action"], "AssumeRole");
+        assert_eq!(session["role_arn"], ROLE);
         assert_eq!(session["session_name"], "mesh-ca-issuer");
         assert_eq!(session["caller"], ACCESS_KEY_ID, "the Secret's key assumes the role");
     }
-    let callers = stats["pca_callers"].as_array().unwrap();
+    let callers = pca_callers(&stats);
     assert!(!callers.is_empty());
     assert!(
         !callers.iter().any(|k| k == ACCESS_KEY_ID),
         "PCA is never called with the Secret's key: {callers:?}"
     );
-    assert_eq!(stats["certificates_issued"], 1);
-    assert!(!controller.log().contains(SECRET_ACCESS_KEY));
+}
+
+/// Without `credentialsSecretRef`, the SDK's default chain: keys from the environment.
+#[tokio::test]
+async fn without_a_credentials_secret_keys_come_from_the_environment() {
+    let env = env("pca-env-keys").await;
+    let mut spec = pca_spec(&env, "");
+    spec.aws_pca.as_mut().unwrap().credentials_secret_ref = None;
+    let stats = issue_once_with(
+        &env,
+        &[
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+        ],
+        spec,
+    )
+    .await;
+    assert_eq!(pca_callers(&stats), [ACCESS_KEY_ID]);
+}
+
+/// Without `credentialsSecretRef`, the SDK's default chain: a web identity token (IRSA, as EKS
+/// injects it) exchanged at STS for the role's credentials.
+#[tokio::test]
+async fn without_a_credentials_secret_a_web_identity_token_is_exchanged_for_the_role() {
+    let env = env("pca-irsa").await;
+    // Only keys STS hands out may call PCA.
+    env.pca.allow_keys(&[]).await;
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, "projected-service-account-token").unwrap();
+    let mut spec = pca_spec(&env, "");
+    spec.aws_pca.as_mut().unwrap().credentials_secret_ref = None;
+    let stats = issue_once_with(
+        &env,
+        &[
+            ("AWS_ENDPOINT_URL_STS", &env.pca.endpoint),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.to_str().unwrap()),
+            ("AWS_ROLE_ARN", ROLE),
+            ("AWS_ROLE_SESSION_NAME", "mesh-ca-issuer-irsa"),
+        ],
+        spec,
+    )
+    .await;
+    let sessions = stats["role_sessions"].as_array().unwrap();
+    assert!(!sessions.is_empty(), "the token was exchanged: {stats}");
+    for session in sessions {
+        assert_eq!(session["action"], "AssumeRoleWithWebIdentity");
+        assert_eq!(session["role_arn"], ROLE);
+        assert_eq!(session["web_identity_token"], "projected-service-account-token");
+    }
+    assert!(!pca_callers(&stats).is_empty());
 }
 
 #[tokio::test]
