@@ -4,8 +4,8 @@
 //! For each batch size: N CertificateRequests for istiod intermediates are created, then all
 //! approved as fast as the API server takes it; approve→Ready latency is measured per request
 //! from the moment its approval was accepted to the moment a watch saw it Ready. Prints p50,
-//! p99, max, throughput, and the controller's RSS idle and after each batch. Figures, not
-//! assertions: the machines are shared and noisy.
+//! p99, max, throughput, the controller's RSS idle and after each batch, and its CPU time per
+//! request. Figures, not assertions: the machines are shared and noisy.
 
 #[path = "../tests/support/cert_manager.rs"]
 mod cert_manager;
@@ -53,6 +53,16 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// The process' user + system CPU time, from /proc/<pid>/stat (clock ticks of 10 ms on Linux).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 async fn run_batch(client: &Client, ns: &str, n: usize, tag: &str) -> (Vec<Duration>, Duration) {
@@ -180,17 +190,24 @@ async fn main() {
             .unwrap_or("n/a".into())
     );
     println!(
-        "{:>6} {:>10} {:>10} {:>10} {:>10} {:>12} {:>14}",
-        "N", "p50 ms", "p99 ms", "max ms", "wall s", "req/s", "RSS after MiB"
+        "{:>6} {:>10} {:>10} {:>10} {:>10} {:>12} {:>14} {:>14}",
+        "N", "p50 ms", "p99 ms", "max ms", "wall s", "req/s", "RSS after MiB", "CPU ms/req"
     );
     let mut p50s = Vec::new();
     for (i, n) in sizes.iter().enumerate() {
+        let cpu_before = cpu_time(pid);
         let (lat, wall) = run_batch(&client, &ns_name, *n, &format!("b{i}")).await;
+        // The controller's own CPU per request: what is left of the latency is queueing and
+        // the API server's work.
+        let cpu_per_request = cpu_before
+            .zip(cpu_time(pid))
+            .map(|(before, after)| format!("{:.2}", (after - before).as_secs_f64() * 1e3 / *n as f64))
+            .unwrap_or("n/a".into());
         let p50 = common::percentile(&lat, 0.50);
         p50s.push((*n, p50, common::percentile(&lat, 0.99)));
         let after = rss_kib(pid);
         println!(
-            "{:>6} {:>10.1} {:>10.1} {:>10.1} {:>10.2} {:>12.1} {:>14}",
+            "{:>6} {:>10.1} {:>10.1} {:>10.1} {:>10.2} {:>12.1} {:>14} {:>14}",
             n,
             p50.as_secs_f64() * 1e3,
             common::percentile(&lat, 0.99).as_secs_f64() * 1e3,
@@ -200,6 +217,7 @@ async fn main() {
             after
                 .map(|k| format!("{:.1}", k as f64 / 1024.0))
                 .unwrap_or("n/a".into()),
+            cpu_per_request,
         );
         assert_eq!(lat.len(), *n, "every request must be issued");
     }
