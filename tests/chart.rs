@@ -206,6 +206,105 @@ fn chart_lints_and_renders_manifests_valid_for_current_kubernetes() {
     assert!(validated.status.success(), "{}", text(&validated));
 }
 
+/// Every series name the controller exports, with its label names: one series of each
+/// metric is recorded, then read back from the Prometheus text.
+fn exported_series() -> std::collections::HashMap<String, std::collections::BTreeSet<String>> {
+    use mesh_ca_issuer::api::istio_cacerts::RenewalWindow;
+    use mesh_ca_issuer::metrics::{CertificateSeries, Metrics};
+    let metrics = Metrics::new();
+    metrics.count_reconcile("certificaterequest", "failed");
+    metrics.set_certificates(
+        "intermediate",
+        "istio-system",
+        "mesh",
+        &[CertificateSeries {
+            fingerprint: "00".into(),
+            not_after: 1,
+            renewal: Some(1),
+            window: Some(RenewalWindow::Expiring),
+        }],
+    );
+    metrics.signing_seconds.observe(0.1);
+    let mut series: std::collections::HashMap<String, std::collections::BTreeSet<String>> = Default::default();
+    for line in metrics
+        .render()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let sample = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+        let (name, labels) = sample.split_once('{').unwrap_or((sample, ""));
+        let labels = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_string()));
+        series.entry(name.to_string()).or_default().extend(labels);
+    }
+    series
+}
+
+/// The vector selectors (metric name and matchers) of a PromQL expression.
+struct Selectors(Vec<promql_parser::parser::VectorSelector>);
+
+impl promql_parser::util::ExprVisitor for Selectors {
+    type Error = std::convert::Infallible;
+    fn pre_visit(&mut self, expr: &promql_parser::parser::Expr) -> Result<bool, Self::Error> {
+        use promql_parser::parser::Expr;
+        match expr {
+            Expr::VectorSelector(vs) => self.0.push(vs.clone()),
+            Expr::MatrixSelector(ms) => self.0.push(ms.vs.clone()),
+            _ => {}
+        }
+        Ok(true)
+    }
+}
+
+/// The alerts parse as PromQL (an independent parser, not Prometheus itself), select only
+/// series the controller exports and only labels those series have, and are documented.
+#[test]
+fn alert_expressions_are_valid_promql_over_what_the_controller_exports() {
+    let exported = exported_series();
+    let rendered = template(&["metrics.prometheusRule.enabled=true"], "1.37.0");
+    assert!(rendered.status.success(), "{}", text(&rendered));
+    let stdout = String::from_utf8_lossy(&rendered.stdout).to_string();
+    let rule = serde_yaml::Deserializer::from_str(&stdout)
+        .filter_map(|doc| <serde_json::Value as serde::Deserialize>::deserialize(doc).ok())
+        .find(|doc| doc["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule");
+    let alerts: Vec<&serde_json::Value> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(alerts.len(), 4, "{rule}");
+    let operations = std::fs::read_to_string(repo_root().join("docs/operations.md")).unwrap();
+    for alert in alerts {
+        let name = alert["alert"].as_str().unwrap();
+        let expr = alert["expr"].as_str().unwrap();
+        assert!(
+            operations.contains(&format!("| `{name}`")),
+            "{name} is not in docs/operations.md"
+        );
+        let ast = promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{name}: {expr}: {e}"));
+        let mut selectors = Selectors(Vec::new());
+        promql_parser::util::walk_expr(&mut selectors, &ast).unwrap();
+        assert!(!selectors.0.is_empty(), "{name}: no selector in {expr}");
+        for vs in selectors.0 {
+            let metric = vs.name.clone().unwrap_or_default();
+            let labels = exported
+                .get(&metric)
+                .unwrap_or_else(|| panic!("{name}: {metric} is not exported (exported: {:?})", exported.keys()));
+            for matcher in &vs.matchers.matchers {
+                assert!(
+                    matcher.name == "__name__" || labels.contains(&matcher.name),
+                    "{name}: {metric} has no label {} (it has {labels:?})",
+                    matcher.name
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn api_versions_follow_the_cluster() {
     let old = String::from_utf8(template(&["replicaCount=2"], "1.20.2").stdout).unwrap();
