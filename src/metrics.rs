@@ -42,6 +42,9 @@ pub struct CertificateSeries {
     pub window: Option<RenewalWindow>,
 }
 
+/// The `kind` label of an issuer's signing CA.
+pub const ISSUER_CA_KIND: &str = "issuer_ca";
+
 /// The object a group of certificate series belongs to: the series' `kind`, `namespace` and
 /// `name` labels (`namespace` empty for a cluster-scoped issuer).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -159,7 +162,7 @@ impl Metrics {
             renewal: None,
             window: None,
         };
-        self.set_certificates("issuer_ca", namespace, name, &[series]);
+        self.set_certificates(ISSUER_CA_KIND, namespace, name, &[series]);
     }
 
     /// Replaces the certificates exported for one (kind, namespace, name). Series of
@@ -296,7 +299,7 @@ mod tests {
         let m = Metrics::new();
         m.set_certificates("intermediate", "istio-system", "gone", &[series("aa", 100, None, None)]);
         m.set_certificates("intermediate", "istio-system", "kept", &[series("bb", 200, None, None)]);
-        m.set_certificates("issuer_ca", "", "cluster-root", &[series("cc", 300, None, None)]);
+        m.set_certificates(ISSUER_CA_KIND, "", "cluster-root", &[series("cc", 300, None, None)]);
         // Before the caches exist nothing is judged deleted.
         assert!(m.render().contains("fingerprint=\"aa\""));
         let live: Arc<Mutex<HashSet<&str>>> = Arc::new(Mutex::new(HashSet::from(["kept", "cluster-root"])));

@@ -31,7 +31,7 @@ use crate::backend::{Backends, aws_pca};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lease::{self, ElectionConfig, Leadership};
-use crate::metrics::{Metrics, OwnerExists, SeriesOwner};
+use crate::metrics::{ISSUER_CA_KIND, Metrics, OwnerExists, SeriesOwner};
 use certificate_request::IssuerKind;
 use issuer::IssuerObject;
 use retry::RetryTracker;
@@ -384,12 +384,13 @@ fn series_owner_exists(
     Box::new(
         move |owner: &SeriesOwner| match (owner.kind.as_str(), owner.namespace.as_str()) {
             // `observe_issuer_ca` exports a cluster issuer with an empty namespace.
-            ("issuer_ca", "") => cluster_issuers
+            (ISSUER_CA_KIND, "") => cluster_issuers
                 .as_ref()
                 .is_some_and(|store| store.get(&ObjectRef::new(&owner.name)).is_some()),
-            ("issuer_ca", namespace) => namespaced_issuers
+            (ISSUER_CA_KIND, namespace) => namespaced_issuers
                 .get(&ObjectRef::new(&owner.name).within(namespace))
                 .is_some(),
+            // Everything else is tracked by an IstioCACerts.
             (_, namespace) => istio_cacerts
                 .get(&ObjectRef::new(&owner.name).within(namespace))
                 .is_some(),
