@@ -509,6 +509,17 @@ fn pca_callers(stats: &serde_json::Value) -> Vec<String> {
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/mesh-ca-issuer-signer";
 
+/// The STS sessions the fixture saw: at least one, each `action` on [`ROLE`].
+fn role_sessions<'a>(stats: &'a serde_json::Value, action: &str) -> &'a [serde_json::Value] {
+    let sessions = stats["role_sessions"].as_array().unwrap();
+    assert!(!sessions.is_empty(), "no {action}: {stats}");
+    for session in sessions {
+        assert_eq!(session["action"], action);
+        assert_eq!(session["role_arn"], ROLE);
+    }
+    sessions
+}
+
 /// With `roleARN`, the Secret's credentials only assume the role (STS at `AWS_ENDPOINT_URL_STS`,
 /// the SDK's standard override, here moto's STS) and PCA is called with the role's.
 #[tokio::test]
@@ -519,11 +530,7 @@ async fn with_a_role_arn_pca_is_called_with_the_assumed_roles_credentials() {
     let mut spec = pca_spec(&env, "");
     spec.aws_pca.as_mut().unwrap().role_arn = Some(ROLE.to_string());
     let stats = issue_once_with(&env, &[("AWS_ENDPOINT_URL_STS", &env.pca.endpoint)], spec).await;
-    let sessions = stats["role_sessions"].as_array().unwrap();
-    assert!(!sessions.is_empty(), "the role was assumed: {stats}");
-    for session in sessions {
-        assert_eq!(session["action"], "AssumeRole");
-        assert_eq!(session["role_arn"], ROLE);
+    for session in role_sessions(&stats, "AssumeRole") {
         assert_eq!(session["session_name"], "mesh-ca-issuer");
         assert_eq!(session["caller"], ACCESS_KEY_ID, "the Secret's key assumes the role");
     }
@@ -576,11 +583,7 @@ async fn without_a_credentials_secret_a_web_identity_token_is_exchanged_for_the_
         spec,
     )
     .await;
-    let sessions = stats["role_sessions"].as_array().unwrap();
-    assert!(!sessions.is_empty(), "the token was exchanged: {stats}");
-    for session in sessions {
-        assert_eq!(session["action"], "AssumeRoleWithWebIdentity");
-        assert_eq!(session["role_arn"], ROLE);
+    for session in role_sessions(&stats, "AssumeRoleWithWebIdentity") {
         assert_eq!(session["web_identity_token"], "projected-service-account-token");
     }
     assert!(!pca_callers(&stats).is_empty());
