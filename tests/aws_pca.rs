@@ -16,10 +16,7 @@ use mesh_ca_issuer::api::issuer::{AwsCredentialsSecretRef, AwsPCA, IssuerSpec, M
 use mesh_ca_issuer::pki::Certificate;
 use support::cert_manager::{self as cm, IntermediateRequest};
 use support::pca::{ACCESS_KEY_ID, PcaFixture, SECRET_ACCESS_KEY};
-use support::{
-    ControllerProcess, RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, openssl,
-    wait_for_event,
-};
+use support::{ControllerProcess, RunningController, ScopeLock, TestNamespace, eventually, openssl, wait_for_event};
 
 const TIMEOUT: Duration = Duration::from_secs(45);
 const ARN_ANNOTATION: &str = "meshca.io/aws-pca-certificate-arn";
@@ -32,10 +29,7 @@ struct Env {
 }
 
 async fn env(prefix: &str) -> Env {
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let lock = ScopeLock::shared().await;
-    let ns = TestNamespace::create(&client, prefix).await;
+    let (lock, client, ns) = support::namespaced_test(prefix).await;
     let pca = PcaFixture::start();
     let creds: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "aws-creds"},

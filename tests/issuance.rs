@@ -13,9 +13,7 @@ use mesh_ca_issuer::api::cert_manager::CertificateRequest;
 use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
 use mesh_ca_issuer::pki::Certificate;
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::{
-    RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, openssl, wait_for_event,
-};
+use support::{RunningController, ScopeLock, TestNamespace, eventually, openssl, wait_for_event};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -28,10 +26,7 @@ struct Env {
 
 /// A namespace with a controller watching only it.
 async fn env(prefix: &str) -> Env {
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let lock = ScopeLock::shared().await;
-    let ns = TestNamespace::create(&client, prefix).await;
+    let (lock, client, ns) = support::namespaced_test(prefix).await;
     let controller = RunningController::in_namespace(&ns.name).await;
     Env {
         client,
@@ -305,30 +300,16 @@ async fn missing_root_secret_makes_issuer_not_ready_and_requests_wait_until_it_a
 
     // An operator creates the root Secret (made with openssl, as they would).
     let dir = openssl::Workdir::new();
-    let sh = |args: &[&str]| {
-        dir.run(args);
-    };
-    sh(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
+    dir.req_with_new_p256_key(
         "tls.key",
-        "-out",
         "tls.crt",
-        "-days",
-        "365",
-        "-subj",
+        Some(365),
         "/O=Example/CN=Operator Root",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
+        &[
+            "basicConstraints=critical,CA:TRUE",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
     let secret = serde_json::json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "root-ca"}, "type": "kubernetes.io/tls",
         "stringData": {
@@ -354,29 +335,14 @@ async fn missing_root_secret_makes_issuer_not_ready_and_requests_wait_until_it_a
 async fn bad_roots_make_the_issuer_not_ready_with_the_cause() {
     let env = env("issue-bad-root").await;
     let dir = openssl::Workdir::new();
-    let sh = |args: &[&str]| {
-        dir.run(args);
-    };
-    sh(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
+    dir.req_with_new_p256_key(
         "a.key",
-        "-out",
         "a.crt",
-        "-days",
-        "30",
-        "-subj",
+        Some(30),
         "/CN=A",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-    ]);
-    sh(&[
+        &["basicConstraints=critical,CA:TRUE"],
+    );
+    dir.run(&[
         "genpkey",
         "-algorithm",
         "EC",
@@ -385,25 +351,13 @@ async fn bad_roots_make_the_issuer_not_ready_with_the_cause() {
         "-out",
         "b.key",
     ]);
-    sh(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
+    dir.req_with_new_p256_key(
         "leaf.key",
-        "-out",
         "leaf.crt",
-        "-days",
-        "30",
-        "-subj",
+        Some(30),
         "/CN=not a CA",
-        "-addext",
-        "basicConstraints=critical,CA:FALSE",
-    ]);
+        &["basicConstraints=critical,CA:FALSE"],
+    );
     let read = |f: &str| dir.read(f);
     let secrets: Api<Secret> = env.ns.api();
     let cases = [
@@ -481,23 +435,13 @@ async fn bad_requests_fail_with_the_cause_and_the_controller_keeps_serving() {
     let with_bc = {
         // A CSR asking for pathLen 2 in its BasicConstraints (made with openssl).
         let dir = openssl::Workdir::new();
-        dir.run(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
+        dir.req_with_new_p256_key(
             "k",
-            "-out",
             "c",
-            "-subj",
+            None,
             "/CN=deep",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE,pathlen:2",
-        ]);
+            &["basicConstraints=critical,CA:TRUE,pathlen:2"],
+        );
         dir.read("c")
     };
     let leaf_req = IntermediateRequest {
@@ -646,10 +590,7 @@ async fn issuer_turns_not_ready_when_its_root_vanishes_or_expires() {
 
 #[tokio::test]
 async fn no_key_material_in_logs_events_or_conditions() {
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let _lock = ScopeLock::shared().await;
-    let ns = TestNamespace::create(&client, "issue-no-secrets").await;
+    let (_lock, client, ns) = support::namespaced_test("issue-no-secrets").await;
     let logs = tempfile::tempdir().unwrap();
     // The real binary at its most talkative, so every log line it can write is looked at.
     let mut controller =
@@ -724,10 +665,7 @@ async fn get_cr_in(client: &Client, namespace: &str, name: &str) -> CertificateR
 async fn requests_wait_while_the_issuer_status_is_older_than_its_spec() {
     use k8s_openapi::api::core::v1::ServiceAccount;
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let _lock = ScopeLock::shared().await;
-    let ns = TestNamespace::create(&client, "issue-stale-generation").await;
+    let (_lock, client, ns) = support::namespaced_test("issue-stale-generation").await;
     let issuers: Api<MeshCAIssuer> = ns.api();
     issuers
         .create(

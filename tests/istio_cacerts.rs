@@ -17,9 +17,7 @@ use mesh_ca_issuer::pki::policy::SigningPlan;
 use mesh_ca_issuer::pki::sign::{CaSigner, sign_csr};
 use mesh_ca_issuer::pki::{Certificate, CertificateSigningRequest, SigningKey};
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::{
-    RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, openssl, wait_for_event,
-};
+use support::{RunningController, ScopeLock, TestNamespace, eventually, openssl, wait_for_event};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const SOURCE: &str = "istiod-intermediate";
@@ -33,10 +31,7 @@ struct Env {
 }
 
 async fn env_with(prefix: &str, flags: &[&str], root_duration: &str) -> Env {
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let lock = ScopeLock::shared().await;
-    let ns = TestNamespace::create(&client, prefix).await;
+    let (lock, client, ns) = support::namespaced_test(prefix).await;
     let mut args = vec!["--namespace", ns.name.as_str()];
     args.extend_from_slice(flags);
     let controller = RunningController::start(&args).await;

@@ -13,7 +13,7 @@ use mesh_ca_issuer::api::cert_manager::CertificateRequest;
 use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
 use mesh_ca_issuer::pki::Certificate;
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::{ControllerProcess, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, http_get};
+use support::{ControllerProcess, eventually, http_get};
 
 const LEASE: Duration = Duration::from_secs(4);
 const RETRY: Duration = Duration::from_millis(500);
@@ -34,10 +34,7 @@ async fn is_leader(c: &ControllerProcess) -> bool {
 
 #[tokio::test]
 async fn one_leader_writes_and_a_standby_takes_over_when_it_dies() {
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let _lock = ScopeLock::shared().await;
-    let ns = TestNamespace::create(&client, "ha").await;
+    let (_lock, client, ns) = support::namespaced_test("ha").await;
     let logs = tempfile::tempdir().unwrap();
     let flags = [
         "--namespace",

@@ -111,21 +111,7 @@ fn sign_and_verify(key_args: &[&str], convert: Option<&[&str]>, expected_sig: &s
     let verdict = dir.run(&["verify", "-x509_strict", "-CAfile", "root.crt", "intermediate.crt"]);
     assert_eq!(verdict.trim(), "intermediate.crt: OK");
     // A leaf signed by the intermediate (as istiod would) verifies through it.
-    dir.run(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "leaf.key",
-        "-subj",
-        "/CN=workload",
-        "-out",
-        "leaf.csr",
-    ]);
+    dir.req_with_new_p256_key("leaf.key", "leaf.csr", None, "/CN=workload", &[]);
     std::fs::write(
         dir.path().join("leaf.ext"),
         "basicConstraints=critical,CA:FALSE\nsubjectAltName=URI:spiffe://cluster.local/ns/default/sa/app\n",

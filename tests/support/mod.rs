@@ -448,6 +448,17 @@ impl ScopeLock {
     }
 }
 
+/// How a test whose controllers watch only its own namespace starts: an admin client with the
+/// CRDs installed, the shared [`ScopeLock`], and a namespace of its own. Bound as
+/// `let (_lock, client, ns) = ...`, the namespace is removed before the lock is released.
+pub async fn namespaced_test(prefix: &str) -> (ScopeLock, Client, TestNamespace) {
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let lock = ScopeLock::shared().await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    (lock, client, ns)
+}
+
 /// `mesh_ca_issuer::run` on the test's runtime; stopped on drop.
 pub struct RunningController {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,

@@ -47,6 +47,35 @@ impl Workdir {
         assert!(ok, "openssl {args:?}: {said}");
         said
     }
+
+    /// `openssl req` with a new P-256 key written to `key`: a self-signed certificate valid for
+    /// `days` when given, else a CSR, written to `out`, for `subject`, with each of
+    /// `extensions` added (`-addext`).
+    pub fn req_with_new_p256_key(&self, key: &str, out: &str, days: Option<u32>, subject: &str, extensions: &[&str]) {
+        let days = days.map(|d| d.to_string());
+        let mut args = vec!["req"];
+        match &days {
+            Some(days) => args.extend_from_slice(&["-x509", "-days", days]),
+            None => args.push("-new"),
+        }
+        args.extend_from_slice(&[
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            out,
+            "-subj",
+            subject,
+        ]);
+        for extension in extensions {
+            args.extend_from_slice(&["-addext", extension]);
+        }
+        self.run(&args);
+    }
 }
 
 /// openssl's verdict on `chain_pem` (the leaf first) against `root_pem`, with x509_strict:
