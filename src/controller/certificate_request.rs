@@ -291,19 +291,14 @@ pub fn requests_waiting_on(
     namespace: Option<&str>,
     name: &str,
 ) -> Vec<ObjectRef<CertificateRequest>> {
-    store
-        .state()
-        .iter()
-        .filter(|cr| {
-            let r = &cr.spec.issuer_ref;
-            r.group.as_deref() == Some(crate::api::GROUP)
-                && r.kind.as_deref() == Some(kind.as_str())
-                && r.name == name
-                && (kind == IssuerKind::Cluster || cr.namespace().as_deref() == namespace)
-                && !matches!(triage(cr, true), Triage::Terminal | Triage::NotOurs)
-        })
-        .map(|cr| ObjectRef::from_obj(cr.as_ref()))
-        .collect()
+    super::cached_refs(store, |cr| {
+        let r = &cr.spec.issuer_ref;
+        r.group.as_deref() == Some(crate::api::GROUP)
+            && r.kind.as_deref() == Some(kind.as_str())
+            && r.name == name
+            && (kind == IssuerKind::Cluster || cr.namespace().as_deref() == namespace)
+            && !matches!(triage(cr, true), Triage::Terminal | Triage::NotOurs)
+    })
 }
 
 async fn lookup_issuer(

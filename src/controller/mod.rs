@@ -398,6 +398,19 @@ fn series_owner_exists(
     )
 }
 
+/// References to the cached objects for which `wanted` holds: what a watch mapper answers.
+pub(crate) fn cached_refs<K>(store: &Store<K>, wanted: impl Fn(&K) -> bool) -> Vec<ObjectRef<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .state()
+        .iter()
+        .filter(|object| wanted(object))
+        .map(|object| ObjectRef::from_obj(object.as_ref()))
+        .collect()
+}
+
 async fn wait_ready<K: kube::Resource + Clone>(store: Store<K>) -> ()
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
@@ -422,21 +435,16 @@ fn issuer_controller<K: IssuerObject>(
         let cluster_resource_namespace = config.cluster_resource_namespace.clone();
         controller = controller.watches(secrets, watcher::Config::default(), move |secret: Secret| {
             let name = secret.name_any();
-            store
-                .state()
-                .iter()
-                .filter(|issuer| {
-                    let spec = issuer.spec();
-                    let names_it = spec.local_ca.as_ref().is_some_and(|l| l.secret_name == name)
-                        || spec
-                            .aws_pca
-                            .as_ref()
-                            .and_then(|p| p.credentials_secret_ref.as_ref())
-                            .is_some_and(|r| r.name == name);
-                    names_it && in_scope(issuer, &secret, &cluster_resource_namespace)
-                })
-                .map(|issuer| ObjectRef::from_obj(issuer.as_ref()))
-                .collect::<Vec<_>>()
+            cached_refs(&store, |issuer| {
+                let spec = issuer.spec();
+                let names_it = spec.local_ca.as_ref().is_some_and(|l| l.secret_name == name)
+                    || spec
+                        .aws_pca
+                        .as_ref()
+                        .and_then(|p| p.credentials_secret_ref.as_ref())
+                        .is_some_and(|r| r.name == name);
+                names_it && in_scope(issuer, &secret, &cluster_resource_namespace)
+            })
         });
     }
     let task = controller
@@ -462,26 +470,14 @@ fn istio_cacerts_controller(
     let controller = Controller::new(scoped::<IstioCACerts>(client, namespace), watcher::Config::default());
     let store = controller.store();
     let mut controller = controller;
-    let all = |store: &Store<IstioCACerts>| {
-        store
-            .state()
-            .iter()
-            .map(|i| ObjectRef::from_obj(i.as_ref()))
-            .collect::<Vec<_>>()
-    };
     for secrets in secret_apis(client, config) {
         let store = store.clone();
         controller = controller.watches(secrets, watcher::Config::default(), move |secret: Secret| {
             let name = secret.name_any();
-            store
-                .state()
-                .iter()
-                .filter(|i| {
-                    i.namespace() == secret.namespace()
-                        && (i.spec.source_secret_name == name || i.spec.target_secret_name == name)
-                })
-                .map(|i| ObjectRef::from_obj(i.as_ref()))
-                .collect::<Vec<_>>()
+            cached_refs(&store, |i| {
+                i.namespace() == secret.namespace()
+                    && (i.spec.source_secret_name == name || i.spec.target_secret_name == name)
+            })
         });
     }
     controller = controller.watches(
@@ -490,28 +486,23 @@ fn istio_cacerts_controller(
         {
             let store = store.clone();
             move |certificate: CertManagerCertificate| {
-                store
-                    .state()
-                    .iter()
-                    .filter(|i| {
-                        i.namespace() == certificate.namespace()
-                            && i.spec.source_secret_name == certificate.spec.secret_name
-                    })
-                    .map(|i| ObjectRef::from_obj(i.as_ref()))
-                    .collect::<Vec<_>>()
+                cached_refs(&store, |i| {
+                    i.namespace() == certificate.namespace()
+                        && i.spec.source_secret_name == certificate.spec.secret_name
+                })
             }
         },
     );
     controller = controller.watches(scoped::<MeshCAIssuer>(client, namespace), watcher::Config::default(), {
         let store = store.clone();
-        move |_: MeshCAIssuer| all(&store)
+        move |_: MeshCAIssuer| cached_refs(&store, |_| true)
     });
     if cluster_issuers_enabled {
         let store = store.clone();
         controller = controller.watches(
             Api::<ClusterMeshCAIssuer>::all(client.clone()),
             watcher::Config::default(),
-            move |_: ClusterMeshCAIssuer| all(&store),
+            move |_: ClusterMeshCAIssuer| cached_refs(&store, |_| true),
         );
     }
     let task = controller
