@@ -13,6 +13,7 @@
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
 pub mod cert_manager;
+pub mod goverify;
 pub mod openssl;
 pub mod pca;
 

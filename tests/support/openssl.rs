@@ -95,3 +95,32 @@ pub fn text(pem: &[u8]) -> String {
     dir.write("c.pem", pem);
     dir.run(&["x509", "-in", "c.pem", "-noout", "-text"])
 }
+
+/// A workload certificate as istiod makes one: a new P-256 key, the URI SAN `spiffe_id`, no
+/// subject, serverAuth + clientAuth, valid for a day, signed with the CA certificate and key
+/// (`ca-cert.pem`, `ca-key.pem`) and followed by `cert_chain_pem` (`cert-chain.pem`), as a
+/// proxy presents it. Extra SANs (`DNS:...`) may be appended to `spiffe_id` with a comma.
+pub fn workload_certificate(ca_cert_pem: &[u8], ca_key_pem: &[u8], cert_chain_pem: &[u8], spiffe_id: &str) -> String {
+    let dir = Workdir::new();
+    dir.write("ca.pem", ca_cert_pem).write("ca.key", ca_key_pem);
+    let sans = spiffe_id
+        .split(',')
+        .map(|san| if san.contains(':') && !san.starts_with("spiffe:") { san.to_string() } else { format!("URI:{san}") })
+        .collect::<Vec<_>>()
+        .join(",");
+    dir.write(
+        "ext.cnf",
+        format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=critical,{sans}\n"
+        ),
+    );
+    dir.req_with_new_p256_key("leaf.key", "leaf.csr", None, "/", &[]);
+    dir.run(&[
+        "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+        "-extfile", "ext.cnf", "-out", "leaf.pem",
+    ]);
+    let mut pem = dir.read("leaf.pem");
+    pem.push_str(&String::from_utf8_lossy(cert_chain_pem));
+    pem
+}

@@ -1,0 +1,124 @@
+//! The Go judge judged: `tests/goverify` (Go's `crypto/x509`, as istiod) must accept what istiod
+//! accepts and refuse what istiod refuses, or every test that leans on it proves nothing. All
+//! inputs are made by openssl, independently of this crate.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use support::goverify::{istiod_loads, istiod_loads_at, workload_verifies};
+use support::openssl::{Workdir, workload_certificate};
+
+/// A root and an intermediate under it; `root_ext` and `int_ext` are extra `-addext`/extfile
+/// lines. Returns the working directory holding root.pem, int.pem, int.key.
+fn pki(root_bc: &str, int_ext: &str) -> Workdir {
+    let dir = Workdir::new();
+    dir.req_with_new_p256_key(
+        "root.key",
+        "root.pem",
+        Some(3650),
+        "/O=goverify/CN=Root",
+        &[&format!("basicConstraints=critical,{root_bc}"), "keyUsage=critical,keyCertSign,cRLSign"],
+    );
+    dir.req_with_new_p256_key("int.key", "int.csr", None, "/O=goverify/CN=Intermediate", &[]);
+    dir.write("int.cnf", int_ext);
+    dir.run(&[
+        "x509", "-req", "-in", "int.csr", "-CA", "root.pem", "-CAkey", "root.key", "-CAcreateserial", "-days",
+        "365", "-extfile", "int.cnf", "-out", "int.pem",
+    ]);
+    dir
+}
+
+const CA_EXT: &str = "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n";
+
+fn bundle(dir: &Workdir) -> BTreeMap<String, Vec<u8>> {
+    let int = dir.read("int.pem");
+    let root = dir.read("root.pem");
+    BTreeMap::from([
+        ("ca-cert.pem".to_string(), int.clone().into_bytes()),
+        ("ca-key.pem".to_string(), dir.read("int.key").into_bytes()),
+        ("cert-chain.pem".to_string(), format!("{int}{root}").into_bytes()),
+        ("root-cert.pem".to_string(), root.into_bytes()),
+    ])
+}
+
+#[test]
+fn istiod_check_accepts_a_plain_intermediate_bundle() {
+    let dir = pki("CA:TRUE", CA_EXT);
+    assert_eq!(istiod_loads(&bundle(&dir)), Ok(()));
+}
+
+#[test]
+fn istiod_check_refuses_an_intermediate_whose_eku_excludes_server_auth() {
+    let dir = pki("CA:TRUE", &format!("{CA_EXT}extendedKeyUsage=clientAuth\n"));
+    let verdict = istiod_loads(&bundle(&dir));
+    assert!(verdict.as_ref().is_err_and(|e| e.contains("key usage")), "{verdict:?}");
+}
+
+#[test]
+fn istiod_check_refuses_a_sub_ca_below_a_root_with_path_length_zero() {
+    let dir = pki("CA:TRUE,pathlen:0", CA_EXT);
+    let verdict = istiod_loads(&bundle(&dir));
+    assert!(verdict.as_ref().is_err_and(|e| e.contains("too many intermediates")), "{verdict:?}");
+}
+
+#[test]
+fn istiod_check_refuses_a_key_of_another_certificate() {
+    let dir = pki("CA:TRUE", CA_EXT);
+    let mut data = bundle(&dir);
+    data.insert("ca-key.pem".into(), dir.read("root.key").into_bytes());
+    let verdict = istiod_loads(&data);
+    assert!(verdict.as_ref().is_err_and(|e| e.contains("does not match")), "{verdict:?}");
+}
+
+#[test]
+fn istiod_check_refuses_a_bundle_outside_its_validity() {
+    let dir = pki("CA:TRUE", CA_EXT);
+    let verdict = istiod_loads_at(&bundle(&dir), Some("2000-01-01T00:00:00Z"));
+    assert!(verdict.as_ref().is_err_and(|e| e.contains("expired or is not yet valid")), "{verdict:?}");
+}
+
+#[test]
+fn istiod_check_reads_the_tls_format_as_istiod_does() {
+    let dir = pki("CA:TRUE", CA_EXT);
+    let data = BTreeMap::from([
+        ("tls.crt".to_string(), dir.read("int.pem").into_bytes()),
+        ("tls.key".to_string(), dir.read("int.key").into_bytes()),
+        ("ca.crt".to_string(), dir.read("root.pem").into_bytes()),
+        // Ignored when tls.crt exists, as in istiod.
+        ("root-cert.pem".to_string(), b"garbage".to_vec()),
+    ]);
+    assert_eq!(istiod_loads(&data), Ok(()));
+}
+
+#[test]
+fn workload_certificate_verifies_under_its_own_root_only() {
+    let dir = pki("CA:TRUE", CA_EXT);
+    let chain = format!("{}{}", dir.read("int.pem"), dir.read("root.pem"));
+    let leaf = workload_certificate(
+        dir.read("int.pem").as_bytes(),
+        dir.read("int.key").as_bytes(),
+        chain.as_bytes(),
+        "spiffe://cluster.local/ns/default/sa/x",
+    );
+    assert_eq!(workload_verifies(leaf.as_bytes(), b"", dir.read("root.pem").as_bytes()), Ok(()));
+    let other = pki("CA:TRUE", CA_EXT);
+    let verdict = workload_verifies(leaf.as_bytes(), b"", other.read("root.pem").as_bytes());
+    assert!(verdict.as_ref().is_err_and(|e| e.contains("unknown authority")), "{verdict:?}");
+}
+
+#[test]
+fn workload_certificate_outside_a_uri_name_constraint_is_refused() {
+    let constrained = format!("{CA_EXT}nameConstraints=critical,permitted;URI:cluster-a.example\n");
+    let dir = pki("CA:TRUE", &constrained);
+    let chain = format!("{}{}", dir.read("int.pem"), dir.read("root.pem"));
+    let make = |id: &str| {
+        workload_certificate(dir.read("int.pem").as_bytes(), dir.read("int.key").as_bytes(), chain.as_bytes(), id)
+    };
+    let root = dir.read("root.pem");
+    let own = make("spiffe://cluster-a.example/ns/x/sa/y");
+    assert_eq!(workload_verifies(own.as_bytes(), b"", root.as_bytes()), Ok(()));
+    let foreign = make("spiffe://cluster-b.example/ns/x/sa/y");
+    let verdict = workload_verifies(foreign.as_bytes(), b"", root.as_bytes());
+    assert!(verdict.as_ref().is_err_and(|e| e.contains("not permitted")), "{verdict:?}");
+}
