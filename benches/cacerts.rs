@@ -69,6 +69,7 @@ async fn main() {
         source_secret_name: "istiod-intermediate".into(),
         target_secret_name: "cacerts".into(),
         adopt_existing: false,
+        ..Default::default()
     };
     iccs.create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
         .await

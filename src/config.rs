@@ -54,6 +54,12 @@ pub struct Config {
     #[arg(long, env = "MESHCA_SECRET_NAMESPACES", value_delimiter = ',')]
     pub secret_namespaces: Vec<String>,
 
+    /// Namespaces in which to watch ConfigMaps (IstioCACerts' trust anchors and published
+    /// roots), comma-separated. Empty means cluster-wide; the Helm chart sets its
+    /// istioNamespaces, where its RBAC grants ConfigMap access.
+    #[arg(long, env = "MESHCA_CONFIGMAP_NAMESPACES", value_delimiter = ',')]
+    pub configmap_namespaces: Vec<String>,
+
     /// AWS Private CA: IssueCertificate calls per second allowed per issuer (token bucket), so
     /// a burst of renewals cannot exceed the account's PCA quota.
     #[arg(long, env = "MESHCA_AWS_PCA_ISSUE_RATE", default_value_t = 2.0)]

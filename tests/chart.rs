@@ -10,11 +10,11 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, IssuerSpec, LocalCA, RootBootstrap};
-use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
+use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, KeyRef, PublishRoot, TrustAnchor};
 use support::cert_manager::{self as cm, IntermediateRequest};
 use support::{ControllerProcess, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, repo_root};
 
@@ -543,10 +543,40 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
     let key = cm::request_and_approve(&client, &istio.name, &req).await;
     let cr = cm::wait_for_reason(&client, &istio.name, &req.name, &["Issued"], Duration::from_secs(60)).await;
     cm::write_certificate_secret(&client, &istio.name, "istiod-intermediate", &cr, &key).await;
+    // A peer cluster's root as a trust anchor, and this cluster's root published: ConfigMaps
+    // read and written in the Istio namespace under the chart's RBAC.
+    let (peer_root, _) = mesh_ca_issuer::pki::sign::self_signed_root(
+        &RootBootstrap::default(),
+        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
+    )
+    .unwrap();
+    let peer: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "peer-root"}, "data": {"root-cert.pem": peer_root.to_pem()}
+    }))
+    .unwrap();
+    istio
+        .api::<ConfigMap>()
+        .create(&PostParams::default(), &peer)
+        .await
+        .unwrap();
     let spec = IstioCACertsSpec {
         source_secret_name: "istiod-intermediate".into(),
         target_secret_name: "cacerts".into(),
         adopt_existing: false,
+        trust_anchors: vec![TrustAnchor {
+            name: "peer".into(),
+            trust_domains: vec!["peer.example".into()],
+            config_map_key_ref: Some(KeyRef {
+                name: "peer-root".into(),
+                key: "root-cert.pem".into(),
+            }),
+            secret_key_ref: None,
+        }],
+        publish_root: Some(PublishRoot {
+            config_map_name: "istio-ca-root-published".into(),
+            key: "root-cert.pem".into(),
+        }),
+        ..Default::default()
     };
     istio
         .api::<IstioCACerts>()
@@ -560,6 +590,33 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
     assert!(
         cacerts.is_some(),
         "cacerts written under the chart's RBAC: {}",
+        controller.log()
+    );
+    let with_anchor = eventually(Duration::from_secs(60), || async {
+        let secret = istio.api::<Secret>().get("cacerts").await.ok()?;
+        let roots = secret.data?.get("root-cert.pem")?.0.clone();
+        String::from_utf8_lossy(&roots)
+            .contains(&peer_root.to_pem())
+            .then_some(())
+    })
+    .await;
+    assert!(
+        with_anchor.is_some(),
+        "the trust anchor read under the chart's RBAC: {}",
+        controller.log()
+    );
+    let published = eventually(Duration::from_secs(60), || async {
+        istio
+            .api::<ConfigMap>()
+            .get_opt("istio-ca-root-published")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert!(
+        published.is_some(),
+        "the root published under the chart's RBAC: {}",
         controller.log()
     );
     // No permission this flow needs was missing (other tests' leftovers in namespaces the chart
@@ -604,6 +661,25 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
             .get("elsewhere")
             .await,
         "reading a Secret in an unlisted namespace",
+    );
+    let stray_cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "stray"}})).unwrap();
+    forbidden(
+        Api::<ConfigMap>::namespaced(as_chart.clone(), &outsider.name)
+            .create(&PostParams::default(), &stray_cm)
+            .await,
+        "writing a ConfigMap outside the Istio namespaces",
+    );
+    forbidden(
+        Api::<ConfigMap>::all(as_chart.clone())
+            .list(&ListParams::default())
+            .await,
+        "listing ConfigMaps cluster-wide",
+    );
+    forbidden(
+        Api::<ConfigMap>::namespaced(as_chart.clone(), &istio.name)
+            .delete("peer-root", &Default::default())
+            .await,
+        "deleting a ConfigMap in the Istio namespace",
     );
     forbidden(
         Api::<Namespace>::all(as_chart.clone())

@@ -119,6 +119,7 @@ async fn create_icc(env: &Env, adopt: bool) {
         source_secret_name: SOURCE.into(),
         target_secret_name: "cacerts".into(),
         adopt_existing: adopt,
+        ..Default::default()
     };
     api.create(&PostParams::default(), &IstioCACerts::new("mesh", spec))
         .await

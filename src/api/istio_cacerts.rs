@@ -63,10 +63,105 @@ pub struct IstioCACertsSpec {
     /// own self-signed CA (`istio-generated`) is never taken over.
     #[serde(default)]
     pub adopt_existing: bool,
+    /// This mesh's trust domain (istiod's `meshConfig.trustDomain`). Labels the published root
+    /// and goes into `status.meshConfig`.
+    #[serde(default = "default_trust_domain")]
+    #[schemars(length(min = 1))]
+    pub trust_domain: String,
+    /// Further roots istiod must trust (other clusters' roots), appended to `root-cert.pem`
+    /// after this cluster's own root. Each name appears once.
+    // Nullable: server-side apply on older API servers (1.20) writes `null` when the last
+    // applied entry of a list is removed.
+    #[serde(default, deserialize_with = "null_as_empty", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"], "nullable" = true))]
+    pub trust_anchors: Vec<TrustAnchor>,
+    /// Publish this cluster's own root(s) (never the anchors) as PEM into a ConfigMap in this
+    /// namespace, labelled `meshca.io/trust-domain`, for other clusters (`meshca federate`,
+    /// trust-manager) to consume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_root: Option<PublishRoot>,
 }
 
 fn default_target() -> String {
     "cacerts".to_string()
+}
+
+impl Default for IstioCACertsSpec {
+    /// The defaults the API server fills in; `sourceSecretName` is empty (and required).
+    fn default() -> Self {
+        Self {
+            source_secret_name: String::new(),
+            target_secret_name: default_target(),
+            adopt_existing: false,
+            trust_domain: default_trust_domain(),
+            trust_anchors: Vec::new(),
+            publish_root: None,
+        }
+    }
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// The trust domain when none is given: Istio's default.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+fn default_trust_domain() -> String {
+    DEFAULT_TRUST_DOMAIN.to_string()
+}
+
+/// The label that names the trust domain of a published root.
+pub const TRUST_DOMAIN_LABEL: &str = "meshca.io/trust-domain";
+/// The key a published root is written under when `publishRoot.key` is not given.
+pub const DEFAULT_PUBLISH_KEY: &str = "root-cert.pem";
+
+/// One extra root (or several: a peer in the middle of a root rotation publishes two), read
+/// from a ConfigMap or Secret key in the IstioCACerts' namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [{"required": ["configMapKeyRef"]}, {"required": ["secretKeyRef"]}]))]
+pub struct TrustAnchor {
+    /// Unique in the list; names the anchor in conditions and status.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// The trust domains this root vouches for (become `trustDomainAliases` and the
+    /// `caCertificates[].trustDomains` of `status.meshConfig`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_domains: Vec<String>,
+    /// A ConfigMap key holding PEM certificates. Exactly one of configMapKeyRef, secretKeyRef.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeyRef>,
+    /// A Secret key holding PEM certificates. Exactly one of configMapKeyRef, secretKeyRef.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeyRef>,
+}
+
+/// A key of a ConfigMap or Secret in the IstioCACerts' own namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// Where this cluster's own root is published.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishRoot {
+    /// The ConfigMap to write, in this namespace. A ConfigMap of that name that
+    /// mesh-ca-issuer did not create is left untouched.
+    #[schemars(length(min = 1))]
+    pub config_map_name: String,
+    /// The key that holds the PEM.
+    #[serde(default = "default_publish_key")]
+    pub key: String,
+}
+
+fn default_publish_key() -> String {
+    DEFAULT_PUBLISH_KEY.to_string()
 }
 
 /// What the controller last saw and wrote.
@@ -87,6 +182,35 @@ pub struct IstioCACertsStatus {
     /// The issuer's backend CA that signs the intermediate.
     #[serde(default, rename = "backendCA", skip_serializing_if = "Option::is_none")]
     pub backend_ca: Option<TrackedCertificate>,
+    /// One entry per certificate of `spec.trustAnchors` that `root-cert.pem` holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_anchors: Vec<TrackedAnchor>,
+    /// The mesh config istiod still needs for the trust anchors, and what works where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_config: Option<MeshConfigAdvice>,
+}
+
+/// A trust anchor certificate, tracked like a root.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackedAnchor {
+    /// The `spec.trustAnchors` entry it came from.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_domains: Vec<String>,
+    #[serde(flatten)]
+    pub certificate: TrackedCertificate,
+}
+
+/// What to paste into istiod's mesh config, and which part reaches which data plane.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshConfigAdvice {
+    /// YAML under `meshConfig:`: `trustDomain`, `trustDomainAliases` (the anchors' trust
+    /// domains) and `caCertificates` (one `pem` + `trustDomains` per anchor).
+    pub snippet: String,
+    /// Which to use, and what works for sidecars and for ambient (ztunnel).
+    pub guidance: String,
 }
 
 /// A certificate whose renewal we track.

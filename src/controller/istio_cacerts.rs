@@ -19,7 +19,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use super::Context;
+use super::{Context, trust_anchors};
 use crate::FIELD_MANAGER;
 use crate::api::cert_manager::{
     CERTIFICATE_NAME_ANNOTATION, Certificate as CertManagerCertificate, ISSUER_GROUP_ANNOTATION,
@@ -27,11 +27,12 @@ use crate::api::cert_manager::{
 };
 use crate::api::conditions::{self, READY};
 use crate::api::issuer::{CLUSTER_ISSUER_KIND, CertificateSummary, ClusterMeshCAIssuer, ISSUER_KIND, MeshCAIssuer};
-use crate::api::istio_cacerts::{IstioCACerts, IstioCACertsStatus, RenewalWindow, TrackedCertificate};
+use crate::api::istio_cacerts::{IstioCACerts, IstioCACertsStatus, RenewalWindow, TrackedAnchor, TrackedCertificate};
 use crate::error::{Error, Result};
 use crate::istio::cacerts::{
     self, BundleContents, CacertsPlan, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION, Problem, Target,
 };
+use crate::istio::trust_bundle::{self, AnchorInput, Assembly, Change, CheckedAnchors};
 use crate::metrics::CertificateSeries;
 use crate::pki::Certificate;
 use crate::pki::renewal::{Life, Thresholds, risks};
@@ -209,6 +210,14 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
     let target_secret = read(&spec.target_secret_name).await?;
     let target = target_state(target_secret.as_ref());
 
+    let anchor_inputs = trust_anchors::read_anchors(&ctx, &namespace, &spec.trust_anchors).await?;
+    let recorded = trust_bundle::parse_record(
+        target_secret
+            .as_ref()
+            .and_then(|s| s.annotations().get(trust_bundle::RECORD_ANNOTATION))
+            .map(String::as_str),
+    );
+
     let decision: Result<CacertsPlan, Problem> = match &source {
         None => Err(Problem {
             reason: cacerts::reason::SOURCE_NOT_FOUND,
@@ -219,11 +228,15 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
         Some(s) => cacerts::read_source(&secret_data(s), &source_display)
             .and_then(|src| cacerts::plan(&src, &target, &name, spec.adopt_existing, now)),
     };
+    // The anchors join root-cert.pem only when every one of them is good; otherwise
+    // root-cert.pem stays as it is (a renewal of the intermediate still goes through: a peer's
+    // broken ConfigMap must not leave this cluster's renewal stuck).
+    let (decision, trust) = with_anchors(decision, &anchor_inputs, &target, &recorded, now);
 
     // What istiod runs with after this reconcile: the new bundle, or the one left in place.
     let (outcome, live): (Result<String, Problem>, Option<BundleContents>) = match decision {
         Ok(plan) => {
-            let summary = format!(
+            let mut summary = format!(
                 "{target_display} holds intermediate {} (SHA-256 {}) valid until {}, chaining to root {}; root-cert.pem has {} trust anchor(s)",
                 plan.contents.intermediate.subject(),
                 plan.contents.intermediate.fingerprint(),
@@ -231,8 +244,25 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
                 plan.contents.anchor.subject(),
                 plan.contents.roots.len()
             );
-            match write_target(&ctx, &icc, &plan, target_secret.as_ref()).await {
-                Ok(()) => (Ok(summary), Some(plan.contents)),
+            summary.push_str(&trust.summary());
+            let record = match &trust {
+                Trust::Applied { assembly, .. } => Some(trust_bundle::format_record(&assembly.record)),
+                _ => None,
+            };
+            match write_target(&ctx, &icc, &plan, target_secret.as_ref(), record, trust.change_note()).await {
+                Ok(()) => match &trust {
+                    Trust::Invalid(problem) => (
+                        Err(Problem {
+                            reason: problem.reason,
+                            message: format!(
+                                "{}; root-cert.pem is left as it was and no trust anchor is added or removed until this is fixed. {summary}",
+                                problem.message
+                            ),
+                        }),
+                        Some(plan.contents),
+                    ),
+                    _ => (Ok(summary), Some(plan.contents)),
+                },
                 Err(problem) => {
                     let live = existing_bundle(&target, now);
                     (Err(problem), live)
@@ -265,8 +295,68 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
     }
 
     let (healthy, health_reason, health_message) = health(&tracked, anchor.as_ref(), now, &thresholds);
-    let generation = icc.meta().generation;
+
+    // === trust anchors and the published root ===
     let previous = icc.status.as_ref();
+    let live_roots: Vec<&Certificate> = live.as_ref().map(|b| b.roots.iter().collect()).unwrap_or_default();
+    let (tracked_anchors, mesh_config) = match &trust {
+        Trust::Applied { checked, .. } => (
+            checked
+                .anchors
+                .iter()
+                .flat_map(|a| {
+                    a.certificates
+                        .iter()
+                        .filter(|c| live_roots.contains(c))
+                        .map(|c| TrackedAnchor {
+                            name: a.name.clone(),
+                            trust_domains: a.trust_domains.clone(),
+                            certificate: Tracked::from_certificate(Role::Root, c, None).status(now, &thresholds),
+                        })
+                })
+                .collect::<Vec<_>>(),
+            Some(trust_bundle::mesh_config(&spec.trust_domain, &checked.anchors)),
+        ),
+        // Unknown this time (source missing, or an anchor is bad): what was shown stays, for
+        // the anchors still in root-cert.pem.
+        _ => {
+            let live_fps: Vec<String> = live_roots.iter().map(|c| c.fingerprint()).collect();
+            (
+                previous
+                    .map(|s| s.trust_anchors.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|a| live_fps.contains(&a.certificate.fingerprint_sha256))
+                    .collect(),
+                previous.and_then(|s| s.mesh_config.clone()),
+            )
+        }
+    };
+    let anchor_fingerprints: Vec<String> = tracked_anchors
+        .iter()
+        .map(|a| a.certificate.fingerprint_sha256.clone())
+        .collect();
+    let published = match &spec.publish_root {
+        None => None,
+        Some(publish) => {
+            let own: Vec<Certificate> = live.iter().map(|b| b.anchor.clone()).collect();
+            Some(match trust_anchors::publish_root(&ctx, &icc, &own).await {
+                Ok(_) => (
+                    true,
+                    trust_anchors::reason::PUBLISHED.to_string(),
+                    format!(
+                        "ConfigMap {namespace}/{} key {} holds this cluster's root {} (trust domain {})",
+                        publish.config_map_name,
+                        publish.key,
+                        own.iter().map(Certificate::subject).collect::<Vec<_>>().join(", "),
+                        spec.trust_domain
+                    ),
+                ),
+                Err(p) => (false, p.reason.to_string(), p.message),
+            })
+        }
+    };
+    let generation = icc.meta().generation;
     let find = |t: &str| previous.and_then(|s| conditions::find(&s.conditions, t));
     let (ready, ready_reason, ready_message) = match &outcome {
         Ok(summary) => (true, cacerts::reason::SYNCED.to_string(), summary.clone()),
@@ -292,20 +382,35 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
                 generation,
                 now,
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(published.as_ref().map(|(ok, reason, message)| {
+            conditions::next(
+                find(trust_anchors::ROOT_PUBLISHED),
+                trust_anchors::ROOT_PUBLISHED,
+                *ok,
+                reason,
+                message.clone(),
+                generation,
+                now,
+            )
+        }))
+        .collect(),
         intermediate: tracked
             .iter()
             .find(|t| t.role == Role::Intermediate)
             .map(|t| t.status(now, &thresholds)),
         roots: tracked
             .iter()
-            .filter(|t| t.role == Role::Root)
+            .filter(|t| t.role == Role::Root && !anchor_fingerprints.contains(&t.fingerprint))
             .map(|t| t.status(now, &thresholds))
             .collect(),
         backend_ca: tracked
             .iter()
             .find(|t| t.role == Role::BackendCA)
             .map(|t| t.status(now, &thresholds)),
+        trust_anchors: tracked_anchors,
+        mesh_config,
     };
 
     if previous != Some(&status) {
@@ -346,6 +451,89 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
         Some(at) => Action::requeue(at.duration_since(now).unsigned_abs() + std::time::Duration::from_millis(250)),
         None => Action::await_change(),
     })
+}
+
+/// What became of the trust anchors in this reconcile.
+enum Trust {
+    /// No plan to put them into (the source or target is not usable).
+    NotApplied,
+    /// An anchor is bad: root-cert.pem stays as it was.
+    Invalid(Problem),
+    /// Every anchor checked and assembled into the plan.
+    Applied {
+        checked: CheckedAnchors,
+        assembly: Assembly,
+    },
+}
+
+impl Trust {
+    /// For the Ready message: notes, how the file relates to the previous one, and what istiod
+    /// needs to pick a change up.
+    fn summary(&self) -> String {
+        let mut out = String::new();
+        if let Trust::Applied { checked, assembly } = self {
+            for note in &checked.notes {
+                out.push_str("; ");
+                out.push_str(note);
+            }
+            if assembly.deferred > 0 {
+                out.push_str(&format!(
+                    "; {} trust anchor certificate(s) are added in the next step, after the removal (never both in one write)",
+                    assembly.deferred
+                ));
+            }
+        }
+        out.push_str("; ");
+        out.push_str(trust_bundle::RELOAD_NOTE);
+        out
+    }
+
+    /// For the Written event: what this write did to root-cert.pem.
+    fn change_note(&self) -> Option<String> {
+        let Trust::Applied { assembly, .. } = self else {
+            return None;
+        };
+        let names = |certs: &[Certificate]| certs.iter().map(Certificate::subject).collect::<Vec<_>>().join(", ");
+        match assembly.change {
+            Change::Unchanged | Change::Fresh => None,
+            Change::Grew => Some(format!(
+                "root-cert.pem grew by {} (the previous bytes are its prefix); {}",
+                names(&assembly.added),
+                trust_bundle::RELOAD_NOTE
+            )),
+            Change::Shrank => Some(format!(
+                "root-cert.pem lost {} (the new bytes are contained in the previous); {}",
+                names(&assembly.removed),
+                trust_bundle::RELOAD_NOTE
+            )),
+            Change::Reordered => Some(format!(
+                "root-cert.pem lost {} from its middle: a subset of the previous certificates but not of its bytes, which istiod versions that compare bytes ignore; restart istiod",
+                names(&assembly.removed)
+            )),
+        }
+    }
+}
+
+/// Checks the anchors and puts them into the plan (see [`Trust`]).
+fn with_anchors(
+    decision: Result<CacertsPlan, Problem>,
+    inputs: &[AnchorInput],
+    target: &Target,
+    recorded: &std::collections::BTreeSet<String>,
+    now: Timestamp,
+) -> (Result<CacertsPlan, Problem>, Trust) {
+    let plan = match decision {
+        Ok(plan) => plan,
+        Err(problem) => return (Err(problem), Trust::NotApplied),
+    };
+    let own_roots = [plan.contents.anchor.clone()];
+    match trust_bundle::check_anchors(inputs, &own_roots, now) {
+        Err(problem) => (Ok(plan), Trust::Invalid(problem)),
+        Ok(checked) => match trust_bundle::apply(plan, target, recorded, &checked, now) {
+            Ok((plan, assembly)) => (Ok(plan), Trust::Applied { checked, assembly }),
+            Err(problem) => (Err(problem), Trust::NotApplied),
+        },
+    }
 }
 
 /// The bundle currently in the target, if it is one istiod could load.
@@ -390,6 +578,8 @@ async fn write_target(
     icc: &IstioCACerts,
     plan: &CacertsPlan,
     existing: Option<&Secret>,
+    anchor_record: Option<String>,
+    root_change: Option<String>,
 ) -> Result<(), Problem> {
     if !plan.changed {
         return Ok(());
@@ -417,6 +607,17 @@ async fn write_target(
     secret
         .annotations_mut()
         .insert(OWNER_ANNOTATION.to_string(), icc.name_any());
+    match anchor_record {
+        Some(record) if !record.is_empty() => {
+            secret
+                .annotations_mut()
+                .insert(trust_bundle::RECORD_ANNOTATION.to_string(), record);
+        }
+        Some(_) => {
+            secret.annotations_mut().remove(trust_bundle::RECORD_ANNOTATION);
+        }
+        None => {}
+    }
     secret.data = Some(data);
     secret.string_data = None;
     let result = if existing.is_some() {
@@ -451,6 +652,10 @@ async fn write_target(
                 plan.contents.intermediate.fingerprint(),
                 plan.contents.intermediate.not_after()
             );
+            if let Some(change) = &root_change {
+                note.push_str("; ");
+                note.push_str(change);
+            }
             if !plan.dropped_keys.is_empty() {
                 note.push_str(&format!(
                     "; removed keys {:?} so that istiod reads the new bundle",

@@ -9,13 +9,14 @@ pub mod certificate_request;
 pub mod issuer;
 pub mod istio_cacerts;
 pub mod retry;
+pub mod trust_anchors;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -184,6 +185,22 @@ fn secret_apis(client: &Client, config: &Config) -> Vec<Api<Secret>> {
     }
     config
         .secret_namespaces
+        .iter()
+        .map(|ns| Api::namespaced(client.clone(), ns))
+        .collect()
+}
+
+/// The ConfigMap APIs to watch (trust anchors, published roots): `--namespace`, else
+/// `--configmap-namespaces`, else cluster-wide.
+fn configmap_apis(client: &Client, config: &Config) -> Vec<Api<ConfigMap>> {
+    if let Some(ns) = &config.namespace {
+        return vec![Api::namespaced(client.clone(), ns)];
+    }
+    if config.configmap_namespaces.is_empty() {
+        return vec![Api::all(client.clone())];
+    }
+    config
+        .configmap_namespaces
         .iter()
         .map(|ns| Api::namespaced(client.clone(), ns))
         .collect()
@@ -476,7 +493,27 @@ fn istio_cacerts_controller(
             let name = secret.name_any();
             cached_refs(&store, |i| {
                 i.namespace() == secret.namespace()
-                    && (i.spec.source_secret_name == name || i.spec.target_secret_name == name)
+                    && (i.spec.source_secret_name == name
+                        || i.spec.target_secret_name == name
+                        || i.spec
+                            .trust_anchors
+                            .iter()
+                            .any(|a| a.secret_key_ref.as_ref().is_some_and(|r| r.name == name)))
+            })
+        });
+    }
+    // Trust anchors' ConfigMaps, and the published root (re-written when someone changes it).
+    for config_maps in configmap_apis(client, config) {
+        let store = store.clone();
+        controller = controller.watches(config_maps, watcher::Config::default(), move |cm: ConfigMap| {
+            let name = cm.name_any();
+            cached_refs(&store, |i| {
+                i.namespace() == cm.namespace()
+                    && (i.spec.publish_root.as_ref().is_some_and(|p| p.config_map_name == name)
+                        || i.spec
+                            .trust_anchors
+                            .iter()
+                            .any(|a| a.config_map_key_ref.as_ref().is_some_and(|r| r.name == name)))
             })
         });
     }

@@ -2,3 +2,4 @@
 //! breaking a running mesh, and istiod's own checks, emulated before every write.
 
 pub mod cacerts;
+pub mod trust_bundle;

@@ -66,8 +66,25 @@ pub fn kubeconfig() -> PathBuf {
 
 /// A client for the admin identity of the local control plane.
 pub async fn admin_client() -> Client {
+    client_for_kubeconfig(&kubeconfig()).await
+}
+
+/// The kubeconfig of the second control plane, for the tests across two clusters (hack/test
+/// starts it as `<name>-b` and exports `MESHCA_TEST_KUBECONFIG_B`).
+pub fn kubeconfig_b() -> PathBuf {
+    match std::env::var("MESHCA_TEST_KUBECONFIG_B") {
+        Ok(path) if !path.is_empty() && Path::new(&path).exists() => PathBuf::from(path),
+        _ => panic!(
+            "no second control plane: run `hack/test`, or `hack/control-plane up --name test-b` and set \
+             MESHCA_TEST_KUBECONFIG_B=.control-plane/test-b/kubeconfig"
+        ),
+    }
+}
+
+/// A client for the admin identity of the control plane behind `path`.
+pub async fn client_for_kubeconfig(path: &Path) -> Client {
     mesh_ca_issuer::install_crypto_provider();
-    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig()).expect("readable kubeconfig");
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("readable kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .expect("valid kubeconfig");
@@ -99,8 +116,14 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
 /// is Established. Runs once per test process.
 pub async fn ensure_crds(client: &Client) {
     static INSTALLED: OnceCell<()> = OnceCell::const_new();
-    INSTALLED
-        .get_or_init(|| async {
+    INSTALLED.get_or_init(|| install_crds(client)).await;
+}
+
+/// Installs every CRD into the control plane behind `client` and waits until each is
+/// Established (idempotent; [`ensure_crds`] does it once per process for the main one).
+pub async fn install_crds(client: &Client) {
+    {
+        {
             let api: Api<CustomResourceDefinition> = Api::all(client.clone());
             let params = PatchParams::apply(TEST_MANAGER).force();
             for crd in all_crds() {
@@ -126,8 +149,8 @@ pub async fn ensure_crds(client: &Client) {
                 .await;
                 assert!(established.is_some(), "CRD {name} not Established within 30s");
             }
-        })
-        .await;
+        }
+    }
 }
 
 /// Polls `check` until it yields `Some`, or gives up after `timeout` with `None`.
@@ -168,6 +191,8 @@ pub fn unique_suffix() -> String {
 pub struct TestNamespace {
     pub name: String,
     pub client: Client,
+    /// The control plane it lives in (removed through it on drop).
+    pub kubeconfig: PathBuf,
 }
 
 impl TestNamespace {
@@ -185,6 +210,12 @@ impl TestNamespace {
             .collect();
         prefix.truncate(40);
         let name = format!("{}-{}", prefix.trim_end_matches('-'), unique_suffix());
+        Self::create_named(client, &name, &kubeconfig()).await
+    }
+
+    /// Creates exactly `name` in the control plane behind `kubeconfig` (and `client`).
+    pub async fn create_named(client: &Client, name: &str, kubeconfig: &Path) -> Self {
+        let name = name.to_string();
         let api: Api<Namespace> = Api::all(client.clone());
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": {"meshca.io/test": "true"}}
@@ -196,6 +227,7 @@ impl TestNamespace {
         Self {
             name,
             client: client.clone(),
+            kubeconfig: kubeconfig.to_path_buf(),
         }
     }
 
@@ -215,6 +247,7 @@ impl Drop for TestNamespace {
             return;
         }
         let name = self.name.clone();
+        let kubeconfig = self.kubeconfig.clone();
         // Drop cannot be async, and the test's runtime may be shutting down: clean up on a
         // thread with a runtime of its own, and a client of its own.
         let handle = std::thread::spawn(move || {
@@ -223,7 +256,7 @@ impl Drop for TestNamespace {
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
-                let client = admin_client().await;
+                let client = client_for_kubeconfig(&kubeconfig).await;
                 if let Err(e) = remove_namespace(&client, &name).await {
                     eprintln!("warning: could not remove test namespace {name}: {e}");
                 }

@@ -1,0 +1,492 @@
+//! What `meshca federate` and `meshca unfederate` write where, decided from what was read of
+//! every cluster before anything is written. Pure: no client in here.
+//!
+//! In cluster X, the root that cluster Y publishes becomes a ConfigMap `meshca-peer-<Y>` (a
+//! byte-for-byte copy of Y's published PEM, labelled with Y's cluster id and trust domain) and a
+//! `spec.trustAnchors` entry `peer-<Y>` pointing at it. The CLI owns exactly those entries
+//! (server-side apply, field manager [`FIELD_MANAGER`]); entries others wrote are never
+//! touched. `<Y>` is Y's kubeconfig context, made into a DNS label; clusters are told apart by
+//! the UID of their `kube-system` namespace, which also catches one cluster under two contexts.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+
+use crate::api::istio_cacerts::{IstioCACerts, KeyRef, TRUST_DOMAIN_LABEL, TrustAnchor};
+use crate::istio::trust_bundle::{self, CheckedAnchor};
+use crate::pki::{Certificate, pem};
+
+/// The field manager of every write the CLI makes.
+pub const FIELD_MANAGER: &str = "meshca-cli";
+/// On a peer ConfigMap: the UID of the peer cluster's kube-system namespace.
+pub const PEER_CLUSTER_LABEL: &str = "meshca.io/peer-cluster";
+/// On a peer ConfigMap: the context it was copied from (for people reading it).
+pub const PEER_CONTEXT_ANNOTATION: &str = "meshca.io/peer-context";
+/// The key peer ConfigMaps hold the PEM under.
+pub const PEER_KEY: &str = "root-cert.pem";
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", FIELD_MANAGER);
+
+/// What was read of one cluster.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub context: String,
+    /// UID of kube-system: the cluster's identity.
+    pub cluster_id: String,
+    pub istio_cacerts: IstioCACerts,
+    /// The `publishRoot` ConfigMap, when one is configured and exists.
+    pub published: Option<ConfigMap>,
+    /// ConfigMaps in the namespace labelled as peer copies by this CLI.
+    pub peer_config_maps: Vec<ConfigMap>,
+}
+
+/// A cluster's published root, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedRoot {
+    /// Exactly the bytes published: copied as they are, so they stay byte-stable.
+    pub pem: String,
+    pub certificates: Vec<Certificate>,
+    pub trust_domain: String,
+}
+
+/// What to write into one cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterPlan {
+    pub context: String,
+    pub namespace: String,
+    pub name: String,
+    /// Peer ConfigMaps to apply: (name, labels, annotations, PEM).
+    pub apply_config_maps: Vec<PeerConfigMap>,
+    /// The complete list of trust anchors the CLI owns after the change.
+    pub anchors: Vec<TrustAnchor>,
+    /// Peer ConfigMaps to delete (after the anchors no longer name them).
+    pub delete_config_maps: Vec<String>,
+    /// The mesh config the cluster still needs, for the anchors the CLI owns.
+    pub mesh_config: String,
+}
+
+/// A peer's root as a ConfigMap in this cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerConfigMap {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub pem: String,
+}
+
+/// A context name as a DNS label fragment: lower case, `[a-z0-9-]`, at most 40 characters.
+pub fn label_of(context: &str) -> String {
+    let mut out: String = context
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    out.truncate(40);
+    out.trim_matches('-').to_string()
+}
+
+pub fn anchor_name(peer_context: &str) -> String {
+    format!("peer-{}", label_of(peer_context))
+}
+
+pub fn config_map_name(peer_context: &str) -> String {
+    format!("meshca-peer-{}", label_of(peer_context))
+}
+
+/// Checks what a cluster publishes: `publishRoot` configured, the ConfigMap and key there, and
+/// every certificate a CA valid now.
+pub fn published_root(snapshot: &Snapshot, now: Timestamp) -> Result<PublishedRoot, String> {
+    let icc = &snapshot.istio_cacerts;
+    let at = format!(
+        "context {}: IstioCACerts {}/{}",
+        snapshot.context,
+        icc.namespace().unwrap_or_default(),
+        icc.name_any()
+    );
+    let Some(publish) = &icc.spec.publish_root else {
+        return Err(format!(
+            "{at} has no spec.publishRoot: set it (e.g. publishRoot: {{configMapName: istio-ca-root-published}}) so its root can be shared"
+        ));
+    };
+    let display = format!(
+        "ConfigMap {}/{}",
+        icc.namespace().unwrap_or_default(),
+        publish.config_map_name
+    );
+    let Some(cm) = &snapshot.published else {
+        return Err(format!(
+            "{at}: {display} (spec.publishRoot) does not exist yet: is the controller running and the IstioCACerts Ready?"
+        ));
+    };
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get(&publish.key)) else {
+        return Err(format!("{at}: {display} has no key {}", publish.key));
+    };
+    let not_valid = |why: String| format!("{at}: {display} key {} is not a valid CA: {why}", publish.key);
+    let blocks = pem::decode_all(text.as_bytes(), "the published root").map_err(|e| not_valid(e.to_string()))?;
+    let mut certificates = Vec::new();
+    for (label, der) in blocks {
+        if label != pem::CERTIFICATE {
+            return Err(not_valid(format!("it holds a PEM block of type {label:?}")));
+        }
+        let cert = Certificate::from_der(der).map_err(|e| not_valid(e.to_string()))?;
+        if !cert.is_ca() || cert.key_usage_cert_sign() == Some(false) {
+            return Err(not_valid(format!("{} is not a CA certificate", cert.subject())));
+        }
+        if !cert.is_valid_at(now) {
+            return Err(not_valid(format!(
+                "{} is valid only from {} to {}",
+                cert.subject(),
+                cert.not_before(),
+                cert.not_after()
+            )));
+        }
+        certificates.push(cert);
+    }
+    Ok(PublishedRoot {
+        pem: text.clone(),
+        certificates,
+        trust_domain: icc.spec.trust_domain.clone(),
+    })
+}
+
+/// Refuses one cluster under two contexts.
+pub fn distinct(snapshots: &[Snapshot]) -> Result<(), String> {
+    for (i, a) in snapshots.iter().enumerate() {
+        if let Some(b) = snapshots[i + 1..].iter().find(|b| b.cluster_id == a.cluster_id) {
+            return Err(format!(
+                "contexts {} and {} are the same cluster (kube-system UID {}): name each cluster once",
+                a.context, b.context, a.cluster_id
+            ));
+        }
+        if let Some(b) = snapshots[i + 1..]
+            .iter()
+            .find(|b| label_of(&b.context) == label_of(&a.context))
+        {
+            return Err(format!(
+                "contexts {} and {} give the same peer name {}: rename one context",
+                a.context,
+                b.context,
+                anchor_name(&a.context)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The names of the `spec.trustAnchors` entries that `manager` applied (from managedFields).
+pub fn owned_anchor_names(icc: &IstioCACerts, manager: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in icc.managed_fields() {
+        if entry.manager.as_deref() != Some(manager) || entry.operation.as_deref() != Some("Apply") {
+            continue;
+        }
+        let Some(fields) = entry.fields_v1.as_ref() else {
+            continue;
+        };
+        let Some(list) = fields.0.get("f:spec").and_then(|s| s.get("f:trustAnchors")) else {
+            continue;
+        };
+        let Some(items) = list.as_object() else { continue };
+        for key in items.keys() {
+            // Keys of an associative list look like `k:{"name":"peer-b"}`.
+            let Some(json) = key.strip_prefix("k:") else { continue };
+            if let Ok(serde_json::Value::Object(k)) = serde_json::from_str::<serde_json::Value>(json)
+                && let Some(serde_json::Value::String(name)) = k.get("name")
+                && !names.contains(name)
+            {
+                names.push(name.clone());
+            }
+        }
+    }
+    names
+}
+
+fn entries_owned(icc: &IstioCACerts) -> Vec<TrustAnchor> {
+    let owned = owned_anchor_names(icc, FIELD_MANAGER);
+    icc.spec
+        .trust_anchors
+        .iter()
+        .filter(|a| owned.contains(&a.name))
+        .cloned()
+        .collect()
+}
+
+fn mesh_config_for(trust_domain: &str, anchors: &[TrustAnchor], pems: &BTreeMap<String, Vec<Certificate>>) -> String {
+    let checked: Vec<CheckedAnchor> = anchors
+        .iter()
+        .map(|a| CheckedAnchor {
+            name: a.name.clone(),
+            trust_domains: a.trust_domains.clone(),
+            certificates: pems.get(&a.name).cloned().unwrap_or_default(),
+        })
+        .collect();
+    trust_bundle::mesh_config(trust_domain, &checked).snippet
+}
+
+/// Every cluster trusts every other: a full mesh of anchors.
+pub fn plan_federation(snapshots: &[Snapshot], now: Timestamp) -> Result<Vec<ClusterPlan>, Vec<String>> {
+    let mut problems = Vec::new();
+    if let Err(e) = distinct(snapshots) {
+        problems.push(e);
+    }
+    let published: Vec<Option<PublishedRoot>> = snapshots
+        .iter()
+        .map(|s| published_root(s, now).map_err(|e| problems.push(e)).ok())
+        .collect();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut plans = Vec::new();
+    for (x, snapshot) in snapshots.iter().enumerate() {
+        let icc = &snapshot.istio_cacerts;
+        let mut anchors = entries_owned(icc);
+        let mut apply_config_maps = Vec::new();
+        let mut pems: BTreeMap<String, Vec<Certificate>> = BTreeMap::new();
+        for (y, peer) in snapshots.iter().enumerate() {
+            if x == y {
+                continue;
+            }
+            let Some(root) = &published[y] else { continue };
+            let name = anchor_name(&peer.context);
+            let cm_name = config_map_name(&peer.context);
+            apply_config_maps.push(PeerConfigMap {
+                name: cm_name.clone(),
+                labels: BTreeMap::from([
+                    (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+                    (PEER_CLUSTER_LABEL.to_string(), peer.cluster_id.clone()),
+                    (TRUST_DOMAIN_LABEL.to_string(), root.trust_domain.clone()),
+                ]),
+                annotations: BTreeMap::from([(PEER_CONTEXT_ANNOTATION.to_string(), peer.context.clone())]),
+                pem: root.pem.clone(),
+            });
+            let entry = TrustAnchor {
+                name: name.clone(),
+                trust_domains: vec![root.trust_domain.clone()],
+                config_map_key_ref: Some(KeyRef {
+                    name: cm_name,
+                    key: PEER_KEY.to_string(),
+                }),
+                secret_key_ref: None,
+            };
+            pems.insert(name.clone(), root.certificates.clone());
+            match anchors.iter_mut().find(|a| a.name == name) {
+                Some(existing) => *existing = entry,
+                None => anchors.push(entry),
+            }
+        }
+        plans.push(ClusterPlan {
+            context: snapshot.context.clone(),
+            namespace: icc.namespace().unwrap_or_default(),
+            name: icc.name_any(),
+            mesh_config: mesh_config_for(&icc.spec.trust_domain, &anchors, &pems),
+            apply_config_maps,
+            anchors,
+            delete_config_maps: Vec::new(),
+        });
+    }
+    Ok(plans)
+}
+
+/// Every cluster stops trusting every other one named: the CLI's anchors and ConfigMaps for
+/// those peers go; anchors for peers not named stay.
+pub fn plan_unfederation(snapshots: &[Snapshot]) -> Result<Vec<ClusterPlan>, Vec<String>> {
+    distinct(snapshots).map_err(|e| vec![e])?;
+    let mut plans = Vec::new();
+    for (x, snapshot) in snapshots.iter().enumerate() {
+        let icc = &snapshot.istio_cacerts;
+        let peers: Vec<&Snapshot> = snapshots
+            .iter()
+            .enumerate()
+            .filter(|(y, _)| *y != x)
+            .map(|(_, s)| s)
+            .collect();
+        // The peer ConfigMaps of the named peers, found by cluster id (so a renamed context
+        // still unfederates) or by the name this CLI gives them.
+        let doomed: Vec<String> = snapshot
+            .peer_config_maps
+            .iter()
+            .filter(|cm| {
+                let id = cm.labels().get(PEER_CLUSTER_LABEL);
+                peers
+                    .iter()
+                    .any(|p| id == Some(&p.cluster_id) || cm.name_any() == config_map_name(&p.context))
+            })
+            .map(|cm| cm.name_any())
+            .collect();
+        let anchors: Vec<TrustAnchor> = entries_owned(icc)
+            .into_iter()
+            .filter(|a| {
+                let via_config_map = a.config_map_key_ref.as_ref().is_some_and(|r| doomed.contains(&r.name));
+                let by_name = peers.iter().any(|p| a.name == anchor_name(&p.context));
+                !(via_config_map || by_name)
+            })
+            .collect();
+        plans.push(ClusterPlan {
+            context: snapshot.context.clone(),
+            namespace: icc.namespace().unwrap_or_default(),
+            name: icc.name_any(),
+            mesh_config: mesh_config_for(&icc.spec.trust_domain, &[], &BTreeMap::new()),
+            apply_config_maps: Vec::new(),
+            anchors,
+            delete_config_maps: doomed,
+        });
+    }
+    Ok(plans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::issuer::RootBootstrap;
+    use crate::api::istio_cacerts::{IstioCACertsSpec, PublishRoot};
+    use crate::pki::sign::self_signed_root;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+
+    fn now() -> Timestamp {
+        Timestamp::now()
+    }
+
+    fn snapshot(context: &str, id: &str, root: &Certificate) -> Snapshot {
+        let mut icc = IstioCACerts::new(
+            "istiod",
+            IstioCACertsSpec {
+                source_secret_name: "istiod-intermediate".into(),
+                trust_domain: format!("{context}.example"),
+                publish_root: Some(PublishRoot {
+                    config_map_name: "root".into(),
+                    key: "root-cert.pem".into(),
+                }),
+                ..Default::default()
+            },
+        );
+        icc.metadata.namespace = Some("istio-system".into());
+        let published: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "root", "namespace": "istio-system"},
+            "data": {"root-cert.pem": root.to_pem()},
+        }))
+        .unwrap();
+        Snapshot {
+            context: context.into(),
+            cluster_id: id.into(),
+            istio_cacerts: icc,
+            published: Some(published),
+            peer_config_maps: Vec::new(),
+        }
+    }
+
+    fn root() -> Certificate {
+        self_signed_root(&RootBootstrap::default(), now() - jiff::SignedDuration::from_hours(1))
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn three_clusters_become_a_full_mesh_of_anchors() {
+        let snaps = vec![
+            snapshot("a", "1", &root()),
+            snapshot("b", "2", &root()),
+            snapshot("c", "3", &root()),
+        ];
+        let plans = plan_federation(&snaps, now()).unwrap();
+        let names: Vec<Vec<String>> = plans
+            .iter()
+            .map(|p| p.anchors.iter().map(|a| a.name.clone()).collect())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                vec!["peer-b", "peer-c"],
+                vec!["peer-a", "peer-c"],
+                vec!["peer-a", "peer-b"]
+            ]
+        );
+        // A's copy of B's root is B's published bytes exactly, labelled with B's identity.
+        let copy = &plans[0].apply_config_maps[0];
+        assert_eq!(copy.name, "meshca-peer-b");
+        assert_eq!(
+            &copy.pem,
+            snaps[1]
+                .published
+                .as_ref()
+                .unwrap()
+                .data
+                .as_ref()
+                .unwrap()
+                .get("root-cert.pem")
+                .unwrap()
+        );
+        assert_eq!(copy.labels[PEER_CLUSTER_LABEL], "2");
+        assert_eq!(copy.labels[TRUST_DOMAIN_LABEL], "b.example");
+        assert!(plans[0].mesh_config.contains("b.example") && plans[0].mesh_config.contains("c.example"));
+    }
+
+    #[test]
+    fn refusals_name_the_context_and_write_nothing() {
+        let r = root();
+        let same = vec![snapshot("a", "1", &r), snapshot("a2", "1", &r)];
+        assert!(plan_federation(&same, now()).unwrap_err()[0].contains("same cluster"));
+        let mut unpublished = snapshot("b", "2", &root());
+        unpublished.istio_cacerts.spec.publish_root = None;
+        let errs = plan_federation(&[snapshot("a", "1", &r), unpublished], now()).unwrap_err();
+        assert!(
+            errs[0].contains("context b") && errs[0].contains("publishRoot"),
+            "{errs:?}"
+        );
+        let mut missing = snapshot("b", "2", &root());
+        missing.published = None;
+        assert!(plan_federation(&[snapshot("a", "1", &r), missing], now()).unwrap_err()[0].contains("does not exist"));
+        // A published leaf, or garbage: not a valid CA.
+        let mut garbage = snapshot("b", "2", &root());
+        garbage.published.as_mut().unwrap().data = Some(BTreeMap::from([("root-cert.pem".into(), "garbage".into())]));
+        assert!(plan_federation(&[snapshot("a", "1", &r), garbage], now()).unwrap_err()[0].contains("not a valid CA"));
+    }
+
+    #[test]
+    fn unfederation_removes_only_the_named_peers_entries_owned_by_the_cli() {
+        let snaps = vec![snapshot("a", "1", &root()), snapshot("b", "2", &root())];
+        let mut a = snaps[0].clone();
+        let plan = &plan_federation(&snaps, now()).unwrap()[0];
+        // A after federation: the CLI's entry for b, and a hand-made one.
+        let mut anchors = plan.anchors.clone();
+        anchors.push(TrustAnchor {
+            name: "by-hand".into(),
+            trust_domains: vec![],
+            config_map_key_ref: Some(KeyRef {
+                name: "x".into(),
+                key: "k".into(),
+            }),
+            secret_key_ref: None,
+        });
+        a.istio_cacerts.spec.trust_anchors = anchors;
+        a.istio_cacerts.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some(FIELD_MANAGER.into()),
+            operation: Some("Apply".into()),
+            fields_v1: Some(FieldsV1(serde_json::json!({
+                "f:spec": {"f:trustAnchors": {r#"k:{"name":"peer-b"}"#: {".": {}}}}
+            }))),
+            ..Default::default()
+        }]);
+        let peer_cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "meshca-peer-b", "labels": {PEER_CLUSTER_LABEL: "2"}},
+        }))
+        .unwrap();
+        a.peer_config_maps = vec![peer_cm];
+        assert_eq!(owned_anchor_names(&a.istio_cacerts, FIELD_MANAGER), vec!["peer-b"]);
+        let plans = plan_unfederation(&[a, snaps[1].clone()]).unwrap();
+        assert!(
+            plans[0].anchors.is_empty(),
+            "the CLI owns no other entry; by-hand is not its to list"
+        );
+        assert_eq!(plans[0].delete_config_maps, vec!["meshca-peer-b"]);
+    }
+
+    #[test]
+    fn context_names_become_dns_labels() {
+        assert_eq!(
+            anchor_name("arn:aws:eks:eu-west-1:1:cluster/Prod"),
+            "peer-arn-aws-eks-eu-west-1-1-cluster-prod"
+        );
+        assert_eq!(config_map_name("meshca-fed-b"), "meshca-peer-meshca-fed-b");
+    }
+}

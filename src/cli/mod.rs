@@ -1,0 +1,440 @@
+//! `meshca`: the command line for operators of several clusters (also installed as
+//! `kubectl-meshca`, so `kubectl meshca ...` works). `status` shows issuers and IstioCACerts
+//! across clusters; `federate`/`unfederate` exchange published roots between clusters as trust
+//! anchors. The decisions live in [`federation`]; this module reads, prints and writes.
+//!
+//! Every command reads all clusters before it writes to any, and refuses (exit code 3, nothing
+//! written) when a cluster is unreachable or a check fails.
+
+pub mod federation;
+pub mod status;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Resource};
+
+use crate::api::istio_cacerts::IstioCACerts;
+use federation::{ClusterPlan, FIELD_MANAGER, PEER_CLUSTER_LABEL, Snapshot};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Two clusters, each with a kubeconfig of its own:
+  export KUBECONFIG=$HOME/.kube/east:$HOME/.kube/west
+  meshca status --context east --context west
+  meshca federate --context east --context west --dry-run
+  meshca federate --context east --context west
+  meshca unfederate --context east --context west
+
+  # Three clusters trust each other (a full mesh of trust anchors):
+  meshca federate --context east --context west --context north
+
+  # Shell completion:
+  meshca completion bash > /etc/bash_completion.d/meshca
+
+Exit codes:
+  0  done
+  1  a cluster could not be read or written after the checks passed (re-running is safe)
+  2  bad usage
+  3  refused before writing anything: a context is unreachable or unknown, two contexts are
+     the same cluster, a cluster has no IstioCACerts or no spec.publishRoot, or a published
+     root is not a valid CA";
+
+/// meshca: trust across clusters for mesh-ca-issuer.
+#[derive(Parser, Debug)]
+#[command(name = "meshca", version = crate::cli::version(), about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Kubeconfig file(s), colon-separated and merged like kubectl. Default: $KUBECONFIG, then
+    /// ~/.kube/config.
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// One table across clusters: issuers (Ready, backend, CA expiry) and IstioCACerts
+    /// (intermediate, next renewal, roots and trust anchors with their windows, any problem).
+    Status(StatusArgs),
+    /// Make every named cluster trust every other one's published root: copies each root into
+    /// the others as a ConfigMap and a spec.trustAnchors entry (server-side apply, field manager
+    /// meshca-cli). Repeatable with the same result.
+    Federate(FederateArgs),
+    /// Undo `federate` between the named clusters: removes the trust anchors and ConfigMaps it
+    /// wrote for them; anchors written by anyone else stay.
+    Unfederate(FederateArgs),
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Kubeconfig context to show (repeat for several). Default: the current context.
+    #[arg(long = "context")]
+    pub contexts: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FederateArgs {
+    /// Kubeconfig context of a cluster; at least two.
+    #[arg(long = "context", required = true, num_args = 1)]
+    pub contexts: Vec<String>,
+    /// Namespace of the IstioCACerts (istiod's namespace) in every cluster.
+    #[arg(long, default_value = "istio-system")]
+    pub namespace: String,
+    /// Name of the IstioCACerts in every cluster.
+    #[arg(long, default_value = "istiod")]
+    pub name: String,
+    /// Check everything and print what would be written; the API servers validate each write
+    /// (server-side dry run) but keep nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// `meshca --version`: the crate version and, when built from git, the revision.
+pub fn version() -> &'static str {
+    match option_env!("MESHCA_GIT_REVISION") {
+        Some(rev) if !rev.is_empty() => Box::leak(format!("{} ({rev})", env!("CARGO_PKG_VERSION")).into_boxed_str()),
+        _ => env!("CARGO_PKG_VERSION"),
+    }
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    fn refused(message: impl Into<String>) -> Self {
+        Self {
+            code: 3,
+            message: message.into(),
+        }
+    }
+    fn failed(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses the arguments and runs the command; the exit code follows [`EXAMPLES`].
+pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    crate::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "meshca", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Status(args) => {
+            let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
+            let contexts =
+                if args.contexts.is_empty() {
+                    vec![kubeconfig.current_context.clone().ok_or_else(|| {
+                        Failure::refused("no --context given and the kubeconfig has no current context")
+                    })?]
+                } else {
+                    args.contexts.clone()
+                };
+            status::run(&kubeconfig, &contexts, args.output).await
+        }
+        Command::Federate(args) => {
+            let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
+            federate(&kubeconfig, &args, true).await
+        }
+        Command::Unfederate(args) => {
+            let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
+            federate(&kubeconfig, &args, false).await
+        }
+    }
+}
+
+/// The kubeconfig: `--kubeconfig` (colon-separated like $KUBECONFIG), else $KUBECONFIG, else
+/// ~/.kube/config; several files are merged as kubectl merges them (first one wins).
+fn load_kubeconfig(paths: Option<&str>) -> Result<Kubeconfig, Failure> {
+    let merged = match paths {
+        Some(paths) => std::env::split_paths(paths)
+            .filter(|p| !p.as_os_str().is_empty())
+            .try_fold(Kubeconfig::default(), |merged, path| {
+                Kubeconfig::read_from(&path)
+                    .and_then(|c| merged.merge(c))
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            }),
+        None => Kubeconfig::read().map_err(|e| e.to_string()),
+    };
+    merged.map_err(|e| Failure::refused(format!("cannot read the kubeconfig: {e}")))
+}
+
+/// A client for one context, with short timeouts: an unreachable cluster is reported within
+/// seconds, not after the OS gives up.
+pub async fn client_for(kubeconfig: &Kubeconfig, context: &str) -> Result<Client, Failure> {
+    if !kubeconfig.contexts.iter().any(|c| c.name == context) {
+        return Err(Failure::refused(format!(
+            "context {context} is not in the kubeconfig (known: {})",
+            kubeconfig
+                .contexts
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let options = KubeConfigOptions {
+        context: Some(context.to_string()),
+        ..Default::default()
+    };
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &options)
+        .await
+        .map_err(|e| Failure::refused(format!("context {context}: {e}")))?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(15));
+    Client::try_from(config).map_err(|e| Failure::refused(format!("context {context}: {e}")))
+}
+
+/// The identity of a cluster: the UID of its kube-system namespace.
+async fn cluster_id(client: &Client, context: &str) -> Result<String, Failure> {
+    let ns = Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await
+        .map_err(|e| Failure::refused(format!("context {context} is unreachable or refuses us: {e}")))?;
+    ns.metadata
+        .uid
+        .ok_or_else(|| Failure::refused(format!("context {context}: namespace kube-system has no UID")))
+}
+
+/// Reads one cluster for federate/unfederate.
+async fn snapshot(
+    kubeconfig: &Kubeconfig,
+    context: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<(Client, Snapshot), Failure> {
+    let client = client_for(kubeconfig, context).await?;
+    let cluster_id = cluster_id(&client, context).await?;
+    let iccs: Api<IstioCACerts> = Api::namespaced(client.clone(), namespace);
+    let istio_cacerts = iccs
+        .get_opt(name)
+        .await
+        .map_err(|e| {
+            Failure::refused(format!(
+                "context {context}: reading IstioCACerts {namespace}/{name}: {e}"
+            ))
+        })?
+        .ok_or_else(|| {
+            Failure::refused(format!(
+                "context {context}: IstioCACerts {namespace}/{name} does not exist (use --namespace/--name)"
+            ))
+        })?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let published = match &istio_cacerts.spec.publish_root {
+        Some(p) => config_maps.get_opt(&p.config_map_name).await.map_err(|e| {
+            Failure::refused(format!(
+                "context {context}: reading ConfigMap {namespace}/{}: {e}",
+                p.config_map_name
+            ))
+        })?,
+        None => None,
+    };
+    let peer_config_maps = config_maps
+        .list(&ListParams::default().labels(PEER_CLUSTER_LABEL))
+        .await
+        .map_err(|e| Failure::refused(format!("context {context}: listing ConfigMaps in {namespace}: {e}")))?
+        .items;
+    Ok((
+        client,
+        Snapshot {
+            context: context.to_string(),
+            cluster_id,
+            istio_cacerts,
+            published,
+            peer_config_maps,
+        },
+    ))
+}
+
+async fn federate(kubeconfig: &Kubeconfig, args: &FederateArgs, join: bool) -> Result<(), Failure> {
+    if args.contexts.len() < 2 {
+        return Err(Failure {
+            code: 2,
+            message: "name at least two clusters: --context A --context B".into(),
+        });
+    }
+    // Read every cluster, all at once, before anything is written anywhere.
+    let reads = futures::future::join_all(
+        args.contexts
+            .iter()
+            .map(|c| snapshot(kubeconfig, c, &args.namespace, &args.name)),
+    )
+    .await;
+    let mut problems = Vec::new();
+    let mut clients = Vec::new();
+    let mut snapshots = Vec::new();
+    for read in reads {
+        match read {
+            Ok((client, snap)) => {
+                clients.push(client);
+                snapshots.push(snap);
+            }
+            Err(f) => problems.push(f.message),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Failure::refused(format!(
+            "nothing was written:\n  {}",
+            problems.join("\n  ")
+        )));
+    }
+    let plans = if join {
+        federation::plan_federation(&snapshots, jiff::Timestamp::now())
+    } else {
+        federation::plan_unfederation(&snapshots)
+    }
+    .map_err(|problems| Failure::refused(format!("nothing was written:\n  {}", problems.join("\n  "))))?;
+
+    for (client, plan) in clients.iter().zip(&plans) {
+        apply(client, plan, args.dry_run)
+            .await
+            .map_err(|e| Failure::failed(format!("context {}: {e} (re-running is safe)", plan.context)))?;
+    }
+    print_plans(&plans, join, args.dry_run);
+    Ok(())
+}
+
+/// Writes one cluster's plan: peer ConfigMaps first, then the anchors that name them, then
+/// deletes ConfigMaps no anchor names any more — so the controller never sees an anchor whose
+/// ConfigMap is missing.
+async fn apply(client: &Client, plan: &ClusterPlan, dry_run: bool) -> Result<(), String> {
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    params.dry_run = dry_run;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &plan.namespace);
+    for cm in &plan.apply_config_maps {
+        let patch = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": cm.name,
+                "namespace": plan.namespace,
+                "labels": cm.labels,
+                "annotations": cm.annotations,
+            },
+            "data": {federation::PEER_KEY: cm.pem},
+        });
+        config_maps
+            .patch(&cm.name, &params, &Patch::Apply(&patch))
+            .await
+            .map_err(|e| format!("writing ConfigMap {}/{}: {e}", plan.namespace, cm.name))?;
+    }
+    // The list holds exactly the entries this manager owns; server-side apply keeps the entries
+    // other managers own, and removes ours that are no longer listed. An empty list (never an
+    // omitted one, which the API server turns into null) when we own none.
+    let patch = serde_json::json!({
+        "apiVersion": IstioCACerts::api_version(&()),
+        "kind": "IstioCACerts",
+        "metadata": {"name": plan.name, "namespace": plan.namespace},
+        "spec": {"trustAnchors": plan.anchors},
+    });
+    let iccs: Api<IstioCACerts> = Api::namespaced(client.clone(), &plan.namespace);
+    iccs.patch(&plan.name, &params, &Patch::Apply(&patch))
+        .await
+        .map_err(|e| {
+            format!(
+                "writing spec.trustAnchors of IstioCACerts {}/{}: {e}",
+                plan.namespace, plan.name
+            )
+        })?;
+    for name in &plan.delete_config_maps {
+        let delete = DeleteParams {
+            dry_run,
+            ..Default::default()
+        };
+        match config_maps.delete(name, &delete).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(format!("deleting ConfigMap {}/{name}: {e}", plan.namespace)),
+        }
+    }
+    Ok(())
+}
+
+fn print_plans(plans: &[ClusterPlan], join: bool, dry_run: bool) {
+    let verb = if dry_run { "would write" } else { "wrote" };
+    for plan in plans {
+        println!(
+            "== context {} (IstioCACerts {}/{}) ==",
+            plan.context, plan.namespace, plan.name
+        );
+        for cm in &plan.apply_config_maps {
+            println!(
+                "  {verb} ConfigMap {} (root of {})",
+                cm.name,
+                cm.annotations.values().cloned().collect::<Vec<_>>().join("")
+            );
+        }
+        println!(
+            "  {verb} spec.trustAnchors owned by {FIELD_MANAGER}: [{}]",
+            plan.anchors
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for name in &plan.delete_config_maps {
+            println!(
+                "  {} ConfigMap {name}",
+                if dry_run { "would delete" } else { "deleted" }
+            );
+        }
+        if join {
+            println!("  mesh config this cluster still needs (status.meshConfig says the same):");
+            for line in plan.mesh_config.lines() {
+                println!("    {line}");
+            }
+        }
+    }
+    println!("{}.", crate::istio::trust_bundle::RELOAD_NOTE);
+}

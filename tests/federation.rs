@@ -1,0 +1,641 @@
+//! Trust across two real control planes: each cluster has its own root, a MeshCAIssuer, the
+//! cert-manager stand-in's istiod intermediate and an IstioCACerts that publishes its root.
+//! `meshca federate` makes each cluster's workload certificates verify against the other's
+//! `root-cert.pem` (openssl and Go's crypto/x509, as istiod and Envoy judge), `meshca
+//! unfederate` undoes it, and every `root-cert.pem` either contains or is contained in the one
+//! before it. With one shared root, workloads verify across clusters without any anchor.
+//!
+//! Needs the second control plane that hack/test starts (`MESHCA_TEST_KUBECONFIG_B`).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, KeyRef, PublishRoot, TrustAnchor};
+use support::cert_manager::{self as cm, IntermediateRequest};
+use support::openssl::{Workdir, workload_certificate};
+use support::{ControllerProcess, ScopeLock, TestNamespace, eventually, goverify};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const SOURCE: &str = "istiod-intermediate";
+const PUBLISHED: &str = "istio-ca-root-published";
+
+/// One cluster of the pair, with its own controller process.
+struct Cluster {
+    kubeconfig: PathBuf,
+    context: String,
+    client: Client,
+    ns: TestNamespace,
+    trust_domain: String,
+    _controller: ControllerProcess,
+    _logs: tempfile::TempDir,
+}
+
+fn context_of(kubeconfig: &Path) -> String {
+    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    config["current-context"].as_str().expect("current-context").to_string()
+}
+
+impl Cluster {
+    /// A namespace `namespace` in the control plane behind `kubeconfig`, our CRDs, and a
+    /// controller watching only that namespace.
+    async fn start(kubeconfig: PathBuf, namespace: &str, trust_domain: &str) -> Self {
+        let client = support::client_for_kubeconfig(&kubeconfig).await;
+        support::install_crds(&client).await;
+        let ns = TestNamespace::create_named(&client, namespace, &kubeconfig).await;
+        let logs = tempfile::tempdir().expect("log dir");
+        let mut controller =
+            ControllerProcess::start_with_kubeconfig(&kubeconfig, &["--namespace", namespace], logs.path());
+        assert!(
+            controller.wait_ready(Duration::from_secs(60)).await,
+            "controller ready: {}",
+            controller.log()
+        );
+        Self {
+            context: context_of(&kubeconfig),
+            kubeconfig,
+            client,
+            ns,
+            trust_domain: trust_domain.to_string(),
+            _controller: controller,
+            _logs: logs,
+        }
+    }
+
+    /// Its root: a MeshCAIssuer with a local root bootstrapped into `mesh-root`, unless the
+    /// Secret was put there before (the shared-root case).
+    async fn issue_intermediate(&self) {
+        let issuers: Api<MeshCAIssuer> = self.ns.api();
+        let spec = IssuerSpec {
+            local_ca: Some(LocalCA {
+                secret_name: "mesh-root".into(),
+                bootstrap: Some(RootBootstrap::default()),
+            }),
+            policy: IssuancePolicy::default(),
+            ..Default::default()
+        };
+        issuers
+            .create(&PostParams::default(), &MeshCAIssuer::new("mesh", spec))
+            .await
+            .unwrap();
+        support::wait_issuer(&issuers, "mesh", "True", TIMEOUT).await;
+        let req = IntermediateRequest {
+            certificate: Some(SOURCE.to_string()),
+            ..IntermediateRequest::istiod(&format!("{SOURCE}-1"), "mesh")
+        };
+        let key = cm::request_and_approve(&self.client, &self.ns.name, &req).await;
+        let cr = cm::wait_for_reason(&self.client, &self.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+        cm::write_certificate_secret(&self.client, &self.ns.name, SOURCE, &cr, &key).await;
+    }
+
+    async fn create_istio_cacerts(&self, trust_anchors: Vec<TrustAnchor>) {
+        let spec = IstioCACertsSpec {
+            source_secret_name: SOURCE.into(),
+            trust_domain: self.trust_domain.clone(),
+            trust_anchors,
+            publish_root: Some(PublishRoot {
+                config_map_name: PUBLISHED.into(),
+                key: "root-cert.pem".into(),
+            }),
+            ..Default::default()
+        };
+        self.ns
+            .api::<IstioCACerts>()
+            .create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
+            .await
+            .unwrap();
+    }
+
+    async fn istio_cacerts(&self) -> IstioCACerts {
+        self.ns.api::<IstioCACerts>().get("istiod").await.unwrap()
+    }
+
+    async fn cacerts(&self) -> BTreeMap<String, Vec<u8>> {
+        let secret = self.ns.api::<Secret>().get("cacerts").await.expect("cacerts");
+        secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect()
+    }
+
+    async fn published_root(&self) -> String {
+        eventually(TIMEOUT, || async {
+            let cm = self.ns.api::<ConfigMap>().get_opt(PUBLISHED).await.ok()??;
+            cm.data?.get("root-cert.pem").cloned()
+        })
+        .await
+        .expect("the published root")
+    }
+
+    /// Waits until Ready is `reason` for the current generation; returns the object.
+    async fn wait_ready(&self, reason: &str) -> IstioCACerts {
+        eventually(TIMEOUT, || async {
+            let icc = self.istio_cacerts().await;
+            let c = icc
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")?
+                .clone();
+            (c.reason == reason && c.observed_generation == icc.metadata.generation).then_some(icc)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{}: IstioCACerts not Ready={reason} within {TIMEOUT:?}", self.context))
+    }
+
+    /// A workload certificate as istiod would sign it in this cluster, followed by cert-chain.pem.
+    async fn workload_certificate(&self) -> String {
+        let data = self.cacerts().await;
+        workload_certificate(
+            &data["ca-cert.pem"],
+            &data["ca-key.pem"],
+            &data["cert-chain.pem"],
+            &format!("spiffe://{}/ns/default/sa/x", self.trust_domain),
+        )
+    }
+
+    /// Every root-cert.pem the cacerts Secret holds from now on, in order (a watch, so no
+    /// version is missed), and the number of writes of cacerts.
+    fn record_root_cert(&self) -> RootCertHistory {
+        let history = RootCertHistory::default();
+        let api: Api<Secret> = self.ns.api();
+        let seen = history.clone();
+        let task = tokio::spawn(async move {
+            let config = watcher::Config::default().fields("metadata.name=cacerts");
+            let mut stream = watcher::watcher(api, config).boxed();
+            while let Some(event) = stream.next().await {
+                let secret = match event {
+                    Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => s,
+                    _ => continue,
+                };
+                let version = secret.resource_version().unwrap_or_default();
+                let root = secret
+                    .data
+                    .and_then(|d| d.get("root-cert.pem").map(|b| b.0.clone()))
+                    .unwrap_or_default();
+                let mut versions = seen.versions.lock().unwrap();
+                if versions.last().is_none_or(|(v, _)| *v != version) {
+                    versions.push((version, root));
+                }
+            }
+        });
+        *history.task.lock().unwrap() = Some(task);
+        history
+    }
+}
+
+/// (resourceVersion, root-cert.pem) of each version of cacerts seen.
+type Versions = Vec<(String, Vec<u8>)>;
+
+#[derive(Clone, Default)]
+struct RootCertHistory {
+    versions: Arc<Mutex<Versions>>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl RootCertHistory {
+    /// Writes seen since the first version (the first is the state when recording began).
+    fn writes(&self) -> usize {
+        self.versions.lock().unwrap().len().saturating_sub(1)
+    }
+
+    fn roots(&self) -> Vec<Vec<u8>> {
+        self.versions.lock().unwrap().iter().map(|(_, r)| r.clone()).collect()
+    }
+}
+
+impl Drop for RootCertHistory {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.task) == 1
+            && let Some(task) = self.task.lock().unwrap().take()
+        {
+            task.abort();
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// openssl's verdict on the workload certificate (the first block of `leaf_and_chain`, the
+/// rest as untrusted intermediates) against every root in `roots`.
+fn openssl_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
+    let end = "-----END CERTIFICATE-----\n";
+    let split = leaf_and_chain.find(end).map(|i| i + end.len()).expect("a PEM leaf");
+    let dir = Workdir::new();
+    dir.write("leaf.pem", &leaf_and_chain[..split])
+        .write("untrusted.pem", &leaf_and_chain[split..])
+        .write("roots.pem", roots);
+    let (ok, said) = dir.try_run(&[
+        "verify",
+        "-x509_strict",
+        "-CAfile",
+        "roots.pem",
+        "-untrusted",
+        "untrusted.pem",
+        "leaf.pem",
+    ]);
+    ok && said.contains("leaf.pem: OK")
+}
+
+fn go_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
+    goverify::workload_verifies(leaf_and_chain.as_bytes(), b"", roots).is_ok()
+}
+
+/// Runs `meshca` with a KUBECONFIG of both files (as a user would: colon-separated).
+fn meshca(a: &Cluster, b: &Cluster, args: &[&str]) -> (i32, String, Duration) {
+    let kubeconfig = std::env::join_paths([&a.kubeconfig, &b.kubeconfig]).expect("KUBECONFIG");
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("meshca runs");
+    let elapsed = started.elapsed();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), said, elapsed)
+}
+
+/// Two clusters in namespaces of the same name, each with its own root and IstioCACerts.
+async fn two_clusters(prefix: &str) -> (ScopeLock, Cluster, Cluster) {
+    let lock = ScopeLock::shared().await;
+    let namespace = format!("{prefix}-{}", support::unique_suffix());
+    let a = Cluster::start(support::kubeconfig(), &namespace, "a.example").await;
+    let b = Cluster::start(support::kubeconfig_b(), &namespace, "b.example").await;
+    (lock, a, b)
+}
+
+fn args<'a>(verb: &'a str, a: &'a Cluster, b: &'a Cluster, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        verb,
+        "--context",
+        &a.context,
+        "--context",
+        &b.context,
+        "--namespace",
+        &a.ns.name,
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[tokio::test]
+async fn federate_makes_workloads_verify_across_clusters_and_unfederate_undoes_it() {
+    let (_lock, a, b) = two_clusters("fed").await;
+    for c in [&a, &b] {
+        c.issue_intermediate().await;
+        c.create_istio_cacerts(vec![]).await;
+        c.wait_ready("Synced").await;
+    }
+    let (root_a, root_b) = (a.published_root().await, b.published_root().await);
+    assert_ne!(root_a, root_b, "each cluster has its own root");
+    let (history_a, history_b) = (a.record_root_cert(), b.record_root_cert());
+    let (wl_a, wl_b) = (a.workload_certificate().await, b.workload_certificate().await);
+
+    // Before: A's workload does not verify against B's bundle, nor B's against A's.
+    let (bundle_a, bundle_b) = (
+        a.cacerts().await["root-cert.pem"].clone(),
+        b.cacerts().await["root-cert.pem"].clone(),
+    );
+    assert!(
+        openssl_verifies(&wl_a, &bundle_a) && go_verifies(&wl_a, &bundle_a),
+        "A's own bundle"
+    );
+    assert!(!openssl_verifies(&wl_a, &bundle_b) && !go_verifies(&wl_a, &bundle_b));
+    assert!(!openssl_verifies(&wl_b, &bundle_a) && !go_verifies(&wl_b, &bundle_a));
+
+    // A dry run writes nothing.
+    let (code, said, _) = meshca(&a, &b, &args("federate", &a, &b, &["--dry-run"]));
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("would write"), "{said}");
+    assert!(
+        a.istio_cacerts().await.spec.trust_anchors.is_empty(),
+        "dry run kept nothing"
+    );
+
+    let (code, said, federate_time) = meshca(&a, &b, &args("federate", &a, &b, &[]));
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains("trustDomainAliases") && said.contains("b.example"),
+        "{said}"
+    );
+    let icc_a = eventually(TIMEOUT, || async {
+        let icc = a.wait_ready("Synced").await;
+        (icc.status.as_ref()?.trust_anchors.len() == 1).then_some(icc)
+    })
+    .await
+    .expect("A tracks B's root as a trust anchor");
+    eventually(TIMEOUT, || async {
+        (b.istio_cacerts().await.status?.trust_anchors.len() == 1).then_some(())
+    })
+    .await
+    .expect("B tracks A's root");
+    let status_a = icc_a.status.clone().unwrap();
+    assert_eq!(
+        status_a.trust_anchors[0].name,
+        format!("peer-{}", mesh_ca_issuer::cli::federation::label_of(&b.context))
+    );
+    assert_eq!(status_a.trust_anchors[0].trust_domains, vec!["b.example"]);
+    let mesh_config = status_a.mesh_config.expect("status.meshConfig");
+    assert!(mesh_config.snippet.contains("trustDomainAliases") && mesh_config.snippet.contains("b.example"));
+    let ready = status_a.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains("ISTIO_MULTIROOT_MESH=true"), "{}", ready.message);
+
+    // After: both ways, with openssl and Go.
+    let (bundle_a, bundle_b) = (
+        a.cacerts().await["root-cert.pem"].clone(),
+        b.cacerts().await["root-cert.pem"].clone(),
+    );
+    assert!(bundle_a.starts_with(root_a.as_bytes()), "own root first, byte for byte");
+    assert!(
+        openssl_verifies(&wl_a, &bundle_b) && go_verifies(&wl_a, &bundle_b),
+        "A's workload under B's bundle"
+    );
+    assert!(
+        openssl_verifies(&wl_b, &bundle_a) && go_verifies(&wl_b, &bundle_a),
+        "B's workload under A's bundle"
+    );
+    assert!(goverify::istiod_loads(&a.cacerts().await).is_ok() && goverify::istiod_loads(&b.cacerts().await).is_ok());
+    let writes_federate = (history_a.writes(), history_b.writes());
+
+    // Again: the same result, and no write at all.
+    let (code, said, _) = meshca(&a, &b, &args("federate", &a, &b, &[]));
+    assert_eq!(code, 0, "{said}");
+    let generation = a.istio_cacerts().await.metadata.generation;
+    a.wait_ready("Synced").await;
+    assert_eq!(a.cacerts().await["root-cert.pem"], bundle_a);
+    assert_eq!(
+        a.istio_cacerts().await.metadata.generation,
+        generation,
+        "repeating federate changed nothing"
+    );
+
+    let (code, said, unfederate_time) = meshca(&a, &b, &args("unfederate", &a, &b, &[]));
+    assert_eq!(code, 0, "{said}");
+    eventually(TIMEOUT, || async {
+        (a.cacerts().await["root-cert.pem"] == root_a.as_bytes()
+            && b.cacerts().await["root-cert.pem"] == root_b.as_bytes())
+        .then_some(())
+    })
+    .await
+    .expect("each root-cert.pem back to its own root");
+    let (bundle_a, bundle_b) = (
+        a.cacerts().await["root-cert.pem"].clone(),
+        b.cacerts().await["root-cert.pem"].clone(),
+    );
+    assert!(!openssl_verifies(&wl_a, &bundle_b) && !go_verifies(&wl_a, &bundle_b));
+    assert!(!openssl_verifies(&wl_b, &bundle_a) && !go_verifies(&wl_b, &bundle_a));
+    assert!(
+        a.ns.api::<ConfigMap>()
+            .get_opt(&format!(
+                "meshca-peer-{}",
+                mesh_ca_issuer::cli::federation::label_of(&b.context)
+            ))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    a.wait_ready("Synced").await;
+    b.wait_ready("Synced").await;
+
+    // Every root-cert.pem contains, or is contained in, the one before it.
+    for (cluster, history) in [("A", &history_a), ("B", &history_b)] {
+        let roots = history.roots();
+        for pair in roots.windows(2) {
+            assert!(
+                contains(&pair[1], &pair[0]) || contains(&pair[0], &pair[1]),
+                "{cluster}: a root-cert.pem change that istiod would ignore"
+            );
+        }
+    }
+    let writes_total = (history_a.writes(), history_b.writes());
+    eprintln!(
+        "FIGURES cacerts writes per federation: A={} B={}; per unfederation: A={} B={}; meshca federate took {federate_time:?}, unfederate {unfederate_time:?} for two clusters",
+        writes_federate.0,
+        writes_federate.1,
+        writes_total.0 - writes_federate.0,
+        writes_total.1 - writes_federate.1
+    );
+    assert_eq!(writes_federate, (1, 1), "one cacerts write per cluster to federate");
+    assert_eq!(
+        (writes_total.0 - writes_federate.0, writes_total.1 - writes_federate.1),
+        (1, 1),
+        "and one to unfederate"
+    );
+}
+
+#[tokio::test]
+async fn one_shared_root_verifies_across_clusters_without_anchors() {
+    let (_lock, a, b) = two_clusters("shared").await;
+    // The same root Secret content in both clusters, as a platform team would distribute it.
+    let bootstrap = a.ns.api::<MeshCAIssuer>();
+    bootstrap
+        .create(
+            &PostParams::default(),
+            &MeshCAIssuer::new(
+                "seed",
+                IssuerSpec {
+                    local_ca: Some(LocalCA {
+                        secret_name: "mesh-root".into(),
+                        bootstrap: Some(RootBootstrap::default()),
+                    }),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    support::wait_issuer(&bootstrap, "seed", "True", TIMEOUT).await;
+    let root_secret = a.ns.api::<Secret>().get("mesh-root").await.unwrap();
+    let copy = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "mesh-root", "namespace": b.ns.name},
+        "type": root_secret.type_,
+        "data": root_secret.data,
+    });
+    b.ns.api::<Secret>()
+        .patch(
+            "mesh-root",
+            &PatchParams::apply(support::TEST_MANAGER),
+            &Patch::Apply(&copy),
+        )
+        .await
+        .unwrap();
+    for c in [&a, &b] {
+        c.issue_intermediate().await;
+        c.create_istio_cacerts(vec![]).await;
+        c.wait_ready("Synced").await;
+    }
+    let (wl_a, wl_b) = (a.workload_certificate().await, b.workload_certificate().await);
+    let (bundle_a, bundle_b) = (
+        a.cacerts().await["root-cert.pem"].clone(),
+        b.cacerts().await["root-cert.pem"].clone(),
+    );
+    assert_eq!(bundle_a, bundle_b, "one root, byte for byte");
+    assert_ne!(
+        a.cacerts().await["ca-cert.pem"],
+        b.cacerts().await["ca-cert.pem"],
+        "an intermediate per cluster"
+    );
+    assert!(openssl_verifies(&wl_a, &bundle_b) && go_verifies(&wl_a, &bundle_b));
+    assert!(openssl_verifies(&wl_b, &bundle_a) && go_verifies(&wl_b, &bundle_a));
+    assert!(a.istio_cacerts().await.status.unwrap().trust_anchors.is_empty());
+}
+
+#[tokio::test]
+async fn meshca_refuses_and_writes_nothing_when_a_check_fails() {
+    let (_lock, a, b) = two_clusters("refuse").await;
+    for c in [&a, &b] {
+        c.issue_intermediate().await;
+    }
+    // A publishes its root; B has no publishRoot.
+    a.create_istio_cacerts(vec![]).await;
+    b.ns.api::<IstioCACerts>()
+        .create(
+            &PostParams::default(),
+            &IstioCACerts::new(
+                "istiod",
+                IstioCACertsSpec {
+                    source_secret_name: SOURCE.into(),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    a.wait_ready("Synced").await;
+    b.wait_ready("Synced").await;
+    a.published_root().await;
+    let (code, said, _) = meshca(&a, &b, &args("federate", &a, &b, &[]));
+    assert_eq!(code, 3, "{said}");
+    assert!(
+        said.contains(&format!("context {}", b.context)) && said.contains("publishRoot"),
+        "{said}"
+    );
+    // The same cluster twice.
+    let (code, said, _) = meshca(
+        &a,
+        &b,
+        &[
+            "federate",
+            "--context",
+            &a.context,
+            "--context",
+            &a.context,
+            "--namespace",
+            &a.ns.name,
+        ],
+    );
+    assert_eq!(code, 3, "{said}");
+    assert!(said.contains("same cluster"), "{said}");
+    // An unknown context.
+    let (code, said, _) = meshca(
+        &a,
+        &b,
+        &[
+            "federate",
+            "--context",
+            &a.context,
+            "--context",
+            "nowhere",
+            "--namespace",
+            &a.ns.name,
+        ],
+    );
+    assert_eq!(code, 3, "{said}");
+    assert!(said.contains("nowhere"), "{said}");
+    // Nothing was written anywhere.
+    assert!(a.istio_cacerts().await.spec.trust_anchors.is_empty());
+    assert!(b.istio_cacerts().await.spec.trust_anchors.is_empty());
+    let peers = a.ns.api::<ConfigMap>().list(&Default::default()).await.unwrap();
+    assert!(peers.items.iter().all(|cm| !cm.name_any().starts_with("meshca-peer-")));
+}
+
+#[tokio::test]
+async fn a_bad_trust_anchor_is_named_and_leaves_cacerts_as_it_was() {
+    let _lock = ScopeLock::shared().await;
+    let namespace = format!("badanchor-{}", support::unique_suffix());
+    let a = Cluster::start(support::kubeconfig(), &namespace, "a.example").await;
+    a.issue_intermediate().await;
+    a.create_istio_cacerts(vec![]).await;
+    a.wait_ready("Synced").await;
+    let before = a.cacerts().await;
+    // A ConfigMap holding a private key instead of a certificate, and one that does not exist.
+    let key = a.ns.api::<Secret>().get(SOURCE).await.unwrap().data.unwrap()["tls.key"]
+        .0
+        .clone();
+    let bad = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "oops", "namespace": a.ns.name},
+        "data": {"root-cert.pem": String::from_utf8(key.clone()).unwrap()},
+    });
+    a.ns.api::<ConfigMap>()
+        .patch("oops", &PatchParams::apply(support::TEST_MANAGER), &Patch::Apply(&bad))
+        .await
+        .unwrap();
+    let anchor = |name: &str, cm: &str| TrustAnchor {
+        name: name.into(),
+        trust_domains: vec!["b.example".into()],
+        config_map_key_ref: Some(KeyRef {
+            name: cm.into(),
+            key: "root-cert.pem".into(),
+        }),
+        secret_key_ref: None,
+    };
+    let patch =
+        serde_json::json!({"spec": {"trustAnchors": [anchor("pasted-key", "oops"), anchor("gone", "missing")]}});
+    a.ns.api::<IstioCACerts>()
+        .patch("istiod", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let icc = a.wait_ready("InvalidTrustAnchor").await;
+    let message = &icc
+        .status
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        message.contains("\"pasted-key\"") && message.contains("PRIVATE KEY"),
+        "{message}"
+    );
+    assert!(
+        message.contains("\"gone\"") && message.contains("does not exist"),
+        "{message}"
+    );
+    assert!(
+        !message.contains(&String::from_utf8_lossy(&key[40..80]).to_string()),
+        "no key material in the condition"
+    );
+    assert_eq!(a.cacerts().await, before, "cacerts stays as it was");
+    // A ConfigMap and a Secret with the same name are rejected by the schema as duplicates.
+    let duplicate = serde_json::json!({"spec": {"trustAnchors": [anchor("x", "a"), anchor("x", "b")]}});
+    let err =
+        a.ns.api::<IstioCACerts>()
+            .patch("istiod", &PatchParams::default(), &Patch::Merge(&duplicate))
+            .await
+            .unwrap_err();
+    assert!(err.to_string().contains("Duplicate"), "{err}");
+}
