@@ -427,6 +427,25 @@ async fn federate_makes_workloads_verify_across_clusters_and_unfederate_undoes_i
             );
         }
     }
+    // `meshca status` shows both clusters, as a table and as JSON.
+    let (code, table, _) = meshca(&a, &b, &["status", "--context", &a.context, "--context", &b.context]);
+    assert_eq!(code, 0, "{table}");
+    assert!(
+        table.contains(&format!("CONTEXT {}", a.context)) && table.contains(&format!("CONTEXT {}", b.context)),
+        "{table}"
+    );
+    assert!(
+        table.contains("MeshCAIssuer") && table.contains("intermediate") && table.contains("Ready=True"),
+        "{table}"
+    );
+    let (code, json, _) = meshca(
+        &a,
+        &b,
+        &["status", "--context", &a.context, "--context", &b.context, "-o", "json"],
+    );
+    assert_eq!(code, 0, "{json}");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(report.as_array().map(Vec::len), Some(2));
     let writes_total = (history_a.writes(), history_b.writes());
     eprintln!(
         "FIGURES cacerts writes per federation: A={} B={}; per unfederation: A={} B={}; meshca federate took {federate_time:?}, unfederate {unfederate_time:?} for two clusters",
@@ -563,6 +582,37 @@ async fn meshca_refuses_and_writes_nothing_when_a_check_fails() {
     );
     assert_eq!(code, 3, "{said}");
     assert!(said.contains("nowhere"), "{said}");
+    // An unreachable cluster: a context whose API server does not answer.
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.kubeconfig");
+    let port = support::free_port();
+    std::fs::write(
+        &dead,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: dead\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: dead\n  user:\n    token: x\ncontexts:\n- name: dead\n  context:\n    cluster: dead\n    user: dead\ncurrent-context: dead\n"
+        ),
+    )
+    .unwrap();
+    let kubeconfig = std::env::join_paths([&a.kubeconfig, &b.kubeconfig, &dead]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args([
+            "federate",
+            "--context",
+            &a.context,
+            "--context",
+            "dead",
+            "--namespace",
+            &a.ns.name,
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("context dead is unreachable") && said.contains("nothing was written"),
+        "{said}"
+    );
     // Nothing was written anywhere.
     assert!(a.istio_cacerts().await.spec.trust_anchors.is_empty());
     assert!(b.istio_cacerts().await.spec.trust_anchors.is_empty());
@@ -638,4 +688,35 @@ async fn a_bad_trust_anchor_is_named_and_leaves_cacerts_as_it_was() {
             .await
             .unwrap_err();
     assert!(err.to_string().contains("Duplicate"), "{err}");
+}
+
+#[test]
+fn meshca_explains_itself_and_completes_in_shells() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_meshca")).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, help) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        help.contains("Examples:") && help.contains("Exit codes:") && help.contains("meshca federate"),
+        "{help}"
+    );
+    let (code, version) = run(&["--version"]);
+    assert_eq!(code, Some(0));
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+    let (code, script) = run(&["completion", "bash"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        script.contains("federate") && script.contains("--dry-run"),
+        "a bash completion script"
+    );
+    // One cluster is no federation: a usage error, before any kubeconfig is read.
+    let (code, said) = run(&["federate", "--context", "a"]);
+    assert_eq!(code, Some(2), "{said}");
+    let (code, _) = run(&["frobnicate"]);
+    assert_eq!(code, Some(2));
 }

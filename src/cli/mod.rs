@@ -183,6 +183,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 };
             status::run(&kubeconfig, &contexts, args.output).await
         }
+        Command::Federate(args) | Command::Unfederate(args) if args.contexts.len() < 2 => Err(Failure {
+            code: 2,
+            message: "name at least two clusters: --context A --context B".into(),
+        }),
         Command::Federate(args) => {
             let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
             federate(&kubeconfig, &args, true).await
@@ -298,12 +302,6 @@ async fn snapshot(
 }
 
 async fn federate(kubeconfig: &Kubeconfig, args: &FederateArgs, join: bool) -> Result<(), Failure> {
-    if args.contexts.len() < 2 {
-        return Err(Failure {
-            code: 2,
-            message: "name at least two clusters: --context A --context B".into(),
-        });
-    }
     // Read every cluster, all at once, before anything is written anywhere.
     let reads = futures::future::join_all(
         args.contexts
