@@ -314,6 +314,53 @@ fn a_sub_domain_trust_domain_is_refused_by_openssl_but_go_needs_an_excluded_uri_
     exact.prove_constrained_to(OWN, OTHER);
 }
 
+/// ztunnel's peer check: rustls-webpki's `EndEntityCert::verify_for_usage` for client auth, as
+/// ztunnel's `TrustDomainVerifier` calls it (src/tls/workload.rs), with the rest of
+/// `leaf_and_chain` as intermediates.
+fn ztunnel_verifies(leaf_and_chain: &str, root: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    let certs = Certificate::parse_pem_bundle(leaf_and_chain.as_bytes(), "leaf").unwrap();
+    let root = Certificate::parse_pem_bundle(root, "root").unwrap().remove(0);
+    let root = CertificateDer::from(root.der().to_vec());
+    let anchor = webpki::anchor_from_trusted_cert(&root).unwrap();
+    let leaf = CertificateDer::from(certs[0].der().to_vec());
+    let leaf = webpki::EndEntityCert::try_from(&leaf).unwrap();
+    let intermediates: Vec<CertificateDer<'_>> =
+        certs[1..].iter().map(|c| CertificateDer::from(c.der().to_vec())).collect();
+    leaf.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &intermediates,
+        UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| format!("{e:?}"))
+}
+
+#[test]
+fn ztunnels_verifier_refuses_even_its_own_trust_domain_under_a_uri_constrained_intermediate() {
+    let own = format!("spiffe://{OWN}/ns/x/sa/y");
+    let istiod = format!("spiffe://{OWN}/ns/istio-system/sa/istiod");
+    // The judge works: without constraints the same workload certificate verifies.
+    let plain = sign_locally(&[&istiod], NameConstraintsPolicy::default());
+    assert_eq!(ztunnel_verifies(&plain.workload(&own), plain.root.as_bytes()), Ok(()));
+    // rustls-webpki does not implement URI constraints and fails closed: ambient mode breaks.
+    let constrained = sign_locally(&[&istiod], trust_domain_mode(&[], &[]));
+    let verdict = ztunnel_verifies(&constrained.workload(&own), constrained.root.as_bytes());
+    assert!(
+        verdict.as_ref().is_err_and(|e| e.contains("NameConstraintViolation")),
+        "{verdict:?}"
+    );
+    // ... while Go and openssl accept it.
+    assert_eq!(
+        verdicts(&constrained.workload(&own), constrained.root.as_bytes()),
+        (Ok(()), Ok(()))
+    );
+}
+
 // === on the API server: the local root backend ===
 
 struct Env {
