@@ -325,8 +325,10 @@ fn ztunnel_verifies(leaf_and_chain: &str, root: &[u8]) -> Result<(), String> {
     let anchor = webpki::anchor_from_trusted_cert(&root).unwrap();
     let leaf = CertificateDer::from(certs[0].der().to_vec());
     let leaf = webpki::EndEntityCert::try_from(&leaf).unwrap();
-    let intermediates: Vec<CertificateDer<'_>> =
-        certs[1..].iter().map(|c| CertificateDer::from(c.der().to_vec())).collect();
+    let intermediates: Vec<CertificateDer<'_>> = certs[1..]
+        .iter()
+        .map(|c| CertificateDer::from(c.der().to_vec()))
+        .collect();
     leaf.verify_for_usage(
         webpki::ALL_VERIFICATION_ALGS,
         &[anchor],

@@ -352,16 +352,15 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
     })
 }
 
-/// The name constraints a certificate carries, for status. One that cannot be decoded is shown
-/// as such rather than hidden: istiod's verifiers would trip over it too.
+/// The name constraints a certificate carries, for status.
 fn constraints_summary(certificate: &Certificate) -> Option<crate::api::name_constraints::NameConstraintsSummary> {
     match crate::pki::name_constraints::carried_by(certificate) {
         Ok(found) => found.map(|(critical, nc)| nc.summary(critical)),
-        Err(why) => Some(crate::api::name_constraints::NameConstraintsSummary {
-            critical: true,
-            permitted: vec![format!("undecodable: {why}")],
-            excluded: Vec::new(),
-        }),
+        Err(why) => {
+            // Not status material: a summary would have to invent subtrees. Say it in the log.
+            warn!(fingerprint = %certificate.fingerprint(), %why, "the intermediate's name constraints cannot be read");
+            None
+        }
     }
 }
 

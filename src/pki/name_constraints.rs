@@ -270,7 +270,7 @@ pub enum NameConstraintViolation {
         "the CSR has no spiffe:// URI SAN, and the default trust domain {domain:?} it would be constrained to is not in policy.allowedTrustDomains {allowed:?}; add a spiffe:// URI SAN to the Certificate"
     )]
     DefaultTrustDomainNotAllowed { domain: String, allowed: Vec<String> },
-    #[error("policy.nameConstraints: {0}")]
+    #[error("the intermediate cannot be name-constrained: {0}")]
     Invalid(String),
 }
 
