@@ -652,7 +652,7 @@ async fn the_pca_endpoint_refuses_custom_extensions_on_a_template_without_passth
         permitted: vec![Subtree::Uri(OWN.into())],
         excluded: vec![],
     };
-    let passthrough = mesh_ca_issuer::backend::aws_pca_passthrough::api_passthrough(&nc).unwrap();
+    let passthrough = mesh_ca_issuer::backend::aws_pca::passthrough::api_passthrough(&nc).unwrap();
     let issue = |template: String| {
         client
             .issue_certificate()
@@ -677,7 +677,7 @@ async fn the_pca_endpoint_refuses_custom_extensions_on_a_template_without_passth
     assert_eq!(code.as_deref(), Some("ValidationException"), "{refused:?}");
     assert_eq!(pca.certificates_issued().await, 0);
     // The same request on the passthrough template is issued, carrying the extension.
-    issue(mesh_ca_issuer::backend::aws_pca_passthrough::template_arn("aws", 0))
+    issue(mesh_ca_issuer::backend::aws_pca::passthrough::template_arn("aws", 0))
         .await
         .expect("passthrough template accepts custom extensions");
     assert_eq!(pca.certificates_issued().await, 1);

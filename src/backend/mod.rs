@@ -3,7 +3,6 @@
 //! `controller::certificate_request` does, in one place.
 
 pub mod aws_pca;
-pub mod aws_pca_passthrough;
 pub mod local_ca;
 
 use std::sync::Arc;
