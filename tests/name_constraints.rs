@@ -445,6 +445,11 @@ async fn local_root_issues_an_intermediate_constrained_to_its_trust_domain_and_c
         message.contains(&format!("with name constraints: permitted URI:{OWN}")),
         "{message}"
     );
+    let note = support::wait_for_event(&env.client, &env.ns.name, "istiod", "Issued").await;
+    assert!(
+        note.contains(&format!("with name constraints: permitted URI:{OWN}")),
+        "the Issued event says so too: {note}"
+    );
 
     let int = Intermediate::from_request(&cr, &key);
     let text = openssl::text(int.certificate.as_bytes());
