@@ -261,9 +261,15 @@ pub struct IssuancePolicy {
     /// The longest lifetime a request may ask for, as a Go duration.
     #[serde(default = "default_max_duration")]
     pub max_duration: String,
-    /// Trust domains that `spiffe://` URI SANs in a CSR may name; empty allows any.
+    /// Trust domains that SPIFFE IDs in a CSR may name. Empty: only the controller's
+    /// `--trust-domain` (default `cluster.local`). Every URI SAN must be a valid SPIFFE ID.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_trust_domains: Vec<String>,
+    /// ClusterMeshCAIssuer only: namespaces whose CertificateRequests it signs (`"*"`: any).
+    /// Empty: only the controller's `--istio-namespaces` (default `istio-system`). A
+    /// MeshCAIssuer signs only for its own namespace, and is not Ready when this is set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_namespaces: Vec<String>,
 }
 
 impl Default for IssuancePolicy {
@@ -273,6 +279,7 @@ impl Default for IssuancePolicy {
             max_path_len: 0,
             max_duration: default_max_duration(),
             allowed_trust_domains: Vec::new(),
+            allowed_namespaces: Vec::new(),
         }
     }
 }
@@ -299,6 +306,13 @@ pub struct IssuerStatus {
     /// The backend's signing CA, as last checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<CertificateSummary>,
+    /// Namespaces whose requests this issuer signs, as in effect (policy and controller
+    /// defaults applied); `"*"` means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_namespaces: Vec<String>,
+    /// Trust domains SPIFFE IDs in requests may name, as in effect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_trust_domains: Vec<String>,
 }
 
 /// Identity and lifetime of a certificate, for status and renewal tracking.

@@ -5,6 +5,7 @@
 //! ClusterMeshCAIssuers (issuer health). Requests watch issuers, issuers watch Secrets, so a
 //! fix anywhere along the chain reaches the waiting requests without anyone touching them.
 
+pub mod admission;
 pub mod certificate_request;
 pub mod issuer;
 pub mod istio_cacerts;
@@ -65,6 +66,7 @@ impl Context {
         let backends = Backends {
             kube: client.clone(),
             pca: Arc::new(pca),
+            ambient: config.ambient_policy(),
         };
         let retries = RetryTracker::new(config.retry_backoff_initial, config.retry_backoff_max);
         Self {
