@@ -191,6 +191,20 @@ fn secret_apis(client: &Client, config: &Config) -> Vec<Api<Secret>> {
         .collect()
 }
 
+/// The Certificate APIs to watch: `--namespace`, else the `--istio-namespaces`, where istiod's
+/// intermediate (and so the Certificate an IstioCACerts follows) lives; the chart grants
+/// Certificate reads there and nowhere else.
+fn certificate_apis(client: &Client, config: &Config) -> Vec<Api<CertManagerCertificate>> {
+    if let Some(ns) = &config.namespace {
+        return vec![Api::namespaced(client.clone(), ns)];
+    }
+    config
+        .istio_namespaces
+        .iter()
+        .map(|ns| Api::namespaced(client.clone(), ns))
+        .collect()
+}
+
 /// Runs the admin listener and the controllers until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
     let client = client_from(&config).await?;
@@ -482,19 +496,17 @@ fn istio_cacerts_controller(
             })
         });
     }
-    controller = controller.watches(
-        scoped::<CertManagerCertificate>(client, namespace),
-        watcher::Config::default(),
-        {
-            let store = store.clone();
+    for certificates in certificate_apis(client, config) {
+        let store = store.clone();
+        controller = controller.watches(certificates, watcher::Config::default(), {
             move |certificate: CertManagerCertificate| {
                 cached_refs(&store, |i| {
                     i.namespace() == certificate.namespace()
                         && i.spec.source_secret_name == certificate.spec.secret_name
                 })
             }
-        },
-    );
+        });
+    }
     controller = controller.watches(scoped::<MeshCAIssuer>(client, namespace), watcher::Config::default(), {
         let store = store.clone();
         move |_: MeshCAIssuer| cached_refs(&store, |_| true)

@@ -217,7 +217,13 @@ mod tests {
             ..defaults
         };
         // (case, spec, cluster-scoped, policy, refused with reason and flag named)
-        type Case = (&'static str, AwsPCA, bool, AmbientPolicy, Option<(&'static str, &'static str)>);
+        type Case = (
+            &'static str,
+            AwsPCA,
+            bool,
+            AmbientPolicy,
+            Option<(&'static str, &'static str)>,
+        );
         let cases: Vec<Case> = vec![
             // A namespaced issuer with its own Secret: always fine.
             ("own secret", spec(true, false, false), false, defaults, None),
