@@ -269,10 +269,11 @@ async fn a_spiffe_id_outside_the_default_trust_domain_is_failed_and_never_signed
     for (name, _, expected) in cases {
         let message = wait_failed_unsigned(&env.client, &env.ns.name, name).await;
         assert!(
-            message.contains(expected) && message.starts_with("PolicyViolation"),
+            message.contains(expected) && message.starts_with("Refused by MeshCAIssuer"),
             "{name}: {message}"
         );
-        wait_for_event(&env.client, &env.ns.name, name, "PolicyViolation").await;
+        let note = wait_for_event(&env.client, &env.ns.name, name, "Failed").await;
+        assert!(note.contains(expected), "{name}: {note}");
     }
     assert_eq!(env.pca.calls("IssueCertificate").await, 0, "nothing signed");
     // The default trust domain itself is signed: the refusals above were the policy's.

@@ -170,7 +170,7 @@ pub enum Outcome {
     Failed {
         message: String,
     },
-    /// Refused by the issuer's policy (namespace scope, trust domains, limits): Failed, with a
+    /// Refused because the request's namespace is outside its issuer's scope: Failed, with a
     /// `PolicyViolation` Warning event.
     PolicyViolation {
         message: String,
@@ -480,8 +480,8 @@ async fn sign(
             };
         }
         Err(violation) => {
-            return Outcome::PolicyViolation {
-                message: format!("PolicyViolation: refused by {}'s policy: {violation}", scope.display),
+            return Outcome::Failed {
+                message: format!("Refused by {}'s policy: {violation}", scope.display),
             };
         }
     };
