@@ -222,6 +222,19 @@ async fn a_cluster_issuer_signs_only_for_the_istio_namespaces_until_widened() {
     assert_chain_loads(&cr, &key);
     assert_eq!(pca.calls("IssueCertificate").await, 2);
 
+    // A name that is no namespace name is refused by the API server itself (CRD schema).
+    let invalid = issuers
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"policy": {"allowedNamespaces": ["Team_A"]}}})),
+        )
+        .await;
+    assert!(
+        matches!(&invalid, Err(kube::Error::Api(e)) if e.code == 422),
+        "{invalid:?}"
+    );
+
     // A namespaced issuer cannot be widened: the field makes it not Ready.
     let mut widened = pca_spec(&pca, &arn);
     widened.policy.allowed_namespaces = vec!["*".into()];

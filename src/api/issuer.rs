@@ -269,6 +269,7 @@ pub struct IssuancePolicy {
     /// Empty: only the controller's `--istio-namespaces` (default `istio-system`). A
     /// MeshCAIssuer signs only for its own namespace, and is not Ready when this is set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"), length(max = 63)))]
     pub allowed_namespaces: Vec<String>,
 }
 
