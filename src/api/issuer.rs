@@ -271,6 +271,14 @@ pub struct IssuancePolicy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(pattern(r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"), length(max = 63)))]
     pub allowed_namespaces: Vec<String>,
+    /// Constrain every signed intermediate to its SPIFFE trust domains with an X.509
+    /// NameConstraints extension (see docs/name-constraints.md). Off by default.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub name_constraints: super::name_constraints::NameConstraintsPolicy,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl Default for IssuancePolicy {
@@ -281,6 +289,7 @@ impl Default for IssuancePolicy {
             max_duration: default_max_duration(),
             allowed_trust_domains: Vec::new(),
             allowed_namespaces: Vec::new(),
+            name_constraints: Default::default(),
         }
     }
 }

@@ -91,6 +91,7 @@ impl Tracked {
             not_after: self.life.not_after.to_string(),
             renewal_time: self.life.renewal.to_string(),
             window: self.life.window(now, t),
+            name_constraints: None,
         }
     }
 }
@@ -296,7 +297,10 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
         intermediate: tracked
             .iter()
             .find(|t| t.role == Role::Intermediate)
-            .map(|t| t.status(now, &thresholds)),
+            .map(|t| TrackedCertificate {
+                name_constraints: live.as_ref().and_then(|b| constraints_summary(&b.intermediate)),
+                ..t.status(now, &thresholds)
+            }),
         roots: tracked
             .iter()
             .filter(|t| t.role == Role::Root)
@@ -346,6 +350,18 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
         Some(at) => Action::requeue(at.duration_since(now).unsigned_abs() + std::time::Duration::from_millis(250)),
         None => Action::await_change(),
     })
+}
+
+/// The name constraints a certificate carries, for status.
+fn constraints_summary(certificate: &Certificate) -> Option<crate::api::name_constraints::NameConstraintsSummary> {
+    match crate::pki::name_constraints::carried_by(certificate) {
+        Ok(found) => found.map(|(critical, nc)| nc.summary(critical)),
+        Err(why) => {
+            // Not status material: a summary would have to invent subtrees. Say it in the log.
+            warn!(fingerprint = %certificate.fingerprint(), %why, "the intermediate's name constraints cannot be read");
+            None
+        }
+    }
 }
 
 /// The bundle currently in the target, if it is one istiod could load.

@@ -151,6 +151,7 @@ mod tests {
             not_after: now() + SignedDuration::from_hours(24),
             requested: std::time::Duration::from_secs(86_400),
             clamped: None,
+            name_constraints: None,
         };
         sign_csr(
             csr,

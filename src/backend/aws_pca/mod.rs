@@ -9,7 +9,8 @@
 //! token bucket, so throttling never amplifies into a storm of billed calls.
 //!
 //! The signing algorithm follows the **CA's** key (not the CSR's), the template is
-//! `SubordinateCACertificate_PathLen{n}/V1` in the CA's partition, and validity is the plan's
+//! `SubordinateCACertificate_PathLen{n}/V1` in the CA's partition (its `_APIPassthrough`
+//! variant when the intermediate is name-constrained), and validity is the plan's
 //! notAfter (clamped to the CA's notAfter, and to 7 days for a short-lived CA).
 
 //!
@@ -17,13 +18,15 @@
 //! IssueCertificate token bucket), [`arn`] (ARNs, templates, tokens, algorithms), [`describe`]
 //! (the CA's description and its cache), [`credentials`] (who may use which credentials and
 //! endpoint; the Secret's keys; the per-issuer client), [`binding`] (a stored certificate is
-//! this request's, from this CA), [`signer`] (issue and fetch).
+//! this request's, from this CA), [`signer`] (issue and fetch), [`passthrough`] (name
+//! constraints as an `ApiPassthrough` custom extension).
 
 mod arn;
 mod binding;
 mod classify;
 mod credentials;
 mod describe;
+pub mod passthrough;
 mod rate_limit;
 mod signer;
 

@@ -136,13 +136,25 @@ impl AwsPcaSigner {
             .build()
             .map_err(|e| BackendError::permanent(reason::REJECTED, format!("validity: {e}")))?;
         let pem = crate::pki::pem::encode(crate::pki::pem::CERTIFICATE_REQUEST, request.csr.der());
+        // Name constraints need the passthrough template and travel as a custom extension.
+        let (template, passthrough) = match (&request.plan.name_constraints, path_len) {
+            (Some(constraints), Some(n)) => (
+                super::passthrough::template_arn(&self.partition, n),
+                Some(
+                    super::passthrough::api_passthrough(constraints)
+                        .map_err(|e| BackendError::permanent(reason::REJECTED, e))?,
+                ),
+            ),
+            _ => (template_arn(&self.partition, path_len), None),
+        };
         let issued = self
             .client
             .issue_certificate()
             .certificate_authority_arn(&self.ca_arn)
             .csr(Blob::new(pem.into_bytes()))
             .signing_algorithm(self.signing_algorithm.clone())
-            .template_arn(template_arn(&self.partition, path_len))
+            .template_arn(template)
+            .set_api_passthrough(passthrough)
             .validity(validity)
             .idempotency_token(idempotency_token(request.request_uid))
             .send()
