@@ -11,7 +11,7 @@ use crate::duration::parse_go_duration;
 
 /// mesh-ca-issuer: a cert-manager external issuer for istiod's intermediate CA.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "mesh-ca-issuer", version, about, long_about = None)]
+#[command(name = "mesh-ca-issuer", version = crate::build_info::VERSION_LINE, about, long_about = None)]
 pub struct Config {
     /// Path to a kubeconfig. Without it: $KUBECONFIG, ~/.kube/config, then in-cluster config.
     #[arg(long, env = "KUBECONFIG")]

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod api;
 pub mod backend;
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod controller;

@@ -21,6 +21,13 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Labels of `meshca_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub revision: String,
+}
+
 /// Labels of a tracked certificate: the role it plays (`intermediate`, `root`, `backend_ca`,
 /// `issuer_ca`), the object it belongs to, and which certificate exactly.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,6 +96,20 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("meshca");
+        // Always 1: the labels carry the information, so a dashboard or alert can join on the
+        // version or spot replicas running different builds.
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: crate::build_info::VERSION.to_string(),
+                revision: crate::build_info::REVISION.to_string(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The version and git revision of the running build; always 1",
+            build_info,
+        );
         let reconciles = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "reconciles",
@@ -258,6 +279,17 @@ mod tests {
             renewal,
             window,
         }
+    }
+
+    #[test]
+    fn build_info_names_the_version_and_the_revision() {
+        let text = Metrics::new().render();
+        let expected = format!(
+            "meshca_build_info{{version=\"{}\",revision=\"{}\"}} 1",
+            crate::build_info::VERSION,
+            crate::build_info::REVISION
+        );
+        assert!(text.contains(&expected), "{text}");
     }
 
     #[test]

@@ -70,6 +70,7 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "replicaCount=3",
             "metrics.serviceMonitor.enabled=true",
             "metrics.prometheusRule.enabled=true",
+            "metrics.dashboard.enabled=true",
         ],
     ),
     (

@@ -109,12 +109,9 @@ pub enum Output {
     Yaml,
 }
 
-/// `meshca --version`: the crate version and, when built from git, the revision.
+/// `meshca --version`: the crate version and the git revision it was built from.
 pub fn version() -> &'static str {
-    match option_env!("MESHCA_GIT_REVISION") {
-        Some(rev) if !rev.is_empty() => Box::leak(format!("{} ({rev})", env!("CARGO_PKG_VERSION")).into_boxed_str()),
-        _ => env!("CARGO_PKG_VERSION"),
-    }
+    crate::build_info::VERSION_LINE
 }
 
 /// A failure with its exit code.

@@ -221,6 +221,11 @@ fn configmap_apis(client: &Client, config: &Config) -> Vec<Api<ConfigMap>> {
 
 /// Runs the admin listener and the controllers until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    info!(
+        version = crate::build_info::VERSION,
+        revision = crate::build_info::REVISION,
+        "mesh-ca-issuer starting"
+    );
     let client = client_from(&config).await?;
     let metrics = Arc::new(Metrics::new());
     let readiness = Readiness::default();

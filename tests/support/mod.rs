@@ -391,9 +391,8 @@ impl ControllerProcess {
     /// Starts it with extra environment variables (e.g. `MESHCA_FAILPOINT`).
     pub fn start_with_env(kubeconfig: &Path, extra_args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Self {
         let admin_port = free_port();
-        let log_path = log_dir.join(format!("controller-{admin_port}.log"));
-        let log = std::fs::File::create(&log_path).expect("controller log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_mesh-ca-issuer"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mesh-ca-issuer"));
+        command
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .arg("--metrics-listen-address")
@@ -404,11 +403,20 @@ impl ControllerProcess {
             .env_remove("RUST_LOG")
             // Never reach for the EC2 metadata service from a test.
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::spawn(command, admin_port, log_dir)
+    }
+
+    /// Runs `command`, which must start the controller with its admin listener on
+    /// 127.0.0.1:`admin_port` (e.g. the image's entrypoint in a chroot), logging to `log_dir`.
+    pub fn spawn(mut command: Command, admin_port: u16, log_dir: &Path) -> Self {
+        let log_path = log_dir.join(format!("controller-{admin_port}.log"));
+        let log = std::fs::File::create(&log_path).expect("controller log file");
+        let child = command
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()
-            .expect("could not start mesh-ca-issuer");
+            .unwrap_or_else(|e| panic!("could not start the controller ({command:?}): {e}"));
         Self {
             child,
             admin_port,
