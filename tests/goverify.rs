@@ -18,18 +18,35 @@ fn pki(root_bc: &str, int_ext: &str) -> Workdir {
         "root.pem",
         Some(3650),
         "/O=goverify/CN=Root",
-        &[&format!("basicConstraints=critical,{root_bc}"), "keyUsage=critical,keyCertSign,cRLSign"],
+        &[
+            &format!("basicConstraints=critical,{root_bc}"),
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
     );
     dir.req_with_new_p256_key("int.key", "int.csr", None, "/O=goverify/CN=Intermediate", &[]);
     dir.write("int.cnf", int_ext);
     dir.run(&[
-        "x509", "-req", "-in", "int.csr", "-CA", "root.pem", "-CAkey", "root.key", "-CAcreateserial", "-days",
-        "365", "-extfile", "int.cnf", "-out", "int.pem",
+        "x509",
+        "-req",
+        "-in",
+        "int.csr",
+        "-CA",
+        "root.pem",
+        "-CAkey",
+        "root.key",
+        "-CAcreateserial",
+        "-days",
+        "365",
+        "-extfile",
+        "int.cnf",
+        "-out",
+        "int.pem",
     ]);
     dir
 }
 
-const CA_EXT: &str = "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n";
+const CA_EXT: &str =
+    "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n";
 
 fn bundle(dir: &Workdir) -> BTreeMap<String, Vec<u8>> {
     let int = dir.read("int.pem");
@@ -55,11 +72,52 @@ fn istiod_check_refuses_an_intermediate_whose_eku_excludes_server_auth() {
     assert!(verdict.as_ref().is_err_and(|e| e.contains("key usage")), "{verdict:?}");
 }
 
+/// root (with `root_bc`) -> int -> istiod's CA, as a cacerts bundle for istiod's CA.
+fn three_levels(root_bc: &str) -> BTreeMap<String, Vec<u8>> {
+    let dir = pki(
+        root_bc,
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n",
+    );
+    dir.req_with_new_p256_key("istiod.key", "istiod.csr", None, "/O=goverify/CN=istiod", &[]);
+    dir.run(&[
+        "x509",
+        "-req",
+        "-in",
+        "istiod.csr",
+        "-CA",
+        "int.pem",
+        "-CAkey",
+        "int.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        "int.cnf",
+        "-out",
+        "istiod.pem",
+    ]);
+    let (istiod, int, root) = (dir.read("istiod.pem"), dir.read("int.pem"), dir.read("root.pem"));
+    BTreeMap::from([
+        ("ca-cert.pem".to_string(), istiod.clone().into_bytes()),
+        ("ca-key.pem".to_string(), dir.read("istiod.key").into_bytes()),
+        (
+            "cert-chain.pem".to_string(),
+            format!("{istiod}{int}{root}").into_bytes(),
+        ),
+        ("root-cert.pem".to_string(), root.into_bytes()),
+    ])
+}
+
 #[test]
 fn istiod_check_refuses_a_sub_ca_below_a_root_with_path_length_zero() {
-    let dir = pki("CA:TRUE,pathlen:0", CA_EXT);
-    let verdict = istiod_loads(&bundle(&dir));
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("too many intermediates")), "{verdict:?}");
+    // int is an intermediate that a root with path length 0 does not allow.
+    let verdict = istiod_loads(&three_levels("CA:TRUE,pathlen:0"));
+    assert!(
+        verdict.as_ref().is_err_and(|e| e.contains("too many intermediates")),
+        "{verdict:?}"
+    );
+    // The same three levels under a root without a path length load fine.
+    assert_eq!(istiod_loads(&three_levels("CA:TRUE")), Ok(()));
 }
 
 #[test]
@@ -68,14 +126,22 @@ fn istiod_check_refuses_a_key_of_another_certificate() {
     let mut data = bundle(&dir);
     data.insert("ca-key.pem".into(), dir.read("root.key").into_bytes());
     let verdict = istiod_loads(&data);
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("does not match")), "{verdict:?}");
+    assert!(
+        verdict.as_ref().is_err_and(|e| e.contains("does not match")),
+        "{verdict:?}"
+    );
 }
 
 #[test]
 fn istiod_check_refuses_a_bundle_outside_its_validity() {
     let dir = pki("CA:TRUE", CA_EXT);
     let verdict = istiod_loads_at(&bundle(&dir), Some("2000-01-01T00:00:00Z"));
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("expired or is not yet valid")), "{verdict:?}");
+    assert!(
+        verdict
+            .as_ref()
+            .is_err_and(|e| e.contains("expired or is not yet valid")),
+        "{verdict:?}"
+    );
 }
 
 #[test]
@@ -101,10 +167,16 @@ fn workload_certificate_verifies_under_its_own_root_only() {
         chain.as_bytes(),
         "spiffe://cluster.local/ns/default/sa/x",
     );
-    assert_eq!(workload_verifies(leaf.as_bytes(), b"", dir.read("root.pem").as_bytes()), Ok(()));
+    assert_eq!(
+        workload_verifies(leaf.as_bytes(), b"", dir.read("root.pem").as_bytes()),
+        Ok(())
+    );
     let other = pki("CA:TRUE", CA_EXT);
     let verdict = workload_verifies(leaf.as_bytes(), b"", other.read("root.pem").as_bytes());
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("unknown authority")), "{verdict:?}");
+    assert!(
+        verdict.as_ref().is_err_and(|e| e.contains("unknown authority")),
+        "{verdict:?}"
+    );
 }
 
 #[test]
@@ -113,12 +185,20 @@ fn workload_certificate_outside_a_uri_name_constraint_is_refused() {
     let dir = pki("CA:TRUE", &constrained);
     let chain = format!("{}{}", dir.read("int.pem"), dir.read("root.pem"));
     let make = |id: &str| {
-        workload_certificate(dir.read("int.pem").as_bytes(), dir.read("int.key").as_bytes(), chain.as_bytes(), id)
+        workload_certificate(
+            dir.read("int.pem").as_bytes(),
+            dir.read("int.key").as_bytes(),
+            chain.as_bytes(),
+            id,
+        )
     };
     let root = dir.read("root.pem");
     let own = make("spiffe://cluster-a.example/ns/x/sa/y");
     assert_eq!(workload_verifies(own.as_bytes(), b"", root.as_bytes()), Ok(()));
     let foreign = make("spiffe://cluster-b.example/ns/x/sa/y");
     let verdict = workload_verifies(foreign.as_bytes(), b"", root.as_bytes());
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("not permitted")), "{verdict:?}");
+    assert!(
+        verdict.as_ref().is_err_and(|e| e.contains("not permitted")),
+        "{verdict:?}"
+    );
 }

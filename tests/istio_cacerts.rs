@@ -448,6 +448,7 @@ fn sign_with_root(root_secret: &Secret, ca: bool, from: Timestamp, to: Timestamp
         not_after: to,
         requested: Duration::from_secs(1),
         clamped: None,
+        name_constraints: None,
     };
     let cert = sign_csr(
         &csr,

@@ -264,6 +264,14 @@ pub struct IssuancePolicy {
     /// Trust domains that `spiffe://` URI SANs in a CSR may name; empty allows any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_trust_domains: Vec<String>,
+    /// Constrain every signed intermediate to its SPIFFE trust domains with an X.509
+    /// NameConstraints extension (see docs/name-constraints.md). Off by default.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub name_constraints: super::name_constraints::NameConstraintsPolicy,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl Default for IssuancePolicy {
@@ -273,6 +281,7 @@ impl Default for IssuancePolicy {
             max_path_len: 0,
             max_duration: default_max_duration(),
             allowed_trust_domains: Vec::new(),
+            name_constraints: Default::default(),
         }
     }
 }

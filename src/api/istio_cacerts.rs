@@ -228,6 +228,10 @@ pub struct TrackedCertificate {
     /// else two thirds into its lifetime (cert-manager's default).
     pub renewal_time: String,
     pub window: RenewalWindow,
+    /// The X.509 name constraints the certificate carries, if any (shown for the intermediate:
+    /// the identities istiod can mint with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_constraints: Option<super::name_constraints::NameConstraintsSummary>,
 }
 
 /// Where a certificate stands in its life.

@@ -5,6 +5,7 @@ pub mod cert_manager;
 pub mod conditions;
 pub mod issuer;
 pub mod istio_cacerts;
+pub mod name_constraints;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -304,6 +304,7 @@ mod tests {
                 not_after: now() + jiff::SignedDuration::from_hours(1),
                 requested: std::time::Duration::from_secs(3600),
                 clamped: None,
+                name_constraints: None,
             };
             sign_csr(
                 &csr,
@@ -394,6 +395,7 @@ mod tests {
             not_after: now() + jiff::SignedDuration::from_hours(24 * 365),
             requested: std::time::Duration::from_secs(3600),
             clamped: None,
+            name_constraints: None,
         };
         let int_cert = sign_csr(
             &int_csr,

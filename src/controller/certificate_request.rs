@@ -32,6 +32,7 @@ use crate::api::issuer::{
 use crate::backend::{self, BackendError, FailureKind, IssuerScope, Purpose, SignOutcome, SignRequest, aws_pca};
 use crate::error::{Error, Result};
 use crate::pki::CertificateSigningRequest;
+use crate::pki::name_constraints;
 use crate::pki::policy::{self, RequestFacts};
 
 /// Which of our issuer kinds a request names.
@@ -442,7 +443,7 @@ async fn sign(
         is_ca: cr.spec.is_ca,
         duration: cr.spec.duration.as_deref(),
     };
-    let plan = match policy::plan(&csr, &facts, &spec.policy, &signer.ca().lifetime, now) {
+    let mut plan = match policy::plan(&csr, &facts, &spec.policy, &signer.ca().lifetime, now) {
         Ok(plan) => plan,
         Err(violation @ policy::PolicyViolation::CaNotValid { .. }) => {
             return Outcome::Waiting {
@@ -456,6 +457,14 @@ async fn sign(
             };
         }
     };
+    match name_constraints::decide(&csr, &plan, &spec.policy, default_trust_domain(ctx)) {
+        Ok(constraints) => plan.name_constraints = constraints,
+        Err(violation) => {
+            return Outcome::Failed {
+                message: format!("Refused by {}'s policy: {violation}", scope.display),
+            };
+        }
+    }
     let started = std::time::Instant::now();
     // A backend-side id from an earlier attempt (a PCA certificate ARN): fetch, never re-issue.
     let known_ref = cr.annotations().get(aws_pca::CERTIFICATE_ARN_ANNOTATION).cloned();
@@ -508,6 +517,21 @@ async fn sign(
                     crate::duration::format_go_duration(plan.requested)
                 ));
             }
+            if let Some(expected) = &plan.name_constraints {
+                // Whatever the backend: an intermediate meant to be constrained is never handed
+                // out without exactly those constraints.
+                if let Err(why) = name_constraints::check_carries(issued, expected) {
+                    return Outcome::Failed {
+                        message: format!(
+                            "{} ({}) did not apply the requested name constraints, so the certificate (serial {}) is not used: {why}",
+                            scope.display,
+                            signer.backend_name(),
+                            issued.serial_hex()
+                        ),
+                    };
+                }
+                message.push_str(&format!(", with name constraints: {}", expected.describe()));
+            }
             Outcome::Issued {
                 certificate: chain.certificate_pem(),
                 ca: chain.ca_pem(),
@@ -520,6 +544,12 @@ async fn sign(
         },
         Err(e) => classify(e, &scope.display, ctx.retries.next_delay(&uid)),
     }
+}
+
+/// The trust domain an intermediate is constrained to when its CSR names none: one place, so
+/// it can follow the controller's configured trust domain.
+fn default_trust_domain(_ctx: &Context) -> &'static str {
+    name_constraints::DEFAULT_TRUST_DOMAIN
 }
 
 /// Records a backend-side id (the PCA certificate ARN) on the request's metadata.

@@ -173,6 +173,8 @@ async fn check(
     now: Timestamp,
 ) -> Result<(&'static str, CaInfo), BackendError> {
     validate_policy(&spec.policy).map_err(|m| BackendError::issuer_not_ready(reason::INVALID_SPEC, m))?;
+    crate::pki::name_constraints::validate_policy(&spec.policy.name_constraints)
+        .map_err(|m| BackendError::issuer_not_ready(reason::INVALID_SPEC, m))?;
     let backend_name = backend::configured_backend(spec)?;
     let signer = backend::connect(&ctx.backends, spec, scope, Purpose::HealthCheck, now).await?;
     Ok((backend_name, signer.ca().clone()))

@@ -92,6 +92,7 @@ impl Tracked {
             not_after: self.life.not_after.to_string(),
             renewal_time: self.life.renewal.to_string(),
             window: self.life.window(now, t),
+            name_constraints: None,
         }
     }
 }
@@ -399,7 +400,10 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
         intermediate: tracked
             .iter()
             .find(|t| t.role == Role::Intermediate)
-            .map(|t| t.status(now, &thresholds)),
+            .map(|t| TrackedCertificate {
+                name_constraints: live.as_ref().and_then(|b| constraints_summary(&b.intermediate)),
+                ..t.status(now, &thresholds)
+            }),
         roots: tracked
             .iter()
             .filter(|t| t.role == Role::Root && !anchor_fingerprints.contains(&t.fingerprint))
@@ -510,6 +514,18 @@ impl Trust {
                 "root-cert.pem lost {} from its middle: a subset of the previous certificates but not of its bytes, which istiod versions that compare bytes ignore; restart istiod",
                 names(&assembly.removed)
             )),
+        }
+    }
+}
+
+/// The name constraints a certificate carries, for status.
+fn constraints_summary(certificate: &Certificate) -> Option<crate::api::name_constraints::NameConstraintsSummary> {
+    match crate::pki::name_constraints::carried_by(certificate) {
+        Ok(found) => found.map(|(critical, nc)| nc.summary(critical)),
+        Err(why) => {
+            // Not status material: a summary would have to invent subtrees. Say it in the log.
+            warn!(fingerprint = %certificate.fingerprint(), %why, "the intermediate's name constraints cannot be read");
+            None
         }
     }
 }

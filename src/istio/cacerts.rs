@@ -365,6 +365,7 @@ mod tests {
             not_after: to,
             requested: std::time::Duration::from_secs(1),
             clamped: None,
+            name_constraints: None,
         };
         (
             sign_csr(

@@ -802,6 +802,7 @@ mod tests {
             not_after: now() + SignedDuration::from_hours(1),
             requested: std::time::Duration::from_secs(1),
             clamped: None,
+            name_constraints: None,
         };
         sign_csr(
             &csr,

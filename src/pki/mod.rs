@@ -7,6 +7,7 @@
 pub mod certificate;
 pub mod csr;
 pub mod key;
+pub mod name_constraints;
 pub mod pem;
 pub mod policy;
 pub mod renewal;

@@ -44,6 +44,9 @@ pub struct SigningPlan {
     pub requested: Duration,
     /// Set when notAfter was cut short, with the reason ("the CA expires at ...").
     pub clamped: Option<String>,
+    /// The NameConstraints extension a CA certificate must carry (`policy.nameConstraints`);
+    /// filled in by [`super::name_constraints::decide`] after the plan is made.
+    pub name_constraints: Option<super::name_constraints::NameConstraints>,
 }
 
 /// Why a request is refused. Each message says what to change.
@@ -181,6 +184,7 @@ pub fn plan(
         not_after,
         requested,
         clamped,
+        name_constraints: None,
     })
 }
 

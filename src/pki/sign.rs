@@ -17,6 +17,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::x509::X509Name;
 
 use super::csr::SubjectAltName;
+use super::name_constraints;
 use super::policy::SigningPlan;
 use super::{Certificate, CertificateSigningRequest, PkiError, SigningKey};
 use crate::api::issuer::RootBootstrap;
@@ -133,6 +134,14 @@ pub fn sign_csr(
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         }
     }
+    if let Some(constraints) = &plan.name_constraints {
+        // rcgen cannot express URI subtrees: the extension is encoded by hand, always critical
+        // (RFC 5280: "Conforming CAs MUST mark this extension as critical").
+        let der = constraints.to_der().map_err(PkiError::Signing)?;
+        let mut extension = rcgen::CustomExtension::from_oid_content(name_constraints::OID, der);
+        extension.set_criticality(true);
+        params.custom_extensions.push(extension);
+    }
     let public_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.public_key_info)
         .map_err(|e| PkiError::UnsupportedPublicKey(e.to_string()))?;
     let issuer = Issuer::from_ca_cert_der(&ca.certificate.der().to_vec().into(), ca.key.key_pair())
@@ -154,6 +163,9 @@ pub fn sign_csr(
         ));
     }
     check_chains_to(&certificate, ca.certificate)?;
+    if let Some(constraints) = &plan.name_constraints {
+        name_constraints::check_carries(&certificate, constraints).map_err(PkiError::Signing)?;
+    }
     Ok(certificate)
 }
 
@@ -274,6 +286,7 @@ pub(crate) mod tests {
             not_after: now() + jiff::SignedDuration::from_hours(2160),
             requested: std::time::Duration::from_secs(2160 * 3600),
             clamped: None,
+            name_constraints: None,
         }
     }
 
@@ -330,6 +343,29 @@ pub(crate) mod tests {
         let a = sign_csr(&istiod_csr(), &plan(Some(0)), &ca).unwrap();
         let b = sign_csr(&istiod_csr(), &plan(Some(0)), &ca).unwrap();
         assert_ne!(a.serial_hex(), b.serial_hex());
+    }
+
+    #[test]
+    fn a_constrained_plan_gives_a_critical_name_constraints_extension_exactly_as_planned() {
+        use crate::pki::name_constraints::{NameConstraints, Subtree, carried_by};
+        let (root_cert, root_key) = root(KeyAlgorithm::Ecdsa);
+        let constraints = NameConstraints {
+            permitted: vec![Subtree::Uri("cluster.local".into())],
+            excluded: vec![Subtree::Uri(".cluster.local".into())],
+        };
+        let constrained = SigningPlan {
+            name_constraints: Some(constraints.clone()),
+            ..plan(Some(0))
+        };
+        let ca = CaSigner {
+            certificate: &root_cert,
+            key: &root_key,
+        };
+        let cert = sign_csr(&istiod_csr(), &constrained, &ca).unwrap();
+        assert_eq!(carried_by(&cert).unwrap(), Some((true, constraints)));
+        // Without constraints in the plan, none in the certificate.
+        let plain = sign_csr(&istiod_csr(), &plan(Some(0)), &ca).unwrap();
+        assert_eq!(carried_by(&plain).unwrap(), None);
     }
 
     #[test]

@@ -52,8 +52,16 @@ fn binary() -> &'static Path {
 }
 
 fn run(args: &[&str], cwd: &Path) -> Verdict {
-    let out = Command::new(binary()).args(args).current_dir(cwd).output().expect("run goverify");
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(binary())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run goverify");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     match out.status.code() {
         Some(0) => Ok(()),
         Some(1) => Err(said.trim().trim_start_matches("REFUSED: ").to_string()),
@@ -87,9 +95,19 @@ pub fn istiod_loads(data: &BTreeMap<String, Vec<u8>>) -> Verdict {
 /// certificate in `roots_pem`, for serverAuth.
 pub fn workload_verifies(leaf_pem: &[u8], chain_pem: &[u8], roots_pem: &[u8]) -> Verdict {
     let dir = Workdir::new();
-    dir.write("leaf.pem", leaf_pem).write("chain.pem", chain_pem).write("roots.pem", roots_pem);
+    dir.write("leaf.pem", leaf_pem)
+        .write("chain.pem", chain_pem)
+        .write("roots.pem", roots_pem);
     run(
-        &["chain", "--leaf", "leaf.pem", "--chain", "chain.pem", "--roots", "roots.pem"],
+        &[
+            "chain",
+            "--leaf",
+            "leaf.pem",
+            "--chain",
+            "chain.pem",
+            "--roots",
+            "roots.pem",
+        ],
         dir.path(),
     )
 }

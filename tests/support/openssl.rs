@@ -105,7 +105,13 @@ pub fn workload_certificate(ca_cert_pem: &[u8], ca_key_pem: &[u8], cert_chain_pe
     dir.write("ca.pem", ca_cert_pem).write("ca.key", ca_key_pem);
     let sans = spiffe_id
         .split(',')
-        .map(|san| if san.contains(':') && !san.starts_with("spiffe:") { san.to_string() } else { format!("URI:{san}") })
+        .map(|san| {
+            if san.contains(':') && !san.starts_with("spiffe:") {
+                san.to_string()
+            } else {
+                format!("URI:{san}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(",");
     dir.write(
@@ -117,8 +123,21 @@ pub fn workload_certificate(ca_cert_pem: &[u8], ca_key_pem: &[u8], cert_chain_pe
     );
     dir.req_with_new_p256_key("leaf.key", "leaf.csr", None, "/", &[]);
     dir.run(&[
-        "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
-        "-extfile", "ext.cnf", "-out", "leaf.pem",
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "leaf.pem",
     ]);
     let mut pem = dir.read("leaf.pem");
     pem.push_str(&String::from_utf8_lossy(cert_chain_pem));

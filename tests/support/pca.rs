@@ -90,6 +90,13 @@ impl PcaFixture {
             .await;
     }
 
+    /// Make passthrough issuance drop the requested custom extensions silently (as an issuer that
+    /// ignores them would), or stop doing so.
+    pub async fn drop_custom_extensions(&self, drop: bool) {
+        self.control("/__fixture/drop-custom-extensions", serde_json::json!({"drop": drop}))
+            .await;
+    }
+
     pub async fn set_ca_status(&self, arn: &str, status: &str) {
         self.control(
             "/__fixture/ca-status",

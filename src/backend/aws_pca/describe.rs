@@ -1,0 +1,119 @@
+//! The CA as PCA describes it (`DescribeCertificateAuthority` and
+//! `GetCertificateAuthorityCertificate`), cached for signing.
+
+use std::time::Instant;
+
+use aws_sdk_acmpca::types::{CertificateAuthorityStatus, CertificateAuthorityUsageMode, KeyAlgorithm};
+use jiff::Timestamp;
+
+use super::rate_limit::Shared;
+use super::{classify, reason};
+use crate::backend::{BackendError, Purpose};
+use crate::pki::Certificate;
+
+/// What `DescribeCertificateAuthority` and `GetCertificateAuthorityCertificate` said.
+#[derive(Clone, Debug)]
+pub struct CaDescription {
+    pub key_algorithm: Option<KeyAlgorithm>,
+    pub not_before: Timestamp,
+    pub not_after: Timestamp,
+    pub short_lived: bool,
+    pub certificate: Certificate,
+    /// Certificates above the CA, bottom-up, root last (empty for a root CA).
+    pub chain: Vec<Certificate>,
+}
+fn timestamp(t: Option<&aws_sdk_acmpca::primitives::DateTime>) -> Option<Timestamp> {
+    Timestamp::from_second(t?.secs()).ok()
+}
+/// Describes the CA (reusing a recent description when signing) and checks it can issue.
+pub(super) async fn describe(
+    client: &aws_sdk_acmpca::Client,
+    shared: &Shared,
+    issuer: &str,
+    arn: &str,
+    purpose: Purpose,
+) -> Result<CaDescription, BackendError> {
+    if purpose == Purpose::Signing {
+        let cache = shared.descriptions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached_arn, at, d)) = cache.get(issuer)
+            && cached_arn == arn
+            && at.elapsed() < shared.description_ttl
+        {
+            return Ok(d.clone());
+        }
+    }
+    let described = client
+        .describe_certificate_authority()
+        .certificate_authority_arn(arn)
+        .send()
+        .await
+        .map_err(|e| classify("DescribeCertificateAuthority", arn, e.into()))?;
+    let ca = described
+        .certificate_authority()
+        .ok_or_else(|| BackendError::retryable(reason::API_ERROR, "DescribeCertificateAuthority returned nothing"))?;
+    let status = ca.status().cloned().unwrap_or(CertificateAuthorityStatus::Creating);
+    let not_ready = |r: &'static str, what: &str| {
+        BackendError::issuer_not_ready(r, format!("AWS Private CA {arn} is {}: {what}", status.as_str()))
+    };
+    match status {
+        CertificateAuthorityStatus::Active => {}
+        CertificateAuthorityStatus::Disabled => {
+            return Err(not_ready(
+                reason::CA_DISABLED,
+                "enable it again (update-certificate-authority --status ACTIVE); requests wait until then",
+            ));
+        }
+        CertificateAuthorityStatus::Expired => {
+            return Err(not_ready(
+                reason::CA_EXPIRED,
+                "renew its certificate or point spec.awsPCA.arn at another CA",
+            ));
+        }
+        CertificateAuthorityStatus::Deleted => {
+            return Err(not_ready(
+                reason::CA_DELETED,
+                "restore it within its restoration period or point spec.awsPCA.arn at another CA",
+            ));
+        }
+        _ => return Err(not_ready(reason::CA_NOT_ACTIVE, "it cannot issue until it is ACTIVE")),
+    }
+    let key_algorithm = ca
+        .certificate_authority_configuration()
+        .map(|c| c.key_algorithm().clone());
+    let short_lived = ca.usage_mode() == Some(&CertificateAuthorityUsageMode::ShortLivedCertificate);
+    let certs = client
+        .get_certificate_authority_certificate()
+        .certificate_authority_arn(arn)
+        .send()
+        .await
+        .map_err(|e| classify("GetCertificateAuthorityCertificate", arn, e.into()))?;
+    let bad = |m: String| {
+        BackendError::issuer_not_ready(
+            reason::API_ERROR,
+            format!("the certificate of AWS Private CA {arn}: {m}"),
+        )
+    };
+    let certificate =
+        Certificate::parse_pem_bundle(certs.certificate().unwrap_or_default().as_bytes(), "CA certificate")
+            .map_err(|e| bad(e.to_string()))?
+            .remove(0);
+    let chain = match certs.certificate_chain() {
+        Some(c) if !c.trim().is_empty() => {
+            Certificate::parse_pem_bundle(c.as_bytes(), "CA certificate chain").map_err(|e| bad(e.to_string()))?
+        }
+        _ => Vec::new(),
+    };
+    let description = CaDescription {
+        key_algorithm,
+        not_before: timestamp(ca.not_before()).unwrap_or_else(|| certificate.not_before()),
+        not_after: timestamp(ca.not_after()).unwrap_or_else(|| certificate.not_after()),
+        short_lived,
+        certificate,
+        chain,
+    };
+    shared.descriptions.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        issuer.to_string(),
+        (arn.to_string(), Instant::now(), description.clone()),
+    );
+    Ok(description)
+}
