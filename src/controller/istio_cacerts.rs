@@ -282,6 +282,13 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
             };
             let written = write_target(&ctx, &icc, &plan, target_secret.as_ref(), record, trust.change_note()).await;
             carried_out = written.is_ok();
+            if carried_out && plan.changed {
+                // Tests stop the process here: cacerts written, status not yet (a crash at the
+                // worst moment of a phase change).
+                if let Some((phase, _)) = rotation.as_ref().and_then(|r| r.transition.as_ref()) {
+                    crate::failpoint::hit(&format!("rotation-written-{}", phase.as_str()));
+                }
+            }
             match written {
                 Ok(()) => match &trust {
                     Trust::Invalid(problem) => (

@@ -469,7 +469,12 @@ fn finish(mut d: Decision, spec: &RootRotation, delays: &Delays, inputs: &Inputs
     };
     let (reason, message) = match (phase, next) {
         (RotationPhase::RemovingOldRoot, _) => (
-            phase.as_str(),
+            // The cut's own write brings the next reconcile; when it was written before (a
+            // lost status update) nothing else would.
+            {
+                d.requeue_at = Some(inputs.now + SignedDuration::from_secs(1));
+                phase.as_str()
+            },
             "the old root is being cut off root-cert.pem; the rotation completes once that is written".to_string(),
         ),
         (_, Some(next)) if spec.mode == RotationMode::Automatic => {
