@@ -603,3 +603,230 @@ async fn bad_input_holds_the_rotation_with_a_clear_condition() {
     mesh.wait_phase(RotationPhase::SwitchingIntermediate).await;
     assert_ne!(mesh.cacerts().await.resource_version(), adding.resource_version());
 }
+
+/// One cluster of a fleet sharing one root: its control plane, namespace and controller.
+struct FleetMember {
+    kubeconfig: std::path::PathBuf,
+    context: String,
+    mesh: Mesh,
+    _controller: ControllerProcess,
+}
+
+fn context_of(kubeconfig: &Path) -> String {
+    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    config["current-context"].as_str().expect("current-context").to_string()
+}
+
+impl FleetMember {
+    async fn start(kubeconfig: std::path::PathBuf, namespace: &str, logs: &Path) -> Self {
+        let client = support::client_for_kubeconfig(&kubeconfig).await;
+        support::install_crds(&client).await;
+        let ns = TestNamespace::create_named(&client, namespace, &kubeconfig).await;
+        let mut controller = ControllerProcess::start_with_kubeconfig(&kubeconfig, &["--namespace", namespace], logs);
+        assert!(
+            controller.wait_ready(Duration::from_secs(60)).await,
+            "controller ready: {}",
+            controller.log()
+        );
+        Self {
+            context: context_of(&kubeconfig),
+            kubeconfig,
+            mesh: Mesh {
+                client,
+                ns,
+                revision: 0,
+            },
+            _controller: controller,
+        }
+    }
+
+    /// Copies root Secret `name` from `from`, as a platform team distributes one shared root.
+    async fn copy_root(&self, from: &FleetMember, name: &str) {
+        let root: Secret = from.mesh.ns.api().get(name).await.unwrap();
+        let copy = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": self.mesh.ns.name},
+            "type": root.type_,
+            "data": root.data,
+        });
+        self.mesh
+            .ns
+            .api::<Secret>()
+            .patch(name, &PatchParams::apply(support::TEST_MANAGER), &Patch::Apply(&copy))
+            .await
+            .unwrap();
+    }
+}
+
+/// Some(()) once the member's current phase is past its delay.
+async fn ready(m: &FleetMember) -> Option<()> {
+    let next: Timestamp = m.mesh.icc().await.status?.root_rotation?.next_phase_at?.parse().ok()?;
+    (Timestamp::now() >= next).then_some(())
+}
+
+/// Runs `meshca` with `kubeconfig` (both clusters' files, colon-separated, as a user would).
+fn meshca(kubeconfig: &std::ffi::OsStr, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("meshca runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), said)
+}
+
+/// Each cluster's freshly made workload certificate against the other's `root-cert.pem`, with
+/// openssl and Go; panics on any failure. Returns the number of verdicts.
+async fn cross_verify(a: &FleetMember, b: &FleetMember, step: &str) -> usize {
+    let (da, db) = (data(&a.mesh.cacerts().await), data(&b.mesh.cacerts().await));
+    let mut verdicts = 0;
+    for (from, leaf_data, to, roots) in [("A", &da, "B", &db), ("B", &db, "A", &da)] {
+        let leaf = workload(leaf_data);
+        let roots_pem = &roots["root-cert.pem"];
+        assert!(
+            openssl_verifies(&leaf, roots_pem),
+            "{step}: openssl refuses {from}'s workload against {to}'s root-cert.pem"
+        );
+        assert!(
+            go_verifies(&leaf, roots_pem),
+            "{step}: Go refuses {from}'s workload against {to}'s root-cert.pem"
+        );
+        verdicts += 2;
+    }
+    verdicts
+}
+
+async fn phases(a: &FleetMember, b: &FleetMember) -> (Option<RotationPhase>, Option<RotationPhase>) {
+    (phase_of(&a.mesh.icc().await), phase_of(&b.mesh.icc().await))
+}
+
+#[tokio::test]
+async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_advance() {
+    let _lock = support::ScopeLock::shared().await;
+    let namespace = format!("rotation-fleet-{}", support::unique_suffix());
+    let logs = tempfile::tempdir().unwrap();
+    let mut a = FleetMember::start(support::kubeconfig(), &namespace, logs.path()).await;
+    let mut b = FleetMember::start(support::kubeconfig_b(), &namespace, logs.path()).await;
+    assert_ne!(a.context, b.context);
+    // One old and one new root, shared: bootstrapped in A, copied to B.
+    a.mesh.issuer("old", "87600h").await;
+    a.mesh.issuer("new", "175200h").await;
+    b.copy_root(&a, "old-root").await;
+    b.copy_root(&a, "new-root").await;
+    b.mesh.issuer("old", "87600h").await;
+    b.mesh.issuer("new", "175200h").await;
+    for m in [&mut a, &mut b] {
+        m.mesh.issue("old").await;
+        m.mesh.create_icc(rotation(RotationMode::Manual)).await;
+        m.mesh.wait_condition("Ready", "Synced").await;
+    }
+    let fleet = |verb: &'static str| -> Vec<String> {
+        let mut v: Vec<String> = vec!["rotation".into(), verb.into()];
+        for c in [&a.context, &b.context] {
+            v.extend(["--context".into(), c.clone()]);
+        }
+        v.extend(["--namespace".into(), namespace.clone(), "--name".into(), "mesh".into()]);
+        v
+    };
+    let kubeconfig = std::env::join_paths([&a.kubeconfig, &b.kubeconfig]).expect("KUBECONFIG");
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        meshca(&kubeconfig, &refs)
+    };
+    let mut verdicts = cross_verify(&a, &b, "before").await;
+    let mut steps = vec!["before".to_string()];
+
+    // A's source moves to the new root first: A starts alone (adding a root is always safe).
+    a.mesh.issue("new").await;
+    a.mesh.wait_phase(RotationPhase::AddingNewRoot).await;
+    verdicts += cross_verify(&a, &b, "A adding the new root").await;
+    steps.push("A AddingNewRoot, B not rotating".into());
+    let (code, said) = run(fleet("advance"));
+    assert_eq!(code, 3, "{said}");
+    assert!(
+        said.contains(&format!("context {}: no rotation is under way", b.context)),
+        "{said}"
+    );
+    assert!(
+        !a.mesh
+            .icc()
+            .await
+            .annotations()
+            .contains_key("meshca.io/advance-rotation"),
+        "nothing written"
+    );
+
+    b.mesh.issue("new").await;
+    let icc_b = b.mesh.wait_phase(RotationPhase::AddingNewRoot).await;
+    verdicts += cross_verify(&a, &b, "both adding the new root").await;
+    steps.push("both AddingNewRoot".into());
+    // B's delay is still running: refused, naming B.
+    let (code, said) = run(fleet("advance"));
+    if code == 3 {
+        assert!(
+            said.contains(&format!("context {} is in AddingNewRoot until", b.context)),
+            "{said}"
+        );
+        assert_eq!(
+            phases(&a, &b).await,
+            (Some(RotationPhase::AddingNewRoot), Some(RotationPhase::AddingNewRoot))
+        );
+    } else {
+        panic!(
+            "advance went through while B's delay ran (ends {:?}): {said}",
+            icc_b.status.unwrap().root_rotation.unwrap().next_phase_at
+        );
+    }
+    let (_, status) = run(fleet("status"));
+    assert!(
+        status.contains(&a.context) && status.contains(&b.context) && status.contains("AddingNewRoot"),
+        "{status}"
+    );
+
+    // Past both delays, Manual mode still waits; advance moves both together.
+    eventually(TIMEOUT, || async {
+        ready(&a).await?;
+        ready(&b).await
+    })
+    .await
+    .expect("delays end");
+    let (_, status) = run(fleet("status"));
+    assert!(status.contains("waiting for `meshca rotation advance`"), "{status}");
+    assert_eq!(
+        phases(&a, &b).await,
+        (Some(RotationPhase::AddingNewRoot), Some(RotationPhase::AddingNewRoot))
+    );
+    let (code, said) = run([fleet("advance"), vec!["--to".into(), "SwitchingIntermediate".into()]].concat());
+    assert_eq!(code, 0, "{said}");
+    a.mesh.wait_phase(RotationPhase::SwitchingIntermediate).await;
+    b.mesh.wait_phase(RotationPhase::SwitchingIntermediate).await;
+    verdicts += cross_verify(&a, &b, "both switched").await;
+    steps.push("both SwitchingIntermediate".into());
+    // A stale repeat of the same step is refused by the CLI (delay running) and, if set by
+    // hand, ignored by the controllers.
+    let (code, said) = run([fleet("advance"), vec!["--to".into(), "SwitchingIntermediate".into()]].concat());
+    assert_eq!(code, 3, "{said}");
+
+    eventually(TIMEOUT, || async {
+        ready(&a).await?;
+        ready(&b).await
+    })
+    .await
+    .expect("drains end");
+    let (code, said) = run([fleet("advance"), vec!["--to".into(), "RemovingOldRoot".into()]].concat());
+    assert_eq!(code, 0, "{said}");
+    a.mesh.wait_phase(RotationPhase::Completed).await;
+    b.mesh.wait_phase(RotationPhase::Completed).await;
+    verdicts += cross_verify(&a, &b, "both completed").await;
+    steps.push("both Completed".into());
+    let (da, db) = (data(&a.mesh.cacerts().await), data(&b.mesh.cacerts().await));
+    let new_root = a.mesh.root_of("new").await;
+    assert_eq!(da["root-cert.pem"], new_root.to_pem().into_bytes());
+    assert_eq!(db["root-cert.pem"], da["root-cert.pem"]);
+    eprintln!("fleet rotation: {verdicts} cross-cluster verdicts, all passing, at steps {steps:?}");
+}
