@@ -137,9 +137,17 @@ pub fn decide(inputs: &Inputs) -> Decision {
     // An annotation acts only on the phase that is current when it is seen; any other is
     // removed, so it can never fire later (in this rotation or the next).
     if let Some(advance) = inputs.advance.filter(|_| !decision.consume_advance) {
-        let phase = inputs.status.map(|s| s.phase.as_str()).unwrap_or("no rotation");
+        let phase = inputs
+            .status
+            .filter(|s| s.phase.in_progress())
+            .map_or("no rotation is under way", |s| s.phase.as_str());
+        let why = if inputs.spec.is_some_and(|s| s.paused) {
+            format!("the rotation is paused (spec.rootRotation.paused) in {phase}")
+        } else {
+            format!("the rotation is in {phase}, and an advance acts only on the phase it names")
+        };
         decision.stale_advance = Some(format!(
-            "the annotation {}: {advance} was ignored and removed: the rotation is in {phase}, and an advance acts only on the phase it names",
+            "the annotation {}: {advance} was ignored and removed: {why}",
             crate::api::istio_cacerts::ADVANCE_ROTATION_ANNOTATION
         ));
     }
