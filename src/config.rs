@@ -54,11 +54,36 @@ pub struct Config {
     #[arg(long, env = "MESHCA_SECRET_NAMESPACES", value_delimiter = ',')]
     pub secret_namespaces: Vec<String>,
 
-    /// Namespaces in which to watch ConfigMaps (IstioCACerts' trust anchors and published
-    /// roots), comma-separated. Empty means cluster-wide; the Helm chart sets its
-    /// istioNamespaces, where its RBAC grants ConfigMap access.
-    #[arg(long, env = "MESHCA_CONFIGMAP_NAMESPACES", value_delimiter = ',')]
-    pub configmap_namespaces: Vec<String>,
+    /// Namespaces where istiod runs, comma-separated: the only namespaces from which a
+    /// ClusterMeshCAIssuer with an empty `spec.policy.allowedNamespaces` accepts requests.
+    #[arg(
+        long,
+        env = "MESHCA_ISTIO_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "istio-system"
+    )]
+    pub istio_namespaces: Vec<String>,
+
+    /// The mesh's trust domain: the only one SPIFFE IDs in a request may name when an issuer's
+    /// `spec.policy.allowedTrustDomains` is empty.
+    #[arg(long, env = "MESHCA_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+
+    /// Let namespaced MeshCAIssuers use the controller's own AWS identity (environment, IRSA,
+    /// EKS Pod Identity, IMDS) when they name no credentialsSecretRef. Off, as cert-manager's
+    /// flag of the same name: anyone who can create an issuer in any namespace could otherwise
+    /// sign with the controller's PCA permissions.
+    #[arg(long, env = "MESHCA_ISSUER_AMBIENT_CREDENTIALS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub issuer_ambient_credentials: bool,
+
+    /// Let ClusterMeshCAIssuers use the controller's own AWS identity (as cert-manager's flag).
+    #[arg(long, env = "MESHCA_CLUSTER_ISSUER_AMBIENT_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cluster_issuer_ambient_credentials: bool,
+
+    /// Let namespaced MeshCAIssuers set `awsPCA.endpoint`. Off: a namespace could otherwise send
+    /// the controller's requests (and, with ambient credentials, its signed AWS calls) to any URL.
+    #[arg(long, env = "MESHCA_ISSUER_ENDPOINT_OVERRIDE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub issuer_endpoint_override: bool,
 
     /// AWS Private CA: IssueCertificate calls per second allowed per issuer (token bucket), so
     /// a burst of renewals cannot exceed the account's PCA quota.
@@ -126,6 +151,15 @@ impl Config {
             .unwrap_or_else(|| "kube-system".to_string())
     }
 
+    /// What issuers may use of the controller's own AWS identity and endpoint choice.
+    pub fn ambient_policy(&self) -> crate::backend::AmbientPolicy {
+        crate::backend::AmbientPolicy {
+            issuer_ambient_credentials: self.issuer_ambient_credentials,
+            cluster_issuer_ambient_credentials: self.cluster_issuer_ambient_credentials,
+            issuer_endpoint_override: self.issuer_endpoint_override,
+        }
+    }
+
     /// The renewal-window thresholds these flags set.
     pub fn thresholds(&self) -> crate::pki::renewal::Thresholds {
         crate::pki::renewal::Thresholds {
@@ -162,6 +196,23 @@ mod tests {
         assert!(c.leader_elect);
         let c = Config::try_parse_from(["mesh-ca-issuer", "--leader-elect=false"]).unwrap();
         assert!(!c.leader_elect);
+        // Secure by default: only istiod's namespace, only the default trust domain, no
+        // ambient AWS identity and no endpoint override for namespaced issuers.
+        assert_eq!(c.istio_namespaces, vec!["istio-system"]);
+        assert_eq!(c.trust_domain, "cluster.local");
+        assert!(!c.issuer_ambient_credentials);
+        assert!(c.cluster_issuer_ambient_credentials);
+        assert!(!c.issuer_endpoint_override);
+        let c = Config::try_parse_from([
+            "mesh-ca-issuer",
+            "--issuer-ambient-credentials=true",
+            "--cluster-issuer-ambient-credentials=false",
+            "--issuer-endpoint-override=true",
+            "--istio-namespaces=istio-system,istio-east",
+        ])
+        .unwrap();
+        assert!(c.issuer_ambient_credentials && !c.cluster_issuer_ambient_credentials && c.issuer_endpoint_override);
+        assert_eq!(c.istio_namespaces, vec!["istio-system", "istio-east"]);
         let c = Config::try_parse_from(["mesh-ca-issuer", "--secret-namespaces", "cert-manager,istio-system"]).unwrap();
         assert_eq!(c.secret_namespaces, vec!["cert-manager", "istio-system"]);
     }

@@ -19,6 +19,12 @@ use support::pca::{ACCESS_KEY_ID, PcaFixture, SECRET_ACCESS_KEY};
 use support::{ControllerProcess, RunningController, ScopeLock, TestNamespace, eventually, openssl, wait_for_event};
 
 const TIMEOUT: Duration = Duration::from_secs(45);
+/// The tests' PCA is a loopback endpoint set on namespaced issuers (`spec.awsPCA.endpoint`):
+/// that takes the operator's consent (off by default).
+const ENDPOINT_OVERRIDE: &str = "--issuer-endpoint-override=true";
+/// Without `credentialsSecretRef` a namespaced issuer uses the controller's own identity only
+/// with the operator's consent (off by default).
+const AMBIENT: &str = "--issuer-ambient-credentials=true";
 const ARN_ANNOTATION: &str = "meshca.io/aws-pca-certificate-arn";
 
 struct Env {
@@ -81,7 +87,7 @@ fn issued_parts(cr: &CertificateRequest) -> (Vec<Certificate>, Certificate) {
 #[tokio::test]
 async fn an_istiod_intermediate_is_signed_by_the_pca_exactly_once() {
     let env = env("pca-happy").await;
-    let _controller = RunningController::in_namespace(&env.ns.name).await;
+    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
     let arn = env.pca.create_ca("RSA_2048", "GENERAL_PURPOSE", 3650).await;
     create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
     let (reason, message) = wait_issuer(&env, "pca", "True").await;
@@ -136,7 +142,7 @@ async fn an_istiod_intermediate_is_signed_by_the_pca_exactly_once() {
 #[tokio::test]
 async fn the_signing_algorithm_follows_the_cas_key_not_the_csrs() {
     let env = env("pca-algorithms").await;
-    let _controller = RunningController::in_namespace(&env.ns.name).await;
+    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
     let cases = [
         // (CA key, CSR key, algorithm PCA must be asked for, openssl's name for it)
         ("RSA_2048", "ECDSA", "SHA256WITHRSA", "sha256WithRSAEncryption"),
@@ -184,7 +190,7 @@ async fn the_signing_algorithm_follows_the_cas_key_not_the_csrs() {
 
 /// Runs the controller binary (no failpoint) until `request` is Issued, then stops it.
 async fn restart_until_issued(env: &Env, request: &str, logs: &std::path::Path) {
-    let mut controller = ControllerProcess::start(&["--namespace", &env.ns.name], logs);
+    let mut controller = ControllerProcess::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE], logs);
     assert!(
         controller.wait_ready(Duration::from_secs(60)).await,
         "{}",
@@ -198,7 +204,7 @@ async fn crash_at(env: &Env, failpoint: &str, request: &str, logs: &std::path::P
     let kubeconfig = support::kubeconfig();
     let mut controller = ControllerProcess::start_with_env(
         &kubeconfig,
-        &["--namespace", &env.ns.name],
+        &["--namespace", &env.ns.name, ENDPOINT_OVERRIDE],
         &[("MESHCA_FAILPOINT", failpoint)],
         logs,
     );
@@ -291,7 +297,14 @@ async fn a_crash_between_issue_and_status_never_issues_twice() {
 async fn throttling_and_server_errors_keep_requests_pending_then_issue_once() {
     let env = env("pca-throttle").await;
     // A 1 s initial back-off keeps the test short; the schedule is the production one otherwise.
-    let _controller = RunningController::start(&["--namespace", &env.ns.name, "--retry-backoff-initial", "1s"]).await;
+    let _controller = RunningController::start(&[
+        "--namespace",
+        &env.ns.name,
+        ENDPOINT_OVERRIDE,
+        "--retry-backoff-initial",
+        "1s",
+    ])
+    .await;
     let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
     create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
     wait_issuer(&env, "pca", "True").await;
@@ -346,7 +359,7 @@ async fn throttling_and_server_errors_keep_requests_pending_then_issue_once() {
 #[tokio::test]
 async fn requests_pca_refuses_fail_and_malformed_csrs_never_reach_it() {
     let env = env("pca-malformed").await;
-    let _controller = RunningController::in_namespace(&env.ns.name).await;
+    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
     let arn = env.pca.create_ca("RSA_2048", "GENERAL_PURPOSE", 3650).await;
     create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
     wait_issuer(&env, "pca", "True").await;
@@ -380,7 +393,14 @@ async fn requests_pca_refuses_fail_and_malformed_csrs_never_reach_it() {
 #[tokio::test]
 async fn a_disabled_ca_makes_requests_wait_until_it_is_enabled() {
     let env = env("pca-disabled").await;
-    let _controller = RunningController::start(&["--namespace", &env.ns.name, "--issuer-recheck-interval", "2s"]).await;
+    let _controller = RunningController::start(&[
+        "--namespace",
+        &env.ns.name,
+        ENDPOINT_OVERRIDE,
+        "--issuer-recheck-interval",
+        "2s",
+    ])
+    .await;
     let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
     create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
     wait_issuer(&env, "pca", "True").await;
@@ -409,7 +429,7 @@ async fn a_disabled_ca_makes_requests_wait_until_it_is_enabled() {
 #[tokio::test]
 async fn unknown_arns_and_bad_credentials_say_what_to_fix() {
     let env = env("pca-config").await;
-    let _controller = RunningController::in_namespace(&env.ns.name).await;
+    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
     let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
     let unknown = "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/00000000-0000-0000-0000-000000000000";
     create_issuer(&env, "unknown", pca_spec(&env, unknown)).await;
@@ -456,17 +476,16 @@ async fn unknown_arns_and_bad_credentials_say_what_to_fix() {
     assert_eq!(env.pca.certificates_issued().await, 0);
 }
 
-/// Runs the controller binary with the environment `vars`, has it sign one istiod intermediate
-/// through an issuer with `spec` (the CA's ARN filled in), checks the chain with openssl and
-/// returns the fixture's stats.
-async fn issue_once_with(env: &Env, vars: &[(&str, &str)], mut spec: IssuerSpec) -> serde_json::Value {
+/// Runs the controller binary with the environment `vars` (and `--issuer-ambient-credentials`
+/// when `ambient`), has it sign one istiod intermediate through an issuer with `spec` (the CA's
+/// ARN filled in), checks the chain with openssl and returns the fixture's stats.
+async fn issue_once_with(env: &Env, vars: &[(&str, &str)], ambient: bool, mut spec: IssuerSpec) -> serde_json::Value {
     let logs = tempfile::tempdir().unwrap();
-    let mut controller = ControllerProcess::start_with_env(
-        &support::kubeconfig(),
-        &["--namespace", &env.ns.name],
-        vars,
-        logs.path(),
-    );
+    let mut flags = vec!["--namespace", env.ns.name.as_str(), ENDPOINT_OVERRIDE];
+    if ambient {
+        flags.push(AMBIENT);
+    }
+    let mut controller = ControllerProcess::start_with_env(&support::kubeconfig(), &flags, vars, logs.path());
     assert!(
         controller.wait_ready(Duration::from_secs(60)).await,
         "{}",
@@ -523,7 +542,7 @@ async fn with_a_role_arn_pca_is_called_with_the_assumed_roles_credentials() {
     env.pca.allow_keys(&[]).await;
     let mut spec = pca_spec(&env, "");
     spec.aws_pca.as_mut().unwrap().role_arn = Some(ROLE.to_string());
-    let stats = issue_once_with(&env, &[("AWS_ENDPOINT_URL_STS", &env.pca.endpoint)], spec).await;
+    let stats = issue_once_with(&env, &[("AWS_ENDPOINT_URL_STS", &env.pca.endpoint)], false, spec).await;
     for session in role_sessions(&stats, "AssumeRole") {
         assert_eq!(session["session_name"], "mesh-ca-issuer");
         assert_eq!(session["caller"], ACCESS_KEY_ID, "the Secret's key assumes the role");
@@ -548,6 +567,7 @@ async fn without_a_credentials_secret_keys_come_from_the_environment() {
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
             ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
         ],
+        true,
         spec,
     )
     .await;
@@ -574,6 +594,7 @@ async fn without_a_credentials_secret_a_web_identity_token_is_exchanged_for_the_
             ("AWS_ROLE_ARN", ROLE),
             ("AWS_ROLE_SESSION_NAME", "mesh-ca-issuer-irsa"),
         ],
+        true,
         spec,
     )
     .await;
@@ -586,7 +607,7 @@ async fn without_a_credentials_secret_a_web_identity_token_is_exchanged_for_the_
 #[tokio::test]
 async fn validity_is_clamped_to_the_ca_and_to_seven_days_for_a_short_lived_ca() {
     let env = env("pca-validity").await;
-    let _controller = RunningController::in_namespace(&env.ns.name).await;
+    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
     let month = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 30).await;
     let short = env
         .pca
@@ -631,7 +652,10 @@ async fn validity_is_clamped_to_the_ca_and_to_seven_days_for_a_short_lived_ca() 
 async fn no_credentials_or_keys_in_logs_events_or_conditions() {
     let env = env("pca-no-secrets").await;
     let logs = tempfile::tempdir().unwrap();
-    let mut controller = ControllerProcess::start(&["--namespace", &env.ns.name, "--log-level", "debug"], logs.path());
+    let mut controller = ControllerProcess::start(
+        &["--namespace", &env.ns.name, ENDPOINT_OVERRIDE, "--log-level", "debug"],
+        logs.path(),
+    );
     assert!(
         controller.wait_ready(Duration::from_secs(60)).await,
         "{}",

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use mesh_ca_issuer::api::cert_manager::{Certificate as CertManagerCertificate, CertificateRequest};
 use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, IssuerSpec, LocalCA, RootBootstrap};
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, KeyRef, PublishRoot, TrustAnchor};
 use support::cert_manager::{self as cm, IntermediateRequest};
@@ -77,6 +78,19 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "issuerNamespaces={team-a,team-b}",
             "allowRootBootstrap=true",
             "certManager.approver.enabled=false",
+        ],
+    ),
+    (
+        "widened-trust",
+        &[
+            "trustDomain=mesh.example",
+            "istioNamespaces={istio-system,istio-east}",
+            "controller.issuerAmbientCredentials=true",
+            "controller.clusterIssuerAmbientCredentials=false",
+            "controller.issuerEndpointOverride=true",
+            "certManager.approver.issuerNames={clustermeshcaissuers.meshca.io/mesh-root,meshcaissuers.meshca.io/istio-system.istiod}",
+            "clusterIssuer.enabled=true",
+            "clusterIssuer.policy.allowedNamespaces={istio-system,istio-east}",
         ],
     ),
     (
@@ -352,6 +366,19 @@ fn invalid_values_are_rejected_by_the_schema_with_a_clear_message() {
             "arn",
         ),
         (&["unknownKey=1"][..], "Additional property unknownKey is not allowed"),
+        // Signer names as cert-manager spells them, nothing else (no wildcards).
+        (
+            &["certManager.approver.issuerNames={meshcaissuers.meshca.io/*}"][..],
+            "certManager.approver.issuerNames.0: Does not match pattern",
+        ),
+        (
+            &["clusterIssuer.policy.allowedNamespaces={Team_A}"][..],
+            "clusterIssuer.policy.allowedNamespaces.0: Does not match pattern",
+        ),
+        (
+            &["controller.issuerAmbientCredentials=yes"][..],
+            "controller.issuerAmbientCredentials: Invalid type. Expected: boolean",
+        ),
     ];
     for (set, expected) in cases {
         let out = template(set, "1.29.0");
@@ -359,6 +386,95 @@ fn invalid_values_are_rejected_by_the_schema_with_a_clear_message() {
         let message = text(&out);
         assert!(message.contains(expected), "{set:?}: {message}");
     }
+}
+
+/// The controller's arguments in the rendered Deployment.
+fn rendered_args(set: &[&str]) -> Vec<String> {
+    let rendered = template(set, "1.29.0");
+    assert!(rendered.status.success(), "{}", text(&rendered));
+    let stdout = String::from_utf8_lossy(&rendered.stdout).to_string();
+    let deployment = serde_yaml::Deserializer::from_str(&stdout)
+        .filter_map(|doc| <serde_json::Value as serde::Deserialize>::deserialize(doc).ok())
+        .find(|doc| doc["kind"] == "Deployment")
+        .expect("a Deployment");
+    serde_json::from_value(deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone()).unwrap()
+}
+
+/// The new guards' values reach the controller as flags it accepts, secure by default.
+#[test]
+fn trust_values_become_controller_flags_with_secure_defaults() {
+    let cases: Vec<(&[&str], Vec<&str>)> = vec![
+        (
+            &[],
+            vec![
+                "--istio-namespaces=istio-system",
+                "--trust-domain=cluster.local",
+                "--issuer-ambient-credentials=false",
+                "--cluster-issuer-ambient-credentials=true",
+                "--issuer-endpoint-override=false",
+            ],
+        ),
+        (
+            &[
+                "istioNamespaces={istio-system,istio-east}",
+                "trustDomain=mesh.example",
+                "controller.issuerAmbientCredentials=true",
+                "controller.clusterIssuerAmbientCredentials=false",
+                "controller.issuerEndpointOverride=true",
+            ],
+            vec![
+                "--istio-namespaces=istio-system,istio-east",
+                "--trust-domain=mesh.example",
+                "--issuer-ambient-credentials=true",
+                "--cluster-issuer-ambient-credentials=false",
+                "--issuer-endpoint-override=true",
+            ],
+        ),
+    ];
+    for (set, expected) in cases {
+        let args = rendered_args(set);
+        for flag in &expected {
+            assert!(args.iter().any(|a| a == flag), "{set:?}: {flag} not in {args:?}");
+        }
+        // And the controller accepts exactly these arguments.
+        let argv = std::iter::once("mesh-ca-issuer".to_string()).chain(args.iter().cloned());
+        let config = <mesh_ca_issuer::config::Config as clap::Parser>::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{set:?}: the controller refuses the chart's flags: {e}"));
+        assert_eq!(
+            config.ambient_policy().issuer_endpoint_override,
+            set.contains(&"controller.issuerEndpointOverride=true")
+        );
+    }
+}
+
+/// The approver's RBAC: every issuer of both kinds by default, only the named ones when listed.
+#[test]
+fn the_approver_may_be_limited_to_named_issuers() {
+    let rbac = |set: &[&str]| {
+        let mut set = set.to_vec();
+        set.push("certManager.approver.enabled=true");
+        let rendered = template(&set, "1.29.0");
+        assert!(rendered.status.success(), "{}", text(&rendered));
+        let stdout = String::from_utf8_lossy(&rendered.stdout).to_string();
+        let role = serde_yaml::Deserializer::from_str(&stdout)
+            .filter_map(|doc| <serde_json::Value as serde::Deserialize>::deserialize(doc).ok())
+            .find(|doc| doc["kind"] == "ClusterRole" && doc["metadata"]["name"] == "mesh-ca-issuer-approver")
+            .expect("the approver ClusterRole");
+        role["rules"][0]["resourceNames"].clone()
+    };
+    assert_eq!(
+        rbac(&[]),
+        serde_json::json!(["meshcaissuers.meshca.io/*", "clustermeshcaissuers.meshca.io/*"])
+    );
+    assert_eq!(
+        rbac(&[
+            "certManager.approver.issuerNames={clustermeshcaissuers.meshca.io/mesh-root,meshcaissuers.meshca.io/istio-system.istiod}"
+        ]),
+        serde_json::json!([
+            "clustermeshcaissuers.meshca.io/mesh-root",
+            "meshcaissuers.meshca.io/istio-system.istiod"
+        ])
+    );
 }
 
 #[tokio::test]
@@ -696,6 +812,117 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
         .get("mesh-root-ca")
         .await
         .expect("the root in the cluster resource namespace");
+
+    // Least privilege: what the code never calls is denied too.
+    forbidden(
+        Api::<Secret>::namespaced(as_chart.clone(), &istio.name)
+            .patch(
+                "cacerts",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"labels": {"x": "y"}}})),
+            )
+            .await,
+        "patching a Secret (cacerts is created, or replaced with its resourceVersion)",
+    );
+    let issued: CertificateRequest = Api::namespaced(client.clone(), &istio.name)
+        .get(&req.name)
+        .await
+        .unwrap();
+    forbidden(
+        Api::<CertificateRequest>::namespaced(as_chart.clone(), &istio.name)
+            .replace_status(&req.name, &PostParams::default(), &issued)
+            .await,
+        "updating a request's status (only server-side apply patches are sent)",
+    );
+    let issuer = cluster_issuers.get(&issuer_name).await.unwrap();
+    forbidden(
+        Api::<ClusterMeshCAIssuer>::all(as_chart.clone())
+            .replace_status(&issuer_name, &PostParams::default(), &issuer)
+            .await,
+        "updating an issuer's status (only server-side apply patches are sent)",
+    );
+    forbidden(
+        Api::<CertManagerCertificate>::all(as_chart.clone())
+            .list(&ListParams::default())
+            .await,
+        "listing Certificates cluster-wide",
+    );
+    forbidden(
+        Api::<CertManagerCertificate>::namespaced(as_chart.clone(), &outsider.name)
+            .list(&ListParams::default())
+            .await,
+        "reading Certificates outside the Istio namespaces",
+    );
+    Api::<CertManagerCertificate>::namespaced(as_chart.clone(), &istio.name)
+        .list(&ListParams::default())
+        .await
+        .expect("Certificates in the Istio namespace");
+
+    // cert-manager's approver: every issuer of ours by default; only the named one once
+    // certManager.approver.issuerNames lists it. Asked of the API server as that ServiceAccount.
+    let approver = impersonating(&resources.name, "cert-manager").await;
+    let own = format!("clustermeshcaissuers.meshca.io/{issuer_name}");
+    let other = "clustermeshcaissuers.meshca.io/someone-else";
+    let namespaced = format!("meshcaissuers.meshca.io/{}.istiod", outsider.name);
+    for signer in [own.as_str(), other, namespaced.as_str()] {
+        assert!(
+            may_approve(&approver, signer).await,
+            "by default the approver may approve {signer}"
+        );
+    }
+    let upgrade = run(
+        &helm(),
+        &[
+            "upgrade",
+            &release,
+            chart.to_str().unwrap(),
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--namespace",
+            &release_ns.name,
+            "--reuse-values",
+            "--set",
+            &format!("certManager.approver.issuerNames={{{own}}}"),
+            "--skip-crds",
+            "--wait=false",
+        ],
+    );
+    assert!(upgrade.status.success(), "helm upgrade: {}", text(&upgrade));
+    assert!(may_approve(&approver, &own).await, "the named issuer stays approvable");
+    for signer in [other, namespaced.as_str()] {
+        assert!(
+            !may_approve(&approver, signer).await,
+            "{signer} must no longer be approvable"
+        );
+    }
+}
+
+/// Whether `client`'s identity may approve requests for `signer`
+/// (`<plural>.meshca.io/<name>` or `<plural>.meshca.io/<namespace>.<name>`), checked as
+/// cert-manager's webhook checks it: `approve` on `signers` named either `<plural>.<group>/*` or
+/// the issuer's own signer name, asked of the API server's authorizer.
+async fn may_approve(client: &Client, signer: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+    let wildcard = format!("{}/*", signer.split_once('/').map_or(signer, |(kind, _)| kind));
+    for name in [wildcard.as_str(), signer] {
+        let review: SelfSubjectAccessReview = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {
+                "group": "cert-manager.io", "resource": "signers", "verb": "approve", "name": name
+            }}
+        }))
+        .unwrap();
+        let allowed = Api::<SelfSubjectAccessReview>::all(client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .expect("SelfSubjectAccessReview")
+            .status
+            .is_some_and(|s| s.allowed);
+        if allowed {
+            return true;
+        }
+    }
+    false
 }
 
 struct Uninstall {

@@ -1,5 +1,5 @@
 //! ClusterMeshCAIssuer: Secrets come only from the cluster resource namespace, requests from
-//! any namespace are served, and issuer kinds are resolved strictly (no fallback between
+//! the namespaces it allows are served, and issuer kinds are resolved strictly (no fallback between
 //! MeshCAIssuer and ClusterMeshCAIssuer). These tests run a cluster-wide controller, so they
 //! hold the harness's exclusive lock.
 
@@ -44,12 +44,12 @@ async fn cluster_issuer_reads_only_the_cluster_resource_namespace_and_kinds_neve
     let _controller = RunningController::start(&["--cluster-resource-namespace", &resources.name]).await;
 
     let api: Api<ClusterMeshCAIssuer> = Api::all(client.clone());
-    api.create(
-        &PostParams::default(),
-        &ClusterMeshCAIssuer::new(&good, spec("mesh-root", true)),
-    )
-    .await
-    .unwrap();
+    // Two team namespaces it serves (by default it would serve only --istio-namespaces).
+    let mut serving_teams = spec("mesh-root", true);
+    serving_teams.policy.allowed_namespaces = vec![team_a.name.clone(), team_b.name.clone()];
+    api.create(&PostParams::default(), &ClusterMeshCAIssuer::new(&good, serving_teams))
+        .await
+        .unwrap();
     cluster_ready(&client, &good, "True").await;
     // The bootstrapped root went into the cluster resource namespace, nowhere else.
     let root: Option<Secret> = resources.api().get_opt("mesh-root").await.unwrap();

@@ -720,3 +720,100 @@ fn meshca_explains_itself_and_completes_in_shells() {
     let (code, _) = run(&["frobnicate"]);
     assert_eq!(code, Some(2));
 }
+
+#[tokio::test]
+async fn the_published_root_is_byte_stable_and_never_takes_over_a_foreign_config_map() {
+    let _lock = ScopeLock::shared().await;
+    let namespace = format!("publish-{}", support::unique_suffix());
+    let a = Cluster::start(support::kubeconfig(), &namespace, "a.example").await;
+    a.issue_intermediate().await;
+    // Someone else's ConfigMap under the published name: left alone, and said so.
+    let foreign = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": PUBLISHED, "namespace": a.ns.name},
+        "data": {"root-cert.pem": "not ours"},
+    });
+    a.ns.api::<ConfigMap>()
+        .patch(
+            PUBLISHED,
+            &PatchParams::apply(support::TEST_MANAGER),
+            &Patch::Apply(&foreign),
+        )
+        .await
+        .unwrap();
+    a.create_istio_cacerts(vec![]).await;
+    let published_condition = |icc: &IstioCACerts| {
+        icc.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "RootPublished").cloned())
+    };
+    let icc = a.wait_ready("Synced").await;
+    let refused = published_condition(&icc).expect("RootPublished");
+    assert_eq!(
+        (refused.status.as_str(), refused.reason.as_str()),
+        ("False", "NotOwned"),
+        "{}",
+        refused.message
+    );
+    let kept = a.ns.api::<ConfigMap>().get(PUBLISHED).await.unwrap();
+    assert_eq!(kept.data.unwrap()["root-cert.pem"], "not ours");
+
+    // Published under another name: the own root, PEM only, labelled with the trust domain.
+    let patch = serde_json::json!({"spec": {"publishRoot": {"configMapName": "mine"}}});
+    a.ns.api::<IstioCACerts>()
+        .patch("istiod", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let icc = a.wait_ready("Synced").await;
+    assert_eq!(published_condition(&icc).unwrap().status, "True");
+    let mine = a.ns.api::<ConfigMap>().get("mine").await.unwrap();
+    let root = a.cacerts().await["root-cert.pem"].clone();
+    assert_eq!(mine.data.as_ref().unwrap()["root-cert.pem"].as_bytes(), root.as_slice());
+    assert_eq!(mine.labels()["meshca.io/trust-domain"], "a.example");
+
+    // A spec change that does not touch the root (an anchor from a Secret key): the controller
+    // looks again (observedGeneration) and leaves the published bytes and object alone.
+    let (peer, _) = mesh_ca_issuer::pki::sign::self_signed_root(
+        &RootBootstrap::default(),
+        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
+    )
+    .unwrap();
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "peer-root", "namespace": a.ns.name},
+        "stringData": {"ca.crt": peer.to_pem()},
+    });
+    a.ns.api::<Secret>()
+        .patch(
+            "peer-root",
+            &PatchParams::apply(support::TEST_MANAGER),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+    let patch = serde_json::json!({"spec": {"trustAnchors": [{
+        "name": "peer", "trustDomains": ["peer.example"],
+        "secretKeyRef": {"name": "peer-root", "key": "ca.crt"},
+    }]}});
+    a.ns.api::<IstioCACerts>()
+        .patch("istiod", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let icc = a.wait_ready("Synced").await;
+    assert_eq!(
+        icc.status.unwrap().trust_anchors[0].name,
+        "peer",
+        "the Secret anchor is in root-cert.pem"
+    );
+    let again = a.ns.api::<ConfigMap>().get("mine").await.unwrap();
+    assert_eq!(
+        again.resource_version(),
+        mine.resource_version(),
+        "the published root was not rewritten"
+    );
+    assert_eq!(
+        again.data.unwrap()["root-cert.pem"].as_bytes(),
+        root.as_slice(),
+        "own root only, never the anchors"
+    );
+}

@@ -214,10 +214,14 @@ fn sign_locally(uris: &[&str], nc: NameConstraintsPolicy) -> Intermediate {
     };
     let (key, csr) = cm::make_key_and_csr(&req);
     let csr = CertificateSigningRequest::from_pem(csr.as_bytes()).unwrap();
-    let issuance = IssuancePolicy {
-        name_constraints: nc,
-        ..Default::default()
-    };
+    // As the controller applies it, with this mesh's trust domain (`--trust-domain`).
+    let issuance = policy::with_defaults(
+        &IssuancePolicy {
+            name_constraints: nc,
+            ..Default::default()
+        },
+        OWN,
+    );
     let facts = RequestFacts {
         is_ca: Some(true),
         duration: None,
@@ -228,8 +232,7 @@ fn sign_locally(uris: &[&str], nc: NameConstraintsPolicy) -> Intermediate {
         max_validity: None,
     };
     let mut plan = policy::plan(&csr, &facts, &issuance, &lifetime, now).unwrap();
-    plan.name_constraints =
-        name_constraints::decide(&csr, &plan, &issuance, name_constraints::DEFAULT_TRUST_DOMAIN).unwrap();
+    plan.name_constraints = name_constraints::decide(&csr, &plan, &issuance, OWN).unwrap();
     let certificate = sign_csr(
         &csr,
         &plan,
@@ -374,7 +377,15 @@ struct Env {
 
 async fn env(prefix: &str) -> Env {
     let (lock, client, ns) = support::namespaced_test(prefix).await;
-    let controller = RunningController::in_namespace(&ns.name).await;
+    // The mesh's trust domain is OWN; the PCA tests' namespaced issuers name a loopback endpoint.
+    let controller = RunningController::start(&[
+        "--namespace",
+        &ns.name,
+        "--trust-domain",
+        OWN,
+        "--issuer-endpoint-override=true",
+    ])
+    .await;
     Env {
         client,
         ns,
@@ -500,10 +511,10 @@ async fn without_a_spiffe_id_trust_domain_mode_uses_the_default_and_required_mod
     let key = cm::request_and_approve(&env.client, &env.ns.name, &istiod_request("lenient", "lenient", None)).await;
     cm::request_and_approve(&env.client, &env.ns.name, &istiod_request("strict", "strict", None)).await;
 
-    // TrustDomain: the issuer's default trust domain.
+    // TrustDomain: the controller's default trust domain (`--trust-domain`).
     let cr = cm::wait_for_reason(&env.client, &env.ns.name, "lenient", &["Issued"], TIMEOUT).await;
     let int = Intermediate::from_request(&cr, &key);
-    int.prove_constrained_to("cluster.local", OTHER);
+    int.prove_constrained_to(OWN, OTHER);
 
     // Required: Failed, saying what to add; nothing issued.
     let cr = cm::wait_for_reason(&env.client, &env.ns.name, "strict", &["Failed"], TIMEOUT).await;

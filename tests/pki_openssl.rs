@@ -8,7 +8,7 @@ use support::openssl::Workdir;
 
 use jiff::{SignedDuration, Timestamp};
 use mesh_ca_issuer::api::issuer::IssuancePolicy;
-use mesh_ca_issuer::pki::policy::{CaLifetime, RequestFacts, plan};
+use mesh_ca_issuer::pki::policy::{CaLifetime, RequestFacts, plan, with_defaults};
 use mesh_ca_issuer::pki::sign::{CaSigner, sign_csr};
 use mesh_ca_issuer::pki::{Certificate, CertificateSigningRequest, SigningKey};
 
@@ -95,7 +95,9 @@ fn sign_and_verify(key_args: &[&str], convert: Option<&[&str]>, expected_sig: &s
         is_ca: Some(true),
         duration: Some("720h"),
     };
-    let the_plan = plan(&csr, &facts, &IssuancePolicy::default(), &ca, now).unwrap();
+    // The default policy as the controller applies it (`--trust-domain cluster.local`).
+    let policy = with_defaults(&IssuancePolicy::default(), "cluster.local");
+    let the_plan = plan(&csr, &facts, &policy, &ca, now).unwrap();
     let cert = sign_csr(
         &csr,
         &the_plan,

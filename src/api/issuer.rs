@@ -261,9 +261,16 @@ pub struct IssuancePolicy {
     /// The longest lifetime a request may ask for, as a Go duration.
     #[serde(default = "default_max_duration")]
     pub max_duration: String,
-    /// Trust domains that `spiffe://` URI SANs in a CSR may name; empty allows any.
+    /// Trust domains that SPIFFE IDs in a CSR may name. Empty: only the controller's
+    /// `--trust-domain` (default `cluster.local`). Every URI SAN must be a valid SPIFFE ID.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_trust_domains: Vec<String>,
+    /// ClusterMeshCAIssuer only: namespaces whose CertificateRequests it signs (`"*"`: any).
+    /// Empty: only the controller's `--istio-namespaces` (default `istio-system`). A
+    /// MeshCAIssuer signs only for its own namespace, and is not Ready when this is set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"), length(max = 63)))]
+    pub allowed_namespaces: Vec<String>,
     /// Constrain every signed intermediate to its SPIFFE trust domains with an X.509
     /// NameConstraints extension (see docs/name-constraints.md). Off by default.
     #[serde(default, skip_serializing_if = "is_default")]
@@ -281,6 +288,7 @@ impl Default for IssuancePolicy {
             max_path_len: 0,
             max_duration: default_max_duration(),
             allowed_trust_domains: Vec::new(),
+            allowed_namespaces: Vec::new(),
             name_constraints: Default::default(),
         }
     }
@@ -308,6 +316,13 @@ pub struct IssuerStatus {
     /// The backend's signing CA, as last checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<CertificateSummary>,
+    /// Namespaces whose requests this issuer signs, as in effect (policy and controller
+    /// defaults applied); `"*"` means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_namespaces: Vec<String>,
+    /// Trust domains SPIFFE IDs in requests may name, as in effect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_trust_domains: Vec<String>,
 }
 
 /// Identity and lifetime of a certificate, for status and renewal tracking.

@@ -19,7 +19,7 @@ use super::{BackendError, CaInfo, IssuedChain, IssuerScope, Purpose, SignOutcome
 use crate::api::issuer::LocalCA;
 use crate::pki::policy::CaLifetime;
 use crate::pki::sign::{CaSigner, probe_signing, sign_csr};
-use crate::pki::{Certificate, SigningKey};
+use crate::pki::{Certificate, SigningKey, strength};
 
 pub const TLS_CRT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
@@ -37,6 +37,7 @@ pub mod reason {
     pub const INCOMPLETE_CHAIN: &str = "IncompleteChain";
     pub const API_ERROR: &str = "APIError";
     pub const SIGNING_FAILED: &str = "SigningFailed";
+    pub const WEAK_CA_KEY: &str = "WeakCAKey";
 }
 
 pub struct LocalCa {
@@ -111,6 +112,14 @@ impl LocalCa {
         };
         let ca = certs.remove(0);
         let subject = ca.subject();
+        // Judged from the certificate, before the key is loaded: a weak key is named as weak,
+        // not reported as one that "cannot be decoded".
+        strength::check_key(&ca.public_key_info(), strength::CA_KEY).map_err(|w| {
+            invalid(
+                reason::WEAK_CA_KEY,
+                format!("{display}: {subject}: {w}; replace the CA with a stronger key"),
+            )
+        })?;
         let key =
             SigningKey::from_pem(key).map_err(|e| invalid(reason::INVALID_CA, format!("{display} {TLS_KEY}: {e}")))?;
         if !key.matches(&ca) {

@@ -120,6 +120,30 @@ pub struct IssuerScope {
     pub display: String,
     /// A namespaced issuer's own namespace, or the cluster resource namespace.
     pub secret_namespace: String,
+    /// True for a ClusterMeshCAIssuer: what it may use of the controller's own identity differs.
+    pub cluster_scoped: bool,
+}
+
+/// What issuers may use of the controller's own cloud identity and endpoint choice
+/// (`--issuer-ambient-credentials`, `--cluster-issuer-ambient-credentials`,
+/// `--issuer-endpoint-override`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AmbientPolicy {
+    pub issuer_ambient_credentials: bool,
+    pub cluster_issuer_ambient_credentials: bool,
+    pub issuer_endpoint_override: bool,
+}
+
+impl Default for AmbientPolicy {
+    /// cert-manager's defaults: cluster issuers may use the controller's identity, namespaced
+    /// ones may not, and namespaced ones may not redirect the endpoint.
+    fn default() -> Self {
+        Self {
+            issuer_ambient_credentials: false,
+            cluster_issuer_ambient_credentials: true,
+            issuer_endpoint_override: false,
+        }
+    }
 }
 
 /// Why `connect` is called: a health check also proves the CA can sign (a probe signature).
@@ -134,6 +158,7 @@ pub enum Purpose {
 pub struct Backends {
     pub kube: kube::Client,
     pub pca: Arc<aws_pca::Shared>,
+    pub ambient: AmbientPolicy,
 }
 
 /// Exactly one backend must be configured; returns its name.
@@ -182,7 +207,15 @@ pub async fn connect(
                 ),
             ));
         }
-        let signer = aws_pca::AwsPcaSigner::connect(&backends.kube, backends.pca.clone(), pca, scope, purpose).await?;
+        let signer = aws_pca::AwsPcaSigner::connect(
+            &backends.kube,
+            backends.pca.clone(),
+            backends.ambient,
+            pca,
+            scope,
+            purpose,
+        )
+        .await?;
         return Ok(Box::new(signer));
     }
     Err(BackendError::issuer_not_ready("InvalidSpec", "no backend configured"))

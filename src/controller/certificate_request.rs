@@ -22,7 +22,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
-use super::Context;
+use super::{Context, admission};
 use crate::FIELD_MANAGER;
 use crate::api::cert_manager::{CertificateRequest, CertificateRequestCondition, CertificateRequestStatus, condition};
 use crate::api::conditions::READY;
@@ -117,7 +117,7 @@ pub enum IssuerLookup {
     Missing,
     Found {
         spec: Box<IssuerSpec>,
-        status: Option<IssuerStatus>,
+        status: Option<Box<IssuerStatus>>,
         generation: Option<i64>,
     },
 }
@@ -171,6 +171,11 @@ pub enum Outcome {
     Failed {
         message: String,
     },
+    /// Refused because the request's namespace is outside its issuer's scope: Failed, with a
+    /// `PolicyViolation` Warning event.
+    PolicyViolation {
+        message: String,
+    },
     Issued {
         certificate: String,
         ca: String,
@@ -215,7 +220,7 @@ pub fn status_change(
             false,
             EventType::Normal,
         ),
-        Outcome::Failed { message } => (
+        Outcome::Failed { message } | Outcome::PolicyViolation { message } => (
             false,
             condition::REASON_FAILED,
             message.clone(),
@@ -242,6 +247,11 @@ pub fn status_change(
         Some(c) if c.status == status_str => c.last_transition_time.clone().or(Some(Time(now))),
         _ => Some(Time(now)),
     };
+    // cert-manager keys on the Ready reason `Failed`; the event says why in one word.
+    let event_reason = match &outcome {
+        Outcome::PolicyViolation { .. } => REASON_POLICY_VIOLATION,
+        _ => reason,
+    };
     let (certificate, ca) = match outcome {
         Outcome::Issued { certificate, ca, .. } => (Some(certificate.into_bytes()), Some(ca.into_bytes())),
         _ => (None, None),
@@ -259,9 +269,13 @@ pub fn status_change(
             ca,
             failure_time: failed.then_some(Time(now)),
         },
-        event: Some((event_type, reason.to_string(), message)),
+        event: Some((event_type, event_reason.to_string(), message)),
     })
 }
+
+/// The event reason of a request refused by its issuer's policy. Its Ready condition says
+/// `Failed`, the reason cert-manager acts on.
+pub const REASON_POLICY_VIOLATION: &str = "PolicyViolation";
 
 /// What a backend failure means for a request. The one place backend errors are classified.
 pub fn classify(error: BackendError, issuer_display: &str, retry_after: Duration) -> Outcome {
@@ -323,17 +337,19 @@ async fn lookup_issuer(
         IssuerKind::Namespaced => IssuerScope {
             display: format!("{ISSUER_KIND} {namespace}/{name}"),
             secret_namespace: namespace.to_string(),
+            cluster_scoped: false,
         },
         IssuerKind::Cluster => IssuerScope {
             display: format!("{CLUSTER_ISSUER_KIND} {name}"),
             secret_namespace: ctx.config.cluster_resource_namespace.clone(),
+            cluster_scoped: true,
         },
     };
     let lookup = match found {
         None => IssuerLookup::Missing,
         Some((spec, status, generation)) => IssuerLookup::Found {
             spec: Box::new(spec),
-            status,
+            status: status.map(Box::new),
             generation,
         },
     };
@@ -427,6 +443,18 @@ async fn sign(
     now: Timestamp,
 ) -> Outcome {
     let uid = cr.uid().unwrap_or_default();
+    // Who may ask comes before what is asked: a request from a namespace the issuer does not
+    // serve is refused before its CSR is even decoded.
+    let allowed = admission::effective_namespaces(
+        scope.cluster_scoped,
+        &scope.secret_namespace,
+        &spec.policy,
+        &ctx.config.istio_namespaces,
+    );
+    let namespace = cr.namespace().unwrap_or_default();
+    if let Err(message) = admission::admit(&namespace, scope.cluster_scoped, &allowed, &scope.display) {
+        return Outcome::PolicyViolation { message };
+    }
     let csr = match CertificateSigningRequest::from_pem(&cr.spec.request) {
         Ok(csr) => csr,
         Err(e) => {
@@ -443,7 +471,8 @@ async fn sign(
         is_ca: cr.spec.is_ca,
         duration: cr.spec.duration.as_deref(),
     };
-    let mut plan = match policy::plan(&csr, &facts, &spec.policy, &signer.ca().lifetime, now) {
+    let effective_policy = policy::with_defaults(&spec.policy, &ctx.config.trust_domain);
+    let mut plan = match policy::plan(&csr, &facts, &effective_policy, &signer.ca().lifetime, now) {
         Ok(plan) => plan,
         Err(violation @ policy::PolicyViolation::CaNotValid { .. }) => {
             return Outcome::Waiting {
@@ -457,7 +486,7 @@ async fn sign(
             };
         }
     };
-    match name_constraints::decide(&csr, &plan, &spec.policy, default_trust_domain(ctx)) {
+    match name_constraints::decide(&csr, &plan, &effective_policy, default_trust_domain(ctx)) {
         Ok(constraints) => plan.name_constraints = constraints,
         Err(violation) => {
             return Outcome::Failed {
@@ -548,8 +577,8 @@ async fn sign(
 
 /// The trust domain an intermediate is constrained to when its CSR names none: one place, so
 /// it can follow the controller's configured trust domain.
-fn default_trust_domain(_ctx: &Context) -> &'static str {
-    name_constraints::DEFAULT_TRUST_DOMAIN
+fn default_trust_domain(ctx: &Context) -> &str {
+    &ctx.config.trust_domain
 }
 
 /// Records a backend-side id (the PCA certificate ARN) on the request's metadata.
@@ -571,7 +600,7 @@ async fn apply_outcome(ctx: &Context, cr: &CertificateRequest, outcome: Outcome,
         Outcome::Denied { .. } => "denied",
         Outcome::Waiting { .. } => "pending",
         Outcome::Transient { .. } => "retrying",
-        Outcome::Failed { .. } => "failed",
+        Outcome::Failed { .. } | Outcome::PolicyViolation { .. } => "failed",
         Outcome::Issued { .. } => "issued",
     };
     let deadline = cr.meta().creation_timestamp.as_ref().map(|t| {
@@ -748,7 +777,7 @@ mod tests {
     fn issuer_gate_says_what_the_request_waits_on() {
         let found = |status: Option<IssuerStatus>, generation| IssuerLookup::Found {
             spec: Box::default(),
-            status,
+            status: status.map(Box::new),
             generation,
         };
         let cases = vec![

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use super::Context;
+use super::{Context, admission};
 use crate::FIELD_MANAGER;
 use crate::api::conditions::{self, READY};
 use crate::api::issuer::{
@@ -30,7 +30,7 @@ use crate::api::issuer::{
 use crate::backend::local_ca::{self, CA_CRT, TLS_CRT, TLS_KEY};
 use crate::backend::{self, BackendError, CaInfo, FailureKind, IssuerScope, Purpose};
 use crate::error::{Error, Result};
-use crate::pki::policy::validate_policy;
+use crate::pki::policy::{effective_trust_domains, validate_policy};
 use crate::pki::sign::self_signed_root;
 
 /// Reasons of the issuer's `Ready` condition besides those the backends report.
@@ -71,6 +71,7 @@ impl IssuerObject for MeshCAIssuer {
         IssuerScope {
             display: format!("{ISSUER_KIND} {namespace}/{}", self.name_any()),
             secret_namespace: namespace,
+            cluster_scoped: false,
         }
     }
     fn api(&self, client: kube::Client) -> Api<Self> {
@@ -90,6 +91,7 @@ impl IssuerObject for ClusterMeshCAIssuer {
         IssuerScope {
             display: format!("{CLUSTER_ISSUER_KIND} {}", self.name_any()),
             secret_namespace: cluster_resource_namespace.to_string(),
+            cluster_scoped: true,
         }
     }
     fn api(&self, client: kube::Client) -> Api<Self> {
@@ -162,6 +164,7 @@ pub fn next_status(
         )],
         backend: a.backend.clone().or_else(|| previous.and_then(|s| s.backend.clone())),
         ca: a.ca.as_ref().map(|ca| ca.summary.clone()),
+        ..IssuerStatus::default()
     }
 }
 
@@ -173,6 +176,8 @@ async fn check(
     now: Timestamp,
 ) -> Result<(&'static str, CaInfo), BackendError> {
     validate_policy(&spec.policy).map_err(|m| BackendError::issuer_not_ready(reason::INVALID_SPEC, m))?;
+    admission::validate_scope(scope.cluster_scoped, &spec.policy)
+        .map_err(|m| BackendError::issuer_not_ready(reason::INVALID_SPEC, m))?;
     crate::pki::name_constraints::validate_policy(&spec.policy.name_constraints)
         .map_err(|m| BackendError::issuer_not_ready(reason::INVALID_SPEC, m))?;
     let backend_name = backend::configured_backend(spec)?;
@@ -203,7 +208,15 @@ pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Re
     let assessment = assess(result, ctx.config.issuer_recheck_interval, now);
     let generation = issuer.meta().generation;
     let previous = issuer.status();
-    let status = next_status(previous, &assessment, generation, now);
+    let mut status = next_status(previous, &assessment, generation, now);
+    // What the issuer admits, as in effect: policy with the controller's defaults applied.
+    status.allowed_namespaces = admission::effective_namespaces(
+        scope.cluster_scoped,
+        &scope.secret_namespace,
+        &spec.policy,
+        &ctx.config.istio_namespaces,
+    );
+    status.allowed_trust_domains = effective_trust_domains(&spec.policy, &ctx.config.trust_domain);
     if previous != Some(&status) {
         write_status(&ctx, issuer.as_ref(), &status).await?;
         announce_transition(&ctx, issuer.as_ref(), previous, &assessment).await;

@@ -5,6 +5,7 @@
 //! ClusterMeshCAIssuers (issuer health). Requests watch issuers, issuers watch Secrets, so a
 //! fix anywhere along the chain reaches the waiting requests without anyone touching them.
 
+pub mod admission;
 pub mod certificate_request;
 pub mod issuer;
 pub mod istio_cacerts;
@@ -66,6 +67,7 @@ impl Context {
         let backends = Backends {
             kube: client.clone(),
             pca: Arc::new(pca),
+            ambient: config.ambient_policy(),
         };
         let retries = RetryTracker::new(config.retry_backoff_initial, config.retry_backoff_max);
         Self {
@@ -190,17 +192,28 @@ fn secret_apis(client: &Client, config: &Config) -> Vec<Api<Secret>> {
         .collect()
 }
 
-/// The ConfigMap APIs to watch (trust anchors, published roots): `--namespace`, else
-/// `--configmap-namespaces`, else cluster-wide.
+/// The Certificate APIs to watch: `--namespace`, else the `--istio-namespaces`, where istiod's
+/// intermediate (and so the Certificate an IstioCACerts follows) lives; the chart grants
+/// Certificate reads there and nowhere else.
+fn certificate_apis(client: &Client, config: &Config) -> Vec<Api<CertManagerCertificate>> {
+    if let Some(ns) = &config.namespace {
+        return vec![Api::namespaced(client.clone(), ns)];
+    }
+    config
+        .istio_namespaces
+        .iter()
+        .map(|ns| Api::namespaced(client.clone(), ns))
+        .collect()
+}
+
+/// The ConfigMap APIs to watch (trust anchors, published roots): `--namespace`, else the
+/// `--istio-namespaces`, where IstioCACerts live; the chart grants ConfigMap access there only.
 fn configmap_apis(client: &Client, config: &Config) -> Vec<Api<ConfigMap>> {
     if let Some(ns) = &config.namespace {
         return vec![Api::namespaced(client.clone(), ns)];
     }
-    if config.configmap_namespaces.is_empty() {
-        return vec![Api::all(client.clone())];
-    }
     config
-        .configmap_namespaces
+        .istio_namespaces
         .iter()
         .map(|ns| Api::namespaced(client.clone(), ns))
         .collect()
@@ -517,19 +530,17 @@ fn istio_cacerts_controller(
             })
         });
     }
-    controller = controller.watches(
-        scoped::<CertManagerCertificate>(client, namespace),
-        watcher::Config::default(),
-        {
-            let store = store.clone();
+    for certificates in certificate_apis(client, config) {
+        let store = store.clone();
+        controller = controller.watches(certificates, watcher::Config::default(), {
             move |certificate: CertManagerCertificate| {
                 cached_refs(&store, |i| {
                     i.namespace() == certificate.namespace()
                         && i.spec.source_secret_name == certificate.spec.secret_name
                 })
             }
-        },
-    );
+        });
+    }
     controller = controller.watches(scoped::<MeshCAIssuer>(client, namespace), watcher::Config::default(), {
         let store = store.clone();
         move |_: MeshCAIssuer| cached_refs(&store, |_| true)

@@ -8,7 +8,7 @@ use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
-use super::{PkiError, pem};
+use super::{PkiError, pem, strength};
 
 /// A subject alternative name we know how to carry into a certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +36,8 @@ impl CertificateSigningRequest {
     /// Decodes `spec.request`: exactly one PEM `CERTIFICATE REQUEST` whose signature verifies.
     pub fn from_pem(input: &[u8]) -> Result<Self, PkiError> {
         let what = "spec.request";
+        // Before decoding anything: an oversized request costs nothing to refuse.
+        strength::check_request_size(input.len())?;
         let blocks = pem::decode_all(input, what)?;
         let mut csrs = Vec::new();
         for (label, der) in blocks {
@@ -65,6 +67,10 @@ impl CertificateSigningRequest {
         if !rest.is_empty() {
             return Err(PkiError::MalformedCsr("trailing bytes after the request".into()));
         }
+        // Weakness first, then the signature: a SHA-1 or RSA-1024 request is refused by name,
+        // not reported as a signature that does not verify.
+        strength::check_csr_signature(&csr.signature_algorithm.algorithm)?;
+        strength::check_key(csr.certification_request_info.subject_pki.raw, strength::CSR_KEY)?;
         csr.verify_signature().map_err(|_| PkiError::CsrSignatureInvalid)?;
         let info = &csr.certification_request_info;
         let mut sans = Vec::new();
@@ -86,6 +92,7 @@ impl CertificateSigningRequest {
                 }
             }
         }
+        strength::check_san_count(sans.len())?;
         let subject = info.subject.to_string();
         let public_key_info = info.subject_pki.raw.to_vec();
         Ok(Self {
@@ -139,18 +146,44 @@ fn convert_san(name: &GeneralName<'_>) -> Result<SubjectAltName, PkiError> {
     })
 }
 
-/// The trust domain of a `spiffe://` ID (its authority, lower-cased), or `None` when malformed.
+/// The trust domain of a valid SPIFFE ID (lower-cased), or `None` when `uri` is not one.
+///
+/// As the SPIFFE ID specification has it: scheme `spiffe`, a trust domain of letters, digits,
+/// `.`, `-` and `_` (no port, no user info), and a path whose segments are non-empty, not `.` or
+/// `..`, and made of the same characters; no query, no fragment, no percent-encoding. Scheme
+/// and trust domain are compared case-insensitively, as URIs are.
 pub fn spiffe_trust_domain(uri: &str) -> Option<String> {
     let rest = uri
         .get(..9)
         .filter(|s| s.eq_ignore_ascii_case("spiffe://"))
         .map(|_| &uri[9..])?;
-    let domain = rest.split('/').next()?;
-    let valid = !domain.is_empty()
-        && domain
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    valid.then(|| domain.to_ascii_lowercase())
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    let (domain, path) = match rest.split_once('/') {
+        Some((domain, path)) => (domain, Some(path)),
+        None => (rest, None),
+    };
+    if domain.is_empty() || !domain.chars().all(allowed) {
+        return None;
+    }
+    if let Some(path) = path {
+        let valid = path
+            .split('/')
+            .all(|segment| !segment.is_empty() && segment != "." && segment != ".." && segment.chars().all(allowed));
+        if !valid {
+            return None;
+        }
+    }
+    Some(domain.to_ascii_lowercase())
+}
+
+/// Every URI SAN, SPIFFE or not: each must be a valid SPIFFE ID to be signed.
+impl CertificateSigningRequest {
+    pub fn uris(&self) -> impl Iterator<Item = &str> {
+        self.sans.iter().filter_map(|san| match san {
+            SubjectAltName::Uri(uri) => Some(uri.as_str()),
+            _ => None,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +202,16 @@ mod tests {
             ("spiffe:///ns/x", None),
             ("spiffe://bad domain/x", None),
             ("https://example.org", None),
+            // Not SPIFFE IDs either: a port, user info, empty or dot segments, a query, a
+            // fragment, percent-encoding, a trailing slash.
+            ("spiffe://cluster.local:443/ns/x", None),
+            ("spiffe://user@cluster.local/ns/x", None),
+            ("spiffe://cluster.local//x", None),
+            ("spiffe://cluster.local/ns/../x", None),
+            ("spiffe://cluster.local/ns/x?y=1", None),
+            ("spiffe://cluster.local/ns/x#y", None),
+            ("spiffe://cluster.local/ns/%2e", None),
+            ("spiffe://cluster.local/ns/x/", None),
         ];
         for (uri, expected) in cases {
             assert_eq!(spiffe_trust_domain(uri).as_deref(), expected, "{uri}");

@@ -12,6 +12,7 @@ pub mod pem;
 pub mod policy;
 pub mod renewal;
 pub mod sign;
+pub mod strength;
 
 pub use certificate::Certificate;
 pub use csr::CertificateSigningRequest;
@@ -54,6 +55,8 @@ pub enum PkiError {
     KeyGeneration(String),
     #[error("signing failed: {0}")]
     Signing(String),
+    #[error("{0}")]
+    Weak(#[from] strength::Weakness),
 }
 
 /// Lower-case hex of bytes (fingerprints, serials).

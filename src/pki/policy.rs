@@ -62,10 +62,12 @@ pub enum PolicyViolation {
     InvalidDuration { requested: String, reason: String },
     #[error("spec.duration {requested} exceeds this issuer's policy.maxDuration {max}")]
     DurationTooLong { requested: String, max: String },
-    #[error("the CSR's URI SAN {uri:?} is not a valid SPIFFE ID")]
+    #[error(
+        "the CSR's URI SAN {uri:?} is not a valid SPIFFE ID (spiffe://<trust domain>/<path>); only SPIFFE IDs are signed"
+    )]
     InvalidSpiffeId { uri: String },
     #[error(
-        "the CSR's SPIFFE ID {uri:?} is in trust domain {domain:?}, which is not in this issuer's policy.allowedTrustDomains {allowed:?}"
+        "the CSR's SPIFFE ID {uri:?} is in trust domain {domain:?}, which is not allowed (allowed: {allowed:?}); add it to the issuer's spec.policy.allowedTrustDomains, or set the controller's --trust-domain"
     )]
     TrustDomainNotAllowed {
         uri: String,
@@ -77,6 +79,33 @@ pub enum PolicyViolation {
         not_before: Timestamp,
         not_after: Timestamp,
     },
+}
+
+/// The trust domains SPIFFE IDs in a request may name: the issuer's
+/// `spec.policy.allowedTrustDomains`, or, when that is empty, only `default_trust_domain` (the
+/// controller's `--trust-domain`). Lower-cased, as trust domains compare.
+pub fn effective_trust_domains(policy: &IssuancePolicy, default_trust_domain: &str) -> Vec<String> {
+    let configured = if policy.allowed_trust_domains.is_empty() {
+        vec![default_trust_domain.to_string()]
+    } else {
+        policy.allowed_trust_domains.clone()
+    };
+    let mut domains: Vec<String> = Vec::new();
+    for domain in configured.iter().map(|d| d.to_ascii_lowercase()) {
+        if !domains.contains(&domain) {
+            domains.push(domain);
+        }
+    }
+    domains
+}
+
+/// The policy a request is judged by: the issuer's, with the controller's defaults filled in
+/// where the issuer left them empty (see [`effective_trust_domains`]).
+pub fn with_defaults(policy: &IssuancePolicy, default_trust_domain: &str) -> IssuancePolicy {
+    IssuancePolicy {
+        allowed_trust_domains: effective_trust_domains(policy, default_trust_domain),
+        ..policy.clone()
+    }
 }
 
 /// Checks a policy's own fields; an invalid policy makes the issuer not Ready.
@@ -137,11 +166,13 @@ pub fn plan(
         });
     }
 
-    for uri in csr.spiffe_ids() {
+    // Every URI SAN must be a SPIFFE ID in an allowed trust domain. An empty list allows none:
+    // callers fill in the controller's default first ([`with_defaults`]).
+    for uri in csr.uris() {
         let domain =
             spiffe_trust_domain(uri).ok_or_else(|| PolicyViolation::InvalidSpiffeId { uri: uri.to_string() })?;
         let allowed = &policy.allowed_trust_domains;
-        if !allowed.is_empty() && !allowed.iter().any(|d| d.eq_ignore_ascii_case(&domain)) {
+        if !allowed.iter().any(|d| d.eq_ignore_ascii_case(&domain)) {
             return Err(PolicyViolation::TrustDomainNotAllowed {
                 uri: uri.to_string(),
                 domain,
@@ -220,8 +251,9 @@ mod tests {
         }
     }
 
+    /// The default policy as the controller applies it: `--trust-domain cluster.local`.
     fn policy() -> IssuancePolicy {
-        IssuancePolicy::default()
+        with_defaults(&IssuancePolicy::default(), "cluster.local")
     }
 
     fn ca_request() -> RequestFacts<'static> {
@@ -266,6 +298,7 @@ mod tests {
         );
         type IssancePolicyRef<'a> = &'a IssuancePolicy;
         let p = policy();
+        let raw = IssuancePolicy::default();
         let cases: Vec<Case> = vec![
             // istiod's intermediate as cert-manager asks for it: CA, pathLen from the policy.
             (
@@ -328,13 +361,36 @@ mod tests {
                 &p,
                 Err("InvalidSpiffeId"),
             ),
-            // Non-SPIFFE URIs are not trust-domain checked.
+            // Any URI SAN must be a SPIFFE ID.
             (
                 "https uri",
                 csr(None, &["https://example.org/x"]),
                 ca_request(),
                 &domains,
+                Err("InvalidSpiffeId"),
+            ),
+            // With no allowedTrustDomains, only the controller's default trust domain.
+            (
+                "default domain",
+                csr(None, &["spiffe://cluster.local/ns/istio-system/sa/istiod"]),
+                ca_request(),
+                &p,
                 Ok(Some(0)),
+            ),
+            (
+                "outside the default domain",
+                csr(None, &["spiffe://evil.example/ns/istio-system/sa/istiod"]),
+                ca_request(),
+                &p,
+                Err("TrustDomainNotAllowed"),
+            ),
+            // An empty list reaching plan() allows nothing (fail closed).
+            (
+                "no defaults filled in",
+                csr(None, &["spiffe://cluster.local/ns/istio-system/sa/istiod"]),
+                ca_request(),
+                &raw,
+                Err("TrustDomainNotAllowed"),
             ),
         ];
         for (name, csr, facts, policy, expected) in cases {
@@ -347,6 +403,22 @@ mod tests {
                 (got, expected) => panic!("{name}: got {got:?}, expected {expected:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_default_trust_domain_applies_only_when_none_are_configured() {
+        let empty = IssuancePolicy::default();
+        assert_eq!(effective_trust_domains(&empty, "cluster.local"), ["cluster.local"]);
+        assert_eq!(effective_trust_domains(&empty, "Mesh.Example"), ["mesh.example"]);
+        let configured = IssuancePolicy {
+            allowed_trust_domains: vec!["east.example".into(), "West.Example".into()],
+            ..IssuancePolicy::default()
+        };
+        assert_eq!(
+            effective_trust_domains(&configured, "cluster.local"),
+            ["east.example", "west.example"],
+            "configured domains replace the default, they do not add to it"
+        );
     }
 
     #[test]

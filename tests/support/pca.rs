@@ -75,7 +75,8 @@ impl PcaFixture {
             .to_string()
     }
 
-    /// The next `count` calls of `operation` fail with `kind` (throttle, server_error, pending, malformed_csr).
+    /// The next `count` calls of `operation` fail with `kind` (throttle, server_error, pending,
+    /// malformed_csr, request_failed, unknown_client_error).
     pub async fn inject(&self, operation: &str, kind: &str, count: u32) {
         self.control(
             "/__fixture/faults",

@@ -86,6 +86,19 @@ pub fn classify(operation: &str, ca_arn: &str, failure: CallFailure) -> BackendE
             )
         }
         "RequestInProgressException" => BackendError::new(Pending, reason::IN_PROGRESS, said("")),
+        // PCA could not issue the certificate recorded for the request: it never will.
+        "RequestFailedException" => BackendError::new(
+            Permanent,
+            reason::CERTIFICATE_FAILED,
+            said(": PCA failed to issue this certificate; a new request gets a new one"),
+        ),
+        // The CA was described a moment ago, so what is missing is the certificate recorded
+        // for the request: waiting on "issuer not Ready" would wait forever.
+        "ResourceNotFoundException" if operation == "GetCertificate" => BackendError::new(
+            Permanent,
+            reason::CERTIFICATE_FAILED,
+            said(": the certificate recorded for this request does not exist at this CA"),
+        ),
         "MalformedCSRException"
         | "InvalidArgsException"
         | "ValidationException"
@@ -121,8 +134,13 @@ pub fn classify(operation: &str, ca_arn: &str, failure: CallFailure) -> BackendE
             ),
         ),
         _ if status >= 500 => BackendError::new(Retryable, reason::API_ERROR, said(" (server error; retrying)")),
-        // Unknown client errors: the request waits rather than fails, and says so.
-        _ => BackendError::new(IssuerNotReady, reason::API_ERROR, said("")),
+        // Unknown errors: retried with back-off until the retry deadline, then Failed; never
+        // left waiting forever, never Failed at once for what may be transient.
+        _ => BackendError::new(
+            Retryable,
+            reason::API_ERROR,
+            said(" (unrecognised error; retrying until the retry deadline)"),
+        ),
     }
 }
 #[cfg(test)]
@@ -161,13 +179,18 @@ mod tests {
                 CallFailure::Construction("no credentials provider".into()),
                 FailureKind::IssuerNotReady,
             ),
-            // Unknown client errors wait rather than fail.
-            (service("SomethingNew", 400), FailureKind::IssuerNotReady),
+            // A stored ARN whose certificate failed or does not exist: permanent.
+            (service("RequestFailedException", 400), FailureKind::Permanent),
+            // Unknown client errors are retried until the deadline (then Failed).
+            (service("SomethingNew", 400), FailureKind::Retryable),
         ];
         for (failure, expected) in cases {
             let e = classify("IssueCertificate", "arn", failure.clone());
             assert_eq!(e.kind, expected, "{failure:?}: {e:?}");
         }
+        // ResourceNotFound means the certificate on GetCertificate, the CA elsewhere.
+        let missing = classify("GetCertificate", "arn", service("ResourceNotFoundException", 400));
+        assert_eq!(missing.kind, FailureKind::Permanent);
         let creds = classify("X", "arn", service("UnrecognizedClientException", 400));
         assert_eq!(creds.reason, reason::INVALID_CREDENTIALS);
         assert!(creds.message.contains("credentialsSecretRef"));

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use super::rate_limit::Shared;
 use super::{classify, reason};
 use crate::backend::{BackendError, Purpose};
-use crate::pki::Certificate;
+use crate::pki::{Certificate, strength};
 
 /// What `DescribeCertificateAuthority` and `GetCertificateAuthorityCertificate` said.
 #[derive(Clone, Debug)]
@@ -97,6 +97,15 @@ pub(super) async fn describe(
         Certificate::parse_pem_bundle(certs.certificate().unwrap_or_default().as_bytes(), "CA certificate")
             .map_err(|e| bad(e.to_string()))?
             .remove(0);
+    strength::check_key(&certificate.public_key_info(), strength::CA_KEY).map_err(|w| {
+        BackendError::issuer_not_ready(
+            reason::WEAK_CA_KEY,
+            format!(
+                "AWS Private CA {arn} ({}): {w}; point spec.awsPCA.arn at a CA with a stronger key",
+                certificate.subject()
+            ),
+        )
+    })?;
     let chain = match certs.certificate_chain() {
         Some(c) if !c.trim().is_empty() => {
             Certificate::parse_pem_bundle(c.as_bytes(), "CA certificate chain").map_err(|e| bad(e.to_string()))?

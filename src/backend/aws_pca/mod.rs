@@ -16,11 +16,13 @@
 //!
 //! One file per concern: [`classify`] (what an SDK error means), [`rate_limit`] (the
 //! IssueCertificate token bucket), [`arn`] (ARNs, templates, tokens, algorithms), [`describe`]
-//! (the CA's description and its cache), [`credentials`] (the Secret's keys and the per-issuer
-//! client), [`signer`] (issue and fetch), [`passthrough`] (name constraints as an
-//! `ApiPassthrough` custom extension).
+//! (the CA's description and its cache), [`credentials`] (who may use which credentials and
+//! endpoint; the Secret's keys; the per-issuer client), [`binding`] (a stored certificate is
+//! this request's, from this CA), [`signer`] (issue and fetch), [`passthrough`] (name
+//! constraints as an `ApiPassthrough` custom extension).
 
 mod arn;
+mod binding;
 mod classify;
 mod credentials;
 mod describe;
@@ -58,4 +60,9 @@ pub mod reason {
     pub const REJECTED: &str = "Rejected";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const SECRET_FORBIDDEN: &str = "SecretForbidden";
+    pub const AMBIENT_CREDENTIALS_DISABLED: &str = "AmbientCredentialsDisabled";
+    pub const ENDPOINT_OVERRIDE_DISABLED: &str = "EndpointOverrideDisabled";
+    pub const CERTIFICATE_NOT_BOUND: &str = "CertificateNotBound";
+    pub const CERTIFICATE_FAILED: &str = "CertificateFailed";
+    pub const WEAK_CA_KEY: &str = "WeakCAKey";
 }

@@ -7,16 +7,15 @@ use aws_sdk_acmpca::primitives::Blob;
 use aws_sdk_acmpca::types::{SigningAlgorithm, Validity, ValidityPeriodType};
 use futures::future::BoxFuture;
 
-use super::arn::{
-    ca_of_certificate_arn, idempotency_token, is_ec, parse_ca_arn, signing_algorithm_for, spec_algorithm, template_arn,
-};
-use super::credentials::{client_for, read_credentials};
+use super::arn::{idempotency_token, is_ec, parse_ca_arn, signing_algorithm_for, spec_algorithm, template_arn};
+use super::binding;
+use super::credentials::{ambient_gate, client_for, read_credentials};
 use super::describe::{CaDescription, describe};
 use super::rate_limit::Shared;
 use super::{SHORT_LIVED_MAX, classify, reason};
 use crate::api::issuer::AwsPCA;
 use crate::backend::{
-    BackendError, CaInfo, FailureKind, IssuedChain, IssuerScope, Purpose, SignOutcome, SignRequest, Signer,
+    AmbientPolicy, BackendError, CaInfo, FailureKind, IssuerScope, Purpose, SignOutcome, SignRequest, Signer,
 };
 use crate::pki::Certificate;
 use crate::pki::policy::CaLifetime;
@@ -37,10 +36,13 @@ impl AwsPcaSigner {
     pub async fn connect(
         kube: &kube::Client,
         shared: Arc<Shared>,
+        ambient: AmbientPolicy,
         spec: &AwsPCA,
         scope: &IssuerScope,
         purpose: Purpose,
     ) -> Result<Self, BackendError> {
+        // Before anything is read or called: may this issuer use what it asks for?
+        ambient_gate(spec, scope, ambient)?;
         let invalid = |m: String| BackendError::issuer_not_ready(reason::INVALID_SPEC, m);
         let (partition, arn_region) = parse_ca_arn(&spec.arn).map_err(|m| invalid(format!("spec.awsPCA.arn: {m}")))?;
         let region = spec.region.clone().unwrap_or(arn_region);
@@ -169,53 +171,56 @@ impl AwsPcaSigner {
         Ok(SignOutcome::InProgress { backend_ref: arn })
     }
 
-    async fn fetch(&self, certificate_arn: &str) -> Result<SignOutcome, BackendError> {
-        let ca_arn = ca_of_certificate_arn(certificate_arn).unwrap_or(&self.ca_arn);
+    /// Fetches the certificate recorded for this request and binds it to the request (see
+    /// [`binding`]): the ARN must be of this CA, the key the CSR's, the chain the CA's.
+    async fn fetch(&self, certificate_arn: &str, request: &SignRequest<'_>) -> Result<SignOutcome, BackendError> {
+        // Before any call: the controller's credentials never fetch another CA's certificate.
+        binding::check_arn(certificate_arn, &self.ca_arn)?;
         let got = self
             .client
             .get_certificate()
-            .certificate_authority_arn(ca_arn)
+            .certificate_authority_arn(&self.ca_arn)
             .certificate_arn(certificate_arn)
             .send()
             .await
-            .map_err(|e| classify("GetCertificate", ca_arn, e.into()))?;
+            .map_err(|e| classify("GetCertificate", &self.ca_arn, e.into()))?;
         let bad =
             |m: String| BackendError::retryable(reason::API_ERROR, format!("GetCertificate {certificate_arn}: {m}"));
         let certificate =
             Certificate::parse_pem_bundle(got.certificate().unwrap_or_default().as_bytes(), "Certificate")
                 .map_err(|e| bad(e.to_string()))?
                 .remove(0);
-        let mut chain = Certificate::parse_pem_bundle(
+        let chain = Certificate::parse_pem_bundle(
             got.certificate_chain().unwrap_or_default().as_bytes(),
             "CertificateChain",
         )
         .map_err(|e| bad(e.to_string()))?;
-        // The root is the last certificate of the chain; the rest are intermediates.
-        let root = chain.pop().ok_or_else(|| bad("no CertificateChain".into()))?;
-        if !root.is_self_signed() {
-            return Err(BackendError::issuer_not_ready(
-                reason::API_ERROR,
-                format!(
-                    "the chain PCA returned for {certificate_arn} does not end in a root ({})",
-                    root.subject()
-                ),
-            ));
-        }
-        let mut full = vec![certificate];
-        full.extend(chain);
-        for pair in full.windows(2) {
-            if !pair[0].is_signed_by(&pair[1]) {
-                return Err(bad(format!(
-                    "{} is not signed by {}",
-                    pair[0].subject(),
-                    pair[1].subject()
-                )));
+        let csr_key = &request.csr.public_key_info;
+        match binding::bind(
+            certificate_arn,
+            csr_key,
+            certificate.clone(),
+            chain.clone(),
+            &self.description,
+        )? {
+            binding::ChainVerdict::Bound(issued) => Ok(SignOutcome::Issued(issued)),
+            binding::ChainVerdict::ForeignChain(_) => {
+                // The description may be older than a renewal of the CA's certificate: judge
+                // once more against a fresh one before calling the chain foreign.
+                let fresh = describe(
+                    &self.client,
+                    &self.shared,
+                    &self.issuer,
+                    &self.ca_arn,
+                    Purpose::HealthCheck,
+                )
+                .await?;
+                match binding::bind(certificate_arn, csr_key, certificate, chain, &fresh)? {
+                    binding::ChainVerdict::Bound(issued) => Ok(SignOutcome::Issued(issued)),
+                    binding::ChainVerdict::ForeignChain(detail) => Err(binding::foreign_chain(detail)),
+                }
             }
         }
-        if !full[full.len() - 1].is_signed_by(&root) {
-            return Err(bad("the chain does not link to its root".into()));
-        }
-        Ok(SignOutcome::Issued(IssuedChain { chain: full, root }))
     }
 }
 impl Signer for AwsPcaSigner {
@@ -230,7 +235,7 @@ impl Signer for AwsPcaSigner {
     fn sign<'a>(&'a self, request: SignRequest<'a>) -> BoxFuture<'a, Result<SignOutcome, BackendError>> {
         Box::pin(async move {
             match request.backend_ref {
-                Some(arn) => self.fetch(arn).await,
+                Some(arn) => self.fetch(arn, &request).await,
                 None => self.issue(&request).await,
             }
         })
