@@ -888,7 +888,7 @@ mod tests {
     }
 
     #[test]
-    fn an_automatic_rotation_runs_every_phase_in_four_writes_and_never_breaks_root_cert_pem() {
+    fn an_automatic_rotation_runs_every_phase_in_three_writes_and_never_breaks_root_cert_pem() {
         let mut w = World::new(RotationMode::Automatic);
         let (old_root, new_root) = (w.old.root.clone(), w.new.root.clone());
         // (case, source is new, at, expected phase, expected signing root)
