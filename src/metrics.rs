@@ -28,6 +28,14 @@ pub struct BuildLabels {
     pub revision: String,
 }
 
+/// Labels of `meshca_root_rotation_phase`: one series per phase of one IstioCACerts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RotationLabels {
+    pub namespace: String,
+    pub name: String,
+    pub phase: String,
+}
+
 /// Labels of a tracked certificate: the role it plays (`intermediate`, `root`, `backend_ca`,
 /// `issuer_ca`), the object it belongs to, and which certificate exactly.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,6 +92,7 @@ pub struct Metrics {
     pub certificate_not_after: Family<CertificateLabels, Gauge>,
     pub certificate_renewal: Family<CertificateLabels, Gauge>,
     pub certificate_window: Family<CertificateLabels, Gauge>,
+    pub root_rotation_phase: Family<RotationLabels, Gauge>,
     /// The fingerprints exported per owner, so a replaced certificate's series is removed
     /// instead of lingering.
     exported: Mutex<HashMap<SeriesOwner, Vec<String>>>,
@@ -152,8 +161,15 @@ impl Metrics {
             "Renewal window of a tracked certificate: 0 Healthy, 1 RenewalDue, 2 Expiring, 3 Expired",
             certificate_window.clone(),
         );
+        let root_rotation_phase = Family::<RotationLabels, Gauge>::default();
+        registry.register(
+            "root_rotation_phase",
+            "Root rotation phase of an IstioCACerts, one-hot: 1 for the current phase, 0 for the others",
+            root_rotation_phase.clone(),
+        );
         Self {
             registry,
+            root_rotation_phase,
             reconciles,
             ready,
             leader,
@@ -211,6 +227,20 @@ impl Metrics {
             }
         }
         exported.insert(owner, certs.iter().map(|c| c.fingerprint.clone()).collect());
+    }
+
+    /// Sets the one-hot root rotation phase of an IstioCACerts (`None`: never rotated, all 0).
+    pub fn set_rotation_phase(&self, namespace: &str, name: &str, current: Option<&str>, phases: &[&str]) {
+        for phase in phases {
+            let labels = RotationLabels {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                phase: phase.to_string(),
+            };
+            self.root_rotation_phase
+                .get_or_create(&labels)
+                .set(i64::from(current == Some(*phase)));
+        }
     }
 
     /// Tells the metrics how to find out whether a series' object still exists. Only the

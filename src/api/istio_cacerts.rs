@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.intermediate.renewalTime"
     ),
     printcolumn(name = "Root Expiry", type_ = "string", json_path = ".status.roots[0].notAfter"),
+    printcolumn(name = "Rotation", type_ = "string", json_path = ".status.rootRotation.phase"),
     printcolumn(
         name = "Reason",
         type_ = "string",
@@ -80,6 +81,150 @@ pub struct IstioCACertsSpec {
     /// trust-manager) to consume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_root: Option<PublishRoot>,
+    /// Rotate to a new root without downtime when the source's intermediate chains to a root
+    /// that `root-cert.pem` does not hold: add the new root, wait, switch the intermediate,
+    /// wait out the workload certificates, remove the old root. Without it (or with
+    /// `multiRootMeshEnabled: false`) a new root is refused and `cacerts` is left as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_rotation: Option<RootRotation>,
+}
+
+/// How a root rotation runs (docs/root-rotation.md).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RootRotation {
+    /// Confirms that istiod runs with `ISTIO_MULTIROOT_MESH=true` (Helm:
+    /// `pilot.env.ISTIO_MULTIROOT_MESH: "true"`), without which istiod ignores a changed
+    /// `root-cert.pem`. While false, a new root is refused.
+    #[serde(default)]
+    pub multi_root_mesh_enabled: bool,
+    /// How long the new root sits in `root-cert.pem` (next to the old one) before the
+    /// intermediate under it is written: long enough for every proxy and every peer cluster to
+    /// trust it. A Go duration.
+    #[serde(default = "default_trust_propagation_delay")]
+    pub trust_propagation_delay: String,
+    /// How long after the switch the old root stays trusted: above istiod's workload
+    /// certificate lifetime (24h by default), so every certificate signed by the old
+    /// intermediate has expired. A Go duration.
+    #[serde(default = "default_workload_drain_delay")]
+    pub workload_drain_delay: String,
+    /// `Automatic`: move on when a delay has passed. `Manual`: move on only when asked (the
+    /// `meshca.io/advance-rotation` annotation, or `meshca rotation advance`).
+    #[serde(default)]
+    pub mode: RotationMode,
+    /// Hold the rotation in its current phase; nothing moves until it is false again.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_trust_propagation_delay() -> String {
+    "1h".to_string()
+}
+
+fn default_workload_drain_delay() -> String {
+    "25h".to_string()
+}
+
+impl Default for RootRotation {
+    fn default() -> Self {
+        Self {
+            multi_root_mesh_enabled: false,
+            trust_propagation_delay: default_trust_propagation_delay(),
+            workload_drain_delay: default_workload_drain_delay(),
+            mode: RotationMode::Automatic,
+            paused: false,
+        }
+    }
+}
+
+/// Who moves a rotation to its next phase.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RotationMode {
+    #[default]
+    Automatic,
+    Manual,
+}
+
+/// On the IstioCACerts: advance the named phase once, now (whatever its delay). Naming the
+/// phase means a stale annotation never skips a second phase.
+pub const ADVANCE_ROTATION_ANNOTATION: &str = "meshca.io/advance-rotation";
+
+/// Where a root rotation stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum RotationPhase {
+    /// `root-cert.pem` holds the old root(s) and the new one; istiod still signs with the old
+    /// intermediate.
+    AddingNewRoot,
+    /// istiod signs with the new intermediate; the old root stays trusted while old workload
+    /// certificates drain.
+    SwitchingIntermediate,
+    /// The old root is cut off `root-cert.pem`.
+    RemovingOldRoot,
+    /// Done: only the new root (and any trust anchors) remains.
+    Completed,
+    /// The source went back to the old root before the switch; the new root was cut off again.
+    RolledBack,
+}
+
+impl RotationPhase {
+    pub const ALL: [RotationPhase; 5] = [
+        RotationPhase::AddingNewRoot,
+        RotationPhase::SwitchingIntermediate,
+        RotationPhase::RemovingOldRoot,
+        RotationPhase::Completed,
+        RotationPhase::RolledBack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RotationPhase::AddingNewRoot => "AddingNewRoot",
+            RotationPhase::SwitchingIntermediate => "SwitchingIntermediate",
+            RotationPhase::RemovingOldRoot => "RemovingOldRoot",
+            RotationPhase::Completed => "Completed",
+            RotationPhase::RolledBack => "RolledBack",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s.trim())
+    }
+
+    /// A rotation in one of these phases is under way.
+    pub fn in_progress(self) -> bool {
+        matches!(
+            self,
+            RotationPhase::AddingNewRoot | RotationPhase::SwitchingIntermediate | RotationPhase::RemovingOldRoot
+        )
+    }
+}
+
+/// `status.rootRotation`: the whole state of a rotation (nothing is kept only in memory).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RootRotationStatus {
+    pub phase: RotationPhase,
+    /// SHA-256 fingerprints of the roots being replaced.
+    pub old_roots: Vec<String>,
+    /// SHA-256 fingerprint of the new root.
+    pub new_root: String,
+    /// RFC 3339.
+    pub phase_started_at: String,
+    /// When the phase may end (RFC 3339): in `Automatic` mode it ends then, in `Manual` mode
+    /// it may be advanced from then on. Absent in a final phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_phase_at: Option<String>,
+    /// Every phase change of this rotation, oldest first.
+    #[serde(default)]
+    pub history: Vec<RotationHistoryEntry>,
+}
+
+/// One phase change.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct RotationHistoryEntry {
+    pub phase: RotationPhase,
+    /// RFC 3339.
+    pub at: String,
+    pub message: String,
 }
 
 fn default_target() -> String {
@@ -96,6 +241,7 @@ impl Default for IstioCACertsSpec {
             trust_domain: default_trust_domain(),
             trust_anchors: Vec::new(),
             publish_root: None,
+            root_rotation: None,
         }
     }
 }
@@ -188,6 +334,9 @@ pub struct IstioCACertsStatus {
     /// The mesh config istiod still needs for the trust anchors, and what works where.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh_config: Option<MeshConfigAdvice>,
+    /// The current (or last) root rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_rotation: Option<RootRotationStatus>,
 }
 
 /// A trust anchor certificate, tracked like a root.

@@ -7,6 +7,7 @@
 //! written) when a cluster is unreachable or a check fails.
 
 pub mod federation;
+pub mod rotation;
 pub mod status;
 
 use std::process::ExitCode;
@@ -68,6 +69,11 @@ pub enum Command {
     /// Undo `federate` between the named clusters: removes the trust anchors and ConfigMaps it
     /// wrote for them; anchors written by anyone else stay.
     Unfederate(FederateArgs),
+    /// Root rotation across clusters: `status` shows each cluster's phase and next step;
+    /// `advance` moves every cluster (Manual mode) to the next phase together, only when all
+    /// are in the same phase and past their delay.
+    #[command(subcommand)]
+    Rotation(RotationCommand),
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -83,6 +89,43 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RotationCommand {
+    /// Each cluster's rotation phase, since when, and its next step, side by side.
+    Status(RotationArgs),
+    /// Annotate every cluster's IstioCACerts to advance its current phase (meshca.io/advance-rotation),
+    /// only when every cluster is in the same phase, in Manual mode, not paused and past its
+    /// delay. Otherwise says which cluster holds things up and writes nothing.
+    Advance(AdvanceArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RotationArgs {
+    /// Kubeconfig context of a cluster (repeat for several).
+    #[arg(long = "context", required = true, num_args = 1)]
+    pub contexts: Vec<String>,
+    /// Namespace of the IstioCACerts (istiod's namespace) in every cluster.
+    #[arg(long, default_value = "istio-system")]
+    pub namespace: String,
+    /// Name of the IstioCACerts in every cluster.
+    #[arg(long, default_value = "istiod")]
+    pub name: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AdvanceArgs {
+    #[command(flatten)]
+    pub clusters: RotationArgs,
+    /// The phase to move to; refused unless it is the next one for every cluster.
+    #[arg(long, value_parser = parse_phase)]
+    pub to: Option<crate::api::istio_cacerts::RotationPhase>,
+}
+
+fn parse_phase(s: &str) -> Result<crate::api::istio_cacerts::RotationPhase, String> {
+    crate::api::istio_cacerts::RotationPhase::parse(s)
+        .ok_or_else(|| format!("unknown phase {s:?}: one of SwitchingIntermediate, RemovingOldRoot, Completed"))
 }
 
 #[derive(clap::Args, Debug)]
@@ -192,6 +235,124 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
             federate(&kubeconfig, &args, false).await
         }
+        Command::Rotation(RotationCommand::Status(args)) => {
+            let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
+            let clusters = read_rotations(&kubeconfig, &args).await?;
+            let now = jiff::Timestamp::now();
+            let rows: Vec<rotation::Row> = clusters.iter().map(|c| rotation::row(c, now)).collect();
+            print_rotation_rows(&rows);
+            Ok(())
+        }
+        Command::Rotation(RotationCommand::Advance(args)) => {
+            let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
+            let clusters = read_rotations(&kubeconfig, &args.clusters).await?;
+            let phase = rotation::plan_advance(&clusters, args.to, jiff::Timestamp::now())
+                .map_err(|problems| Failure::refused(format!("nothing was written:\n  {}", problems.join("\n  "))))?;
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                crate::api::istio_cacerts::ADVANCE_ROTATION_ANNOTATION: phase.as_str()
+            }}});
+            for c in &clusters {
+                let client = client_for(&kubeconfig, &c.context).await?;
+                let api: Api<IstioCACerts> = Api::namespaced(client, &args.clusters.namespace);
+                api.patch(&args.clusters.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|e| {
+                        Failure::failed(format!(
+                            "context {}: annotating IstioCACerts {}/{}: {e} (re-running is safe)",
+                            c.context, args.clusters.namespace, args.clusters.name
+                        ))
+                    })?;
+                println!(
+                    "context {}: asked IstioCACerts {}/{} to advance {} to {}",
+                    c.context,
+                    args.clusters.namespace,
+                    args.clusters.name,
+                    phase.as_str(),
+                    rotation::next_phase(phase).map_or("-", |p| p.as_str())
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Reads every cluster's IstioCACerts, all before anything is decided.
+async fn read_rotations(
+    kubeconfig: &Kubeconfig,
+    args: &RotationArgs,
+) -> Result<Vec<rotation::ClusterRotation>, Failure> {
+    let reads = futures::future::join_all(args.contexts.iter().map(|context| async move {
+        let client = client_for(kubeconfig, context).await?;
+        let api: Api<IstioCACerts> = Api::namespaced(client, &args.namespace);
+        let icc = api
+            .get_opt(&args.name)
+            .await
+            .map_err(|e| Failure::refused(format!("context {context} is unreachable or refuses us: {e}")))?
+            .ok_or_else(|| {
+                Failure::refused(format!(
+                    "context {context}: IstioCACerts {}/{} does not exist (use --namespace/--name)",
+                    args.namespace, args.name
+                ))
+            })?;
+        Ok::<_, Failure>(rotation::ClusterRotation {
+            context: context.clone(),
+            istio_cacerts: icc,
+        })
+    }))
+    .await;
+    let mut clusters = Vec::new();
+    let mut problems = Vec::new();
+    for read in reads {
+        match read {
+            Ok(c) => clusters.push(c),
+            Err(f) => problems.push(f.message),
+        }
+    }
+    if problems.is_empty() {
+        Ok(clusters)
+    } else {
+        Err(Failure::refused(format!(
+            "nothing was written:\n  {}",
+            problems.join("\n  ")
+        )))
+    }
+}
+
+fn print_rotation_rows(rows: &[rotation::Row]) {
+    let header = ["CONTEXT", "PHASE", "MODE", "SINCE", "NEXT PHASE AT", "NEXT STEP"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.context.clone(),
+                r.phase.clone(),
+                r.mode.clone(),
+                r.since.clone(),
+                r.next_phase_at.clone(),
+                r.next_step.clone(),
+            ]
+        })
+        .collect();
+    let width = |i: usize| {
+        cells
+            .iter()
+            .map(|c| c[i].len())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..5).map(width).collect();
+    let line = |c: [&str; 6]| {
+        let mut out = String::new();
+        for i in 0..5 {
+            out.push_str(&format!("{:<w$}  ", c[i], w = widths[i]));
+        }
+        out.push_str(c[5]);
+        out
+    };
+    println!("{}", line(header));
+    for c in &cells {
+        println!("{}", line([&c[0], &c[1], &c[2], &c[3], &c[4], &c[5]]));
     }
 }
 

@@ -27,11 +27,15 @@ use crate::api::cert_manager::{
 };
 use crate::api::conditions::{self, READY};
 use crate::api::issuer::{CLUSTER_ISSUER_KIND, CertificateSummary, ClusterMeshCAIssuer, ISSUER_KIND, MeshCAIssuer};
-use crate::api::istio_cacerts::{IstioCACerts, IstioCACertsStatus, RenewalWindow, TrackedAnchor, TrackedCertificate};
+use crate::api::istio_cacerts::{
+    ADVANCE_ROTATION_ANNOTATION, IstioCACerts, IstioCACertsStatus, RenewalWindow, RotationPhase, TrackedAnchor,
+    TrackedCertificate,
+};
 use crate::error::{Error, Result};
 use crate::istio::cacerts::{
     self, BundleContents, CacertsPlan, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION, Problem, Target,
 };
+use crate::istio::rotation;
 use crate::istio::trust_bundle::{self, AnchorInput, Assembly, Change, CheckedAnchors};
 use crate::metrics::CertificateSeries;
 use crate::pki::Certificate;
@@ -219,15 +223,39 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
             .map(String::as_str),
     );
 
-    let decision: Result<CacertsPlan, Problem> = match &source {
-        None => Err(Problem {
+    let parsed = source
+        .as_ref()
+        .map(|s| cacerts::read_source(&secret_data(s), &source_display));
+    // The anchors' certificates, so that a rotation never cuts an old root that is also one.
+    let anchor_certificates = trust_bundle::check_anchors(&anchor_inputs, &[], now)
+        .map(|c| c.certificates())
+        .unwrap_or_default();
+    let previous_rotation = icc.status.as_ref().and_then(|s| s.root_rotation.as_ref());
+    let rotation = match &parsed {
+        Some(Ok(src)) => Some(rotation::decide(&rotation::Inputs {
+            spec: spec.root_rotation.as_ref(),
+            status: previous_rotation,
+            advance: icc.annotations().get(ADVANCE_ROTATION_ANNOTATION).map(String::as_str),
+            source: src,
+            target: &target,
+            anchors: &anchor_certificates,
+            now,
+        })),
+        _ => None,
+    };
+    let decision: Result<CacertsPlan, Problem> = match (parsed, &rotation) {
+        (None, _) => Err(Problem {
             reason: cacerts::reason::SOURCE_NOT_FOUND,
             message: format!(
                 "{source_display} not found: it is written by cert-manager once the istiod intermediate Certificate is issued"
             ),
         }),
-        Some(s) => cacerts::read_source(&secret_data(s), &source_display)
-            .and_then(|src| cacerts::plan(&src, &target, &name, spec.adopt_existing, now)),
+        (Some(Err(problem)), _) => Err(problem),
+        (Some(Ok(src)), rotation) => {
+            let ordinary = rotation::Bundle::Ordinary;
+            let bundle = rotation.as_ref().map_or(&ordinary, |r| &r.bundle);
+            rotation::plan(&src, bundle, &target, &name, spec.adopt_existing, now)
+        }
     };
     // The anchors join root-cert.pem only when every one of them is good; otherwise
     // root-cert.pem stays as it is (a renewal of the intermediate still goes through: a peer's
@@ -235,6 +263,8 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
     let (decision, trust) = with_anchors(decision, &anchor_inputs, &target, &recorded, now);
 
     // What istiod runs with after this reconcile: the new bundle, or the one left in place.
+    // A rotation's phase moves on only once its bundle is in the target.
+    let mut carried_out = false;
     let (outcome, live): (Result<String, Problem>, Option<BundleContents>) = match decision {
         Ok(plan) => {
             let mut summary = format!(
@@ -250,7 +280,16 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
                 Trust::Applied { assembly, .. } => Some(trust_bundle::format_record(&assembly.record)),
                 _ => None,
             };
-            match write_target(&ctx, &icc, &plan, target_secret.as_ref(), record, trust.change_note()).await {
+            let written = write_target(&ctx, &icc, &plan, target_secret.as_ref(), record, trust.change_note()).await;
+            carried_out = written.is_ok();
+            if carried_out && plan.changed {
+                // Tests stop the process here: cacerts written, status not yet (a crash at the
+                // worst moment of a phase change).
+                if let Some((phase, _)) = rotation.as_ref().and_then(|r| r.transition.as_ref()) {
+                    crate::failpoint::hit(&format!("rotation-written-{}", phase.as_str()));
+                }
+            }
+            match written {
                 Ok(()) => match &trust {
                     Trust::Invalid(problem) => (
                         Err(Problem {
@@ -337,10 +376,42 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
         .iter()
         .map(|a| a.certificate.fingerprint_sha256.clone())
         .collect();
+    // === root rotation ===
+    let rotation = rotation.map(|mut r| {
+        if !carried_out && !matches!(r.bundle, rotation::Bundle::Refused(_)) {
+            // The write failed: nothing moved, the phase stays.
+            r.status = previous_rotation.cloned();
+            r.transition = None;
+            r.consume_advance = false;
+            r.condition = None;
+        }
+        r
+    });
+    let published_roots = rotation.as_ref().and_then(|r| r.published_roots.clone()).or_else(|| {
+        // Not decided this time (source unreadable, write failed): while old and new roots are
+        // both trusted, both stay published.
+        let status = previous_rotation.filter(|s| {
+            matches!(
+                s.phase,
+                RotationPhase::AddingNewRoot | RotationPhase::SwitchingIntermediate
+            )
+        })?;
+        let both: Vec<Certificate> = live_roots
+            .iter()
+            .filter(|c| {
+                let fp = c.fingerprint();
+                status.old_roots.contains(&fp) || status.new_root == fp
+            })
+            .map(|c| (*c).clone())
+            .collect();
+        (!both.is_empty()).then_some(both)
+    });
+
     let published = match &spec.publish_root {
         None => None,
         Some(publish) => {
-            let own: Vec<Certificate> = live.iter().map(|b| b.anchor.clone()).collect();
+            let own: Vec<Certificate> =
+                published_roots.unwrap_or_else(|| live.iter().map(|b| b.anchor.clone()).collect());
             Some(match trust_anchors::publish_root(&ctx, &icc, &own).await {
                 Ok(_) => (
                     true,
@@ -385,6 +456,32 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
             ),
         ]
         .into_iter()
+        .chain(
+            rotation
+                .as_ref()
+                .and_then(|r| r.condition.as_ref())
+                .map(|(reason, message)| {
+                    let in_progress = rotation
+                        .as_ref()
+                        .and_then(|r| r.status.as_ref())
+                        .is_some_and(|s| s.phase.in_progress());
+                    conditions::next(
+                        find(rotation::ROOT_ROTATION),
+                        rotation::ROOT_ROTATION,
+                        in_progress,
+                        reason,
+                        message.clone(),
+                        generation,
+                        now,
+                    )
+                }),
+        )
+        .chain(
+            // Not decided this time: the condition stays as it was.
+            find(rotation::ROOT_ROTATION)
+                .filter(|_| rotation.as_ref().is_none_or(|r| r.condition.is_none()))
+                .cloned(),
+        )
         .chain(published.as_ref().map(|(ok, reason, message)| {
             conditions::next(
                 find(trust_anchors::ROOT_PUBLISHED),
@@ -415,6 +512,9 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
             .map(|t| t.status(now, &thresholds)),
         trust_anchors: tracked_anchors,
         mesh_config,
+        root_rotation: rotation
+            .as_ref()
+            .map_or(previous_rotation.cloned(), |r| r.status.clone()),
     };
 
     if previous != Some(&status) {
@@ -426,6 +526,15 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
             .map_err(|e| Error::kube(format!("writing status of IstioCACerts {name}"), e))?;
     }
     announce(&ctx, &icc, previous, &status, &tracked, now, &thresholds).await;
+    if let Some(r) = &rotation {
+        carry_out_rotation(&ctx, &icc, r).await?;
+    }
+    ctx.metrics.set_rotation_phase(
+        &namespace,
+        &name,
+        status.root_rotation.as_ref().map(|r| r.phase.as_str()),
+        &RotationPhase::ALL.map(RotationPhase::as_str),
+    );
 
     // === metrics ===
     for role in [Role::Intermediate, Role::Root, Role::BackendCA] {
@@ -449,6 +558,7 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
     let next = tracked
         .iter()
         .filter_map(|t| t.life.next_boundary(now, &thresholds))
+        .chain(rotation.as_ref().and_then(|r| r.requeue_at))
         .min();
     Ok(match next {
         // A hair past the boundary, so the window has changed when we look.
@@ -457,16 +567,41 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
     })
 }
 
-/// The name constraints a certificate carries, for status.
-fn constraints_summary(certificate: &Certificate) -> Option<crate::api::name_constraints::NameConstraintsSummary> {
-    match crate::pki::name_constraints::carried_by(certificate) {
-        Ok(found) => found.map(|(critical, nc)| nc.summary(critical)),
-        Err(why) => {
-            // Not status material: a summary would have to invent subtrees. Say it in the log.
-            warn!(fingerprint = %certificate.fingerprint(), %why, "the intermediate's name constraints cannot be read");
-            None
-        }
+/// The rotation's events and its annotation: one event per phase change, a warning for an
+/// advance annotation that named another phase, and the annotation removed once it was read
+/// (so it can never act on a later phase).
+async fn carry_out_rotation(ctx: &Context, icc: &IstioCACerts, decision: &rotation::Decision) -> Result<()> {
+    let reference = icc.object_ref(&());
+    if let Some((phase, message)) = &decision.transition {
+        info!(phase = phase.as_str(), %message, "root rotation");
+        ctx.publish_event(
+            &reference,
+            EventType::Normal,
+            &format!("Rotation{}", phase.as_str()),
+            "RootRotation",
+            message.clone(),
+        )
+        .await;
     }
+    if let Some(message) = &decision.stale_advance {
+        warn!(%message, "root rotation");
+        ctx.publish_event(
+            &reference,
+            EventType::Warning,
+            rotation::reason::STALE_ADVANCE,
+            "RootRotation",
+            message.clone(),
+        )
+        .await;
+    }
+    if decision.consume_advance || decision.stale_advance.is_some() {
+        let api: Api<IstioCACerts> = Api::namespaced(ctx.client.clone(), &icc.namespace().unwrap_or_default());
+        let patch = serde_json::json!({"metadata": {"annotations": {ADVANCE_ROTATION_ANNOTATION: null}}});
+        api.patch(&icc.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| Error::kube(format!("removing the {ADVANCE_ROTATION_ANNOTATION} annotation"), e))?;
+    }
+    Ok(())
 }
 
 /// What became of the trust anchors in this reconcile.
@@ -526,6 +661,18 @@ impl Trust {
                 "root-cert.pem lost {} from its middle: a subset of the previous certificates but not of its bytes, which istiod versions that compare bytes ignore; restart istiod",
                 names(&assembly.removed)
             )),
+        }
+    }
+}
+
+/// The name constraints a certificate carries, for status.
+fn constraints_summary(certificate: &Certificate) -> Option<crate::api::name_constraints::NameConstraintsSummary> {
+    match crate::pki::name_constraints::carried_by(certificate) {
+        Ok(found) => found.map(|(critical, nc)| nc.summary(critical)),
+        Err(why) => {
+            // Not status material: a summary would have to invent subtrees. Say it in the log.
+            warn!(fingerprint = %certificate.fingerprint(), %why, "the intermediate's name constraints cannot be read");
+            None
         }
     }
 }

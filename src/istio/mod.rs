@@ -2,4 +2,5 @@
 //! breaking a running mesh, and istiod's own checks, emulated before every write.
 
 pub mod cacerts;
+pub mod rotation;
 pub mod trust_bundle;

@@ -1,0 +1,298 @@
+//! `meshca rotation`: a fleet's root rotation side by side, and the gate that moves every
+//! cluster to the next phase together. Pure: the command reads every cluster, asks
+//! [`plan_advance`], and writes only when it says go.
+//!
+//! The gate exists so that no cluster switches its intermediate before every cluster trusts
+//! the new root, and no cluster cuts the old root before every cluster has drained: all
+//! clusters must be in the same phase, in `Manual` mode, not paused, and past their delay.
+
+use jiff::Timestamp;
+
+use crate::api::istio_cacerts::{IstioCACerts, RotationMode, RotationPhase};
+
+/// One cluster as read.
+#[derive(Clone, Debug)]
+pub struct ClusterRotation {
+    pub context: String,
+    pub istio_cacerts: IstioCACerts,
+}
+
+/// The phase after `phase`, for `--to` and for messages.
+pub fn next_phase(phase: RotationPhase) -> Option<RotationPhase> {
+    match phase {
+        RotationPhase::AddingNewRoot => Some(RotationPhase::SwitchingIntermediate),
+        RotationPhase::SwitchingIntermediate => Some(RotationPhase::RemovingOldRoot),
+        RotationPhase::RemovingOldRoot => Some(RotationPhase::Completed),
+        RotationPhase::Completed | RotationPhase::RolledBack => None,
+    }
+}
+
+/// One row of `meshca rotation status`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    pub context: String,
+    pub phase: String,
+    pub mode: String,
+    pub since: String,
+    pub next_phase_at: String,
+    pub next_step: String,
+}
+
+/// Where a cluster stands and what comes next, in words.
+pub fn row(cluster: &ClusterRotation, now: Timestamp) -> Row {
+    let icc = &cluster.istio_cacerts;
+    let spec = icc.spec.root_rotation.as_ref();
+    let status = icc.status.as_ref().and_then(|s| s.root_rotation.as_ref());
+    let mode = match spec {
+        None => "-".to_string(),
+        Some(s) if s.paused => format!("{:?} (paused)", s.mode),
+        Some(s) => format!("{:?}", s.mode),
+    };
+    let Some(status) = status else {
+        return Row {
+            context: cluster.context.clone(),
+            phase: "-".into(),
+            mode,
+            since: "-".into(),
+            next_phase_at: "-".into(),
+            next_step: if spec.is_some_and(|s| s.multi_root_mesh_enabled) {
+                "none: a rotation starts when the source's intermediate chains to a new root".into()
+            } else {
+                "none: rotation is not enabled (spec.rootRotation.multiRootMeshEnabled)".into()
+            },
+        };
+    };
+    let next = status
+        .next_phase_at
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    let next_step = match (next_phase(status.phase), next) {
+        (None, _) => "none: the rotation is over".to_string(),
+        (Some(to), _) if status.phase == RotationPhase::RemovingOldRoot => {
+            format!("{} by itself once the cut is written", to.as_str())
+        }
+        (Some(to), Some(at)) if spec.is_some_and(|s| s.paused) => {
+            format!("{} after unpausing (delay ends {at})", to.as_str())
+        }
+        (Some(to), Some(at)) if now < at => format!("{} at {at} (delay running)", to.as_str()),
+        (Some(to), _) if spec.is_some_and(|s| s.mode == RotationMode::Manual) => {
+            format!("{}: ready, waiting for `meshca rotation advance`", to.as_str())
+        }
+        (Some(to), _) => format!("{} now", to.as_str()),
+    };
+    Row {
+        context: cluster.context.clone(),
+        phase: status.phase.as_str().to_string(),
+        mode,
+        since: status.phase_started_at.clone(),
+        next_phase_at: status.next_phase_at.clone().unwrap_or_else(|| "-".into()),
+        next_step,
+    }
+}
+
+/// The phase to name in the advance annotation on every cluster, or why not (one line per
+/// cluster that holds things up).
+pub fn plan_advance(
+    clusters: &[ClusterRotation],
+    to: Option<RotationPhase>,
+    now: Timestamp,
+) -> Result<RotationPhase, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut phases = Vec::new();
+    for c in clusters {
+        let icc = &c.istio_cacerts;
+        let who = format!("context {}", c.context);
+        let Some(spec) = icc.spec.root_rotation.as_ref() else {
+            problems.push(format!("{who}: spec.rootRotation is not set"));
+            continue;
+        };
+        let Some(status) = icc.status.as_ref().and_then(|s| s.root_rotation.as_ref()) else {
+            problems.push(format!("{who}: no rotation is under way"));
+            continue;
+        };
+        if !status.phase.in_progress() {
+            problems.push(format!("{who}: the rotation is {}", status.phase.as_str()));
+            continue;
+        }
+        phases.push((who.clone(), status.phase));
+        if spec.mode != RotationMode::Manual {
+            problems.push(format!(
+                "{who} is in Automatic mode: it moves on by itself (set spec.rootRotation.mode: Manual to drive it)"
+            ));
+        }
+        if spec.paused {
+            problems.push(format!("{who} is paused (spec.rootRotation.paused)"));
+        }
+        match status.next_phase_at.as_deref().map(str::parse::<Timestamp>) {
+            Some(Ok(at)) if now < at => problems.push(format!(
+                "{who} is in {} until its delay ends at {at}",
+                status.phase.as_str()
+            )),
+            Some(Err(_)) => problems.push(format!("{who}: status.rootRotation.nextPhaseAt cannot be read")),
+            _ => {}
+        }
+    }
+    let first = phases.first().map(|(_, p)| *p);
+    if phases.iter().any(|(_, p)| Some(*p) != first) {
+        problems.push(format!(
+            "the clusters are in different phases ({}): advance only moves clusters that are all in the same phase",
+            phases
+                .iter()
+                .map(|(who, p)| format!("{who}: {}", p.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let (Some(to), Some(phase)) = (to, first)
+        && next_phase(phase) != Some(to)
+    {
+        problems.push(format!(
+            "--to {} does not follow {}: the next phase is {}",
+            to.as_str(),
+            phase.as_str(),
+            next_phase(phase).map_or("none", RotationPhase::as_str)
+        ));
+    }
+    match (first, problems.is_empty()) {
+        (Some(phase), true) => Ok(phase),
+        _ if problems.is_empty() => Err(vec!["no cluster given".to_string()]),
+        _ => Err(problems),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::istio_cacerts::{IstioCACertsSpec, IstioCACertsStatus, RootRotation, RootRotationStatus};
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn cluster(context: &str, phase: RotationPhase, mode: RotationMode, paused: bool, next_in: i64) -> ClusterRotation {
+        let mut icc = IstioCACerts::new(
+            "istiod",
+            IstioCACertsSpec {
+                root_rotation: Some(RootRotation {
+                    multi_root_mesh_enabled: true,
+                    mode,
+                    paused,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        icc.status = Some(IstioCACertsStatus {
+            root_rotation: Some(RootRotationStatus {
+                phase,
+                old_roots: vec!["old".into()],
+                new_root: "new".into(),
+                phase_started_at: (now() - jiff::SignedDuration::from_hours(2)).to_string(),
+                next_phase_at: Some((now() + jiff::SignedDuration::from_secs(next_in)).to_string()),
+                history: vec![],
+            }),
+            ..Default::default()
+        });
+        ClusterRotation {
+            context: context.into(),
+            istio_cacerts: icc,
+        }
+    }
+
+    #[test]
+    fn advance_goes_only_when_every_cluster_is_ready_for_the_same_step() {
+        use RotationMode::{Automatic, Manual};
+        use RotationPhase::{AddingNewRoot as Adding, SwitchingIntermediate as Switching};
+        let ready = |c| cluster(c, Adding, Manual, false, -1);
+        // (case, clusters, --to, expected: Ok(phase) or text of the problem)
+        type Case<'a> = (
+            &'a str,
+            Vec<ClusterRotation>,
+            Option<RotationPhase>,
+            Result<RotationPhase, &'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            ("both ready", vec![ready("a"), ready("b")], None, Ok(Adding)),
+            (
+                "both ready, --to names the next phase",
+                vec![ready("a"), ready("b")],
+                Some(Switching),
+                Ok(Adding),
+            ),
+            (
+                "--to skipping a phase",
+                vec![ready("a"), ready("b")],
+                Some(RotationPhase::RemovingOldRoot),
+                Err("does not follow"),
+            ),
+            (
+                "one still in its delay",
+                vec![ready("a"), cluster("b", Adding, Manual, false, 30)],
+                None,
+                Err("context b is in AddingNewRoot until"),
+            ),
+            (
+                "different phases",
+                vec![ready("a"), cluster("b", Switching, Manual, false, -1)],
+                None,
+                Err("different phases"),
+            ),
+            (
+                "automatic mode",
+                vec![ready("a"), cluster("b", Adding, Automatic, false, -1)],
+                None,
+                Err("context b is in Automatic mode"),
+            ),
+            (
+                "paused",
+                vec![ready("a"), cluster("b", Adding, Manual, true, -1)],
+                None,
+                Err("context b is paused"),
+            ),
+            (
+                "completed",
+                vec![ready("a"), cluster("b", RotationPhase::Completed, Manual, false, -1)],
+                None,
+                Err("context b: the rotation is Completed"),
+            ),
+        ];
+        for (case, clusters, to, expected) in cases {
+            let got = plan_advance(&clusters, to, now());
+            match expected {
+                Ok(phase) => assert_eq!(got, Ok(phase), "{case}"),
+                Err(text) => {
+                    let problems = got.expect_err(case);
+                    assert!(problems.iter().any(|p| p.contains(text)), "{case}: {problems:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn status_rows_say_what_comes_next() {
+        let rows = [
+            row(
+                &cluster("a", RotationPhase::AddingNewRoot, RotationMode::Manual, false, 30),
+                now(),
+            ),
+            row(
+                &cluster("b", RotationPhase::AddingNewRoot, RotationMode::Manual, false, -1),
+                now(),
+            ),
+            row(
+                &cluster(
+                    "c",
+                    RotationPhase::SwitchingIntermediate,
+                    RotationMode::Automatic,
+                    true,
+                    -1,
+                ),
+                now(),
+            ),
+        ];
+        assert!(rows[0].next_step.contains("delay running"), "{:?}", rows[0]);
+        assert!(rows[1].next_step.contains("meshca rotation advance"), "{:?}", rows[1]);
+        assert!(rows[2].next_step.contains("after unpausing"), "{:?}", rows[2]);
+    }
+}

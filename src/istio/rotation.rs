@@ -1,0 +1,1307 @@
+//! Root rotation without downtime: which phase a rotation is in, when it moves on, and what
+//! `cacerts` holds in each phase. Pure: `(spec, status, source, target, now) -> Decision`; the
+//! controller reads, calls [`decide`], and carries the decision out.
+//!
+//! istiod accepts a changed `root-cert.pem` only with `ISTIO_MULTIROOT_MESH=true` and only when
+//! one file's bytes contain the other's, so a rotation runs in steps that each grow or shrink
+//! the file at an end ([`trust_bundle::assemble`] does the byte work):
+//!
+//! 1. `AddingNewRoot`: the new root is appended; istiod keeps signing with the *old*
+//!    intermediate, taken from the target Secret itself (cert-manager's Secret already holds
+//!    the new one). Wait `trustPropagationDelay`.
+//! 2. `SwitchingIntermediate`: the new intermediate is written, `root-cert.pem` unchanged.
+//!    Wait `workloadDrainDelay`.
+//! 3. `RemovingOldRoot`: the old root is cut off (unless it is also a trust anchor).
+//! 4. `Completed`.
+//!
+//! All state is in `status.rootRotation`. Every phase's `cacerts` is a function of the phase,
+//! the source and the target, so a restart in any phase recomputes the same bytes and writes
+//! nothing. The controller writes `cacerts` before status; when a status update was lost after
+//! a write, the target shows it (the new intermediate already in place, the old root already
+//! cut) and the status catches up, counting the next delay from now (never shorter).
+
+use std::collections::BTreeSet;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::cacerts::{
+    self, BundleContents, CA_CERT, CA_KEY, CERT_CHAIN, Problem, ROOT_CERT, SourceBundle, Target, verify_bundle,
+};
+use super::trust_bundle::assemble;
+use crate::api::istio_cacerts::{RootRotation, RootRotationStatus, RotationHistoryEntry, RotationMode, RotationPhase};
+use crate::duration::parse_go_duration;
+use crate::pki::Certificate;
+
+/// The condition that shows a rotation's phase and what it waits for.
+pub const ROOT_ROTATION: &str = "RootRotation";
+
+/// Reasons (of `Ready` for refusals, of the `RootRotation` condition otherwise).
+pub mod reason {
+    /// The new root itself is unfit (expired, not yet valid, expires before the old one, or
+    /// the new intermediate does not verify against it).
+    pub const NEW_ROOT_REFUSED: &str = "NewRootRefused";
+    /// A delay in spec.rootRotation does not parse.
+    pub const INVALID_ROTATION_SPEC: &str = "InvalidRotationSpec";
+    /// The source moved to a third root while a rotation is under way.
+    pub const ROTATION_IN_PROGRESS: &str = "RotationInProgress";
+    pub const PAUSED: &str = "Paused";
+    pub const WAITING: &str = "Waiting";
+    pub const WAITING_FOR_ADVANCE: &str = "WaitingForAdvance";
+    pub const STALE_ADVANCE: &str = "StaleAdvanceAnnotation";
+    pub const NOT_ROTATING: &str = "NotRotating";
+}
+
+/// What the controller knows in this reconcile.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    pub spec: Option<&'a RootRotation>,
+    /// The last `status.rootRotation`.
+    pub status: Option<&'a RootRotationStatus>,
+    /// The value of the `meshca.io/advance-rotation` annotation.
+    pub advance: Option<&'a str>,
+    pub source: &'a SourceBundle,
+    pub target: &'a Target,
+    /// The trust anchor certificates (`spec.trustAnchors`): an old root that is also one stays.
+    pub anchors: &'a [Certificate],
+    pub now: Timestamp,
+}
+
+/// Which intermediate `cacerts` carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signer {
+    /// The one in the source (cert-manager's Secret).
+    Source,
+    /// The one already in the target: the old intermediate, kept while the new root propagates.
+    Target,
+}
+
+/// What `cacerts` should hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bundle {
+    /// No rotation involved: the ordinary plan (first write, same-root renewal, rotation not
+    /// configured — which refuses a new root with `RootChanged` as always).
+    Ordinary,
+    /// `cacerts` stays exactly as it is, for this reason.
+    Refused(Problem),
+    /// This intermediate with exactly this `root-cert.pem` (before trust anchors are applied).
+    Write { signer: Signer, root_cert: Vec<u8> },
+}
+
+/// The outcome of [`decide`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub bundle: Bundle,
+    /// `status.rootRotation` after this step.
+    pub status: Option<RootRotationStatus>,
+    /// Set when the phase changed: the new phase and the message (for the event).
+    pub transition: Option<(RotationPhase, String)>,
+    /// For the `RootRotation` condition: (reason, message). None when rotation is not
+    /// configured and never ran.
+    pub condition: Option<(&'static str, String)>,
+    /// The annotation named the current phase and was used: remove it.
+    pub consume_advance: bool,
+    /// The annotation names another phase: it is ignored and removed (message for an event).
+    pub stale_advance: Option<String>,
+    /// When to look again (a delay ends).
+    pub requeue_at: Option<Timestamp>,
+    /// The own roots to publish (`publishRoot`) while old and new are both trusted.
+    pub published_roots: Option<Vec<Certificate>>,
+}
+
+impl Decision {
+    fn new(bundle: Bundle, status: Option<RootRotationStatus>) -> Self {
+        Self {
+            bundle,
+            status,
+            transition: None,
+            condition: None,
+            consume_advance: false,
+            stale_advance: None,
+            requeue_at: None,
+            published_roots: None,
+        }
+    }
+}
+
+/// The next step of a root rotation.
+pub fn decide(inputs: &Inputs) -> Decision {
+    let previous = inputs.status.cloned();
+    // Only a loadable current bundle can be rotated from; anything else is an ordinary write.
+    let Some(current) = current_bundle(inputs.target, inputs.now) else {
+        return idle(Decision::new(Bundle::Ordinary, previous), inputs);
+    };
+    let mut decision = match inputs.status.filter(|s| s.phase.in_progress()) {
+        None => not_rotating(inputs, &current),
+        Some(status) => rotating(inputs, &current, status),
+    };
+    // An annotation acts only on the phase that is current when it is seen; any other is
+    // removed, so it can never fire later (in this rotation or the next).
+    if let Some(advance) = inputs.advance.filter(|_| !decision.consume_advance) {
+        let phase = inputs
+            .status
+            .filter(|s| s.phase.in_progress())
+            .map_or("no rotation is under way", |s| s.phase.as_str());
+        let why = if inputs.spec.is_some_and(|s| s.paused) {
+            format!("the rotation is paused (spec.rootRotation.paused) in {phase}")
+        } else {
+            format!("the rotation is in {phase}, and an advance acts only on the phase it names")
+        };
+        decision.stale_advance = Some(format!(
+            "the annotation {}: {advance} was ignored and removed: {why}",
+            crate::api::istio_cacerts::ADVANCE_ROTATION_ANNOTATION
+        ));
+    }
+    decision
+}
+
+/// The condition for a decision that does not involve a rotation.
+fn idle(mut d: Decision, inputs: &Inputs) -> Decision {
+    if inputs.spec.is_some() || d.status.is_some() {
+        let last = d
+            .status
+            .as_ref()
+            .map(|s| {
+                format!(
+                    "; the last rotation ended {} at {}",
+                    s.phase.as_str(),
+                    s.phase_started_at
+                )
+            })
+            .unwrap_or_default();
+        d.condition = Some((
+            reason::NOT_ROTATING,
+            format!("the source's intermediate chains to a root root-cert.pem already holds: no rotation{last}"),
+        ));
+    }
+    d
+}
+
+fn not_rotating(inputs: &Inputs, current: &BundleContents) -> Decision {
+    let previous = inputs.status.cloned();
+    let new_root = &inputs.source.root;
+    if current.anchor == *new_root {
+        // done: a renewal under the same root never changes root-cert.pem
+        return idle(Decision::new(Bundle::Ordinary, previous), inputs);
+    }
+    let Some(spec) = inputs.spec else {
+        // done: rotation is not configured; the ordinary plan refuses the new root (RootChanged)
+        return Decision::new(Bundle::Ordinary, previous);
+    };
+    if !spec.multi_root_mesh_enabled {
+        let mut d = Decision::new(
+            Bundle::Refused(Problem {
+                reason: cacerts::reason::ROOT_CHANGED,
+                message: format!(
+                    "the new intermediate chains to root {} (SHA-256 {}), which root-cert.pem does not hold; cacerts is left as it is. To rotate without downtime, run istiod with ISTIO_MULTIROOT_MESH=true (Helm: pilot.env.ISTIO_MULTIROOT_MESH=\"true\") and then set spec.rootRotation.multiRootMeshEnabled: true",
+                    new_root.subject(),
+                    new_root.fingerprint()
+                ),
+            }),
+            previous,
+        );
+        d.condition = Some((
+            cacerts::reason::ROOT_CHANGED,
+            "a new root waits: spec.rootRotation.multiRootMeshEnabled is false".to_string(),
+        ));
+        return d;
+    }
+    start(inputs, current, spec)
+}
+
+/// Begins a rotation from the root the current intermediate chains to towards the source's.
+fn start(inputs: &Inputs, current: &BundleContents, spec: &RootRotation) -> Decision {
+    let previous = inputs.status.cloned();
+    let (old, new, now) = (&current.anchor, &inputs.source.root, inputs.now);
+    if let Err(problem) = check_new_root(inputs.source, old, now) {
+        let mut d = Decision::new(Bundle::Refused(problem.clone()), previous);
+        d.condition = Some((problem.reason, problem.message));
+        return d;
+    }
+    let delays = match Delays::of(spec) {
+        Ok(delays) => delays,
+        Err(problem) => return refused(problem, previous),
+    };
+    if spec.paused {
+        let mut d = Decision::new(Bundle::Refused(paused_problem("before it started")), previous);
+        d.condition = Some((
+            reason::PAUSED,
+            format!(
+                "a rotation to root {} waits: spec.rootRotation.paused is true",
+                new.fingerprint()
+            ),
+        ));
+        return d;
+    }
+    let root_cert = append(existing_root_cert(inputs.target), &[old.clone(), new.clone()]);
+    let message = format!(
+        "rotation to root {} (SHA-256 {}) started: root-cert.pem holds the old root {} and the new one; istiod keeps signing with the old intermediate",
+        new.subject(),
+        new.fingerprint(),
+        old.fingerprint()
+    );
+    let status = RootRotationStatus {
+        phase: RotationPhase::AddingNewRoot,
+        old_roots: vec![old.fingerprint()],
+        new_root: new.fingerprint(),
+        phase_started_at: now.to_string(),
+        next_phase_at: Some((now + delays.trust_propagation).to_string()),
+        history: vec![RotationHistoryEntry {
+            phase: RotationPhase::AddingNewRoot,
+            at: now.to_string(),
+            message: message.clone(),
+        }],
+    };
+    let mut d = Decision::new(
+        Bundle::Write {
+            signer: Signer::Target,
+            root_cert,
+        },
+        Some(status),
+    );
+    d.transition = Some((RotationPhase::AddingNewRoot, message));
+    d.published_roots = Some(vec![old.clone(), new.clone()]);
+    finish(d, spec, &delays, inputs)
+}
+
+fn rotating(inputs: &Inputs, current: &BundleContents, status: &RootRotationStatus) -> Decision {
+    let previous = Some(status.clone());
+    let Some(spec) = inputs.spec else {
+        // The user removed spec.rootRotation mid-rotation: hold everything as it is.
+        return refused(
+            Problem {
+                reason: reason::ROTATION_IN_PROGRESS,
+                message: format!(
+                    "a root rotation is in {} but spec.rootRotation was removed; cacerts is held as it is. Put spec.rootRotation back to go on",
+                    status.phase.as_str()
+                ),
+            },
+            previous,
+        );
+    };
+    let delays = match Delays::of(spec) {
+        Ok(delays) => delays,
+        Err(problem) => return refused(problem, previous),
+    };
+    let source_root = inputs.source.root.fingerprint();
+    let to_new = source_root == status.new_root;
+    let to_old = status.old_roots.contains(&source_root);
+    let roots = &current.roots;
+    let old_certs: Vec<Certificate> = roots
+        .iter()
+        .filter(|r| status.old_roots.contains(&r.fingerprint()))
+        .cloned()
+        .collect();
+    let new = &inputs.source.root;
+    let phase = status.phase;
+    if !to_new && !to_old {
+        return refused(
+            Problem {
+                reason: reason::ROTATION_IN_PROGRESS,
+                message: format!(
+                    "the source's intermediate chains to root {source_root}, but a rotation to root {} is in {}; cacerts is held as it is. Finish that rotation (or put the source back) before starting another",
+                    status.new_root,
+                    phase.as_str()
+                ),
+            },
+            previous,
+        );
+    }
+    if spec.paused {
+        let mut d = Decision::new(hold_bundle(phase, inputs.target), previous);
+        d.condition = Some((
+            reason::PAUSED,
+            format!(
+                "paused in {} (spec.rootRotation.paused): nothing moves, cacerts is held as it is",
+                phase.as_str()
+            ),
+        ));
+        if phase != RotationPhase::RemovingOldRoot {
+            d.published_roots = Some(old_certs.iter().cloned().chain([new.clone()]).collect());
+        }
+        return d;
+    }
+    let advance_now = inputs.advance.and_then(RotationPhase::parse) == Some(phase);
+    let due = |d: &Decision| {
+        advance_now
+            || (spec.mode == RotationMode::Automatic
+                && d.status
+                    .as_ref()
+                    .and_then(|s| s.next_phase_at.as_deref())
+                    .and_then(|t| t.parse::<Timestamp>().ok())
+                    .is_some_and(|t| inputs.now >= t))
+    };
+    match phase {
+        RotationPhase::AddingNewRoot if to_old => {
+            // Rollback before the switch: the new root is cut off again.
+            let new_fp: BTreeSet<String> = [status.new_root.clone()].into();
+            let bytes = existing_root_cert(inputs.target).unwrap_or_default();
+            let cut = assemble(Some(&bytes), &old_certs, inputs.anchors, &new_fp).bytes;
+            let message = format!(
+                "rolled back: the source went back to the old root {source_root} before the switch; the new root {} is cut off root-cert.pem again",
+                status.new_root
+            );
+            let mut d = Decision::new(
+                Bundle::Write {
+                    signer: Signer::Source,
+                    root_cert: cut,
+                },
+                Some(enter(status, RotationPhase::RolledBack, None, &message, inputs.now)),
+            );
+            d.transition = Some((RotationPhase::RolledBack, message.clone()));
+            d.condition = Some((RotationPhase::RolledBack.as_str(), message));
+            d.consume_advance = advance_now;
+            d
+        }
+        // After the switch, going back to the old root is a new rotation.
+        _ if to_old => start(inputs, current, spec),
+        RotationPhase::AddingNewRoot => {
+            let root_cert = append(
+                existing_root_cert(inputs.target),
+                &old_certs.iter().cloned().chain([new.clone()]).collect::<Vec<_>>(),
+            );
+            let caught_up = current.anchor == *new;
+            let mut d = Decision::new(
+                Bundle::Write {
+                    signer: Signer::Target,
+                    root_cert: root_cert.clone(),
+                },
+                previous,
+            );
+            d.published_roots = Some(old_certs.iter().cloned().chain([new.clone()]).collect());
+            if caught_up || due(&d) {
+                let message = if caught_up {
+                    "the target already holds the new intermediate (a write whose status update was lost): the drain delay counts from now".to_string()
+                } else {
+                    format!(
+                        "the new root has been trusted since {}; istiod now signs with the new intermediate, and the old root stays trusted while old workload certificates drain",
+                        status.phase_started_at
+                    )
+                };
+                d.bundle = Bundle::Write {
+                    signer: Signer::Source,
+                    root_cert,
+                };
+                d.status = Some(enter(
+                    status,
+                    RotationPhase::SwitchingIntermediate,
+                    Some(inputs.now + delays.workload_drain),
+                    &message,
+                    inputs.now,
+                ));
+                d.transition = Some((RotationPhase::SwitchingIntermediate, message));
+                d.consume_advance = advance_now;
+            }
+            finish(d, spec, &delays, inputs)
+        }
+        RotationPhase::SwitchingIntermediate => {
+            let bytes = existing_root_cert(inputs.target).unwrap_or_default();
+            let old_fps: BTreeSet<String> = status.old_roots.iter().cloned().collect();
+            let cut = assemble(Some(&bytes), std::slice::from_ref(new), inputs.anchors, &old_fps).bytes;
+            let already_cut = old_certs.is_empty();
+            let mut d = Decision::new(
+                Bundle::Write {
+                    signer: Signer::Source,
+                    root_cert: bytes,
+                },
+                previous,
+            );
+            d.published_roots = Some(old_certs.iter().cloned().chain([new.clone()]).collect());
+            if already_cut || due(&d) {
+                let message = if already_cut {
+                    "root-cert.pem no longer holds the old root (a write whose status update was lost)".to_string()
+                } else {
+                    format!(
+                        "workload certificates of the old intermediate have drained since {}; the old root is cut off root-cert.pem",
+                        status.phase_started_at
+                    )
+                };
+                d.bundle = Bundle::Write {
+                    signer: Signer::Source,
+                    root_cert: cut,
+                };
+                d.status = Some(enter(
+                    status,
+                    RotationPhase::RemovingOldRoot,
+                    None,
+                    &message,
+                    inputs.now,
+                ));
+                d.transition = Some((RotationPhase::RemovingOldRoot, message));
+                d.consume_advance = advance_now;
+                d.published_roots = None;
+            }
+            finish(d, spec, &delays, inputs)
+        }
+        // RemovingOldRoot (Completed and RolledBack are not in progress).
+        _ => {
+            let bytes = existing_root_cert(inputs.target).unwrap_or_default();
+            let old_fps: BTreeSet<String> = status.old_roots.iter().cloned().collect();
+            let cut = assemble(Some(&bytes), std::slice::from_ref(new), inputs.anchors, &old_fps).bytes;
+            let written = cut == bytes;
+            let mut d = Decision::new(
+                Bundle::Write {
+                    signer: Signer::Source,
+                    root_cert: cut,
+                },
+                previous,
+            );
+            if written {
+                let kept = old_certs.iter().any(|c| inputs.anchors.contains(c));
+                let message = if kept {
+                    "completed: the old root stays in root-cert.pem only as a trust anchor (spec.trustAnchors)"
+                        .to_string()
+                } else {
+                    "completed: root-cert.pem holds the new root (and any trust anchors) only".to_string()
+                };
+                d.status = Some(enter(status, RotationPhase::Completed, None, &message, inputs.now));
+                d.transition = Some((RotationPhase::Completed, message));
+                d.consume_advance = advance_now;
+            }
+            finish(d, spec, &delays, inputs)
+        }
+    }
+}
+
+/// Fills in the condition and the requeue for the phase the decision ends in.
+fn finish(mut d: Decision, spec: &RootRotation, delays: &Delays, inputs: &Inputs) -> Decision {
+    let Some(status) = &d.status else { return d };
+    let next = status
+        .next_phase_at
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    let phase = status.phase;
+    let what_next = match phase {
+        RotationPhase::AddingNewRoot => "the new intermediate is written",
+        RotationPhase::SwitchingIntermediate => "the old root is cut off root-cert.pem",
+        _ => "",
+    };
+    let (reason, message) = match (phase, next) {
+        (RotationPhase::RemovingOldRoot, _) => (
+            // The cut's own write brings the next reconcile; when it was written before (a
+            // lost status update) nothing else would.
+            {
+                d.requeue_at = Some(inputs.now + SignedDuration::from_secs(1));
+                phase.as_str()
+            },
+            "the old root is being cut off root-cert.pem; the rotation completes once that is written".to_string(),
+        ),
+        (_, Some(next)) if spec.mode == RotationMode::Automatic => {
+            d.requeue_at = Some(next);
+            (
+                reason::WAITING,
+                format!(
+                    "in {} since {}; at {next} {what_next} (delays: trust propagation {}s, workload drain {}s)",
+                    phase.as_str(),
+                    status.phase_started_at,
+                    delays.trust_propagation.as_secs(),
+                    delays.workload_drain.as_secs()
+                ),
+            )
+        }
+        (_, Some(next)) => (
+            reason::WAITING_FOR_ADVANCE,
+            format!(
+                "in {} since {} (Manual mode); {what_next} when the annotation {}: {} is set{}",
+                phase.as_str(),
+                status.phase_started_at,
+                crate::api::istio_cacerts::ADVANCE_ROTATION_ANNOTATION,
+                phase.as_str(),
+                if inputs.now >= next {
+                    " (its delay has passed)".to_string()
+                } else {
+                    format!(" (its delay ends at {next})")
+                }
+            ),
+        ),
+        _ => (
+            phase.as_str(),
+            status.history.last().map(|h| h.message.clone()).unwrap_or_default(),
+        ),
+    };
+    d.condition = Some((reason, message));
+    d
+}
+
+/// A phase that stays as it is (paused): the same intermediate and root-cert.pem as now.
+fn hold_bundle(phase: RotationPhase, target: &Target) -> Bundle {
+    let root_cert = existing_root_cert(target).unwrap_or_default();
+    match phase {
+        RotationPhase::AddingNewRoot => Bundle::Write {
+            signer: Signer::Target,
+            root_cert,
+        },
+        _ => Bundle::Write {
+            signer: Signer::Source,
+            root_cert,
+        },
+    }
+}
+
+fn refused(problem: Problem, status: Option<RootRotationStatus>) -> Decision {
+    let mut d = Decision::new(Bundle::Refused(problem.clone()), status);
+    d.condition = Some((problem.reason, problem.message));
+    d
+}
+
+fn paused_problem(when: &str) -> Problem {
+    Problem {
+        reason: reason::PAUSED,
+        message: format!(
+            "a new root waits: the rotation is paused {when} (spec.rootRotation.paused); cacerts is left as it is"
+        ),
+    }
+}
+
+/// The status entering `phase` now.
+fn enter(
+    status: &RootRotationStatus,
+    phase: RotationPhase,
+    next: Option<Timestamp>,
+    message: &str,
+    now: Timestamp,
+) -> RootRotationStatus {
+    let mut history = status.history.clone();
+    history.push(RotationHistoryEntry {
+        phase,
+        at: now.to_string(),
+        message: message.to_string(),
+    });
+    RootRotationStatus {
+        phase,
+        old_roots: status.old_roots.clone(),
+        new_root: status.new_root.clone(),
+        phase_started_at: now.to_string(),
+        next_phase_at: next.map(|t| t.to_string()),
+        history,
+    }
+}
+
+/// `existing` with every certificate of `roots` it lacks appended, byte-stable.
+fn append(existing: Option<Vec<u8>>, roots: &[Certificate]) -> Vec<u8> {
+    assemble(existing.as_deref(), roots, &[], &BTreeSet::new()).bytes
+}
+
+fn existing_root_cert(target: &Target) -> Option<Vec<u8>> {
+    match target {
+        Target::Present { data, .. } => data.get(ROOT_CERT).cloned(),
+        Target::Absent => None,
+    }
+}
+
+fn current_bundle(target: &Target, now: Timestamp) -> Option<BundleContents> {
+    match target {
+        Target::Present { data, .. } if !data.contains_key(cacerts::ISTIO_GENERATED) => verify_bundle(data, now).ok(),
+        _ => None,
+    }
+}
+
+/// The delays of the spec.
+struct Delays {
+    trust_propagation: SignedDuration,
+    workload_drain: SignedDuration,
+}
+
+impl Delays {
+    fn of(spec: &RootRotation) -> Result<Self, Problem> {
+        let parse = |field: &str, value: &str| {
+            parse_go_duration(value)
+                .ok()
+                .and_then(|d| SignedDuration::try_from(d).ok())
+                .ok_or_else(|| Problem {
+                    reason: reason::INVALID_ROTATION_SPEC,
+                    message: format!(
+                        "spec.rootRotation.{field} {value:?} is not a Go duration (such as \"1h\" or \"25h\"); the rotation holds until it is fixed"
+                    ),
+                })
+        };
+        Ok(Self {
+            trust_propagation: parse("trustPropagationDelay", &spec.trust_propagation_delay)?,
+            workload_drain: parse("workloadDrainDelay", &spec.workload_drain_delay)?,
+        })
+    }
+}
+
+/// A new root must be valid now, outlive the old one, and the source's intermediate must
+/// verify against it as istiod would.
+pub fn check_new_root(source: &SourceBundle, old: &Certificate, now: Timestamp) -> Result<(), Problem> {
+    let new = &source.root;
+    let who = format!("new root {} (SHA-256 {})", new.subject(), new.fingerprint());
+    let refuse = |what: String| {
+        Err(Problem {
+            reason: reason::NEW_ROOT_REFUSED,
+            message: format!("{who} {what}; the rotation does not start and cacerts is left as it is"),
+        })
+    };
+    if now > new.not_after() {
+        return refuse(format!("expired at {}", new.not_after()));
+    }
+    if now < new.not_before() {
+        return refuse(format!("is not valid before {}", new.not_before()));
+    }
+    if new.not_after() < old.not_after() {
+        return refuse(format!(
+            "expires at {}, before the old root {} (at {}): a rotation must move to a root that outlives the one it replaces",
+            new.not_after(),
+            old.fingerprint(),
+            old.not_after()
+        ));
+    }
+    let mut chain = source.intermediate.to_pem();
+    for c in &source.intermediates {
+        chain.push_str(&c.to_pem());
+    }
+    chain.push_str(&new.to_pem());
+    let data = [
+        (CA_CERT.to_string(), source.intermediate.to_pem().into_bytes()),
+        (CA_KEY.to_string(), source.key_pem.clone()),
+        (CERT_CHAIN.to_string(), chain.into_bytes()),
+        (ROOT_CERT.to_string(), new.to_pem().into_bytes()),
+    ]
+    .into();
+    if let Err(problem) = verify_bundle(&data, now) {
+        return refuse(format!(
+            "does not verify the source's new intermediate ({}: {})",
+            problem.reason, problem.message
+        ));
+    }
+    Ok(())
+}
+
+/// The old intermediate as it is in the target, as a source to plan from: written again with
+/// the new `root-cert.pem`, it comes out byte for byte as it was.
+pub fn kept_signer(target: &Target, now: Timestamp) -> Option<SourceBundle> {
+    let Target::Present { data, .. } = target else {
+        return None;
+    };
+    let contents = verify_bundle(data, now).ok()?;
+    let intermediates = contents
+        .chain
+        .iter()
+        .skip(1)
+        .filter(|c| **c != contents.anchor)
+        .cloned()
+        .collect();
+    Some(SourceBundle {
+        intermediate: contents.intermediate,
+        intermediates,
+        key_pem: data.get(CA_KEY)?.clone(),
+        root: contents.anchor,
+    })
+}
+
+/// The plan for a decision's bundle: the ordinary plan, a refusal, or the chosen intermediate
+/// with the decided `root-cert.pem`, judged against the real target (`changed` is false when
+/// the target already holds exactly this, so a restart writes nothing).
+pub fn plan(
+    source: &SourceBundle,
+    bundle: &Bundle,
+    target: &Target,
+    owner: &str,
+    adopt_existing: bool,
+    now: Timestamp,
+) -> Result<cacerts::CacertsPlan, Problem> {
+    let (signer, root_cert) = match bundle {
+        Bundle::Ordinary => return cacerts::plan(source, target, owner, adopt_existing, now),
+        Bundle::Refused(problem) => return Err(problem.clone()),
+        Bundle::Write { signer, root_cert } => (signer, root_cert),
+    };
+    let Target::Present { data, owner: marked } = target else {
+        return cacerts::plan(source, target, owner, adopt_existing, now);
+    };
+    let kept;
+    let signer = match signer {
+        Signer::Source => source,
+        Signer::Target => {
+            kept = kept_signer(target, now).ok_or_else(|| Problem {
+                reason: cacerts::reason::INVALID_SOURCE,
+                message: "the target no longer holds a loadable intermediate to keep while the new root propagates"
+                    .to_string(),
+            })?;
+            &kept
+        }
+    };
+    let mut with_root = data.clone();
+    with_root.insert(ROOT_CERT.to_string(), root_cert.clone());
+    let mut plan = cacerts::plan(
+        signer,
+        &Target::Present {
+            data: with_root,
+            owner: marked.clone(),
+        },
+        owner,
+        adopt_existing,
+        now,
+    )?;
+    plan.changed = plan.data != *data;
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::api::issuer::RootBootstrap;
+    use crate::pki::SigningKey;
+    use crate::pki::policy::SigningPlan;
+    use crate::pki::sign::{CaSigner, self_signed_root, sign_csr, tests::istiod_csr_with_key};
+
+    const HOUR: SignedDuration = SignedDuration::from_hours(1);
+
+    fn t0() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    /// A root valid from a day before t0 for `days`.
+    fn root(days: i64) -> (Certificate, SigningKey) {
+        let spec = RootBootstrap {
+            duration: format!("{}h", days * 24),
+            ..Default::default()
+        };
+        self_signed_root(&spec, t0() - SignedDuration::from_hours(24)).unwrap()
+    }
+
+    fn source_under(root: &(Certificate, SigningKey)) -> SourceBundle {
+        let (csr, key) = istiod_csr_with_key();
+        let plan = SigningPlan {
+            ca_path_len: Some(0),
+            not_before: t0() - HOUR,
+            not_after: t0() + SignedDuration::from_hours(24 * 90),
+            requested: std::time::Duration::from_secs(1),
+            clamped: None,
+            name_constraints: None,
+        };
+        let intermediate = sign_csr(
+            &csr,
+            &plan,
+            &CaSigner {
+                certificate: &root.0,
+                key: &root.1,
+            },
+        )
+        .unwrap();
+        SourceBundle {
+            intermediate,
+            intermediates: vec![],
+            key_pem: key.to_pem().into_bytes(),
+            root: root.0.clone(),
+        }
+    }
+
+    fn spec(mode: RotationMode) -> RootRotation {
+        RootRotation {
+            multi_root_mesh_enabled: true,
+            trust_propagation_delay: "1h".into(),
+            workload_drain_delay: "25h".into(),
+            mode,
+            paused: false,
+        }
+    }
+
+    /// The rotation under test: the old and new PKI, the target as istiod sees it, the status.
+    struct World {
+        old: SourceBundle,
+        new: SourceBundle,
+        target: Target,
+        status: Option<RootRotationStatus>,
+        spec: RootRotation,
+        writes: usize,
+        files: Vec<Vec<u8>>,
+    }
+
+    impl World {
+        fn new(mode: RotationMode) -> Self {
+            let old = source_under(&root(365));
+            let new = source_under(&root(730));
+            let target = Target::Present {
+                data: cacerts::plan(&old, &Target::Absent, "mesh", false, t0()).unwrap().data,
+                owner: Some("mesh".into()),
+            };
+            let mut w = Self {
+                old,
+                new,
+                target,
+                status: None,
+                spec: spec(mode),
+                writes: 0,
+                files: vec![],
+            };
+            w.files.push(w.root_cert());
+            w
+        }
+
+        fn data(&self) -> &BTreeMap<String, Vec<u8>> {
+            match &self.target {
+                Target::Present { data, .. } => data,
+                Target::Absent => unreachable!(),
+            }
+        }
+
+        fn root_cert(&self) -> Vec<u8> {
+            self.data()[ROOT_CERT].clone()
+        }
+
+        fn signing_root(&self, now: Timestamp) -> Certificate {
+            verify_bundle(self.data(), now).unwrap().anchor
+        }
+
+        /// One reconcile with `source` at `now`, carried out as the controller does: the plan
+        /// is written (when changed), then the status.
+        fn reconcile(&mut self, source_is_new: bool, advance: Option<&str>, now: Timestamp) -> Decision {
+            let source = if source_is_new { &self.new } else { &self.old };
+            let d = decide(&Inputs {
+                spec: Some(&self.spec),
+                status: self.status.as_ref(),
+                advance,
+                source,
+                target: &self.target,
+                anchors: &[],
+                now,
+            });
+            if let Ok(plan) = plan(source, &d.bundle, &self.target, "mesh", false, now) {
+                if plan.changed {
+                    self.writes += 1;
+                    self.target = Target::Present {
+                        data: plan.data,
+                        owner: Some("mesh".into()),
+                    };
+                    let file = self.root_cert();
+                    let last = self.files.last().unwrap();
+                    assert!(
+                        contains(&file, last) || contains(last, &file),
+                        "root-cert.pem is neither a byte superset nor subset of the one before"
+                    );
+                    self.files.push(file);
+                }
+                self.status = d.status.clone();
+            }
+            d
+        }
+
+        fn phase(&self) -> Option<RotationPhase> {
+            self.status.as_ref().map(|s| s.phase)
+        }
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn an_automatic_rotation_runs_every_phase_in_three_writes_and_never_breaks_root_cert_pem() {
+        let mut w = World::new(RotationMode::Automatic);
+        let (old_root, new_root) = (w.old.root.clone(), w.new.root.clone());
+        // (case, source is new, at, expected phase, expected signing root)
+        let steps: Vec<(&str, bool, Timestamp, RotationPhase, &Certificate)> = vec![
+            (
+                "a new root starts the rotation; the old intermediate stays",
+                true,
+                t0(),
+                RotationPhase::AddingNewRoot,
+                &old_root,
+            ),
+            (
+                "a restart in the delay changes nothing",
+                true,
+                t0() + HOUR / 2,
+                RotationPhase::AddingNewRoot,
+                &old_root,
+            ),
+            (
+                "after the propagation delay the intermediate switches",
+                true,
+                t0() + HOUR,
+                RotationPhase::SwitchingIntermediate,
+                &new_root,
+            ),
+            (
+                "a restart during the drain changes nothing",
+                true,
+                t0() + HOUR * 10,
+                RotationPhase::SwitchingIntermediate,
+                &new_root,
+            ),
+            (
+                "after the drain the old root is cut",
+                true,
+                t0() + HOUR * 26,
+                RotationPhase::RemovingOldRoot,
+                &new_root,
+            ),
+            (
+                "once the cut is written the rotation completes",
+                true,
+                t0() + HOUR * 26,
+                RotationPhase::Completed,
+                &new_root,
+            ),
+            (
+                "completed, a reconcile writes nothing",
+                true,
+                t0() + HOUR * 30,
+                RotationPhase::Completed,
+                &new_root,
+            ),
+        ];
+        for (case, new, at, phase, signing) in steps {
+            w.reconcile(new, None, at);
+            assert_eq!(w.phase(), Some(phase), "{case}");
+            assert_eq!(&w.signing_root(at), signing, "{case}");
+        }
+        assert_eq!(w.writes, 3, "add root, switch intermediate, cut old root");
+        assert_eq!(w.root_cert(), new_root.to_pem().into_bytes());
+        let history: Vec<RotationPhase> = w.status.unwrap().history.iter().map(|h| h.phase).collect();
+        assert_eq!(
+            history,
+            vec![
+                RotationPhase::AddingNewRoot,
+                RotationPhase::SwitchingIntermediate,
+                RotationPhase::RemovingOldRoot,
+                RotationPhase::Completed
+            ]
+        );
+    }
+
+    #[test]
+    fn in_adding_new_root_the_old_intermediate_is_kept_byte_for_byte_and_the_new_root_appended() {
+        let mut w = World::new(RotationMode::Automatic);
+        let before = w.data().clone();
+        let d = w.reconcile(true, None, t0());
+        assert_eq!(d.transition.map(|t| t.0), Some(RotationPhase::AddingNewRoot));
+        for key in [CA_CERT, CA_KEY, CERT_CHAIN] {
+            assert_eq!(w.data()[key], before[key], "{key}");
+        }
+        let mut expected = before[ROOT_CERT].clone();
+        expected.extend_from_slice(w.new.root.to_pem().as_bytes());
+        assert_eq!(w.root_cert(), expected);
+        assert_eq!(d.requeue_at, Some(t0() + HOUR));
+        assert_eq!(d.published_roots, Some(vec![w.old.root.clone(), w.new.root.clone()]));
+    }
+
+    #[test]
+    fn manual_mode_waits_for_the_annotation_naming_the_current_phase() {
+        let mut w = World::new(RotationMode::Manual);
+        w.reconcile(true, None, t0());
+        // (case, annotation, expected phase afterwards, consumed, stale)
+        let steps: Vec<(&str, Option<&str>, RotationPhase, bool, bool)> = vec![
+            (
+                "past the delay, nothing moves without being asked",
+                None,
+                RotationPhase::AddingNewRoot,
+                false,
+                false,
+            ),
+            (
+                "an annotation naming a later phase is stale",
+                Some("SwitchingIntermediate"),
+                RotationPhase::AddingNewRoot,
+                false,
+                true,
+            ),
+            (
+                "naming the current phase advances it once",
+                Some("AddingNewRoot"),
+                RotationPhase::SwitchingIntermediate,
+                true,
+                false,
+            ),
+            (
+                "the same annotation again cannot skip a second phase",
+                Some("AddingNewRoot"),
+                RotationPhase::SwitchingIntermediate,
+                false,
+                true,
+            ),
+            (
+                "garbage is stale too",
+                Some("Faster"),
+                RotationPhase::SwitchingIntermediate,
+                false,
+                true,
+            ),
+            (
+                "the drain can be ended early on purpose",
+                Some("SwitchingIntermediate"),
+                RotationPhase::RemovingOldRoot,
+                true,
+                false,
+            ),
+        ];
+        for (case, advance, phase, consumed, stale) in steps {
+            let d = w.reconcile(true, advance, t0() + HOUR * 2);
+            assert_eq!(w.phase(), Some(phase), "{case}");
+            assert_eq!(d.consume_advance, consumed, "{case}");
+            assert_eq!(d.stale_advance.is_some(), stale, "{case}");
+        }
+        let d = w.reconcile(true, None, t0() + HOUR * 2);
+        assert_eq!(w.phase(), Some(RotationPhase::Completed));
+        assert!(d.condition.is_some());
+    }
+
+    #[test]
+    fn a_pause_holds_through_a_delay_and_resumes_when_lifted() {
+        let mut w = World::new(RotationMode::Automatic);
+        w.reconcile(true, None, t0());
+        w.spec.paused = true;
+        let writes = w.writes;
+        let d = w.reconcile(true, Some("AddingNewRoot"), t0() + HOUR * 5);
+        assert_eq!(w.phase(), Some(RotationPhase::AddingNewRoot));
+        assert_eq!(w.writes, writes, "no write while paused");
+        assert_eq!(d.condition.unwrap().0, reason::PAUSED);
+        assert!(
+            d.stale_advance.is_some(),
+            "an advance while paused is not kept for later"
+        );
+        w.spec.paused = false;
+        w.reconcile(true, None, t0() + HOUR * 5);
+        assert_eq!(w.phase(), Some(RotationPhase::SwitchingIntermediate));
+    }
+
+    #[test]
+    fn going_back_to_the_old_root_before_the_switch_rolls_back() {
+        let mut w = World::new(RotationMode::Automatic);
+        let original = w.root_cert();
+        w.reconcile(true, None, t0());
+        let d = w.reconcile(false, None, t0() + HOUR / 2);
+        assert_eq!(w.phase(), Some(RotationPhase::RolledBack));
+        assert_eq!(d.transition.unwrap().0, RotationPhase::RolledBack);
+        assert_eq!(w.root_cert(), original, "the new root is cut off again");
+        // Later reconciles under the old root are ordinary.
+        let d = w.reconcile(false, None, t0() + HOUR * 2);
+        assert_eq!(d.bundle, Bundle::Ordinary);
+    }
+
+    #[test]
+    fn after_the_switch_going_back_is_a_new_rotation() {
+        let mut w = World::new(RotationMode::Automatic);
+        // Going back is accepted only to a root that outlives the current one: here both
+        // expire at the same second.
+        w.new = source_under(&root(365));
+        w.reconcile(true, None, t0());
+        w.reconcile(true, None, t0() + HOUR);
+        assert_eq!(w.phase(), Some(RotationPhase::SwitchingIntermediate));
+        // Back to the longer-lived old root: a new rotation that starts by trusting it (it
+        // already is, so root-cert.pem does not change) and keeps the current intermediate.
+        let writes = w.writes;
+        let d = w.reconcile(false, None, t0() + HOUR * 2);
+        assert_eq!(w.phase(), Some(RotationPhase::AddingNewRoot));
+        assert_eq!(d.transition.unwrap().0, RotationPhase::AddingNewRoot);
+        assert_eq!(w.writes, writes);
+        assert_eq!(w.status.as_ref().unwrap().new_root, w.old.root.fingerprint());
+    }
+
+    #[test]
+    fn unfit_new_roots_are_refused_and_nothing_is_written() {
+        let old = source_under(&root(365));
+        let target = Target::Present {
+            data: cacerts::plan(&old, &Target::Absent, "mesh", false, t0()).unwrap().data,
+            owner: Some("mesh".into()),
+        };
+        let mut expired = source_under(&root(365));
+        expired.root = self_signed_root(
+            &RootBootstrap {
+                duration: "24h".into(),
+                ..Default::default()
+            },
+            t0() - SignedDuration::from_hours(240),
+        )
+        .unwrap()
+        .0;
+        let short = source_under(&root(30));
+        let mut mismatched = source_under(&root(730));
+        mismatched.root = root(730).0;
+        let later = {
+            let spec = RootBootstrap {
+                duration: "20000h".into(),
+                ..Default::default()
+            };
+            let r = self_signed_root(&spec, t0() + HOUR * 5).unwrap();
+            let mut s = source_under(&root(730));
+            s.root = r.0;
+            s
+        };
+        let enabled = spec(RotationMode::Automatic);
+        let disabled = RootRotation {
+            multi_root_mesh_enabled: false,
+            ..enabled.clone()
+        };
+        // (case, source, spec, now, expected reason, text in the message)
+        type Case<'a> = (
+            &'a str,
+            &'a SourceBundle,
+            Option<&'a RootRotation>,
+            Timestamp,
+            Option<&'a str>,
+            &'a str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "not configured: the ordinary plan says RootChanged",
+                &short,
+                None,
+                t0(),
+                None,
+                "",
+            ),
+            (
+                "multi-root not confirmed",
+                &short,
+                Some(&disabled),
+                t0(),
+                Some(cacerts::reason::ROOT_CHANGED),
+                "ISTIO_MULTIROOT_MESH",
+            ),
+            (
+                "an expired new root",
+                &expired,
+                Some(&enabled),
+                t0(),
+                Some(reason::NEW_ROOT_REFUSED),
+                "expired",
+            ),
+            (
+                "a new root not valid yet",
+                &later,
+                Some(&enabled),
+                t0(),
+                Some(reason::NEW_ROOT_REFUSED),
+                "not valid before",
+            ),
+            (
+                "a new root expiring before the old",
+                &short,
+                Some(&enabled),
+                t0(),
+                Some(reason::NEW_ROOT_REFUSED),
+                "before the old root",
+            ),
+            (
+                "an intermediate the new root did not sign",
+                &mismatched,
+                Some(&enabled),
+                t0(),
+                Some(reason::NEW_ROOT_REFUSED),
+                "does not verify",
+            ),
+        ];
+        for (case, source, spec, now, expected, text) in cases {
+            let d = decide(&Inputs {
+                spec,
+                status: None,
+                advance: None,
+                source,
+                target: &target,
+                anchors: &[],
+                now,
+            });
+            assert_eq!(d.status, None, "{case}");
+            match expected {
+                None => assert_eq!(d.bundle, Bundle::Ordinary, "{case}"),
+                Some(reason) => {
+                    let Bundle::Refused(problem) = &d.bundle else {
+                        panic!("{case}: {:?}", d.bundle)
+                    };
+                    assert_eq!(problem.reason, reason, "{case}");
+                    assert!(problem.message.contains(text), "{case}: {}", problem.message);
+                }
+            }
+        }
+        // Not configured: cacerts::plan refuses the new root as it always has.
+        let err = plan(&short, &Bundle::Ordinary, &target, "mesh", false, t0()).unwrap_err();
+        assert_eq!(err.reason, cacerts::reason::ROOT_CHANGED);
+    }
+
+    #[test]
+    fn a_renewal_under_the_same_root_never_changes_root_cert_pem() {
+        let old_pki = root(365);
+        let new_pki = root(730);
+        let mut w = World::new(RotationMode::Automatic);
+        w.old = source_under(&old_pki);
+        w.new = source_under(&new_pki);
+        w.target = Target::Present {
+            data: cacerts::plan(&w.old, &Target::Absent, "mesh", false, t0())
+                .unwrap()
+                .data,
+            owner: Some("mesh".into()),
+        };
+        w.files = vec![w.root_cert()];
+        let before = w.root_cert();
+        // A fresh intermediate under the same root: an ordinary renewal.
+        w.old = source_under(&old_pki);
+        let d = w.reconcile(false, None, t0());
+        assert_eq!(d.bundle, Bundle::Ordinary);
+        assert_eq!(w.writes, 1, "the new intermediate is written");
+        assert_eq!(w.root_cert(), before);
+        // During a rotation, a renewal under the new root keeps root-cert.pem too.
+        w.reconcile(true, None, t0());
+        w.reconcile(true, None, t0() + HOUR);
+        let during = w.root_cert();
+        let writes = w.writes;
+        w.new = source_under(&new_pki);
+        w.reconcile(true, None, t0() + HOUR * 2);
+        assert_eq!(w.writes, writes + 1, "the renewed intermediate is written");
+        assert_eq!(w.root_cert(), during);
+    }
+
+    #[test]
+    fn a_lost_status_update_is_caught_up_from_the_target_with_the_full_next_delay() {
+        let mut w = World::new(RotationMode::Automatic);
+        w.reconcile(true, None, t0());
+        let adding = w.status.clone();
+        w.reconcile(true, None, t0() + HOUR);
+        // The switch was written but its status update was lost.
+        w.status = adding;
+        let writes = w.writes;
+        let d = w.reconcile(true, None, t0() + HOUR * 3);
+        assert_eq!(w.phase(), Some(RotationPhase::SwitchingIntermediate));
+        assert_eq!(w.writes, writes, "nothing written twice");
+        assert_eq!(d.requeue_at, Some(t0() + HOUR * 3 + SignedDuration::from_hours(25)));
+        // The very first status was lost too: the rotation is found from the target.
+        let mut w = World::new(RotationMode::Automatic);
+        w.reconcile(true, None, t0());
+        w.status = None;
+        let writes = w.writes;
+        w.reconcile(true, None, t0() + HOUR * 2);
+        assert_eq!(w.phase(), Some(RotationPhase::AddingNewRoot));
+        assert_eq!(w.writes, writes);
+    }
+
+    #[test]
+    fn an_old_root_that_is_also_a_trust_anchor_stays() {
+        let mut w = World::new(RotationMode::Automatic);
+        w.reconcile(true, None, t0());
+        w.reconcile(true, None, t0() + HOUR);
+        let before = w.root_cert();
+        let anchors = [w.old.root.clone()];
+        let d = decide(&Inputs {
+            spec: Some(&w.spec),
+            status: w.status.as_ref(),
+            advance: None,
+            source: &w.new,
+            target: &w.target,
+            anchors: &anchors,
+            now: t0() + HOUR * 30,
+        });
+        assert_eq!(d.status.unwrap().phase, RotationPhase::RemovingOldRoot);
+        assert_eq!(
+            d.bundle,
+            Bundle::Write {
+                signer: Signer::Source,
+                root_cert: before
+            }
+        );
+    }
+
+    #[test]
+    fn a_third_root_mid_rotation_is_refused() {
+        let mut w = World::new(RotationMode::Automatic);
+        w.reconcile(true, None, t0());
+        w.new = source_under(&root(900));
+        let writes = w.writes;
+        let d = w.reconcile(true, None, t0() + HOUR * 2);
+        let Bundle::Refused(problem) = d.bundle else { panic!() };
+        assert_eq!(problem.reason, reason::ROTATION_IN_PROGRESS);
+        assert_eq!(w.phase(), Some(RotationPhase::AddingNewRoot));
+        assert_eq!(w.writes, writes);
+    }
+}

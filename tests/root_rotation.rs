@@ -1,0 +1,832 @@
+//! Root rotation on the real API server, with delays of seconds: the controller is crashed and
+//! restarted in every phase, and every `cacerts` it ever wrote is checked as istiod and the
+//! workloads would judge it (openssl and Go's crypto/x509). Bad input holds the rotation with
+//! a clear condition and no write beyond what its phase allows.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+use mesh_ca_issuer::api::istio_cacerts::{
+    IstioCACerts, IstioCACertsSpec, PublishRoot, RootRotation, RotationMode, RotationPhase,
+};
+use mesh_ca_issuer::pki::Certificate;
+use support::cert_manager::{self as cm, IntermediateRequest};
+use support::openssl::{Workdir, workload_certificate};
+use support::{ControllerProcess, TestNamespace, eventually, goverify};
+
+const TIMEOUT: Duration = Duration::from_secs(40);
+const SOURCE: &str = "istiod-intermediate";
+const PUBLISHED: &str = "istio-ca-root-published";
+const TRUST: Duration = Duration::from_secs(6);
+const DRAIN: Duration = Duration::from_secs(8);
+
+/// One mesh in one control plane: its namespace, the cert-manager stand-in's revisions.
+struct Mesh {
+    client: Client,
+    ns: TestNamespace,
+    revision: u32,
+}
+
+impl Mesh {
+    /// A MeshCAIssuer `name` with its own bootstrapped root in Secret `<name>-root`.
+    async fn issuer(&self, name: &str, root_duration: &str) {
+        let api: Api<MeshCAIssuer> = self.ns.api();
+        let spec = IssuerSpec {
+            local_ca: Some(LocalCA {
+                secret_name: format!("{name}-root"),
+                bootstrap: Some(RootBootstrap {
+                    duration: root_duration.into(),
+                    ..Default::default()
+                }),
+            }),
+            policy: IssuancePolicy {
+                max_duration: "8760h".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
+            .await
+            .unwrap();
+        eventually(TIMEOUT, || async {
+            let s = api.get(name).await.ok()?.status?;
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        })
+        .await
+        .expect("issuer Ready");
+    }
+
+    /// cert-manager (stand-in) issues istiod's intermediate from `issuer` into the source.
+    async fn issue(&mut self, issuer: &str) {
+        self.revision += 1;
+        let req = IntermediateRequest {
+            certificate: Some(SOURCE.to_string()),
+            ..IntermediateRequest::istiod(&format!("{SOURCE}-{}", self.revision), issuer)
+        };
+        let key = cm::request_and_approve(&self.client, &self.ns.name, &req).await;
+        let cr = cm::wait_for_reason(&self.client, &self.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+        cm::write_certificate_secret(&self.client, &self.ns.name, SOURCE, &cr, &key).await;
+    }
+
+    async fn create_icc(&self, rotation: RootRotation) {
+        let api: Api<IstioCACerts> = self.ns.api();
+        let spec = IstioCACertsSpec {
+            source_secret_name: SOURCE.into(),
+            publish_root: Some(PublishRoot {
+                config_map_name: PUBLISHED.into(),
+                key: "root-cert.pem".into(),
+            }),
+            root_rotation: Some(rotation),
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &IstioCACerts::new("mesh", spec))
+            .await
+            .unwrap();
+    }
+
+    async fn icc(&self) -> IstioCACerts {
+        self.ns.api::<IstioCACerts>().get("mesh").await.unwrap()
+    }
+
+    async fn patch_icc(&self, patch: serde_json::Value) {
+        self.ns
+            .api::<IstioCACerts>()
+            .patch("mesh", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    /// Waits until `check` holds for the IstioCACerts; returns it.
+    async fn wait_icc(&self, what: &str, check: impl Fn(&IstioCACerts) -> bool) -> IstioCACerts {
+        let api: Api<IstioCACerts> = self.ns.api();
+        let check = &check;
+        eventually(TIMEOUT, || {
+            let api = api.clone();
+            async move { api.get("mesh").await.ok().filter(check) }
+        })
+        .await
+        .unwrap_or_else(|| panic!("IstioCACerts never got to {what} within {TIMEOUT:?}"))
+    }
+
+    async fn wait_phase(&self, phase: RotationPhase) -> IstioCACerts {
+        self.wait_icc(phase.as_str(), |icc| phase_of(icc) == Some(phase)).await
+    }
+
+    async fn wait_condition(&self, type_: &str, reason: &str) -> IstioCACerts {
+        self.wait_icc(&format!("{type_}={reason}"), |icc| {
+            condition(icc, type_).is_some_and(|c| c.reason == reason)
+        })
+        .await
+    }
+
+    async fn cacerts(&self) -> Secret {
+        self.ns.api::<Secret>().get("cacerts").await.unwrap()
+    }
+
+    async fn published(&self) -> Vec<Certificate> {
+        let cm: ConfigMap = self.ns.api().get(PUBLISHED).await.unwrap();
+        let pem = cm.data.unwrap_or_default().remove("root-cert.pem").unwrap_or_default();
+        Certificate::parse_pem_bundle(pem.as_bytes(), "published").unwrap_or_default()
+    }
+
+    async fn root_of(&self, issuer: &str) -> Certificate {
+        let s: Secret = self.ns.api().get(&format!("{issuer}-root")).await.unwrap();
+        Certificate::parse_pem_bundle(&data(&s)["tls.crt"], "root")
+            .unwrap()
+            .remove(0)
+    }
+}
+
+fn rotation(mode: RotationMode) -> RootRotation {
+    RootRotation {
+        multi_root_mesh_enabled: true,
+        trust_propagation_delay: format!("{}s", TRUST.as_secs()),
+        workload_drain_delay: format!("{}s", DRAIN.as_secs()),
+        mode,
+        paused: false,
+    }
+}
+
+fn phase_of(icc: &IstioCACerts) -> Option<RotationPhase> {
+    Some(icc.status.as_ref()?.root_rotation.as_ref()?.phase)
+}
+
+fn condition<'a>(
+    icc: &'a IstioCACerts,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    icc.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A controller process watching only `namespace`, optionally stopping dead at a failpoint.
+async fn controller(namespace: &str, failpoint: Option<&str>, logs: &Path) -> ControllerProcess {
+    let env: Vec<(&str, &str)> = failpoint.map(|f| ("MESHCA_FAILPOINT", f)).into_iter().collect();
+    let mut c = ControllerProcess::start_with_env(&support::kubeconfig(), &["--namespace", namespace], &env, logs);
+    assert!(
+        c.wait_ready(Duration::from_secs(60)).await,
+        "controller ready: {}",
+        c.log()
+    );
+    c
+}
+
+/// Waits until the process has stopped dead at its failpoint.
+async fn wait_failpoint(c: &ControllerProcess, name: &str) {
+    let needle = format!("failpoint {name} reached");
+    eventually(TIMEOUT, || async { c.log().contains(&needle).then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("failpoint {name} never reached: {}", c.log()));
+}
+
+/// One version of `cacerts`: resourceVersion, when the watch saw it, its data.
+type Version = (String, Instant, BTreeMap<String, Vec<u8>>);
+
+/// Every version of `cacerts` the API server ever held, as a watch saw them, with when.
+#[derive(Clone, Default)]
+struct Recorder {
+    versions: Arc<Mutex<Vec<Version>>>,
+}
+
+impl Recorder {
+    fn watch(api: Api<Secret>) -> (Self, tokio::task::JoinHandle<()>) {
+        let recorder = Self::default();
+        let seen = recorder.clone();
+        let task = tokio::spawn(async move {
+            let config = watcher::Config::default().fields("metadata.name=cacerts");
+            let mut stream = watcher::watcher(api, config).boxed();
+            while let Some(event) = stream.next().await {
+                let secret = match event {
+                    Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => s,
+                    _ => continue,
+                };
+                let version = secret.resource_version().unwrap_or_default();
+                let mut versions = seen.versions.lock().unwrap();
+                if versions.last().is_none_or(|(v, _, _)| *v != version) {
+                    versions.push((version, Instant::now(), data(&secret)));
+                }
+            }
+        });
+        (recorder, task)
+    }
+
+    fn versions(&self) -> Vec<Version> {
+        self.versions.lock().unwrap().clone()
+    }
+}
+
+/// openssl's verdict on a workload certificate (first block; the rest untrusted) against
+/// every root in `roots`.
+fn openssl_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
+    let end = "-----END CERTIFICATE-----\n";
+    let split = leaf_and_chain.find(end).map(|i| i + end.len()).expect("a PEM leaf");
+    let dir = Workdir::new();
+    dir.write("leaf.pem", &leaf_and_chain[..split])
+        .write("untrusted.pem", &leaf_and_chain[split..])
+        .write("roots.pem", roots);
+    let (ok, said) = dir.try_run(&[
+        "verify",
+        "-x509_strict",
+        "-CAfile",
+        "roots.pem",
+        "-untrusted",
+        "untrusted.pem",
+        "leaf.pem",
+    ]);
+    ok && said.contains("leaf.pem: OK")
+}
+
+fn go_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
+    goverify::workload_verifies(leaf_and_chain.as_bytes(), b"", roots).is_ok()
+}
+
+fn workload(data: &BTreeMap<String, Vec<u8>>) -> String {
+    workload_certificate(
+        &data["ca-cert.pem"],
+        &data["ca-key.pem"],
+        &data["cert-chain.pem"],
+        "spiffe://cluster.local/ns/default/sa/x",
+    )
+}
+
+fn signing_root(data: &BTreeMap<String, Vec<u8>>, roots: &[&Certificate]) -> Certificate {
+    let intermediate = Certificate::parse_pem_bundle(&data["ca-cert.pem"], "ca")
+        .unwrap()
+        .remove(0);
+    roots
+        .iter()
+        .find(|r| intermediate.is_signed_by(r))
+        .map(|r| (*r).clone())
+        .expect("the intermediate chains to the old or the new root")
+}
+
+fn holds(data: &BTreeMap<String, Vec<u8>>, root: &Certificate) -> bool {
+    Certificate::parse_pem_bundle(&data["root-cert.pem"], "roots")
+        .unwrap()
+        .contains(root)
+}
+
+#[tokio::test]
+async fn one_cluster_rotates_through_every_phase_across_crashes_and_restarts() {
+    let (_lock, client, ns) = support::namespaced_test("rotation-one").await;
+    let logs = tempfile::tempdir().unwrap();
+    let namespace = ns.name.clone();
+    let mut mesh = Mesh {
+        client: client.clone(),
+        ns,
+        revision: 0,
+    };
+    let mut running = controller(&namespace, None, logs.path()).await;
+    mesh.issuer("old", "87600h").await;
+    mesh.issuer("new", "175200h").await;
+    mesh.issue("old").await;
+    mesh.create_icc(rotation(RotationMode::Automatic)).await;
+    mesh.wait_condition("Ready", "Synced").await;
+    let (old_root, new_root) = (mesh.root_of("old").await, mesh.root_of("new").await);
+    let (recorder, watch) = Recorder::watch(mesh.ns.api());
+    let started = Instant::now();
+    let mut restarts = 0;
+
+    // AddingNewRoot: the process dies right after writing the appended root, before status.
+    drop(running);
+    running = controller(&namespace, Some("rotation-written-AddingNewRoot"), logs.path()).await;
+    mesh.issue("new").await;
+    wait_failpoint(&running, "rotation-written-AddingNewRoot").await;
+    drop(running);
+    restarts += 1;
+    assert_eq!(
+        phase_of(&mesh.icc().await),
+        None,
+        "the status update was lost with the process"
+    );
+    running = controller(&namespace, None, logs.path()).await;
+    let icc = mesh.wait_phase(RotationPhase::AddingNewRoot).await;
+    let history = &icc.status.as_ref().unwrap().root_rotation.as_ref().unwrap().history;
+    assert!(history[0].message.contains("started"), "{history:?}");
+    assert_eq!(mesh.published().await, vec![old_root.clone(), new_root.clone()]);
+    // ... and is restarted again in the middle of the propagation delay.
+    tokio::time::sleep(TRUST / 3).await;
+    drop(running);
+    restarts += 1;
+    running = controller(&namespace, None, logs.path()).await;
+
+    // SwitchingIntermediate comes by itself; a restart in the middle of the drain.
+    mesh.wait_phase(RotationPhase::SwitchingIntermediate).await;
+    assert_eq!(mesh.published().await, vec![old_root.clone(), new_root.clone()]);
+    tokio::time::sleep(DRAIN / 3).await;
+    drop(running);
+    restarts += 1;
+    // RemovingOldRoot: the process dies right after writing the cut, before status.
+    running = controller(&namespace, Some("rotation-written-RemovingOldRoot"), logs.path()).await;
+    wait_failpoint(&running, "rotation-written-RemovingOldRoot").await;
+    drop(running);
+    restarts += 1;
+    assert_eq!(phase_of(&mesh.icc().await), Some(RotationPhase::SwitchingIntermediate));
+    running = controller(&namespace, None, logs.path()).await;
+    let icc = mesh.wait_phase(RotationPhase::Completed).await;
+    let total = started.elapsed();
+    assert_eq!(mesh.published().await, vec![new_root.clone()]);
+    let status = icc.status.clone().unwrap().root_rotation.unwrap();
+    let phases: Vec<RotationPhase> = status.history.iter().map(|h| h.phase).collect();
+    assert_eq!(
+        phases,
+        vec![
+            RotationPhase::AddingNewRoot,
+            RotationPhase::SwitchingIntermediate,
+            RotationPhase::RemovingOldRoot,
+            RotationPhase::Completed
+        ]
+    );
+
+    // A restart after completion looks (its reconcile counter moves) and writes nothing.
+    let before = mesh.cacerts().await.resource_version();
+    drop(running);
+    restarts += 1;
+    running = controller(&namespace, None, logs.path()).await;
+    let port = running.admin_port;
+    let metrics = eventually(TIMEOUT, || async {
+        let (_, body) = support::http_get(port, "/metrics").await.ok()?;
+        body.contains(r#"meshca_reconciles_total{controller="istiocacerts""#)
+            .then_some(body)
+    })
+    .await
+    .expect("the restarted controller reconciled");
+    assert_eq!(mesh.cacerts().await.resource_version(), before);
+    for phase in RotationPhase::ALL {
+        let line = format!(
+            "meshca_root_rotation_phase{{namespace=\"{namespace}\",name=\"mesh\",phase=\"{}\"}} {}",
+            phase.as_str(),
+            i32::from(phase == RotationPhase::Completed)
+        );
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    for reason in [
+        "RotationAddingNewRoot",
+        "RotationSwitchingIntermediate",
+        "RotationRemovingOldRoot",
+        "RotationCompleted",
+    ] {
+        support::wait_for_event(&client, &namespace, "IstioCACerts/mesh", reason).await;
+    }
+    drop(running);
+    watch.abort();
+
+    // === every cacerts the API server held ===
+    let versions = recorder.versions();
+    let roots = [&old_root, &new_root];
+    // The initial bundle, the appended root, the switch, the cut: no write twice, though the
+    // controller was restarted {restarts} times, twice right after a write.
+    assert_eq!(
+        versions.len(),
+        4,
+        "versions: {:?}",
+        versions.iter().map(|v| &v.0).collect::<Vec<_>>()
+    );
+    for pair in versions.windows(2) {
+        let (a, b) = (&pair[0].2["root-cert.pem"], &pair[1].2["root-cert.pem"]);
+        assert!(
+            contains(b, a) || contains(a, b),
+            "root-cert.pem neither grew nor shrank at an end"
+        );
+    }
+    for (_, _, d) in &versions {
+        goverify::istiod_loads(d).unwrap_or_else(|e| panic!("istiod would not load a written cacerts: {e}"));
+    }
+    let added = versions.iter().position(|v| holds(&v.2, &new_root)).unwrap();
+    let switched = versions
+        .iter()
+        .position(|v| signing_root(&v.2, &roots) == new_root)
+        .unwrap();
+    let cut = versions.iter().position(|v| !holds(&v.2, &old_root)).unwrap();
+    assert_eq!((added, switched, cut), (1, 2, 3));
+    assert_eq!(
+        versions[1].2["ca-cert.pem"], versions[0].2["ca-cert.pem"],
+        "the old intermediate is kept while the new root propagates"
+    );
+    assert_eq!(versions[3].2["root-cert.pem"], new_root.to_pem().into_bytes());
+    let trusted_for = versions[switched].1 - versions[added].1;
+    let drained_for = versions[cut].1 - versions[switched].1;
+    assert!(trusted_for >= TRUST, "switched after {trusted_for:?}");
+    assert!(drained_for >= DRAIN, "cut after {drained_for:?}");
+
+    // Workload certificates under each intermediate verify against every root-cert.pem of
+    // their span: the old intermediate's until the drain ends, the new one's from the switch.
+    let mut checks = 0;
+    for (i, (_, _, issued_by)) in versions.iter().enumerate() {
+        let leaf = workload(issued_by);
+        let root = signing_root(issued_by, &roots);
+        for (j, (_, _, bundle)) in versions.iter().enumerate() {
+            let span = if root == new_root { j >= switched } else { j < cut };
+            // It verifies exactly where its root is trusted, and that covers its span.
+            let trusted = holds(bundle, &root);
+            assert!(trusted || !span, "v{j} is in the span of v{i} but lacks its root");
+            let roots_pem = &bundle["root-cert.pem"];
+            assert_eq!(
+                openssl_verifies(&leaf, roots_pem),
+                trusted,
+                "openssl: leaf of v{i} against v{j}"
+            );
+            assert_eq!(go_verifies(&leaf, roots_pem), trusted, "Go: leaf of v{i} against v{j}");
+            checks += 2;
+        }
+    }
+    eprintln!(
+        "rotation: {} cacerts writes for the rotation (plus the first), {restarts} restarts (2 right after a write), \
+         new root trusted {trusted_for:?} before the switch (delay {TRUST:?}), old root cut {drained_for:?} after it \
+         (delay {DRAIN:?}), {total:?} from the new intermediate to Completed, {checks} workload verdicts; history: {:?}",
+        versions.len() - 1,
+        status
+            .history
+            .iter()
+            .map(|h| format!("{} {}", h.phase.as_str(), h.at))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn bad_input_holds_the_rotation_with_a_clear_condition() {
+    let (_lock, client, ns) = support::namespaced_test("rotation-bad").await;
+    let logs = tempfile::tempdir().unwrap();
+    let namespace = ns.name.clone();
+    let mut mesh = Mesh {
+        client: client.clone(),
+        ns,
+        revision: 0,
+    };
+    let _running = controller(&namespace, None, logs.path()).await;
+    mesh.issuer("old", "87600h").await;
+    mesh.issuer("short", "8760h").await;
+    mesh.issuer("new", "175200h").await;
+    mesh.issue("old").await;
+    mesh.create_icc(rotation(RotationMode::Automatic)).await;
+    mesh.wait_condition("Ready", "Synced").await;
+    let synced = mesh.cacerts().await;
+
+    // A new root that expires before the old one is refused.
+    mesh.issue("short").await;
+    let icc = mesh.wait_condition("Ready", "NewRootRefused").await;
+    let message = &condition(&icc, "Ready").unwrap().message;
+    assert!(message.contains("before the old root"), "{message}");
+    assert_eq!(phase_of(&icc), None);
+
+    // An expired new root is refused: a source written by hand under a root that expired.
+    let now = Timestamp::now();
+    let (expired_root, expired_key) = mesh_ca_issuer::pki::sign::self_signed_root(
+        &RootBootstrap {
+            duration: "1h".into(),
+            ..Default::default()
+        },
+        now - SignedDuration::from_hours(3),
+    )
+    .unwrap();
+    let (key, csr) = cm::make_key_and_csr(&IntermediateRequest::istiod("x", "mesh"));
+    let csr = mesh_ca_issuer::pki::CertificateSigningRequest::from_pem(csr.as_bytes()).unwrap();
+    let intermediate = mesh_ca_issuer::pki::sign::sign_csr(
+        &csr,
+        &mesh_ca_issuer::pki::policy::SigningPlan {
+            ca_path_len: Some(0),
+            not_before: now - SignedDuration::from_hours(3),
+            not_after: now - SignedDuration::from_hours(2),
+            requested: Duration::from_secs(1),
+            clamped: None,
+            name_constraints: None,
+        },
+        &mesh_ca_issuer::pki::sign::CaSigner {
+            certificate: &expired_root,
+            key: &expired_key,
+        },
+    )
+    .unwrap();
+    let secrets: Api<Secret> = mesh.ns.api();
+    let expired_source = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": SOURCE},
+        "stringData": {"tls.crt": intermediate.to_pem(), "tls.key": key, "ca.crt": expired_root.to_pem()}
+    });
+    secrets
+        .patch(
+            SOURCE,
+            &PatchParams::apply("rotation-test").force(),
+            &Patch::Apply(&expired_source),
+        )
+        .await
+        .unwrap();
+    let icc = mesh
+        .wait_icc("NewRootRefused for the expired root", |icc| {
+            condition(icc, "Ready").is_some_and(|c| c.reason == "NewRootRefused" && c.message.contains("expired"))
+        })
+        .await;
+    assert_eq!(phase_of(&icc), None);
+    assert_eq!(mesh.cacerts().await.resource_version(), synced.resource_version());
+
+    // multiRootMeshEnabled: false refuses the new root and says what to set.
+    mesh.patch_icc(serde_json::json!({"spec": {"rootRotation": {"multiRootMeshEnabled": false}}}))
+        .await;
+    mesh.issue("new").await;
+    let icc = mesh.wait_condition("Ready", "RootChanged").await;
+    let message = &condition(&icc, "Ready").unwrap().message;
+    assert!(
+        message.contains("ISTIO_MULTIROOT_MESH") && message.contains("spec.rootRotation.multiRootMeshEnabled"),
+        "{message}"
+    );
+    assert_eq!(phase_of(&icc), None);
+    assert_eq!(mesh.cacerts().await.resource_version(), synced.resource_version());
+
+    // Confirmed, the good new root starts the rotation; then a pause holds it through its delay.
+    mesh.patch_icc(serde_json::json!({"spec": {"rootRotation": {"multiRootMeshEnabled": true}}}))
+        .await;
+    let icc = mesh.wait_phase(RotationPhase::AddingNewRoot).await;
+    let next: Timestamp = icc
+        .status
+        .unwrap()
+        .root_rotation
+        .unwrap()
+        .next_phase_at
+        .unwrap()
+        .parse()
+        .unwrap();
+    let adding = mesh.cacerts().await;
+    mesh.patch_icc(serde_json::json!({"spec": {"rootRotation": {"paused": true}}}))
+        .await;
+    mesh.wait_condition("RootRotation", "Paused").await;
+    // Past the delay, a stale annotation (naming a phase that is not current) is a signal the
+    // controller looked: it removes it and says so, and nothing moves.
+    let wait = next.duration_since(Timestamp::now()).unsigned_abs() + Duration::from_secs(1);
+    tokio::time::sleep(wait).await;
+    mesh.patch_icc(
+        serde_json::json!({"metadata": {"annotations": {"meshca.io/advance-rotation": "SwitchingIntermediate"}}}),
+    )
+    .await;
+    let note = support::wait_for_event(&client, &namespace, "IstioCACerts/mesh", "StaleAdvanceAnnotation").await;
+    assert!(
+        note.contains("SwitchingIntermediate") && note.contains("AddingNewRoot"),
+        "{note}"
+    );
+    let icc = mesh
+        .wait_icc("the annotation removed", |icc| {
+            !icc.annotations().contains_key("meshca.io/advance-rotation")
+        })
+        .await;
+    assert_eq!(phase_of(&icc), Some(RotationPhase::AddingNewRoot));
+    assert_eq!(condition(&icc, "RootRotation").unwrap().reason, "Paused");
+    assert_eq!(mesh.cacerts().await.resource_version(), adding.resource_version());
+
+    // Lifting the pause lets the delay that has passed take effect.
+    mesh.patch_icc(serde_json::json!({"spec": {"rootRotation": {"paused": false}}}))
+        .await;
+    mesh.wait_phase(RotationPhase::SwitchingIntermediate).await;
+    assert_ne!(mesh.cacerts().await.resource_version(), adding.resource_version());
+}
+
+/// One cluster of a fleet sharing one root: its control plane, namespace and controller.
+struct FleetMember {
+    kubeconfig: std::path::PathBuf,
+    context: String,
+    mesh: Mesh,
+    _controller: ControllerProcess,
+}
+
+fn context_of(kubeconfig: &Path) -> String {
+    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    config["current-context"].as_str().expect("current-context").to_string()
+}
+
+impl FleetMember {
+    async fn start(kubeconfig: std::path::PathBuf, namespace: &str, logs: &Path) -> Self {
+        let client = support::client_for_kubeconfig(&kubeconfig).await;
+        support::install_crds(&client).await;
+        let ns = TestNamespace::create_named(&client, namespace, &kubeconfig).await;
+        let mut controller = ControllerProcess::start_with_kubeconfig(&kubeconfig, &["--namespace", namespace], logs);
+        assert!(
+            controller.wait_ready(Duration::from_secs(60)).await,
+            "controller ready: {}",
+            controller.log()
+        );
+        Self {
+            context: context_of(&kubeconfig),
+            kubeconfig,
+            mesh: Mesh {
+                client,
+                ns,
+                revision: 0,
+            },
+            _controller: controller,
+        }
+    }
+
+    /// Copies root Secret `name` from `from`, as a platform team distributes one shared root.
+    async fn copy_root(&self, from: &FleetMember, name: &str) {
+        let root: Secret = from.mesh.ns.api().get(name).await.unwrap();
+        let copy = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": self.mesh.ns.name},
+            "type": root.type_,
+            "data": root.data,
+        });
+        self.mesh
+            .ns
+            .api::<Secret>()
+            .patch(name, &PatchParams::apply(support::TEST_MANAGER), &Patch::Apply(&copy))
+            .await
+            .unwrap();
+    }
+}
+
+/// Some(()) once the member's current phase is past its delay.
+async fn ready(m: &FleetMember) -> Option<()> {
+    let next: Timestamp = m.mesh.icc().await.status?.root_rotation?.next_phase_at?.parse().ok()?;
+    (Timestamp::now() >= next).then_some(())
+}
+
+/// Runs `meshca` with `kubeconfig` (both clusters' files, colon-separated, as a user would).
+fn meshca(kubeconfig: &std::ffi::OsStr, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("meshca runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), said)
+}
+
+/// Each cluster's freshly made workload certificate against the other's `root-cert.pem`, with
+/// openssl and Go; panics on any failure. Returns the number of verdicts.
+async fn cross_verify(a: &FleetMember, b: &FleetMember, step: &str) -> usize {
+    let (da, db) = (data(&a.mesh.cacerts().await), data(&b.mesh.cacerts().await));
+    let mut verdicts = 0;
+    for (from, leaf_data, to, roots) in [("A", &da, "B", &db), ("B", &db, "A", &da)] {
+        let leaf = workload(leaf_data);
+        let roots_pem = &roots["root-cert.pem"];
+        assert!(
+            openssl_verifies(&leaf, roots_pem),
+            "{step}: openssl refuses {from}'s workload against {to}'s root-cert.pem"
+        );
+        assert!(
+            go_verifies(&leaf, roots_pem),
+            "{step}: Go refuses {from}'s workload against {to}'s root-cert.pem"
+        );
+        verdicts += 2;
+    }
+    verdicts
+}
+
+async fn phases(a: &FleetMember, b: &FleetMember) -> (Option<RotationPhase>, Option<RotationPhase>) {
+    (phase_of(&a.mesh.icc().await), phase_of(&b.mesh.icc().await))
+}
+
+#[tokio::test]
+async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_advance() {
+    let _lock = support::ScopeLock::shared().await;
+    let namespace = format!("rotation-fleet-{}", support::unique_suffix());
+    let logs = tempfile::tempdir().unwrap();
+    let mut a = FleetMember::start(support::kubeconfig(), &namespace, logs.path()).await;
+    let mut b = FleetMember::start(support::kubeconfig_b(), &namespace, logs.path()).await;
+    assert_ne!(a.context, b.context);
+    // One old and one new root, shared: bootstrapped in A, copied to B.
+    a.mesh.issuer("old", "87600h").await;
+    a.mesh.issuer("new", "175200h").await;
+    b.copy_root(&a, "old-root").await;
+    b.copy_root(&a, "new-root").await;
+    b.mesh.issuer("old", "87600h").await;
+    b.mesh.issuer("new", "175200h").await;
+    for m in [&mut a, &mut b] {
+        m.mesh.issue("old").await;
+        m.mesh.create_icc(rotation(RotationMode::Manual)).await;
+        m.mesh.wait_condition("Ready", "Synced").await;
+    }
+    let fleet = |verb: &'static str| -> Vec<String> {
+        let mut v: Vec<String> = vec!["rotation".into(), verb.into()];
+        for c in [&a.context, &b.context] {
+            v.extend(["--context".into(), c.clone()]);
+        }
+        v.extend(["--namespace".into(), namespace.clone(), "--name".into(), "mesh".into()]);
+        v
+    };
+    let kubeconfig = std::env::join_paths([&a.kubeconfig, &b.kubeconfig]).expect("KUBECONFIG");
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        meshca(&kubeconfig, &refs)
+    };
+    let mut verdicts = cross_verify(&a, &b, "before").await;
+    let mut steps = vec!["before".to_string()];
+
+    // A's source moves to the new root first: A starts alone (adding a root is always safe).
+    a.mesh.issue("new").await;
+    a.mesh.wait_phase(RotationPhase::AddingNewRoot).await;
+    verdicts += cross_verify(&a, &b, "A adding the new root").await;
+    steps.push("A AddingNewRoot, B not rotating".into());
+    let (code, said) = run(fleet("advance"));
+    assert_eq!(code, 3, "{said}");
+    assert!(
+        said.contains(&format!("context {}: no rotation is under way", b.context)),
+        "{said}"
+    );
+    assert!(
+        !a.mesh
+            .icc()
+            .await
+            .annotations()
+            .contains_key("meshca.io/advance-rotation"),
+        "nothing written"
+    );
+
+    b.mesh.issue("new").await;
+    let icc_b = b.mesh.wait_phase(RotationPhase::AddingNewRoot).await;
+    verdicts += cross_verify(&a, &b, "both adding the new root").await;
+    steps.push("both AddingNewRoot".into());
+    // B's delay is still running: refused, naming B.
+    let (code, said) = run(fleet("advance"));
+    if code == 3 {
+        assert!(
+            said.contains(&format!("context {} is in AddingNewRoot until", b.context)),
+            "{said}"
+        );
+        assert_eq!(
+            phases(&a, &b).await,
+            (Some(RotationPhase::AddingNewRoot), Some(RotationPhase::AddingNewRoot))
+        );
+    } else {
+        panic!(
+            "advance went through while B's delay ran (ends {:?}): {said}",
+            icc_b.status.unwrap().root_rotation.unwrap().next_phase_at
+        );
+    }
+    let (_, status) = run(fleet("status"));
+    assert!(
+        status.contains(&a.context) && status.contains(&b.context) && status.contains("AddingNewRoot"),
+        "{status}"
+    );
+
+    // Past both delays, Manual mode still waits; advance moves both together.
+    eventually(TIMEOUT, || async {
+        ready(&a).await?;
+        ready(&b).await
+    })
+    .await
+    .expect("delays end");
+    let (_, status) = run(fleet("status"));
+    assert!(status.contains("waiting for `meshca rotation advance`"), "{status}");
+    assert_eq!(
+        phases(&a, &b).await,
+        (Some(RotationPhase::AddingNewRoot), Some(RotationPhase::AddingNewRoot))
+    );
+    let (code, said) = run([fleet("advance"), vec!["--to".into(), "SwitchingIntermediate".into()]].concat());
+    assert_eq!(code, 0, "{said}");
+    a.mesh.wait_phase(RotationPhase::SwitchingIntermediate).await;
+    b.mesh.wait_phase(RotationPhase::SwitchingIntermediate).await;
+    verdicts += cross_verify(&a, &b, "both switched").await;
+    steps.push("both SwitchingIntermediate".into());
+    // A stale repeat of the same step is refused by the CLI (delay running) and, if set by
+    // hand, ignored by the controllers.
+    let (code, said) = run([fleet("advance"), vec!["--to".into(), "SwitchingIntermediate".into()]].concat());
+    assert_eq!(code, 3, "{said}");
+
+    eventually(TIMEOUT, || async {
+        ready(&a).await?;
+        ready(&b).await
+    })
+    .await
+    .expect("drains end");
+    let (code, said) = run([fleet("advance"), vec!["--to".into(), "RemovingOldRoot".into()]].concat());
+    assert_eq!(code, 0, "{said}");
+    a.mesh.wait_phase(RotationPhase::Completed).await;
+    b.mesh.wait_phase(RotationPhase::Completed).await;
+    verdicts += cross_verify(&a, &b, "both completed").await;
+    steps.push("both Completed".into());
+    let (da, db) = (data(&a.mesh.cacerts().await), data(&b.mesh.cacerts().await));
+    let new_root = a.mesh.root_of("new").await;
+    assert_eq!(da["root-cert.pem"], new_root.to_pem().into_bytes());
+    assert_eq!(db["root-cert.pem"], da["root-cert.pem"]);
+    eprintln!("fleet rotation: {verdicts} cross-cluster verdicts, all passing, at steps {steps:?}");
+}
