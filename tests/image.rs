@@ -692,6 +692,8 @@ async fn a_missing_trust_store_is_noticed() {
         "--namespace".to_string(),
         ns.name.clone(),
         "--leader-elect=false".to_string(),
+        // The namespaced issuer points at the untrusted local endpoint: an operator's opt-in.
+        "--issuer-endpoint-override=true".to_string(),
     ];
     let mut controller = start_in_image(&image, &identity, &args, logs.path());
     assert!(
