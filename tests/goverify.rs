@@ -18,18 +18,35 @@ fn pki(root_bc: &str, int_ext: &str) -> Workdir {
         "root.pem",
         Some(3650),
         "/O=goverify/CN=Root",
-        &[&format!("basicConstraints=critical,{root_bc}"), "keyUsage=critical,keyCertSign,cRLSign"],
+        &[
+            &format!("basicConstraints=critical,{root_bc}"),
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
     );
     dir.req_with_new_p256_key("int.key", "int.csr", None, "/O=goverify/CN=Intermediate", &[]);
     dir.write("int.cnf", int_ext);
     dir.run(&[
-        "x509", "-req", "-in", "int.csr", "-CA", "root.pem", "-CAkey", "root.key", "-CAcreateserial", "-days",
-        "365", "-extfile", "int.cnf", "-out", "int.pem",
+        "x509",
+        "-req",
+        "-in",
+        "int.csr",
+        "-CA",
+        "root.pem",
+        "-CAkey",
+        "root.key",
+        "-CAcreateserial",
+        "-days",
+        "365",
+        "-extfile",
+        "int.cnf",
+        "-out",
+        "int.pem",
     ]);
     dir
 }
 
-const CA_EXT: &str = "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n";
+const CA_EXT: &str =
+    "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n";
 
 fn bundle(dir: &Workdir) -> BTreeMap<String, Vec<u8>> {
     let int = dir.read("int.pem");
@@ -55,11 +72,27 @@ fn istiod_check_refuses_an_intermediate_whose_eku_excludes_server_auth() {
     assert!(verdict.as_ref().is_err_and(|e| e.contains("key usage")), "{verdict:?}");
 }
 
+/// Go counts intermediates *below* a CA, and istiod verifies `ca-cert.pem` as if it were the
+/// leaf: a root with pathLen 0 above it passes istiod's load check — but every workload
+/// certificate istiod then signs has `ca-cert.pem` as an intermediate, and Go refuses those.
+/// (This is why `pki::chain` counts `ca-cert.pem` as an intermediate: stricter than the load
+/// check, exactly as strict as the workloads.)
 #[test]
-fn istiod_check_refuses_a_sub_ca_below_a_root_with_path_length_zero() {
+fn a_root_with_path_length_zero_passes_istiods_load_check_but_fails_every_workload() {
     let dir = pki("CA:TRUE,pathlen:0", CA_EXT);
-    let verdict = istiod_loads(&bundle(&dir));
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("too many intermediates")), "{verdict:?}");
+    assert_eq!(istiod_loads(&bundle(&dir)), Ok(()));
+    let chain = format!("{}{}", dir.read("int.pem"), dir.read("root.pem"));
+    let leaf = workload_certificate(
+        dir.read("int.pem").as_bytes(),
+        dir.read("int.key").as_bytes(),
+        chain.as_bytes(),
+        "spiffe://cluster.local/ns/default/sa/x",
+    );
+    let verdict = workload_verifies(leaf.as_bytes(), b"", dir.read("root.pem").as_bytes());
+    assert!(
+        verdict.as_ref().is_err_and(|e| e.contains("too many intermediates")),
+        "{verdict:?}"
+    );
 }
 
 #[test]
@@ -68,14 +101,22 @@ fn istiod_check_refuses_a_key_of_another_certificate() {
     let mut data = bundle(&dir);
     data.insert("ca-key.pem".into(), dir.read("root.key").into_bytes());
     let verdict = istiod_loads(&data);
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("does not match")), "{verdict:?}");
+    assert!(
+        verdict.as_ref().is_err_and(|e| e.contains("does not match")),
+        "{verdict:?}"
+    );
 }
 
 #[test]
 fn istiod_check_refuses_a_bundle_outside_its_validity() {
     let dir = pki("CA:TRUE", CA_EXT);
     let verdict = istiod_loads_at(&bundle(&dir), Some("2000-01-01T00:00:00Z"));
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("expired or is not yet valid")), "{verdict:?}");
+    assert!(
+        verdict
+            .as_ref()
+            .is_err_and(|e| e.contains("expired or is not yet valid")),
+        "{verdict:?}"
+    );
 }
 
 #[test]
@@ -101,10 +142,16 @@ fn workload_certificate_verifies_under_its_own_root_only() {
         chain.as_bytes(),
         "spiffe://cluster.local/ns/default/sa/x",
     );
-    assert_eq!(workload_verifies(leaf.as_bytes(), b"", dir.read("root.pem").as_bytes()), Ok(()));
+    assert_eq!(
+        workload_verifies(leaf.as_bytes(), b"", dir.read("root.pem").as_bytes()),
+        Ok(())
+    );
     let other = pki("CA:TRUE", CA_EXT);
     let verdict = workload_verifies(leaf.as_bytes(), b"", other.read("root.pem").as_bytes());
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("unknown authority")), "{verdict:?}");
+    assert!(
+        verdict.as_ref().is_err_and(|e| e.contains("unknown authority")),
+        "{verdict:?}"
+    );
 }
 
 #[test]
@@ -113,12 +160,20 @@ fn workload_certificate_outside_a_uri_name_constraint_is_refused() {
     let dir = pki("CA:TRUE", &constrained);
     let chain = format!("{}{}", dir.read("int.pem"), dir.read("root.pem"));
     let make = |id: &str| {
-        workload_certificate(dir.read("int.pem").as_bytes(), dir.read("int.key").as_bytes(), chain.as_bytes(), id)
+        workload_certificate(
+            dir.read("int.pem").as_bytes(),
+            dir.read("int.key").as_bytes(),
+            chain.as_bytes(),
+            id,
+        )
     };
     let root = dir.read("root.pem");
     let own = make("spiffe://cluster-a.example/ns/x/sa/y");
     assert_eq!(workload_verifies(own.as_bytes(), b"", root.as_bytes()), Ok(()));
     let foreign = make("spiffe://cluster-b.example/ns/x/sa/y");
     let verdict = workload_verifies(foreign.as_bytes(), b"", root.as_bytes());
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("not permitted")), "{verdict:?}");
+    assert!(
+        verdict.as_ref().is_err_and(|e| e.contains("not permitted")),
+        "{verdict:?}"
+    );
 }

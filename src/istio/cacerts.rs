@@ -5,8 +5,9 @@
 //! security/pkg/pki/util/keycertbundle.go): the key parses and matches `ca-cert.pem`; Go's
 //! `x509.Verify` of the signing certificate against *all* certificates in `root-cert.pem`, with
 //! `cert-chain.pem` as intermediates — so every certificate must be within its validity,
-//! intermediates must be CAs, and an ExtendedKeyUsage on the intermediate must allow
-//! serverAuth. On reload it compares `root-cert.pem` byte for byte with what it loaded and,
+//! issuers must be CAs, path lengths hold along the whole path, and an ExtendedKeyUsage
+//! anywhere on it must allow serverAuth ([`crate::pki::chain`] does exactly that, counting
+//! `ca-cert.pem` as the intermediate it is in workload chains). On reload it compares `root-cert.pem` byte for byte with what it loaded and,
 //! without multi-root support, ignores the whole update when the bytes differ. Hence: on a
 //! renewal under the same root, `root-cert.pem` is kept byte for byte.
 
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
+use crate::pki::chain::{self, ChainError};
 use crate::pki::{Certificate, SigningKey};
 
 pub const CA_CERT: &str = "ca-cert.pem";
@@ -180,40 +182,20 @@ pub fn verify_bundle(data: &BTreeMap<String, Vec<u8>>, now: Timestamp) -> Result
             "cert-chain.pem does not start with ca-cert.pem",
         ));
     }
-    // Build the path as Go's x509.Verify would: up through cert-chain.pem until a certificate
-    // is signed by one of the roots.
-    let mut path = vec![&intermediate];
-    let anchor = loop {
-        let current = path[path.len() - 1];
-        if let Some(root) = roots.iter().find(|r| current.is_signed_by(r)) {
-            break root.clone();
-        }
-        let Some(parent) = chain.iter().find(|c| !path.contains(c) && current.is_signed_by(c)) else {
-            return Err(Problem::new(
-                reason::CHAIN_INVALID,
-                format!(
-                    "{} does not chain to a root in root-cert.pem ({} roots)",
-                    current.subject(),
-                    roots.len()
-                ),
-            ));
+    // Go's x509.Verify as istiod runs it, counting ca-cert.pem as the intermediate it is in
+    // every workload chain (stricter than istiod's load check; see `pki::chain`).
+    let path = chain::verify(&intermediate, chain::Subject::SigningCa, &chain, &roots, now).map_err(|e| {
+        let reason = match &e {
+            ChainError::Expired { .. } => reason::EXPIRED,
+            ChainError::NotYetValid { .. } => reason::NOT_YET_VALID,
+            _ => reason::CHAIN_INVALID,
         };
-        path.push(parent);
-    };
-    for cert in path.iter().copied().chain([&anchor]) {
-        if now > cert.not_after() {
-            return Err(Problem::new(
-                reason::EXPIRED,
-                format!("{} expired at {}", cert.subject(), cert.not_after()),
-            ));
-        }
-        if now < cert.not_before() {
-            return Err(Problem::new(
-                reason::NOT_YET_VALID,
-                format!("{} is not valid before {}", cert.subject(), cert.not_before()),
-            ));
-        }
-    }
+        Problem::new(
+            reason,
+            format!("istiod or the workloads it signs for would refuse this bundle: {e}"),
+        )
+    })?;
+    let anchor = path.anchor().clone();
     Ok(BundleContents {
         intermediate,
         chain,
