@@ -22,7 +22,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
-use super::Context;
+use super::{Context, retry};
 use crate::FIELD_MANAGER;
 use crate::api::cert_manager::{CertificateRequest, CertificateRequestCondition, CertificateRequestStatus, condition};
 use crate::api::conditions::READY;
@@ -349,6 +349,8 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
     let (kind, issuer_name) = match triage(&cr, ctx.config.namespace.is_none()) {
         // done: foreign, terminal or not yet approved requests get no write at all
         Triage::NotOurs | Triage::Terminal | Triage::AwaitingApproval => {
+            // A request that ended needs no back-off history.
+            ctx.retries.forget(&cr.uid().unwrap_or_default());
             return Ok(Action::await_change());
         }
         Triage::Denied { message } => {
@@ -544,14 +546,23 @@ async fn apply_outcome(ctx: &Context, cr: &CertificateRequest, outcome: Outcome,
         Outcome::Failed { .. } => "failed",
         Outcome::Issued { .. } => "issued",
     };
-    let deadline = cr.meta().creation_timestamp.as_ref().map(|t| {
-        t.0 + jiff::SignedDuration::try_from(ctx.config.max_retry_duration).unwrap_or(jiff::SignedDuration::MAX)
-    });
-    let Some(change) = status_change(cr, outcome, now, deadline) else {
-        return Ok(());
-    };
+    let budget = retry::budget(
+        retry::Attempt::of(&outcome),
+        cr.annotations()
+            .get(retry::FIRST_FAILURE_ANNOTATION)
+            .map(String::as_str),
+        now,
+        ctx.config.max_retry_duration,
+    );
+    let change = status_change(cr, outcome, now, budget.deadline);
     let name = cr.name_any();
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    // The budget's mark goes first: a status that says "retrying" always has its start recorded.
+    let marked = retry::write_mark(&api, cr, &budget.mark).await?;
+    let cr = marked.as_ref().unwrap_or(cr);
+    let Some(change) = change else {
+        return Ok(());
+    };
     // The resourceVersion we decided on is a precondition: if the request changed meanwhile
     // (another writer, a leader hand-over), the write fails with 409 and is decided again.
     let patch = serde_json::json!({
