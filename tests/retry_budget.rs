@@ -1,6 +1,8 @@
-//! The retry budget (`--max-retry-duration`) counts from the first transient failure, not from
-//! the request's creation: a request that waited for its issuer longer than the whole budget
-//! still rides out a burst of throttling and is issued — and is never `Failed` on the way.
+//! Transient errors never stop renewals early. The retry budget (`--max-retry-duration`)
+//! counts from the first transient failure, not from the request's creation: a request that
+//! waited for its issuer longer than the whole budget still rides out a burst of throttling and
+//! is issued — and is never `Failed` on the way. And one transient error while re-checking an
+//! issuer does not flip it to not Ready (which would hold up every request behind it).
 //! Real parts: the API server, the controller, aws-sdk-acmpca against the PCA fixture.
 
 mod support;
@@ -122,4 +124,101 @@ async fn a_request_that_waited_longer_than_the_budget_still_rides_out_throttling
     // ...and the record is gone once issued.
     let annotations = done.metadata.annotations.unwrap_or_default();
     assert!(!annotations.contains_key(BUDGET_ANNOTATION), "{annotations:?}");
+}
+
+/// Parses `name{labels} value` for a series whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn one_transient_error_while_rechecking_leaves_a_ready_issuer_ready() {
+    let (_lock, client, ns) = support::namespaced_test("issuer-blip").await;
+    let pca = PcaFixture::start();
+    let creds: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "aws-creds"},
+        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY}
+    }))
+    .unwrap();
+    ns.api::<Secret>().create(&PostParams::default(), &creds).await.unwrap();
+    let controller = RunningController::in_namespace(&ns.name).await;
+    let arn = pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
+    let spec = IssuerSpec {
+        aws_pca: Some(AwsPCA {
+            arn,
+            endpoint: Some(pca.endpoint.clone()),
+            credentials_secret_ref: Some(AwsCredentialsSecretRef::named("aws-creds")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let issuers: Api<MeshCAIssuer> = ns.api();
+    issuers
+        .create(&PostParams::default(), &MeshCAIssuer::new("pca", spec))
+        .await
+        .unwrap();
+    support::wait_issuer(&issuers, "pca", "True", Duration::from_secs(30)).await;
+    let ready_since = |issuer: &MeshCAIssuer| {
+        let c = issuer
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .clone();
+        (c.status, c.last_transition_time)
+    };
+    let before = ready_since(&issuers.get("pca").await.unwrap());
+
+    // PCA throttles the next DescribeCertificateAuthority; a change to the issuer's metadata
+    // makes the controller re-check it now.
+    pca.inject("DescribeCertificateAuthority", "throttle", 1).await;
+    let touch = serde_json::json!({"metadata": {"annotations": {"test/recheck": "1"}}});
+    issuers
+        .patch(
+            "pca",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&touch),
+        )
+        .await
+        .unwrap();
+    // The controller saw the error and held (a counter, not a sleep)...
+    let held = support::eventually(Duration::from_secs(20), || async {
+        let text = controller.metrics().await;
+        (metric(&text, "meshca_reconciles_total", &["outcome=\"transient_error\""]) >= 1.0).then_some(())
+    })
+    .await;
+    assert!(held.is_some(), "the transient error was seen and held");
+    assert_eq!(
+        ready_since(&issuers.get("pca").await.unwrap()),
+        before,
+        "still Ready, same transition"
+    );
+    // ...and its next check, a few seconds later, passes: Ready throughout.
+    let checks_before = metric(
+        &controller.metrics().await,
+        "meshca_reconciles_total",
+        &["outcome=\"ready\""],
+    );
+    support::eventually(Duration::from_secs(30), || async {
+        let text = controller.metrics().await;
+        (metric(&text, "meshca_reconciles_total", &["outcome=\"ready\""]) > checks_before).then_some(())
+    })
+    .await
+    .expect("re-checked after the blip");
+    assert_eq!(
+        ready_since(&issuers.get("pca").await.unwrap()),
+        before,
+        "Ready throughout"
+    );
+    let events = support::events_for(&client, &ns.name, "pca").await;
+    assert!(
+        events.iter().all(|e| e.0 != "Warning"),
+        "no warning for one blip: {events:?}"
+    );
 }

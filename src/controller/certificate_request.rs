@@ -262,6 +262,24 @@ pub fn status_change(
     })
 }
 
+/// The largest status we write. etcd refuses values above 1.5 MiB and the API server then
+/// answers with an error that, retried, would re-sign the request every few seconds forever;
+/// a status this large is a chain no istiod needs.
+pub const MAX_STATUS_BYTES: usize = 1024 * 1024;
+
+/// Turns a status change too large to store into `Failed` with a message saying why: a
+/// terminal answer instead of a retry loop that signs again on every attempt.
+pub fn fit_status(cr: &CertificateRequest, change: StatusChange, now: Timestamp, limit: usize) -> Option<StatusChange> {
+    let size = serde_json::to_vec(&change.status).map_or(usize::MAX, |v| v.len());
+    if size <= limit {
+        return Some(change);
+    }
+    let message = format!(
+        "The signed chain makes a status of {size} bytes, more than the {limit} bytes this issuer writes (etcd refuses objects above 1.5 MiB): shorten the CA's chain in its Secret or the request's SANs"
+    );
+    status_change(cr, Outcome::Failed { message }, now, None)
+}
+
 /// What a backend failure means for a request. The one place backend errors are classified.
 pub fn classify(error: BackendError, issuer_display: &str, retry_after: Duration) -> Outcome {
     match error.kind {
@@ -560,7 +578,7 @@ async fn apply_outcome(ctx: &Context, cr: &CertificateRequest, outcome: Outcome,
     // The budget's mark goes first: a status that says "retrying" always has its start recorded.
     let marked = retry::write_mark(&api, cr, &budget.mark).await?;
     let cr = marked.as_ref().unwrap_or(cr);
-    let Some(change) = change else {
+    let Some(change) = change.and_then(|c| fit_status(cr, c, now, MAX_STATUS_BYTES)) else {
         return Ok(());
     };
     // The resourceVersion we decided on is a precondition: if the request changed meanwhile
@@ -831,6 +849,33 @@ mod tests {
         let condition = &after.status.conditions.unwrap()[0];
         assert_eq!(condition.reason.as_deref(), Some("Failed"));
         assert!(condition.message.as_deref().unwrap().contains("maximum retry duration"));
+    }
+
+    #[test]
+    fn a_status_too_large_to_store_fails_the_request_instead_of_retrying() {
+        let approved = cr(OURS, "MeshCAIssuer", &[APPROVED]);
+        let issued = |size: usize| Outcome::Issued {
+            certificate: "C".repeat(size),
+            ca: "ROOT".into(),
+            message: "ok".into(),
+        };
+        let small = status_change(&approved, issued(100), now(), None).unwrap();
+        assert_eq!(fit_status(&approved, small.clone(), now(), 10_000), Some(small));
+        let big = status_change(&approved, issued(20_000), now(), None).unwrap();
+        let failed = fit_status(&approved, big, now(), 10_000).unwrap();
+        let condition = &failed.status.conditions.as_ref().unwrap()[0];
+        assert_eq!(condition.reason.as_deref(), Some("Failed"));
+        assert!(
+            condition
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("more than the 10000 bytes")
+        );
+        assert_eq!(
+            (failed.status.certificate, failed.status.failure_time),
+            (None, Some(Time(now())))
+        );
     }
 
     #[test]

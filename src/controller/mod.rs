@@ -48,6 +48,8 @@ pub struct Context {
     pub leadership: Leadership,
     /// Back-off of reconciles that failed (API errors, failed writes), per object.
     pub failures: RetryTracker,
+    /// Transient check failures of Ready issuers inside their grace window.
+    pub issuer_blips: issuer::Blips,
     /// Events the API server refused, per object, sent again before its next reconcile.
     unsent_events: std::sync::Mutex<std::collections::HashMap<String, Vec<UnsentEvent>>>,
 }
@@ -120,6 +122,7 @@ impl Context {
             backends,
             leadership,
             failures,
+            issuer_blips: Default::default(),
             unsent_events: Default::default(),
         }
     }
