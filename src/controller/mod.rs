@@ -745,6 +745,15 @@ async fn wait_for_crds(client: &Client) {
     }
 }
 
+/// The `controller` label of `meshca_reconciles_total` for a kind, as each controller already
+/// writes it: the request and cacerts controllers in lower case, the issuer controllers by kind.
+fn controller_label(kind: &str) -> String {
+    match kind {
+        "CertificateRequest" | "IstioCACerts" => kind.to_lowercase(),
+        other => other.to_string(),
+    }
+}
+
 /// Failed reconciles (API server unreachable or refusing a write, conflicts) are retried: a
 /// 409 at once, anything else with a per-object exponential back-off
 /// (`--retry-backoff-initial` doubling up to `--retry-backoff-max`), reset by a reconcile that
@@ -753,6 +762,12 @@ fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
 where
     K: kube::Resource<DynamicType = ()>,
 {
+    // Every failed reconcile shows in metrics, whatever failed (a refused status write
+    // included, which cannot show in the status it failed to write).
+    ctx.metrics.count_reconcile(
+        &controller_label(&K::kind(&())),
+        if error.is_conflict() { "conflict" } else { "error" },
+    );
     if error.is_conflict() {
         return Action::requeue(error.requeue_after());
     }
@@ -777,7 +792,7 @@ where
         ctx.send_unsent_events(&reference).await;
     } else {
         // A standby looked and did nothing: the signal tests wait on instead of a sleep.
-        ctx.metrics.count_reconcile(&K::kind(&()).to_lowercase(), "standby");
+        ctx.metrics.count_reconcile(&controller_label(&K::kind(&())), "standby");
     }
     let action = reconcile(object, ctx.clone()).await?;
     let unsent = ctx.unsent_event_count(&reference);
