@@ -113,8 +113,8 @@ pub trait Signer: Send + Sync {
     fn ca(&self) -> &CaInfo;
     fn sign<'a>(&'a self, request: SignRequest<'a>) -> BoxFuture<'a, Result<SignOutcome, BackendError>>;
     /// How deep a sub-CA this backend signs may be, from the path lengths of the CA's own
-    /// chain. Backends that do not see that chain say `Unlimited` and rely on the CA service
-    /// to refuse (AWS PCA does).
+    /// chain. Backends that do not read that chain (AWS PCA, for now) say `Unlimited`, leaving
+    /// the check to the CA service.
     fn sub_ca_room(&self) -> SubCaRoom {
         SubCaRoom::Unlimited
     }
