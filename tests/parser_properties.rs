@@ -161,3 +161,10 @@ fn real_inputs_pass_every_harness() {
     ]));
     fuzzing::duration(b"2160h");
 }
+
+/// Inputs on which `hack/fuzz` found a failing invariant, replayed by name.
+#[test]
+fn inputs_fuzzing_found_hold_now() {
+    // duration: crash-bf61f74beb32bb9295ba8cd10cc85374bd29befb (float rounding lost a second).
+    fuzzing::duration(b"9555555555s");
+}
