@@ -37,6 +37,7 @@ pub struct Config {
 
     /// How long a request keeps being retried after transient backend errors (network,
     /// throttling, 5xx) before it is marked Failed and cert-manager's own back-off takes over.
+    /// Counted from the first transient failure; waiting for approval or the issuer never counts.
     #[arg(long, env = "MESHCA_MAX_RETRY_DURATION", default_value = "1h", value_parser = go_duration)]
     pub max_retry_duration: Duration,
 

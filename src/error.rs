@@ -15,6 +15,9 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("{count} event(s) about {object} could not be written yet; retrying after a back-off")]
+    EventsUnsent { object: String, count: usize },
+
     #[error("could not serve the admin endpoint on {address}: {source}")]
     AdminListener {
         address: std::net::SocketAddr,

@@ -36,6 +36,12 @@ pub struct RotationLabels {
     pub phase: String,
 }
 
+/// Labels of the API write counter: what the leadership fence did with a write.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiWriteLabels {
+    pub outcome: String,
+}
+
 /// Labels of a tracked certificate: the role it plays (`intermediate`, `root`, `backend_ca`,
 /// `issuer_ca`), the object it belongs to, and which certificate exactly.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +99,7 @@ pub struct Metrics {
     pub certificate_renewal: Family<CertificateLabels, Gauge>,
     pub certificate_window: Family<CertificateLabels, Gauge>,
     pub root_rotation_phase: Family<RotationLabels, Gauge>,
+    pub api_writes: Family<ApiWriteLabels, Counter>,
     /// The fingerprints exported per owner, so a replaced certificate's series is removed
     /// instead of lingering.
     exported: Mutex<HashMap<SeriesOwner, Vec<String>>>,
@@ -167,9 +174,16 @@ impl Metrics {
             "Root rotation phase of an IstioCACerts, one-hot: 1 for the current phase, 0 for the others",
             root_rotation_phase.clone(),
         );
+        let api_writes = Family::<ApiWriteLabels, Counter>::default();
+        registry.register(
+            "api_writes",
+            "Mutating Kubernetes API requests of the controllers: sent, or refused_not_leader when this replica no longer led",
+            api_writes.clone(),
+        );
         Self {
             registry,
             root_rotation_phase,
+            api_writes,
             reconciles,
             ready,
             leader,
@@ -180,6 +194,16 @@ impl Metrics {
             exported: Mutex::new(HashMap::new()),
             owner_exists: OnceLock::new(),
         }
+    }
+
+    /// Counts a mutating API request of the controllers: `sent`, or `refused_not_leader` when
+    /// the leadership fence stopped it.
+    pub fn count_api_write(&self, outcome: &str) {
+        self.api_writes
+            .get_or_create(&ApiWriteLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     pub fn count_reconcile(&self, controller: &str, outcome: &str) {

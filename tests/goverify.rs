@@ -120,6 +120,29 @@ fn istiod_check_refuses_a_sub_ca_below_a_root_with_path_length_zero() {
     assert_eq!(istiod_loads(&three_levels("CA:TRUE")), Ok(()));
 }
 
+/// Go counts intermediates *below* a CA, and istiod verifies `ca-cert.pem` as if it were the
+/// leaf: a root with pathLen 0 above it passes istiod's load check — but every workload
+/// certificate istiod then signs has `ca-cert.pem` as an intermediate, and Go refuses those.
+/// (This is why `pki::chain` counts `ca-cert.pem` as an intermediate: stricter than the load
+/// check, exactly as strict as the workloads.)
+#[test]
+fn a_root_with_path_length_zero_passes_istiods_load_check_but_fails_every_workload() {
+    let dir = pki("CA:TRUE,pathlen:0", CA_EXT);
+    assert_eq!(istiod_loads(&bundle(&dir)), Ok(()));
+    let chain = format!("{}{}", dir.read("int.pem"), dir.read("root.pem"));
+    let leaf = workload_certificate(
+        dir.read("int.pem").as_bytes(),
+        dir.read("int.key").as_bytes(),
+        chain.as_bytes(),
+        "spiffe://cluster.local/ns/default/sa/x",
+    );
+    let verdict = workload_verifies(leaf.as_bytes(), b"", dir.read("root.pem").as_bytes());
+    assert!(
+        verdict.as_ref().is_err_and(|e| e.contains("too many intermediates")),
+        "{verdict:?}"
+    );
+}
+
 #[test]
 fn istiod_check_refuses_a_key_of_another_certificate() {
     let dir = pki("CA:TRUE", CA_EXT);

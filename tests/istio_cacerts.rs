@@ -17,7 +17,7 @@ use mesh_ca_issuer::pki::policy::SigningPlan;
 use mesh_ca_issuer::pki::sign::{CaSigner, sign_csr};
 use mesh_ca_issuer::pki::{Certificate, CertificateSigningRequest, SigningKey};
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::{RunningController, ScopeLock, TestNamespace, eventually, openssl, wait_for_event};
+use support::{RunningController, ScopeLock, TestNamespace, eventually, goverify, openssl, wait_for_event};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const SOURCE: &str = "istiod-intermediate";
@@ -138,8 +138,29 @@ async fn wait_condition(env: &Env, type_: &str, reason: &str) -> IstioCACerts {
     .unwrap_or_else(|| panic!("IstioCACerts not {type_}={reason} within {TIMEOUT:?}"))
 }
 
+/// The target Secret. Whenever it is one we wrote, Go's crypto/x509 (istiod's own check) must
+/// load it: no test may see us write a bundle istiod would refuse.
 async fn cacerts(env: &Env) -> Option<Secret> {
-    env.ns.api::<Secret>().get_opt("cacerts").await.unwrap()
+    let secret = env.ns.api::<Secret>().get_opt("cacerts").await.unwrap()?;
+    if secret.labels().get("app.kubernetes.io/managed-by").map(String::as_str) == Some("mesh-ca-issuer") {
+        let bundle = data(&secret);
+        // Judged now, or just before the intermediate expired for tests that move through its
+        // renewal windows into expiry.
+        let not_after = Certificate::parse_pem_bundle(&bundle["ca-cert.pem"], "ca-cert.pem")
+            .unwrap()
+            .remove(0)
+            .not_after();
+        let at = Timestamp::now()
+            .min(not_after - SignedDuration::from_secs(1))
+            .round(jiff::Unit::Second)
+            .unwrap();
+        assert_eq!(
+            goverify::istiod_loads_at(&bundle, Some(&at.to_string())),
+            Ok(()),
+            "istiod (Go's x509.Verify) loads the cacerts we wrote"
+        );
+    }
+    Some(secret)
 }
 
 fn data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
@@ -372,6 +393,189 @@ async fn a_foreign_cacerts_is_untouched_unless_adoption_is_asked_for() {
     );
     let note = wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "Written").await;
     assert!(note.starts_with("Adopted"), "{note}");
+}
+
+/// A `kubernetes.io/tls` Secret must keep `tls.crt`/`tls.key` and cannot change type, so a plain
+/// replace of its data is refused by the API server (forever). Adopting one replaces the Secret:
+/// the result is an Opaque `cacerts` with exactly istiod's four keys, which istiod loads.
+#[tokio::test]
+async fn adopting_a_tls_typed_cacerts_replaces_it_with_an_opaque_one() {
+    let mut env = env("icc-adopt-tls").await;
+    issue(&mut env, "mesh", None).await;
+    let dir = openssl::Workdir::new();
+    dir.req_with_new_p256_key(
+        "old.key",
+        "old.pem",
+        Some(30),
+        "/CN=old hand-made CA",
+        &["basicConstraints=critical,CA:TRUE"],
+    );
+    let tls: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "cacerts"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": dir.read("old.pem"), "tls.key": dir.read("old.key"), "ca.crt": dir.read("old.pem")}
+    }))
+    .unwrap();
+    env.ns
+        .api::<Secret>()
+        .create(&PostParams::default(), &tls)
+        .await
+        .unwrap();
+    create_icc(&env, true).await;
+    wait_condition(&env, "Ready", "Synced").await;
+    let adopted = cacerts(&env).await.expect("cacerts exists");
+    assert_eq!(adopted.type_.as_deref(), Some("Opaque"));
+    assert_eq!(
+        data(&adopted).keys().collect::<Vec<_>>(),
+        vec!["ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"]
+    );
+    let note = wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "Written").await;
+    assert!(note.starts_with("Adopted") && note.contains("tls.crt"), "{note}");
+}
+
+/// The API server refuses the controller's writes (RBAC: no Secret writes, no events). The
+/// refusal shows in status and metrics, the error policy keeps retrying with back-off, and once
+/// the permissions are granted `cacerts` and the held-back events land — nothing else changes
+/// in between, so the retry is the controller's own.
+#[tokio::test]
+async fn a_refused_cacerts_write_is_retried_until_it_is_allowed() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let mut env = env("icc-rbac").await;
+    issue(&mut env, "mesh", None).await;
+    // From here on only a restricted controller runs.
+    let Env {
+        client, ns, controller, ..
+    } = env;
+    drop(controller);
+    let rules = |writes: bool| {
+        let mut rules = vec![
+            serde_json::json!({"apiGroups": ["cert-manager.io"], "resources": ["certificaterequests", "certificates"], "verbs": ["get", "list", "watch"]}),
+            serde_json::json!({"apiGroups": ["meshca.io"], "resources": ["meshcaissuers", "istiocacerts"], "verbs": ["get", "list", "watch"]}),
+            serde_json::json!({"apiGroups": ["meshca.io"], "resources": ["meshcaissuers/status", "istiocacerts/status"], "verbs": ["update", "patch"]}),
+            serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}),
+        ];
+        if writes {
+            rules.push(serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "update", "delete"]}));
+            rules.push(serde_json::json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}));
+        }
+        serde_json::from_value::<Role>(serde_json::json!({"metadata": {"name": "controller"}, "rules": rules})).unwrap()
+    };
+    let roles: Api<Role> = ns.api();
+    roles.create(&PostParams::default(), &rules(false)).await.unwrap();
+    ns.api::<ServiceAccount>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "controller"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let binding = serde_json::json!({
+        "metadata": {"name": "controller"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "controller"},
+        "subjects": [{"kind": "ServiceAccount", "name": "controller", "namespace": ns.name}]
+    });
+    ns.api::<RoleBinding>()
+        .create(&PostParams::default(), &serde_json::from_value(binding).unwrap())
+        .await
+        .unwrap();
+    let token = support::service_account_token(&client, &ns.name, "controller").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = support::kubeconfig_with_token(dir.path(), &token);
+    let flags = [
+        "--namespace",
+        &ns.name,
+        "--retry-backoff-initial",
+        "1s",
+        "--retry-backoff-max",
+        "4s",
+    ];
+    let mut restricted = support::ControllerProcess::start_with_env(&kubeconfig, &flags, &[], dir.path());
+    assert!(
+        restricted.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        restricted.log()
+    );
+
+    let api: Api<IstioCACerts> = ns.api();
+    let spec = IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        target_secret_name: "cacerts".into(),
+        adopt_existing: false,
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &IstioCACerts::new("mesh", spec))
+        .await
+        .unwrap();
+    let failed_message = eventually(TIMEOUT, || async {
+        let icc = api.get("mesh").await.ok()?;
+        let c = icc
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")?
+            .clone();
+        (c.reason == "WriteFailed").then_some(c.message)
+    })
+    .await
+    .expect("the refused write shows in status");
+    assert!(failed_message.contains("forbidden"), "{failed_message}");
+    // Retried, with back-off, and counted: at least two refused attempts.
+    let write_failed = |text: &str| {
+        metric(
+            text,
+            "meshca_reconciles_total",
+            &[("controller", "istiocacerts"), ("outcome", "write_failed")],
+        )
+    };
+    eventually(TIMEOUT, || async {
+        let (_, text) = support::http_get(restricted.admin_port, "/metrics").await.ok()?;
+        (write_failed(&text)? >= 2.0).then_some(())
+    })
+    .await
+    .expect("meshca_reconciles_total{outcome=\"write_failed\"} counts the retries");
+    assert!(ns.api::<Secret>().get_opt("cacerts").await.unwrap().is_none());
+    let (_, text) = support::http_get(restricted.admin_port, "/metrics").await.unwrap();
+    assert!(
+        metric(
+            &text,
+            "meshca_reconciles_total",
+            &[("controller", "event"), ("outcome", "write_failed")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "the refused event is counted"
+    );
+
+    // Granted: the write lands and the held-back events follow, with no other trigger.
+    let mut granted = rules(true);
+    granted.metadata.resource_version = roles.get("controller").await.unwrap().metadata.resource_version;
+    roles
+        .replace("controller", &PostParams::default(), &granted)
+        .await
+        .unwrap();
+    let synced = eventually(Duration::from_secs(30), || async {
+        let icc = api.get("mesh").await.ok()?;
+        let c = icc
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")?
+            .clone();
+        (c.reason == "Synced").then_some(())
+    })
+    .await;
+    assert!(
+        synced.is_some(),
+        "cacerts written once allowed; log:\n{}",
+        restricted.log()
+    );
+    let written = ns.api::<Secret>().get("cacerts").await.unwrap();
+    assert_eq!(goverify::istiod_loads(&data(&written)), Ok(()));
+    wait_for_event(&client, &ns.name, "IstioCACerts/mesh", "Written").await;
+    wait_for_event(&client, &ns.name, "IstioCACerts/mesh", "WriteFailed").await;
 }
 
 #[tokio::test]

@@ -176,3 +176,166 @@ async fn one_leader_writes_and_a_standby_takes_over_when_it_dies() {
         "the new leader issued the five new requests"
     );
 }
+
+/// Events in `namespace` reported by replica `instance` at or after `since`.
+async fn events_reported_by(client: &kube::Client, namespace: &str, instance: &str, since: jiff::Timestamp) -> usize {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), namespace);
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| e.reporting_instance.as_deref().is_some_and(|i| i.starts_with(instance)))
+        .filter(|e| e.event_time.as_ref().is_some_and(|t| t.0 >= since))
+        .count()
+}
+
+/// A leader paused with SIGSTOP for longer than its lease (a frozen node, a stalled VM) is
+/// replaced; when it is resumed it knows at once that it no longer leads and writes nothing —
+/// not a status, not an event — although its watches hand it new work; nothing is signed twice.
+#[tokio::test]
+async fn a_paused_leader_is_replaced_and_writes_nothing_when_it_wakes() {
+    let (_lock, client, ns) = support::namespaced_test("ha-stop").await;
+    let logs = tempfile::tempdir().unwrap();
+    let flags = [
+        "--namespace",
+        &ns.name,
+        "--leader-elect=true",
+        "--leader-election-namespace",
+        &ns.name,
+        "--leader-election-lease-duration",
+        "4s",
+        "--leader-election-renew-deadline",
+        "3s",
+        "--leader-election-retry-period",
+        "500ms",
+    ];
+    let kubeconfig = support::kubeconfig();
+    let mut a = ControllerProcess::start_with_env(&kubeconfig, &flags, &[("POD_NAME", "replica-a")], logs.path());
+    let mut b = ControllerProcess::start_with_env(&kubeconfig, &flags, &[("POD_NAME", "replica-b")], logs.path());
+    assert!(a.wait_ready(Duration::from_secs(60)).await, "{}", a.log());
+    assert!(b.wait_ready(Duration::from_secs(60)).await, "{}", b.log());
+    let a_leads = eventually(Duration::from_secs(20), || async {
+        match (is_leader(&a).await, is_leader(&b).await) {
+            (true, false) => Some(true),
+            (false, true) => Some(false),
+            _ => None,
+        }
+    })
+    .await
+    .expect("exactly one leader");
+    let ((old, old_name), (new, _)) = if a_leads {
+        ((a, "replica-a"), (b, "replica-b"))
+    } else {
+        ((b, "replica-b"), (a, "replica-a"))
+    };
+
+    let issuers: Api<MeshCAIssuer> = ns.api();
+    let spec = IssuerSpec {
+        local_ca: Some(LocalCA {
+            secret_name: "root".into(),
+            bootstrap: Some(RootBootstrap::default()),
+        }),
+        ..Default::default()
+    };
+    issuers
+        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", spec))
+        .await
+        .unwrap();
+    fn names(prefix: &'static str) -> impl Iterator<Item = String> {
+        (0..3).map(move |i| format!("{prefix}-{i}"))
+    }
+    for name in names("before") {
+        cm::request_and_approve(&client, &ns.name, &IntermediateRequest::istiod(&name, "mesh")).await;
+    }
+    for name in names("before") {
+        cm::wait_for_reason(&client, &ns.name, &name, &["Issued"], Duration::from_secs(30)).await;
+    }
+    // Quiet now: every request issued, the issuer checked. What the old leader has sent so far:
+    let sent = "meshca_api_writes_total{outcome=\"sent\"} ";
+    let refused = "meshca_api_writes_total{outcome=\"refused_not_leader\"} ";
+    let standby_looks = "meshca_reconciles_total{controller=\"certificaterequest\",outcome=\"standby\"} ";
+    let sent_before = metric(old.admin_port, sent).await;
+    assert!(sent_before > 0.0, "the leader wrote through the fenced client");
+
+    // Pause the leader; new requests arrive meanwhile.
+    let pid = old.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let stopped = Instant::now();
+    for name in names("during") {
+        cm::request_and_approve(&client, &ns.name, &IntermediateRequest::istiod(&name, "mesh")).await;
+    }
+    eventually(Duration::from_secs(20), || async {
+        is_leader(&new).await.then_some(())
+    })
+    .await
+    .expect("the standby takes over from the paused leader");
+    let failover = stopped.elapsed();
+    for name in names("during") {
+        cm::wait_for_reason(&client, &ns.name, &name, &["Issued"], Duration::from_secs(30)).await;
+    }
+    // Paused for longer than the lease, then resumed; its watches now hand it the "during"
+    // requests, and new ones arrive.
+    let pause = stopped.elapsed().max(LEASE + Duration::from_secs(1));
+    tokio::time::sleep(pause.saturating_sub(stopped.elapsed())).await;
+    let resumed_at = jiff::Timestamp::now();
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let resumed = Instant::now();
+    let stale = eventually(Duration::from_secs(10), || async {
+        (metric(old.admin_port, "meshca_leader ").await == 0.0).then(|| resumed.elapsed())
+    })
+    .await
+    .expect("the resumed replica reports that it does not lead");
+    for name in names("after") {
+        cm::request_and_approve(&client, &ns.name, &IntermediateRequest::istiod(&name, "mesh")).await;
+    }
+    for name in names("after") {
+        cm::wait_for_reason(&client, &ns.name, &name, &["Issued"], Duration::from_secs(30)).await;
+    }
+    // Proof that the resumed replica looked at the new work (a signal, not a sleep): it
+    // reconciled the "during" and "after" requests as a standby.
+    eventually(Duration::from_secs(20), || async {
+        (metric(old.admin_port, standby_looks).await >= 6.0).then_some(())
+    })
+    .await
+    .expect("the resumed replica reconciled the new requests as a standby");
+
+    let sent_after = metric(old.admin_port, sent).await;
+    let refused_after = metric(old.admin_port, refused).await;
+    let old_events = events_reported_by(&client, &ns.name, old_name, resumed_at).await;
+    println!(
+        "SIGSTOP failover: {:.2}s (lease {}s); resumed leader reported not leading after {:.3}s; its writes after SIGCONT: {} sent, {} refused by the fence; its events after SIGCONT: {}",
+        failover.as_secs_f64(),
+        LEASE.as_secs(),
+        stale.as_secs_f64(),
+        sent_after - sent_before,
+        refused_after,
+        old_events
+    );
+    assert_eq!(sent_after, sent_before, "the resumed replica sent no write");
+    assert_eq!(old_events, 0, "the resumed replica published no event");
+    assert!(
+        failover <= LEASE + RETRY * 2 + Duration::from_secs(1),
+        "failover took {failover:?}"
+    );
+
+    // Nothing signed twice: one Issued event each, nine distinct serials.
+    let api: Api<CertificateRequest> = ns.api();
+    let mut serials = HashSet::new();
+    for name in names("before").chain(names("during")).chain(names("after")) {
+        let cr = api.get(&name).await.unwrap();
+        let cert = Certificate::parse_pem_bundle(cr.status.unwrap().certificate.as_deref().unwrap(), "c")
+            .unwrap()
+            .remove(0);
+        serials.insert(cert.serial_hex());
+        let issued_events = support::events_for(&client, &ns.name, &name)
+            .await
+            .into_iter()
+            .filter(|e| e.1 == "Issued")
+            .count();
+        assert_eq!(issued_events, 1, "{name} signed once");
+    }
+    assert_eq!(serials.len(), 9);
+    drop(new);
+    drop(old);
+}

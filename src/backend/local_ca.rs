@@ -17,6 +17,7 @@ use kube::{Api, Client};
 
 use super::{BackendError, CaInfo, IssuedChain, IssuerScope, Purpose, SignOutcome, SignRequest, Signer};
 use crate::api::issuer::LocalCA;
+use crate::pki::chain::{SubCaRoom, sub_ca_room};
 use crate::pki::policy::CaLifetime;
 use crate::pki::sign::{CaSigner, probe_signing, sign_csr};
 use crate::pki::{Certificate, SigningKey, strength};
@@ -47,6 +48,8 @@ pub struct LocalCa {
     path: Vec<Certificate>,
     root: Certificate,
     info: CaInfo,
+    /// What pathLen a sub-CA signed here may carry (path lengths of `ca`, `path` and `root`).
+    sub_ca_room: SubCaRoom,
 }
 
 impl LocalCa {
@@ -178,12 +181,18 @@ impl LocalCa {
                 max_validity: None,
             },
         };
+        let issuing: Vec<Certificate> = std::iter::once(ca.clone())
+            .chain(path.iter().cloned())
+            .chain((ca != root).then(|| root.clone()))
+            .collect();
+        let sub_ca_room = sub_ca_room(&issuing);
         Ok(Self {
             ca,
             key: Arc::new(key),
             path,
             root,
             info,
+            sub_ca_room,
         })
     }
 
@@ -225,8 +234,26 @@ impl Signer for LocalCa {
         &self.info
     }
 
+    fn sub_ca_room(&self) -> SubCaRoom {
+        self.sub_ca_room.clone()
+    }
+
     fn sign<'a>(&'a self, request: SignRequest<'a>) -> BoxFuture<'a, Result<SignOutcome, BackendError>> {
         Box::pin(async move {
+            // Never a sub-CA whose workload chains Go would refuse (issuers that may sign
+            // leaves only are not stopped by `check_path_len_room`, so ask again here).
+            if let Some(path_len) = request.plan.ca_path_len
+                && !self.sub_ca_room.allows(u32::from(path_len))
+            {
+                return Err(BackendError::issuer_not_ready(
+                    super::PATH_LEN_EXHAUSTED,
+                    format!(
+                        "{} cannot sign a sub-CA with pathLen {path_len}: its chain's path lengths allow {:?}",
+                        self.ca.subject(),
+                        self.sub_ca_room
+                    ),
+                ));
+            }
             let (csr, plan) = (request.csr.clone(), request.plan.clone());
             let (ca, key) = (self.ca.clone(), self.key.clone());
             // Signing is CPU work (RSA especially): keep it off the async reactor threads.
@@ -437,5 +464,48 @@ mod tests {
             )),
             reason::INCOMPLETE_CHAIN
         );
+    }
+
+    #[test]
+    fn a_ca_whose_path_length_is_used_up_refuses_to_sign_sub_cas() {
+        use crate::pki::chain::tests::{ca, make};
+        let root = make(&ca("Root", Some(0)), None);
+        let secret = data(&[(TLS_CRT, root.cert.to_pem()), (TLS_KEY, root.signing_key().to_pem())]);
+        let local = LocalCa::from_data(Some(&secret), "Secret ns/root", Purpose::HealthCheck, now()).unwrap();
+        // The issuer check says so, naming the certificate and its pathLen...
+        let err = super::super::check_path_len_room(&local, &Default::default()).unwrap_err();
+        assert_eq!(
+            (err.kind, err.reason),
+            (
+                super::super::FailureKind::IssuerNotReady,
+                super::super::PATH_LEN_EXHAUSTED
+            )
+        );
+        assert!(err.message.contains("CN=Root has pathLen 0"), "{}", err.message);
+        // ...and signing a sub-CA is refused even when asked directly.
+        let csr = crate::pki::sign::tests::istiod_csr();
+        let plan = crate::pki::policy::SigningPlan {
+            ca_path_len: Some(0),
+            not_before: now(),
+            not_after: now() + jiff::SignedDuration::from_hours(1),
+            requested: std::time::Duration::from_secs(3600),
+            clamped: None,
+            name_constraints: None,
+        };
+        let request = SignRequest {
+            csr: &csr,
+            plan: &plan,
+            request_uid: "u",
+            backend_ref: None,
+        };
+        let refused = futures::executor::block_on(local.sign(request)).unwrap_err();
+        assert_eq!(refused.reason, super::super::PATH_LEN_EXHAUSTED);
+
+        // A root with pathLen 1 leaves room for exactly pathLen 0.
+        let roomy = make(&ca("Roomy", Some(1)), None);
+        let secret = data(&[(TLS_CRT, roomy.cert.to_pem()), (TLS_KEY, roomy.signing_key().to_pem())]);
+        let local = LocalCa::from_data(Some(&secret), "Secret ns/root", Purpose::HealthCheck, now()).unwrap();
+        assert_eq!(local.sub_ca_room(), SubCaRoom::AtMost(0));
+        assert!(super::super::check_path_len_room(&local, &Default::default()).is_ok());
     }
 }

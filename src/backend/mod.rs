@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use jiff::Timestamp;
 
 use crate::api::issuer::{CertificateSummary, IssuerSpec};
+use crate::pki::chain::SubCaRoom;
 use crate::pki::policy::{CaLifetime, SigningPlan};
 use crate::pki::{Certificate, CertificateSigningRequest};
 
@@ -111,7 +112,39 @@ pub trait Signer: Send + Sync {
     /// The CA that signs.
     fn ca(&self) -> &CaInfo;
     fn sign<'a>(&'a self, request: SignRequest<'a>) -> BoxFuture<'a, Result<SignOutcome, BackendError>>;
+    /// How deep a sub-CA this backend signs may be, from the path lengths of the CA's own
+    /// chain. Backends that do not read that chain (AWS PCA, for now) say `Unlimited`, leaving
+    /// the check to the CA service.
+    fn sub_ca_room(&self) -> SubCaRoom {
+        SubCaRoom::Unlimited
+    }
 }
+
+/// Refuses a signer whose CA's path length leaves no room for the sub-CAs the issuer's policy
+/// makes (`policy.maxPathLen` when the CSR asks for none): the issuer is not Ready and says
+/// what to change, instead of handing out an intermediate whose workload chains Go refuses.
+pub fn check_path_len_room(signer: &dyn Signer, spec: &IssuerSpec) -> Result<(), BackendError> {
+    let wanted = u32::from(spec.policy.max_path_len);
+    match signer.sub_ca_room() {
+        room if room.allows(wanted) => Ok(()),
+        SubCaRoom::None { subject, path_len } => Err(BackendError::issuer_not_ready(
+            PATH_LEN_EXHAUSTED,
+            format!(
+                "the signing CA's chain cannot sign sub-CAs: {subject} has pathLen {path_len}, which leaves no room for istiod's intermediate; sign with a CA whose chain allows one more CA level"
+            ),
+        )),
+        SubCaRoom::AtMost(max) => Err(BackendError::issuer_not_ready(
+            PATH_LEN_EXHAUSTED,
+            format!(
+                "spec.policy.maxPathLen {wanted} is more than the signing CA's chain allows (at most {max}): lower spec.policy.maxPathLen to {max}"
+            ),
+        )),
+        SubCaRoom::Unlimited => Ok(()),
+    }
+}
+
+/// Reason of an issuer whose CA's path length forbids the sub-CAs it is meant to sign.
+pub const PATH_LEN_EXHAUSTED: &str = "PathLenExhausted";
 
 /// Where an issuer lives and where it may read Secrets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,9 +226,11 @@ pub async fn connect(
 ) -> Result<Box<dyn Signer>, BackendError> {
     configured_backend(spec)?;
     if let Some(local) = &spec.local_ca {
-        return Ok(Box::new(
-            local_ca::LocalCa::load(&backends.kube, local, scope, purpose, now).await?,
-        ));
+        let signer = local_ca::LocalCa::load(&backends.kube, local, scope, purpose, now).await?;
+        if spec.policy.require_ca {
+            check_path_len_room(&signer, spec)?;
+        }
+        return Ok(Box::new(signer));
     }
     if let Some(pca) = &spec.aws_pca {
         if pca.path_len > spec.policy.max_path_len {

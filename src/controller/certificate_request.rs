@@ -22,7 +22,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
-use super::{Context, admission};
+use super::{Context, admission, retry};
 use crate::FIELD_MANAGER;
 use crate::api::cert_manager::{CertificateRequest, CertificateRequestCondition, CertificateRequestStatus, condition};
 use crate::api::conditions::READY;
@@ -277,6 +277,24 @@ pub fn status_change(
 /// `Failed`, the reason cert-manager acts on.
 pub const REASON_POLICY_VIOLATION: &str = "PolicyViolation";
 
+/// The largest status we write. etcd refuses values above 1.5 MiB and the API server then
+/// answers with an error that, retried, would re-sign the request every few seconds forever;
+/// a status this large is a chain no istiod needs.
+pub const MAX_STATUS_BYTES: usize = 1024 * 1024;
+
+/// Turns a status change too large to store into `Failed` with a message saying why: a
+/// terminal answer instead of a retry loop that signs again on every attempt.
+pub fn fit_status(cr: &CertificateRequest, change: StatusChange, now: Timestamp, limit: usize) -> Option<StatusChange> {
+    let size = serde_json::to_vec(&change.status).map_or(usize::MAX, |v| v.len());
+    if size <= limit {
+        return Some(change);
+    }
+    let message = format!(
+        "The signed chain makes a status of {size} bytes, more than the {limit} bytes this issuer writes (etcd refuses objects above 1.5 MiB): shorten the CA's chain in its Secret or the request's SANs"
+    );
+    status_change(cr, Outcome::Failed { message }, now, None)
+}
+
 /// What a backend failure means for a request. The one place backend errors are classified.
 pub fn classify(error: BackendError, issuer_display: &str, retry_after: Duration) -> Outcome {
     match error.kind {
@@ -366,6 +384,8 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
     let (kind, issuer_name) = match triage(&cr, ctx.config.namespace.is_none()) {
         // done: foreign, terminal or not yet approved requests get no write at all
         Triage::NotOurs | Triage::Terminal | Triage::AwaitingApproval => {
+            // A request that ended needs no back-off history.
+            ctx.retries.forget(&cr.uid().unwrap_or_default());
             return Ok(Action::await_change());
         }
         Triage::Denied { message } => {
@@ -603,14 +623,23 @@ async fn apply_outcome(ctx: &Context, cr: &CertificateRequest, outcome: Outcome,
         Outcome::Failed { .. } | Outcome::PolicyViolation { .. } => "failed",
         Outcome::Issued { .. } => "issued",
     };
-    let deadline = cr.meta().creation_timestamp.as_ref().map(|t| {
-        t.0 + jiff::SignedDuration::try_from(ctx.config.max_retry_duration).unwrap_or(jiff::SignedDuration::MAX)
-    });
-    let Some(change) = status_change(cr, outcome, now, deadline) else {
-        return Ok(());
-    };
+    let budget = retry::budget(
+        retry::Attempt::of(&outcome),
+        cr.annotations()
+            .get(retry::FIRST_FAILURE_ANNOTATION)
+            .map(String::as_str),
+        now,
+        ctx.config.max_retry_duration,
+    );
+    let change = status_change(cr, outcome, now, budget.deadline);
     let name = cr.name_any();
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    // The budget's mark goes first: a status that says "retrying" always has its start recorded.
+    let marked = retry::write_mark(&api, cr, &budget.mark).await?;
+    let cr = marked.as_ref().unwrap_or(cr);
+    let Some(change) = change.and_then(|c| fit_status(cr, c, now, MAX_STATUS_BYTES)) else {
+        return Ok(());
+    };
     // The resourceVersion we decided on is a precondition: if the request changed meanwhile
     // (another writer, a leader hand-over), the write fails with 409 and is decided again.
     let patch = serde_json::json!({
@@ -879,6 +908,33 @@ mod tests {
         let condition = &after.status.conditions.unwrap()[0];
         assert_eq!(condition.reason.as_deref(), Some("Failed"));
         assert!(condition.message.as_deref().unwrap().contains("maximum retry duration"));
+    }
+
+    #[test]
+    fn a_status_too_large_to_store_fails_the_request_instead_of_retrying() {
+        let approved = cr(OURS, "MeshCAIssuer", &[APPROVED]);
+        let issued = |size: usize| Outcome::Issued {
+            certificate: "C".repeat(size),
+            ca: "ROOT".into(),
+            message: "ok".into(),
+        };
+        let small = status_change(&approved, issued(100), now(), None).unwrap();
+        assert_eq!(fit_status(&approved, small.clone(), now(), 10_000), Some(small));
+        let big = status_change(&approved, issued(20_000), now(), None).unwrap();
+        let failed = fit_status(&approved, big, now(), 10_000).unwrap();
+        let condition = &failed.status.conditions.as_ref().unwrap()[0];
+        assert_eq!(condition.reason.as_deref(), Some("Failed"));
+        assert!(
+            condition
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("more than the 10000 bytes")
+        );
+        assert_eq!(
+            (failed.status.certificate, failed.status.failure_time),
+            (None, Some(Time(now())))
+        );
     }
 
     #[test]

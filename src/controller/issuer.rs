@@ -143,6 +143,64 @@ pub fn assess(check: Result<(&'static str, CaInfo), BackendError>, recheck: Dura
     }
 }
 
+/// How long an issuer that is Ready stays Ready while its checks fail transiently (API server
+/// or backend unreachable, throttled): one blip must not stop every renewal behind it, but an
+/// outage that outlasts this window is reported.
+pub const TRANSIENT_GRACE: Duration = Duration::from_secs(60);
+/// How soon a check that failed transiently inside the grace window is tried again.
+pub const TRANSIENT_RECHECK: Duration = Duration::from_secs(10);
+
+/// What to do with a check's result, given the transient failures seen so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Blip {
+    /// Report the result as it is (and forget any earlier transient failure).
+    Report,
+    /// A transient failure of an issuer that is Ready at its generation, inside the grace
+    /// window that began at `since`: keep the status, check again after `recheck`.
+    Hold { since: Timestamp, recheck: Duration },
+}
+
+/// Decides whether a failed check may leave a Ready issuer Ready for now. `first` is when the
+/// current run of transient failures began, if one did.
+pub fn blip(
+    failure: Option<FailureKind>,
+    ready_at_generation: bool,
+    first: Option<Timestamp>,
+    now: Timestamp,
+    grace: Duration,
+) -> Blip {
+    if failure != Some(FailureKind::Retryable) || !ready_at_generation {
+        return Blip::Report;
+    }
+    let since = first.filter(|t| *t <= now).unwrap_or(now);
+    let elapsed = now.duration_since(since).unsigned_abs();
+    if elapsed >= grace {
+        return Blip::Report;
+    }
+    Blip::Hold {
+        since,
+        recheck: TRANSIENT_RECHECK.min(grace - elapsed),
+    }
+}
+
+/// When each issuer's current run of transient check failures began (in memory: a restart
+/// starts the window afresh, which at worst reports an outage a minute later).
+#[derive(Default)]
+pub struct Blips(std::sync::Mutex<std::collections::HashMap<String, Timestamp>>);
+
+impl Blips {
+    fn first(&self, key: &str) -> Option<Timestamp> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied()
+    }
+    fn set(&self, key: &str, since: Option<Timestamp>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match since {
+            Some(t) => map.insert(key.to_string(), t),
+            None => map.remove(key),
+        };
+    }
+}
+
 /// The status to write for an assessment, keeping the condition's transition time when its
 /// status did not change.
 pub fn next_status(
@@ -205,9 +263,31 @@ pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Re
             Err(e) => Err(e),
         };
     }
-    let assessment = assess(result, ctx.config.issuer_recheck_interval, now);
     let generation = issuer.meta().generation;
     let previous = issuer.status();
+    let ready_at_generation = previous
+        .and_then(|s| conditions::find(&s.conditions, READY))
+        .is_some_and(|c| c.status == "True" && c.observed_generation == generation);
+    let key = format!("{}/{}", issuer.namespace().unwrap_or_default(), issuer.name_any());
+    match blip(
+        result.as_ref().err().map(|e| e.kind),
+        ready_at_generation,
+        ctx.issuer_blips.first(&key),
+        now,
+        TRANSIENT_GRACE,
+    ) {
+        Blip::Hold { since, recheck } => {
+            if let Err(e) = &result {
+                warn!(reason = %e.reason, error = %e.message, since = %since, "transient error checking the issuer; it stays Ready within the grace window");
+            }
+            ctx.issuer_blips.set(&key, Some(since));
+            ctx.metrics.count_reconcile(K::KIND, "transient_error");
+            // requeue: check again soon; the status still says Ready
+            return Ok(Action::requeue(recheck));
+        }
+        Blip::Report => ctx.issuer_blips.set(&key, None),
+    }
+    let assessment = assess(result, ctx.config.issuer_recheck_interval, now);
     let mut status = next_status(previous, &assessment, generation, now);
     // What the issuer admits, as in effect: policy with the controller's defaults applied.
     status.allowed_namespaces = admission::effective_namespaces(
@@ -418,5 +498,35 @@ mod tests {
             bumped.conditions[0].last_transition_time,
             first.conditions[0].last_transition_time
         );
+    }
+
+    #[test]
+    fn one_transient_error_does_not_flip_a_ready_issuer() {
+        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let grace = Duration::from_secs(60);
+        let hold = |since: i64, recheck: u64| Blip::Hold {
+            since: at(since),
+            recheck: Duration::from_secs(recheck),
+        };
+        use FailureKind::*;
+        // (case, failure, Ready at its generation, first failure, now, expected)
+        let cases = [
+            // A first blip on a Ready issuer: hold, check again soon.
+            ("first blip", Some(Retryable), true, None, 0, hold(0, 10)),
+            // Still failing 30 s later: still held, from the same start.
+            ("still failing", Some(Retryable), true, Some(0), 30, hold(0, 10)),
+            // Near the end of the window the recheck lands on its end.
+            ("window end", Some(Retryable), true, Some(0), 55, hold(0, 5)),
+            // Failing for the whole window: reported.
+            ("outage", Some(Retryable), true, Some(0), 60, Blip::Report),
+            // Not Ready (or not checked at this generation): nothing to protect.
+            ("not ready", Some(Retryable), false, None, 0, Blip::Report),
+            // Configuration errors and success are reported at once.
+            ("config error", Some(IssuerNotReady), true, None, 0, Blip::Report),
+            ("success", None, true, Some(0), 30, Blip::Report),
+        ];
+        for (name, failure, ready, first, now, expected) in cases {
+            assert_eq!(blip(failure, ready, first.map(at), at(now), grace), expected, "{name}");
+        }
     }
 }

@@ -265,6 +265,7 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
     // What istiod runs with after this reconcile: the new bundle, or the one left in place.
     // A rotation's phase moves on only once its bundle is in the target.
     let mut carried_out = false;
+    let mut write_failed = None;
     let (outcome, live): (Result<String, Problem>, Option<BundleContents>) = match decision {
         Ok(plan) => {
             let mut summary = format!(
@@ -303,7 +304,9 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
                     ),
                     _ => (Ok(summary), Some(plan.contents)),
                 },
-                Err(problem) => {
+                Err((problem, source)) => {
+                    // Shown in status below, and then retried by the error policy.
+                    write_failed = Some(Error::kube(format!("writing {target_display}"), source));
                     let live = existing_bundle(&target, now);
                     (Err(problem), live)
                 }
@@ -551,6 +554,12 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
         ctx.metrics
             .set_certificates(role.metric_kind(), &namespace, &name, &series);
     }
+    if let Some(error) = write_failed {
+        // A refused write is an error, not a verdict: the error policy retries it with back-off
+        // (a 409 at once), whether or not anything else changes.
+        ctx.metrics.count_reconcile("istiocacerts", "write_failed");
+        return Err(error);
+    }
     ctx.metrics
         .count_reconcile("istiocacerts", if ready { "synced" } else { "refused" });
 
@@ -743,7 +752,7 @@ async fn write_target(
     existing: Option<&Secret>,
     anchor_record: Option<String>,
     root_change: Option<String>,
-) -> Result<(), Problem> {
+) -> Result<(), (Problem, kube::Error)> {
     if !plan.changed {
         return Ok(());
     }
@@ -783,7 +792,45 @@ async fn write_target(
     }
     secret.data = Some(data);
     secret.string_data = None;
-    let result = if existing.is_some() {
+    // A Secret's type is immutable, and a `kubernetes.io/tls` Secret must keep tls.crt and
+    // tls.key — which istiod would read instead of our keys. Adopting one therefore replaces
+    // it: delete exactly the object we read (uid and resourceVersion as preconditions, so a
+    // concurrent change is a conflict, not a loss), then create it as Opaque below. Should
+    // the create fail, the next reconcile finds no target and creates it; istiod keeps the
+    // CA it loaded meanwhile.
+    // (Every built-in `kubernetes.io/*` type has keys the API server requires.)
+    let recreate = existing.is_some_and(|s| s.type_.as_deref().is_some_and(|t| t.starts_with("kubernetes.io/")));
+    if recreate {
+        let preconditions = kube::api::Preconditions {
+            uid: secret.metadata.uid.clone(),
+            resource_version: secret.metadata.resource_version.clone(),
+        };
+        let params = kube::api::DeleteParams {
+            preconditions: Some(preconditions),
+            ..Default::default()
+        };
+        if let Err(e) = secrets.delete(name, &params).await {
+            return Err((
+                Problem {
+                    reason: cacerts::reason::WRITE_FAILED,
+                    message: format!(
+                        "adopting Secret {namespace}/{name} of type {:?} needs it replaced by an Opaque Secret, but deleting it failed (retrying with back-off): {e}",
+                        secret.type_.as_deref().unwrap_or_default()
+                    ),
+                },
+                e,
+            ));
+        }
+        secret.metadata = kube::api::ObjectMeta {
+            name: secret.metadata.name.take(),
+            namespace: secret.metadata.namespace.take(),
+            labels: secret.metadata.labels.take(),
+            annotations: secret.metadata.annotations.take(),
+            ..Default::default()
+        };
+        secret.type_ = Some("Opaque".to_string());
+    }
+    let result = if existing.is_some() && !recreate {
         secrets
             .replace(
                 name,
@@ -830,15 +877,21 @@ async fn write_target(
                 .await;
             Ok(())
         }
-        // Someone changed it since we read it: the watch brings us back with the new state.
-        Err(kube::Error::Api(e)) if e.code == 409 => Err(Problem {
-            reason: cacerts::reason::WRITE_FAILED,
-            message: format!("{secret_display} changed while it was being written; retrying with its new content"),
-        }),
-        Err(e) => Err(Problem {
-            reason: cacerts::reason::WRITE_FAILED,
-            message: format!("writing {secret_display} failed: {e}"),
-        }),
+        // Someone changed it since we read it: decided again at once with the new state.
+        Err(e @ kube::Error::Api(_)) if matches!(&e, kube::Error::Api(s) if s.code == 409) => Err((
+            Problem {
+                reason: cacerts::reason::WRITE_FAILED,
+                message: format!("{secret_display} changed while it was being written; retrying with its new content"),
+            },
+            e,
+        )),
+        Err(e) => Err((
+            Problem {
+                reason: cacerts::reason::WRITE_FAILED,
+                message: format!("writing {secret_display} failed (retrying with back-off): {e}"),
+            },
+            e,
+        )),
     }
 }
 

@@ -48,6 +48,51 @@ pub struct Context {
     pub backends: Backends,
     /// Only the leader acts; standbys keep their caches warm and do nothing else.
     pub leadership: Leadership,
+    /// Back-off of reconciles that failed (API errors, failed writes), per object.
+    pub failures: RetryTracker,
+    /// Transient check failures of Ready issuers inside their grace window.
+    pub issuer_blips: issuer::Blips,
+    /// Events the API server refused, per object, sent again before its next reconcile.
+    unsent_events: std::sync::Mutex<std::collections::HashMap<String, Vec<UnsentEvent>>>,
+}
+
+/// An event that could not be written yet.
+#[derive(Clone, Debug)]
+struct UnsentEvent {
+    reference: ObjectReference,
+    type_: EventType,
+    reason: String,
+    action: String,
+    note: String,
+}
+
+/// The longest event note the API server keeps (events.k8s.io/v1 refuses longer ones).
+pub const MAX_EVENT_NOTE_BYTES: usize = 1024;
+
+/// Cuts `note` to at most [`MAX_EVENT_NOTE_BYTES`] bytes on a character boundary, marking the
+/// cut, so a long chain of error messages never makes the event itself fail.
+pub fn cut_note(mut note: String) -> String {
+    if note.len() <= MAX_EVENT_NOTE_BYTES {
+        return note;
+    }
+    const MARK: &str = " [...]";
+    let mut end = MAX_EVENT_NOTE_BYTES - MARK.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push_str(MARK);
+    note
+}
+
+/// The key of an object in per-object bookkeeping: kind, namespace and name.
+fn object_key(reference: &ObjectReference) -> String {
+    format!(
+        "{}/{}/{}",
+        reference.kind.as_deref().unwrap_or_default(),
+        reference.namespace.as_deref().unwrap_or_default(),
+        reference.name.as_deref().unwrap_or_default()
+    )
 }
 
 impl Context {
@@ -70,6 +115,7 @@ impl Context {
             ambient: config.ambient_policy(),
         };
         let retries = RetryTracker::new(config.retry_backoff_initial, config.retry_backoff_max);
+        let failures = RetryTracker::new(config.retry_backoff_initial, config.retry_backoff_max);
         Self {
             client,
             config,
@@ -78,10 +124,39 @@ impl Context {
             retries,
             backends,
             leadership,
+            failures,
+            issuer_blips: Default::default(),
+            unsent_events: Default::default(),
         }
     }
 
-    /// Publishes an event; a failure to do so is logged, never fails the reconcile.
+    /// Sends the events of `reference` that failed before; those that fail again stay queued.
+    async fn send_unsent_events(&self, reference: &ObjectReference) {
+        let key = object_key(reference);
+        let queued = self
+            .unsent_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+            .unwrap_or_default();
+        for e in queued {
+            self.publish_event(&e.reference, e.type_, &e.reason, &e.action, e.note)
+                .await;
+        }
+    }
+
+    /// How many events of `reference` still wait to be written.
+    fn unsent_event_count(&self, reference: &ObjectReference) -> usize {
+        self.unsent_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&object_key(reference))
+            .map_or(0, Vec::len)
+    }
+
+    /// Publishes an event, its note cut to [`MAX_EVENT_NOTE_BYTES`]. An event the API server
+    /// refuses is queued: the reconcile then ends in an error ([`reconcile_with_backoff`]),
+    /// the error policy backs off, and the event is sent again before the next reconcile.
     pub async fn publish_event(
         &self,
         reference: &ObjectReference,
@@ -90,6 +165,7 @@ impl Context {
         action: &str,
         note: String,
     ) {
+        let note = cut_note(note);
         let result = if reference.namespace.as_deref().is_none_or(str::is_empty) {
             self.publish_cluster_event(reference, type_, reason, action, &note)
                 .await
@@ -97,14 +173,27 @@ impl Context {
             let event = Event {
                 type_,
                 reason: reason.to_string(),
-                note: Some(note),
+                note: Some(note.clone()),
                 action: action.to_string(),
                 secondary: None,
             };
             self.recorder.publish(&event, reference).await
         };
         if let Err(e) = result {
-            warn!(error = %e, %reason, "could not publish event");
+            warn!(error = %e, %reason, "could not publish event; it is sent again after a back-off");
+            self.metrics.count_reconcile("event", "write_failed");
+            self.unsent_events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(object_key(reference))
+                .or_default()
+                .push(UnsentEvent {
+                    reference: reference.clone(),
+                    type_,
+                    reason: reason.to_string(),
+                    action: action.to_string(),
+                    note,
+                });
         }
     }
 
@@ -149,21 +238,51 @@ impl Context {
     }
 }
 
-/// Builds a client from `--kubeconfig`, else `$KUBECONFIG`/`~/.kube/config`, else in-cluster.
-pub async fn client_from(config: &Config) -> Result<Client> {
-    let kube_config = match &config.kubeconfig {
+/// The client configuration from `--kubeconfig`, else `$KUBECONFIG`/`~/.kube/config`, else
+/// in-cluster.
+pub async fn kube_config_from(config: &Config) -> Result<kube::Config> {
+    match &config.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?
+                .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))
         }
         None => kube::Config::infer()
             .await
-            .map_err(|e| Error::KubeConfig(e.to_string()))?,
-    };
+            .map_err(|e| Error::KubeConfig(e.to_string())),
+    }
+}
+
+/// How long any request may take to connect, and a request/response call to answer. Watches
+/// have no read timeout (they are idle by nature; kube's watcher guards them); every other call
+/// has one, so a hung API server cannot stall a reconcile — or the Lease — for good.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds a client from `--kubeconfig`, else `$KUBECONFIG`/`~/.kube/config`, else in-cluster,
+/// with [`CONNECT_TIMEOUT`]; meant for watches.
+pub async fn client_from(config: &Config) -> Result<Client> {
+    let mut kube_config = kube_config_from(config).await?;
+    kube_config.connect_timeout = Some(CONNECT_TIMEOUT);
     Client::try_from(kube_config).map_err(|e| Error::KubeConfig(e.to_string()))
+}
+
+/// A client for request/response calls: connect and read timeouts of `timeout` (at most
+/// [`CONNECT_TIMEOUT`] to connect), and, when `fence` is given, writes only while leading.
+pub async fn call_client(config: &Config, timeout: Duration, fence: Option<&lease::WriteFence>) -> Result<Client> {
+    let mut kube_config = kube_config_from(config).await?;
+    kube_config.connect_timeout = Some(timeout.min(CONNECT_TIMEOUT));
+    kube_config.read_timeout = Some(timeout);
+    kube_config.write_timeout = Some(timeout);
+    // The read timeout counts from the request, not from when a pooled connection went idle.
+    kube_config.reset_reader_on_write = true;
+    let builder = kube::client::ClientBuilder::try_from(kube_config).map_err(|e| Error::KubeConfig(e.to_string()))?;
+    Ok(match fence {
+        Some(fence) => builder.with_layer(fence).build(),
+        None => builder.build(),
+    })
 }
 
 /// An `Api` for a namespaced kind, limited to `--namespace` when set.
@@ -277,7 +396,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             retry_period: config.leader_election_retry_period,
         };
         info!(lease = %format!("{}/{}", election.namespace, election.name), identity = %election.identity, "leader election on");
-        let (leadership, task) = lease::start(client.clone(), election, shutdown_rx.clone());
+        // The Lease calls answer within the renew deadline or count as failed.
+        let lease_client = call_client(&config, config.leader_election_renew_deadline, None).await?;
+        let (leadership, task) = lease::start(lease_client, election, shutdown_rx.clone());
         (leadership, Some(task))
     } else {
         (Leadership::always(), None)
@@ -292,8 +413,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             }
         });
     }
+    // Reconciles read and write through a fenced client: no write leaves this process unless it
+    // leads at that very moment.
+    let fence = {
+        let metrics = metrics.clone();
+        lease::WriteFence::new(
+            leadership.clone(),
+            Arc::new(move |sent| metrics.count_api_write(if sent { "sent" } else { "refused_not_leader" })),
+        )
+    };
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        call_client(&config, CALL_TIMEOUT, Some(&fence)).await?,
         config.clone(),
         metrics.clone(),
         leadership,
@@ -334,10 +464,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             },
         );
     }
+    // Deleted requests are never reconciled again: sweep their back-off history from the cache.
+    {
+        let (store, ctx) = (request_store.clone(), ctx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let live: std::collections::HashSet<String> = store.state().iter().filter_map(|cr| cr.uid()).collect();
+                ctx.retries.retain(|uid| live.contains(uid));
+            }
+        });
+    }
     let requests = requests
         .reconcile_all_on(leadership_gained(&ctx.leadership))
         .graceful_shutdown_on(stopped())
-        .run(certificate_request::reconcile, error_policy, ctx.clone())
+        .run(
+            |cr, ctx| reconcile_with_backoff(cr, ctx, certificate_request::reconcile),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| async move { log_failure("certificaterequest", result) })
         .boxed();
 
@@ -485,7 +631,11 @@ fn issuer_controller<K: IssuerObject>(
     let task = controller
         .reconcile_all_on(leadership_gained(&ctx.leadership))
         .graceful_shutdown_on(stopped)
-        .run(issuer::reconcile::<K>, error_policy, ctx)
+        .run(
+            |issuer, ctx| reconcile_with_backoff(issuer, ctx, issuer::reconcile::<K>),
+            error_policy,
+            ctx,
+        )
         .for_each(|result| async move { log_failure(K::KIND, result) })
         .boxed();
     (task, store)
@@ -561,7 +711,11 @@ fn istio_cacerts_controller(
     let task = controller
         .reconcile_all_on(leadership_gained(&ctx.leadership))
         .graceful_shutdown_on(stopped)
-        .run(istio_cacerts::reconcile, error_policy, ctx)
+        .run(
+            |icc, ctx| reconcile_with_backoff(icc, ctx, istio_cacerts::reconcile),
+            error_policy,
+            ctx,
+        )
         .for_each(|result| async move { log_failure("istiocacerts", result) })
         .boxed();
     (task, store)
@@ -644,7 +798,81 @@ async fn wait_for_crds(client: &Client) {
     }
 }
 
-/// Infrastructure errors (API server unreachable, conflicts) are retried; a 409 at once.
-fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
-    Action::requeue(error.requeue_after())
+/// The `controller` label of `meshca_reconciles_total` for a kind, as each controller already
+/// writes it: the request and cacerts controllers in lower case, the issuer controllers by kind.
+fn controller_label(kind: &str) -> String {
+    match kind {
+        "CertificateRequest" | "IstioCACerts" => kind.to_lowercase(),
+        other => other.to_string(),
+    }
+}
+
+/// Failed reconciles (API server unreachable or refusing a write, conflicts) are retried: a
+/// 409 at once, anything else with a per-object exponential back-off
+/// (`--retry-backoff-initial` doubling up to `--retry-backoff-max`), reset by a reconcile that
+/// succeeds.
+fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    // Every failed reconcile shows in metrics, whatever failed (a refused status write
+    // included, which cannot show in the status it failed to write).
+    ctx.metrics.count_reconcile(
+        &controller_label(&K::kind(&())),
+        if error.is_conflict() { "conflict" } else { "error" },
+    );
+    if error.is_conflict() {
+        return Action::requeue(error.requeue_after());
+    }
+    let delay = ctx.failures.next_delay(&object_key(&object.object_ref(&())));
+    Action::requeue(delay)
+}
+
+/// Runs `reconcile` for `object` with the bookkeeping every controller shares: events that
+/// failed earlier are sent first; a success resets the object's failure back-off; and events
+/// still unsent make the reconcile an error, so the error policy retries them.
+async fn reconcile_with_backoff<K, Fut>(
+    object: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: fn(Arc<K>, Arc<Context>) -> Fut,
+) -> Result<Action>
+where
+    K: kube::Resource<DynamicType = ()>,
+    Fut: Future<Output = Result<Action>>,
+{
+    let reference = object.object_ref(&());
+    if ctx.leadership.is_leader() {
+        ctx.send_unsent_events(&reference).await;
+    } else {
+        // A standby looked and did nothing: the signal tests wait on instead of a sleep.
+        ctx.metrics.count_reconcile(&controller_label(&K::kind(&())), "standby");
+    }
+    let action = reconcile(object, ctx.clone()).await?;
+    let unsent = ctx.unsent_event_count(&reference);
+    if unsent > 0 {
+        return Err(Error::EventsUnsent {
+            object: object_key(&reference),
+            count: unsent,
+        });
+    }
+    ctx.failures.forget(&object_key(&reference));
+    Ok(action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_notes_are_cut_to_one_kib_on_a_character_boundary() {
+        assert_eq!(cut_note("short".into()), "short");
+        let exact = "x".repeat(MAX_EVENT_NOTE_BYTES);
+        assert_eq!(cut_note(exact.clone()), exact);
+        // Multi-byte characters around the cut: never split, always within the limit.
+        for filler in ["é", "€", "🔐"] {
+            let cut = cut_note(filler.repeat(2000));
+            assert!(cut.len() <= MAX_EVENT_NOTE_BYTES, "{}", cut.len());
+            assert!(cut.ends_with(" [...]"));
+        }
+    }
 }

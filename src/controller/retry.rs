@@ -7,10 +7,113 @@
 //! event) does not call the backend again before the delay is over. Without the gate every
 //! change of the Pending message would trigger an immediate, un-backed-off retry.
 //! Forgotten on success; a restart starts afresh, which at worst retries a little sooner.
+//!
+//! The *retry budget* (`--max-retry-duration`) is different: it must survive restarts and
+//! leader hand-overs, so it lives on the request as [`FIRST_FAILURE_ANNOTATION`], the time of
+//! the first transient failure of the current attempt. [`budget`] decides, purely, when the
+//! deadline is and how that annotation changes: a request that waited an hour for approval or
+//! for its issuer starts with a full budget at its first network blip, not with none.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+
+use super::certificate_request::Outcome;
+use crate::api::cert_manager::CertificateRequest;
+use crate::error::{Error, Result};
+
+/// When the current run of transient failures began (RFC 3339), on the CertificateRequest.
+pub const FIRST_FAILURE_ANNOTATION: &str = "meshca.io/first-transient-failure";
+
+/// How a reconcile's outcome bears on the retry budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// A transient failure: the budget runs.
+    Transient,
+    /// Anything else — issued, failed, denied, or waiting on approval, the issuer or the
+    /// backend: the run of failures is over, and waiting never spends the budget.
+    Other,
+}
+
+impl Attempt {
+    pub fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Transient { .. } => Attempt::Transient,
+            _ => Attempt::Other,
+        }
+    }
+}
+
+/// Writes [`FIRST_FAILURE_ANNOTATION`] as `mark` says (a merge patch of metadata only, so
+/// cert-manager's and other writers' fields are untouched); `Some` with the updated request
+/// when it wrote, so the status write that follows carries the new resourceVersion.
+pub async fn write_mark(
+    api: &Api<CertificateRequest>,
+    cr: &CertificateRequest,
+    mark: &Mark,
+) -> Result<Option<CertificateRequest>> {
+    let value = match mark {
+        Mark::Keep => return Ok(None),
+        Mark::Set(at) => serde_json::Value::String(at.to_string()),
+        Mark::Remove => serde_json::Value::Null,
+    };
+    let name = cr.name_any();
+    // The resourceVersion we decided on guards the write, as for the status.
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": cr.resource_version(),
+        "annotations": {FIRST_FAILURE_ANNOTATION: value},
+    }});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(Some)
+        .map_err(|e| Error::kube(format!("recording the retry budget on CertificateRequest {name}"), e))
+}
+
+/// What to do with [`FIRST_FAILURE_ANNOTATION`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mark {
+    Keep,
+    Set(Timestamp),
+    Remove,
+}
+
+/// The retry budget of one reconcile: the deadline a transient failure is judged against, and
+/// the annotation change to write before the status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub deadline: Option<Timestamp>,
+    pub mark: Mark,
+}
+
+/// Decides the deadline from the recorded first failure (`recorded`, the annotation's value
+/// if any), the outcome, the clock and `--max-retry-duration`. An unreadable annotation
+/// counts as absent: at worst the budget starts afresh, never runs out early.
+pub fn budget(attempt: Attempt, recorded: Option<&str>, now: Timestamp, max: Duration) -> Budget {
+    let first = recorded.and_then(|v| v.parse::<Timestamp>().ok());
+    match (attempt, first) {
+        (Attempt::Other, _) => Budget {
+            deadline: None,
+            mark: if recorded.is_some() { Mark::Remove } else { Mark::Keep },
+        },
+        (Attempt::Transient, first) => {
+            // A first failure "in the future" (a clock ahead of ours wrote it) counts from now.
+            let start = first.filter(|t| *t <= now).unwrap_or(now);
+            let max = SignedDuration::try_from(max).unwrap_or(SignedDuration::MAX);
+            Budget {
+                deadline: start.checked_add(max).ok(),
+                mark: if first == Some(start) {
+                    Mark::Keep
+                } else {
+                    Mark::Set(start)
+                },
+            }
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -68,6 +171,27 @@ impl RetryTracker {
             .remove(key);
     }
 
+    /// Drops the history of every key `keep` rejects: requests that were deleted (no
+    /// reconcile ever runs for them again) or ended.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|key, _| keep(key));
+    }
+
+    /// How many requests have back-off history (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn attempts(&self, key: &str) -> u32 {
         self.entries
             .lock()
@@ -97,6 +221,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_retry_budget_counts_from_the_first_transient_failure_only() {
+        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let max = Duration::from_secs(10);
+        let stamp = |s: i64| at(s).to_string();
+        let (t0, t5, later) = (stamp(0), stamp(5), stamp(100));
+        use Attempt::*;
+        // (case, outcome, recorded first failure, now, expected deadline, expected mark)
+        type Case<'a> = (&'a str, Attempt, Option<&'a str>, i64, Option<i64>, Mark);
+        let cases: Vec<Case> = vec![
+            // Waiting (approval, issuer, backend) with nothing recorded: no budget, no write.
+            ("waiting", Other, None, 3600, None, Mark::Keep),
+            // The first failure after an hour of waiting: a full budget from now, recorded.
+            (
+                "first failure late",
+                Transient,
+                None,
+                3600,
+                Some(3610),
+                Mark::Set(at(3600)),
+            ),
+            // Later failures keep the recorded start.
+            ("second failure", Transient, Some(&t0), 5, Some(10), Mark::Keep),
+            ("past the deadline", Transient, Some(&t0), 11, Some(10), Mark::Keep),
+            // Success, failure or waiting ends the run: the mark goes.
+            ("over", Other, Some(&t5), 6, None, Mark::Remove),
+            // A garbled or future mark never shortens the budget.
+            ("garbled", Transient, Some("yesterday"), 20, Some(30), Mark::Set(at(20))),
+            ("future", Transient, Some(&later), 20, Some(30), Mark::Set(at(20))),
+        ];
+        for (name, attempt, recorded, now, deadline, mark) in cases {
+            let got = budget(attempt, recorded, at(now), max);
+            assert_eq!(
+                got,
+                Budget {
+                    deadline: deadline.map(at),
+                    mark
+                },
+                "{name}"
+            );
+        }
+        // A maximum beyond the calendar means no deadline, not an overflow.
+        assert_eq!(budget(Transient, None, at(0), Duration::MAX).deadline, None);
+    }
+
+    #[test]
     fn backoff_doubles_and_caps() {
         let (initial, max) = (Duration::from_secs(5), Duration::from_secs(300));
         let secs: Vec<u64> = (1..=8).map(|a| backoff(initial, max, a).as_secs()).collect();
@@ -120,5 +289,10 @@ mod tests {
         assert_eq!(t.wait_remaining("b"), None);
         t.forget("a");
         assert_eq!((t.attempts("a"), t.wait_remaining("a")), (0, None));
+        // Requests that are gone are swept.
+        t.next_delay("gone");
+        t.next_delay("live");
+        t.retain(|k| k == "live");
+        assert_eq!((t.len(), t.attempts("live"), t.attempts("gone")), (1, 1, 0));
     }
 }

@@ -5,8 +5,9 @@
 //! security/pkg/pki/util/keycertbundle.go): the key parses and matches `ca-cert.pem`; Go's
 //! `x509.Verify` of the signing certificate against *all* certificates in `root-cert.pem`, with
 //! `cert-chain.pem` as intermediates — so every certificate must be within its validity,
-//! intermediates must be CAs, and an ExtendedKeyUsage on the intermediate must allow
-//! serverAuth. On reload it compares `root-cert.pem` byte for byte with what it loaded and,
+//! issuers must be CAs, path lengths hold along the whole path, and an ExtendedKeyUsage
+//! anywhere on it must allow serverAuth ([`crate::pki::chain`] does exactly that, counting
+//! `ca-cert.pem` as the intermediate it is in workload chains). On reload it compares `root-cert.pem` byte for byte with what it loaded and,
 //! without multi-root support, ignores the whole update when the bytes differ. Hence: on a
 //! renewal under the same root, `root-cert.pem` is kept byte for byte.
 
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
+use crate::pki::chain::{self, ChainError};
 use crate::pki::{Certificate, SigningKey};
 
 pub const CA_CERT: &str = "ca-cert.pem";
@@ -63,14 +65,25 @@ impl Problem {
     }
 }
 
-/// What cert-manager's Secret holds, parsed but not yet judged.
-#[derive(Debug)]
+/// What cert-manager's Secret holds, parsed but not yet judged. `Debug` leaves the key out,
+/// and the key bytes are zeroized when it is dropped.
 pub struct SourceBundle {
     pub intermediate: Certificate,
     /// Further intermediates between it and the root (bottom-up), if any.
     pub intermediates: Vec<Certificate>,
-    pub key_pem: Vec<u8>,
+    pub key_pem: zeroize::Zeroizing<Vec<u8>>,
     pub root: Certificate,
+}
+
+impl std::fmt::Debug for SourceBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceBundle")
+            .field("intermediate", &self.intermediate)
+            .field("intermediates", &self.intermediates)
+            .field("key_pem", &"<redacted>")
+            .field("root", &self.root)
+            .finish()
+    }
 }
 
 /// Reads cert-manager's Secret (`tls.crt`, `tls.key`, `ca.crt`).
@@ -85,7 +98,7 @@ pub fn read_source(data: &BTreeMap<String, Vec<u8>>, display: &str) -> Result<So
     };
     let mut chain = Certificate::parse_pem_bundle(need("tls.crt")?, "tls.crt")
         .map_err(|e| Problem::new(reason::INVALID_SOURCE, format!("{display}: {e}")))?;
-    let key_pem = need("tls.key")?.clone();
+    let key_pem = zeroize::Zeroizing::new(need("tls.key")?.clone());
     SigningKey::from_pem(&key_pem)
         .map_err(|e| Problem::new(reason::INVALID_SOURCE, format!("{display} tls.key: {e}")))?;
     let root = match data.get("ca.crt").filter(|v| !v.is_empty()) {
@@ -180,40 +193,20 @@ pub fn verify_bundle(data: &BTreeMap<String, Vec<u8>>, now: Timestamp) -> Result
             "cert-chain.pem does not start with ca-cert.pem",
         ));
     }
-    // Build the path as Go's x509.Verify would: up through cert-chain.pem until a certificate
-    // is signed by one of the roots.
-    let mut path = vec![&intermediate];
-    let anchor = loop {
-        let current = path[path.len() - 1];
-        if let Some(root) = roots.iter().find(|r| current.is_signed_by(r)) {
-            break root.clone();
-        }
-        let Some(parent) = chain.iter().find(|c| !path.contains(c) && current.is_signed_by(c)) else {
-            return Err(Problem::new(
-                reason::CHAIN_INVALID,
-                format!(
-                    "{} does not chain to a root in root-cert.pem ({} roots)",
-                    current.subject(),
-                    roots.len()
-                ),
-            ));
+    // Go's x509.Verify as istiod runs it, counting ca-cert.pem as the intermediate it is in
+    // every workload chain (stricter than istiod's load check; see `pki::chain`).
+    let path = chain::verify(&intermediate, chain::Subject::SigningCa, &chain, &roots, now).map_err(|e| {
+        let reason = match &e {
+            ChainError::Expired { .. } => reason::EXPIRED,
+            ChainError::NotYetValid { .. } => reason::NOT_YET_VALID,
+            _ => reason::CHAIN_INVALID,
         };
-        path.push(parent);
-    };
-    for cert in path.iter().copied().chain([&anchor]) {
-        if now > cert.not_after() {
-            return Err(Problem::new(
-                reason::EXPIRED,
-                format!("{} expired at {}", cert.subject(), cert.not_after()),
-            ));
-        }
-        if now < cert.not_before() {
-            return Err(Problem::new(
-                reason::NOT_YET_VALID,
-                format!("{} is not valid before {}", cert.subject(), cert.not_before()),
-            ));
-        }
-    }
+        Problem::new(
+            reason,
+            format!("istiod or the workloads it signs for would refuse this bundle: {e}"),
+        )
+    })?;
+    let anchor = path.anchor().clone();
     Ok(BundleContents {
         intermediate,
         chain,
@@ -222,8 +215,9 @@ pub fn verify_bundle(data: &BTreeMap<String, Vec<u8>>, now: Timestamp) -> Result
     })
 }
 
-/// What to write, and whether that changes anything.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What to write, and whether that changes anything. `Debug` shows the keys of `data` and
+/// redacts `ca-key.pem`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CacertsPlan {
     /// Exactly the four keys istiod reads.
     pub data: BTreeMap<String, Vec<u8>>,
@@ -234,6 +228,30 @@ pub struct CacertsPlan {
     pub adopting: bool,
     /// Keys of the existing Secret that the write removes (adoption of a TLS-format bundle).
     pub dropped_keys: Vec<String>,
+}
+
+impl std::fmt::Debug for CacertsPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let data: BTreeMap<&str, String> = self
+            .data
+            .iter()
+            .map(|(k, v)| {
+                let shown = if k == CA_KEY {
+                    "<redacted>".to_string()
+                } else {
+                    String::from_utf8_lossy(v).into_owned()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("CacertsPlan")
+            .field("data", &data)
+            .field("contents", &self.contents)
+            .field("changed", &self.changed)
+            .field("adopting", &self.adopting)
+            .field("dropped_keys", &self.dropped_keys)
+            .finish()
+    }
 }
 
 /// Decides what `cacerts` should hold, or why it must stay as it is.
@@ -315,7 +333,7 @@ pub fn plan(
     chain_pem.push_str(&source.root.to_pem());
     let data: BTreeMap<String, Vec<u8>> = [
         (CA_CERT.to_string(), intermediate_pem.into_bytes()),
-        (CA_KEY.to_string(), source.key_pem.clone()),
+        (CA_KEY.to_string(), source.key_pem.to_vec()),
         (CERT_CHAIN.to_string(), chain_pem.into_bytes()),
         (ROOT_CERT.to_string(), root_pem),
     ]
@@ -391,7 +409,7 @@ mod tests {
         SourceBundle {
             intermediate: cert,
             intermediates: vec![],
-            key_pem: key.to_pem().into_bytes(),
+            key_pem: key.to_pem().into_bytes().into(),
             root: pki.root.clone(),
         }
     }
@@ -399,7 +417,7 @@ mod tests {
     fn source_data(s: &SourceBundle) -> BTreeMap<String, Vec<u8>> {
         [
             ("tls.crt".to_string(), s.intermediate.to_pem().into_bytes()),
-            ("tls.key".to_string(), s.key_pem.clone()),
+            ("tls.key".to_string(), s.key_pem.to_vec()),
             ("ca.crt".to_string(), s.root.to_pem().into_bytes()),
         ]
         .into()
@@ -602,6 +620,17 @@ mod tests {
             let got = verify_bundle(&bundle, now()).err().map(|p| p.reason);
             assert_eq!(got, expected, "{name}");
         }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let pki = pki();
+        let src = source(&pki);
+        let plan = plan(&src, &Target::Absent, "mesh", false, now()).unwrap();
+        for shown in [format!("{src:?}"), format!("{plan:?}"), format!("{:?}", pki.root_key)] {
+            assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        }
+        assert!(format!("{plan:?}").contains("<redacted>"));
     }
 
     #[test]

@@ -653,7 +653,7 @@ pub fn check_new_root(source: &SourceBundle, old: &Certificate, now: Timestamp) 
     chain.push_str(&new.to_pem());
     let data = [
         (CA_CERT.to_string(), source.intermediate.to_pem().into_bytes()),
-        (CA_KEY.to_string(), source.key_pem.clone()),
+        (CA_KEY.to_string(), source.key_pem.to_vec()),
         (CERT_CHAIN.to_string(), chain.into_bytes()),
         (ROOT_CERT.to_string(), new.to_pem().into_bytes()),
     ]
@@ -684,7 +684,7 @@ pub fn kept_signer(target: &Target, now: Timestamp) -> Option<SourceBundle> {
     Some(SourceBundle {
         intermediate: contents.intermediate,
         intermediates,
-        key_pem: data.get(CA_KEY)?.clone(),
+        key_pem: zeroize::Zeroizing::new(data.get(CA_KEY)?.clone()),
         root: contents.anchor,
     })
 }
@@ -783,7 +783,7 @@ mod tests {
         SourceBundle {
             intermediate,
             intermediates: vec![],
-            key_pem: key.to_pem().into_bytes(),
+            key_pem: zeroize::Zeroizing::new(key.to_pem().into_bytes()),
             root: root.0.clone(),
         }
     }

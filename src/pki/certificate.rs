@@ -119,6 +119,17 @@ impl Certificate {
         self.ca_constraints().is_some_and(|c| c.is_ca)
     }
 
+    /// Whether this certificate may sign others, as Go's `CheckSignatureFrom` asks of a parent:
+    /// a v3 certificate needs BasicConstraints CA:TRUE (v1 roots carry no extensions at all),
+    /// and a KeyUsage, when present, needs keyCertSign.
+    pub fn may_sign_certificates(&self) -> bool {
+        let is_ca = match self.ca_constraints() {
+            Some(c) => c.is_ca,
+            None => self.parsed().version() != x509_parser::x509::X509Version::V3,
+        };
+        is_ca && self.key_usage_cert_sign() != Some(false)
+    }
+
     /// Whether the KeyUsage extension allows signing certificates; `None` when absent.
     pub fn key_usage_cert_sign(&self) -> Option<bool> {
         let cert = self.parsed();

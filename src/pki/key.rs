@@ -1,5 +1,6 @@
 //! A private key that signs certificates. Its `Debug` shows the algorithm only, and it has no
-//! `Display`: the key bytes cannot end up in a log line by accident.
+//! `Display`: the key bytes cannot end up in a log line by accident. Dropping it zeroizes the
+//! key's DER kept by rcgen (aws-lc frees, and cleanses, its own copy).
 
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_RSA_SHA256, RsaKeySize};
 
@@ -8,6 +9,12 @@ use crate::api::issuer::{KeyAlgorithm, PrivateKeySpec};
 
 pub struct SigningKey {
     pair: KeyPair,
+}
+
+impl Drop for SigningKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.pair);
+    }
 }
 
 impl std::fmt::Debug for SigningKey {

@@ -1,10 +1,12 @@
 //! X.509 work, free of Kubernetes and IO: decoding and verifying CSRs, reading certificates and
-//! keys, the issuance policy, validity arithmetic, and signing.
+//! keys, chain verification as Go (istiod) does it, the issuance policy, validity arithmetic, and
+//! signing.
 //!
 //! Nothing in here logs, and no error message carries key material: messages name what failed
 //! (a subject, a fingerprint, a PEM label), never the bytes.
 
 pub mod certificate;
+pub mod chain;
 pub mod csr;
 pub mod key;
 pub mod name_constraints;

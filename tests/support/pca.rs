@@ -85,6 +85,15 @@ impl PcaFixture {
         .await;
     }
 
+    /// Every call of `operation` fails with `kind` for the next `window`, however many come.
+    pub async fn inject_for(&self, operation: &str, kind: &str, window: std::time::Duration) {
+        self.control(
+            "/__fixture/faults",
+            serde_json::json!({"operation": operation, "kind": kind, "seconds": window.as_secs_f64()}),
+        )
+        .await;
+    }
+
     /// Each newly issued certificate answers RequestInProgress to its first `count` GetCertificate calls.
     pub async fn pending_gets(&self, count: u32) {
         self.control("/__fixture/pending-gets", serde_json::json!({"count": count}))
