@@ -5,7 +5,7 @@
 //! - **floor**: a bare client writing what a contract-complete issuer must write — the final
 //!   status (a precomputed certificate and CA of the same size, server-side apply on `/status`
 //!   with a resourceVersion precondition, as the controller does) plus one Normal event —
-//!   to N approved requests at the controller's concurrency (kube-runtime's default: unbounded);
+//!   to N approved requests at the controller's concurrency (`--concurrent-workers`);
 //! - **gated burst**: N approved requests wait on a missing issuer; the issuer is created and
 //!   the clock runs until a watch sees all N `Ready`; the ratio to the floor for each N;
 //! - **end-to-end burst**: creation and approval race the controller;
@@ -87,6 +87,17 @@ impl Sizes {
 
 // === the controller process ===
 
+/// The controller's `--concurrent-workers`, which the floor matches: `MESHCA_BENCH_WORKERS`,
+/// default 16 (the controller's default); `unbounded` passes no flag (builds before the flag,
+/// which reconciled without a limit) and the floor writes everything at once.
+fn workers() -> Option<usize> {
+    match std::env::var("MESHCA_BENCH_WORKERS").as_deref() {
+        Ok("unbounded") => None,
+        Ok(n) => Some(n.parse().expect("MESHCA_BENCH_WORKERS: a number or 'unbounded'")),
+        Err(_) => Some(16),
+    }
+}
+
 struct Controller {
     child: tokio::process::Child,
     pid: u32,
@@ -108,15 +119,18 @@ impl Controller {
             .append(true)
             .open(log)
             .expect("controller log");
+        let mut args = vec![
+            "--metrics-listen-address".to_string(),
+            admin.clone(),
+            "--log-level=warn".into(),
+            "--leader-elect=false".into(),
+        ];
+        if let Some(n) = workers() {
+            args.push(format!("--concurrent-workers={n}"));
+        }
         let started = Instant::now();
         let child = tokio::process::Command::new(&bin)
-            .args([
-                "--metrics-listen-address",
-                &admin,
-                "--log-level",
-                "warn",
-                "--leader-elect=false",
-            ])
+            .args(&args)
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
             .kill_on_drop(true)
@@ -172,6 +186,17 @@ impl Controller {
             .map(|v| v as u64)
             .reduce(|a, b| a + b)
             .or(Some(0))
+    }
+
+    /// Request status writes so far (the reconcile counter counts writes, by outcome).
+    async fn status_writes(&self) -> u64 {
+        let Some((_, body)) = self.get("/metrics").await else {
+            return 0;
+        };
+        body.lines()
+            .filter(|l| l.contains("reconciles_total{") && l.contains("controller=\"certificaterequest\""))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
     }
 
     fn rss_mib(&self) -> f64 {
@@ -324,8 +349,8 @@ async fn floor_write(api: &Api<CertificateRequest>, recorder: &Recorder, templat
         .expect("floor event");
 }
 
-/// N approved foreign requests, then the floor's writes to all of them at once: the time they
-/// take.
+/// N approved foreign requests, then the floor's writes to all of them, as many at once as the
+/// controller works on: the time they take.
 async fn floor_burst(client: &Client, ns: &str, template: &Template, n: usize, batch: &str) -> Duration {
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), ns);
     let names: Vec<String> = (0..n).map(|i| format!("{batch}-{i}")).collect();
@@ -346,7 +371,7 @@ async fn floor_burst(client: &Client, ns: &str, template: &Template, n: usize, b
     let recorder = Recorder::new(client.clone(), Reporter::from("bench-floor"));
     let started = Instant::now();
     futures::stream::iter(approved.iter())
-        .for_each_concurrent(None, |cr| floor_write(&api, &recorder, template, cr))
+        .for_each_concurrent(workers(), |cr| floor_write(&api, &recorder, template, cr))
         .await;
     let took = started.elapsed();
     delete_batch(&api, batch).await;
@@ -387,7 +412,8 @@ async fn floor_serial(client: &Client, ns: &str, template: &Template, n: usize) 
 // === our side ===
 
 /// N approved requests wait on the missing issuer `issuer`; it is created (on the already
-/// bootstrapped root), and the clock runs until all are Ready. Returns (time, CPU per request).
+/// bootstrapped root), and the clock runs until all are Ready. Returns (time, CPU per request,
+/// status writes per request).
 async fn gated_burst(
     client: &Client,
     controller: &Controller,
@@ -395,7 +421,7 @@ async fn gated_burst(
     template: &Template,
     n: usize,
     batch: &str,
-) -> (Duration, Duration) {
+) -> (Duration, Duration, f64) {
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), ns);
     let issuer = format!("{batch}-issuer");
     let names: Vec<String> = (0..n).map(|i| format!("{batch}-{i}")).collect();
@@ -416,6 +442,7 @@ async fn gated_burst(
     .await;
     let ready = wait_batch(&api, batch, n, is_ready);
     let cpu_before = controller.cpu();
+    let writes_before = controller.status_writes().await;
     let started = Instant::now();
     let create_issuer = async {
         let issuers: Api<mesh_ca_issuer::api::issuer::MeshCAIssuer> = Api::namespaced(client.clone(), ns);
@@ -441,8 +468,9 @@ async fn gated_burst(
         .map(|t| t.saturating_duration_since(started))
         .unwrap_or_default();
     let cpu = (controller.cpu().saturating_sub(cpu_before)) / n as u32;
+    let writes = controller.status_writes().await.saturating_sub(writes_before) as f64 / n as f64;
     delete_batch(&api, batch).await;
-    (took, cpu)
+    (took, cpu, writes)
 }
 
 /// N requests created and approved while the controller races them: time from the first
@@ -719,10 +747,11 @@ async fn main() {
     let mut ratios = Vec::new();
     for &n in &sizes.gated {
         let floor = floor_burst(&client, &ns, &template, n, &format!("floor{n}")).await;
-        let (ours, cpu) = gated_burst(&client, &controller, &ns, &template, n, &format!("gated{n}")).await;
+        let (ours, cpu, writes) = gated_burst(&client, &controller, &ns, &template, n, &format!("gated{n}")).await;
         report.ms(&format!("floor_burst_n{n}_ms"), floor);
         report.ms(&format!("gated_burst_n{n}_ms"), ours);
         report.add(&format!("cpu_per_request_gated_n{n}_ms"), cpu.as_secs_f64() * 1e3, "ms");
+        report.add(&format!("status_writes_per_request_gated_n{n}"), writes, "");
         report.add(&format!("ratio_gated_to_floor_n{n}"), ratio(ours, floor), "x");
         ratios.push(ratio(ours, floor));
     }
