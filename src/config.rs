@@ -134,6 +134,12 @@ pub struct Config {
     #[arg(long, env = "MESHCA_LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = go_duration)]
     pub leader_election_retry_period: Duration,
 
+    /// How many CertificateRequests are reconciled at once (cert-manager's flag of the same
+    /// name). Each API call in flight holds its own connection to the API server, so this also
+    /// bounds connections, TLS handshakes and memory when a burst of requests arrives.
+    #[arg(long, env = "MESHCA_CONCURRENT_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrent_workers: u16,
+
     /// Log output format.
     #[arg(long, env = "MESHCA_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

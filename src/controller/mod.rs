@@ -6,10 +6,12 @@
 //! fix anywhere along the chain reaches the waiting requests without anyone touching them.
 
 pub mod admission;
+pub mod cache;
 pub mod certificate_request;
 pub mod issuer;
 pub mod istio_cacerts;
 pub mod retry;
+pub mod triggers;
 pub mod trust_anchors;
 
 use std::future::Future;
@@ -18,10 +20,11 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
@@ -43,7 +46,8 @@ pub struct Context {
     pub client: Client,
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    /// `reportingInstance` of our events: the pod's name.
+    reporting_instance: String,
     pub retries: RetryTracker,
     pub backends: Backends,
     /// Only the leader acts; standbys keep their caches warm and do nothing else.
@@ -97,13 +101,9 @@ fn object_key(reference: &ObjectReference) -> String {
 
 impl Context {
     pub fn new(client: Client, config: Config, metrics: Arc<Metrics>, leadership: Leadership) -> Self {
-        let reporter = Reporter {
-            controller: crate::FIELD_MANAGER.to_string(),
-            instance: std::env::var("POD_NAME")
-                .ok()
-                .or_else(|| std::env::var("HOSTNAME").ok()),
-        };
-        let recorder = Recorder::new(client.clone(), reporter);
+        let reporting_instance = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| crate::FIELD_MANAGER.to_string());
         let pca = aws_pca::Shared::new(
             config.aws_pca_issue_rate,
             config.aws_pca_issue_burst,
@@ -120,7 +120,7 @@ impl Context {
             client,
             config,
             metrics,
-            recorder,
+            reporting_instance,
             retries,
             backends,
             leadership,
@@ -166,19 +166,16 @@ impl Context {
         note: String,
     ) {
         let note = cut_note(note);
-        let result = if reference.namespace.as_deref().is_none_or(str::is_empty) {
-            self.publish_cluster_event(reference, type_, reason, action, &note)
-                .await
-        } else {
-            let event = Event {
-                type_,
-                reason: reason.to_string(),
-                note: Some(note.clone()),
-                action: action.to_string(),
-                secondary: None,
-            };
-            self.recorder.publish(&event, reference).await
-        };
+        // Events about cluster-scoped objects (ClusterMeshCAIssuers) go to kube-system: the one
+        // namespace every Kubernetes version accepts for them (1.20 rejects "default").
+        let namespace = reference
+            .namespace
+            .as_deref()
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or("kube-system");
+        let result = self
+            .create_event(namespace, reference, type_, reason, action, &note)
+            .await;
         if let Err(e) = result {
             warn!(error = %e, %reason, "could not publish event; it is sent again after a back-off");
             self.metrics.count_reconcile("event", "write_failed");
@@ -197,10 +194,13 @@ impl Context {
         }
     }
 
-    /// Events about cluster-scoped objects (ClusterMeshCAIssuers) go to kube-system: the one
-    /// namespace every Kubernetes version accepts for them (1.20 rejects "default").
-    async fn publish_cluster_event(
+    /// Creates one event. Not kube-runtime's `Recorder`: it keeps every event it published for
+    /// six minutes to count repeats, and scans that whole cache under one lock on every publish,
+    /// so a burst of N requests cost O(N²) and held N events in memory. Ours are emitted once
+    /// per condition change, so there are no repeats to count.
+    async fn create_event(
         &self,
+        namespace: &str,
         reference: &ObjectReference,
         type_: EventType,
         reason: &str,
@@ -217,7 +217,7 @@ impl Context {
         let event = K8sEvent {
             metadata: kube::api::ObjectMeta {
                 name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-                namespace: Some("kube-system".to_string()),
+                namespace: Some(namespace.to_string()),
                 ..Default::default()
             },
             event_time: Some(MicroTime(now)),
@@ -226,14 +226,14 @@ impl Context {
             note: Some(note.to_string()),
             regarding: Some(reference.clone()),
             reporting_controller: Some(crate::FIELD_MANAGER.to_string()),
-            reporting_instance: Some(std::env::var("POD_NAME").unwrap_or_else(|_| crate::FIELD_MANAGER.to_string())),
+            reporting_instance: Some(self.reporting_instance.clone()),
             type_: Some(match type_ {
                 EventType::Normal => "Normal".to_string(),
                 EventType::Warning => "Warning".to_string(),
             }),
             ..K8sEvent::default()
         };
-        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), "kube-system");
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace);
         api.create(&kube::api::PostParams::default(), &event).await.map(|_| ())
     }
 }
@@ -297,7 +297,9 @@ where
 }
 
 /// The Secret APIs to watch: `--namespace`, else `--secret-namespaces`, else cluster-wide.
-fn secret_apis(client: &Client, config: &Config) -> Vec<Api<Secret>> {
+/// Metadata only: a Secret change is a trigger, mapped by name and namespace; the reads that
+/// use a Secret's data fetch it then, so no Secret is decoded or held just because it exists.
+fn secret_apis(client: &Client, config: &Config) -> Vec<Api<PartialObjectMeta<Secret>>> {
     if let Some(ns) = &config.namespace {
         return vec![Api::namespaced(client.clone(), ns)];
     }
@@ -432,17 +434,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let cluster_issuers_enabled = namespace.is_none();
 
     // === CertificateRequests, re-queued when the issuer they wait on changes ===
-    let requests = Controller::new(
-        scoped::<CertificateRequest>(&client, namespace),
-        watcher::Config::default(),
-    );
-    let request_store = requests.store();
+    // The cache keeps only what decisions read (no CSRs, chains or CAs, ours or foreign):
+    // see `cache`. Signing reads the request afresh anyway.
+    let (request_store, request_writer) = reflector::store();
+    let request_events = reflector::reflector(
+        request_writer,
+        watcher(
+            scoped::<CertificateRequest>(&client, namespace),
+            watcher::Config::default(),
+        )
+        .modify(cache::slim_request),
+    )
+    .applied_objects();
+    let requests = Controller::for_stream(request_events, request_store.clone());
     let mut requests = requests.watches(
         scoped::<MeshCAIssuer>(&client, namespace),
         watcher::Config::default(),
         {
             let store = request_store.clone();
             move |issuer: MeshCAIssuer| {
+                if !triggers::issuer_change_wakes_requests(issuer.status.as_ref(), issuer.metadata.generation) {
+                    return Vec::new();
+                }
                 certificate_request::requests_waiting_on(
                     &store,
                     IssuerKind::Namespaced,
@@ -459,6 +472,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             {
                 let store = request_store.clone();
                 move |issuer: ClusterMeshCAIssuer| {
+                    if !triggers::issuer_change_wakes_requests(issuer.status.as_ref(), issuer.metadata.generation) {
+                        return Vec::new();
+                    }
                     certificate_request::requests_waiting_on(&store, IssuerKind::Cluster, None, &issuer.name_any())
                 }
             },
@@ -477,6 +493,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         });
     }
     let requests = requests
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrent_workers))
         .reconcile_all_on(leadership_gained(&ctx.leadership))
         .graceful_shutdown_on(stopped())
         .run(
@@ -492,7 +509,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         Controller::new(scoped::<MeshCAIssuer>(&client, namespace), watcher::Config::default()),
         &client,
         &config,
-        |issuer: &MeshCAIssuer, secret: &Secret, _| issuer.namespace() == secret.namespace(),
+        |issuer: &MeshCAIssuer, secret: &PartialObjectMeta<Secret>, _| issuer.namespace() == secret.namespace(),
         stopped(),
         ctx.clone(),
     );
@@ -510,7 +527,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             ),
             &client,
             &config,
-            |_: &ClusterMeshCAIssuer, secret: &Secret, cluster_resource_namespace: &str| {
+            |_: &ClusterMeshCAIssuer, secret: &PartialObjectMeta<Secret>, cluster_resource_namespace: &str| {
                 secret.namespace().as_deref() == Some(cluster_resource_namespace)
             },
             stopped(),
@@ -605,7 +622,7 @@ fn issuer_controller<K: IssuerObject>(
     controller: Controller<K>,
     client: &Client,
     config: &Config,
-    in_scope: fn(&K, &Secret, &str) -> bool,
+    in_scope: fn(&K, &PartialObjectMeta<Secret>, &str) -> bool,
     stopped: impl Future<Output = ()> + Send + Sync + 'static,
     ctx: Arc<Context>,
 ) -> (futures::future::BoxFuture<'static, ()>, Store<K>) {
@@ -614,19 +631,23 @@ fn issuer_controller<K: IssuerObject>(
     for secrets in secret_apis(client, config) {
         let store = store.clone();
         let cluster_resource_namespace = config.cluster_resource_namespace.clone();
-        controller = controller.watches(secrets, watcher::Config::default(), move |secret: Secret| {
-            let name = secret.name_any();
-            cached_refs(&store, |issuer| {
-                let spec = issuer.spec();
-                let names_it = spec.local_ca.as_ref().is_some_and(|l| l.secret_name == name)
-                    || spec
-                        .aws_pca
-                        .as_ref()
-                        .and_then(|p| p.credentials_secret_ref.as_ref())
-                        .is_some_and(|r| r.name == name);
-                names_it && in_scope(issuer, &secret, &cluster_resource_namespace)
-            })
-        });
+        controller = controller.watches(
+            secrets,
+            watcher::Config::default(),
+            move |secret: PartialObjectMeta<Secret>| {
+                let name = secret.name_any();
+                cached_refs(&store, |issuer| {
+                    let spec = issuer.spec();
+                    let names_it = spec.local_ca.as_ref().is_some_and(|l| l.secret_name == name)
+                        || spec
+                            .aws_pca
+                            .as_ref()
+                            .and_then(|p| p.credentials_secret_ref.as_ref())
+                            .is_some_and(|r| r.name == name);
+                    names_it && in_scope(issuer, &secret, &cluster_resource_namespace)
+                })
+            },
+        );
     }
     let task = controller
         .reconcile_all_on(leadership_gained(&ctx.leadership))
@@ -657,18 +678,22 @@ fn istio_cacerts_controller(
     let mut controller = controller;
     for secrets in secret_apis(client, config) {
         let store = store.clone();
-        controller = controller.watches(secrets, watcher::Config::default(), move |secret: Secret| {
-            let name = secret.name_any();
-            cached_refs(&store, |i| {
-                i.namespace() == secret.namespace()
-                    && (i.spec.source_secret_name == name
-                        || i.spec.target_secret_name == name
-                        || i.spec
-                            .trust_anchors
-                            .iter()
-                            .any(|a| a.secret_key_ref.as_ref().is_some_and(|r| r.name == name)))
-            })
-        });
+        controller = controller.watches(
+            secrets,
+            watcher::Config::default(),
+            move |secret: PartialObjectMeta<Secret>| {
+                let name = secret.name_any();
+                cached_refs(&store, |i| {
+                    i.namespace() == secret.namespace()
+                        && (i.spec.source_secret_name == name
+                            || i.spec.target_secret_name == name
+                            || i.spec
+                                .trust_anchors
+                                .iter()
+                                .any(|a| a.secret_key_ref.as_ref().is_some_and(|r| r.name == name)))
+                })
+            },
+        );
     }
     // Trust anchors' ConfigMaps, and the published root (re-written when someone changes it).
     for config_maps in configmap_apis(client, config) {

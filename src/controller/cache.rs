@@ -1,0 +1,134 @@
+//! What the watch caches keep: only the fields a decision reads, so memory follows the number
+//! of objects, not their size, and not other issuers' chains.
+//!
+//! The CertificateRequest watch is cluster-wide and sees every issuer's requests, which
+//! cert-manager keeps after issuance; each holds a CSR and, once issued, a chain and a CA.
+//! None of that is needed to decide *whether* to act (`triage`, `requests_waiting_on`, the
+//! waiting and denied status writes): those read the issuer reference, the conditions and the
+//! metadata. The CSR is read where it is used — from the fresh GET that comes before signing
+//! anyway (it keeps an issued request from being signed twice), so the cache never serves a
+//! CSR. `managedFields` and kubectl's last-applied copy are bookkeeping nobody here reads.
+//!
+//! Secrets are watched only to map a change to the issuers or IstioCACerts naming them: those
+//! watches are metadata-only (see `super::secret_apis`), so no Secret data is ever decoded
+//! outside the reads that use it.
+
+use crate::api::cert_manager::CertificateRequest;
+
+/// kubectl's copy of the whole object it last applied: as large as the object itself.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Strips a CertificateRequest down to what the request controller's decisions read from the
+/// cache. Applied to every object before the reflector stores it.
+pub fn slim_request(cr: &mut CertificateRequest) {
+    cr.metadata.managed_fields = None;
+    if let Some(annotations) = cr.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+    cr.spec.request = Vec::new();
+    if let Some(status) = cr.status.as_mut() {
+        status.certificate = None;
+        status.ca = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::cert_manager::{
+        CertificateRequestCondition, CertificateRequestSpec, CertificateRequestStatus, IssuerReference,
+    };
+    use crate::controller::certificate_request::{IssuerKind, Triage, triage};
+    use kube::ResourceExt;
+
+    fn issued_foreign_or_ours(group: &str, conditions: &[(&str, &str, &str)]) -> CertificateRequest {
+        let mut cr = CertificateRequest::new(
+            "r",
+            CertificateRequestSpec {
+                issuer_ref: IssuerReference {
+                    name: "mesh".into(),
+                    kind: Some("MeshCAIssuer".into()),
+                    group: Some(group.into()),
+                },
+                request: b"-----BEGIN CERTIFICATE REQUEST-----".to_vec(),
+                is_ca: Some(true),
+                ..Default::default()
+            },
+        );
+        cr.metadata.namespace = Some("istio-system".into());
+        cr.metadata.resource_version = Some("42".into());
+        cr.metadata.managed_fields = Some(vec![Default::default()]);
+        cr.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_string(), "{...}".to_string()),
+                ("meshca.io/certificate-arn".to_string(), "arn:x".to_string()),
+            ]
+            .into(),
+        );
+        cr.status = Some(CertificateRequestStatus {
+            conditions: Some(
+                conditions
+                    .iter()
+                    .map(|(t, s, r)| CertificateRequestCondition {
+                        type_: t.to_string(),
+                        status: s.to_string(),
+                        reason: Some(r.to_string()),
+                        message: None,
+                        last_transition_time: None,
+                    })
+                    .collect(),
+            ),
+            certificate: Some(b"CHAIN".to_vec()),
+            ca: Some(b"ROOT".to_vec()),
+            failure_time: None,
+        });
+        cr
+    }
+
+    #[test]
+    fn the_cache_keeps_no_csr_chain_ca_or_bookkeeping() {
+        let mut cr = issued_foreign_or_ours("other.example", &[("Ready", "True", "Issued")]);
+        slim_request(&mut cr);
+        assert!(cr.spec.request.is_empty());
+        let status = cr.status.as_ref().expect("status kept");
+        assert_eq!((status.certificate.as_ref(), status.ca.as_ref()), (None, None));
+        assert_eq!(cr.metadata.managed_fields, None);
+        assert!(!cr.annotations().contains_key(LAST_APPLIED));
+    }
+
+    #[test]
+    fn what_decisions_read_survives_the_slimming() {
+        // One case per triage outcome the cache feeds: each decides the same before and after.
+        type Conditions<'a> = &'a [(&'a str, &'a str, &'a str)];
+        let cases: &[(&str, Conditions)] = &[
+            ("other.example", &[("Ready", "True", "Issued")]), // foreign
+            ("meshca.io", &[("Ready", "True", "Issued")]),     // terminal
+            ("meshca.io", &[]),                                // awaiting approval
+            ("meshca.io", &[("Denied", "True", "Policy")]),    // denied
+            (
+                "meshca.io",
+                &[("Approved", "True", "cert-manager.io"), ("Ready", "False", "Pending")],
+            ), // proceed
+        ];
+        for (group, conditions) in cases {
+            let full = issued_foreign_or_ours(group, conditions);
+            let mut slim = full.clone();
+            slim_request(&mut slim);
+            assert_eq!(triage(&slim, true), triage(&full, true), "{group} {conditions:?}");
+            assert_eq!(slim.resource_version(), full.resource_version());
+            assert_eq!(slim.spec.issuer_ref, full.spec.issuer_ref);
+            assert_eq!(
+                slim.annotations().get("meshca.io/certificate-arn"),
+                full.annotations().get("meshca.io/certificate-arn")
+            );
+        }
+        let proceed = issued_foreign_or_ours("meshca.io", &[("Approved", "True", "cert-manager.io")]);
+        assert_eq!(
+            triage(&proceed, true),
+            Triage::Proceed {
+                kind: IssuerKind::Namespaced,
+                name: "mesh".into()
+            }
+        );
+    }
+}
