@@ -63,6 +63,8 @@ async fn a_request_that_waited_longer_than_the_budget_still_rides_out_throttling
         "10s",
         "--retry-backoff-initial",
         "1s",
+        // The namespaced issuer points at the local PCA endpoint: the operator's opt-in.
+        "--issuer-endpoint-override=true",
     ])
     .await;
     let requests: Api<CertificateRequest> = ns.api();
@@ -144,7 +146,8 @@ async fn one_transient_error_while_rechecking_leaves_a_ready_issuer_ready() {
     }))
     .unwrap();
     ns.api::<Secret>().create(&PostParams::default(), &creds).await.unwrap();
-    let controller = RunningController::in_namespace(&ns.name).await;
+    // The namespaced issuer points at the local PCA endpoint: the operator's opt-in.
+    let controller = RunningController::start(&["--namespace", &ns.name, "--issuer-endpoint-override=true"]).await;
     let arn = pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
     let spec = IssuerSpec {
         aws_pca: Some(AwsPCA {
