@@ -313,23 +313,14 @@ fn secret_apis(client: &Client, config: &Config) -> Vec<Api<PartialObjectMeta<Se
         .collect()
 }
 
-/// The Certificate APIs to watch: `--namespace`, else the `--istio-namespaces`, where istiod's
-/// intermediate (and so the Certificate an IstioCACerts follows) lives; the chart grants
-/// Certificate reads there and nowhere else.
-fn certificate_apis(client: &Client, config: &Config) -> Vec<Api<CertManagerCertificate>> {
-    if let Some(ns) = &config.namespace {
-        return vec![Api::namespaced(client.clone(), ns)];
-    }
-    config
-        .istio_namespaces
-        .iter()
-        .map(|ns| Api::namespaced(client.clone(), ns))
-        .collect()
-}
-
-/// The ConfigMap APIs to watch (trust anchors, published roots): `--namespace`, else the
-/// `--istio-namespaces`, where IstioCACerts live; the chart grants ConfigMap access there only.
-fn configmap_apis(client: &Client, config: &Config) -> Vec<Api<ConfigMap>> {
+/// The APIs to watch for objects that live beside istiod: `--namespace`, else the
+/// `--istio-namespaces`. Certificates (the intermediate an IstioCACerts follows) and ConfigMaps
+/// (trust anchors, published roots) live there, and the chart grants access there only.
+fn istio_namespace_apis<K>(client: &Client, config: &Config) -> Vec<Api<K>>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
     if let Some(ns) = &config.namespace {
         return vec![Api::namespaced(client.clone(), ns)];
     }
@@ -696,7 +687,7 @@ fn istio_cacerts_controller(
         );
     }
     // Trust anchors' ConfigMaps, and the published root (re-written when someone changes it).
-    for config_maps in configmap_apis(client, config) {
+    for config_maps in istio_namespace_apis::<ConfigMap>(client, config) {
         let store = store.clone();
         controller = controller.watches(config_maps, watcher::Config::default(), move |cm: ConfigMap| {
             let name = cm.name_any();
@@ -710,7 +701,7 @@ fn istio_cacerts_controller(
             })
         });
     }
-    for certificates in certificate_apis(client, config) {
+    for certificates in istio_namespace_apis::<CertManagerCertificate>(client, config) {
         let store = store.clone();
         controller = controller.watches(certificates, watcher::Config::default(), {
             move |certificate: CertManagerCertificate| {
