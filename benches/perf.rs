@@ -32,7 +32,6 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::{
@@ -41,6 +40,8 @@ use mesh_ca_issuer::api::cert_manager::{
 use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, RootBootstrap};
 
 const BATCH_LABEL: &str = "bench.meshca.io/batch";
+/// The bench issuers' CA Secret (bootstrapped by the first issuer).
+const ROOT_SECRET: &str = "bench-root";
 /// The group of requests nobody serves: the floor's and the foreign ones.
 const FOREIGN_GROUP: &str = "other-issuer.example.com";
 
@@ -102,6 +103,9 @@ struct Controller {
     child: tokio::process::Child,
     pid: u32,
     admin: String,
+    /// `perf record` attached to the controller (`MESHCA_BENCH_PERF_DATA`): a CPU profile of
+    /// everything it does, for `hack/bench --profile`.
+    profiler: Option<std::process::Child>,
 }
 
 impl Controller {
@@ -129,15 +133,29 @@ impl Controller {
             args.push(format!("--concurrent-workers={n}"));
         }
         let started = Instant::now();
+        // Extra environment for the controller only (say TOKIO_WORKER_THREADS=1), as
+        // `MESHCA_BENCH_CONTROLLER_ENV="K=V K=V"`: the bench's own client stays as it is.
+        let extra_env: Vec<(String, String)> = std::env::var("MESHCA_BENCH_CONTROLLER_ENV")
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let child = tokio::process::Command::new(&bin)
             .args(&args)
+            .envs(extra_env)
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
         let pid = child.id().expect("pid");
-        let controller = Controller { child, pid, admin };
+        let mut controller = Controller {
+            child,
+            pid,
+            admin,
+            profiler: None,
+        };
         loop {
             if controller.get("/readyz").await.is_some_and(|(code, _)| code == 200) {
                 break;
@@ -149,10 +167,28 @@ impl Controller {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let ready = started.elapsed();
+        controller.profiler = std::env::var("MESHCA_BENCH_PERF_DATA").ok().map(|data| {
+            // One profile per controller process: the cold start's restart gets its own file.
+            let data = format!("{data}.{pid}");
+            std::process::Command::new("perf")
+                .args(["record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384"])
+                .args(["-o", &data, "-p", &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting perf record: {e}"))
+        });
         (controller, ready)
     }
 
     async fn stop(mut self) {
+        if let Some(mut perf) = self.profiler.take() {
+            // perf writes its data on SIGINT.
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &perf.id().to_string()])
+                .status();
+            let _ = perf.wait();
+        }
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status();
@@ -309,49 +345,86 @@ async fn delete_batch(api: &Api<CertificateRequest>, batch: &str) {
 
 // === the floor ===
 
-/// What the controller writes for an issued request, and nothing else: the status through
-/// server-side apply on `/status` with the resourceVersion as precondition, then one event.
-async fn floor_write(api: &Api<CertificateRequest>, recorder: &Recorder, template: &Template, cr: &CertificateRequest) {
-    let status = CertificateRequestStatus {
-        conditions: Some(vec![CertificateRequestCondition {
-            type_: "Ready".into(),
-            status: "True".into(),
+/// A bare client doing what a contract-complete issuer must: write the final status through
+/// server-side apply on `/status` with the resourceVersion as precondition, then create one
+/// Normal event (events.k8s.io/v1, as the controller does). With `reads`, it first makes the
+/// two reads the controller keeps for safety, concurrently as the controller does: the request
+/// afresh (an Issued request is never signed again) and the CA Secret (a replaced CA is used
+/// from the next signing). What that floor costs over the bare one is what those reads cost.
+struct Floor<'a> {
+    api: Api<CertificateRequest>,
+    events: Api<k8s_openapi::api::events::v1::Event>,
+    secrets: Api<Secret>,
+    template: &'a Template,
+    reads: bool,
+}
+
+impl<'a> Floor<'a> {
+    fn new(client: &Client, ns: &str, template: &'a Template, reads: bool) -> Self {
+        Floor {
+            api: Api::namespaced(client.clone(), ns),
+            events: Api::namespaced(client.clone(), ns),
+            secrets: Api::namespaced(client.clone(), ns),
+            template,
+            reads,
+        }
+    }
+
+    async fn write(&self, cr: &CertificateRequest) {
+        let name = cr.name_any();
+        if self.reads {
+            let (fresh, root) = tokio::join!(self.api.get(&name), self.secrets.get(ROOT_SECRET));
+            fresh.expect("floor: read the request");
+            root.expect("floor: read the CA Secret");
+        }
+        let template = self.template;
+        let status = CertificateRequestStatus {
+            conditions: Some(vec![CertificateRequestCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: Some("Issued".into()),
+                message: Some(template.issued_message.clone()),
+                last_transition_time: Some(Time(jiff::Timestamp::now())),
+            }]),
+            certificate: Some(template.certificate.clone()),
+            ca: Some(template.ca.clone()),
+            failure_time: None,
+        };
+        let patch = serde_json::json!({
+            "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+            "metadata": {"resourceVersion": cr.resource_version()},
+            "status": status,
+        });
+        self.api
+            .patch_status(&name, &PatchParams::apply("bench-floor").force(), &Patch::Apply(&patch))
+            .await
+            .expect("floor status write");
+        let now = jiff::Timestamp::now();
+        let event = k8s_openapi::api::events::v1::Event {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                ..Default::default()
+            },
+            event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now)),
+            action: Some("Sign".into()),
             reason: Some("Issued".into()),
-            message: Some(template.issued_message.clone()),
-            last_transition_time: Some(Time(jiff::Timestamp::now())),
-        }]),
-        certificate: Some(template.certificate.clone()),
-        ca: Some(template.ca.clone()),
-        failure_time: None,
-    };
-    let patch = serde_json::json!({
-        "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
-        "metadata": {"resourceVersion": cr.resource_version()},
-        "status": status,
-    });
-    api.patch_status(
-        &cr.name_any(),
-        &PatchParams::apply("bench-floor").force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .expect("floor status write");
-    let event = Event {
-        type_: EventType::Normal,
-        reason: "Issued".into(),
-        note: Some(template.issued_message.clone()),
-        action: "Sign".into(),
-        secondary: None,
-    };
-    recorder
-        .publish(&event, &cr.object_ref(&()))
-        .await
-        .expect("floor event");
+            note: Some(template.issued_message.clone()),
+            regarding: Some(cr.object_ref(&())),
+            reporting_controller: Some("bench-floor".into()),
+            reporting_instance: Some("bench-floor".into()),
+            type_: Some("Normal".into()),
+            ..Default::default()
+        };
+        self.events
+            .create(&PostParams::default(), &event)
+            .await
+            .expect("floor event");
+    }
 }
 
 /// N approved foreign requests, then the floor's writes to all of them, as many at once as the
 /// controller works on: the time they take.
-async fn floor_burst(client: &Client, ns: &str, template: &Template, n: usize, batch: &str) -> Duration {
+async fn floor_burst(client: &Client, ns: &str, template: &Template, n: usize, batch: &str, reads: bool) -> Duration {
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), ns);
     let names: Vec<String> = (0..n).map(|i| format!("{batch}-{i}")).collect();
     create_all(
@@ -368,10 +441,10 @@ async fn floor_burst(client: &Client, ns: &str, template: &Template, n: usize, b
         .await
         .expect("list floor batch")
         .items;
-    let recorder = Recorder::new(client.clone(), Reporter::from("bench-floor"));
+    let floor = Floor::new(client, ns, template, reads);
     let started = Instant::now();
     futures::stream::iter(approved.iter())
-        .for_each_concurrent(workers(), |cr| floor_write(&api, &recorder, template, cr))
+        .for_each_concurrent(workers(), |cr| floor.write(cr))
         .await;
     let took = started.elapsed();
     delete_batch(&api, batch).await;
@@ -397,11 +470,11 @@ async fn floor_serial(client: &Client, ns: &str, template: &Template, n: usize) 
         .await
         .expect("list floor batch")
         .items;
-    let recorder = Recorder::new(client.clone(), Reporter::from("bench-floor"));
+    let floor = Floor::new(client, ns, template, false);
     let mut latencies = Vec::new();
     for cr in &approved {
         let started = Instant::now();
-        floor_write(&api, &recorder, template, cr).await;
+        floor.write(cr).await;
         latencies.push(started.elapsed());
     }
     latencies.sort();
@@ -448,7 +521,7 @@ async fn gated_burst(
         let issuers: Api<mesh_ca_issuer::api::issuer::MeshCAIssuer> = Api::namespaced(client.clone(), ns);
         let spec = IssuerSpec {
             local_ca: Some(LocalCA {
-                secret_name: "bench-root".into(),
+                secret_name: ROOT_SECRET.into(),
                 bootstrap: None,
             }),
             ..Default::default()
@@ -695,7 +768,7 @@ async fn main() {
         "bench",
         IssuerSpec {
             local_ca: Some(LocalCA {
-                secret_name: "bench-root".into(),
+                secret_name: ROOT_SECRET.into(),
                 bootstrap: Some(RootBootstrap::default()),
             }),
             ..Default::default()
@@ -746,13 +819,20 @@ async fn main() {
     // --- gated bursts against the floor ---
     let mut ratios = Vec::new();
     for &n in &sizes.gated {
-        let floor = floor_burst(&client, &ns, &template, n, &format!("floor{n}")).await;
+        let floor = floor_burst(&client, &ns, &template, n, &format!("floor{n}"), false).await;
+        let floor_reads = floor_burst(&client, &ns, &template, n, &format!("floorreads{n}"), true).await;
         let (ours, cpu, writes) = gated_burst(&client, &controller, &ns, &template, n, &format!("gated{n}")).await;
         report.ms(&format!("floor_burst_n{n}_ms"), floor);
+        report.ms(&format!("floor_with_reads_burst_n{n}_ms"), floor_reads);
         report.ms(&format!("gated_burst_n{n}_ms"), ours);
         report.add(&format!("cpu_per_request_gated_n{n}_ms"), cpu.as_secs_f64() * 1e3, "ms");
         report.add(&format!("status_writes_per_request_gated_n{n}"), writes, "");
         report.add(&format!("ratio_gated_to_floor_n{n}"), ratio(ours, floor), "x");
+        report.add(
+            &format!("ratio_gated_to_floor_with_reads_n{n}"),
+            ratio(ours, floor_reads),
+            "x",
+        );
         ratios.push(ratio(ours, floor));
     }
     if let (Some(lo), Some(hi)) = (

@@ -5,15 +5,26 @@
 use clap::Parser;
 use mesh_ca_issuer::config::Config;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let config = Config::parse();
     mesh_ca_issuer::install_crypto_provider();
     if let Err(e) = mesh_ca_issuer::telemetry::init(config.log_format, &config.log_level) {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
-    if let Err(e) = mesh_ca_issuer::run(config, shutdown_signal()).await {
+    // Sized by --worker-threads, not by the node's cores: see the flag.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(config.worker_threads))
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(mesh_ca_issuer::run(config, shutdown_signal())) {
         tracing::error!(error = %e, "mesh-ca-issuer stopped");
         eprintln!("error: {e}");
         std::process::exit(1);

@@ -588,6 +588,79 @@ async fn issuer_turns_not_ready_when_its_root_vanishes_or_expires() {
     assert!(expired.is_some(), "issuer with an expired root did not turn CAExpired");
 }
 
+/// The local CA is kept parsed between signings, but never past a change of its Secret: the
+/// request signed right after the root was replaced in place (same Secret, new data) gets the
+/// new root, and so does the one after the Secret was deleted and made again under its name.
+#[tokio::test]
+async fn a_replaced_root_signs_the_very_next_request() {
+    let env = env("issue-replaced-root").await;
+    ready_issuer(&env, "mesh").await;
+    // The operator owns the root from here on: no bootstrap to recreate it behind our back.
+    let issuers: Api<MeshCAIssuer> = env.ns.api();
+    let patch = serde_json::json!({"spec": {"localCA": {"secretName": "mesh-root", "bootstrap": null}}});
+    issuers
+        .patch("mesh", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_issuer(&env, "mesh", "True").await;
+    let secrets: Api<Secret> = env.ns.api();
+    let root_of = |cr: CertificateRequest| {
+        let status = cr.status.unwrap();
+        let ca = status.ca.unwrap();
+        assert_eq!(
+            openssl::verify(&ca, status.certificate.as_deref().unwrap()),
+            "chain.pem: OK"
+        );
+        Certificate::parse_pem_bundle(&ca, "status.ca").unwrap().remove(0)
+    };
+    let secret_root = |secret: &Secret| {
+        Certificate::parse_pem_bundle(&secret.data.as_ref().unwrap()["tls.crt"].0, "tls.crt")
+            .unwrap()
+            .remove(0)
+    };
+    let original = secret_root(&secrets.get("mesh-root").await.unwrap());
+    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("first", "mesh")).await;
+    let first = cm::wait_for_reason(&env.client, &env.ns.name, "first", &["Issued"], TIMEOUT).await;
+    assert_eq!(root_of(first), original);
+
+    let new_root = |not_before| {
+        let (cert, key) = mesh_ca_issuer::pki::sign::self_signed_root(&RootBootstrap::default(), not_before).unwrap();
+        (cert.to_pem(), key.to_pem())
+    };
+    // Replaced in place, and the next request approved at once: no waiting for any watch.
+    let (cert, key) = new_root(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60));
+    let patch = serde_json::json!({"stringData": {"tls.crt": cert, "tls.key": key}});
+    let replaced = secrets
+        .patch("mesh-root", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_ne!(secret_root(&replaced), original);
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("second", "mesh"),
+    )
+    .await;
+    let second = cm::wait_for_reason(&env.client, &env.ns.name, "second", &["Issued"], TIMEOUT).await;
+    assert_eq!(root_of(second), secret_root(&replaced), "signed by the replaced root");
+
+    // Deleted and created again under the same name, with yet another root.
+    secrets.delete("mesh-root", &DeleteParams::default()).await.unwrap();
+    let (cert, key) = new_root(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60));
+    let again: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "mesh-root"}, "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert, "tls.key": key}
+    }))
+    .unwrap();
+    let again = secrets.create(&PostParams::default(), &again).await.unwrap();
+    assert_ne!(again.uid(), replaced.uid());
+    // The deletion may have made the issuer not Ready meanwhile: the request waits, then is
+    // signed once the issuer is checked again, by the root now in the Secret.
+    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("third", "mesh")).await;
+    let third = cm::wait_for_reason(&env.client, &env.ns.name, "third", &["Issued"], TIMEOUT).await;
+    assert_eq!(root_of(third), secret_root(&again), "signed by the recreated root");
+}
+
 #[tokio::test]
 async fn no_key_material_in_logs_events_or_conditions() {
     let (_lock, client, ns) = support::namespaced_test("issue-no-secrets").await;

@@ -6,8 +6,8 @@
 //! CA is used it must: parse; have a key that matches; be a CA (and allow keyCertSign when it
 //! has a KeyUsage); be within its validity; and chain to a self-signed root in the Secret.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use jiff::Timestamp;
@@ -52,15 +52,84 @@ pub struct LocalCa {
     sub_ca_room: SubCaRoom,
 }
 
+/// CAs already read and checked, by Secret, reused while the Secret keeps its uid and
+/// resourceVersion. The Secret is still read for every signing, so a replaced CA is used from
+/// the first signing after the write; what is saved is parsing the CA again and verifying its
+/// chain's signatures, which cost more than signing with it. One entry per CA Secret in use.
+#[derive(Default)]
+pub struct CheckedCas(Mutex<HashMap<String, CheckedCa>>);
+
+struct CheckedCa {
+    uid: Option<String>,
+    resource_version: Option<String>,
+    ca: Arc<LocalCa>,
+}
+
+impl CheckedCas {
+    fn get(&self, key: &str, secret: &Secret) -> Option<Arc<LocalCa>> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.get(key)?;
+        // Both must match: a Secret deleted and created again may reuse neither, but a
+        // resourceVersion alone says nothing across objects.
+        let same = entry.uid.is_some()
+            && entry.resource_version.is_some()
+            && entry.uid == secret.metadata.uid
+            && entry.resource_version == secret.metadata.resource_version;
+        same.then(|| entry.ca.clone())
+    }
+
+    fn put(&self, key: String, secret: &Secret, ca: Arc<LocalCa>) {
+        let entry = CheckedCa {
+            uid: secret.metadata.uid.clone(),
+            resource_version: secret.metadata.resource_version.clone(),
+            ca,
+        };
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(key, entry);
+    }
+
+    fn forget(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    /// How many CAs are kept.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl LocalCa {
-    /// Reads and checks the CA Secret named by `spec` in the scope's Secret namespace.
+    /// Reads the CA Secret named by `spec` in the scope's Secret namespace, and checks it: in
+    /// full for a health check, and for signing unless `checked` holds this very version of it
+    /// (then only its validity at `now` is checked again).
     pub async fn load(
         client: &Client,
+        checked: &CheckedCas,
         spec: &LocalCA,
         scope: &IssuerScope,
         purpose: Purpose,
         now: Timestamp,
-    ) -> Result<Self, BackendError> {
+    ) -> Result<Arc<Self>, BackendError> {
+        let key = format!("{}/{}", scope.secret_namespace, spec.secret_name);
+        let loaded = Self::read_and_check(client, checked, &key, spec, scope, purpose, now).await;
+        if loaded.is_err() {
+            checked.forget(&key);
+        }
+        loaded
+    }
+
+    async fn read_and_check(
+        client: &Client,
+        checked: &CheckedCas,
+        key: &str,
+        spec: &LocalCA,
+        scope: &IssuerScope,
+        purpose: Purpose,
+        now: Timestamp,
+    ) -> Result<Arc<Self>, BackendError> {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &scope.secret_namespace);
         let display = format!("Secret {}/{}", scope.secret_namespace, spec.secret_name);
         let secret = match secrets.get_opt(&spec.secret_name).await {
@@ -92,7 +161,15 @@ impl LocalCa {
                 ));
             }
         };
-        Self::from_data(secret.data.as_ref(), &display, purpose, now)
+        if purpose == Purpose::Signing
+            && let Some(ca) = checked.get(key, &secret)
+        {
+            check_validity(&ca.ca, &display, now)?;
+            return Ok(ca);
+        }
+        let ca = Arc::new(Self::from_data(secret.data.as_ref(), &display, purpose, now)?);
+        checked.put(key.to_string(), &secret, ca.clone());
+        Ok(ca)
     }
 
     /// Checks a CA from a Secret's data. Pure apart from the probe signature.
@@ -143,18 +220,7 @@ impl LocalCa {
                 format!("{display}: {subject} has a KeyUsage without keyCertSign"),
             ));
         }
-        if now > ca.not_after() {
-            return Err(invalid(
-                reason::CA_EXPIRED,
-                format!("{display}: {subject} expired at {}", ca.not_after()),
-            ));
-        }
-        if now < ca.not_before() {
-            return Err(invalid(
-                reason::CA_NOT_YET_VALID,
-                format!("{display}: {subject} is not valid before {}", ca.not_before()),
-            ));
-        }
+        check_validity(&ca, display, now)?;
         let (path, root) = path_to_root(&ca, certs.into_iter().chain(extra).collect())
             .map_err(|m| invalid(reason::INCOMPLETE_CHAIN, format!("{display}: {m}")))?;
         if purpose == Purpose::HealthCheck {
@@ -199,6 +265,23 @@ impl LocalCa {
     pub fn root(&self) -> &Certificate {
         &self.root
     }
+}
+
+/// The CA must be within its own validity at `now`.
+fn check_validity(ca: &Certificate, display: &str, now: Timestamp) -> Result<(), BackendError> {
+    if now > ca.not_after() {
+        return Err(BackendError::issuer_not_ready(
+            reason::CA_EXPIRED,
+            format!("{display}: {} expired at {}", ca.subject(), ca.not_after()),
+        ));
+    }
+    if now < ca.not_before() {
+        return Err(BackendError::issuer_not_ready(
+            reason::CA_NOT_YET_VALID,
+            format!("{display}: {} is not valid before {}", ca.subject(), ca.not_before()),
+        ));
+    }
+    Ok(())
 }
 
 /// Finds the certificates linking `ca` to a self-signed root among `pool`.
@@ -254,21 +337,34 @@ impl Signer for LocalCa {
                     ),
                 ));
             }
-            let (csr, plan) = (request.csr.clone(), request.plan.clone());
-            let (ca, key) = (self.ca.clone(), self.key.clone());
-            // Signing is CPU work (RSA especially): keep it off the async reactor threads.
-            let signed = tokio::task::spawn_blocking(move || {
+            // An ECDSA signature costs less than handing it to the blocking pool and back (two
+            // thread wake-ups, and a pool that grows a thread per concurrent signing in a
+            // burst); an RSA signature takes milliseconds and stays off the async threads.
+            let signed = if self.key.signs_quickly() {
                 sign_csr(
-                    &csr,
-                    &plan,
+                    request.csr,
+                    request.plan,
                     &CaSigner {
-                        certificate: &ca,
-                        key: &key,
+                        certificate: &self.ca,
+                        key: &self.key,
                     },
                 )
-            })
-            .await
-            .map_err(|e| BackendError::retryable(reason::SIGNING_FAILED, format!("signing task failed: {e}")))?;
+            } else {
+                let (csr, plan) = (request.csr.clone(), request.plan.clone());
+                let (ca, key) = (self.ca.clone(), self.key.clone());
+                tokio::task::spawn_blocking(move || {
+                    sign_csr(
+                        &csr,
+                        &plan,
+                        &CaSigner {
+                            certificate: &ca,
+                            key: &key,
+                        },
+                    )
+                })
+                .await
+                .map_err(|e| BackendError::retryable(reason::SIGNING_FAILED, format!("signing task failed: {e}")))?
+            };
             let certificate = signed.map_err(|e| match e {
                 // The request itself cannot be signed as asked.
                 crate::pki::PkiError::UnsupportedSubject(_)

@@ -120,6 +120,23 @@ pub trait Signer: Send + Sync {
     }
 }
 
+/// A shared signer signs as the one it shares (the local CA backend hands out its checked CAs
+/// this way).
+impl<S: Signer + ?Sized> Signer for Arc<S> {
+    fn backend_name(&self) -> &'static str {
+        self.as_ref().backend_name()
+    }
+    fn ca(&self) -> &CaInfo {
+        self.as_ref().ca()
+    }
+    fn sign<'a>(&'a self, request: SignRequest<'a>) -> BoxFuture<'a, Result<SignOutcome, BackendError>> {
+        self.as_ref().sign(request)
+    }
+    fn sub_ca_room(&self) -> SubCaRoom {
+        self.as_ref().sub_ca_room()
+    }
+}
+
 /// Refuses a signer whose CA's path length leaves no room for the sub-CAs the issuer's policy
 /// makes (`policy.maxPathLen` when the CSR asks for none): the issuer is not Ready and says
 /// what to change, instead of handing out an intermediate whose workload chains Go refuses.
@@ -190,6 +207,8 @@ pub enum Purpose {
 /// issuers share (clients, CA descriptions, rate limits).
 pub struct Backends {
     pub kube: kube::Client,
+    /// Local CAs already checked, by Secret version.
+    pub local_cas: Arc<local_ca::CheckedCas>,
     pub pca: Arc<aws_pca::Shared>,
     pub ambient: AmbientPolicy,
 }
@@ -226,9 +245,9 @@ pub async fn connect(
 ) -> Result<Box<dyn Signer>, BackendError> {
     configured_backend(spec)?;
     if let Some(local) = &spec.local_ca {
-        let signer = local_ca::LocalCa::load(&backends.kube, local, scope, purpose, now).await?;
+        let signer = local_ca::LocalCa::load(&backends.kube, &backends.local_cas, local, scope, purpose, now).await?;
         if spec.policy.require_ca {
-            check_path_len_room(&signer, spec)?;
+            check_path_len_room(signer.as_ref(), spec)?;
         }
         return Ok(Box::new(signer));
     }

@@ -341,16 +341,27 @@ async fn lookup_issuer(
     name: &str,
 ) -> Result<(IssuerLookup, IssuerScope)> {
     let found = match kind {
-        IssuerKind::Namespaced => Api::<MeshCAIssuer>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map(|o| o.map(|i| (i.spec, i.status, i.metadata.generation))),
-        IssuerKind::Cluster => Api::<ClusterMeshCAIssuer>::all(ctx.client.clone())
-            .get_opt(name)
-            .await
-            .map(|o| o.map(|i| (i.spec, i.status, i.metadata.generation))),
-    }
-    .map_err(|e| Error::kube(format!("reading {} {name}", kind.as_str()), e))?;
+        IssuerKind::Namespaced => match &ctx.issuers.namespaced {
+            Some(cache) => cached_issuer(cache, ObjectRef::new(name).within(namespace))
+                .await?
+                .map(|i| (i.spec.clone(), i.status.clone(), i.metadata.generation)),
+            None => Api::<MeshCAIssuer>::namespaced(ctx.client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map_err(|e| Error::kube(format!("reading {} {name}", kind.as_str()), e))?
+                .map(|i| (i.spec, i.status, i.metadata.generation)),
+        },
+        IssuerKind::Cluster => match &ctx.issuers.cluster {
+            Some(cache) => cached_issuer(cache, ObjectRef::new(name))
+                .await?
+                .map(|i| (i.spec.clone(), i.status.clone(), i.metadata.generation)),
+            None => Api::<ClusterMeshCAIssuer>::all(ctx.client.clone())
+                .get_opt(name)
+                .await
+                .map_err(|e| Error::kube(format!("reading {} {name}", kind.as_str()), e))?
+                .map(|i| (i.spec, i.status, i.metadata.generation)),
+        },
+    };
     let scope = match kind {
         IssuerKind::Namespaced => IssuerScope {
             display: format!("{ISSUER_KIND} {namespace}/{name}"),
@@ -409,10 +420,21 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
         // requeue: still backing off
         (Ok(_), Some(wait)) => return Ok(Action::requeue(wait)),
         (Ok(spec), None) => {
+            // Who may ask comes before what is asked: a request from a namespace the issuer
+            // does not serve is refused before its CSR is decoded or its backend contacted.
+            if let Err(message) = admit(&ctx, &cr, spec, &scope) {
+                apply_outcome(&ctx, &cr, Outcome::PolicyViolation { message }, now).await?;
+                return Ok(Action::await_change()); // done: failed
+            }
             // The cached request may lag behind our own last write (two triggers queued while
             // one reconcile ran): read it afresh before signing, so an Issued request is never
-            // signed again.
-            let mut fresh = match read_fresh(&ctx, &cr).await? {
+            // signed again. The backend's CA is read at the same time: two independent reads,
+            // one round trip.
+            let (fresh, signer) = tokio::join!(
+                read_fresh(&ctx, &cr),
+                backend::connect(&ctx.backends, spec, &scope, Purpose::Signing, now)
+            );
+            let mut fresh = match fresh? {
                 Some(fresh) => fresh,
                 None => return Ok(Action::await_change()), // done: deleted meanwhile
             };
@@ -420,7 +442,7 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
                 // requeue: it changed (issued, denied, ...) since the cache saw it
                 return Ok(Action::requeue(Duration::ZERO));
             }
-            let outcome = sign(&ctx, &mut fresh, spec, &scope, now).await;
+            let outcome = sign(&ctx, &mut fresh, spec, &scope, signer, now).await;
             let requeue = requeue_after(&outcome);
             apply_outcome(&ctx, &fresh, outcome, now).await?;
             return Ok(match requeue {
@@ -444,6 +466,16 @@ fn requeue_after(outcome: &Outcome) -> Option<Duration> {
     }
 }
 
+/// An issuer from the cache the request controller's issuer watch fills, once that cache holds
+/// the initial list (before, "missing" would only mean "not listed yet").
+async fn cached_issuer<K>(cache: &Store<K>, reference: ObjectRef<K>) -> Result<Option<Arc<K>>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    cache.wait_until_ready().await.map_err(|_| Error::CacheGone("issuer"))?;
+    Ok(cache.get(&reference))
+}
+
 /// The request as the API server has it now (not as the watch cache last saw it).
 async fn read_fresh(ctx: &Context, cr: &CertificateRequest) -> Result<Option<CertificateRequest>> {
     let name = cr.name_any();
@@ -453,18 +485,9 @@ async fn read_fresh(ctx: &Context, cr: &CertificateRequest) -> Result<Option<Cer
         .map_err(|e| Error::kube(format!("reading CertificateRequest {name}"), e))
 }
 
-/// Decodes and checks the CSR, then asks the backend to sign. `cr` is updated when a backend
-/// id is recorded on it.
-async fn sign(
-    ctx: &Context,
-    cr: &mut CertificateRequest,
-    spec: &IssuerSpec,
-    scope: &IssuerScope,
-    now: Timestamp,
-) -> Outcome {
-    let uid = cr.uid().unwrap_or_default();
-    // Who may ask comes before what is asked: a request from a namespace the issuer does not
-    // serve is refused before its CSR is even decoded.
+/// Whether the request's namespace may ask this issuer at all (a namespace never changes, so
+/// the cached request answers).
+fn admit(ctx: &Context, cr: &CertificateRequest, spec: &IssuerSpec, scope: &IssuerScope) -> Result<(), String> {
     let allowed = admission::effective_namespaces(
         scope.cluster_scoped,
         &scope.secret_namespace,
@@ -472,9 +495,20 @@ async fn sign(
         &ctx.config.istio_namespaces,
     );
     let namespace = cr.namespace().unwrap_or_default();
-    if let Err(message) = admission::admit(&namespace, scope.cluster_scoped, &allowed, &scope.display) {
-        return Outcome::PolicyViolation { message };
-    }
+    admission::admit(&namespace, scope.cluster_scoped, &allowed, &scope.display)
+}
+
+/// Decodes and checks the CSR, then has the connected backend sign. `cr` is updated when a
+/// backend id is recorded on it.
+async fn sign(
+    ctx: &Context,
+    cr: &mut CertificateRequest,
+    spec: &IssuerSpec,
+    scope: &IssuerScope,
+    signer: Result<Box<dyn backend::Signer>, BackendError>,
+    now: Timestamp,
+) -> Outcome {
+    let uid = cr.uid().unwrap_or_default();
     let csr = match CertificateSigningRequest::from_pem(&cr.spec.request) {
         Ok(csr) => csr,
         Err(e) => {
@@ -483,7 +517,7 @@ async fn sign(
             };
         }
     };
-    let signer = match backend::connect(&ctx.backends, spec, scope, Purpose::Signing, now).await {
+    let signer = match signer {
         Ok(signer) => signer,
         Err(e) => return classify(e, &scope.display, ctx.retries.next_delay(&uid)),
     };

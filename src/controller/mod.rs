@@ -58,6 +58,18 @@ pub struct Context {
     pub issuer_blips: issuer::Blips,
     /// Events the API server refused, per object, sent again before its next reconcile.
     unsent_events: std::sync::Mutex<std::collections::HashMap<String, Vec<UnsentEvent>>>,
+    /// The issuers as the request controller's issuer watches last saw them.
+    pub issuers: IssuerCaches,
+}
+
+/// Issuer caches filled by the watches that wake the requests waiting on an issuer: the
+/// reflector stores each change before the change wakes anyone, so a request woken by an
+/// issuer change never reads that issuer older than the change. `None` (a context made outside
+/// [`run`]) means the issuer is read from the API server instead.
+#[derive(Clone, Default)]
+pub struct IssuerCaches {
+    pub namespaced: Option<Store<MeshCAIssuer>>,
+    pub cluster: Option<Store<ClusterMeshCAIssuer>>,
 }
 
 /// An event that could not be written yet.
@@ -111,6 +123,7 @@ impl Context {
         );
         let backends = Backends {
             kube: client.clone(),
+            local_cas: Default::default(),
             pca: Arc::new(pca),
             ambient: config.ambient_policy(),
         };
@@ -127,7 +140,14 @@ impl Context {
             failures,
             issuer_blips: Default::default(),
             unsent_events: Default::default(),
+            issuers: IssuerCaches::default(),
         }
+    }
+
+    /// Has request reconciles read issuers from these caches.
+    pub fn with_issuer_caches(mut self, issuers: IssuerCaches) -> Self {
+        self.issuers = issuers;
+        self
     }
 
     /// Sends the events of `reference` that failed before; those that fail again stay queued.
@@ -415,14 +435,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             Arc::new(move |sent| metrics.count_api_write(if sent { "sent" } else { "refused_not_leader" })),
         )
     };
-    let ctx = Arc::new(Context::new(
-        call_client(&config, CALL_TIMEOUT, Some(&fence)).await?,
-        config.clone(),
-        metrics.clone(),
-        leadership,
-    ));
     let namespace = config.namespace.as_deref();
     let cluster_issuers_enabled = namespace.is_none();
+    // The issuers requests wait on: one watch per kind both fills the cache the issuer gate
+    // reads (no API read per signing) and wakes the waiting requests (see `IssuerCaches`).
+    let (namespaced_issuers_seen, writer) = reflector::store();
+    let namespaced_issuer_changes = reflector::reflector(
+        writer,
+        watcher(scoped::<MeshCAIssuer>(&client, namespace), watcher::Config::default()),
+    )
+    .touched_objects();
+    let (cluster_issuers_seen, writer) = reflector::store();
+    let cluster_issuer_changes = reflector::reflector(
+        writer,
+        watcher(
+            Api::<ClusterMeshCAIssuer>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .touched_objects();
+    let issuer_caches = IssuerCaches {
+        namespaced: Some(namespaced_issuers_seen.clone()),
+        cluster: cluster_issuers_enabled.then(|| cluster_issuers_seen.clone()),
+    };
+    let ctx = Arc::new(
+        Context::new(
+            call_client(&config, CALL_TIMEOUT, Some(&fence)).await?,
+            config.clone(),
+            metrics.clone(),
+            leadership,
+        )
+        .with_issuer_caches(issuer_caches),
+    );
 
     // === CertificateRequests, re-queued when the issuer they wait on changes ===
     // The cache keeps only what decisions read (no CSRs, chains or CAs, ours or foreign):
@@ -438,38 +482,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     )
     .applied_objects();
     let requests = Controller::for_stream(request_events, request_store.clone());
-    let mut requests = requests.watches(
-        scoped::<MeshCAIssuer>(&client, namespace),
-        watcher::Config::default(),
-        {
+    let mut requests = requests.watches_stream(namespaced_issuer_changes, {
+        let store = request_store.clone();
+        move |issuer: MeshCAIssuer| {
+            if !triggers::issuer_change_wakes_requests(issuer.status.as_ref(), issuer.metadata.generation) {
+                return Vec::new();
+            }
+            certificate_request::requests_waiting_on(
+                &store,
+                IssuerKind::Namespaced,
+                issuer.namespace().as_deref(),
+                &issuer.name_any(),
+            )
+        }
+    });
+    if cluster_issuers_enabled {
+        requests = requests.watches_stream(cluster_issuer_changes, {
             let store = request_store.clone();
-            move |issuer: MeshCAIssuer| {
+            move |issuer: ClusterMeshCAIssuer| {
                 if !triggers::issuer_change_wakes_requests(issuer.status.as_ref(), issuer.metadata.generation) {
                     return Vec::new();
                 }
-                certificate_request::requests_waiting_on(
-                    &store,
-                    IssuerKind::Namespaced,
-                    issuer.namespace().as_deref(),
-                    &issuer.name_any(),
-                )
+                certificate_request::requests_waiting_on(&store, IssuerKind::Cluster, None, &issuer.name_any())
             }
-        },
-    );
-    if cluster_issuers_enabled {
-        requests = requests.watches(
-            Api::<ClusterMeshCAIssuer>::all(client.clone()),
-            watcher::Config::default(),
-            {
-                let store = request_store.clone();
-                move |issuer: ClusterMeshCAIssuer| {
-                    if !triggers::issuer_change_wakes_requests(issuer.status.as_ref(), issuer.metadata.generation) {
-                        return Vec::new();
-                    }
-                    certificate_request::requests_waiting_on(&store, IssuerKind::Cluster, None, &issuer.name_any())
-                }
-            },
-        );
+        });
     }
     // Deleted requests are never reconciled again: sweep their back-off history from the cache.
     {
@@ -508,6 +544,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let mut stores_ready = vec![
         wait_ready(request_store.clone()).boxed(),
         wait_ready(namespaced_issuer_store.clone()).boxed(),
+        wait_ready(namespaced_issuers_seen).boxed(),
     ];
     let mut cluster_issuer_cache = None;
     if cluster_issuers_enabled {
@@ -526,6 +563,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         );
         tasks.push(cluster_issuers);
         stores_ready.push(wait_ready(cluster_issuer_store.clone()).boxed());
+        stores_ready.push(wait_ready(cluster_issuers_seen).boxed());
         cluster_issuer_cache = Some(cluster_issuer_store);
     }
 

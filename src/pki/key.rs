@@ -81,6 +81,13 @@ impl SigningKey {
         }
     }
 
+    /// True for keys whose signatures take tens of microseconds (ECDSA), false for those that
+    /// take milliseconds (RSA): what decides whether signing may run on an async thread.
+    pub fn signs_quickly(&self) -> bool {
+        let alg = self.pair.algorithm();
+        alg == &PKCS_ECDSA_P256_SHA256 || alg == &PKCS_ECDSA_P384_SHA384
+    }
+
     pub(super) fn key_pair(&self) -> &KeyPair {
         &self.pair
     }
