@@ -23,25 +23,39 @@ use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
 use mesh_ca_issuer::api::issuer::{AwsCredentialsSecretRef, AwsPCA, IssuerSpec, LocalCA, RootBootstrap};
 
-/// Creates an ACTIVE root CA on the fixture (its control endpoint, over plain HTTP).
-async fn pca_root_ca(endpoint: &str) -> String {
+/// A call to the fixture's control endpoint (plain HTTP, JSON in and out).
+async fn fixture_control(endpoint: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = endpoint.trim_start_matches("http://");
-    let body = br#"{"keyAlgorithm":"EC_prime256v1","usageMode":"GENERAL_PURPOSE","validityDays":3650}"#;
+    let body = body.to_string();
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("fixture");
     let head = format!(
-        "POST /__fixture/ca HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
     let json = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(json).expect("fixture JSON")["arn"]
+    serde_json::from_str(json).expect("fixture JSON")
+}
+
+/// Creates an ACTIVE root CA on the fixture.
+async fn pca_root_ca(endpoint: &str) -> String {
+    let body =
+        serde_json::json!({"keyAlgorithm": "EC_prime256v1", "usageMode": "GENERAL_PURPOSE", "validityDays": 3650});
+    fixture_control(endpoint, "/__fixture/ca", body).await["arn"]
         .as_str()
         .expect("arn")
         .to_string()
+}
+
+/// IssueCertificate calls the fixture has answered so far (throttled ones included).
+async fn issue_calls(endpoint: &str) -> u64 {
+    fixture_control(endpoint, "/__fixture/stats", serde_json::json!({})).await["calls"]["IssueCertificate"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -193,10 +207,22 @@ async fn main() {
         "{:>6} {:>10} {:>10} {:>10} {:>10} {:>12} {:>14} {:>14}",
         "N", "p50 ms", "p99 ms", "max ms", "wall s", "req/s", "RSS after MiB", "CPU ms/req"
     );
+    let endpoint = std::env::var("MESHCA_BENCH_PCA_ENDPOINT").ok();
     let mut p50s = Vec::new();
     for (i, n) in sizes.iter().enumerate() {
         let cpu_before = cpu_time(pid);
+        let calls_before = match &endpoint {
+            Some(e) => Some(issue_calls(e).await),
+            None => None,
+        };
         let (lat, wall) = run_batch(&client, &ns_name, *n, &format!("b{i}")).await;
+        if let (Some(e), Some(before)) = (&endpoint, calls_before) {
+            let calls = issue_calls(e).await - before;
+            println!(
+                "  IssueCertificate calls for {n} requests: {calls} ({:.2} per request)",
+                calls as f64 / *n as f64
+            );
+        }
         // The controller's own CPU per request: what is left of the latency is queueing and
         // the API server's work.
         let cpu_per_request = cpu_before
@@ -220,6 +246,31 @@ async fn main() {
             cpu_per_request,
         );
         assert_eq!(lat.len(), *n, "every request must be issued");
+    }
+    // Throttling: the next THROTTLES IssueCertificate calls are refused; each costs exactly
+    // one more call, and no request is issued twice.
+    if let Some(e) = &endpoint {
+        let n = sizes.first().copied().unwrap_or(20);
+        let throttles: u64 = std::env::var("MESHCA_BENCH_THROTTLES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        let before = issue_calls(e).await;
+        fixture_control(
+            e,
+            "/__fixture/faults",
+            serde_json::json!({"operation": "IssueCertificate", "kind": "throttle", "count": throttles}),
+        )
+        .await;
+        let (lat, wall) = run_batch(&client, &ns_name, n, "throttled").await;
+        let calls = issue_calls(e).await - before;
+        println!(
+            "throttled: {n} requests with {throttles} throttles injected: {calls} IssueCertificate calls (1 + throttles would be {}), p50 {:.1} ms, p99 {:.1} ms, wall {:.2} s",
+            n as u64 + throttles,
+            common::percentile(&lat, 0.50).as_secs_f64() * 1e3,
+            common::percentile(&lat, 0.99).as_secs_f64() * 1e3,
+            wall.as_secs_f64()
+        );
     }
     // Ratios within one run are what to compare across machines.
     if let (Some(first), Some(last)) = (p50s.first(), p50s.last())

@@ -168,7 +168,10 @@ impl LocalCa {
             return Ok(ca);
         }
         let ca = Arc::new(Self::from_data(secret.data.as_ref(), &display, purpose, now)?);
-        checked.put(key.to_string(), &secret, ca.clone());
+        // Only signing fills the cache: a health check proves nothing about the next signing.
+        if purpose == Purpose::Signing {
+            checked.put(key.to_string(), &secret, ca.clone());
+        }
         Ok(ca)
     }
 

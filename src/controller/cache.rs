@@ -9,10 +9,16 @@
 //! anyway (it keeps an issued request from being signed twice), so the cache never serves a
 //! CSR. `managedFields` and kubectl's last-applied copy are bookkeeping nobody here reads.
 //!
+//! Requests of other issuers are not kept at all ([`ours_only`]): the only decision about them
+//! is that they are not ours, and that is made on the watch event itself.
+//!
 //! Secrets are watched only to map a change to the issuers or IstioCACerts naming them: those
 //! watches are metadata-only (see `super::secret_apis`), so no Secret data is ever decoded
 //! outside the reads that use it.
 
+use kube::runtime::watcher;
+
+use super::certificate_request::{Triage, triage};
 use crate::api::cert_manager::CertificateRequest;
 
 /// kubectl's copy of the whole object it last applied: as large as the object itself.
@@ -32,13 +38,26 @@ pub fn slim_request(cr: &mut CertificateRequest) {
     }
 }
 
+/// Keeps other issuers' requests out of the cache, and their changes from waking the
+/// controller: an added or changed one becomes a deletion (so a request whose issuer reference
+/// was edited away from us leaves the cache too), one listed at start-up is skipped.
+/// cert-manager keeps every request it issued, so in a busy cluster these are most requests.
+pub fn ours_only(event: watcher::Event<CertificateRequest>) -> Option<watcher::Event<CertificateRequest>> {
+    let foreign = |cr: &CertificateRequest| triage(cr, true) == Triage::NotOurs;
+    match event {
+        watcher::Event::InitApply(cr) if foreign(&cr) => None,
+        watcher::Event::Apply(cr) if foreign(&cr) => Some(watcher::Event::Delete(cr)),
+        other => Some(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::cert_manager::{
         CertificateRequestCondition, CertificateRequestSpec, CertificateRequestStatus, IssuerReference,
     };
-    use crate::controller::certificate_request::{IssuerKind, Triage, triage};
+    use crate::controller::certificate_request::IssuerKind;
     use kube::ResourceExt;
 
     fn issued_foreign_or_ours(group: &str, conditions: &[(&str, &str, &str)]) -> CertificateRequest {
@@ -97,6 +116,35 @@ mod tests {
     }
 
     #[test]
+    fn other_issuers_requests_never_reach_the_cache() {
+        use watcher::Event;
+        let foreign = || issued_foreign_or_ours("other.example", &[("Ready", "True", "Issued")]);
+        let ours = || issued_foreign_or_ours("meshca.io", &[("Approved", "True", "cert-manager.io")]);
+        let kind = |e: Option<Event<CertificateRequest>>| match e {
+            None => "dropped",
+            Some(Event::Apply(_)) => "apply",
+            Some(Event::Delete(_)) => "delete",
+            Some(Event::Init) => "init",
+            Some(Event::InitApply(_)) => "init-apply",
+            Some(Event::InitDone) => "init-done",
+        };
+        let cases = [
+            (Event::InitApply(foreign()), "dropped"), // listed at start-up: never stored
+            (Event::Apply(foreign()), "delete"),      // added or edited away from us: removed
+            (Event::Delete(foreign()), "delete"),     // deleted: still a deletion
+            (Event::InitApply(ours()), "init-apply"), // ours: as it came
+            (Event::Apply(ours()), "apply"),
+            (Event::Delete(ours()), "delete"),
+            (Event::Init, "init"),
+            (Event::InitDone, "init-done"),
+        ];
+        for (event, expected) in cases {
+            let shown = format!("{event:?}").chars().take(40).collect::<String>();
+            assert_eq!(kind(ours_only(event)), expected, "{shown}");
+        }
+    }
+
+    #[test]
     fn what_decisions_read_survives_the_slimming() {
         // One case per triage outcome the cache feeds: each decides the same before and after.
         type Conditions<'a> = &'a [(&'a str, &'a str, &'a str)];
@@ -117,10 +165,13 @@ mod tests {
             assert_eq!(triage(&slim, true), triage(&full, true), "{group} {conditions:?}");
             assert_eq!(slim.resource_version(), full.resource_version());
             assert_eq!(slim.spec.issuer_ref, full.spec.issuer_ref);
-            assert_eq!(
-                slim.annotations().get("meshca.io/certificate-arn"),
-                full.annotations().get("meshca.io/certificate-arn")
-            );
+            if *group == "meshca.io" {
+                // Ours: annotations survive (the retry budget mark is read from the cache).
+                assert_eq!(
+                    slim.annotations().get("meshca.io/certificate-arn"),
+                    full.annotations().get("meshca.io/certificate-arn")
+                );
+            }
         }
         let proceed = issued_foreign_or_ours("meshca.io", &[("Approved", "True", "cert-manager.io")]);
         assert_eq!(

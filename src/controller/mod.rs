@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
@@ -469,8 +469,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     );
 
     // === CertificateRequests, re-queued when the issuer they wait on changes ===
-    // The cache keeps only what decisions read (no CSRs, chains or CAs, ours or foreign):
-    // see `cache`. Signing reads the request afresh anyway.
+    // The cache keeps only our requests, and of those only what decisions read (no CSRs,
+    // chains or CAs): see `cache`. Signing reads the request afresh anyway.
     let (request_store, request_writer) = reflector::store();
     let request_events = reflector::reflector(
         request_writer,
@@ -478,6 +478,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             scoped::<CertificateRequest>(&client, namespace),
             watcher::Config::default(),
         )
+        .try_filter_map(|event| std::future::ready(Ok(cache::ours_only(event))))
         .modify(cache::slim_request),
     )
     .applied_objects();
