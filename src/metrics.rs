@@ -103,6 +103,8 @@ pub struct Metrics {
     /// The fingerprints exported per owner, so a replaced certificate's series is removed
     /// instead of lingering.
     exported: Mutex<HashMap<SeriesOwner, Vec<String>>>,
+    /// The rotation phases exported per IstioCACerts, dropped with it as certificates are.
+    rotation_exported: Mutex<HashMap<SeriesOwner, Vec<String>>>,
     /// Set once the watch caches exist. A deleted object is never reconciled again, so its
     /// series are dropped when `/metrics` is rendered, not by its reconcile: an alert on a
     /// deleted IstioCACerts' expiring intermediate would otherwise fire until a restart.
@@ -192,6 +194,7 @@ impl Metrics {
             certificate_renewal,
             certificate_window,
             exported: Mutex::new(HashMap::new()),
+            rotation_exported: Default::default(),
             owner_exists: OnceLock::new(),
         }
     }
@@ -255,6 +258,10 @@ impl Metrics {
 
     /// Sets the one-hot root rotation phase of an IstioCACerts (`None`: never rotated, all 0).
     pub fn set_rotation_phase(&self, namespace: &str, name: &str, current: Option<&str>, phases: &[&str]) {
+        self.rotation_exported.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            rotation_owner(namespace, name),
+            phases.iter().map(|p| p.to_string()).collect(),
+        );
         for phase in phases {
             let labels = RotationLabels {
                 namespace: namespace.to_string(),
@@ -288,6 +295,21 @@ impl Metrics {
             }
             false
         });
+        drop(exported);
+        let mut rotations = self.rotation_exported.lock().unwrap_or_else(|p| p.into_inner());
+        rotations.retain(|owner, phases| {
+            if owner_exists(owner) {
+                return true;
+            }
+            for phase in phases.iter() {
+                self.root_rotation_phase.remove(&RotationLabels {
+                    namespace: owner.namespace.clone(),
+                    name: owner.name.clone(),
+                    phase: phase.clone(),
+                });
+            }
+            false
+        });
     }
 
     fn remove_series(&self, owner: &SeriesOwner, fingerprint: &str) {
@@ -304,6 +326,16 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The owner of an IstioCACerts' rotation series (any kind but the issuers' is looked up as
+/// an IstioCACerts).
+fn rotation_owner(namespace: &str, name: &str) -> SeriesOwner {
+    SeriesOwner {
+        kind: "root_rotation".to_string(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
     }
 }
 
@@ -397,6 +429,12 @@ mod tests {
         assert!(!text.contains("fingerprint=\"aa\""), "{text}");
         assert!(text.contains("fingerprint=\"bb\""), "{text}");
         assert!(text.contains("fingerprint=\"cc\""), "{text}");
+        // Rotation phases go with their IstioCACerts too.
+        m.set_rotation_phase("istio-system", "gone", Some("Switched"), &["AddingNewRoot", "Switched"]);
+        m.set_rotation_phase("istio-system", "kept", None, &["AddingNewRoot", "Switched"]);
+        let text = m.render();
+        assert!(!text.contains("name=\"gone\",phase"), "{text}");
+        assert!(text.contains("name=\"kept\",phase=\"Switched\""), "{text}");
         // Created again under the same name, it is exported again.
         live.lock().unwrap().insert("gone");
         m.set_certificates("intermediate", "istio-system", "gone", &[series("dd", 400, None, None)]);

@@ -9,6 +9,8 @@
 //! anyway (it keeps an issued request from being signed twice), so the cache never serves a
 //! CSR. `managedFields` and kubectl's last-applied copy are bookkeeping nobody here reads.
 //!
+//! A request that ended (issued, failed, denied) keeps only its name, version, issuer reference
+//! and its conditions' types, statuses and reasons: enough to see it ended.
 //! Requests of other issuers are not kept at all ([`ours_only`]): the only decision about them
 //! is that they are not ours, and that is made on the watch event itself.
 //!
@@ -18,8 +20,12 @@
 
 use kube::runtime::watcher;
 
+use kube::api::ObjectMeta;
+
 use super::certificate_request::{Triage, triage};
-use crate::api::cert_manager::CertificateRequest;
+use crate::api::cert_manager::{
+    CertificateRequest, CertificateRequestCondition, CertificateRequestSpec, CertificateRequestStatus,
+};
 
 /// kubectl's copy of the whole object it last applied: as large as the object itself.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -27,6 +33,12 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// Strips a CertificateRequest down to what the request controller's decisions read from the
 /// cache. Applied to every object before the reflector stores it.
 pub fn slim_request(cr: &mut CertificateRequest) {
+    if triage(cr, true) == Triage::Terminal {
+        // Issued, failed, denied or invalid: the one decision left is "terminal", read from
+        // the conditions' types, statuses and reasons. Requests stay long after they ended.
+        *cr = terminal_remains(cr);
+        return;
+    }
     cr.metadata.managed_fields = None;
     if let Some(annotations) = cr.metadata.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
@@ -35,6 +47,44 @@ pub fn slim_request(cr: &mut CertificateRequest) {
     if let Some(status) = cr.status.as_mut() {
         status.certificate = None;
         status.ca = None;
+    }
+}
+
+/// What the cache keeps of a request that ended: enough to find it, and to see it ended.
+fn terminal_remains(cr: &CertificateRequest) -> CertificateRequest {
+    let metadata = &cr.metadata;
+    let conditions = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map(|conditions| {
+            conditions
+                .iter()
+                .map(|c| CertificateRequestCondition {
+                    type_: c.type_.clone(),
+                    status: c.status.clone(),
+                    reason: c.reason.clone(),
+                    message: None,
+                    last_transition_time: None,
+                })
+                .collect()
+        });
+    CertificateRequest {
+        metadata: ObjectMeta {
+            name: metadata.name.clone(),
+            namespace: metadata.namespace.clone(),
+            uid: metadata.uid.clone(),
+            resource_version: metadata.resource_version.clone(),
+            ..Default::default()
+        },
+        spec: CertificateRequestSpec {
+            issuer_ref: cr.spec.issuer_ref.clone(),
+            ..Default::default()
+        },
+        status: Some(CertificateRequestStatus {
+            conditions,
+            ..Default::default()
+        }),
     }
 }
 
@@ -145,6 +195,30 @@ mod tests {
     }
 
     #[test]
+    fn an_ended_request_keeps_only_what_shows_it_ended() {
+        let mut cr = issued_foreign_or_ours(
+            "meshca.io",
+            &[("Approved", "True", "cert-manager.io"), ("Ready", "True", "Issued")],
+        );
+        cr.metadata.uid = Some("u-1".into());
+        cr.metadata.labels = Some([("app".to_string(), "x".to_string())].into());
+        cr.spec.username = Some("system:serviceaccount:cert-manager:cert-manager".into());
+        let (before, issuer_ref) = (triage(&cr, true), cr.spec.issuer_ref.clone());
+        slim_request(&mut cr);
+        assert_eq!((triage(&cr, true), before), (Triage::Terminal, Triage::Terminal));
+        assert_eq!(cr.name_any(), "r");
+        assert_eq!(cr.namespace().as_deref(), Some("istio-system"));
+        assert_eq!(cr.uid().as_deref(), Some("u-1"));
+        assert_eq!(cr.resource_version().as_deref(), Some("42"));
+        assert_eq!(cr.spec.issuer_ref, issuer_ref);
+        assert_eq!((cr.metadata.labels, cr.metadata.annotations), (None, None));
+        assert_eq!((cr.spec.username, cr.spec.is_ca), (None, None));
+        let conditions = cr.status.and_then(|s| s.conditions).unwrap_or_default();
+        assert_eq!(conditions.len(), 2);
+        assert!(conditions.iter().all(|c| c.message.is_none()));
+    }
+
+    #[test]
     fn what_decisions_read_survives_the_slimming() {
         // One case per triage outcome the cache feeds: each decides the same before and after.
         type Conditions<'a> = &'a [(&'a str, &'a str, &'a str)];
@@ -165,8 +239,9 @@ mod tests {
             assert_eq!(triage(&slim, true), triage(&full, true), "{group} {conditions:?}");
             assert_eq!(slim.resource_version(), full.resource_version());
             assert_eq!(slim.spec.issuer_ref, full.spec.issuer_ref);
-            if *group == "meshca.io" {
-                // Ours: annotations survive (the retry budget mark is read from the cache).
+            if triage(&full, true) != Triage::Terminal && *group == "meshca.io" {
+                // Ours and not ended: annotations survive (the retry budget mark is read from
+                // the cache).
                 assert_eq!(
                     slim.annotations().get("meshca.io/certificate-arn"),
                     full.annotations().get("meshca.io/certificate-arn")
