@@ -15,10 +15,6 @@ pub enum Error {
         source: kube::Error,
     },
 
-    /// A watch cache a reconcile reads from is gone: the watch behind it stopped.
-    #[error("the watch behind the {0} cache has stopped")]
-    CacheGone(&'static str),
-
     #[error("{count} event(s) about {object} could not be written yet; retrying after a back-off")]
     EventsUnsent { object: String, count: usize },
 

@@ -7,11 +7,6 @@ use mesh_ca_issuer::config::Config;
 
 fn main() {
     let config = Config::parse();
-    mesh_ca_issuer::install_crypto_provider();
-    if let Err(e) = mesh_ca_issuer::telemetry::init(config.log_format, &config.log_level) {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    }
     // Sized by --worker-threads, not by the node's cores: see the flag.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(config.worker_threads))
@@ -24,13 +19,21 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(mesh_ca_issuer::run(config, shutdown_signal())) {
+    runtime.block_on(serve(config));
+}
+
+async fn serve(config: Config) {
+    mesh_ca_issuer::install_crypto_provider();
+    if let Err(e) = mesh_ca_issuer::telemetry::init(config.log_format, &config.log_level) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    if let Err(e) = mesh_ca_issuer::run(config, shutdown_signal()).await {
         tracing::error!(error = %e, "mesh-ca-issuer stopped");
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
-
 /// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -94,7 +94,7 @@ pub struct StatusArgs {
 #[derive(Subcommand, Debug)]
 pub enum RotationCommand {
     /// Each cluster's rotation phase, since when, and its next step, side by side.
-    Status(RotationArgs),
+    Status(RotationStatusArgs),
     /// Annotate every cluster's IstioCACerts to advance its current phase (meshca.io/advance-rotation),
     /// only when every cluster is in the same phase, in Manual mode, not paused and past its
     /// delay. Otherwise says which cluster holds things up and writes nothing.
@@ -112,6 +112,15 @@ pub struct RotationArgs {
     /// Name of the IstioCACerts in every cluster.
     #[arg(long, default_value = "istiod")]
     pub name: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RotationStatusArgs {
+    #[command(flatten)]
+    pub clusters: RotationArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(clap::Args, Debug)]
@@ -237,10 +246,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Rotation(RotationCommand::Status(args)) => {
             let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
-            let clusters = read_rotations(&kubeconfig, &args).await?;
+            let clusters = read_rotations(&kubeconfig, &args.clusters).await?;
             let now = jiff::Timestamp::now();
             let rows: Vec<rotation::Row> = clusters.iter().map(|c| rotation::row(c, now)).collect();
-            print_rotation_rows(&rows);
+            print!("{}", render_rotation_rows(&rows, args.output)?);
             Ok(())
         }
         Command::Rotation(RotationCommand::Advance(args)) => {
@@ -318,7 +327,19 @@ async fn read_rotations(
     }
 }
 
-fn print_rotation_rows(rows: &[rotation::Row]) {
+/// `meshca rotation status` in the chosen format: the same rows as the table, in camelCase
+/// fields for JSON and YAML.
+fn render_rotation_rows(rows: &[rotation::Row], output: Output) -> Result<String, Failure> {
+    match output {
+        Output::Json => serde_json::to_string_pretty(rows)
+            .map(|s| s + "\n")
+            .map_err(|e| Failure::failed(e.to_string())),
+        Output::Yaml => serde_yaml::to_string(rows).map_err(|e| Failure::failed(e.to_string())),
+        Output::Table => Ok(rotation_table(rows)),
+    }
+}
+
+fn rotation_table(rows: &[rotation::Row]) -> String {
     let header = ["CONTEXT", "PHASE", "MODE", "SINCE", "NEXT PHASE AT", "NEXT STEP"];
     let cells: Vec<[String; 6]> = rows
         .iter()
@@ -350,10 +371,12 @@ fn print_rotation_rows(rows: &[rotation::Row]) {
         out.push_str(c[5]);
         out
     };
-    println!("{}", line(header));
+    let mut out = line(header) + "\n";
     for c in &cells {
-        println!("{}", line([&c[0], &c[1], &c[2], &c[3], &c[4], &c[5]]));
+        out.push_str(&line([&c[0], &c[1], &c[2], &c[3], &c[4], &c[5]]));
+        out.push('\n');
     }
+    out
 }
 
 /// The kubeconfig: `--kubeconfig` (colon-separated like $KUBECONFIG), else $KUBECONFIG, else
@@ -593,4 +616,44 @@ fn print_plans(plans: &[ClusterPlan], join: bool, dry_run: bool) {
         }
     }
     println!("{}.", crate::istio::trust_bundle::RELOAD_NOTE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(context: &str, phase: &str) -> rotation::Row {
+        rotation::Row {
+            context: context.into(),
+            phase: phase.into(),
+            mode: "Manual".into(),
+            since: "2026-12-02T10:00:00Z".into(),
+            next_phase_at: "-".into(),
+            next_step: "SwitchingIntermediate: ready, waiting for `meshca rotation advance`".into(),
+        }
+    }
+
+    #[test]
+    fn rotation_status_speaks_table_json_and_yaml() {
+        let cli = Cli::try_parse_from(["meshca", "rotation", "status", "--context", "east", "-o", "json"]).unwrap();
+        let Command::Rotation(RotationCommand::Status(args)) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(
+            (args.output, args.clusters.contexts),
+            (Output::Json, vec!["east".to_string()])
+        );
+
+        let rows = [row("east", "AddingNewRoot"), row("west", "AddingNewRoot")];
+        let json: serde_json::Value =
+            serde_json::from_str(&render_rotation_rows(&rows, Output::Json).unwrap()).unwrap();
+        assert_eq!(json[1]["context"], "west");
+        assert_eq!(json[0]["nextPhaseAt"], "-");
+        let yaml: serde_json::Value =
+            serde_yaml::from_str(&render_rotation_rows(&rows, Output::Yaml).unwrap()).unwrap();
+        assert_eq!(yaml, json);
+        let table = render_rotation_rows(&rows, Output::Table).unwrap();
+        assert!(table.starts_with("CONTEXT"), "{table}");
+        assert_eq!(table.lines().count(), 3, "{table}");
+    }
 }

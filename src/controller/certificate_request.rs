@@ -340,27 +340,32 @@ async fn lookup_issuer(
     namespace: &str,
     name: &str,
 ) -> Result<(IssuerLookup, IssuerScope)> {
-    let found = match kind {
-        IssuerKind::Namespaced => match &ctx.issuers.namespaced {
-            Some(cache) => cached_issuer(cache, ObjectRef::new(name).within(namespace))
-                .await?
-                .map(|i| (i.spec.clone(), i.status.clone(), i.metadata.generation)),
-            None => Api::<MeshCAIssuer>::namespaced(ctx.client.clone(), namespace)
-                .get_opt(name)
-                .await
-                .map_err(|e| Error::kube(format!("reading {} {name}", kind.as_str()), e))?
-                .map(|i| (i.spec, i.status, i.metadata.generation)),
-        },
-        IssuerKind::Cluster => match &ctx.issuers.cluster {
-            Some(cache) => cached_issuer(cache, ObjectRef::new(name))
-                .await?
-                .map(|i| (i.spec.clone(), i.status.clone(), i.metadata.generation)),
-            None => Api::<ClusterMeshCAIssuer>::all(ctx.client.clone())
-                .get_opt(name)
-                .await
-                .map_err(|e| Error::kube(format!("reading {} {name}", kind.as_str()), e))?
-                .map(|i| (i.spec, i.status, i.metadata.generation)),
-        },
+    let cached = match kind {
+        IssuerKind::Namespaced => ctx
+            .issuers
+            .namespaced
+            .as_ref()
+            .and_then(|cache| cached_issuer(cache, ObjectRef::new(name).within(namespace)))
+            .map(|i| i.map(|i| (i.spec.clone(), i.status.clone(), i.metadata.generation))),
+        IssuerKind::Cluster => ctx
+            .issuers
+            .cluster
+            .as_ref()
+            .and_then(|cache| cached_issuer(cache, ObjectRef::new(name)))
+            .map(|i| i.map(|i| (i.spec.clone(), i.status.clone(), i.metadata.generation))),
+    };
+    let found = match (cached, kind) {
+        (Some(found), _) => found,
+        (None, IssuerKind::Namespaced) => Api::<MeshCAIssuer>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::kube(format!("reading {} {name}", kind.as_str()), e))?
+            .map(|i| (i.spec, i.status, i.metadata.generation)),
+        (None, IssuerKind::Cluster) => Api::<ClusterMeshCAIssuer>::all(ctx.client.clone())
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::kube(format!("reading {} {name}", kind.as_str()), e))?
+            .map(|i| (i.spec, i.status, i.metadata.generation)),
     };
     let scope = match kind {
         IssuerKind::Namespaced => IssuerScope {
@@ -467,13 +472,18 @@ fn requeue_after(outcome: &Outcome) -> Option<Duration> {
 }
 
 /// An issuer from the cache the request controller's issuer watch fills, once that cache holds
-/// the initial list (before, "missing" would only mean "not listed yet").
-async fn cached_issuer<K>(cache: &Store<K>, reference: ObjectRef<K>) -> Result<Option<Arc<K>>>
+/// its initial list; `None` before. Never waited for: that watch is driven by the same
+/// controller whose reconciles would wait, and right after start-up a request may be
+/// reconciled before it has listed. Until then the issuer is read from the API server.
+fn cached_issuer<K>(cache: &Store<K>, reference: ObjectRef<K>) -> Option<Option<Arc<K>>>
 where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {
-    cache.wait_until_ready().await.map_err(|_| Error::CacheGone("issuer"))?;
-    Ok(cache.get(&reference))
+    use futures::FutureExt;
+    match cache.wait_until_ready().now_or_never() {
+        Some(Ok(())) => Some(cache.get(&reference)),
+        _ => None,
+    }
 }
 
 /// The request as the API server has it now (not as the watch cache last saw it).
