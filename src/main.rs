@@ -34,6 +34,7 @@ async fn serve(config: Config) {
         std::process::exit(1);
     }
 }
+
 /// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

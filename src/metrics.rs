@@ -285,30 +285,15 @@ impl Metrics {
         let Some(owner_exists) = self.owner_exists.get() else {
             return;
         };
-        let mut exported = self.exported.lock().unwrap_or_else(|p| p.into_inner());
-        exported.retain(|owner, fingerprints| {
-            if owner_exists(owner) {
-                return true;
-            }
-            for fingerprint in fingerprints.iter() {
-                self.remove_series(owner, fingerprint);
-            }
-            false
+        forget_deleted(&self.exported, owner_exists, |owner, fingerprint| {
+            self.remove_series(owner, fingerprint)
         });
-        drop(exported);
-        let mut rotations = self.rotation_exported.lock().unwrap_or_else(|p| p.into_inner());
-        rotations.retain(|owner, phases| {
-            if owner_exists(owner) {
-                return true;
-            }
-            for phase in phases.iter() {
-                self.root_rotation_phase.remove(&RotationLabels {
-                    namespace: owner.namespace.clone(),
-                    name: owner.name.clone(),
-                    phase: phase.clone(),
-                });
-            }
-            false
+        forget_deleted(&self.rotation_exported, owner_exists, |owner, phase| {
+            self.root_rotation_phase.remove(&RotationLabels {
+                namespace: owner.namespace.clone(),
+                name: owner.name.clone(),
+                phase: phase.to_string(),
+            });
         });
     }
 
@@ -327,6 +312,27 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Drops from `exported` (series keys per owner) every owner that no longer exists, removing
+/// each of its series with `remove`.
+fn forget_deleted(
+    exported: &Mutex<HashMap<SeriesOwner, Vec<String>>>,
+    owner_exists: &OwnerExists,
+    remove: impl Fn(&SeriesOwner, &str),
+) {
+    exported
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|owner, keys| {
+            if owner_exists(owner) {
+                return true;
+            }
+            for key in keys.iter() {
+                remove(owner, key);
+            }
+            false
+        });
 }
 
 /// The owner of an IstioCACerts' rotation series (any kind but the issuers' is looked up as

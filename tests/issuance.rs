@@ -68,6 +68,24 @@ async fn ready_issuer(env: &Env, name: &str) {
     wait_issuer(env, name, "True").await;
 }
 
+/// Stops bootstrapping the issuer's root Secret (`<name>-root`), so a Secret the test changes
+/// or deletes is not made again behind its back, and waits for the issuer to be Ready again.
+async fn stop_bootstrapping(env: &Env, name: &str) {
+    let issuers: Api<MeshCAIssuer> = env.ns.api();
+    let patch = serde_json::json!({"spec": {"localCA": {"secretName": format!("{name}-root"), "bootstrap": null}}});
+    issuers
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_issuer(env, name, "True").await;
+}
+
+/// An istiod intermediate request to `issuer`, approved, once it is Issued.
+async fn request_issued(env: &Env, name: &str, issuer: &str) -> CertificateRequest {
+    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod(name, issuer)).await;
+    cm::wait_for_reason(&env.client, &env.ns.name, name, &["Issued"], TIMEOUT).await
+}
+
 async fn get_cr(env: &Env, name: &str) -> CertificateRequest {
     env.ns.api::<CertificateRequest>().get(name).await.unwrap()
 }
@@ -551,13 +569,7 @@ async fn issuer_turns_not_ready_when_its_root_vanishes_or_expires() {
     ready_issuer(&env, "vanishing").await;
     let secrets: Api<Secret> = env.ns.api();
     // Keep the Secret from being re-bootstrapped: drop bootstrap from the spec first.
-    let issuers: Api<MeshCAIssuer> = env.ns.api();
-    let patch = serde_json::json!({"spec": {"localCA": {"secretName": "vanishing-root", "bootstrap": null}}});
-    issuers
-        .patch("vanishing", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    wait_issuer(&env, "vanishing", "True").await;
+    stop_bootstrapping(&env, "vanishing").await;
     secrets
         .delete("vanishing-root", &DeleteParams::default())
         .await
@@ -596,13 +608,7 @@ async fn a_replaced_root_signs_the_very_next_request() {
     let env = env("issue-replaced-root").await;
     ready_issuer(&env, "mesh").await;
     // The operator owns the root from here on: no bootstrap to recreate it behind our back.
-    let issuers: Api<MeshCAIssuer> = env.ns.api();
-    let patch = serde_json::json!({"spec": {"localCA": {"secretName": "mesh-root", "bootstrap": null}}});
-    issuers
-        .patch("mesh", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    wait_issuer(&env, "mesh", "True").await;
+    stop_bootstrapping(&env, "mesh").await;
     let secrets: Api<Secret> = env.ns.api();
     let root_of = |cr: CertificateRequest| {
         let status = cr.status.unwrap();
@@ -619,8 +625,7 @@ async fn a_replaced_root_signs_the_very_next_request() {
             .remove(0)
     };
     let original = secret_root(&secrets.get("mesh-root").await.unwrap());
-    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("first", "mesh")).await;
-    let first = cm::wait_for_reason(&env.client, &env.ns.name, "first", &["Issued"], TIMEOUT).await;
+    let first = request_issued(&env, "first", "mesh").await;
     assert_eq!(root_of(first), original);
 
     let new_root = |not_before| {
@@ -635,13 +640,7 @@ async fn a_replaced_root_signs_the_very_next_request() {
         .await
         .unwrap();
     assert_ne!(secret_root(&replaced), original);
-    cm::request_and_approve(
-        &env.client,
-        &env.ns.name,
-        &IntermediateRequest::istiod("second", "mesh"),
-    )
-    .await;
-    let second = cm::wait_for_reason(&env.client, &env.ns.name, "second", &["Issued"], TIMEOUT).await;
+    let second = request_issued(&env, "second", "mesh").await;
     assert_eq!(root_of(second), secret_root(&replaced), "signed by the replaced root");
 
     // Deleted and created again under the same name, with yet another root.
@@ -656,8 +655,7 @@ async fn a_replaced_root_signs_the_very_next_request() {
     assert_ne!(again.uid(), replaced.uid());
     // The deletion may have made the issuer not Ready meanwhile: the request waits, then is
     // signed once the issuer is checked again, by the root now in the Secret.
-    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("third", "mesh")).await;
-    let third = cm::wait_for_reason(&env.client, &env.ns.name, "third", &["Issued"], TIMEOUT).await;
+    let third = request_issued(&env, "third", "mesh").await;
     assert_eq!(root_of(third), secret_root(&again), "signed by the recreated root");
 }
 

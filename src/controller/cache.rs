@@ -18,9 +18,8 @@
 //! watches are metadata-only (see `super::secret_apis`), so no Secret data is ever decoded
 //! outside the reads that use it.
 
-use kube::runtime::watcher;
-
 use kube::api::ObjectMeta;
+use kube::runtime::watcher;
 
 use super::certificate_request::{Triage, triage};
 use crate::api::cert_manager::{

@@ -22,6 +22,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
+use super::issuer::IssuerObject;
 use super::{Context, admission, retry};
 use crate::FIELD_MANAGER;
 use crate::api::cert_manager::{CertificateRequest, CertificateRequestCondition, CertificateRequestStatus, condition};
@@ -345,27 +346,26 @@ async fn lookup_issuer(
             .issuers
             .namespaced
             .as_ref()
-            .and_then(|cache| cached_issuer(cache, ObjectRef::new(name).within(namespace)))
-            .map(|i| i.map(|i| (i.spec.clone(), i.status.clone(), i.metadata.generation))),
+            .and_then(|cache| cached_issuer(cache, ObjectRef::new(name).within(namespace))),
         IssuerKind::Cluster => ctx
             .issuers
             .cluster
             .as_ref()
-            .and_then(|cache| cached_issuer(cache, ObjectRef::new(name)))
-            .map(|i| i.map(|i| (i.spec.clone(), i.status.clone(), i.metadata.generation))),
+            .and_then(|cache| cached_issuer(cache, ObjectRef::new(name))),
     };
-    let found = match (cached, kind) {
-        (Some(found), _) => found,
-        (None, IssuerKind::Namespaced) => Api::<MeshCAIssuer>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(|e| Error::kube(format!("reading {} {name}", kind.as_str()), e))?
-            .map(|i| (i.spec, i.status, i.metadata.generation)),
-        (None, IssuerKind::Cluster) => Api::<ClusterMeshCAIssuer>::all(ctx.client.clone())
-            .get_opt(name)
-            .await
-            .map_err(|e| Error::kube(format!("reading {} {name}", kind.as_str()), e))?
-            .map(|i| (i.spec, i.status, i.metadata.generation)),
+    let found = match cached {
+        Some(found) => found,
+        None => match kind {
+            IssuerKind::Namespaced => Api::<MeshCAIssuer>::namespaced(ctx.client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map(|o| o.map(|i| (i.spec, i.status, i.metadata.generation))),
+            IssuerKind::Cluster => Api::<ClusterMeshCAIssuer>::all(ctx.client.clone())
+                .get_opt(name)
+                .await
+                .map(|o| o.map(|i| (i.spec, i.status, i.metadata.generation))),
+        }
+        .map_err(|e| Error::kube(format!("reading {} {name}", kind.as_str()), e))?,
     };
     let scope = match kind {
         IssuerKind::Namespaced => IssuerScope {
@@ -475,16 +475,22 @@ fn requeue_after(outcome: &Outcome) -> Option<Duration> {
 /// its initial list; `None` before. Never waited for: that watch is driven by the same
 /// controller whose reconciles would wait, and right after start-up a request may be
 /// reconciled before it has listed. Until then the issuer is read from the API server.
-fn cached_issuer<K>(cache: &Store<K>, reference: ObjectRef<K>) -> Option<Option<Arc<K>>>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
-{
+fn cached_issuer<K: IssuerObject>(cache: &Store<K>, reference: ObjectRef<K>) -> Option<Option<FoundIssuer>> {
     use futures::FutureExt;
     match cache.wait_until_ready().now_or_never() {
-        Some(Ok(())) => Some(cache.get(&reference)),
+        Some(Ok(())) => Some(cache.get(&reference).map(|issuer| {
+            (
+                issuer.spec().clone(),
+                issuer.status().cloned(),
+                issuer.meta().generation,
+            )
+        })),
         _ => None,
     }
 }
+
+/// An issuer's spec, status and generation: what the issuer gate reads.
+type FoundIssuer = (IssuerSpec, Option<IssuerStatus>, Option<i64>);
 
 /// The request as the API server has it now (not as the watch cache last saw it).
 async fn read_fresh(ctx: &Context, cr: &CertificateRequest) -> Result<Option<CertificateRequest>> {

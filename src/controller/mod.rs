@@ -445,18 +445,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         watcher(scoped::<MeshCAIssuer>(&client, namespace), watcher::Config::default()),
     )
     .touched_objects();
-    let (cluster_issuers_seen, writer) = reflector::store();
-    let cluster_issuer_changes = reflector::reflector(
-        writer,
-        watcher(
-            Api::<ClusterMeshCAIssuer>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .touched_objects();
+    let cluster_issuer_watch = cluster_issuers_enabled.then(|| {
+        let (seen, writer) = reflector::store();
+        let changes = reflector::reflector(
+            writer,
+            watcher(
+                Api::<ClusterMeshCAIssuer>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .touched_objects();
+        (seen, changes)
+    });
     let issuer_caches = IssuerCaches {
         namespaced: Some(namespaced_issuers_seen.clone()),
-        cluster: cluster_issuers_enabled.then(|| cluster_issuers_seen.clone()),
+        cluster: cluster_issuer_watch.as_ref().map(|(seen, _)| seen.clone()),
     };
     let ctx = Arc::new(
         Context::new(
@@ -483,30 +486,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     )
     .applied_objects();
     let requests = Controller::for_stream(request_events, request_store.clone());
-    let mut requests = requests.watches_stream(namespaced_issuer_changes, {
-        let store = request_store.clone();
-        move |issuer: MeshCAIssuer| {
-            if !triggers::issuer_change_wakes_requests(issuer.status.as_ref(), issuer.metadata.generation) {
-                return Vec::new();
-            }
-            certificate_request::requests_waiting_on(
-                &store,
-                IssuerKind::Namespaced,
-                issuer.namespace().as_deref(),
-                &issuer.name_any(),
-            )
-        }
-    });
-    if cluster_issuers_enabled {
-        requests = requests.watches_stream(cluster_issuer_changes, {
-            let store = request_store.clone();
-            move |issuer: ClusterMeshCAIssuer| {
-                if !triggers::issuer_change_wakes_requests(issuer.status.as_ref(), issuer.metadata.generation) {
-                    return Vec::new();
-                }
-                certificate_request::requests_waiting_on(&store, IssuerKind::Cluster, None, &issuer.name_any())
-            }
-        });
+    let mut requests = requests.watches_stream(
+        namespaced_issuer_changes,
+        wake_waiting_requests(request_store.clone(), IssuerKind::Namespaced),
+    );
+    if let Some((_, changes)) = cluster_issuer_watch {
+        requests = requests.watches_stream(
+            changes,
+            wake_waiting_requests(request_store.clone(), IssuerKind::Cluster),
+        );
     }
     // Deleted requests are never reconciled again: sweep their back-off history from the cache.
     {
@@ -547,6 +535,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         wait_ready(namespaced_issuer_store.clone()).boxed(),
         wait_ready(namespaced_issuers_seen).boxed(),
     ];
+    if let Some(seen) = ctx.issuers.cluster.clone() {
+        stores_ready.push(wait_ready(seen).boxed());
+    }
     let mut cluster_issuer_cache = None;
     if cluster_issuers_enabled {
         let (cluster_issuers, cluster_issuer_store) = issuer_controller(
@@ -564,7 +555,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         );
         tasks.push(cluster_issuers);
         stores_ready.push(wait_ready(cluster_issuer_store.clone()).boxed());
-        stores_ready.push(wait_ready(cluster_issuers_seen).boxed());
+
         cluster_issuer_cache = Some(cluster_issuer_store);
     }
 
@@ -624,6 +615,21 @@ fn series_owner_exists(
                 .is_some(),
         },
     )
+}
+
+/// The watch mapper that wakes the requests waiting on an issuer of `kind` when it changes,
+/// once the issuer has been checked at its generation (`triggers`).
+fn wake_waiting_requests<K: IssuerObject>(
+    requests: Store<CertificateRequest>,
+    kind: IssuerKind,
+) -> impl Fn(K) -> Vec<ObjectRef<CertificateRequest>> + Send + Sync + 'static {
+    move |issuer: K| {
+        if !triggers::issuer_change_wakes_requests(issuer.status(), issuer.meta().generation) {
+            return Vec::new();
+        }
+        // A cluster issuer has no namespace: `None`, as `requests_waiting_on` expects.
+        certificate_request::requests_waiting_on(&requests, kind, issuer.namespace().as_deref(), &issuer.name_any())
+    }
 }
 
 /// References to the cached objects for which `wanted` holds: what a watch mapper answers.
