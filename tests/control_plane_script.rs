@@ -155,12 +155,18 @@ fn stale_pid_files_from_a_crashed_run_are_cleaned_up_on_the_next_up() {
 
 #[test]
 fn failed_build_says_what_to_do_and_starts_nothing() {
-    // An empty cache forces a build; a `make` that fails stands in for any build failure.
+    // An empty cache forces a build; a `go` that fails stands in for any build failure (it
+    // answers `go version` as a usable Go would, so the build itself is what fails).
     let cache = tempfile::tempdir().unwrap();
     let fake_bin = tempfile::tempdir().unwrap();
-    let fake_make = fake_bin.path().join("make");
-    std::fs::write(&fake_make, "#!/bin/sh\necho 'simulated compiler failure' >&2\nexit 2\n").unwrap();
-    Command::new("chmod").arg("+x").arg(&fake_make).status().unwrap();
+    let fake_go = fake_bin.path().join("go");
+    std::fs::write(
+        &fake_go,
+        "#!/bin/sh\n[ \"$1\" = version ] && { echo 'go version go1.26.8 linux/amd64'; exit 0; }\n\
+         echo 'simulated compiler failure' >&2\nexit 2\n",
+    )
+    .unwrap();
+    Command::new("chmod").arg("+x").arg(&fake_go).status().unwrap();
     let path = format!(
         "{}:{}",
         fake_bin.path().display(),
@@ -171,6 +177,7 @@ fn failed_build_says_what_to_do_and_starts_nothing() {
         .args(["up", "--name", &plane.0])
         .env("MESHCA_CACHE_DIR", cache.path())
         .env("PATH", path)
+        .env_remove("MESHCA_GO")
         .output()
         .unwrap();
     let msg = text(&out);
@@ -182,8 +189,23 @@ fn failed_build_says_what_to_do_and_starts_nothing() {
     );
     assert!(msg.contains("nothing was started"), "{msg}");
     assert!(pids_of(&plane.0).is_empty());
-    assert!(
-        !cache.path().join("kube-apiserver-v1.20.2/kube-apiserver").exists(),
-        "no half binary cached"
-    );
+    let cached: Vec<_> = walkdir(cache.path())
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "kube-apiserver" || n == "etcd"))
+        .collect();
+    assert!(cached.is_empty(), "no half binary cached: {cached:?}");
+}
+
+/// Every file below `dir`.
+fn walkdir(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walkdir(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

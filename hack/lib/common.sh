@@ -165,3 +165,107 @@ ensure_kubernetes_validate() {
   ensure_venv "$dir" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" 'import kubernetes_validate'
   printf '%s\n' "$dir/bin/kubernetes-validate"
 }
+
+# === Go ===
+# Go programs we run as test dependencies (kube-apiserver, etcd, istiod, cert-manager) are built
+# from their modules through the Go module proxy, pinned by the go.mod/go.sum files under hack/go/,
+# never vendored here. Modules and the build cache live under our cache directory, so deleting it
+# starts from empty.
+GO_MIN_VERSION="1.26"
+# The toolchain fetched through the Go module proxy when the machine has no Go >= GO_MIN_VERSION.
+GO_TOOLCHAIN_VERSION="1.26.8"
+export GOMODCACHE="$MESHCA_CACHE_DIR/go/mod"
+export GOCACHE="$MESHCA_CACHE_DIR/go/build"
+# The go.mod files name the Go they need; never switch toolchains behind our back.
+export GOTOOLCHAIN=local
+
+# True when the Go binary $1 reports a version of at least GO_MIN_VERSION.
+go_at_least() {
+  local version
+  version="$("$1" version 2>/dev/null | awk '{print $3}')" || return 1
+  version="${version#go}"
+  [[ "$version" =~ ^([0-9]+)\.([0-9]+) ]] || return 1
+  local have_major="${BASH_REMATCH[1]}" have_minor="${BASH_REMATCH[2]}"
+  local want_major="${GO_MIN_VERSION%%.*}" want_minor="${GO_MIN_VERSION#*.}"
+  [ "$have_major" -gt "$want_major" ] || { [ "$have_major" -eq "$want_major" ] && [ "$have_minor" -ge "$want_minor" ]; }
+}
+
+# Prints the path of a Go >= GO_MIN_VERSION: $MESHCA_GO, the `go` on PATH, /usr/local/go, or the
+# toolchain cached earlier. Without one, Debian's golang-go (too old to build these modules)
+# fetches Go's own toolchain module (golang.org/toolchain) from the Go module proxy, as the go
+# command itself does when a go.mod asks for a newer Go.
+ensure_go() {
+  local candidate cached="$MESHCA_CACHE_DIR/tools/go-$GO_TOOLCHAIN_VERSION/bin/go"
+  for candidate in "${MESHCA_GO:-}" "$(command -v go 2>/dev/null || true)" /usr/local/go/bin/go "$cached"; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && go_at_least "$candidate"; then
+      printf '%s\n' "$candidate"
+      return 0
+    fi
+  done
+  log "no Go >= $GO_MIN_VERSION found: fetching Go $GO_TOOLCHAIN_VERSION through the Go module proxy (about 76 MB, once)"
+  apt_install golang-go ca-certificates
+  local arch tmp dir root="${cached%/bin/go}"
+  arch="$(dpkg --print-architecture)"
+  tmp="$(mktemp -d)"
+  dir="$(cd "$tmp" && GOMODCACHE="$tmp/mod" GOFLAGS= /usr/lib/go/bin/go mod download -json \
+    "golang.org/toolchain@v0.0.1-go$GO_TOOLCHAIN_VERSION.linux-$arch" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')" ||
+    die "could not fetch golang.org/toolchain@v0.0.1-go$GO_TOOLCHAIN_VERSION.linux-$arch from the Go module proxy"
+  mkdir -p "$(dirname "$root")"
+  rm -rf "$root.part"
+  cp -r "$dir" "$root.part" || die "could not copy the Go toolchain into $root"
+  chmod -R u+w "$root.part" "$tmp"
+  # Module zips carry no file modes: the go command marks these executable when it unpacks a
+  # toolchain module itself.
+  chmod +x "$root.part"/bin/* "$root.part"/pkg/tool/*/*
+  rm -rf "$root" "$tmp"
+  mv "$root.part" "$root"
+  go_at_least "$cached" || die "the fetched Go toolchain at $cached does not run"
+  printf '%s\n' "$cached"
+}
+
+# A short hash of a Go module directory's go.mod and go.sum: part of a cached binary's path, so
+# a changed pin builds anew.
+go_module_key() {
+  cat "$1/go.mod" "$1/go.sum" | sha256sum | cut -c1-12
+}
+
+# Builds package $3 of the Go module in directory $2 into $4 (written only once complete), with
+# label $1 in progress lines and any further arguments passed to `go build`. A progress line
+# every 15 s counts the packages compiled against those the program depends on. On failure it
+# prints the build's last lines and returns non-zero; the full log stays in $4.log.
+go_build_with_progress() {
+  local label="$1" module="$2" package="$3" out="$4"
+  shift 4
+  local go_bin build_log="$out.log"
+  go_bin="$(ensure_go)"
+  mkdir -p "$(dirname "$out")" "$GOMODCACHE" "$GOCACHE"
+  log "fetching the Go modules $label needs (pinned in ${module#"$MESHCA_REPO_ROOT"/})"
+  if ! (cd "$module" && "$go_bin" mod download) >"$build_log" 2>&1; then
+    tail -n 30 "$build_log" >&2
+    return 1
+  fi
+  local total start=$SECONDS
+  total="$(cd "$module" && "$go_bin" list -deps "$package" 2>/dev/null | wc -l)" || total=0
+  log "compiling $label with $("$go_bin" version | awk '{print $3}') ($total Go packages; full log: $build_log)"
+  (
+    cd "$module"
+    exec env CGO_ENABLED=0 "$go_bin" build -v -trimpath -o "$out.part" "$@" "$package"
+  ) >>"$build_log" 2>&1 &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 15
+    kill -0 "$pid" 2>/dev/null || break
+    local done_count elapsed
+    done_count="$(grep -cE '^[A-Za-z0-9._~/-]+$' "$build_log" || true)"
+    elapsed=$((SECONDS - start))
+    printf '    building %s: %d/~%d packages compiled, %dm%02ds elapsed\n' \
+      "$label" "$done_count" "$total" $((elapsed / 60)) $((elapsed % 60)) >&2
+  done
+  if ! wait "$pid"; then
+    rm -f "$out.part"
+    tail -n 30 "$build_log" >&2
+    return 1
+  fi
+  mv "$out.part" "$out"
+  log "built $label in $(((SECONDS - start) / 60))m$(((SECONDS - start) % 60))s ($(du -h "$out" | cut -f1)): $out"
+}

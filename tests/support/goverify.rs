@@ -1,5 +1,5 @@
 //! Go's own `crypto/x509`, the judge istiod uses: builds `tests/goverify/main.go` (standard
-//! library only, Debian's `golang-go`) once per source version and asks it the two questions
+//! library only, the Go that `hack/test` puts first on PATH) once per source version and asks it the two questions
 //! istiod and its workloads ask: does istiod load this `cacerts` bundle, and does this workload
 //! certificate verify against these roots.
 #![allow(dead_code)]
@@ -40,7 +40,7 @@ fn binary() -> &'static Path {
             .env("GOPROXY", "off")
             .env("GO111MODULE", "off")
             .output()
-            .expect("Go is installed (Debian's golang-go; hack/test installs it)");
+            .expect("Go is on PATH (hack/test puts a Go >= 1.26 there)");
         assert!(
             out.status.success(),
             "go build tests/goverify: {}",
