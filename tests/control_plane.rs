@@ -264,3 +264,106 @@ async fn status_apply_with_a_stale_resource_version_is_refused() {
         .await
         .expect("the current resourceVersion is accepted");
 }
+
+/// The API server's answer to a create: the error message of a refusal, `None` when stored.
+async fn refusal(api: &Api<kube::core::DynamicObject>, object: serde_json::Value) -> Option<String> {
+    let object: kube::core::DynamicObject = serde_json::from_value(object).unwrap();
+    match api.create(&PostParams::default(), &object).await {
+        Ok(_) => None,
+        Err(kube::Error::Api(e)) if e.code == 422 => Some(e.message),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_api_server_refuses_what_the_crds_cel_rules_forbid_in_plain_words() {
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let ns = TestNamespace::create(&client, "cp-cel").await;
+    let gvk = |kind: &str| kube::core::GroupVersionKind::gvk("meshca.io", "v1alpha1", kind);
+    let issuers = Api::<kube::core::DynamicObject>::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &kube::core::ApiResource::from_gvk_with_plural(&gvk("MeshCAIssuer"), "meshcaissuers"),
+    );
+    let iccs = Api::<kube::core::DynamicObject>::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &kube::core::ApiResource::from_gvk_with_plural(&gvk("IstioCACerts"), "istiocacerts"),
+    );
+    let issuer = |name: &str, spec: serde_json::Value| {
+        serde_json::json!({"apiVersion": "meshca.io/v1alpha1", "kind": "MeshCAIssuer",
+            "metadata": {"name": name}, "spec": spec})
+    };
+    let icc = |name: &str, spec: serde_json::Value| {
+        serde_json::json!({"apiVersion": "meshca.io/v1alpha1", "kind": "IstioCACerts",
+            "metadata": {"name": name}, "spec": spec})
+    };
+
+    // Two backends, and none.
+    let both = serde_json::json!({"localCA": {"secretName": "root"},
+        "awsPCA": {"arn": "arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/x"}});
+    let message = refusal(&issuers, issuer("both", both))
+        .await
+        .expect("two backends refused");
+    assert!(
+        message.contains("exactly one backend must be set: localCA or awsPCA"),
+        "{message}"
+    );
+    let message = refusal(&issuers, issuer("none", serde_json::json!({})))
+        .await
+        .expect("no backend refused");
+    assert!(message.contains("exactly one backend must be set"), "{message}");
+    assert!(
+        refusal(
+            &issuers,
+            issuer("one", serde_json::json!({"localCA": {"secretName": "root"}}))
+        )
+        .await
+        .is_none()
+    );
+
+    // cacerts written over cert-manager's Secret, named or by default.
+    let message = refusal(
+        &iccs,
+        icc(
+            "same",
+            serde_json::json!({"sourceSecretName": "istiod-ca", "targetSecretName": "istiod-ca"}),
+        ),
+    )
+    .await
+    .expect("target == source refused");
+    assert!(
+        message.contains("targetSecretName must differ from sourceSecretName"),
+        "{message}"
+    );
+    let message = refusal(
+        &iccs,
+        icc("default", serde_json::json!({"sourceSecretName": "cacerts"})),
+    )
+    .await
+    .expect("a source named like the default target refused");
+    assert!(message.contains("targetSecretName must differ"), "{message}");
+
+    // A trust anchor with two sources.
+    let anchor = serde_json::json!({"name": "west", "configMapKeyRef": {"name": "a", "key": "k"},
+        "secretKeyRef": {"name": "b", "key": "k"}});
+    let message = refusal(
+        &iccs,
+        icc(
+            "anchor",
+            serde_json::json!({"sourceSecretName": "src", "trustAnchors": [anchor]}),
+        ),
+    )
+    .await
+    .expect("two anchor sources refused");
+    assert!(
+        message.contains("exactly one source must be set: configMapKeyRef or secretKeyRef"),
+        "{message}"
+    );
+    assert!(
+        refusal(&iccs, icc("fine", serde_json::json!({"sourceSecretName": "src"})))
+            .await
+            .is_none()
+    );
+}

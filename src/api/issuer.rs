@@ -49,7 +49,15 @@ pub const CLUSTER_ISSUER_KIND: &str = "ClusterMeshCAIssuer";
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("oneOf" = [{"required": ["localCA"]}, {"required": ["awsPCA"]}]))]
+// A CEL rule rather than `oneOf`: the API server answers it in words a user can act on, while a
+// failed `oneOf` ("must validate one and only one schema") also stops every CEL rule from
+// being checked.
+#[schemars(extend(
+    "x-kubernetes-validations" = [{
+        "rule": "[has(self.localCA), has(self.awsPCA)].exists_one(b, b)",
+        "message": "exactly one backend must be set: localCA or awsPCA"
+    }]
+))]
 pub struct IssuerSpec {
     /// Sign with a root CA whose certificate and key are kept in a Kubernetes Secret (the
     /// layout of cert-manager's CA issuer: `tls.crt`, `tls.key`). Exactly one backend must be set.

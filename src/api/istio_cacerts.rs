@@ -51,6 +51,12 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+// Writing `cacerts` over cert-manager's Secret would destroy the source it is written from (the
+// controller refuses it too: the CRD's rule is the first line, not the only one).
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.targetSecretName != self.sourceSecretName",
+    "message": "targetSecretName must differ from sourceSecretName (cert-manager's Secret)"
+}]))]
 pub struct IstioCACertsSpec {
     /// The Secret cert-manager writes for the istiod-intermediate Certificate (`tls.crt`,
     /// `tls.key`, `ca.crt`), in this namespace.
@@ -266,7 +272,13 @@ pub const DEFAULT_PUBLISH_KEY: &str = "root-cert.pem";
 /// from a ConfigMap or Secret key in the IstioCACerts' namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("oneOf" = [{"required": ["configMapKeyRef"]}, {"required": ["secretKeyRef"]}]))]
+// A CEL rule rather than `oneOf`: see `IssuerSpec`.
+#[schemars(extend(
+    "x-kubernetes-validations" = [{
+        "rule": "[has(self.configMapKeyRef), has(self.secretKeyRef)].exists_one(b, b)",
+        "message": "exactly one source must be set: configMapKeyRef or secretKeyRef"
+    }]
+))]
 pub struct TrustAnchor {
     /// Unique in the list; names the anchor in conditions and status.
     #[schemars(length(min = 1, max = 63))]
