@@ -184,6 +184,16 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// How this outcome bears on the retry budget: only a transient failure spends it.
+    pub fn attempt(&self) -> retry::Attempt {
+        match self {
+            Outcome::Transient { .. } => retry::Attempt::Transient,
+            _ => retry::Attempt::Other,
+        }
+    }
+}
+
 /// The status write and event an outcome calls for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StatusChange {
@@ -556,7 +566,12 @@ async fn sign(
             };
         }
     };
-    match name_constraints::decide(&csr, &plan, &effective_policy, default_trust_domain(ctx)) {
+    match name_constraints::decide(
+        &csr,
+        plan.ca_path_len.is_some(),
+        &effective_policy,
+        default_trust_domain(ctx),
+    ) {
         Ok(constraints) => plan.name_constraints = constraints,
         Err(violation) => {
             return Outcome::Failed {
@@ -674,7 +689,7 @@ async fn apply_outcome(ctx: &Context, cr: &CertificateRequest, outcome: Outcome,
         Outcome::Issued { .. } => "issued",
     };
     let budget = retry::budget(
-        retry::Attempt::of(&outcome),
+        outcome.attempt(),
         cr.annotations()
             .get(retry::FIRST_FAILURE_ANNOTATION)
             .map(String::as_str),
