@@ -15,6 +15,7 @@
 pub mod cert_manager;
 pub mod chart;
 pub mod goverify;
+pub mod leader;
 pub mod mesh;
 pub mod openssl;
 pub mod pca;
