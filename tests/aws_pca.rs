@@ -97,8 +97,7 @@ async fn an_istiod_intermediate_is_signed_by_the_pca_exactly_once() {
     assert_eq!(status.backend.as_deref(), Some("awsPCA"));
     assert!(status.ca.unwrap().subject.contains("Test PCA Root RSA_2048"));
 
-    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("istiod", "pca")).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "istiod", &["Issued"], TIMEOUT).await;
+    let cr = cm::istiod_until(&env.client, &env.ns.name, "istiod", "pca", "Issued", TIMEOUT).await;
     let (chain, root) = issued_parts(&cr);
     assert_eq!(chain.len(), 1, "the intermediate only; the root goes to status.ca");
     assert!(
@@ -314,14 +313,8 @@ async fn throttling_and_server_errors_keep_requests_pending_then_issue_once() {
     env.pca.inject("IssueCertificate", "server_error", 1).await;
     env.pca.pending_gets(1).await;
     let started = std::time::Instant::now();
-    cm::request_and_approve(
-        &env.client,
-        &env.ns.name,
-        &IntermediateRequest::istiod("throttled", "pca"),
-    )
-    .await;
-    let pending = cm::wait_for_reason(&env.client, &env.ns.name, "throttled", &["Pending"], TIMEOUT).await;
-    let message = pending.condition("Ready").unwrap().message.clone().unwrap();
+    let pending = cm::pending(&env.client, &env.ns.name, "throttled", "pca", TIMEOUT).await;
+    let message = cm::ready_message(&pending);
     assert!(message.contains("ThrottlingException"), "{message}");
     assert!(
         pending.status.as_ref().unwrap().failure_time.is_none(),
@@ -377,14 +370,8 @@ async fn requests_pca_refuses_fail_and_malformed_csrs_never_reach_it() {
     assert_eq!(env.pca.calls("IssueCertificate").await, 0);
     // A CSR PCA itself rejects (MalformedCSRException): Failed, with PCA's words.
     env.pca.inject("IssueCertificate", "malformed_csr", 1).await;
-    cm::request_and_approve(
-        &env.client,
-        &env.ns.name,
-        &IntermediateRequest::istiod("rejected", "pca"),
-    )
-    .await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "rejected", &["Failed"], TIMEOUT).await;
-    let message = cr.condition("Ready").unwrap().message.clone().unwrap();
+    let cr = cm::istiod_until(&env.client, &env.ns.name, "rejected", "pca", "Failed", TIMEOUT).await;
+    let message = cm::ready_message(&cr);
     assert!(message.contains("MalformedCSRException"), "{message}");
     assert!(cr.status.unwrap().failure_time.is_some());
     assert_eq!(env.pca.certificates_issued().await, 0);
@@ -410,16 +397,8 @@ async fn a_disabled_ca_makes_requests_wait_until_it_is_enabled() {
         message.contains("DISABLED") && message.contains("enable it"),
         "{message}"
     );
-    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("waits", "pca")).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "waits", &["Pending"], TIMEOUT).await;
-    assert!(
-        cr.condition("Ready")
-            .unwrap()
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("CADisabled")
-    );
+    let cr = cm::pending(&env.client, &env.ns.name, "waits", "pca", TIMEOUT).await;
+    assert!(cm::ready_message(&cr).contains("CADisabled"));
     // Enabled again: issued without anyone touching the request.
     env.pca.set_ca_status(&arn, "ACTIVE").await;
     cm::wait_for_reason(&env.client, &env.ns.name, "waits", &["Issued"], TIMEOUT).await;
@@ -496,8 +475,7 @@ async fn issue_once_with(env: &Env, vars: &[(&str, &str)], ambient: bool, mut sp
     create_issuer(env, "pca", spec).await;
     let (reason, message) = wait_issuer(env, "pca", "True").await;
     assert_eq!(reason, "Verified", "{message}\n{}", controller.log());
-    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("istiod", "pca")).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "istiod", &["Issued"], TIMEOUT).await;
+    let cr = cm::istiod_until(&env.client, &env.ns.name, "istiod", "pca", "Issued", TIMEOUT).await;
     let status = cr.status.clone().unwrap();
     assert_eq!(
         openssl::verify(&status.ca.unwrap(), &status.certificate.unwrap()),
@@ -664,8 +642,14 @@ async fn no_credentials_or_keys_in_logs_events_or_conditions() {
     let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
     create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
     wait_issuer(&env, "pca", "True").await;
-    let key = cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("good", "pca")).await;
-    cm::wait_for_reason(&env.client, &env.ns.name, "good", &["Issued"], TIMEOUT).await;
+    let (_, key) = cm::request_until(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("good", "pca"),
+        &["Issued"],
+        TIMEOUT,
+    )
+    .await;
     wait_for_event(&env.client, &env.ns.name, "good", "Issued").await;
     let mut haystack = controller.log();
     for name in ["pca", "good"] {

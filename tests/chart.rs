@@ -9,30 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::{Certificate as CertManagerCertificate, CertificateRequest};
-use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, IssuerSpec, LocalCA, RootBootstrap};
+use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, RootBootstrap};
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, KeyRef, PublishRoot, TrustAnchor};
-use support::cert_manager::{self as cm, IntermediateRequest};
+use support::chart::{InstalledChart, chart_dir as chart, helm, text, tool};
 use support::{ControllerProcess, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, repo_root};
-
-fn tool(env: &str, cached: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(env) {
-        return PathBuf::from(p);
-    }
-    let path = PathBuf::from(std::env::var("HOME").unwrap_or_default())
-        .join(".cache/mesh-ca-issuer/tools")
-        .join(cached);
-    assert!(path.exists(), "{cached} is not installed: run hack/test (or set {env})");
-    path
-}
-
-fn helm() -> PathBuf {
-    tool("MESHCA_HELM", "helm-3.17.2/helm")
-}
 
 fn kubernetes_validate() -> PathBuf {
     tool(
@@ -41,24 +25,12 @@ fn kubernetes_validate() -> PathBuf {
     )
 }
 
-fn chart() -> PathBuf {
-    repo_root().join("charts/mesh-ca-issuer")
-}
-
 fn run(program: &Path, args: &[&str]) -> Output {
     Command::new(program)
         .args(args)
         .current_dir(repo_root())
         .output()
         .expect("run tool")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Non-default value sets that exercise every template.
@@ -257,22 +229,6 @@ fn exported_series() -> std::collections::HashMap<String, std::collections::BTre
     series
 }
 
-/// The vector selectors (metric name and matchers) of a PromQL expression.
-struct Selectors(Vec<promql_parser::parser::VectorSelector>);
-
-impl promql_parser::util::ExprVisitor for Selectors {
-    type Error = std::convert::Infallible;
-    fn pre_visit(&mut self, expr: &promql_parser::parser::Expr) -> Result<bool, Self::Error> {
-        use promql_parser::parser::Expr;
-        match expr {
-            Expr::VectorSelector(vs) => self.0.push(vs.clone()),
-            Expr::MatrixSelector(ms) => self.0.push(ms.vs.clone()),
-            _ => {}
-        }
-        Ok(true)
-    }
-}
-
 /// The alerts parse as PromQL (an independent parser, not Prometheus itself), select only
 /// series the controller exports and only labels those series have, and are documented.
 #[test]
@@ -301,10 +257,9 @@ fn alert_expressions_are_valid_promql_over_what_the_controller_exports() {
             "{name} is not in docs/operations.md"
         );
         let ast = promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{name}: {expr}: {e}"));
-        let mut selectors = Selectors(Vec::new());
-        promql_parser::util::walk_expr(&mut selectors, &ast).unwrap();
-        assert!(!selectors.0.is_empty(), "{name}: no selector in {expr}");
-        for vs in selectors.0 {
+        let selectors = support::promql::selectors(&ast);
+        assert!(!selectors.is_empty(), "{name}: no selector in {expr}");
+        for vs in selectors {
             let metric = vs.name.clone().unwrap_or_default();
             let labels = exported
                 .get(&metric)
@@ -548,48 +503,15 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
     ensure_crds(&client).await;
     // A cluster-wide controller: no other test's controller may run meanwhile.
     let _lock = ScopeLock::exclusive().await;
-    let release_ns = TestNamespace::create(&client, "chart-release").await;
-    let resources = TestNamespace::create(&client, "chart-cert-manager").await;
-    let istio = TestNamespace::create(&client, "chart-istio").await;
+    let installed = InstalledChart::install(&client, "chart", &[]).await;
     let outsider = TestNamespace::create(&client, "chart-outsider").await;
-    let release = format!("meshca-{}", support::unique_suffix());
-    let chart = chart();
-    let kubeconfig = support::kubeconfig();
-    let install = run(
-        &helm(),
-        &[
-            "install",
-            &release,
-            chart.to_str().unwrap(),
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--namespace",
-            &release_ns.name,
-            "--set",
-            &format!("clusterResourceNamespace={}", resources.name),
-            "--set",
-            &format!("istioNamespaces={{{}}}", istio.name),
-            "--set",
-            &format!("certManager.approver.namespace={}", resources.name),
-            "--skip-crds",
-            "--wait=false",
-        ],
-    );
-    assert!(install.status.success(), "helm install: {}", text(&install));
-    let _uninstall = Uninstall {
-        release: release.clone(),
-        namespace: release_ns.name.clone(),
-        kubeconfig: kubeconfig.clone(),
-    };
+    let (release_ns, resources, istio) = (&installed.release_ns, &installed.resources, &installed.istio);
+    let (release, sa_name) = (&installed.release, installed.service_account());
 
     // The chart's Deployment says how to run the controller; run exactly that, as its
     // ServiceAccount (no kubelet here to run the pod itself).
-    let deployments: Api<Deployment> = release_ns.api();
-    let deployment = deployments.list(&ListParams::default()).await.unwrap().items.remove(0);
-    let pod_spec = deployment.spec.template.spec.unwrap();
-    let sa_name = pod_spec.service_account_name.clone().unwrap();
-    let container = &pod_spec.containers[0];
-    let mut args: Vec<String> = container
+    let mut args: Vec<String> = installed
+        .container()
         .args
         .clone()
         .unwrap()
@@ -601,9 +523,8 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
         args.contains(&format!("--secret-namespaces={},{}", resources.name, istio.name)),
         "{args:?}"
     );
-    let token = support::service_account_token(&client, &release_ns.name, &sa_name).await;
     let dir = tempfile::tempdir().unwrap();
-    let sa_kubeconfig = support::kubeconfig_with_token(dir.path(), &token);
+    let sa_kubeconfig = support::kubeconfig_with_token(dir.path(), &installed.token);
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let pod_name = format!("{release}-pod");
     let mut controller = ControllerProcess::start_with_env(
@@ -621,45 +542,12 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
         controller.log()
     );
 
-    // The flow: a root in the cluster resource namespace (created by the operator: the chart
-    // does not let the controller create Secrets there), a ClusterMeshCAIssuer, a request in
+    // The flow: a root in the cluster resource namespace, a ClusterMeshCAIssuer, a request in
     // the Istio namespace, and cacerts written there.
-    let (root, root_key) = mesh_ca_issuer::pki::sign::self_signed_root(
-        &RootBootstrap::default(),
-        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
-    )
-    .unwrap();
-    let root_secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "mesh-root-ca"}, "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": root.to_pem(), "tls.key": root_key.to_pem()}
-    }))
-    .unwrap();
-    resources
-        .api::<Secret>()
-        .create(&PostParams::default(), &root_secret)
-        .await
-        .unwrap();
-    let issuer_name = format!("chart-{}", support::unique_suffix());
+    let (issuer_name, _cleanup) = installed.cluster_issuer(&client, "chart").await;
+    installed.istiod_intermediate(&client, &issuer_name).await;
+    let req_name = "istiod-intermediate-1";
     let cluster_issuers: Api<ClusterMeshCAIssuer> = Api::all(client.clone());
-    let spec = IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: "mesh-root-ca".into(),
-            bootstrap: None,
-        }),
-        ..Default::default()
-    };
-    cluster_issuers
-        .create(&PostParams::default(), &ClusterMeshCAIssuer::new(&issuer_name, spec))
-        .await
-        .unwrap();
-    let _cleanup = support::DeleteClusterIssuers(vec![issuer_name.clone()]);
-    let req = IntermediateRequest {
-        issuer_kind: "ClusterMeshCAIssuer".into(),
-        ..IntermediateRequest::istiod("istiod-intermediate-1", &issuer_name)
-    };
-    let key = cm::request_and_approve(&client, &istio.name, &req).await;
-    let cr = cm::wait_for_reason(&client, &istio.name, &req.name, &["Issued"], Duration::from_secs(60)).await;
-    cm::write_certificate_secret(&client, &istio.name, "istiod-intermediate", &cr, &key).await;
     // A peer cluster's root as a trust anchor, and this cluster's root published: ConfigMaps
     // read and written in the Istio namespace under the chart's RBAC.
     let (peer_root, _) = mesh_ca_issuer::pki::sign::self_signed_root(
@@ -746,7 +634,7 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
     }
 
     // And nothing more: denials, asked of the API server as the chart's ServiceAccount.
-    let as_chart = impersonating(&release_ns.name, &sa_name).await;
+    let as_chart = impersonating(&release_ns.name, sa_name).await;
     forbidden(
         Api::<Secret>::all(as_chart.clone()).list(&ListParams::default()).await,
         "listing Secrets cluster-wide",
@@ -826,12 +714,12 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
         "patching a Secret (cacerts is created, or replaced with its resourceVersion)",
     );
     let issued: CertificateRequest = Api::namespaced(client.clone(), &istio.name)
-        .get(&req.name)
+        .get(req_name)
         .await
         .unwrap();
     forbidden(
         Api::<CertificateRequest>::namespaced(as_chart.clone(), &istio.name)
-            .replace_status(&req.name, &PostParams::default(), &issued)
+            .replace_status(req_name, &PostParams::default(), &issued)
             .await,
         "updating a request's status (only server-side apply patches are sent)",
     );
@@ -871,11 +759,12 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
             "by default the approver may approve {signer}"
         );
     }
+    let (chart, kubeconfig) = (chart(), support::kubeconfig());
     let upgrade = run(
         &helm(),
         &[
             "upgrade",
-            &release,
+            release,
             chart.to_str().unwrap(),
             "--kubeconfig",
             kubeconfig.to_str().unwrap(),
@@ -924,26 +813,4 @@ async fn may_approve(client: &Client, signer: &str) -> bool {
         }
     }
     false
-}
-
-struct Uninstall {
-    release: String,
-    namespace: String,
-    kubeconfig: PathBuf,
-}
-
-impl Drop for Uninstall {
-    fn drop(&mut self) {
-        let _ = run(
-            &helm(),
-            &[
-                "uninstall",
-                &self.release,
-                "--namespace",
-                &self.namespace,
-                "--kubeconfig",
-                self.kubeconfig.to_str().unwrap(),
-            ],
-        );
-    }
 }

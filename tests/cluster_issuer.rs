@@ -127,7 +127,7 @@ async fn cluster_issuer_reads_only_the_cluster_resource_namespace_and_kinds_neve
         ),
     ] {
         let cr = cm::wait_for_reason(&client, &team_b.name, name, &["Pending"], TIMEOUT).await;
-        let message = cr.condition("Ready").unwrap().message.clone().unwrap();
+        let message = cm::ready_message(&cr);
         assert!(message.contains(&expected), "{name}: {message}");
     }
 }

@@ -9,98 +9,34 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
-use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
+use mesh_ca_issuer::api::issuer::RootBootstrap;
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, KeyRef, PublishRoot, TrustAnchor};
-use support::cert_manager::{self as cm, IntermediateRequest};
-use support::openssl::{Workdir, workload_certificate};
-use support::{ControllerProcess, ScopeLock, TestNamespace, eventually, goverify};
+use support::mesh::{
+    Cluster, SOURCE, TwoClusters, bootstrapped, contains, go_verifies, kubeconfig_of, openssl_verifies, workload,
+};
+use support::{ScopeLock, eventually, goverify};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-const SOURCE: &str = "istiod-intermediate";
 const PUBLISHED: &str = "istio-ca-root-published";
 
-/// One cluster of the pair, with its own controller process.
-struct Cluster {
-    kubeconfig: PathBuf,
-    context: String,
-    client: Client,
-    ns: TestNamespace,
-    trust_domain: String,
-    _controller: ControllerProcess,
-    _logs: tempfile::TempDir,
-}
-
-fn context_of(kubeconfig: &Path) -> String {
-    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
-    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
-    config["current-context"].as_str().expect("current-context").to_string()
-}
-
+/// What a federation test does with a cluster: its own root, istiod's intermediate, an
+/// IstioCACerts `istiod` that publishes the root.
 impl Cluster {
-    /// A namespace `namespace` in the control plane behind `kubeconfig`, our CRDs, and a
-    /// controller watching only that namespace.
-    async fn start(kubeconfig: PathBuf, namespace: &str, trust_domain: &str) -> Self {
-        let client = support::client_for_kubeconfig(&kubeconfig).await;
-        support::install_crds(&client).await;
-        let ns = TestNamespace::create_named(&client, namespace, &kubeconfig).await;
-        let logs = tempfile::tempdir().expect("log dir");
-        let mut controller =
-            ControllerProcess::start_with_kubeconfig(&kubeconfig, &["--namespace", namespace], logs.path());
-        assert!(
-            controller.wait_ready(Duration::from_secs(60)).await,
-            "controller ready: {}",
-            controller.log()
-        );
-        Self {
-            context: context_of(&kubeconfig),
-            kubeconfig,
-            client,
-            ns,
-            trust_domain: trust_domain.to_string(),
-            _controller: controller,
-            _logs: logs,
-        }
-    }
-
-    /// Its root: a MeshCAIssuer with a local root bootstrapped into `mesh-root`, unless the
-    /// Secret was put there before (the shared-root case).
+    /// A MeshCAIssuer `mesh` with a local root bootstrapped into `mesh-root` (unless the Secret
+    /// was put there before: the shared-root case), and istiod's intermediate from it.
     async fn issue_intermediate(&self) {
-        let issuers: Api<MeshCAIssuer> = self.ns.api();
-        let spec = IssuerSpec {
-            local_ca: Some(LocalCA {
-                secret_name: "mesh-root".into(),
-                bootstrap: Some(RootBootstrap::default()),
-            }),
-            policy: IssuancePolicy::default(),
-            ..Default::default()
-        };
-        issuers
-            .create(&PostParams::default(), &MeshCAIssuer::new("mesh", spec))
-            .await
-            .unwrap();
-        support::wait_issuer(&issuers, "mesh", "True", TIMEOUT).await;
-        let req = IntermediateRequest {
-            certificate: Some(SOURCE.to_string()),
-            ..IntermediateRequest::istiod(&format!("{SOURCE}-1"), "mesh")
-        };
-        let key = cm::request_and_approve(&self.client, &self.ns.name, &req).await;
-        let cr = cm::wait_for_reason(&self.client, &self.ns.name, &req.name, &["Issued"], TIMEOUT).await;
-        cm::write_certificate_secret(&self.client, &self.ns.name, SOURCE, &cr, &key).await;
+        self.issuer("mesh", bootstrapped("mesh-root")).await;
+        self.issue("mesh").await;
     }
 
     async fn create_istio_cacerts(&self, trust_anchors: Vec<TrustAnchor>) {
-        let spec = IstioCACertsSpec {
+        self.create_icc(IstioCACertsSpec {
             source_secret_name: SOURCE.into(),
             trust_domain: self.trust_domain.clone(),
             trust_anchors,
@@ -109,26 +45,8 @@ impl Cluster {
                 key: "root-cert.pem".into(),
             }),
             ..Default::default()
-        };
-        self.ns
-            .api::<IstioCACerts>()
-            .create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
-            .await
-            .unwrap();
-    }
-
-    async fn istio_cacerts(&self) -> IstioCACerts {
-        self.ns.api::<IstioCACerts>().get("istiod").await.unwrap()
-    }
-
-    async fn cacerts(&self) -> BTreeMap<String, Vec<u8>> {
-        let secret = self.ns.api::<Secret>().get("cacerts").await.expect("cacerts");
-        secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect()
+        })
+        .await;
     }
 
     async fn published_root(&self) -> String {
@@ -140,148 +58,16 @@ impl Cluster {
         .expect("the published root")
     }
 
-    /// Waits until Ready is `reason` for the current generation; returns the object.
-    async fn wait_ready(&self, reason: &str) -> IstioCACerts {
-        eventually(TIMEOUT, || async {
-            let icc = self.istio_cacerts().await;
-            let c = icc
-                .status
-                .as_ref()?
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Ready")?
-                .clone();
-            (c.reason == reason && c.observed_generation == icc.metadata.generation).then_some(icc)
-        })
-        .await
-        .unwrap_or_else(|| panic!("{}: IstioCACerts not Ready={reason} within {TIMEOUT:?}", self.context))
-    }
-
     /// A workload certificate as istiod would sign it in this cluster, followed by cert-chain.pem.
     async fn workload_certificate(&self) -> String {
-        let data = self.cacerts().await;
-        workload_certificate(
-            &data["ca-cert.pem"],
-            &data["ca-key.pem"],
-            &data["cert-chain.pem"],
-            &format!("spiffe://{}/ns/default/sa/x", self.trust_domain),
-        )
+        let spiffe_id = format!("spiffe://{}/ns/default/sa/x", self.trust_domain);
+        workload(&self.cacerts().await, &spiffe_id)
     }
-
-    /// Every root-cert.pem the cacerts Secret holds from now on, in order (a watch, so no
-    /// version is missed), and the number of writes of cacerts.
-    fn record_root_cert(&self) -> RootCertHistory {
-        let history = RootCertHistory::default();
-        let api: Api<Secret> = self.ns.api();
-        let seen = history.clone();
-        let task = tokio::spawn(async move {
-            let config = watcher::Config::default().fields("metadata.name=cacerts");
-            let mut stream = watcher::watcher(api, config).boxed();
-            while let Some(event) = stream.next().await {
-                let secret = match event {
-                    Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => s,
-                    _ => continue,
-                };
-                let version = secret.resource_version().unwrap_or_default();
-                let root = secret
-                    .data
-                    .and_then(|d| d.get("root-cert.pem").map(|b| b.0.clone()))
-                    .unwrap_or_default();
-                let mut versions = seen.versions.lock().unwrap();
-                if versions.last().is_none_or(|(v, _)| *v != version) {
-                    versions.push((version, root));
-                }
-            }
-        });
-        *history.task.lock().unwrap() = Some(task);
-        history
-    }
-}
-
-/// (resourceVersion, root-cert.pem) of each version of cacerts seen.
-type Versions = Vec<(String, Vec<u8>)>;
-
-#[derive(Clone, Default)]
-struct RootCertHistory {
-    versions: Arc<Mutex<Versions>>,
-    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
-}
-
-impl RootCertHistory {
-    /// Writes seen since the first version (the first is the state when recording began).
-    fn writes(&self) -> usize {
-        self.versions.lock().unwrap().len().saturating_sub(1)
-    }
-
-    fn roots(&self) -> Vec<Vec<u8>> {
-        self.versions.lock().unwrap().iter().map(|(_, r)| r.clone()).collect()
-    }
-}
-
-impl Drop for RootCertHistory {
-    fn drop(&mut self) {
-        if Arc::strong_count(&self.task) == 1
-            && let Some(task) = self.task.lock().unwrap().take()
-        {
-            task.abort();
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// openssl's verdict on the workload certificate (the first block of `leaf_and_chain`, the
-/// rest as untrusted intermediates) against every root in `roots`.
-fn openssl_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
-    let end = "-----END CERTIFICATE-----\n";
-    let split = leaf_and_chain.find(end).map(|i| i + end.len()).expect("a PEM leaf");
-    let dir = Workdir::new();
-    dir.write("leaf.pem", &leaf_and_chain[..split])
-        .write("untrusted.pem", &leaf_and_chain[split..])
-        .write("roots.pem", roots);
-    let (ok, said) = dir.try_run(&[
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        "roots.pem",
-        "-untrusted",
-        "untrusted.pem",
-        "leaf.pem",
-    ]);
-    ok && said.contains("leaf.pem: OK")
-}
-
-fn go_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
-    goverify::workload_verifies(leaf_and_chain.as_bytes(), b"", roots).is_ok()
 }
 
 /// Runs `meshca` with a KUBECONFIG of both files (as a user would: colon-separated).
 fn meshca(a: &Cluster, b: &Cluster, args: &[&str]) -> (i32, String, Duration) {
-    let kubeconfig = std::env::join_paths([&a.kubeconfig, &b.kubeconfig]).expect("KUBECONFIG");
-    let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .expect("meshca runs");
-    let elapsed = started.elapsed();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), said, elapsed)
-}
-
-/// Two clusters in namespaces of the same name, each with its own root and IstioCACerts.
-async fn two_clusters(prefix: &str) -> (ScopeLock, Cluster, Cluster) {
-    let lock = ScopeLock::shared().await;
-    let namespace = format!("{prefix}-{}", support::unique_suffix());
-    let a = Cluster::start(support::kubeconfig(), &namespace, "a.example").await;
-    let b = Cluster::start(support::kubeconfig_b(), &namespace, "b.example").await;
-    (lock, a, b)
+    support::mesh::meshca(&kubeconfig_of(a, b), args)
 }
 
 fn args<'a>(verb: &'a str, a: &'a Cluster, b: &'a Cluster, extra: &[&'a str]) -> Vec<&'a str> {
@@ -300,7 +86,7 @@ fn args<'a>(verb: &'a str, a: &'a Cluster, b: &'a Cluster, extra: &[&'a str]) ->
 
 #[tokio::test]
 async fn federate_makes_workloads_verify_across_clusters_and_unfederate_undoes_it() {
-    let (_lock, a, b) = two_clusters("fed").await;
+    let TwoClusters { a, b, lock: _lock } = TwoClusters::start("fed", "istiod").await;
     for c in [&a, &b] {
         c.issue_intermediate().await;
         c.create_istio_cacerts(vec![]).await;
@@ -308,7 +94,7 @@ async fn federate_makes_workloads_verify_across_clusters_and_unfederate_undoes_i
     }
     let (root_a, root_b) = (a.published_root().await, b.published_root().await);
     assert_ne!(root_a, root_b, "each cluster has its own root");
-    let (history_a, history_b) = (a.record_root_cert(), b.record_root_cert());
+    let (history_a, history_b) = (a.record_cacerts(), b.record_cacerts());
     let (wl_a, wl_b) = (a.workload_certificate().await, b.workload_certificate().await);
 
     // Before: A's workload does not verify against B's bundle, nor B's against A's.
@@ -327,10 +113,7 @@ async fn federate_makes_workloads_verify_across_clusters_and_unfederate_undoes_i
     let (code, said, _) = meshca(&a, &b, &args("federate", &a, &b, &["--dry-run"]));
     assert_eq!(code, 0, "{said}");
     assert!(said.contains("would write"), "{said}");
-    assert!(
-        a.istio_cacerts().await.spec.trust_anchors.is_empty(),
-        "dry run kept nothing"
-    );
+    assert!(a.icc().await.spec.trust_anchors.is_empty(), "dry run kept nothing");
 
     let (code, said, federate_time) = meshca(&a, &b, &args("federate", &a, &b, &[]));
     assert_eq!(code, 0, "{said}");
@@ -345,7 +128,7 @@ async fn federate_makes_workloads_verify_across_clusters_and_unfederate_undoes_i
     .await
     .expect("A tracks B's root as a trust anchor");
     eventually(TIMEOUT, || async {
-        (b.istio_cacerts().await.status?.trust_anchors.len() == 1).then_some(())
+        (b.icc().await.status?.trust_anchors.len() == 1).then_some(())
     })
     .await
     .expect("B tracks A's root");
@@ -380,11 +163,11 @@ async fn federate_makes_workloads_verify_across_clusters_and_unfederate_undoes_i
     // Again: the same result, and no write at all.
     let (code, said, _) = meshca(&a, &b, &args("federate", &a, &b, &[]));
     assert_eq!(code, 0, "{said}");
-    let generation = a.istio_cacerts().await.metadata.generation;
+    let generation = a.icc().await.metadata.generation;
     a.wait_ready("Synced").await;
     assert_eq!(a.cacerts().await["root-cert.pem"], bundle_a);
     assert_eq!(
-        a.istio_cacerts().await.metadata.generation,
+        a.icc().await.metadata.generation,
         generation,
         "repeating federate changed nothing"
     );
@@ -464,41 +247,10 @@ async fn federate_makes_workloads_verify_across_clusters_and_unfederate_undoes_i
 
 #[tokio::test]
 async fn one_shared_root_verifies_across_clusters_without_anchors() {
-    let (_lock, a, b) = two_clusters("shared").await;
+    let TwoClusters { a, b, lock: _lock } = TwoClusters::start("shared", "istiod").await;
     // The same root Secret content in both clusters, as a platform team would distribute it.
-    let bootstrap = a.ns.api::<MeshCAIssuer>();
-    bootstrap
-        .create(
-            &PostParams::default(),
-            &MeshCAIssuer::new(
-                "seed",
-                IssuerSpec {
-                    local_ca: Some(LocalCA {
-                        secret_name: "mesh-root".into(),
-                        bootstrap: Some(RootBootstrap::default()),
-                    }),
-                    ..Default::default()
-                },
-            ),
-        )
-        .await
-        .unwrap();
-    support::wait_issuer(&bootstrap, "seed", "True", TIMEOUT).await;
-    let root_secret = a.ns.api::<Secret>().get("mesh-root").await.unwrap();
-    let copy = serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "mesh-root", "namespace": b.ns.name},
-        "type": root_secret.type_,
-        "data": root_secret.data,
-    });
-    b.ns.api::<Secret>()
-        .patch(
-            "mesh-root",
-            &PatchParams::apply(support::TEST_MANAGER),
-            &Patch::Apply(&copy),
-        )
-        .await
-        .unwrap();
+    a.issuer("seed", bootstrapped("mesh-root")).await;
+    b.copy_secret(&a, "mesh-root").await;
     for c in [&a, &b] {
         c.issue_intermediate().await;
         c.create_istio_cacerts(vec![]).await;
@@ -517,30 +269,22 @@ async fn one_shared_root_verifies_across_clusters_without_anchors() {
     );
     assert!(openssl_verifies(&wl_a, &bundle_b) && go_verifies(&wl_a, &bundle_b));
     assert!(openssl_verifies(&wl_b, &bundle_a) && go_verifies(&wl_b, &bundle_a));
-    assert!(a.istio_cacerts().await.status.unwrap().trust_anchors.is_empty());
+    assert!(a.icc().await.status.unwrap().trust_anchors.is_empty());
 }
 
 #[tokio::test]
 async fn meshca_refuses_and_writes_nothing_when_a_check_fails() {
-    let (_lock, a, b) = two_clusters("refuse").await;
+    let TwoClusters { a, b, lock: _lock } = TwoClusters::start("refuse", "istiod").await;
     for c in [&a, &b] {
         c.issue_intermediate().await;
     }
     // A publishes its root; B has no publishRoot.
     a.create_istio_cacerts(vec![]).await;
-    b.ns.api::<IstioCACerts>()
-        .create(
-            &PostParams::default(),
-            &IstioCACerts::new(
-                "istiod",
-                IstioCACertsSpec {
-                    source_secret_name: SOURCE.into(),
-                    ..Default::default()
-                },
-            ),
-        )
-        .await
-        .unwrap();
+    b.create_icc(IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        ..Default::default()
+    })
+    .await;
     a.wait_ready("Synced").await;
     b.wait_ready("Synced").await;
     a.published_root().await;
@@ -614,8 +358,8 @@ async fn meshca_refuses_and_writes_nothing_when_a_check_fails() {
         "{said}"
     );
     // Nothing was written anywhere.
-    assert!(a.istio_cacerts().await.spec.trust_anchors.is_empty());
-    assert!(b.istio_cacerts().await.spec.trust_anchors.is_empty());
+    assert!(a.icc().await.spec.trust_anchors.is_empty());
+    assert!(b.icc().await.spec.trust_anchors.is_empty());
     let peers = a.ns.api::<ConfigMap>().list(&Default::default()).await.unwrap();
     assert!(peers.items.iter().all(|cm| !cm.name_any().starts_with("meshca-peer-")));
 }
@@ -624,7 +368,7 @@ async fn meshca_refuses_and_writes_nothing_when_a_check_fails() {
 async fn a_bad_trust_anchor_is_named_and_leaves_cacerts_as_it_was() {
     let _lock = ScopeLock::shared().await;
     let namespace = format!("badanchor-{}", support::unique_suffix());
-    let a = Cluster::start(support::kubeconfig(), &namespace, "a.example").await;
+    let a = Cluster::start(support::kubeconfig(), &namespace, "istiod", "a.example").await;
     a.issue_intermediate().await;
     a.create_istio_cacerts(vec![]).await;
     a.wait_ready("Synced").await;
@@ -725,7 +469,7 @@ fn meshca_explains_itself_and_completes_in_shells() {
 async fn the_published_root_is_byte_stable_and_never_takes_over_a_foreign_config_map() {
     let _lock = ScopeLock::shared().await;
     let namespace = format!("publish-{}", support::unique_suffix());
-    let a = Cluster::start(support::kubeconfig(), &namespace, "a.example").await;
+    let a = Cluster::start(support::kubeconfig(), &namespace, "istiod", "a.example").await;
     a.issue_intermediate().await;
     // Someone else's ConfigMap under the published name: left alone, and said so.
     let foreign = serde_json::json!({

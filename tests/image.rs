@@ -19,16 +19,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use mesh_ca_issuer::api::issuer::{
-    AwsCredentialsSecretRef, AwsPCA, ClusterMeshCAIssuer, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap,
+    AwsCredentialsSecretRef, AwsPCA, ClusterMeshCAIssuer, IssuerSpec, MeshCAIssuer, RootBootstrap,
 };
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
 use mesh_ca_issuer::build_info::{REVISION, VERSION};
-use support::cert_manager::{self as cm, IntermediateRequest};
-use support::{ControllerProcess, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, repo_root};
+use support::chart::{InstalledChart, text};
+use support::{ControllerProcess, ScopeLock, admin_client, ensure_crds, eventually, repo_root};
 
 /// The size budget for the archive.
 const SIZE_BUDGET_MIB: f64 = 30.0;
@@ -56,14 +55,6 @@ fn run(program: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("could not run {program} (hack/test installs it): {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The image unpacked as a container runtime would: umoci's runtime bundle (`rootfs/` and the
@@ -458,61 +449,6 @@ impl Drop for UntrustedTlsEndpoint {
     }
 }
 
-fn helm() -> PathBuf {
-    std::env::var("MESHCA_HELM").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/mesh-ca-issuer/tools/helm-3.17.2/helm")
-    })
-}
-
-/// The chart installed (CRDs skipped: the harness installs them); uninstalled on drop.
-struct InstalledChart {
-    release: String,
-    namespace: String,
-}
-
-impl InstalledChart {
-    fn install(namespace: &str, set: &[String]) -> Self {
-        let release = format!("meshca-{}", support::unique_suffix());
-        let chart = repo_root().join("charts/mesh-ca-issuer");
-        let kubeconfig = support::kubeconfig();
-        let mut args: Vec<String> = vec![
-            "install".into(),
-            release.clone(),
-            chart.display().to_string(),
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
-            "--namespace".into(),
-            namespace.into(),
-            "--skip-crds".into(),
-            "--wait=false".into(),
-        ];
-        for s in set {
-            args.extend(["--set".to_string(), s.clone()]);
-        }
-        let out = Command::new(helm()).args(&args).output().expect("helm");
-        assert!(out.status.success(), "helm install: {}", text(&out));
-        Self {
-            release,
-            namespace: namespace.to_string(),
-        }
-    }
-}
-
-impl Drop for InstalledChart {
-    fn drop(&mut self) {
-        let _ = Command::new(helm())
-            .args([
-                "uninstall",
-                &self.release,
-                "--namespace",
-                &self.namespace,
-                "--kubeconfig",
-            ])
-            .arg(support::kubeconfig())
-            .output();
-    }
-}
-
 #[tokio::test]
 async fn the_image_signs_an_istiod_intermediate_and_writes_cacerts_under_the_chart_service_account() {
     let image = Unpacked::new();
@@ -520,28 +456,11 @@ async fn the_image_signs_an_istiod_intermediate_and_writes_cacerts_under_the_cha
     ensure_crds(&client).await;
     // A cluster-wide controller: no other test's controller may run meanwhile.
     let _lock = ScopeLock::exclusive().await;
-    let release_ns = TestNamespace::create(&client, "image-release").await;
-    let resources = TestNamespace::create(&client, "image-cert-manager").await;
-    let istio = TestNamespace::create(&client, "image-istio").await;
-    let chart = InstalledChart::install(
-        &release_ns.name,
-        &[
-            format!("clusterResourceNamespace={}", resources.name),
-            format!("istioNamespaces={{{}}}", istio.name),
-            format!("certManager.approver.namespace={}", resources.name),
-        ],
-    );
+    let chart = InstalledChart::install(&client, "image", &[]).await;
+    let (resources, istio) = (&chart.resources, &chart.istio);
 
     // The chart's Deployment says which image, arguments and ServiceAccount: use them.
-    let deployment = release_ns
-        .api::<Deployment>()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .remove(0);
-    let pod_spec = deployment.spec.template.spec.unwrap();
-    let container = &pod_spec.containers[0];
+    let container = chart.container();
     assert!(
         container
             .image
@@ -550,9 +469,7 @@ async fn the_image_signs_an_istiod_intermediate_and_writes_cacerts_under_the_cha
         "the chart's default image is the one hack/image builds: {:?}",
         container.image
     );
-    let sa_name = pod_spec.service_account_name.clone().unwrap();
-    let token = support::service_account_token(&client, &release_ns.name, &sa_name).await;
-    let identity = PodIdentity::new(&token, &release_ns.name, &format!("{}-pod", chart.release));
+    let identity = PodIdentity::new(&chart.token, &chart.release_ns.name, &format!("{}-pod", chart.release));
     let logs = tempfile::tempdir().unwrap();
     let mut controller = start_in_image(&image, &identity, container.args.as_deref().unwrap(), logs.path());
     assert!(
@@ -573,38 +490,8 @@ async fn the_image_signs_an_istiod_intermediate_and_writes_cacerts_under_the_cha
 
     // The flow: a root in the cluster resource namespace, a ClusterMeshCAIssuer, istiod's
     // intermediate requested in the Istio namespace, cacerts written there.
-    let (root, root_key) = mesh_ca_issuer::pki::sign::self_signed_root(
-        &RootBootstrap::default(),
-        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
-    )
-    .unwrap();
-    let secret = |name: &str, data: serde_json::Value| -> Secret {
-        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "stringData": data})).unwrap()
-    };
-    resources
-        .api::<Secret>()
-        .create(
-            &PostParams::default(),
-            &secret(
-                "mesh-root-ca",
-                serde_json::json!({"tls.crt": root.to_pem(), "tls.key": root_key.to_pem()}),
-            ),
-        )
-        .await
-        .unwrap();
-    let issuer_name = format!("image-{}", support::unique_suffix());
+    let (issuer_name, _cleanup) = chart.cluster_issuer(&client, "image").await;
     let cluster_issuers: Api<ClusterMeshCAIssuer> = Api::all(client.clone());
-    let local = IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: "mesh-root-ca".into(),
-            bootstrap: None,
-        }),
-        ..Default::default()
-    };
-    cluster_issuers
-        .create(&PostParams::default(), &ClusterMeshCAIssuer::new(&issuer_name, local))
-        .await
-        .unwrap();
     // An AWS PCA issuer whose endpoint presents a certificate no public CA signed: the image's
     // AWS SDK loads the trust store and refuses the endpoint.
     let tls = UntrustedTlsEndpoint::start();
@@ -621,15 +508,8 @@ async fn the_image_signs_an_istiod_intermediate_and_writes_cacerts_under_the_cha
         )
         .await
         .unwrap();
-    let _cleanup = support::DeleteClusterIssuers(vec![issuer_name.clone(), pca_name.clone()]);
-
-    let req = IntermediateRequest {
-        issuer_kind: "ClusterMeshCAIssuer".into(),
-        ..IntermediateRequest::istiod("istiod-intermediate-1", &issuer_name)
-    };
-    let key = cm::request_and_approve(&client, &istio.name, &req).await;
-    let cr = cm::wait_for_reason(&client, &istio.name, &req.name, &["Issued"], Duration::from_secs(60)).await;
-    cm::write_certificate_secret(&client, &istio.name, "istiod-intermediate", &cr, &key).await;
+    let _cleanup_pca = support::DeleteClusterIssuers(vec![pca_name.clone()]);
+    chart.istiod_intermediate(&client, &issuer_name).await;
     istio
         .api::<IstioCACerts>()
         .create(

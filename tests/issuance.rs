@@ -94,13 +94,7 @@ async fn get_cr(env: &Env, name: &str) -> CertificateRequest {
 async fn approved_request_is_issued_with_the_intermediate_and_the_root_in_one_write() {
     let env = env("issue-happy").await;
     ready_issuer(&env, "mesh").await;
-    cm::request_and_approve(
-        &env.client,
-        &env.ns.name,
-        &IntermediateRequest::istiod("istiod", "mesh"),
-    )
-    .await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "istiod", &["Issued"], TIMEOUT).await;
+    let cr = cm::istiod_until(&env.client, &env.ns.name, "istiod", "mesh", "Issued", TIMEOUT).await;
 
     let status = cr.status.clone().unwrap();
     let chain = Certificate::parse_pem_bundle(status.certificate.as_deref().unwrap(), "status.certificate").unwrap();
@@ -183,13 +177,7 @@ async fn foreign_and_unapproved_requests_get_no_write() {
     )
     .await;
     // A request that is ours and approved, as a witness that the controller is working.
-    cm::request_and_approve(
-        &env.client,
-        &env.ns.name,
-        &IntermediateRequest::istiod("witness", "mesh"),
-    )
-    .await;
-    cm::wait_for_reason(&env.client, &env.ns.name, "witness", &["Issued"], TIMEOUT).await;
+    cm::istiod_until(&env.client, &env.ns.name, "witness", "mesh", "Issued", TIMEOUT).await;
     let before: Vec<(String, Option<String>)> = futures::future::join_all(
         ["foreign-group", "foreign-kind", "unapproved"]
             .map(|n| async { (n.to_string(), get_cr(&env, n).await.resource_version()) }),
@@ -258,13 +246,7 @@ async fn terminal_requests_are_left_untouched() {
             .unwrap();
         cm::approve(&env.client, &env.ns.name, name).await;
     }
-    cm::request_and_approve(
-        &env.client,
-        &env.ns.name,
-        &IntermediateRequest::istiod("witness", "mesh"),
-    )
-    .await;
-    cm::wait_for_reason(&env.client, &env.ns.name, "witness", &["Issued"], TIMEOUT).await;
+    cm::istiod_until(&env.client, &env.ns.name, "witness", "mesh", "Issued", TIMEOUT).await;
     let rvs: Vec<_> = [
         get_cr(&env, "was-issued").await.resource_version(),
         get_cr(&env, "was-failed").await.resource_version(),
@@ -284,9 +266,8 @@ async fn terminal_requests_are_left_untouched() {
 #[tokio::test]
 async fn missing_issuer_makes_the_request_wait_until_the_issuer_exists() {
     let env = env("issue-late-issuer").await;
-    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("early", "late")).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "early", &["Pending"], TIMEOUT).await;
-    let message = cr.condition("Ready").unwrap().message.clone().unwrap();
+    let cr = cm::pending(&env.client, &env.ns.name, "early", "late", TIMEOUT).await;
+    let message = cm::ready_message(&cr);
     assert!(
         message.contains(&format!("MeshCAIssuer {}/late", env.ns.name)) && message.contains("does not exist"),
         "{message}"
@@ -306,14 +287,8 @@ async fn missing_root_secret_makes_issuer_not_ready_and_requests_wait_until_it_a
         message.contains(&format!("Secret {}/root-ca not found", env.ns.name)),
         "{message}"
     );
-    cm::request_and_approve(
-        &env.client,
-        &env.ns.name,
-        &IntermediateRequest::istiod("waiting", "mesh"),
-    )
-    .await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "waiting", &["Pending"], TIMEOUT).await;
-    let pending = cr.condition("Ready").unwrap().message.clone().unwrap();
+    let cr = cm::pending(&env.client, &env.ns.name, "waiting", "mesh", TIMEOUT).await;
+    let pending = cm::ready_message(&cr);
     assert!(pending.contains("not Ready: SecretNotFound"), "{pending}");
 
     // An operator creates the root Secret (made with openssl, as they would).
@@ -407,16 +382,8 @@ async fn bad_roots_make_the_issuer_not_ready_with_the_cause() {
         );
     }
     // A request to a broken issuer waits; it is not failed.
-    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("r", "mismatch")).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "r", &["Pending"], TIMEOUT).await;
-    assert!(
-        cr.condition("Ready")
-            .unwrap()
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("KeyMismatch")
-    );
+    let cr = cm::pending(&env.client, &env.ns.name, "r", "mismatch", TIMEOUT).await;
+    assert!(cm::ready_message(&cr).contains("KeyMismatch"));
 }
 
 /// A CSR whose signature does not verify: one bit flipped in the signature.
@@ -526,7 +493,7 @@ async fn bad_requests_fail_with_the_cause_and_the_controller_keeps_serving() {
     for (name, _, _, cause) in &cases {
         let cr = cm::wait_for_reason(&env.client, &env.ns.name, name, &["Failed"], TIMEOUT).await;
         let status = cr.status.clone().unwrap();
-        let message = cr.condition("Ready").unwrap().message.clone().unwrap();
+        let message = cm::ready_message(&cr);
         assert!(message.contains(cause), "{name}: {message}");
         assert!(status.failure_time.is_some(), "{name}");
         assert!(
@@ -537,8 +504,7 @@ async fn bad_requests_fail_with_the_cause_and_the_controller_keeps_serving() {
         assert!(note.contains(cause), "{name}: {note}");
     }
     // Still serving.
-    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("good", "mesh")).await;
-    cm::wait_for_reason(&env.client, &env.ns.name, "good", &["Issued"], TIMEOUT).await;
+    cm::istiod_until(&env.client, &env.ns.name, "good", "mesh", "Issued", TIMEOUT).await;
 }
 
 #[tokio::test]
@@ -550,8 +516,7 @@ async fn lifetime_beyond_the_root_is_clamped_and_the_event_says_so() {
     };
     create_issuer(&env, "mesh", local_ca("mesh-root", Some(short_root))).await;
     wait_issuer(&env, "mesh", "True").await;
-    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("long", "mesh")).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "long", &["Issued"], TIMEOUT).await;
+    let cr = cm::istiod_until(&env.client, &env.ns.name, "long", "mesh", "Issued", TIMEOUT).await;
     let status = cr.status.unwrap();
     let cert = &Certificate::parse_pem_bundle(status.certificate.as_deref().unwrap(), "c").unwrap()[0];
     let root = &Certificate::parse_pem_bundle(status.ca.as_deref().unwrap(), "ca").unwrap()[0];
@@ -812,9 +777,8 @@ async fn requests_wait_while_the_issuer_status_is_older_than_its_spec() {
         controller.log()
     );
 
-    cm::request_and_approve(&client, &ns.name, &IntermediateRequest::istiod("waits", "mesh")).await;
-    let cr = cm::wait_for_reason(&client, &ns.name, "waits", &["Pending"], TIMEOUT).await;
-    let message = cr.condition("Ready").unwrap().message.clone().unwrap();
+    let cr = cm::pending(&client, &ns.name, "waits", "mesh", TIMEOUT).await;
+    let message = cm::ready_message(&cr);
     assert!(
         message.contains("spec changed (generation 2, last checked 1)"),
         "{message}"
@@ -845,8 +809,7 @@ async fn a_stale_copy_of_an_issued_request_is_never_signed_again() {
     use mesh_ca_issuer::controller::{Context, certificate_request};
     let env = env("issue-once").await;
     ready_issuer(&env, "mesh").await;
-    cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod("once", "mesh")).await;
-    let issued = cm::wait_for_reason(&env.client, &env.ns.name, "once", &["Issued"], TIMEOUT).await;
+    let issued = cm::istiod_until(&env.client, &env.ns.name, "once", "mesh", "Issued", TIMEOUT).await;
     let first = issued.status.clone().unwrap().certificate;
     // The request as it was before it was issued: approved, no Ready condition.
     let mut stale = issued.clone();

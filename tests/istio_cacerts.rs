@@ -9,25 +9,31 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+use mesh_ca_issuer::api::issuer::{IssuancePolicy, MeshCAIssuer, RootBootstrap};
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, RenewalWindow};
 use mesh_ca_issuer::pki::policy::SigningPlan;
 use mesh_ca_issuer::pki::sign::{CaSigner, sign_csr};
 use mesh_ca_issuer::pki::{Certificate, CertificateSigningRequest, SigningKey};
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::{RunningController, ScopeLock, TestNamespace, eventually, goverify, openssl, wait_for_event};
+use support::mesh::{Mesh, SOURCE, bootstrapped, data};
+use support::{RunningController, ScopeLock, eventually, goverify, openssl, wait_for_event};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-const SOURCE: &str = "istiod-intermediate";
 
+/// One mesh with its own controller (watching only its namespace).
 struct Env {
-    client: Client,
-    ns: TestNamespace,
+    mesh: Mesh,
     controller: RunningController,
     _lock: ScopeLock,
-    revision: u32,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Mesh;
+    fn deref(&self) -> &Mesh {
+        &self.mesh
+    }
 }
 
 async fn env_with(prefix: &str, flags: &[&str], root_duration: &str) -> Env {
@@ -36,33 +42,15 @@ async fn env_with(prefix: &str, flags: &[&str], root_duration: &str) -> Env {
     args.extend_from_slice(flags);
     let controller = RunningController::start(&args).await;
     let env = Env {
-        client,
-        ns,
+        mesh: Mesh::new(client, ns, "mesh"),
         controller,
         _lock: lock,
-        revision: 0,
-    };
-    let root = RootBootstrap {
-        duration: root_duration.into(),
-        ..Default::default()
     };
     let policy = IssuancePolicy {
         max_duration: "8760h".into(),
         ..Default::default()
     };
-    create_issuer(
-        &env,
-        "mesh",
-        IssuerSpec {
-            local_ca: Some(LocalCA {
-                secret_name: "mesh-root".into(),
-                bootstrap: Some(root),
-            }),
-            policy,
-            ..Default::default()
-        },
-    )
-    .await;
+    env.local_issuer("mesh", "mesh-root", root_duration, policy).await;
     env
 }
 
@@ -70,72 +58,37 @@ async fn env(prefix: &str) -> Env {
     env_with(prefix, &[], "87600h").await
 }
 
-async fn create_issuer(env: &Env, name: &str, spec: IssuerSpec) {
-    let api: Api<MeshCAIssuer> = env.ns.api();
-    api.create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
-        .await
-        .unwrap();
-    eventually(TIMEOUT, || async {
-        let s = api.get(name).await.ok()?.status?;
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await
-    .expect("issuer Ready");
-}
-
 /// cert-manager (stand-in) issues a new revision of the intermediate into the source Secret.
 async fn issue(
-    env: &mut Env,
+    env: &Env,
     issuer: &str,
     duration: Option<&str>,
 ) -> mesh_ca_issuer::api::cert_manager::CertificateRequest {
-    env.revision += 1;
-    let req = IntermediateRequest {
-        certificate: Some(SOURCE.to_string()),
-        duration: duration.map(str::to_string),
-        ..IntermediateRequest::istiod(&format!("{SOURCE}-{}", env.revision), issuer)
-    };
-    let key = cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
-    cm::write_certificate_secret(&env.client, &env.ns.name, SOURCE, &cr, &key).await;
-    cr
+    env.issue_for(issuer, duration).await
 }
 
 /// An environment whose `cacerts` has been written once from a first intermediate.
 async fn synced_env(prefix: &str) -> Env {
-    let mut env = env(prefix).await;
-    issue(&mut env, "mesh", None).await;
+    let env = env(prefix).await;
+    issue(&env, "mesh", None).await;
     create_icc(&env, false).await;
     wait_condition(&env, "Ready", "Synced").await;
     env
 }
 
 async fn create_icc(env: &Env, adopt: bool) {
-    let api: Api<IstioCACerts> = env.ns.api();
-    let spec = IstioCACertsSpec {
+    env.create_icc(IstioCACertsSpec {
         source_secret_name: SOURCE.into(),
         target_secret_name: "cacerts".into(),
         adopt_existing: adopt,
         ..Default::default()
-    };
-    api.create(&PostParams::default(), &IstioCACerts::new("mesh", spec))
-        .await
-        .unwrap();
+    })
+    .await;
 }
 
 /// Waits until the IstioCACerts' condition `type_` has `reason`; returns the object.
 async fn wait_condition(env: &Env, type_: &str, reason: &str) -> IstioCACerts {
-    let api: Api<IstioCACerts> = env.ns.api();
-    eventually(TIMEOUT, || async {
-        let icc = api.get("mesh").await.ok()?;
-        let c = icc.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
-        (c.reason == reason).then_some(icc.clone())
-    })
-    .await
-    .unwrap_or_else(|| panic!("IstioCACerts not {type_}={reason} within {TIMEOUT:?}"))
+    env.wait_condition(type_, reason).await
 }
 
 /// The target Secret. Whenever it is one we wrote, Go's crypto/x509 (istiod's own check) must
@@ -161,16 +114,6 @@ async fn cacerts(env: &Env) -> Option<Secret> {
         );
     }
     Some(secret)
-}
-
-fn data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
-    secret
-        .data
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect()
 }
 
 fn condition_message(icc: &IstioCACerts, type_: &str) -> String {
@@ -208,8 +151,8 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[tokio::test]
 async fn cacerts_is_written_verified_and_tracked_with_metrics() {
-    let mut env = env("icc-write").await;
-    let cr = issue(&mut env, "mesh", None).await;
+    let env = env("icc-write").await;
+    let cr = issue(&env, "mesh", None).await;
     // cert-manager records the renewal time on the Certificate.
     // renewBefore 500h: far from the default third of the lifetime, so the status can only
     // show this renewal time if it was read from the Certificate.
@@ -317,11 +260,11 @@ async fn cacerts_is_written_verified_and_tracked_with_metrics() {
 
 #[tokio::test]
 async fn renewals_keep_root_cert_pem_byte_identical_and_unchanged_content_is_not_rewritten() {
-    let mut env = synced_env("icc-renew").await;
+    let env = synced_env("icc-renew").await;
     let first = data(&cacerts(&env).await.unwrap());
     let mut intermediates = vec![first["ca-cert.pem"].clone()];
     for _ in 0..3 {
-        issue(&mut env, "mesh", None).await;
+        issue(&env, "mesh", None).await;
         let renewed = eventually(TIMEOUT, || async {
             let d = data(&cacerts(&env).await?);
             (!intermediates.contains(&d["ca-cert.pem"])).then_some(d)
@@ -350,8 +293,8 @@ async fn renewals_keep_root_cert_pem_byte_identical_and_unchanged_content_is_not
 
 #[tokio::test]
 async fn a_foreign_cacerts_is_untouched_unless_adoption_is_asked_for() {
-    let mut env = env("icc-foreign").await;
-    issue(&mut env, "mesh", None).await;
+    let env = env("icc-foreign").await;
+    issue(&env, "mesh", None).await;
     let hand_made: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "cacerts"}, "stringData": {"ca-cert.pem": "hand made", "note": "by an operator"}
     }))
@@ -400,8 +343,8 @@ async fn a_foreign_cacerts_is_untouched_unless_adoption_is_asked_for() {
 /// the result is an Opaque `cacerts` with exactly istiod's four keys, which istiod loads.
 #[tokio::test]
 async fn adopting_a_tls_typed_cacerts_replaces_it_with_an_opaque_one() {
-    let mut env = env("icc-adopt-tls").await;
-    issue(&mut env, "mesh", None).await;
+    let env = env("icc-adopt-tls").await;
+    issue(&env, "mesh", None).await;
     let dir = openssl::Workdir::new();
     dir.req_with_new_p256_key(
         "old.key",
@@ -441,11 +384,13 @@ async fn adopting_a_tls_typed_cacerts_replaces_it_with_an_opaque_one() {
 async fn a_refused_cacerts_write_is_retried_until_it_is_allowed() {
     use k8s_openapi::api::core::v1::ServiceAccount;
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-    let mut env = env("icc-rbac").await;
-    issue(&mut env, "mesh", None).await;
+    let env = env("icc-rbac").await;
+    issue(&env, "mesh", None).await;
     // From here on only a restricted controller runs.
     let Env {
-        client, ns, controller, ..
+        mesh: Mesh { client, ns, .. },
+        controller,
+        ..
     } = env;
     drop(controller);
     let rules = |writes: bool| {
@@ -580,8 +525,8 @@ async fn a_refused_cacerts_write_is_retried_until_it_is_allowed() {
 
 #[tokio::test]
 async fn istiods_self_signed_ca_is_never_touched_even_when_adopting() {
-    let mut env = env("icc-istiod").await;
-    issue(&mut env, "mesh", None).await;
+    let env = env("icc-istiod").await;
+    issue(&env, "mesh", None).await;
     let istiod: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "cacerts"},
         "stringData": {"ca-cert.pem": "istiod's own", "ca-key.pem": "k", "root-cert.pem": "r", "istio-generated": ""}
@@ -605,22 +550,11 @@ async fn istiods_self_signed_ca_is_never_touched_even_when_adopting() {
 
 #[tokio::test]
 async fn a_new_root_leaves_cacerts_untouched_with_root_changed() {
-    let mut env = synced_env("icc-root-change").await;
+    let env = synced_env("icc-root-change").await;
     let before = cacerts(&env).await.unwrap();
     // The Certificate moves to an issuer with another root.
-    create_issuer(
-        &env,
-        "other",
-        IssuerSpec {
-            local_ca: Some(LocalCA {
-                secret_name: "other-root".into(),
-                bootstrap: Some(RootBootstrap::default()),
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
-    issue(&mut env, "other", None).await;
+    env.issuer("other", bootstrapped("other-root")).await;
+    issue(&env, "other", None).await;
     let icc = wait_condition(&env, "Ready", "RootChanged").await;
     let message = condition_message(&icc, "Ready");
     assert!(
@@ -860,13 +794,13 @@ async fn a_deleted_objects_metrics_go_with_it() {
 async fn renewal_windows_change_at_their_exact_boundaries_with_one_event_each() {
     // A 30-second intermediate; renewal due 1 s after two thirds (20 s), expiring 5 s before
     // the end (25 s), expired at 30 s. Nothing renews it: the windows must follow each other.
-    let mut env = env_with(
+    let env = env_with(
         "icc-windows",
         &["--expiring-threshold", "5s", "--renewal-grace", "1s"],
         "87600h",
     )
     .await;
-    let cr = issue(&mut env, "mesh", Some("30s")).await;
+    let cr = issue(&env, "mesh", Some("30s")).await;
     create_icc(&env, false).await;
     wait_condition(&env, "Ready", "Synced").await;
     let cert =

@@ -4,98 +4,34 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
-use mesh_ca_issuer::api::cert_manager::CertificateRequest;
-use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
-use mesh_ca_issuer::pki::Certificate;
-use support::cert_manager::{self as cm, IntermediateRequest};
-use support::{ControllerProcess, eventually, http_get};
+use mesh_ca_issuer::api::issuer::MeshCAIssuer;
+use support::cert_manager as cm;
+use support::eventually;
+use support::leader::{LEASE, LeaderPair, RETRY, is_leader, metric, signed_once};
+use support::mesh::bootstrapped;
 
-const LEASE: Duration = Duration::from_secs(4);
-const RETRY: Duration = Duration::from_millis(500);
-
-/// Reads one unlabelled gauge or a labelled counter line from /metrics.
-async fn metric(port: u16, series: &str) -> f64 {
-    let Ok((200, text)) = http_get(port, "/metrics").await else {
-        return -1.0;
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
-async fn is_leader(c: &ControllerProcess) -> bool {
-    metric(c.admin_port, "meshca_leader ").await == 1.0
+/// `<prefix>-0` … `<prefix>-<n-1>`.
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
 #[tokio::test]
 async fn one_leader_writes_and_a_standby_takes_over_when_it_dies() {
     let (_lock, client, ns) = support::namespaced_test("ha").await;
     let logs = tempfile::tempdir().unwrap();
-    let flags = [
-        "--namespace",
-        &ns.name,
-        "--leader-elect=true",
-        "--leader-election-namespace",
-        &ns.name,
-        "--leader-election-lease-duration",
-        "4s",
-        "--leader-election-renew-deadline",
-        "3s",
-        "--leader-election-retry-period",
-        "500ms",
-    ];
-    let kubeconfig = support::kubeconfig();
-    let mut a = ControllerProcess::start_with_env(&kubeconfig, &flags, &[("POD_NAME", "replica-a")], logs.path());
-    let mut b = ControllerProcess::start_with_env(&kubeconfig, &flags, &[("POD_NAME", "replica-b")], logs.path());
-    // Both are ready (caches synced) whether they lead or not.
-    assert!(a.wait_ready(Duration::from_secs(60)).await, "{}", a.log());
-    assert!(b.wait_ready(Duration::from_secs(60)).await, "{}", b.log());
-    let leader_found = eventually(Duration::from_secs(20), || async {
-        match (is_leader(&a).await, is_leader(&b).await) {
-            (true, false) => Some(true),
-            (false, true) => Some(false),
-            _ => None,
-        }
-    })
-    .await
-    .expect("exactly one leader");
-    let (mut leader, standby) = if leader_found { (a, b) } else { (b, a) };
+    let LeaderPair { leader, standby } = LeaderPair::start(&ns.name, logs.path()).await;
+    let (mut leader, standby) = (leader.process, standby.process);
 
     let issuers: Api<MeshCAIssuer> = ns.api();
-    let spec = IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: "root".into(),
-            bootstrap: Some(RootBootstrap::default()),
-        }),
-        ..Default::default()
-    };
     issuers
-        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", spec))
+        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", bootstrapped("root")))
         .await
         .unwrap();
-    for i in 0..5 {
-        cm::request_and_approve(
-            &client,
-            &ns.name,
-            &IntermediateRequest::istiod(&format!("before-{i}"), "mesh"),
-        )
-        .await;
-    }
-    for i in 0..5 {
-        cm::wait_for_reason(
-            &client,
-            &ns.name,
-            &format!("before-{i}"),
-            &["Issued"],
-            Duration::from_secs(30),
-        )
-        .await;
-    }
+    cm::issue_all(&client, &ns.name, "mesh", &names("before", 5), Duration::from_secs(30)).await;
     let issued_metric = "meshca_reconciles_total{controller=\"certificaterequest\",outcome=\"issued\"} ";
     assert_eq!(
         metric(leader.admin_port, issued_metric).await,
@@ -113,13 +49,8 @@ async fn one_leader_writes_and_a_standby_takes_over_when_it_dies() {
     assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
     let killed = Instant::now();
     let _ = leader.child.wait();
-    for i in 0..5 {
-        cm::request_and_approve(
-            &client,
-            &ns.name,
-            &IntermediateRequest::istiod(&format!("after-{i}"), "mesh"),
-        )
-        .await;
+    for name in names("after", 5) {
+        cm::request_and_approve(&client, &ns.name, &cm::IntermediateRequest::istiod(&name, "mesh")).await;
     }
     eventually(Duration::from_secs(20), || async {
         is_leader(&standby).await.then_some(())
@@ -138,38 +69,15 @@ async fn one_leader_writes_and_a_standby_takes_over_when_it_dies() {
         failover.as_secs_f64(),
         LEASE.as_secs()
     );
-    for i in 0..5 {
-        cm::wait_for_reason(
-            &client,
-            &ns.name,
-            &format!("after-{i}"),
-            &["Issued"],
-            Duration::from_secs(30),
-        )
-        .await;
+    for name in names("after", 5) {
+        cm::wait_for_reason(&client, &ns.name, &name, &["Issued"], Duration::from_secs(30)).await;
     }
 
     // No request was signed twice: one Issued event each, ten distinct serials, and the early
     // requests still hold the certificate the first leader gave them.
-    let api: Api<CertificateRequest> = ns.api();
-    let mut serials = HashSet::new();
-    for name in (0..5)
-        .map(|i| format!("before-{i}"))
-        .chain((0..5).map(|i| format!("after-{i}")))
-    {
-        let cr = api.get(&name).await.unwrap();
-        let cert = Certificate::parse_pem_bundle(cr.status.unwrap().certificate.as_deref().unwrap(), "c")
-            .unwrap()
-            .remove(0);
-        serials.insert(cert.serial_hex());
-        let issued_events = support::events_for(&client, &ns.name, &name)
-            .await
-            .into_iter()
-            .filter(|e| e.1 == "Issued")
-            .count();
-        assert_eq!(issued_events, 1, "{name} signed once");
-    }
-    assert_eq!(serials.len(), 10);
+    let all = [names("before", 5), names("after", 5)].concat();
+    let serials = signed_once(&client, &ns.name, &all).await;
+    assert_eq!(serials, 10);
     assert_eq!(
         metric(standby.admin_port, issued_metric).await,
         5.0,
@@ -197,60 +105,16 @@ async fn events_reported_by(client: &kube::Client, namespace: &str, instance: &s
 async fn a_paused_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     let (_lock, client, ns) = support::namespaced_test("ha-stop").await;
     let logs = tempfile::tempdir().unwrap();
-    let flags = [
-        "--namespace",
-        &ns.name,
-        "--leader-elect=true",
-        "--leader-election-namespace",
-        &ns.name,
-        "--leader-election-lease-duration",
-        "4s",
-        "--leader-election-renew-deadline",
-        "3s",
-        "--leader-election-retry-period",
-        "500ms",
-    ];
-    let kubeconfig = support::kubeconfig();
-    let mut a = ControllerProcess::start_with_env(&kubeconfig, &flags, &[("POD_NAME", "replica-a")], logs.path());
-    let mut b = ControllerProcess::start_with_env(&kubeconfig, &flags, &[("POD_NAME", "replica-b")], logs.path());
-    assert!(a.wait_ready(Duration::from_secs(60)).await, "{}", a.log());
-    assert!(b.wait_ready(Duration::from_secs(60)).await, "{}", b.log());
-    let a_leads = eventually(Duration::from_secs(20), || async {
-        match (is_leader(&a).await, is_leader(&b).await) {
-            (true, false) => Some(true),
-            (false, true) => Some(false),
-            _ => None,
-        }
-    })
-    .await
-    .expect("exactly one leader");
-    let ((old, old_name), (new, _)) = if a_leads {
-        ((a, "replica-a"), (b, "replica-b"))
-    } else {
-        ((b, "replica-b"), (a, "replica-a"))
-    };
+    let LeaderPair { leader, standby } = LeaderPair::start(&ns.name, logs.path()).await;
+    let (old, old_name, new) = (leader.process, leader.name, standby.process);
 
     let issuers: Api<MeshCAIssuer> = ns.api();
-    let spec = IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: "root".into(),
-            bootstrap: Some(RootBootstrap::default()),
-        }),
-        ..Default::default()
-    };
     issuers
-        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", spec))
+        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", bootstrapped("root")))
         .await
         .unwrap();
-    fn names(prefix: &'static str) -> impl Iterator<Item = String> {
-        (0..3).map(move |i| format!("{prefix}-{i}"))
-    }
-    for name in names("before") {
-        cm::request_and_approve(&client, &ns.name, &IntermediateRequest::istiod(&name, "mesh")).await;
-    }
-    for name in names("before") {
-        cm::wait_for_reason(&client, &ns.name, &name, &["Issued"], Duration::from_secs(30)).await;
-    }
+    let names = |prefix: &str| names(prefix, 3);
+    cm::issue_all(&client, &ns.name, "mesh", &names("before"), Duration::from_secs(30)).await;
     // Quiet now: every request issued, the issuer checked. What the old leader has sent so far:
     let sent = "meshca_api_writes_total{outcome=\"sent\"} ";
     let refused = "meshca_api_writes_total{outcome=\"refused_not_leader\"} ";
@@ -263,7 +127,7 @@ async fn a_paused_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     let stopped = Instant::now();
     for name in names("during") {
-        cm::request_and_approve(&client, &ns.name, &IntermediateRequest::istiod(&name, "mesh")).await;
+        cm::request_and_approve(&client, &ns.name, &cm::IntermediateRequest::istiod(&name, "mesh")).await;
     }
     eventually(Duration::from_secs(20), || async {
         is_leader(&new).await.then_some(())
@@ -286,12 +150,7 @@ async fn a_paused_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     })
     .await
     .expect("the resumed replica reports that it does not lead");
-    for name in names("after") {
-        cm::request_and_approve(&client, &ns.name, &IntermediateRequest::istiod(&name, "mesh")).await;
-    }
-    for name in names("after") {
-        cm::wait_for_reason(&client, &ns.name, &name, &["Issued"], Duration::from_secs(30)).await;
-    }
+    cm::issue_all(&client, &ns.name, "mesh", &names("after"), Duration::from_secs(30)).await;
     // Proof that the resumed replica looked at the new work (a signal, not a sleep): it
     // reconciled the "during" and "after" requests as a standby.
     eventually(Duration::from_secs(20), || async {
@@ -320,22 +179,8 @@ async fn a_paused_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     );
 
     // Nothing signed twice: one Issued event each, nine distinct serials.
-    let api: Api<CertificateRequest> = ns.api();
-    let mut serials = HashSet::new();
-    for name in names("before").chain(names("during")).chain(names("after")) {
-        let cr = api.get(&name).await.unwrap();
-        let cert = Certificate::parse_pem_bundle(cr.status.unwrap().certificate.as_deref().unwrap(), "c")
-            .unwrap()
-            .remove(0);
-        serials.insert(cert.serial_hex());
-        let issued_events = support::events_for(&client, &ns.name, &name)
-            .await
-            .into_iter()
-            .filter(|e| e.1 == "Issued")
-            .count();
-        assert_eq!(issued_events, 1, "{name} signed once");
-    }
-    assert_eq!(serials.len(), 9);
+    let all = [names("before"), names("during"), names("after")].concat();
+    assert_eq!(signed_once(&client, &ns.name, &all).await, 9);
     drop(new);
     drop(old);
 }

@@ -567,22 +567,6 @@ fn every_alert_fires_and_stays_silent_as_promtool_evaluates_it_on_scraped_series
 
 // === the dashboard ===
 
-/// The vector selectors (metric name and matchers) of a PromQL expression.
-struct Selectors(Vec<promql_parser::parser::VectorSelector>);
-
-impl promql_parser::util::ExprVisitor for Selectors {
-    type Error = std::convert::Infallible;
-    fn pre_visit(&mut self, expr: &promql_parser::parser::Expr) -> Result<bool, Self::Error> {
-        use promql_parser::parser::Expr;
-        match expr {
-            Expr::VectorSelector(vs) => self.0.push(vs.clone()),
-            Expr::MatrixSelector(ms) => self.0.push(ms.vs.clone()),
-            _ => {}
-        }
-        Ok(true)
-    }
-}
-
 /// The label names an expression groups by (`by (...)`) anywhere in it.
 struct Groupings(BTreeSet<String>);
 
@@ -625,11 +609,10 @@ fn every_dashboard_query_names_only_scraped_metrics_and_labels() {
             // Grafana replaces its interval variable before Prometheus sees the query.
             let expr = target["expr"].as_str().unwrap().replace("$__rate_interval", "5m");
             let ast = promql_parser::parser::parse(&expr).unwrap_or_else(|e| panic!("{title}: {expr}: {e}"));
-            let mut selectors = Selectors(Vec::new());
-            promql_parser::util::walk_expr(&mut selectors, &ast).unwrap();
-            assert!(!selectors.0.is_empty(), "{title}: no metric in {expr}");
+            let selectors = support::promql::selectors(&ast);
+            assert!(!selectors.is_empty(), "{title}: no metric in {expr}");
             let mut labels_here = BTreeSet::new();
-            for vs in selectors.0 {
+            for vs in selectors {
                 let metric = vs.name.clone().unwrap_or_default();
                 let labels = families
                     .get(&metric)

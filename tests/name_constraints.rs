@@ -232,7 +232,7 @@ fn sign_locally(uris: &[&str], nc: NameConstraintsPolicy) -> Intermediate {
         max_validity: None,
     };
     let mut plan = policy::plan(&csr, &facts, &issuance, &lifetime, now).unwrap();
-    plan.name_constraints = name_constraints::decide(&csr, &plan, &issuance, OWN).unwrap();
+    plan.name_constraints = name_constraints::decide(&csr, plan.ca_path_len.is_some(), &issuance, OWN).unwrap();
     let certificate = sign_csr(
         &csr,
         &plan,

@@ -17,7 +17,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
 use mesh_ca_issuer::api::issuer::{AwsCredentialsSecretRef, AwsPCA, IssuerSpec, MeshCAIssuer};
 use support::RunningController;
-use support::cert_manager::{self as cm, IntermediateRequest};
+use support::cert_manager as cm;
 use support::pca::{ACCESS_KEY_ID, PcaFixture, SECRET_ACCESS_KEY};
 
 const BUDGET_ANNOTATION: &str = "meshca.io/first-transient-failure";
@@ -71,9 +71,8 @@ async fn a_request_that_waited_longer_than_the_budget_still_rides_out_throttling
     let (seen, watch) = record_every_state(requests.clone(), "istiod");
 
     // The request waits 20 s for an issuer that does not exist yet: twice the whole budget.
-    cm::request_and_approve(&client, &ns.name, &IntermediateRequest::istiod("istiod", "pca")).await;
-    let waiting = cm::wait_for_reason(&client, &ns.name, "istiod", &["Pending"], Duration::from_secs(30)).await;
-    let message = waiting.condition("Ready").unwrap().message.clone().unwrap();
+    let waiting = cm::pending(&client, &ns.name, "istiod", "pca", Duration::from_secs(30)).await;
+    let message = cm::ready_message(&waiting);
     assert!(message.contains("does not exist"), "{message}");
     tokio::time::sleep(Duration::from_secs(20)).await;
 

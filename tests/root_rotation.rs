@@ -7,134 +7,42 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
-use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use mesh_ca_issuer::api::issuer::{IssuancePolicy, RootBootstrap};
 use mesh_ca_issuer::api::istio_cacerts::{
     IstioCACerts, IstioCACertsSpec, PublishRoot, RootRotation, RotationMode, RotationPhase,
 };
 use mesh_ca_issuer::pki::Certificate;
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::openssl::{Workdir, workload_certificate};
-use support::{ControllerProcess, TestNamespace, eventually, goverify};
+use support::mesh::{
+    Mesh, SOURCE, TwoClusters, condition, contains, data, go_verifies, kubeconfig_of, meshca, openssl_verifies,
+};
+use support::{ControllerProcess, eventually, goverify};
 
 const TIMEOUT: Duration = Duration::from_secs(40);
-const SOURCE: &str = "istiod-intermediate";
 const PUBLISHED: &str = "istio-ca-root-published";
 const TRUST: Duration = Duration::from_secs(6);
 const DRAIN: Duration = Duration::from_secs(8);
 
-/// One mesh in one control plane: its namespace, the cert-manager stand-in's revisions.
-struct Mesh {
-    client: Client,
-    ns: TestNamespace,
-    revision: u32,
-}
-
+/// What a rotation test does with a mesh.
 impl Mesh {
     /// A MeshCAIssuer `name` with its own bootstrapped root in Secret `<name>-root`.
-    async fn issuer(&self, name: &str, root_duration: &str) {
-        let api: Api<MeshCAIssuer> = self.ns.api();
-        let spec = IssuerSpec {
-            local_ca: Some(LocalCA {
-                secret_name: format!("{name}-root"),
-                bootstrap: Some(RootBootstrap {
-                    duration: root_duration.into(),
-                    ..Default::default()
-                }),
-            }),
-            policy: IssuancePolicy {
-                max_duration: "8760h".into(),
-                ..Default::default()
-            },
+    async fn root_issuer(&self, name: &str, root_duration: &str) {
+        let policy = IssuancePolicy {
+            max_duration: "8760h".into(),
             ..Default::default()
         };
-        api.create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
-            .await
-            .unwrap();
-        eventually(TIMEOUT, || async {
-            let s = api.get(name).await.ok()?.status?;
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
-        })
-        .await
-        .expect("issuer Ready");
-    }
-
-    /// cert-manager (stand-in) issues istiod's intermediate from `issuer` into the source.
-    async fn issue(&mut self, issuer: &str) {
-        self.revision += 1;
-        let req = IntermediateRequest {
-            certificate: Some(SOURCE.to_string()),
-            ..IntermediateRequest::istiod(&format!("{SOURCE}-{}", self.revision), issuer)
-        };
-        let key = cm::request_and_approve(&self.client, &self.ns.name, &req).await;
-        let cr = cm::wait_for_reason(&self.client, &self.ns.name, &req.name, &["Issued"], TIMEOUT).await;
-        cm::write_certificate_secret(&self.client, &self.ns.name, SOURCE, &cr, &key).await;
-    }
-
-    async fn create_icc(&self, rotation: RootRotation) {
-        let api: Api<IstioCACerts> = self.ns.api();
-        let spec = IstioCACertsSpec {
-            source_secret_name: SOURCE.into(),
-            publish_root: Some(PublishRoot {
-                config_map_name: PUBLISHED.into(),
-                key: "root-cert.pem".into(),
-            }),
-            root_rotation: Some(rotation),
-            ..Default::default()
-        };
-        api.create(&PostParams::default(), &IstioCACerts::new("mesh", spec))
-            .await
-            .unwrap();
-    }
-
-    async fn icc(&self) -> IstioCACerts {
-        self.ns.api::<IstioCACerts>().get("mesh").await.unwrap()
-    }
-
-    async fn patch_icc(&self, patch: serde_json::Value) {
-        self.ns
-            .api::<IstioCACerts>()
-            .patch("mesh", &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .unwrap();
-    }
-
-    /// Waits until `check` holds for the IstioCACerts; returns it.
-    async fn wait_icc(&self, what: &str, check: impl Fn(&IstioCACerts) -> bool) -> IstioCACerts {
-        let api: Api<IstioCACerts> = self.ns.api();
-        let check = &check;
-        eventually(TIMEOUT, || {
-            let api = api.clone();
-            async move { api.get("mesh").await.ok().filter(check) }
-        })
-        .await
-        .unwrap_or_else(|| panic!("IstioCACerts never got to {what} within {TIMEOUT:?}"))
+        self.local_issuer(name, &format!("{name}-root"), root_duration, policy)
+            .await;
     }
 
     async fn wait_phase(&self, phase: RotationPhase) -> IstioCACerts {
         self.wait_icc(phase.as_str(), |icc| phase_of(icc) == Some(phase)).await
-    }
-
-    async fn wait_condition(&self, type_: &str, reason: &str) -> IstioCACerts {
-        self.wait_icc(&format!("{type_}={reason}"), |icc| {
-            condition(icc, type_).is_some_and(|c| c.reason == reason)
-        })
-        .await
-    }
-
-    async fn cacerts(&self) -> Secret {
-        self.ns.api::<Secret>().get("cacerts").await.unwrap()
     }
 
     async fn published(&self) -> Vec<Certificate> {
@@ -151,39 +59,34 @@ impl Mesh {
     }
 }
 
-fn rotation(mode: RotationMode) -> RootRotation {
-    RootRotation {
-        multi_root_mesh_enabled: true,
-        trust_propagation_delay: format!("{}s", TRUST.as_secs()),
-        workload_drain_delay: format!("{}s", DRAIN.as_secs()),
-        mode,
-        paused: false,
+/// A mesh `mesh` in `ns`, waiting as long as rotations take.
+fn mesh_in(client: &kube::Client, ns: support::TestNamespace) -> Mesh {
+    let mut mesh = Mesh::new(client.clone(), ns, "mesh");
+    mesh.timeout = TIMEOUT;
+    mesh
+}
+
+/// The IstioCACerts of a rotation test: publishing its root, rotating with short delays.
+fn rotating(mode: RotationMode) -> IstioCACertsSpec {
+    IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        publish_root: Some(PublishRoot {
+            config_map_name: PUBLISHED.into(),
+            key: "root-cert.pem".into(),
+        }),
+        root_rotation: Some(RootRotation {
+            multi_root_mesh_enabled: true,
+            trust_propagation_delay: format!("{}s", TRUST.as_secs()),
+            workload_drain_delay: format!("{}s", DRAIN.as_secs()),
+            mode,
+            paused: false,
+        }),
+        ..Default::default()
     }
 }
 
 fn phase_of(icc: &IstioCACerts) -> Option<RotationPhase> {
     Some(icc.status.as_ref()?.root_rotation.as_ref()?.phase)
-}
-
-fn condition<'a>(
-    icc: &'a IstioCACerts,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    icc.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
-}
-
-fn data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
-    secret
-        .data
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect()
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A controller process watching only `namespace`, optionally stopping dead at a failpoint.
@@ -206,74 +109,8 @@ async fn wait_failpoint(c: &ControllerProcess, name: &str) {
         .unwrap_or_else(|| panic!("failpoint {name} never reached: {}", c.log()));
 }
 
-/// One version of `cacerts`: resourceVersion, when the watch saw it, its data.
-type Version = (String, Instant, BTreeMap<String, Vec<u8>>);
-
-/// Every version of `cacerts` the API server ever held, as a watch saw them, with when.
-#[derive(Clone, Default)]
-struct Recorder {
-    versions: Arc<Mutex<Vec<Version>>>,
-}
-
-impl Recorder {
-    fn watch(api: Api<Secret>) -> (Self, tokio::task::JoinHandle<()>) {
-        let recorder = Self::default();
-        let seen = recorder.clone();
-        let task = tokio::spawn(async move {
-            let config = watcher::Config::default().fields("metadata.name=cacerts");
-            let mut stream = watcher::watcher(api, config).boxed();
-            while let Some(event) = stream.next().await {
-                let secret = match event {
-                    Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => s,
-                    _ => continue,
-                };
-                let version = secret.resource_version().unwrap_or_default();
-                let mut versions = seen.versions.lock().unwrap();
-                if versions.last().is_none_or(|(v, _, _)| *v != version) {
-                    versions.push((version, Instant::now(), data(&secret)));
-                }
-            }
-        });
-        (recorder, task)
-    }
-
-    fn versions(&self) -> Vec<Version> {
-        self.versions.lock().unwrap().clone()
-    }
-}
-
-/// openssl's verdict on a workload certificate (first block; the rest untrusted) against
-/// every root in `roots`.
-fn openssl_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
-    let end = "-----END CERTIFICATE-----\n";
-    let split = leaf_and_chain.find(end).map(|i| i + end.len()).expect("a PEM leaf");
-    let dir = Workdir::new();
-    dir.write("leaf.pem", &leaf_and_chain[..split])
-        .write("untrusted.pem", &leaf_and_chain[split..])
-        .write("roots.pem", roots);
-    let (ok, said) = dir.try_run(&[
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        "roots.pem",
-        "-untrusted",
-        "untrusted.pem",
-        "leaf.pem",
-    ]);
-    ok && said.contains("leaf.pem: OK")
-}
-
-fn go_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
-    goverify::workload_verifies(leaf_and_chain.as_bytes(), b"", roots).is_ok()
-}
-
 fn workload(data: &BTreeMap<String, Vec<u8>>) -> String {
-    workload_certificate(
-        &data["ca-cert.pem"],
-        &data["ca-key.pem"],
-        &data["cert-chain.pem"],
-        "spiffe://cluster.local/ns/default/sa/x",
-    )
+    support::mesh::workload(data, "spiffe://cluster.local/ns/default/sa/x")
 }
 
 fn signing_root(data: &BTreeMap<String, Vec<u8>>, roots: &[&Certificate]) -> Certificate {
@@ -298,19 +135,15 @@ async fn one_cluster_rotates_through_every_phase_across_crashes_and_restarts() {
     let (_lock, client, ns) = support::namespaced_test("rotation-one").await;
     let logs = tempfile::tempdir().unwrap();
     let namespace = ns.name.clone();
-    let mut mesh = Mesh {
-        client: client.clone(),
-        ns,
-        revision: 0,
-    };
+    let mesh = mesh_in(&client, ns);
     let mut running = controller(&namespace, None, logs.path()).await;
-    mesh.issuer("old", "87600h").await;
-    mesh.issuer("new", "175200h").await;
+    mesh.root_issuer("old", "87600h").await;
+    mesh.root_issuer("new", "175200h").await;
     mesh.issue("old").await;
-    mesh.create_icc(rotation(RotationMode::Automatic)).await;
+    mesh.create_icc(rotating(RotationMode::Automatic)).await;
     mesh.wait_condition("Ready", "Synced").await;
     let (old_root, new_root) = (mesh.root_of("old").await, mesh.root_of("new").await);
-    let (recorder, watch) = Recorder::watch(mesh.ns.api());
+    let recorder = mesh.record_cacerts();
     let started = Instant::now();
     let mut restarts = 0;
 
@@ -366,7 +199,7 @@ async fn one_cluster_rotates_through_every_phase_across_crashes_and_restarts() {
     );
 
     // A restart after completion looks (its reconcile counter moves) and writes nothing.
-    let before = mesh.cacerts().await.resource_version();
+    let before = mesh.cacerts_secret().await.resource_version();
     drop(running);
     restarts += 1;
     running = controller(&namespace, None, logs.path()).await;
@@ -378,7 +211,7 @@ async fn one_cluster_rotates_through_every_phase_across_crashes_and_restarts() {
     })
     .await
     .expect("the restarted controller reconciled");
-    assert_eq!(mesh.cacerts().await.resource_version(), before);
+    assert_eq!(mesh.cacerts_secret().await.resource_version(), before);
     for phase in RotationPhase::ALL {
         let line = format!(
             "meshca_root_rotation_phase{{namespace=\"{namespace}\",name=\"mesh\",phase=\"{}\"}} {}",
@@ -396,7 +229,7 @@ async fn one_cluster_rotates_through_every_phase_across_crashes_and_restarts() {
         support::wait_for_event(&client, &namespace, "IstioCACerts/mesh", reason).await;
     }
     drop(running);
-    watch.abort();
+    recorder.stop();
 
     // === every cacerts the API server held ===
     let versions = recorder.versions();
@@ -475,19 +308,15 @@ async fn bad_input_holds_the_rotation_with_a_clear_condition() {
     let (_lock, client, ns) = support::namespaced_test("rotation-bad").await;
     let logs = tempfile::tempdir().unwrap();
     let namespace = ns.name.clone();
-    let mut mesh = Mesh {
-        client: client.clone(),
-        ns,
-        revision: 0,
-    };
+    let mesh = mesh_in(&client, ns);
     let _running = controller(&namespace, None, logs.path()).await;
-    mesh.issuer("old", "87600h").await;
-    mesh.issuer("short", "8760h").await;
-    mesh.issuer("new", "175200h").await;
+    mesh.root_issuer("old", "87600h").await;
+    mesh.root_issuer("short", "8760h").await;
+    mesh.root_issuer("new", "175200h").await;
     mesh.issue("old").await;
-    mesh.create_icc(rotation(RotationMode::Automatic)).await;
+    mesh.create_icc(rotating(RotationMode::Automatic)).await;
     mesh.wait_condition("Ready", "Synced").await;
-    let synced = mesh.cacerts().await;
+    let synced = mesh.cacerts_secret().await;
 
     // A new root that expires before the old one is refused.
     mesh.issue("short").await;
@@ -543,7 +372,10 @@ async fn bad_input_holds_the_rotation_with_a_clear_condition() {
         })
         .await;
     assert_eq!(phase_of(&icc), None);
-    assert_eq!(mesh.cacerts().await.resource_version(), synced.resource_version());
+    assert_eq!(
+        mesh.cacerts_secret().await.resource_version(),
+        synced.resource_version()
+    );
 
     // multiRootMeshEnabled: false refuses the new root and says what to set.
     mesh.patch_icc(serde_json::json!({"spec": {"rootRotation": {"multiRootMeshEnabled": false}}}))
@@ -556,7 +388,10 @@ async fn bad_input_holds_the_rotation_with_a_clear_condition() {
         "{message}"
     );
     assert_eq!(phase_of(&icc), None);
-    assert_eq!(mesh.cacerts().await.resource_version(), synced.resource_version());
+    assert_eq!(
+        mesh.cacerts_secret().await.resource_version(),
+        synced.resource_version()
+    );
 
     // Confirmed, the good new root starts the rotation; then a pause holds it through its delay.
     mesh.patch_icc(serde_json::json!({"spec": {"rootRotation": {"multiRootMeshEnabled": true}}}))
@@ -571,7 +406,7 @@ async fn bad_input_holds_the_rotation_with_a_clear_condition() {
         .unwrap()
         .parse()
         .unwrap();
-    let adding = mesh.cacerts().await;
+    let adding = mesh.cacerts_secret().await;
     mesh.patch_icc(serde_json::json!({"spec": {"rootRotation": {"paused": true}}}))
         .await;
     mesh.wait_condition("RootRotation", "Paused").await;
@@ -595,95 +430,31 @@ async fn bad_input_holds_the_rotation_with_a_clear_condition() {
         .await;
     assert_eq!(phase_of(&icc), Some(RotationPhase::AddingNewRoot));
     assert_eq!(condition(&icc, "RootRotation").unwrap().reason, "Paused");
-    assert_eq!(mesh.cacerts().await.resource_version(), adding.resource_version());
+    assert_eq!(
+        mesh.cacerts_secret().await.resource_version(),
+        adding.resource_version()
+    );
 
     // Lifting the pause lets the delay that has passed take effect.
     mesh.patch_icc(serde_json::json!({"spec": {"rootRotation": {"paused": false}}}))
         .await;
     mesh.wait_phase(RotationPhase::SwitchingIntermediate).await;
-    assert_ne!(mesh.cacerts().await.resource_version(), adding.resource_version());
-}
-
-/// One cluster of a fleet sharing one root: its control plane, namespace and controller.
-struct FleetMember {
-    kubeconfig: std::path::PathBuf,
-    context: String,
-    mesh: Mesh,
-    _controller: ControllerProcess,
-}
-
-fn context_of(kubeconfig: &Path) -> String {
-    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
-    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
-    config["current-context"].as_str().expect("current-context").to_string()
-}
-
-impl FleetMember {
-    async fn start(kubeconfig: std::path::PathBuf, namespace: &str, logs: &Path) -> Self {
-        let client = support::client_for_kubeconfig(&kubeconfig).await;
-        support::install_crds(&client).await;
-        let ns = TestNamespace::create_named(&client, namespace, &kubeconfig).await;
-        let mut controller = ControllerProcess::start_with_kubeconfig(&kubeconfig, &["--namespace", namespace], logs);
-        assert!(
-            controller.wait_ready(Duration::from_secs(60)).await,
-            "controller ready: {}",
-            controller.log()
-        );
-        Self {
-            context: context_of(&kubeconfig),
-            kubeconfig,
-            mesh: Mesh {
-                client,
-                ns,
-                revision: 0,
-            },
-            _controller: controller,
-        }
-    }
-
-    /// Copies root Secret `name` from `from`, as a platform team distributes one shared root.
-    async fn copy_root(&self, from: &FleetMember, name: &str) {
-        let root: Secret = from.mesh.ns.api().get(name).await.unwrap();
-        let copy = serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name, "namespace": self.mesh.ns.name},
-            "type": root.type_,
-            "data": root.data,
-        });
-        self.mesh
-            .ns
-            .api::<Secret>()
-            .patch(name, &PatchParams::apply(support::TEST_MANAGER), &Patch::Apply(&copy))
-            .await
-            .unwrap();
-    }
+    assert_ne!(
+        mesh.cacerts_secret().await.resource_version(),
+        adding.resource_version()
+    );
 }
 
 /// Some(()) once the member's current phase is past its delay.
-async fn ready(m: &FleetMember) -> Option<()> {
-    let next: Timestamp = m.mesh.icc().await.status?.root_rotation?.next_phase_at?.parse().ok()?;
+async fn ready(m: &Mesh) -> Option<()> {
+    let next: Timestamp = m.icc().await.status?.root_rotation?.next_phase_at?.parse().ok()?;
     (Timestamp::now() >= next).then_some(())
-}
-
-/// Runs `meshca` with `kubeconfig` (both clusters' files, colon-separated, as a user would).
-fn meshca(kubeconfig: &std::ffi::OsStr, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .expect("meshca runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), said)
 }
 
 /// Each cluster's freshly made workload certificate against the other's `root-cert.pem`, with
 /// openssl and Go; panics on any failure. Returns the number of verdicts.
-async fn cross_verify(a: &FleetMember, b: &FleetMember, step: &str) -> usize {
-    let (da, db) = (data(&a.mesh.cacerts().await), data(&b.mesh.cacerts().await));
+async fn cross_verify(a: &Mesh, b: &Mesh, step: &str) -> usize {
+    let (da, db) = (a.cacerts().await, b.cacerts().await);
     let mut verdicts = 0;
     for (from, leaf_data, to, roots) in [("A", &da, "B", &db), ("B", &db, "A", &da)] {
         let leaf = workload(leaf_data);
@@ -701,29 +472,31 @@ async fn cross_verify(a: &FleetMember, b: &FleetMember, step: &str) -> usize {
     verdicts
 }
 
-async fn phases(a: &FleetMember, b: &FleetMember) -> (Option<RotationPhase>, Option<RotationPhase>) {
-    (phase_of(&a.mesh.icc().await), phase_of(&b.mesh.icc().await))
+async fn phases(a: &Mesh, b: &Mesh) -> (Option<RotationPhase>, Option<RotationPhase>) {
+    (phase_of(&a.icc().await), phase_of(&b.icc().await))
 }
 
 #[tokio::test]
 async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_advance() {
-    let _lock = support::ScopeLock::shared().await;
-    let namespace = format!("rotation-fleet-{}", support::unique_suffix());
-    let logs = tempfile::tempdir().unwrap();
-    let mut a = FleetMember::start(support::kubeconfig(), &namespace, logs.path()).await;
-    let mut b = FleetMember::start(support::kubeconfig_b(), &namespace, logs.path()).await;
+    let TwoClusters {
+        mut a,
+        mut b,
+        lock: _lock,
+    } = TwoClusters::start("rotation-fleet", "mesh").await;
+    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    let namespace = a.ns.name.clone();
     assert_ne!(a.context, b.context);
     // One old and one new root, shared: bootstrapped in A, copied to B.
-    a.mesh.issuer("old", "87600h").await;
-    a.mesh.issuer("new", "175200h").await;
-    b.copy_root(&a, "old-root").await;
-    b.copy_root(&a, "new-root").await;
-    b.mesh.issuer("old", "87600h").await;
-    b.mesh.issuer("new", "175200h").await;
-    for m in [&mut a, &mut b] {
-        m.mesh.issue("old").await;
-        m.mesh.create_icc(rotation(RotationMode::Manual)).await;
-        m.mesh.wait_condition("Ready", "Synced").await;
+    a.root_issuer("old", "87600h").await;
+    a.root_issuer("new", "175200h").await;
+    b.copy_secret(&a, "old-root").await;
+    b.copy_secret(&a, "new-root").await;
+    b.root_issuer("old", "87600h").await;
+    b.root_issuer("new", "175200h").await;
+    for m in [&a, &b] {
+        m.issue("old").await;
+        m.create_icc(rotating(RotationMode::Manual)).await;
+        m.wait_condition("Ready", "Synced").await;
     }
     let fleet = |verb: &'static str| -> Vec<String> {
         let mut v: Vec<String> = vec!["rotation".into(), verb.into()];
@@ -733,17 +506,18 @@ async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_a
         v.extend(["--namespace".into(), namespace.clone(), "--name".into(), "mesh".into()]);
         v
     };
-    let kubeconfig = std::env::join_paths([&a.kubeconfig, &b.kubeconfig]).expect("KUBECONFIG");
+    let kubeconfig = kubeconfig_of(&a, &b);
     let run = |args: Vec<String>| {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        meshca(&kubeconfig, &refs)
+        let (code, said, _) = meshca(&kubeconfig, &refs);
+        (code, said)
     };
     let mut verdicts = cross_verify(&a, &b, "before").await;
     let mut steps = vec!["before".to_string()];
 
     // A's source moves to the new root first: A starts alone (adding a root is always safe).
-    a.mesh.issue("new").await;
-    a.mesh.wait_phase(RotationPhase::AddingNewRoot).await;
+    a.issue("new").await;
+    a.wait_phase(RotationPhase::AddingNewRoot).await;
     verdicts += cross_verify(&a, &b, "A adding the new root").await;
     steps.push("A AddingNewRoot, B not rotating".into());
     let (code, said) = run(fleet("advance"));
@@ -761,8 +535,8 @@ async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_a
         "nothing written"
     );
 
-    b.mesh.issue("new").await;
-    let icc_b = b.mesh.wait_phase(RotationPhase::AddingNewRoot).await;
+    b.issue("new").await;
+    let icc_b = b.wait_phase(RotationPhase::AddingNewRoot).await;
     verdicts += cross_verify(&a, &b, "both adding the new root").await;
     steps.push("both AddingNewRoot".into());
     // B's delay is still running: refused, naming B.
@@ -803,8 +577,8 @@ async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_a
     );
     let (code, said) = run([fleet("advance"), vec!["--to".into(), "SwitchingIntermediate".into()]].concat());
     assert_eq!(code, 0, "{said}");
-    a.mesh.wait_phase(RotationPhase::SwitchingIntermediate).await;
-    b.mesh.wait_phase(RotationPhase::SwitchingIntermediate).await;
+    a.wait_phase(RotationPhase::SwitchingIntermediate).await;
+    b.wait_phase(RotationPhase::SwitchingIntermediate).await;
     verdicts += cross_verify(&a, &b, "both switched").await;
     steps.push("both SwitchingIntermediate".into());
     // A stale repeat of the same step is refused by the CLI (delay running) and, if set by
@@ -820,12 +594,12 @@ async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_a
     .expect("drains end");
     let (code, said) = run([fleet("advance"), vec!["--to".into(), "RemovingOldRoot".into()]].concat());
     assert_eq!(code, 0, "{said}");
-    a.mesh.wait_phase(RotationPhase::Completed).await;
-    b.mesh.wait_phase(RotationPhase::Completed).await;
+    a.wait_phase(RotationPhase::Completed).await;
+    b.wait_phase(RotationPhase::Completed).await;
     verdicts += cross_verify(&a, &b, "both completed").await;
     steps.push("both Completed".into());
-    let (da, db) = (data(&a.mesh.cacerts().await), data(&b.mesh.cacerts().await));
-    let new_root = a.mesh.root_of("new").await;
+    let (da, db) = (a.cacerts().await, b.cacerts().await);
+    let new_root = a.root_of("new").await;
     assert_eq!(da["root-cert.pem"], new_root.to_pem().into_bytes());
     assert_eq!(db["root-cert.pem"], da["root-cert.pem"]);
     eprintln!("fleet rotation: {verdicts} cross-cluster verdicts, all passing, at steps {steps:?}");

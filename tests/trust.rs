@@ -449,16 +449,8 @@ async fn a_weak_signing_ca_key_makes_the_issuer_not_ready_and_says_why() {
         "{message}"
     );
     // Requests wait on the issuer; nothing is signed with the weak key.
-    cm::request_and_approve(&client, &ns.name, &IntermediateRequest::istiod("waits", "weak")).await;
-    let cr = cm::wait_for_reason(&client, &ns.name, "waits", &["Pending"], TIMEOUT).await;
-    assert!(
-        cr.condition("Ready")
-            .unwrap()
-            .message
-            .clone()
-            .unwrap()
-            .contains("WeakCAKey")
-    );
+    let cr = cm::pending(&client, &ns.name, "waits", "weak", TIMEOUT).await;
+    assert!(cm::ready_message(&cr).contains("WeakCAKey"));
     assert!(cr.status.unwrap().certificate.is_none());
 }
 
@@ -501,21 +493,8 @@ async fn a_namespaced_issuer_without_credentials_may_not_use_the_controllers_env
             "{name}: {message}"
         );
     }
-    cm::request_and_approve(
-        &env.client,
-        &env.ns.name,
-        &IntermediateRequest::istiod("waits", "ambient"),
-    )
-    .await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, "waits", &["Pending"], TIMEOUT).await;
-    assert!(
-        cr.condition("Ready")
-            .unwrap()
-            .message
-            .clone()
-            .unwrap()
-            .contains("AmbientCredentialsDisabled")
-    );
+    let cr = cm::pending(&env.client, &env.ns.name, "waits", "ambient", TIMEOUT).await;
+    assert!(cm::ready_message(&cr).contains("AmbientCredentialsDisabled"));
     assert!(cr.status.unwrap().certificate.is_none());
     // Not one call reached PCA or STS with the controller's identity.
     let stats = env.pca.stats().await;
@@ -651,15 +630,9 @@ async fn an_unknown_client_error_is_retried_until_the_retry_deadline_then_failed
     create_issuer(&env, "pca", pca_spec(&env.pca, &env.ca_arn)).await;
     support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), "pca", "True", TIMEOUT).await;
     env.pca.inject("IssueCertificate", "unknown_client_error", 100).await;
-    cm::request_and_approve(
-        &env.client,
-        &env.ns.name,
-        &IntermediateRequest::istiod("unknown", "pca"),
-    )
-    .await;
     // First retried (Pending, no failureTime)...
-    let pending = cm::wait_for_reason(&env.client, &env.ns.name, "unknown", &["Pending"], TIMEOUT).await;
-    let message = pending.condition("Ready").unwrap().message.clone().unwrap();
+    let pending = cm::pending(&env.client, &env.ns.name, "unknown", "pca", TIMEOUT).await;
+    let message = cm::ready_message(&pending);
     assert!(message.contains("SomeNewClientException"), "{message}");
     assert!(pending.status.unwrap().failure_time.is_none());
     // ...then Failed at the deadline, never left waiting.

@@ -184,6 +184,16 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// How this outcome bears on the retry budget: only a transient failure spends it.
+    pub fn attempt(&self) -> retry::Attempt {
+        match self {
+            Outcome::Transient { .. } => retry::Attempt::Transient,
+            _ => retry::Attempt::Other,
+        }
+    }
+}
+
 /// The status write and event an outcome calls for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StatusChange {
@@ -537,33 +547,10 @@ async fn sign(
         Ok(signer) => signer,
         Err(e) => return classify(e, &scope.display, ctx.retries.next_delay(&uid)),
     };
-    let facts = RequestFacts {
-        is_ca: cr.spec.is_ca,
-        duration: cr.spec.duration.as_deref(),
-    };
-    let effective_policy = policy::with_defaults(&spec.policy, &ctx.config.trust_domain);
-    let mut plan = match policy::plan(&csr, &facts, &effective_policy, &signer.ca().lifetime, now) {
+    let plan = match signing_plan(ctx, cr, &csr, spec, scope, &signer.ca().lifetime, now) {
         Ok(plan) => plan,
-        Err(violation @ policy::PolicyViolation::CaNotValid { .. }) => {
-            return Outcome::Waiting {
-                message: format!("Waiting for {}, whose CA cannot sign now: {violation}", scope.display),
-                retry_after: Duration::from_secs(60),
-            };
-        }
-        Err(violation) => {
-            return Outcome::Failed {
-                message: format!("Refused by {}'s policy: {violation}", scope.display),
-            };
-        }
+        Err(outcome) => return outcome,
     };
-    match name_constraints::decide(&csr, &plan, &effective_policy, default_trust_domain(ctx)) {
-        Ok(constraints) => plan.name_constraints = constraints,
-        Err(violation) => {
-            return Outcome::Failed {
-                message: format!("Refused by {}'s policy: {violation}", scope.display),
-            };
-        }
-    }
     let started = std::time::Instant::now();
     // A backend-side id from an earlier attempt (a PCA certificate ARN): fetch, never re-issue.
     let known_ref = cr.annotations().get(aws_pca::CERTIFICATE_ARN_ANNOTATION).cloned();
@@ -602,46 +589,103 @@ async fn sign(
     match result {
         Ok(SignOutcome::Issued(chain)) => {
             ctx.retries.forget(&uid);
-            let issued = &chain.chain[0];
-            let mut message = format!(
-                "Certificate issued by {} ({}): serial {}, valid until {}",
-                scope.display,
-                signer.backend_name(),
-                issued.serial_hex(),
-                issued.not_after()
-            );
-            if let Some(why) = &plan.clamped {
-                message.push_str(&format!(
-                    " (shortened from the requested {}: {why})",
-                    crate::duration::format_go_duration(plan.requested)
-                ));
-            }
-            if let Some(expected) = &plan.name_constraints {
-                // Whatever the backend: an intermediate meant to be constrained is never handed
-                // out without exactly those constraints.
-                if let Err(why) = name_constraints::check_carries(issued, expected) {
-                    return Outcome::Failed {
-                        message: format!(
-                            "{} ({}) did not apply the requested name constraints, so the certificate (serial {}) is not used: {why}",
-                            scope.display,
-                            signer.backend_name(),
-                            issued.serial_hex()
-                        ),
-                    };
-                }
-                message.push_str(&format!(", with name constraints: {}", expected.describe()));
-            }
-            Outcome::Issued {
-                certificate: chain.certificate_pem(),
-                ca: chain.ca_pem(),
-                message,
-            }
+            issued(&chain, &plan, scope, signer.backend_name())
         }
         Ok(SignOutcome::InProgress { .. }) => Outcome::Waiting {
             message: format!("{} is still issuing the certificate", scope.display),
             retry_after: ctx.retries.next_delay(&uid),
         },
         Err(e) => classify(e, &scope.display, ctx.retries.next_delay(&uid)),
+    }
+}
+
+/// What will be signed: the issuer's policy (with the controller's defaults) applied to the
+/// CSR and the request, clamped to the CA's life, with the name constraints it must carry.
+fn signing_plan(
+    ctx: &Context,
+    cr: &CertificateRequest,
+    csr: &CertificateSigningRequest,
+    spec: &IssuerSpec,
+    scope: &IssuerScope,
+    ca: &policy::CaLifetime,
+    now: Timestamp,
+) -> Result<policy::SigningPlan, Outcome> {
+    let facts = RequestFacts {
+        is_ca: cr.spec.is_ca,
+        duration: cr.spec.duration.as_deref(),
+    };
+    let effective_policy = policy::with_defaults(&spec.policy, &ctx.config.trust_domain);
+    let mut plan = match policy::plan(csr, &facts, &effective_policy, ca, now) {
+        Ok(plan) => plan,
+        Err(violation @ policy::PolicyViolation::CaNotValid { .. }) => {
+            return Err(Outcome::Waiting {
+                message: format!("Waiting for {}, whose CA cannot sign now: {violation}", scope.display),
+                retry_after: Duration::from_secs(60),
+            });
+        }
+        Err(violation) => {
+            return Err(Outcome::Failed {
+                message: format!("Refused by {}'s policy: {violation}", scope.display),
+            });
+        }
+    };
+    match name_constraints::decide(
+        csr,
+        plan.ca_path_len.is_some(),
+        &effective_policy,
+        default_trust_domain(ctx),
+    ) {
+        Ok(constraints) => plan.name_constraints = constraints,
+        Err(violation) => {
+            return Err(Outcome::Failed {
+                message: format!("Refused by {}'s policy: {violation}", scope.display),
+            });
+        }
+    }
+    Ok(plan)
+}
+
+/// The outcome of an issued chain: Issued with what was signed, unless an intermediate meant
+/// to be constrained came back without exactly those constraints.
+fn issued(
+    chain: &backend::IssuedChain,
+    plan: &policy::SigningPlan,
+    scope: &IssuerScope,
+    backend_name: &str,
+) -> Outcome {
+    let issued = &chain.chain[0];
+    let mut message = format!(
+        "Certificate issued by {} ({}): serial {}, valid until {}",
+        scope.display,
+        backend_name,
+        issued.serial_hex(),
+        issued.not_after()
+    );
+    if let Some(why) = &plan.clamped {
+        message.push_str(&format!(
+            " (shortened from the requested {}: {why})",
+            crate::duration::format_go_duration(plan.requested)
+        ));
+    }
+    if let Some(expected) = &plan.name_constraints {
+        // Whatever the backend: an intermediate meant to be constrained is never handed
+        // out without exactly those constraints.
+        if let Err(why) = name_constraints::check_carries(issued, expected) {
+            return Outcome::Failed {
+                message: format!(
+                    "{} ({}) did not apply the requested name constraints, so the certificate (serial {}) is not used: {why}",
+                    scope.display,
+                    backend_name,
+                    issued.serial_hex()
+                ),
+            };
+        }
+        message.push_str(&format!(", with name constraints: {}", expected.describe()));
+    }
+    Outcome::Issued {
+        certificate: chain.certificate_pem(),
+        ca: chain.ca_pem(),
+        message,
     }
 }
 
@@ -674,7 +718,7 @@ async fn apply_outcome(ctx: &Context, cr: &CertificateRequest, outcome: Outcome,
         Outcome::Issued { .. } => "issued",
     };
     let budget = retry::budget(
-        retry::Attempt::of(&outcome),
+        outcome.attempt(),
         cr.annotations()
             .get(retry::FIRST_FAILURE_ANNOTATION)
             .map(String::as_str),

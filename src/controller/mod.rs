@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod cache;
 pub mod certificate_request;
+pub mod events;
 pub mod issuer;
 pub mod istio_cacerts;
 pub mod retry;
@@ -18,11 +19,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -46,8 +48,6 @@ pub struct Context {
     pub client: Client,
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    /// `reportingInstance` of our events: the pod's name.
-    reporting_instance: String,
     pub retries: RetryTracker,
     pub backends: Backends,
     /// Only the leader acts; standbys keep their caches warm and do nothing else.
@@ -56,8 +56,8 @@ pub struct Context {
     pub failures: RetryTracker,
     /// Transient check failures of Ready issuers inside their grace window.
     pub issuer_blips: issuer::Blips,
-    /// Events the API server refused, per object, sent again before its next reconcile.
-    unsent_events: std::sync::Mutex<std::collections::HashMap<String, Vec<UnsentEvent>>>,
+    /// Our events, and those the API server refused, sent again before the object's next reconcile.
+    events: events::EventQueue,
     /// The issuers as the request controller's issuer watches last saw them.
     pub issuers: IssuerCaches,
 }
@@ -72,37 +72,8 @@ pub struct IssuerCaches {
     pub cluster: Option<Store<ClusterMeshCAIssuer>>,
 }
 
-/// An event that could not be written yet.
-#[derive(Clone, Debug)]
-struct UnsentEvent {
-    reference: ObjectReference,
-    type_: EventType,
-    reason: String,
-    action: String,
-    note: String,
-}
-
-/// The longest event note the API server keeps (events.k8s.io/v1 refuses longer ones).
-pub const MAX_EVENT_NOTE_BYTES: usize = 1024;
-
-/// Cuts `note` to at most [`MAX_EVENT_NOTE_BYTES`] bytes on a character boundary, marking the
-/// cut, so a long chain of error messages never makes the event itself fail.
-pub fn cut_note(mut note: String) -> String {
-    if note.len() <= MAX_EVENT_NOTE_BYTES {
-        return note;
-    }
-    const MARK: &str = " [...]";
-    let mut end = MAX_EVENT_NOTE_BYTES - MARK.len();
-    while !note.is_char_boundary(end) {
-        end -= 1;
-    }
-    note.truncate(end);
-    note.push_str(MARK);
-    note
-}
-
 /// The key of an object in per-object bookkeeping: kind, namespace and name.
-fn object_key(reference: &ObjectReference) -> String {
+pub(crate) fn object_key(reference: &ObjectReference) -> String {
     format!(
         "{}/{}/{}",
         reference.kind.as_deref().unwrap_or_default(),
@@ -113,9 +84,6 @@ fn object_key(reference: &ObjectReference) -> String {
 
 impl Context {
     pub fn new(client: Client, config: Config, metrics: Arc<Metrics>, leadership: Leadership) -> Self {
-        let reporting_instance = std::env::var("POD_NAME")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| crate::FIELD_MANAGER.to_string());
         let pca = aws_pca::Shared::new(
             config.aws_pca_issue_rate,
             config.aws_pca_issue_burst,
@@ -133,13 +101,12 @@ impl Context {
             client,
             config,
             metrics,
-            reporting_instance,
             retries,
             backends,
             leadership,
             failures,
             issuer_blips: Default::default(),
-            unsent_events: Default::default(),
+            events: events::EventQueue::new(),
             issuers: IssuerCaches::default(),
         }
     }
@@ -148,113 +115,6 @@ impl Context {
     pub fn with_issuer_caches(mut self, issuers: IssuerCaches) -> Self {
         self.issuers = issuers;
         self
-    }
-
-    /// Sends the events of `reference` that failed before; those that fail again stay queued.
-    async fn send_unsent_events(&self, reference: &ObjectReference) {
-        let key = object_key(reference);
-        let queued = self
-            .unsent_events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key)
-            .unwrap_or_default();
-        for e in queued {
-            self.publish_event(&e.reference, e.type_, &e.reason, &e.action, e.note)
-                .await;
-        }
-    }
-
-    /// How many events of `reference` still wait to be written.
-    fn unsent_event_count(&self, reference: &ObjectReference) -> usize {
-        self.unsent_events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&object_key(reference))
-            .map_or(0, Vec::len)
-    }
-
-    /// Publishes an event, its note cut to [`MAX_EVENT_NOTE_BYTES`]. An event the API server
-    /// refuses is queued: the reconcile then ends in an error ([`reconcile_with_backoff`]),
-    /// the error policy backs off, and the event is sent again before the next reconcile.
-    pub async fn publish_event(
-        &self,
-        reference: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        let note = cut_note(note);
-        // Events about cluster-scoped objects (ClusterMeshCAIssuers) go to kube-system: the one
-        // namespace every Kubernetes version accepts for them (1.20 rejects "default").
-        let namespace = reference
-            .namespace
-            .as_deref()
-            .filter(|ns| !ns.is_empty())
-            .unwrap_or("kube-system");
-        let result = self
-            .create_event(namespace, reference, type_, reason, action, &note)
-            .await;
-        if let Err(e) = result {
-            warn!(error = %e, %reason, "could not publish event; it is sent again after a back-off");
-            self.metrics.count_reconcile("event", "write_failed");
-            self.unsent_events
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(object_key(reference))
-                .or_default()
-                .push(UnsentEvent {
-                    reference: reference.clone(),
-                    type_,
-                    reason: reason.to_string(),
-                    action: action.to_string(),
-                    note,
-                });
-        }
-    }
-
-    /// Creates one event. Not kube-runtime's `Recorder`: it keeps every event it published for
-    /// six minutes to count repeats, and scans that whole cache under one lock on every publish,
-    /// so a burst of N requests cost O(N²) and held N events in memory. Ours are emitted once
-    /// per condition change, so there are no repeats to count.
-    async fn create_event(
-        &self,
-        namespace: &str,
-        reference: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: &str,
-    ) -> Result<(), kube::Error> {
-        use k8s_openapi::api::events::v1::Event as K8sEvent;
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-        let now = jiff::Timestamp::now();
-        let name = reference
-            .name
-            .clone()
-            .unwrap_or_else(|| crate::FIELD_MANAGER.to_string());
-        let event = K8sEvent {
-            metadata: kube::api::ObjectMeta {
-                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-                namespace: Some(namespace.to_string()),
-                ..Default::default()
-            },
-            event_time: Some(MicroTime(now)),
-            action: Some(action.to_string()),
-            reason: Some(reason.to_string()),
-            note: Some(note.to_string()),
-            regarding: Some(reference.clone()),
-            reporting_controller: Some(crate::FIELD_MANAGER.to_string()),
-            reporting_instance: Some(self.reporting_instance.clone()),
-            type_: Some(match type_ {
-                EventType::Normal => "Normal".to_string(),
-                EventType::Warning => "Warning".to_string(),
-            }),
-            ..K8sEvent::default()
-        };
-        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace);
-        api.create(&kube::api::PostParams::default(), &event).await.map(|_| ())
     }
 }
 
@@ -361,37 +221,87 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let client = client_from(&config).await?;
     let metrics = Arc::new(Metrics::new());
     let readiness = Readiness::default();
-    let (admin_address, admin_server) = admin::bind(config.metrics_listen_address, readiness.clone(), metrics.clone())
+    let admin_task = start_admin(&config, readiness.clone(), metrics.clone()).await?;
+    let stop = Stop::on(shutdown);
+    tokio::select! {
+        _ = wait_for_crds(&client) => {}
+        _ = stop.requested() => {
+            admin_task.abort();
+            return Ok(());
+        }
+    }
+    let (leadership, election_task) = start_leadership(&config, &metrics, &stop).await?;
+    let issuer_watches = IssuerWatches::start(&client, config.namespace.as_deref());
+    let ctx = Arc::new(
+        Context::new(
+            call_client(&config, CALL_TIMEOUT, Some(&write_fence(&leadership, &metrics))).await?,
+            config.clone(),
+            metrics.clone(),
+            leadership,
+        )
+        .with_issuer_caches(issuer_watches.caches()),
+    );
+    let controllers = start_controllers(&client, &config, issuer_watches, &stop, &ctx);
+    serve(controllers, &readiness, &metrics).await;
+    readiness.set_ready(false);
+    // Give the Lease back so a standby takes over at once (bounded: a stuck API server must not
+    // hold up the shutdown).
+    if let Some(task) = election_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    admin_task.abort();
+    info!("controllers stopped");
+    Ok(())
+}
+
+// === clients and leadership ===
+
+/// Binds the admin listener (/healthz, /readyz, /metrics) and serves it in a task.
+async fn start_admin(
+    config: &Config,
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let (admin_address, admin_server) = admin::bind(config.metrics_listen_address, readiness, metrics)
         .await
         .map_err(|source| Error::AdminListener {
             address: config.metrics_listen_address,
             source,
         })?;
     info!(%admin_address, "serving /healthz, /readyz and /metrics");
-    let admin_task = tokio::spawn(admin_server);
+    Ok(tokio::spawn(admin_server))
+}
 
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = shutdown_tx.send(true);
-    });
-    let stopped = {
-        let rx = shutdown_rx.clone();
-        move || {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = wait_for_crds(&client) => {}
-        _ = stopped() => {
-            admin_task.abort();
-            return Ok(());
-        }
+/// The shutdown signal, for every task that stops on it.
+#[derive(Clone)]
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    fn on(shutdown: impl Future<Output = ()> + Send + 'static) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        });
+        Self(rx)
     }
 
+    /// Resolves once shutdown is asked for.
+    fn requested(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// Leader election when `--leader-elect` (else this replica always leads), and the `leader`
+/// metric following it.
+async fn start_leadership(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    stop: &Stop,
+) -> Result<(Leadership, Option<tokio::task::JoinHandle<()>>)> {
     let (leadership, election_task) = if config.leader_elect {
         let identity = format!(
             "{}_{}",
@@ -410,87 +320,215 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         };
         info!(lease = %format!("{}/{}", election.namespace, election.name), identity = %election.identity, "leader election on");
         // The Lease calls answer within the renew deadline or count as failed.
-        let lease_client = call_client(&config, config.leader_election_renew_deadline, None).await?;
-        let (leadership, task) = lease::start(lease_client, election, shutdown_rx.clone());
+        let lease_client = call_client(config, config.leader_election_renew_deadline, None).await?;
+        let (leadership, task) = lease::start(lease_client, election, stop.0.clone());
         (leadership, Some(task))
     } else {
         (Leadership::always(), None)
     };
-    {
-        let metrics = metrics.clone();
-        let mut changes = leadership.changes();
-        metrics.leader.set(i64::from(*changes.borrow()));
-        tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                metrics.leader.set(i64::from(*changes.borrow()));
-            }
-        });
-    }
-    // Reconciles read and write through a fenced client: no write leaves this process unless it
-    // leads at that very moment.
-    let fence = {
-        let metrics = metrics.clone();
-        lease::WriteFence::new(
-            leadership.clone(),
-            Arc::new(move |sent| metrics.count_api_write(if sent { "sent" } else { "refused_not_leader" })),
-        )
-    };
-    let namespace = config.namespace.as_deref();
-    let cluster_issuers_enabled = namespace.is_none();
-    // The issuers requests wait on: one watch per kind both fills the cache the issuer gate
-    // reads (no API read per signing) and wakes the waiting requests (see `IssuerCaches`).
-    let (namespaced_issuers_seen, writer) = reflector::store();
-    let namespaced_issuer_changes = reflector::reflector(
-        writer,
-        watcher(scoped::<MeshCAIssuer>(&client, namespace), watcher::Config::default()),
+    let metrics = metrics.clone();
+    let mut changes = leadership.changes();
+    metrics.leader.set(i64::from(*changes.borrow()));
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            metrics.leader.set(i64::from(*changes.borrow()));
+        }
+    });
+    Ok((leadership, election_task))
+}
+
+/// Reconciles read and write through a fenced client: no write leaves this process unless it
+/// leads at that very moment.
+fn write_fence(leadership: &Leadership, metrics: &Arc<Metrics>) -> lease::WriteFence {
+    let metrics = metrics.clone();
+    lease::WriteFence::new(
+        leadership.clone(),
+        Arc::new(move |sent| metrics.count_api_write(if sent { "sent" } else { "refused_not_leader" })),
     )
-    .touched_objects();
-    let cluster_issuer_watch = cluster_issuers_enabled.then(|| {
-        let (seen, writer) = reflector::store();
-        let changes = reflector::reflector(
+}
+
+// === watches and caches ===
+
+/// The issuers requests wait on: one watch per kind both fills the cache the issuer gate
+/// reads (no API read per signing) and wakes the waiting requests (see `IssuerCaches`).
+struct IssuerWatches {
+    namespaced: Store<MeshCAIssuer>,
+    namespaced_changes: Changes<MeshCAIssuer>,
+    /// Only when cluster issuers are served (no `--namespace`).
+    cluster: Option<(Store<ClusterMeshCAIssuer>, Changes<ClusterMeshCAIssuer>)>,
+}
+
+/// The objects a watch saw change, after its reflector stored them.
+type Changes<K> = BoxStream<'static, std::result::Result<K, watcher::Error>>;
+
+impl IssuerWatches {
+    fn start(client: &Client, namespace: Option<&str>) -> Self {
+        let (namespaced, writer) = reflector::store();
+        let namespaced_changes = reflector::reflector(
             writer,
-            watcher(
+            watcher(scoped::<MeshCAIssuer>(client, namespace), watcher::Config::default()),
+        )
+        .touched_objects()
+        .boxed();
+        let cluster = namespace.is_none().then(|| {
+            let (seen, writer) = reflector::store();
+            let changes = reflector::reflector(
+                writer,
+                watcher(
+                    Api::<ClusterMeshCAIssuer>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
+            )
+            .touched_objects()
+            .boxed();
+            (seen, changes)
+        });
+        Self {
+            namespaced,
+            namespaced_changes,
+            cluster,
+        }
+    }
+
+    fn caches(&self) -> IssuerCaches {
+        IssuerCaches {
+            namespaced: Some(self.namespaced.clone()),
+            cluster: self.cluster.as_ref().map(|(seen, _)| seen.clone()),
+        }
+    }
+}
+
+/// The controllers' tasks, and what must have listed before the process is ready.
+#[derive(Default)]
+struct Controllers {
+    tasks: Vec<BoxFuture<'static, ()>>,
+    caches_listed: Vec<BoxFuture<'static, ()>>,
+    cluster_issuers: bool,
+}
+
+impl Controllers {
+    fn add<K>(&mut self, task: BoxFuture<'static, ()>, store: &Store<K>)
+    where
+        K: kube::Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        self.tasks.push(task);
+        self.listed(store);
+    }
+
+    fn listed<K>(&mut self, store: &Store<K>)
+    where
+        K: kube::Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        self.caches_listed.push(wait_ready(store.clone()).boxed());
+    }
+}
+
+/// Runs every controller until shutdown; ready only once every watch cache has its initial
+/// list: decisions need the whole picture.
+async fn serve(controllers: Controllers, readiness: &Readiness, metrics: &Arc<Metrics>) {
+    let readiness_task = {
+        let (readiness, metrics) = (readiness.clone(), metrics.clone());
+        async move {
+            futures::future::join_all(controllers.caches_listed).await;
+            readiness.set_ready(true);
+            metrics.ready.set(1);
+            info!(
+                cluster_issuers = controllers.cluster_issuers,
+                "watch caches synced; ready"
+            );
+        }
+    };
+    tokio::join!(futures::future::join_all(controllers.tasks), readiness_task);
+}
+
+// === one function per controller ===
+
+/// Starts every controller; the metrics drop a deleted object's series through their caches.
+fn start_controllers(
+    client: &Client,
+    config: &Config,
+    issuer_watches: IssuerWatches,
+    stop: &Stop,
+    ctx: &Arc<Context>,
+) -> Controllers {
+    let mut controllers = Controllers {
+        cluster_issuers: config.namespace.is_none(),
+        ..Default::default()
+    };
+    controllers.listed(&issuer_watches.namespaced);
+    if let Some((seen, _)) = &issuer_watches.cluster {
+        controllers.listed(seen);
+    }
+    let (requests, request_store) = request_controller(client, config, issuer_watches, stop, ctx);
+    controllers.add(requests, &request_store);
+    let (namespaced_issuers, namespaced_issuer_store) = issuer_controller(
+        Controller::new(
+            scoped::<MeshCAIssuer>(client, config.namespace.as_deref()),
+            watcher::Config::default(),
+        ),
+        client,
+        config,
+        |issuer: &MeshCAIssuer, secret: &PartialObjectMeta<Secret>, _| issuer.namespace() == secret.namespace(),
+        stop.requested(),
+        ctx.clone(),
+    );
+    controllers.add(namespaced_issuers, &namespaced_issuer_store);
+    let cluster_issuer_store = config.namespace.is_none().then(|| {
+        let (cluster_issuers, store) = issuer_controller(
+            Controller::new(
                 Api::<ClusterMeshCAIssuer>::all(client.clone()),
                 watcher::Config::default(),
             ),
-        )
-        .touched_objects();
-        (seen, changes)
+            client,
+            config,
+            |_: &ClusterMeshCAIssuer, secret: &PartialObjectMeta<Secret>, cluster_resource_namespace: &str| {
+                secret.namespace().as_deref() == Some(cluster_resource_namespace)
+            },
+            stop.requested(),
+            ctx.clone(),
+        );
+        controllers.add(cluster_issuers, &store);
+        store
     });
-    let issuer_caches = IssuerCaches {
-        namespaced: Some(namespaced_issuers_seen.clone()),
-        cluster: cluster_issuer_watch.as_ref().map(|(seen, _)| seen.clone()),
-    };
-    let ctx = Arc::new(
-        Context::new(
-            call_client(&config, CALL_TIMEOUT, Some(&fence)).await?,
-            config.clone(),
-            metrics.clone(),
-            leadership,
-        )
-        .with_issuer_caches(issuer_caches),
-    );
+    // === IstioCACerts, re-checked when its Secrets, Certificate or issuer change ===
+    let (cacerts_task, cacerts_store) = istio_cacerts_controller(client, config, stop.requested(), ctx.clone());
+    controllers.add(cacerts_task, &cacerts_store);
+    ctx.metrics.track_owners(series_owner_exists(
+        namespaced_issuer_store,
+        cluster_issuer_store,
+        cacerts_store,
+    ));
+    controllers
+}
 
-    // === CertificateRequests, re-queued when the issuer they wait on changes ===
-    // The cache keeps only our requests, and of those only what decisions read (no CSRs,
-    // chains or CAs): see `cache`. Signing reads the request afresh anyway.
+/// Wires the CertificateRequest controller, re-queued when the issuer a request waits on
+/// changes. The cache keeps only our requests, and of those only what decisions read (no
+/// CSRs, chains or CAs): see `cache`. Signing reads the request afresh anyway.
+fn request_controller(
+    client: &Client,
+    config: &Config,
+    issuer_watches: IssuerWatches,
+    stop: &Stop,
+    ctx: &Arc<Context>,
+) -> (BoxFuture<'static, ()>, Store<CertificateRequest>) {
     let (request_store, request_writer) = reflector::store();
     let request_events = reflector::reflector(
         request_writer,
         watcher(
-            scoped::<CertificateRequest>(&client, namespace),
+            scoped::<CertificateRequest>(client, config.namespace.as_deref()),
             watcher::Config::default(),
         )
         .try_filter_map(|event| std::future::ready(Ok(cache::ours_only(event))))
         .modify(cache::slim_request),
     )
     .applied_objects();
-    let requests = Controller::for_stream(request_events, request_store.clone());
-    let mut requests = requests.watches_stream(
-        namespaced_issuer_changes,
+    let mut requests = Controller::for_stream(request_events, request_store.clone()).watches_stream(
+        issuer_watches.namespaced_changes,
         wake_waiting_requests(request_store.clone(), IssuerKind::Namespaced),
     );
-    if let Some((_, changes)) = cluster_issuer_watch {
+    if let Some((_, changes)) = issuer_watches.cluster {
         requests = requests.watches_stream(
             changes,
             wake_waiting_requests(request_store.clone(), IssuerKind::Cluster),
@@ -508,10 +546,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             }
         });
     }
-    let requests = requests
+    let task = requests
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrent_workers))
         .reconcile_all_on(leadership_gained(&ctx.leadership))
-        .graceful_shutdown_on(stopped())
+        .graceful_shutdown_on(stop.requested())
         .run(
             |cr, ctx| reconcile_with_backoff(cr, ctx, certificate_request::reconcile),
             error_policy,
@@ -519,78 +557,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         )
         .for_each(|result| async move { log_failure("certificaterequest", result) })
         .boxed();
-
-    // === Issuers, re-checked when their CA Secret changes ===
-    let (namespaced_issuers, namespaced_issuer_store) = issuer_controller(
-        Controller::new(scoped::<MeshCAIssuer>(&client, namespace), watcher::Config::default()),
-        &client,
-        &config,
-        |issuer: &MeshCAIssuer, secret: &PartialObjectMeta<Secret>, _| issuer.namespace() == secret.namespace(),
-        stopped(),
-        ctx.clone(),
-    );
-    let mut tasks = vec![requests, namespaced_issuers];
-    let mut stores_ready = vec![
-        wait_ready(request_store.clone()).boxed(),
-        wait_ready(namespaced_issuer_store.clone()).boxed(),
-        wait_ready(namespaced_issuers_seen).boxed(),
-    ];
-    if let Some(seen) = ctx.issuers.cluster.clone() {
-        stores_ready.push(wait_ready(seen).boxed());
-    }
-    let mut cluster_issuer_cache = None;
-    if cluster_issuers_enabled {
-        let (cluster_issuers, cluster_issuer_store) = issuer_controller(
-            Controller::new(
-                Api::<ClusterMeshCAIssuer>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-            &client,
-            &config,
-            |_: &ClusterMeshCAIssuer, secret: &PartialObjectMeta<Secret>, cluster_resource_namespace: &str| {
-                secret.namespace().as_deref() == Some(cluster_resource_namespace)
-            },
-            stopped(),
-            ctx.clone(),
-        );
-        tasks.push(cluster_issuers);
-        stores_ready.push(wait_ready(cluster_issuer_store.clone()).boxed());
-
-        cluster_issuer_cache = Some(cluster_issuer_store);
-    }
-
-    // === IstioCACerts, re-checked when its Secrets, Certificate or issuer change ===
-    let (cacerts_task, cacerts_store) =
-        istio_cacerts_controller(&client, &config, cluster_issuers_enabled, stopped(), ctx.clone());
-    tasks.push(cacerts_task);
-    stores_ready.push(wait_ready(cacerts_store.clone()).boxed());
-    metrics.track_owners(series_owner_exists(
-        namespaced_issuer_store,
-        cluster_issuer_cache,
-        cacerts_store,
-    ));
-
-    // Ready only once every watch cache has its initial list: decisions need the whole picture.
-    let readiness_task = {
-        let readiness = readiness.clone();
-        let metrics = metrics.clone();
-        async move {
-            futures::future::join_all(stores_ready).await;
-            readiness.set_ready(true);
-            metrics.ready.set(1);
-            info!(cluster_issuers = cluster_issuers_enabled, "watch caches synced; ready");
-        }
-    };
-    tokio::join!(futures::future::join_all(tasks), readiness_task);
-    readiness.set_ready(false);
-    // Give the Lease back so a standby takes over at once (bounded: a stuck API server must not
-    // hold up the shutdown).
-    if let Some(task) = election_task {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    }
-    admin_task.abort();
-    info!("controllers stopped");
-    Ok(())
+    (task, request_store)
 }
 
 /// Whether the object behind a certificate series still exists, from the watch caches: the
@@ -704,7 +671,6 @@ fn issuer_controller<K: IssuerObject>(
 fn istio_cacerts_controller(
     client: &Client,
     config: &Config,
-    cluster_issuers_enabled: bool,
     stopped: impl Future<Output = ()> + Send + Sync + 'static,
     ctx: Arc<Context>,
 ) -> (futures::future::BoxFuture<'static, ()>, Store<IstioCACerts>) {
@@ -761,7 +727,7 @@ fn istio_cacerts_controller(
         let store = store.clone();
         move |_: MeshCAIssuer| cached_refs(&store, |_| true)
     });
-    if cluster_issuers_enabled {
+    if namespace.is_none() {
         let store = store.clone();
         controller = controller.watches(
             Api::<ClusterMeshCAIssuer>::all(client.clone()),
@@ -918,22 +884,4 @@ where
     }
     ctx.failures.forget(&object_key(&reference));
     Ok(action)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn event_notes_are_cut_to_one_kib_on_a_character_boundary() {
-        assert_eq!(cut_note("short".into()), "short");
-        let exact = "x".repeat(MAX_EVENT_NOTE_BYTES);
-        assert_eq!(cut_note(exact.clone()), exact);
-        // Multi-byte characters around the cut: never split, always within the limit.
-        for filler in ["é", "€", "🔐"] {
-            let cut = cut_note(filler.repeat(2000));
-            assert!(cut.len() <= MAX_EVENT_NOTE_BYTES, "{}", cut.len());
-            assert!(cut.ends_with(" [...]"));
-        }
-    }
 }

@@ -22,7 +22,6 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
-use super::certificate_request::Outcome;
 use crate::api::cert_manager::CertificateRequest;
 use crate::error::{Error, Result};
 
@@ -37,15 +36,6 @@ pub enum Attempt {
     /// Anything else — issued, failed, denied, or waiting on approval, the issuer or the
     /// backend: the run of failures is over, and waiting never spends the budget.
     Other,
-}
-
-impl Attempt {
-    pub fn of(outcome: &Outcome) -> Self {
-        match outcome {
-            Outcome::Transient { .. } => Attempt::Transient,
-            _ => Attempt::Other,
-        }
-    }
 }
 
 /// Writes [`FIRST_FAILURE_ANNOTATION`] as `mark` says (a merge patch of metadata only, so

@@ -285,13 +285,6 @@ fn rotating(inputs: &Inputs, current: &BundleContents, status: &RootRotationStat
     let source_root = inputs.source.root.fingerprint();
     let to_new = source_root == status.new_root;
     let to_old = status.old_roots.contains(&source_root);
-    let roots = &current.roots;
-    let old_certs: Vec<Certificate> = roots
-        .iter()
-        .filter(|r| status.old_roots.contains(&r.fingerprint()))
-        .cloned()
-        .collect();
-    let new = &inputs.source.root;
     let phase = status.phase;
     if !to_new && !to_old {
         return refused(
@@ -306,8 +299,101 @@ fn rotating(inputs: &Inputs, current: &BundleContents, status: &RootRotationStat
             previous,
         );
     }
+    let step = Step {
+        inputs,
+        status,
+        spec,
+        delays,
+        old_certs: current
+            .roots
+            .iter()
+            .filter(|r| status.old_roots.contains(&r.fingerprint()))
+            .cloned()
+            .collect(),
+        advance_now: inputs.advance.and_then(RotationPhase::parse) == Some(phase),
+    };
     if spec.paused {
-        let mut d = Decision::new(hold_bundle(phase, inputs.target), previous);
+        return step.paused();
+    }
+    match phase {
+        RotationPhase::AddingNewRoot if to_old => step.roll_back(),
+        // After the switch, going back to the old root is a new rotation.
+        _ if to_old => start(inputs, current, spec),
+        RotationPhase::AddingNewRoot => step.adding_new_root(current),
+        RotationPhase::SwitchingIntermediate => step.switching_intermediate(),
+        // RemovingOldRoot (Completed and RolledBack are not in progress).
+        _ => step.removing_old_root(),
+    }
+}
+
+/// One reconcile of a rotation in progress towards the source's root.
+struct Step<'a> {
+    inputs: &'a Inputs<'a>,
+    status: &'a RootRotationStatus,
+    spec: &'a RootRotation,
+    delays: Delays,
+    /// The old roots `root-cert.pem` still holds.
+    old_certs: Vec<Certificate>,
+    /// The advance annotation names the current phase.
+    advance_now: bool,
+}
+
+impl Step<'_> {
+    fn new_root(&self) -> &Certificate {
+        &self.inputs.source.root
+    }
+
+    /// Old and new roots, while both are trusted: what `publishRoot` shows.
+    fn both_roots(&self) -> Vec<Certificate> {
+        self.old_certs
+            .iter()
+            .cloned()
+            .chain([self.new_root().clone()])
+            .collect()
+    }
+
+    /// A decision that stays in the phase (the bundle as given), unless it moves on below.
+    fn stay(&self, bundle: Bundle) -> Decision {
+        Decision::new(bundle, Some(self.status.clone()))
+    }
+
+    /// The phase moves on now: its annotation, or (Automatic) its delay is over.
+    fn due(&self, d: &Decision) -> bool {
+        self.advance_now
+            || (self.spec.mode == RotationMode::Automatic
+                && d.status
+                    .as_ref()
+                    .and_then(|s| s.next_phase_at.as_deref())
+                    .and_then(|t| t.parse::<Timestamp>().ok())
+                    .is_some_and(|t| self.inputs.now >= t))
+    }
+
+    /// Moves `d` into `phase` with `message`, writing `bundle`.
+    fn enter(
+        &self,
+        mut d: Decision,
+        phase: RotationPhase,
+        next: Option<Timestamp>,
+        message: String,
+        bundle: Bundle,
+    ) -> Decision {
+        d.bundle = bundle;
+        d.status = Some(enter(self.status, phase, next, &message, self.inputs.now));
+        d.transition = Some((phase, message));
+        d.consume_advance = self.advance_now;
+        d
+    }
+
+    /// `root-cert.pem` as the target holds it, with the fingerprints `cut` cut off (byte-stable).
+    fn cut(&self, keep: &[Certificate], cut: &BTreeSet<String>) -> (Vec<u8>, Vec<u8>) {
+        let bytes = existing_root_cert(self.inputs.target).unwrap_or_default();
+        let cut = assemble(Some(&bytes), keep, self.inputs.anchors, cut).bytes;
+        (bytes, cut)
+    }
+
+    fn paused(&self) -> Decision {
+        let phase = self.status.phase;
+        let mut d = self.stay(hold_bundle(phase, self.inputs.target));
         d.condition = Some((
             reason::PAUSED,
             format!(
@@ -316,149 +402,109 @@ fn rotating(inputs: &Inputs, current: &BundleContents, status: &RootRotationStat
             ),
         ));
         if phase != RotationPhase::RemovingOldRoot {
-            d.published_roots = Some(old_certs.iter().cloned().chain([new.clone()]).collect());
+            d.published_roots = Some(self.both_roots());
         }
-        return d;
+        d
     }
-    let advance_now = inputs.advance.and_then(RotationPhase::parse) == Some(phase);
-    let due = |d: &Decision| {
-        advance_now
-            || (spec.mode == RotationMode::Automatic
-                && d.status
-                    .as_ref()
-                    .and_then(|s| s.next_phase_at.as_deref())
-                    .and_then(|t| t.parse::<Timestamp>().ok())
-                    .is_some_and(|t| inputs.now >= t))
-    };
-    match phase {
-        RotationPhase::AddingNewRoot if to_old => {
-            // Rollback before the switch: the new root is cut off again.
-            let new_fp: BTreeSet<String> = [status.new_root.clone()].into();
-            let bytes = existing_root_cert(inputs.target).unwrap_or_default();
-            let cut = assemble(Some(&bytes), &old_certs, inputs.anchors, &new_fp).bytes;
-            let message = format!(
-                "rolled back: the source went back to the old root {source_root} before the switch; the new root {} is cut off root-cert.pem again",
-                status.new_root
-            );
-            let mut d = Decision::new(
-                Bundle::Write {
-                    signer: Signer::Source,
-                    root_cert: cut,
-                },
-                Some(enter(status, RotationPhase::RolledBack, None, &message, inputs.now)),
-            );
-            d.transition = Some((RotationPhase::RolledBack, message.clone()));
-            d.condition = Some((RotationPhase::RolledBack.as_str(), message));
-            d.consume_advance = advance_now;
-            d
+
+    /// Rollback before the switch: the new root is cut off again.
+    fn roll_back(&self) -> Decision {
+        let new_fp: BTreeSet<String> = [self.status.new_root.clone()].into();
+        let (_, cut) = self.cut(&self.old_certs, &new_fp);
+        let message = format!(
+            "rolled back: the source went back to the old root {} before the switch; the new root {} is cut off root-cert.pem again",
+            self.inputs.source.root.fingerprint(),
+            self.status.new_root
+        );
+        let bundle = Bundle::Write {
+            signer: Signer::Source,
+            root_cert: cut,
+        };
+        let mut d = self.enter(
+            self.stay(Bundle::Ordinary),
+            RotationPhase::RolledBack,
+            None,
+            message.clone(),
+            bundle,
+        );
+        d.condition = Some((RotationPhase::RolledBack.as_str(), message));
+        d
+    }
+
+    fn adding_new_root(&self, current: &BundleContents) -> Decision {
+        let root_cert = append(existing_root_cert(self.inputs.target), &self.both_roots());
+        let caught_up = current.anchor == *self.new_root();
+        let mut d = self.stay(Bundle::Write {
+            signer: Signer::Target,
+            root_cert: root_cert.clone(),
+        });
+        d.published_roots = Some(self.both_roots());
+        if caught_up || self.due(&d) {
+            let message = if caught_up {
+                "the target already holds the new intermediate (a write whose status update was lost): the drain delay counts from now".to_string()
+            } else {
+                format!(
+                    "the new root has been trusted since {}; istiod now signs with the new intermediate, and the old root stays trusted while old workload certificates drain",
+                    self.status.phase_started_at
+                )
+            };
+            let next = Some(self.inputs.now + self.delays.workload_drain);
+            let bundle = Bundle::Write {
+                signer: Signer::Source,
+                root_cert,
+            };
+            d = self.enter(d, RotationPhase::SwitchingIntermediate, next, message, bundle);
         }
-        // After the switch, going back to the old root is a new rotation.
-        _ if to_old => start(inputs, current, spec),
-        RotationPhase::AddingNewRoot => {
-            let root_cert = append(
-                existing_root_cert(inputs.target),
-                &old_certs.iter().cloned().chain([new.clone()]).collect::<Vec<_>>(),
-            );
-            let caught_up = current.anchor == *new;
-            let mut d = Decision::new(
-                Bundle::Write {
-                    signer: Signer::Target,
-                    root_cert: root_cert.clone(),
-                },
-                previous,
-            );
-            d.published_roots = Some(old_certs.iter().cloned().chain([new.clone()]).collect());
-            if caught_up || due(&d) {
-                let message = if caught_up {
-                    "the target already holds the new intermediate (a write whose status update was lost): the drain delay counts from now".to_string()
-                } else {
-                    format!(
-                        "the new root has been trusted since {}; istiod now signs with the new intermediate, and the old root stays trusted while old workload certificates drain",
-                        status.phase_started_at
-                    )
-                };
-                d.bundle = Bundle::Write {
-                    signer: Signer::Source,
-                    root_cert,
-                };
-                d.status = Some(enter(
-                    status,
-                    RotationPhase::SwitchingIntermediate,
-                    Some(inputs.now + delays.workload_drain),
-                    &message,
-                    inputs.now,
-                ));
-                d.transition = Some((RotationPhase::SwitchingIntermediate, message));
-                d.consume_advance = advance_now;
-            }
-            finish(d, spec, &delays, inputs)
+        finish(d, self.spec, &self.delays, self.inputs)
+    }
+
+    fn switching_intermediate(&self) -> Decision {
+        let old_fps: BTreeSet<String> = self.status.old_roots.iter().cloned().collect();
+        let (bytes, cut) = self.cut(std::slice::from_ref(self.new_root()), &old_fps);
+        let already_cut = self.old_certs.is_empty();
+        let mut d = self.stay(Bundle::Write {
+            signer: Signer::Source,
+            root_cert: bytes,
+        });
+        d.published_roots = Some(self.both_roots());
+        if already_cut || self.due(&d) {
+            let message = if already_cut {
+                "root-cert.pem no longer holds the old root (a write whose status update was lost)".to_string()
+            } else {
+                format!(
+                    "workload certificates of the old intermediate have drained since {}; the old root is cut off root-cert.pem",
+                    self.status.phase_started_at
+                )
+            };
+            let bundle = Bundle::Write {
+                signer: Signer::Source,
+                root_cert: cut,
+            };
+            d = self.enter(d, RotationPhase::RemovingOldRoot, None, message, bundle);
+            d.published_roots = None;
         }
-        RotationPhase::SwitchingIntermediate => {
-            let bytes = existing_root_cert(inputs.target).unwrap_or_default();
-            let old_fps: BTreeSet<String> = status.old_roots.iter().cloned().collect();
-            let cut = assemble(Some(&bytes), std::slice::from_ref(new), inputs.anchors, &old_fps).bytes;
-            let already_cut = old_certs.is_empty();
-            let mut d = Decision::new(
-                Bundle::Write {
-                    signer: Signer::Source,
-                    root_cert: bytes,
-                },
-                previous,
-            );
-            d.published_roots = Some(old_certs.iter().cloned().chain([new.clone()]).collect());
-            if already_cut || due(&d) {
-                let message = if already_cut {
-                    "root-cert.pem no longer holds the old root (a write whose status update was lost)".to_string()
-                } else {
-                    format!(
-                        "workload certificates of the old intermediate have drained since {}; the old root is cut off root-cert.pem",
-                        status.phase_started_at
-                    )
-                };
-                d.bundle = Bundle::Write {
-                    signer: Signer::Source,
-                    root_cert: cut,
-                };
-                d.status = Some(enter(
-                    status,
-                    RotationPhase::RemovingOldRoot,
-                    None,
-                    &message,
-                    inputs.now,
-                ));
-                d.transition = Some((RotationPhase::RemovingOldRoot, message));
-                d.consume_advance = advance_now;
-                d.published_roots = None;
-            }
-            finish(d, spec, &delays, inputs)
+        finish(d, self.spec, &self.delays, self.inputs)
+    }
+
+    fn removing_old_root(&self) -> Decision {
+        let old_fps: BTreeSet<String> = self.status.old_roots.iter().cloned().collect();
+        let (bytes, cut) = self.cut(std::slice::from_ref(self.new_root()), &old_fps);
+        let written = cut == bytes;
+        let bundle = Bundle::Write {
+            signer: Signer::Source,
+            root_cert: cut,
+        };
+        let mut d = self.stay(bundle.clone());
+        if written {
+            let kept = self.old_certs.iter().any(|c| self.inputs.anchors.contains(c));
+            let message = if kept {
+                "completed: the old root stays in root-cert.pem only as a trust anchor (spec.trustAnchors)".to_string()
+            } else {
+                "completed: root-cert.pem holds the new root (and any trust anchors) only".to_string()
+            };
+            d = self.enter(d, RotationPhase::Completed, None, message, bundle);
         }
-        // RemovingOldRoot (Completed and RolledBack are not in progress).
-        _ => {
-            let bytes = existing_root_cert(inputs.target).unwrap_or_default();
-            let old_fps: BTreeSet<String> = status.old_roots.iter().cloned().collect();
-            let cut = assemble(Some(&bytes), std::slice::from_ref(new), inputs.anchors, &old_fps).bytes;
-            let written = cut == bytes;
-            let mut d = Decision::new(
-                Bundle::Write {
-                    signer: Signer::Source,
-                    root_cert: cut,
-                },
-                previous,
-            );
-            if written {
-                let kept = old_certs.iter().any(|c| inputs.anchors.contains(c));
-                let message = if kept {
-                    "completed: the old root stays in root-cert.pem only as a trust anchor (spec.trustAnchors)"
-                        .to_string()
-                } else {
-                    "completed: root-cert.pem holds the new root (and any trust anchors) only".to_string()
-                };
-                d.status = Some(enter(status, RotationPhase::Completed, None, &message, inputs.now));
-                d.transition = Some((RotationPhase::Completed, message));
-                d.consume_advance = advance_now;
-            }
-            finish(d, spec, &delays, inputs)
-        }
+        finish(d, self.spec, &self.delays, self.inputs)
     }
 }
 

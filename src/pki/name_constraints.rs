@@ -30,7 +30,6 @@ use x509_parser::prelude::FromDer;
 
 use super::Certificate;
 use super::csr::{CertificateSigningRequest, spiffe_trust_domain};
-use super::policy::SigningPlan;
 use crate::api::issuer::IssuancePolicy;
 use crate::api::name_constraints::{NameConstraintsMode, NameConstraintsPolicy, NameConstraintsSummary};
 
@@ -274,18 +273,19 @@ pub enum NameConstraintViolation {
     Invalid(String),
 }
 
-/// The name constraints `csr` gets under `policy`, given the plan already made for it (`None`
-/// for a leaf, or when the mode is `None`). The CSR's trust domains have been checked against
-/// `allowedTrustDomains` by [`super::policy::plan`]; the default trust domain is checked here.
+/// The name constraints `csr` gets under `policy` when the plan already made for it signs a
+/// CA certificate (`is_ca`: its `ca_path_len` is set); `None` for a leaf, or when the mode is
+/// `None`. The CSR's trust domains were checked against `allowedTrustDomains` when the plan
+/// was made; the default trust domain is checked here.
 pub fn decide(
     csr: &CertificateSigningRequest,
-    plan: &SigningPlan,
+    is_ca: bool,
     policy: &IssuancePolicy,
     default_trust_domain: &str,
 ) -> Result<Option<NameConstraints>, NameConstraintViolation> {
     let nc = &policy.name_constraints;
     // Name constraints bind what a CA signs: a leaf gets none.
-    if !nc.enabled() || plan.ca_path_len.is_none() {
+    if !nc.enabled() || !is_ca {
         return Ok(None);
     }
     let mut domains: Vec<String> = Vec::new();
@@ -489,18 +489,6 @@ mod tests {
         c
     }
 
-    fn plan(ca: bool) -> SigningPlan {
-        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
-        SigningPlan {
-            ca_path_len: ca.then_some(0),
-            not_before: now,
-            not_after: now,
-            requested: std::time::Duration::from_secs(1),
-            clamped: None,
-            name_constraints: None,
-        }
-    }
-
     #[test]
     fn which_constraints_a_request_gets() {
         use NameConstraintsMode::*;
@@ -594,7 +582,7 @@ mod tests {
             ),
         ];
         for (name, csr, ca, policy, expected) in cases {
-            let got = decide(&csr, &plan(ca), &policy, DEFAULT_TRUST_DOMAIN);
+            let got = decide(&csr, ca, &policy, DEFAULT_TRUST_DOMAIN);
             match (got, expected) {
                 (Ok(Option::None), Ok(Option::None)) => {}
                 (Ok(Some(nc)), Ok(Some((permitted, excluded)))) => {

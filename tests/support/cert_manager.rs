@@ -309,3 +309,66 @@ pub async fn record_certificate(
     .expect("Certificate status");
     renewal
 }
+
+// === request and wait until it ends ===
+
+/// Requests `req`, approves it as cert-manager's approver would, and waits until its Ready
+/// reason is one of `reasons`: the request as it ended, and its private key.
+pub async fn request_until(
+    client: &Client,
+    namespace: &str,
+    req: &IntermediateRequest,
+    reasons: &[&str],
+    timeout: Duration,
+) -> (CertificateRequest, String) {
+    let key = request_and_approve(client, namespace, req).await;
+    (
+        wait_for_reason(client, namespace, &req.name, reasons, timeout).await,
+        key,
+    )
+}
+
+/// istiod's intermediate requested as each of `names` from MeshCAIssuer `issuer`, all
+/// approved before any is waited on, then each until Issued.
+pub async fn issue_all(client: &Client, namespace: &str, issuer: &str, names: &[String], timeout: Duration) {
+    for name in names {
+        request_and_approve(client, namespace, &IntermediateRequest::istiod(name, issuer)).await;
+    }
+    for name in names {
+        wait_for_reason(client, namespace, name, &["Issued"], timeout).await;
+    }
+}
+
+/// istiod's intermediate `name` requested from MeshCAIssuer `issuer` and approved, once it
+/// waits (`Pending`).
+pub async fn pending(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    issuer: &str,
+    timeout: Duration,
+) -> CertificateRequest {
+    let req = IntermediateRequest::istiod(name, issuer);
+    request_until(client, namespace, &req, &["Pending"], timeout).await.0
+}
+
+/// What a request's Ready condition says (empty when it has none).
+pub fn ready_message(cr: &CertificateRequest) -> String {
+    cr.condition("Ready")
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// istiod's intermediate `name` requested from MeshCAIssuer `issuer` and approved, once its
+/// Ready reason is `reason` (Issued, Failed, ...).
+pub async fn istiod_until(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    issuer: &str,
+    reason: &str,
+    timeout: Duration,
+) -> CertificateRequest {
+    let req = IntermediateRequest::istiod(name, issuer);
+    request_until(client, namespace, &req, &[reason], timeout).await.0
+}

@@ -13,9 +13,13 @@
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
 pub mod cert_manager;
+pub mod chart;
 pub mod goverify;
+pub mod leader;
+pub mod mesh;
 pub mod openssl;
 pub mod pca;
+pub mod promql;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

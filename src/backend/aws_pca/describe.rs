@@ -1,12 +1,13 @@
 //! The CA as PCA describes it (`DescribeCertificateAuthority` and
 //! `GetCertificateAuthorityCertificate`), cached for signing.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use aws_sdk_acmpca::types::{CertificateAuthorityStatus, CertificateAuthorityUsageMode, KeyAlgorithm};
 use jiff::Timestamp;
 
-use super::rate_limit::Shared;
 use super::{classify, reason};
 use crate::backend::{BackendError, Purpose};
 use crate::pki::{Certificate, strength};
@@ -22,25 +23,52 @@ pub struct CaDescription {
     /// Certificates above the CA, bottom-up, root last (empty for a root CA).
     pub chain: Vec<Certificate>,
 }
+
+/// The last description of each issuer's CA: (CA ARN, when, description), reused for signing
+/// for `ttl` (issuer checks always describe afresh).
+pub struct DescriptionCache {
+    entries: Mutex<HashMap<String, (String, Instant, CaDescription)>>,
+    ttl: Duration,
+}
+
+impl DescriptionCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    /// The issuer's description of `arn`, if it is recent enough.
+    fn recent(&self, issuer: &str, arn: &str) -> Option<CaDescription> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (cached_arn, at, d) = entries.get(issuer)?;
+        (cached_arn == arn && at.elapsed() < self.ttl).then(|| d.clone())
+    }
+
+    fn store(&self, issuer: &str, arn: &str, description: &CaDescription) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            issuer.to_string(),
+            (arn.to_string(), Instant::now(), description.clone()),
+        );
+    }
+}
+
 fn timestamp(t: Option<&aws_sdk_acmpca::primitives::DateTime>) -> Option<Timestamp> {
     Timestamp::from_second(t?.secs()).ok()
 }
 /// Describes the CA (reusing a recent description when signing) and checks it can issue.
 pub(super) async fn describe(
     client: &aws_sdk_acmpca::Client,
-    shared: &Shared,
+    cache: &DescriptionCache,
     issuer: &str,
     arn: &str,
     purpose: Purpose,
 ) -> Result<CaDescription, BackendError> {
-    if purpose == Purpose::Signing {
-        let cache = shared.descriptions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((cached_arn, at, d)) = cache.get(issuer)
-            && cached_arn == arn
-            && at.elapsed() < shared.description_ttl
-        {
-            return Ok(d.clone());
-        }
+    if purpose == Purpose::Signing
+        && let Some(recent) = cache.recent(issuer, arn)
+    {
+        return Ok(recent);
     }
     let described = client
         .describe_certificate_authority()
@@ -120,9 +148,6 @@ pub(super) async fn describe(
         certificate,
         chain,
     };
-    shared.descriptions.lock().unwrap_or_else(|p| p.into_inner()).insert(
-        issuer.to_string(),
-        (arn.to_string(), Instant::now(), description.clone()),
-    );
+    cache.store(issuer, arn, &description);
     Ok(description)
 }

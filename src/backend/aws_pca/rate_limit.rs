@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::describe::CaDescription;
+use super::describe::DescriptionCache;
 
 /// A token bucket: `rate` tokens per second, up to `burst`.
 #[derive(Clone, Debug)]
@@ -32,23 +32,21 @@ impl TokenBucket {
 /// State shared by every PCA issuer in the process.
 pub struct Shared {
     pub(super) clients: Mutex<HashMap<String, (String, aws_sdk_acmpca::Client)>>,
-    pub(super) descriptions: Mutex<HashMap<String, (String, Instant, CaDescription)>>,
+    /// CA descriptions, reused for signing for a while.
+    pub(super) descriptions: DescriptionCache,
     buckets: Mutex<HashMap<String, TokenBucket>>,
     pub issue_rate: f64,
     pub issue_burst: f64,
-    /// How long a CA description is reused for signing before it is fetched again.
-    pub description_ttl: Duration,
 }
 
 impl Shared {
     pub fn new(issue_rate: f64, issue_burst: f64, description_ttl: Duration) -> Self {
         Self {
             clients: Mutex::new(HashMap::new()),
-            descriptions: Mutex::new(HashMap::new()),
+            descriptions: DescriptionCache::new(description_ttl),
             buckets: Mutex::new(HashMap::new()),
             issue_rate,
             issue_burst,
-            description_ttl,
         }
     }
 

@@ -51,7 +51,7 @@ impl AwsPcaSigner {
             None => None,
         };
         let client = client_for(&shared, spec, scope, &region, credentials).await;
-        let description = describe(&client, &shared, &scope.display, &spec.arn, purpose).await?;
+        let description = describe(&client, &shared.descriptions, &scope.display, &spec.arn, purpose).await?;
         let key = description.key_algorithm.clone().ok_or_else(|| {
             BackendError::issuer_not_ready(
                 reason::API_ERROR,
@@ -209,7 +209,7 @@ impl AwsPcaSigner {
                 // once more against a fresh one before calling the chain foreign.
                 let fresh = describe(
                     &self.client,
-                    &self.shared,
+                    &self.shared.descriptions,
                     &self.issuer,
                     &self.ca_arn,
                     Purpose::HealthCheck,

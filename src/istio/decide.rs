@@ -1,0 +1,1324 @@
+//! The IstioCACerts decision: `decide(&Observed, &Settings) -> Plan`, pure. It reads the
+//! source, judges it and the target as istiod would (`cacerts`), steps a root rotation
+//! (`rotation`), joins the trust anchors (`trust_bundle`), tracks what istiod runs with
+//! (`tracking`), publishes the root (`publish`), and says what the status, events, metrics and
+//! requeue become — once for a `cacerts` write that lands, once for one that is refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+
+use super::cacerts::{
+    self, BundleContents, CacertsPlan, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION, Problem, SourceBundle,
+    Target,
+};
+use super::plan::{
+    Basis, CacertsStep, CacertsWrite, MetricUpdates, Observed, Outcome, Plan, PlannedEvent, SecretWrite, Settings,
+};
+use super::publish::{self, ROOT_PUBLISHED};
+use super::rotation;
+use super::tracking::{CERTIFICATES_HEALTHY, Role, Tracked, health};
+use super::trust_bundle::{self, AnchorInput, Assembly, Change, CheckedAnchors};
+use crate::api::conditions::{self, READY};
+use crate::api::istio_cacerts::{
+    ADVANCE_ROTATION_ANNOTATION, IstioCACertsStatus, MeshConfigAdvice, RotationPhase, TrackedAnchor, TrackedCertificate,
+};
+use crate::pki::Certificate;
+use crate::pki::renewal::Life;
+
+/// Decides one reconcile of an IstioCACerts.
+pub fn decide(o: &Observed, settings: &Settings) -> Plan {
+    let facts = Facts::of(o);
+    let rotation = facts.rotation(o);
+    let (decision, trust) = facts.cacerts_plan(o, rotation.as_ref());
+    let outcome = |ready, live, step| Outcome::of(o, settings, &trust, rotation.as_ref(), ready, live, step);
+    let plan = match decision {
+        Ok(plan) => plan,
+        // done: nothing to write; what is in place stays and is tracked
+        Err(problem) => {
+            let live = existing_bundle(&facts.target, o.now);
+            return Plan {
+                cacerts: None,
+                then: outcome(Err(problem), live, Cacerts::NotWritten),
+            };
+        }
+    };
+    let ready = ready_verdict(o, &plan, &trust);
+    let then = outcome(ready, Some(plan.contents.clone()), Cacerts::InPlace);
+    if !plan.changed {
+        // done: the target already holds exactly this (a restart or a periodic look)
+        return Plan { cacerts: None, then };
+    }
+    // Its message is the API server's answer, put in when the write is refused.
+    let refusal = Problem {
+        reason: cacerts::reason::WRITE_FAILED,
+        message: format!(
+            "writing {} was refused",
+            o.secret_display(&o.icc.spec.target_secret_name)
+        ),
+    };
+    let live = existing_bundle(&facts.target, o.now);
+    let if_refused = outcome(Err(refusal), live, Cacerts::Refused);
+    Plan {
+        cacerts: Some(CacertsStep {
+            write: cacerts_write(o, &plan, &trust, rotation.as_ref()),
+            if_refused: Box::new(if_refused),
+        }),
+        then,
+    }
+}
+
+/// Where the `cacerts` step leaves the planned bundle.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cacerts {
+    /// In the target: written, or there already.
+    InPlace,
+    /// Not written: the source, the target or the rotation refuses it.
+    NotWritten,
+    /// The API server refused the write.
+    Refused,
+}
+
+/// What the reads say before anything is decided.
+struct Facts {
+    target: Target,
+    /// The appended anchors recorded on the target.
+    recorded: BTreeSet<String>,
+    source: Option<Result<SourceBundle, Problem>>,
+}
+
+impl Facts {
+    fn of(o: &Observed) -> Self {
+        let recorded = trust_bundle::parse_record(
+            o.target
+                .as_ref()
+                .and_then(|s| annotation(s, trust_bundle::RECORD_ANNOTATION)),
+        );
+        let source_display = o.secret_display(&o.icc.spec.source_secret_name);
+        Self {
+            target: target_state(o.target.as_ref()),
+            recorded,
+            source: o
+                .source
+                .as_ref()
+                .map(|s| cacerts::read_source(&secret_data(s), &source_display)),
+        }
+    }
+
+    /// The rotation's step, when the source is readable.
+    fn rotation(&self, o: &Observed) -> Option<rotation::Decision> {
+        let Some(Ok(source)) = &self.source else {
+            return None;
+        };
+        // The anchors' certificates, so that a rotation never cuts an old root that is also one.
+        let anchors = trust_bundle::check_anchors(&o.anchors, &[], o.now)
+            .map(|c| c.certificates())
+            .unwrap_or_default();
+        let icc = &o.icc;
+        Some(rotation::decide(&rotation::Inputs {
+            spec: icc.spec.root_rotation.as_ref(),
+            status: icc.status.as_ref().and_then(|s| s.root_rotation.as_ref()),
+            advance: annotation_of(&icc.metadata, ADVANCE_ROTATION_ANNOTATION),
+            source,
+            target: &self.target,
+            anchors: &anchors,
+            now: o.now,
+        }))
+    }
+
+    /// The bundle to write (the rotation's, or the ordinary one) with the anchors joined.
+    fn cacerts_plan(
+        &self,
+        o: &Observed,
+        rotation: Option<&rotation::Decision>,
+    ) -> (Result<CacertsPlan, Problem>, Trust) {
+        let spec = &o.icc.spec;
+        let decision = match &self.source {
+            None => Err(Problem {
+                reason: cacerts::reason::SOURCE_NOT_FOUND,
+                message: format!(
+                    "{} not found: it is written by cert-manager once the istiod intermediate Certificate is issued",
+                    o.secret_display(&spec.source_secret_name)
+                ),
+            }),
+            Some(Err(problem)) => Err(problem.clone()),
+            Some(Ok(source)) => {
+                let ordinary = rotation::Bundle::Ordinary;
+                let bundle = rotation.map_or(&ordinary, |r| &r.bundle);
+                rotation::plan(source, bundle, &self.target, o.name(), spec.adopt_existing, o.now)
+            }
+        };
+        // The anchors join root-cert.pem only when every one of them is good; otherwise
+        // root-cert.pem stays as it is (a renewal of the intermediate still goes through: a
+        // peer's broken ConfigMap must not leave this cluster's renewal stuck).
+        with_anchors(decision, &o.anchors, &self.target, &self.recorded, o.now)
+    }
+}
+
+/// Ready after a successful (or needless) write: Synced with a summary, or the bad anchor.
+fn ready_verdict(o: &Observed, plan: &CacertsPlan, trust: &Trust) -> Result<String, Problem> {
+    let mut summary = format!(
+        "{} holds intermediate {} (SHA-256 {}) valid until {}, chaining to root {}; root-cert.pem has {} trust anchor(s)",
+        o.secret_display(&o.icc.spec.target_secret_name),
+        plan.contents.intermediate.subject(),
+        plan.contents.intermediate.fingerprint(),
+        plan.contents.intermediate.not_after(),
+        plan.contents.anchor.subject(),
+        plan.contents.roots.len()
+    );
+    summary.push_str(&trust.summary());
+    match trust {
+        Trust::Invalid(problem) => Err(Problem {
+            reason: problem.reason,
+            message: format!(
+                "{}; root-cert.pem is left as it was and no trust anchor is added or removed until this is fixed. {summary}",
+                problem.message
+            ),
+        }),
+        _ => Ok(summary),
+    }
+}
+
+/// The write of a changed plan, with its `Written` note.
+fn cacerts_write(
+    o: &Observed,
+    plan: &CacertsPlan,
+    trust: &Trust,
+    rotation: Option<&rotation::Decision>,
+) -> CacertsWrite {
+    let intermediate = &plan.contents.intermediate;
+    let mut note = format!(
+        "{} {}: intermediate {} (SHA-256 {}) valid until {}",
+        if plan.adopting { "Adopted and wrote" } else { "Wrote" },
+        o.secret_display(&o.icc.spec.target_secret_name),
+        intermediate.subject(),
+        intermediate.fingerprint(),
+        intermediate.not_after()
+    );
+    if let Some(change) = trust.change_note() {
+        note.push_str("; ");
+        note.push_str(&change);
+    }
+    if !plan.dropped_keys.is_empty() {
+        note.push_str(&format!(
+            "; removed keys {:?} so that istiod reads the new bundle",
+            plan.dropped_keys
+        ));
+    }
+    // Every built-in `kubernetes.io/*` type has keys the API server requires.
+    let typed = |s: &Secret| s.type_.as_deref().is_some_and(|t| t.starts_with("kubernetes.io/"));
+    CacertsWrite {
+        how: match &o.target {
+            None => SecretWrite::Create,
+            Some(s) if typed(s) => SecretWrite::Recreate,
+            Some(_) => SecretWrite::Replace,
+        },
+        data: plan.data.clone(),
+        owner: o.name().to_string(),
+        record: match trust {
+            Trust::Applied { assembly, .. } => Some(trust_bundle::format_record(&assembly.record)),
+            _ => None,
+        },
+        note,
+        fingerprint: intermediate.fingerprint(),
+        // Tests stop the process here: cacerts written, status not yet (a crash at the worst
+        // moment of a phase change).
+        failpoint: rotation
+            .and_then(|r| r.transition.as_ref())
+            .map(|(phase, _)| format!("rotation-written-{}", phase.as_str())),
+    }
+}
+
+impl Outcome {
+    /// Everything after the `cacerts` step, given Ready's verdict, the bundle istiod runs with
+    /// afterwards (`live`: the new one, or the one left in place) and where the step left the
+    /// planned bundle: a rotation's phase moves on only once it is in the target.
+    fn of(
+        o: &Observed,
+        settings: &Settings,
+        trust: &Trust,
+        rotation: Option<&rotation::Decision>,
+        ready: Result<String, Problem>,
+        live: Option<BundleContents>,
+        step: Cacerts,
+    ) -> Self {
+        let (now, t) = (o.now, &settings.thresholds);
+        let previous = o.icc.status.as_ref();
+        let previous_rotation = previous.and_then(|s| s.root_rotation.as_ref());
+        let tracked = track(o, live.as_ref());
+        let rotation = rotation.cloned().map(|mut r| {
+            if step != Cacerts::InPlace && !matches!(r.bundle, rotation::Bundle::Refused(_)) {
+                // The write failed (or was not possible): nothing moved, the phase stays.
+                r.status = previous_rotation.cloned();
+                r.transition = None;
+                r.consume_advance = false;
+                r.condition = None;
+            }
+            r
+        });
+        let live_roots: Vec<&Certificate> = live.as_ref().map(|b| b.roots.iter().collect()).unwrap_or_default();
+        let (trust_anchors, mesh_config) = trust.tracked(o, &live_roots, settings);
+        let published = published(o, rotation.as_ref(), live.as_ref(), &live_roots);
+        let conditions = Verdicts {
+            ready: match ready {
+                Ok(summary) => (true, cacerts::reason::SYNCED.to_string(), summary),
+                Err(p) => (false, p.reason.to_string(), p.message),
+            },
+            healthy: health(&tracked, anchor_of(&tracked, live.as_ref()), now, t),
+            rotation: rotation.as_ref(),
+            published: published.as_ref().map(|(verdict, _)| verdict.clone()),
+        };
+        let status = IstioCACertsStatus {
+            conditions: conditions.build(o),
+            root_rotation: rotation
+                .as_ref()
+                .map_or(previous_rotation.cloned(), |r| r.status.clone()),
+            ..tracked_status(&tracked, live.as_ref(), trust_anchors, mesh_config, now, settings)
+        };
+        let basis = Basis {
+            previous: previous.cloned(),
+            generation: o.icc.metadata.generation,
+            now,
+            thresholds: *t,
+            tracked,
+            rotation_events: rotation.as_ref().map(rotation_events).unwrap_or_default(),
+        };
+        let metrics = MetricUpdates {
+            rotation_phase: status.root_rotation.as_ref().map(|r| r.phase.as_str()),
+            certificates: Role::ALL
+                .iter()
+                .map(|role| {
+                    let series = basis
+                        .tracked
+                        .iter()
+                        .filter(|c| c.role == *role)
+                        .map(|c| c.series(now, t));
+                    (role.metric_kind(), series.collect())
+                })
+                .collect(),
+            reconcile: match (step, conditions.ready.0) {
+                (Cacerts::Refused, _) => "write_failed",
+                (_, true) => "synced",
+                (_, false) => "refused",
+            },
+        };
+        // Requeue exactly at the next window boundary; watches cover every other change.
+        let requeue_at = basis
+            .tracked
+            .iter()
+            .filter_map(|c| c.life.next_boundary(now, t))
+            .chain(rotation.as_ref().and_then(|r| r.requeue_at))
+            .min();
+        Outcome {
+            publish: published.and_then(|(_, write)| write),
+            events: basis.events(&status),
+            status,
+            remove_advance_annotation: rotation
+                .as_ref()
+                .is_some_and(|r| r.consume_advance || r.stale_advance.is_some()),
+            metrics,
+            requeue_at,
+            basis,
+        }
+    }
+}
+
+/// (ok, reason, message) of a condition.
+type Verdict = (bool, String, String);
+
+/// The verdicts that make the status's conditions.
+struct Verdicts<'a> {
+    ready: Verdict,
+    healthy: Verdict,
+    /// Not decided this time (`None`, or no condition): the RootRotation condition stays.
+    rotation: Option<&'a rotation::Decision>,
+    published: Option<Verdict>,
+}
+
+impl Verdicts<'_> {
+    /// Ready, CertificatesHealthy, RootRotation (when rotation is or was configured),
+    /// RootPublished (when publishRoot is set): in that order, times kept when unchanged.
+    fn build(&self, o: &Observed) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        let previous = o.icc.status.as_ref();
+        let find = |type_: &str| previous.and_then(|s| conditions::find(&s.conditions, type_));
+        let next = |type_: &str, (ok, reason, message): &Verdict| {
+            conditions::next(
+                find(type_),
+                type_,
+                *ok,
+                reason,
+                message.clone(),
+                o.icc.metadata.generation,
+                o.now,
+            )
+        };
+        let rotation = self.rotation.and_then(|r| {
+            let (reason, message) = r.condition.as_ref()?;
+            let in_progress = r.status.as_ref().is_some_and(|s| s.phase.in_progress());
+            Some(next(
+                rotation::ROOT_ROTATION,
+                &(in_progress, reason.to_string(), message.clone()),
+            ))
+        });
+        // Not decided this time: the condition stays as it was.
+        let kept_rotation = find(rotation::ROOT_ROTATION).filter(|_| rotation.is_none()).cloned();
+        [
+            Some(next(READY, &self.ready)),
+            Some(next(CERTIFICATES_HEALTHY, &self.healthy)),
+            rotation,
+            kept_rotation,
+            self.published.as_ref().map(|v| next(ROOT_PUBLISHED, v)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// The status's certificate fields: the intermediate (with its name constraints), the roots
+/// that are not trust anchors, the backend CA, the anchors and the mesh config.
+fn tracked_status(
+    tracked: &[Tracked],
+    live: Option<&BundleContents>,
+    trust_anchors: Vec<TrackedAnchor>,
+    mesh_config: Option<MeshConfigAdvice>,
+    now: Timestamp,
+    settings: &Settings,
+) -> IstioCACertsStatus {
+    let t = &settings.thresholds;
+    let anchor_fingerprints: Vec<&str> = trust_anchors
+        .iter()
+        .map(|a| a.certificate.fingerprint_sha256.as_str())
+        .collect();
+    IstioCACertsStatus {
+        intermediate: tracked
+            .iter()
+            .find(|c| c.role == Role::Intermediate)
+            .map(|c| TrackedCertificate {
+                name_constraints: live.and_then(|b| constraints_summary(&b.intermediate)),
+                ..c.status(now, t)
+            }),
+        roots: tracked
+            .iter()
+            .filter(|c| c.role == Role::Root && !anchor_fingerprints.contains(&c.fingerprint.as_str()))
+            .map(|c| c.status(now, t))
+            .collect(),
+        backend_ca: tracked
+            .iter()
+            .find(|c| c.role == Role::BackendCA)
+            .map(|c| c.status(now, t)),
+        trust_anchors,
+        mesh_config,
+        ..Default::default()
+    }
+}
+
+/// What is tracked: the live bundle's intermediate (with the Certificate's renewal time when
+/// it describes this very intermediate) and roots, and the issuer's backend CA.
+fn track(o: &Observed, live: Option<&BundleContents>) -> Vec<Tracked> {
+    let mut tracked = Vec::new();
+    if let Some(bundle) = live {
+        let renewal = o.certificate.as_ref().and_then(|status| {
+            let same =
+                status.not_after.as_ref().map(|t| t.0.as_second()) == Some(bundle.intermediate.not_after().as_second());
+            same.then(|| status.renewal_time.as_ref().map(|t| t.0)).flatten()
+        });
+        tracked.push(Tracked::from_certificate(
+            Role::Intermediate,
+            &bundle.intermediate,
+            renewal,
+        ));
+        tracked.extend(
+            bundle
+                .roots
+                .iter()
+                .map(|root| Tracked::from_certificate(Role::Root, root, None)),
+        );
+    }
+    let backend = o.backend_ca.as_ref().and_then(|summary| {
+        Some(Tracked {
+            role: Role::BackendCA,
+            subject: summary.subject.clone(),
+            fingerprint: summary.fingerprint_sha256.clone(),
+            life: Life::new(summary.not_before.parse().ok()?, summary.not_after.parse().ok()?, None),
+        })
+    });
+    tracked.extend(backend);
+    tracked
+}
+
+/// The tracked root the live intermediate chains to.
+fn anchor_of<'a>(tracked: &'a [Tracked], live: Option<&BundleContents>) -> Option<&'a Tracked> {
+    let fingerprint = live?.anchor.fingerprint();
+    tracked
+        .iter()
+        .find(|c| c.role == Role::Root && c.fingerprint == fingerprint)
+}
+
+/// The RootPublished verdict and the write it needs, when publishRoot is set.
+fn published(
+    o: &Observed,
+    rotation: Option<&rotation::Decision>,
+    live: Option<&BundleContents>,
+    live_roots: &[&Certificate],
+) -> Option<(Verdict, Option<publish::PublishWrite>)> {
+    let spec = &o.icc.spec;
+    let publish_root = spec.publish_root.as_ref()?;
+    let previous_rotation = o.icc.status.as_ref().and_then(|s| s.root_rotation.as_ref());
+    let own = rotation.and_then(|r| r.published_roots.clone()).or_else(|| {
+        // Not decided this time (source unreadable, write failed): while old and new roots are
+        // both trusted, both stay published.
+        let status = previous_rotation.filter(|s| {
+            matches!(
+                s.phase,
+                RotationPhase::AddingNewRoot | RotationPhase::SwitchingIntermediate
+            )
+        })?;
+        let both: Vec<Certificate> = live_roots
+            .iter()
+            .filter(|c| {
+                let fp = c.fingerprint();
+                status.old_roots.contains(&fp) || status.new_root == fp
+            })
+            .map(|c| (*c).clone())
+            .collect();
+        (!both.is_empty()).then_some(both)
+    });
+    let own: Vec<Certificate> = own.unwrap_or_else(|| live.iter().map(|b| b.anchor.clone()).collect());
+    let found = o.published.clone().unwrap_or(publish::Found::Absent);
+    let (namespace, trust_domain) = (o.namespace(), spec.trust_domain.as_str());
+    Some(
+        match publish::plan(publish_root, namespace, o.name(), trust_domain, &own, &found) {
+            Ok(write) => (
+                (
+                    true,
+                    publish::reason::PUBLISHED.to_string(),
+                    publish::published_message(publish_root, namespace, trust_domain, &own),
+                ),
+                write,
+            ),
+            Err(p) => ((false, p.reason.to_string(), p.message), None),
+        },
+    )
+}
+
+/// The rotation's events: one per phase change, and a warning for an advance annotation
+/// that named another phase.
+fn rotation_events(decision: &rotation::Decision) -> Vec<PlannedEvent> {
+    let transition = decision.transition.as_ref().map(|(phase, message)| PlannedEvent {
+        warning: false,
+        reason: format!("Rotation{}", phase.as_str()),
+        action: "RootRotation",
+        note: message.clone(),
+    });
+    let stale = decision.stale_advance.as_ref().map(|message| PlannedEvent {
+        warning: true,
+        reason: rotation::reason::STALE_ADVANCE.to_string(),
+        action: "RootRotation",
+        note: message.clone(),
+    });
+    transition.into_iter().chain(stale).collect()
+}
+
+/// What became of the trust anchors in this reconcile.
+enum Trust {
+    /// No plan to put them into (the source or target is not usable).
+    NotApplied,
+    /// An anchor is bad: root-cert.pem stays as it was.
+    Invalid(Problem),
+    /// Every anchor checked and assembled into the plan.
+    Applied {
+        checked: CheckedAnchors,
+        assembly: Assembly,
+    },
+}
+
+impl Trust {
+    /// For the Ready message: notes, how the file relates to the previous one, and what istiod
+    /// needs to pick a change up.
+    fn summary(&self) -> String {
+        let mut out = String::new();
+        if let Trust::Applied { checked, assembly } = self {
+            for note in &checked.notes {
+                out.push_str("; ");
+                out.push_str(note);
+            }
+            if assembly.deferred > 0 {
+                out.push_str(&format!(
+                    "; {} trust anchor certificate(s) are added in the next step, after the removal (never both in one write)",
+                    assembly.deferred
+                ));
+            }
+        }
+        out.push_str("; ");
+        out.push_str(trust_bundle::RELOAD_NOTE);
+        out
+    }
+
+    /// For the Written event: what this write did to root-cert.pem.
+    fn change_note(&self) -> Option<String> {
+        let Trust::Applied { assembly, .. } = self else {
+            return None;
+        };
+        let names = |certs: &[Certificate]| certs.iter().map(Certificate::subject).collect::<Vec<_>>().join(", ");
+        match assembly.change {
+            Change::Unchanged | Change::Fresh => None,
+            Change::Grew => Some(format!(
+                "root-cert.pem grew by {} (the previous bytes are its prefix); {}",
+                names(&assembly.added),
+                trust_bundle::RELOAD_NOTE
+            )),
+            Change::Shrank => Some(format!(
+                "root-cert.pem lost {} (the new bytes are contained in the previous); {}",
+                names(&assembly.removed),
+                trust_bundle::RELOAD_NOTE
+            )),
+            Change::Reordered => Some(format!(
+                "root-cert.pem lost {} from its middle: a subset of the previous certificates but not of its bytes, which istiod versions that compare bytes ignore; restart istiod",
+                names(&assembly.removed)
+            )),
+        }
+    }
+
+    /// `status.trustAnchors` and `status.meshConfig`: the anchors `root-cert.pem` now holds.
+    fn tracked(
+        &self,
+        o: &Observed,
+        live_roots: &[&Certificate],
+        settings: &Settings,
+    ) -> (Vec<TrackedAnchor>, Option<MeshConfigAdvice>) {
+        let previous = o.icc.status.as_ref();
+        match self {
+            Trust::Applied { checked, .. } => (
+                checked
+                    .anchors
+                    .iter()
+                    .flat_map(|a| {
+                        a.certificates
+                            .iter()
+                            .filter(|c| live_roots.contains(c))
+                            .map(|c| TrackedAnchor {
+                                name: a.name.clone(),
+                                trust_domains: a.trust_domains.clone(),
+                                certificate: Tracked::from_certificate(Role::Root, c, None)
+                                    .status(o.now, &settings.thresholds),
+                            })
+                    })
+                    .collect(),
+                Some(trust_bundle::mesh_config(&o.icc.spec.trust_domain, &checked.anchors)),
+            ),
+            // Unknown this time (source missing, or an anchor is bad): what was shown stays, for
+            // the anchors still in root-cert.pem.
+            _ => {
+                let live_fps: Vec<String> = live_roots.iter().map(|c| c.fingerprint()).collect();
+                (
+                    previous
+                        .map(|s| s.trust_anchors.clone())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|a| live_fps.contains(&a.certificate.fingerprint_sha256))
+                        .collect(),
+                    previous.and_then(|s| s.mesh_config.clone()),
+                )
+            }
+        }
+    }
+}
+
+/// Checks the anchors and puts them into the plan (see [`Trust`]).
+fn with_anchors(
+    decision: Result<CacertsPlan, Problem>,
+    inputs: &[AnchorInput],
+    target: &Target,
+    recorded: &BTreeSet<String>,
+    now: Timestamp,
+) -> (Result<CacertsPlan, Problem>, Trust) {
+    let plan = match decision {
+        Ok(plan) => plan,
+        Err(problem) => return (Err(problem), Trust::NotApplied),
+    };
+    let own_roots = [plan.contents.anchor.clone()];
+    match trust_bundle::check_anchors(inputs, &own_roots, now) {
+        Err(problem) => (Ok(plan), Trust::Invalid(problem)),
+        Ok(checked) => match trust_bundle::apply(plan, target, recorded, &checked, now) {
+            Ok((plan, assembly)) => (Ok(plan), Trust::Applied { checked, assembly }),
+            Err(problem) => (Err(problem), Trust::NotApplied),
+        },
+    }
+}
+
+/// A Secret's data (and any `stringData` of an object built by hand) as bytes.
+pub fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    let mut data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .as_ref()
+        .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+        .unwrap_or_default();
+    // stringData is write-only on the server, but a Secret object built by hand may carry it.
+    if let Some(strings) = &secret.string_data {
+        for (k, v) in strings {
+            data.insert(k.clone(), v.clone().into_bytes());
+        }
+    }
+    data
+}
+
+fn annotation<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
+    annotation_of(&secret.metadata, key)
+}
+
+fn annotation_of<'a>(
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &str,
+) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// The target as the ownership rules see it: its data, and which IstioCACerts marked it.
+fn target_state(secret: Option<&Secret>) -> Target {
+    let Some(s) = secret else {
+        return Target::Absent;
+    };
+    let labels = s.metadata.labels.as_ref();
+    let ours = labels.and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str) == Some(MANAGED_BY_VALUE);
+    Target::Present {
+        data: secret_data(s),
+        owner: ours
+            .then(|| annotation(s, OWNER_ANNOTATION).map(str::to_string))
+            .flatten(),
+    }
+}
+
+/// The bundle currently in the target, if it is one istiod could load.
+fn existing_bundle(target: &Target, now: Timestamp) -> Option<BundleContents> {
+    match target {
+        Target::Present { data, .. } if !data.contains_key(cacerts::ISTIO_GENERATED) => {
+            // A bundle that fails verification (say, an expired intermediate) is tracked too:
+            // that is exactly what must be seen.
+            cacerts::verify_bundle(data, now)
+                .ok()
+                .or_else(|| bundle_for_tracking(data))
+        }
+        _ => None,
+    }
+}
+
+/// Best effort for tracking a bundle that fails verification at any time (e.g. expired
+/// intermediate, valid root): its certificates, unjudged.
+fn bundle_for_tracking(data: &BTreeMap<String, Vec<u8>>) -> Option<BundleContents> {
+    let intermediate = Certificate::parse_pem_bundle(data.get(cacerts::CA_CERT)?, "ca-cert.pem")
+        .ok()?
+        .into_iter()
+        .next()?;
+    let roots = Certificate::parse_pem_bundle(data.get(cacerts::ROOT_CERT)?, "root-cert.pem").ok()?;
+    let anchor = roots
+        .iter()
+        .find(|r| intermediate.is_signed_by(r))
+        .cloned()
+        .or_else(|| roots.first().cloned())?;
+    Some(BundleContents {
+        chain: vec![intermediate.clone()],
+        intermediate,
+        roots,
+        anchor,
+    })
+}
+
+/// The name constraints a certificate carries, for status.
+fn constraints_summary(certificate: &Certificate) -> Option<crate::api::name_constraints::NameConstraintsSummary> {
+    match crate::pki::name_constraints::carried_by(certificate) {
+        Ok(found) => found.map(|(critical, nc)| nc.summary(critical)),
+        Err(why) => {
+            // Not status material: a summary would have to invent subtrees. Say it in the log.
+            tracing::warn!(fingerprint = %certificate.fingerprint(), %why, "the intermediate's name constraints cannot be read");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    use super::*;
+    use crate::api::istio_cacerts::{IstioCACertsSpec, KeyRef, PublishRoot, RootRotation, RotationMode, TrustAnchor};
+    use crate::istio::plan::SecretWrite::{self, Create, Recreate, Replace};
+    use crate::istio::publish::Found;
+    use crate::istio::testing::{DAY, HOUR, istio_cacerts, observed, root, secret, source_under, t0};
+    use crate::istio::trust_bundle::Fetched;
+
+    /// What a row expects of the plan: the `cacerts` write, Ready's and CertificatesHealthy's
+    /// reasons, the rotation phase, the events and RootPublished, once the plan is carried out.
+    #[derive(Clone, Copy, Debug)]
+    struct Expect {
+        write: Option<SecretWrite>,
+        ready: &'static str,
+        healthy: &'static str,
+        phase: Option<RotationPhase>,
+        events: &'static [&'static str],
+        published: Option<&'static str>,
+        /// The published root's ConfigMap is written.
+        publishes: bool,
+    }
+
+    const SYNCED: Expect = Expect {
+        write: None,
+        ready: "Synced",
+        healthy: "AllHealthy",
+        phase: None,
+        events: &[],
+        published: None,
+        publishes: false,
+    };
+
+    /// The PKIs of the rows: an old root with two intermediates (a renewal), a new root.
+    struct Pki {
+        old: SourceBundle,
+        renewed: SourceBundle,
+        new: SourceBundle,
+        /// A root that expires before the old one: unfit to rotate to.
+        short: SourceBundle,
+        peer_root: Certificate,
+    }
+
+    impl Pki {
+        fn new() -> Self {
+            let old_root = root(365);
+            let new_root = root(730);
+            Self {
+                old: source_under(&old_root),
+                renewed: source_under(&old_root),
+                new: source_under(&new_root),
+                short: source_under(&root(200)),
+                peer_root: root(3650).0,
+            }
+        }
+    }
+
+    fn spec() -> IstioCACertsSpec {
+        IstioCACertsSpec {
+            source_secret_name: "istiod-intermediate".into(),
+            ..Default::default()
+        }
+    }
+
+    fn rotating(mode: RotationMode, paused: bool) -> IstioCACertsSpec {
+        IstioCACertsSpec {
+            root_rotation: Some(RootRotation {
+                multi_root_mesh_enabled: true,
+                trust_propagation_delay: "1h".into(),
+                workload_drain_delay: "25h".into(),
+                mode,
+                paused,
+            }),
+            ..spec()
+        }
+    }
+
+    fn publishing() -> IstioCACertsSpec {
+        IstioCACertsSpec {
+            publish_root: Some(PublishRoot {
+                config_map_name: "root-published".into(),
+                key: "root-cert.pem".into(),
+            }),
+            ..spec()
+        }
+    }
+
+    fn anchor(name: &str, fetched: Fetched) -> AnchorInput {
+        AnchorInput {
+            spec: TrustAnchor {
+                name: name.into(),
+                trust_domains: vec!["peer.example".into()],
+                config_map_key_ref: Some(KeyRef {
+                    name: name.into(),
+                    key: "root-cert.pem".into(),
+                }),
+                secret_key_ref: None,
+            },
+            source: format!("ConfigMap istio-system/{name} key root-cert.pem"),
+            fetched,
+        }
+    }
+
+    /// The next reconcile at `at` after `plan` was carried out as act does when every write
+    /// lands: the target holds the write, the status and the published root are written, a
+    /// used advance annotation is gone.
+    fn after(o: &Observed, plan: &Plan, at: Timestamp) -> Observed {
+        let mut next = o.clone();
+        if let Some(step) = &plan.cacerts {
+            let mut target = secret("cacerts", step.write.data.clone());
+            let meta = &mut target.metadata;
+            meta.labels = Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into());
+            let mut annotations = BTreeMap::from([(OWNER_ANNOTATION.to_string(), step.write.owner.clone())]);
+            if let Some(record) = step.write.record.clone().filter(|r| !r.is_empty()) {
+                annotations.insert(trust_bundle::RECORD_ANNOTATION.to_string(), record);
+            }
+            meta.annotations = Some(annotations);
+            next.target = Some(target);
+        }
+        let mut icc = o.icc.as_ref().clone();
+        icc.status = Some(plan.then.status.clone());
+        if plan.then.remove_advance_annotation {
+            icc.metadata.annotations = None;
+        }
+        next.icc = std::sync::Arc::new(icc);
+        if let Some(write) = &plan.then.publish {
+            let patch = write.apply_patch(o.namespace());
+            next.published = Some(Found::Present(Box::new(serde_json::from_value(patch).unwrap())));
+        }
+        next.now = at;
+        next
+    }
+
+    /// `o` with the source replaced by `source`.
+    fn sourced(o: &Observed, source: &SourceBundle) -> Observed {
+        Observed {
+            source: Some(crate::istio::testing::source_secret(source)),
+            ..o.clone()
+        }
+    }
+
+    /// `o` with the advance annotation naming `phase`.
+    fn advancing(o: &Observed, phase: &str) -> Observed {
+        let mut icc = o.icc.as_ref().clone();
+        icc.metadata.annotations = Some([(ADVANCE_ROTATION_ANNOTATION.to_string(), phase.to_string())].into());
+        Observed {
+            icc: std::sync::Arc::new(icc),
+            ..o.clone()
+        }
+    }
+
+    /// A world that already ran: `o` decided and carried out, looked at again at `at`.
+    fn settled(o: Observed, at: Timestamp) -> Observed {
+        let plan = decide(&o, &Settings::default());
+        after(&o, &plan, at)
+    }
+
+    fn rows(pki: &Pki) -> Vec<(&'static str, Observed, Expect)> {
+        use RotationPhase::*;
+        let fresh = observed(istio_cacerts(spec()), Some(&pki.old));
+        let written = settled(fresh.clone(), t0());
+        // Someone else's cacerts: another intermediate under the same root, unmarked.
+        let theirs = settled(observed(istio_cacerts(spec()), Some(&pki.renewed)), t0());
+        let foreign = |type_: Option<&str>| {
+            let mut target = secret("cacerts", theirs.target.as_ref().map(secret_data).unwrap());
+            target.type_ = type_.map(str::to_string);
+            Observed {
+                target: Some(target),
+                ..fresh.clone()
+            }
+        };
+        let adopting = |type_| {
+            let mut o = foreign(type_);
+            o.icc = std::sync::Arc::new(istio_cacerts(IstioCACertsSpec {
+                adopt_existing: true,
+                ..spec()
+            }));
+            o
+        };
+        let mut bad_source = fresh.clone();
+        if let Some(s) = bad_source.source.as_mut().and_then(|s| s.data.as_mut()) {
+            s.insert("tls.key".into(), k8s_openapi::ByteString(b"not a key".to_vec()));
+        }
+        // A rotation: started, then each delay over (Automatic), then a cut root written.
+        let rotation = settled(
+            observed(istio_cacerts(rotating(RotationMode::Automatic, false)), Some(&pki.old)),
+            t0(),
+        );
+        let started = settled(sourced(&rotation, &pki.new), t0() + HOUR * 2);
+        let switched = settled(started.clone(), t0() + DAY * 2);
+        let cut = settled(switched.clone(), t0() + DAY * 2);
+        let manual = settled(
+            observed(istio_cacerts(rotating(RotationMode::Manual, false)), Some(&pki.old)),
+            t0(),
+        );
+        let manual_started = settled(sourced(&manual, &pki.new), t0() + HOUR * 2);
+        let paused = {
+            let mut o = started.clone();
+            let mut icc = o.icc.as_ref().clone();
+            icc.spec = rotating(RotationMode::Automatic, true);
+            o.icc = std::sync::Arc::new(icc);
+            o
+        };
+        // Trust anchors: a peer's root added to a running mesh, then removed again.
+        let peer_pem = Fetched::Found(pki.peer_root.to_pem().into_bytes());
+        let with_anchor = |o: &Observed, anchors: Vec<AnchorInput>| {
+            let mut o = o.clone();
+            let mut icc = o.icc.as_ref().clone();
+            icc.spec.trust_anchors = anchors.iter().map(|a| a.spec.clone()).collect();
+            o.icc = std::sync::Arc::new(icc);
+            o.anchors = anchors;
+            o
+        };
+        let anchored = with_anchor(&written, vec![anchor("peer", peer_pem.clone())]);
+        let anchor_removed = with_anchor(&settled(anchored.clone(), t0()), vec![]);
+        // The published root: absent, ours and up to date, someone else's.
+        let publish = settled(observed(istio_cacerts(publishing()), Some(&pki.old)), t0());
+        let foreign_config_map = Observed {
+            published: Some(Found::Present(Box::new(ConfigMap {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("root-published".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }))),
+            ..observed(istio_cacerts(publishing()), Some(&pki.old))
+        };
+        let at = |o: &Observed, now| Observed { now, ..o.clone() };
+        vec![
+            // Nothing to write until cert-manager has written its Secret.
+            (
+                "source missing",
+                observed(istio_cacerts(spec()), None),
+                Expect {
+                    ready: "SourceNotFound",
+                    events: &["SourceNotFound"],
+                    ..SYNCED
+                },
+            ),
+            // A source whose key does not parse is refused with the cause.
+            (
+                "bad source",
+                bad_source,
+                Expect {
+                    ready: "InvalidSource",
+                    events: &["InvalidSource"],
+                    ..SYNCED
+                },
+            ),
+            // The first write creates cacerts; a fine fresh resource says nothing more.
+            (
+                "fresh target",
+                fresh.clone(),
+                Expect {
+                    write: Some(Create),
+                    ..SYNCED
+                },
+            ),
+            // Looked at again: the target holds exactly this, nothing is written.
+            ("unchanged", written.clone(), SYNCED),
+            // A cacerts someone else made is left alone unless adoption is asked for.
+            (
+                "adoption refused",
+                foreign(None),
+                Expect {
+                    ready: "NotOwned",
+                    events: &["NotOwned"],
+                    ..SYNCED
+                },
+            ),
+            // Asked for: it is replaced, marked ours.
+            (
+                "adoption",
+                adopting(None),
+                Expect {
+                    write: Some(Replace),
+                    ..SYNCED
+                },
+            ),
+            // A kubernetes.io/tls Secret cannot change type: deleted and created as Opaque.
+            (
+                "adoption of a typed Secret",
+                adopting(Some("kubernetes.io/tls")),
+                Expect {
+                    write: Some(Recreate),
+                    ..SYNCED
+                },
+            ),
+            // A renewal under the same root replaces the intermediate.
+            (
+                "renewal",
+                sourced(&written, &pki.renewed),
+                Expect {
+                    write: Some(Replace),
+                    ..SYNCED
+                },
+            ),
+            // A new root without rotation configured leaves cacerts as it is.
+            (
+                "RootChanged",
+                sourced(&written, &pki.new),
+                Expect {
+                    ready: "RootChanged",
+                    events: &["RootChanged"],
+                    ..SYNCED
+                },
+            ),
+            // Rotation: a new root is appended, the old intermediate kept.
+            (
+                "rotation starts",
+                sourced(&rotation, &pki.new),
+                Expect {
+                    write: Some(Replace),
+                    phase: Some(AddingNewRoot),
+                    events: &["RotationAddingNewRoot"],
+                    ..SYNCED
+                },
+            ),
+            // Within the trust propagation delay nothing moves.
+            (
+                "rotation waits",
+                at(&started, t0() + HOUR / 2),
+                Expect {
+                    phase: Some(AddingNewRoot),
+                    ..SYNCED
+                },
+            ),
+            // The delay is over: the new intermediate is written.
+            (
+                "rotation switches",
+                at(&started, t0() + DAY * 2),
+                Expect {
+                    write: Some(Replace),
+                    phase: Some(SwitchingIntermediate),
+                    events: &["RotationSwitchingIntermediate"],
+                    ..SYNCED
+                },
+            ),
+            // The drain delay is over: the old root is cut.
+            (
+                "rotation cuts the old root",
+                at(&switched, t0() + DAY * 3),
+                Expect {
+                    write: Some(Replace),
+                    phase: Some(RemovingOldRoot),
+                    events: &["RotationRemovingOldRoot"],
+                    ..SYNCED
+                },
+            ),
+            // The cut is in the target: completed without another write.
+            (
+                "rotation completes",
+                at(&cut, t0() + DAY * 3),
+                Expect {
+                    phase: Some(Completed),
+                    events: &["RotationCompleted"],
+                    ..SYNCED
+                },
+            ),
+            // Back to the old root before the switch: the new root is cut off again.
+            (
+                "rotation rolls back",
+                sourced(&started, &pki.old),
+                Expect {
+                    write: Some(Replace),
+                    phase: Some(RolledBack),
+                    events: &["RotationRolledBack"],
+                    ..SYNCED
+                },
+            ),
+            // Paused: nothing moves, the delay notwithstanding.
+            (
+                "rotation paused",
+                at(&paused, t0() + DAY * 2),
+                Expect {
+                    phase: Some(AddingNewRoot),
+                    ..SYNCED
+                },
+            ),
+            // Manual mode: the delay is over but only the annotation moves it on.
+            (
+                "manual rotation waits",
+                at(&manual_started, t0() + DAY * 2),
+                Expect {
+                    phase: Some(AddingNewRoot),
+                    ..SYNCED
+                },
+            ),
+            // The annotation naming the current phase moves it on (and is removed).
+            (
+                "manual rotation advanced",
+                advancing(&at(&manual_started, t0() + DAY * 2), "AddingNewRoot"),
+                Expect {
+                    write: Some(Replace),
+                    phase: Some(SwitchingIntermediate),
+                    events: &["RotationSwitchingIntermediate"],
+                    ..SYNCED
+                },
+            ),
+            // An annotation naming another phase is ignored, removed and warned about.
+            (
+                "stale advance",
+                advancing(&manual_started, "RemovingOldRoot"),
+                Expect {
+                    phase: Some(AddingNewRoot),
+                    events: &["StaleAdvanceAnnotation"],
+                    ..SYNCED
+                },
+            ),
+            // A new root that expires before the old one is refused; cacerts stays.
+            (
+                "rotation refused",
+                sourced(&rotation, &pki.short),
+                Expect {
+                    ready: "NewRootRefused",
+                    events: &["NewRootRefused"],
+                    ..SYNCED
+                },
+            ),
+            // A good anchor is appended to root-cert.pem.
+            (
+                "anchor added",
+                anchored.clone(),
+                Expect {
+                    write: Some(Replace),
+                    ..SYNCED
+                },
+            ),
+            // A bad anchor: root-cert.pem stays, the renewal still goes through.
+            (
+                "anchor invalid",
+                sourced(
+                    &with_anchor(&written, vec![anchor("peer", Fetched::Found(b"garbage".to_vec()))]),
+                    &pki.renewed,
+                ),
+                Expect {
+                    write: Some(Replace),
+                    ready: "InvalidTrustAnchor",
+                    events: &["InvalidTrustAnchor"],
+                    ..SYNCED
+                },
+            ),
+            // A missing anchor is named the same way.
+            (
+                "anchor missing",
+                with_anchor(&written, vec![anchor("peer", Fetched::ObjectNotFound)]),
+                Expect {
+                    ready: "TrustAnchorNotFound",
+                    events: &["TrustAnchorNotFound"],
+                    ..SYNCED
+                },
+            ),
+            // An anchor taken out of the spec is cut from root-cert.pem.
+            (
+                "anchor removed",
+                anchor_removed,
+                Expect {
+                    write: Some(Replace),
+                    ..SYNCED
+                },
+            ),
+            // The published root is written where there is none.
+            (
+                "publishRoot fresh",
+                observed(istio_cacerts(publishing()), Some(&pki.old)),
+                Expect {
+                    write: Some(Create),
+                    published: Some("Published"),
+                    publishes: true,
+                    ..SYNCED
+                },
+            ),
+            // Ours and up to date: no write, still Published.
+            (
+                "publishRoot owned",
+                publish,
+                Expect {
+                    published: Some("Published"),
+                    ..SYNCED
+                },
+            ),
+            // A ConfigMap of that name someone else made is never taken over.
+            (
+                "publishRoot not owned",
+                foreign_config_map,
+                Expect {
+                    write: Some(Create),
+                    published: Some("NotOwned"),
+                    ..SYNCED
+                },
+            ),
+            // Windows of the intermediate (90 days from t0 - 1h; renewal due at day 60).
+            ("healthy", at(&written, t0() + DAY * 30), SYNCED),
+            (
+                "renewal due",
+                at(&written, t0() + DAY * 61),
+                Expect {
+                    healthy: "IntermediateRenewalDue",
+                    events: &["IntermediateRenewalDue"],
+                    ..SYNCED
+                },
+            ),
+            (
+                "expiring",
+                at(&written, t0() + DAY * 85),
+                Expect {
+                    healthy: "IntermediateExpiring",
+                    events: &["IntermediateExpiring"],
+                    ..SYNCED
+                },
+            ),
+            // Expired: the source no longer loads, the bundle in place is still tracked.
+            (
+                "expired",
+                at(&written, t0() + DAY * 91),
+                Expect {
+                    ready: "Expired",
+                    healthy: "IntermediateExpired",
+                    events: &["Expired", "IntermediateExpired"],
+                    ..SYNCED
+                },
+            ),
+        ]
+    }
+
+    fn reason<'a>(status: &'a IstioCACertsStatus, type_: &str) -> Option<&'a str> {
+        conditions::find(&status.conditions, type_).map(|c| c.reason.as_str())
+    }
+
+    #[test]
+    fn decide_table() {
+        let pki = Pki::new();
+        for (case, o, expect) in rows(&pki) {
+            let plan = decide(&o, &Settings::default());
+            let then = &plan.then;
+            let got = (
+                plan.cacerts.as_ref().map(|s| s.write.how),
+                reason(&then.status, READY).unwrap_or_default(),
+                reason(&then.status, CERTIFICATES_HEALTHY).unwrap_or_default(),
+                then.status.root_rotation.as_ref().map(|r| r.phase),
+                then.events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
+                reason(&then.status, ROOT_PUBLISHED),
+                then.publish.is_some(),
+            );
+            let want = (
+                expect.write,
+                expect.ready,
+                expect.healthy,
+                expect.phase,
+                expect.events.to_vec(),
+                expect.published,
+                expect.publishes,
+            );
+            assert_eq!(
+                got, want,
+                "{case}: (write, Ready, CertificatesHealthy, phase, events, RootPublished, publishes)"
+            );
+            // Whatever the row, a refused write moves nothing and says why.
+            if let Some(refused) = plan.if_cacerts_refused(Problem {
+                reason: cacerts::reason::WRITE_FAILED,
+                message: "the API server said no".into(),
+            }) {
+                let previous_phase = o
+                    .icc
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.root_rotation.as_ref())
+                    .map(|r| r.phase);
+                assert_eq!(
+                    refused.status.root_rotation.as_ref().map(|r| r.phase),
+                    previous_phase,
+                    "{case}: refused"
+                );
+                assert_eq!(reason(&refused.status, READY), Some("WriteFailed"), "{case}: refused");
+                assert!(
+                    !refused.events.iter().any(|e| e.reason.starts_with("Rotation")),
+                    "{case}: refused"
+                );
+                assert_eq!(refused.metrics.reconcile, "write_failed", "{case}: refused");
+            }
+        }
+    }
+}

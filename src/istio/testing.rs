@@ -1,0 +1,106 @@
+//! Test fixtures of the istio decisions, written once: roots and istiod intermediates at a
+//! fixed clock, cert-manager's Secret for them, and the objects one reconcile observes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+
+use super::cacerts::SourceBundle;
+use super::plan::Observed;
+use crate::api::issuer::RootBootstrap;
+use crate::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
+use crate::pki::policy::SigningPlan;
+use crate::pki::sign::{CaSigner, self_signed_root, sign_csr, tests::istiod_csr_with_key};
+use crate::pki::{Certificate, SigningKey};
+
+pub const HOUR: SignedDuration = SignedDuration::from_hours(1);
+pub const DAY: SignedDuration = SignedDuration::from_hours(24);
+
+/// The fixed "now" every fixture is made around.
+pub fn t0() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+/// A root valid from a day before t0 for `days`.
+pub fn root(days: i64) -> (Certificate, SigningKey) {
+    let spec = RootBootstrap {
+        duration: format!("{}h", days * 24),
+        ..Default::default()
+    };
+    self_signed_root(&spec, t0() - DAY).unwrap()
+}
+
+/// An istiod intermediate (pathLen 0) signed by `root`, valid from an hour before t0 for 90
+/// days, as cert-manager's Secret would hold it.
+pub fn source_under(root: &(Certificate, SigningKey)) -> SourceBundle {
+    let (csr, key) = istiod_csr_with_key();
+    let plan = SigningPlan {
+        ca_path_len: Some(0),
+        not_before: t0() - HOUR,
+        not_after: t0() + DAY * 90,
+        requested: std::time::Duration::from_secs(1),
+        clamped: None,
+        name_constraints: None,
+    };
+    let signer = CaSigner {
+        certificate: &root.0,
+        key: &root.1,
+    };
+    SourceBundle {
+        intermediate: sign_csr(&csr, &plan, &signer).unwrap(),
+        intermediates: vec![],
+        key_pem: zeroize::Zeroizing::new(key.to_pem().into_bytes()),
+        root: root.0.clone(),
+    }
+}
+
+/// A Secret named `name` with `data`.
+pub fn secret(name: &str, data: BTreeMap<String, Vec<u8>>) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some("istio-system".to_string()),
+            ..Default::default()
+        },
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Default::default()
+    }
+}
+
+/// cert-manager's Secret for `source`: tls.crt, tls.key, ca.crt.
+pub fn source_secret(source: &SourceBundle) -> Secret {
+    let data = [
+        ("tls.crt", source.intermediate.to_pem().into_bytes()),
+        ("tls.key", source.key_pem.to_vec()),
+        ("ca.crt", source.root.to_pem().into_bytes()),
+    ];
+    secret(
+        "istiod-intermediate",
+        data.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    )
+}
+
+/// An IstioCACerts `mesh` in istio-system with `spec`.
+pub fn istio_cacerts(spec: IstioCACertsSpec) -> IstioCACerts {
+    let mut icc = IstioCACerts::new("mesh", spec);
+    icc.metadata.namespace = Some("istio-system".to_string());
+    icc.metadata.generation = Some(1);
+    icc
+}
+
+/// What a reconcile of `icc` observes with `source` in cert-manager's Secret and no target yet.
+pub fn observed(icc: IstioCACerts, source: Option<&SourceBundle>) -> Observed {
+    Observed {
+        icc: Arc::new(icc),
+        source: source.map(source_secret),
+        target: None,
+        anchors: vec![],
+        certificate: None,
+        backend_ca: None,
+        published: None,
+        now: t0(),
+    }
+}

@@ -1,0 +1,430 @@
+//! A mesh as the tests build it, written once: in a namespace of a control plane, a
+//! MeshCAIssuer with a local root, cert-manager's (stand-in) Secret for istiod's intermediate
+//! and an IstioCACerts; two of them across the two control planes (`TwoClusters`), each with
+//! its own controller; what istiod and the workloads would make of `cacerts` (openssl and
+//! Go); and every version of `cacerts` as a watch saw it.
+
+use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use mesh_ca_issuer::api::cert_manager::CertificateRequest;
+use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
+
+use super::cert_manager::{self as cm, IntermediateRequest};
+use super::openssl::{Workdir, workload_certificate};
+use super::{ControllerProcess, ScopeLock, TestNamespace, eventually, goverify};
+
+/// cert-manager's Secret for istiod's intermediate (the IstioCACerts' source).
+pub const SOURCE: &str = "istiod-intermediate";
+
+/// One mesh: a namespace, the IstioCACerts `icc` there, the intermediate's revisions.
+pub struct Mesh {
+    pub client: Client,
+    pub ns: TestNamespace,
+    /// The IstioCACerts' name.
+    pub icc: String,
+    /// How long each wait may take (30 s unless a test sets it).
+    pub timeout: Duration,
+    revision: AtomicU32,
+}
+
+impl Mesh {
+    pub fn new(client: Client, ns: TestNamespace, icc: &str) -> Self {
+        Self {
+            client,
+            ns,
+            icc: icc.to_string(),
+            timeout: Duration::from_secs(30),
+            revision: AtomicU32::new(0),
+        }
+    }
+
+    /// The last revision of the intermediate issued (0: none yet).
+    pub fn revision(&self) -> u32 {
+        self.revision.load(Ordering::SeqCst)
+    }
+
+    /// A Ready MeshCAIssuer `name` with a local root bootstrapped into Secret `secret` for
+    /// `root_duration` (a root already in that Secret is used as it is).
+    pub async fn local_issuer(&self, name: &str, secret: &str, root_duration: &str, policy: IssuancePolicy) {
+        let spec = IssuerSpec {
+            local_ca: Some(LocalCA {
+                secret_name: secret.into(),
+                bootstrap: Some(RootBootstrap {
+                    duration: root_duration.into(),
+                    ..Default::default()
+                }),
+            }),
+            policy,
+            ..Default::default()
+        };
+        self.issuer(name, spec).await;
+    }
+
+    /// Creates MeshCAIssuer `name` and waits until it is Ready.
+    pub async fn issuer(&self, name: &str, spec: IssuerSpec) {
+        let api: Api<MeshCAIssuer> = self.ns.api();
+        api.create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
+            .await
+            .unwrap();
+        super::wait_issuer(&api, name, "True", self.timeout).await;
+    }
+
+    /// cert-manager (stand-in) issues the next revision of istiod's intermediate from `issuer`
+    /// into the source Secret.
+    pub async fn issue(&self, issuer: &str) -> CertificateRequest {
+        self.issue_for(issuer, None).await
+    }
+
+    /// The same, asking for `duration`.
+    pub async fn issue_for(&self, issuer: &str, duration: Option<&str>) -> CertificateRequest {
+        let revision = self.revision.fetch_add(1, Ordering::SeqCst) + 1;
+        let req = IntermediateRequest {
+            certificate: Some(SOURCE.to_string()),
+            duration: duration.map(str::to_string),
+            ..IntermediateRequest::istiod(&format!("{SOURCE}-{revision}"), issuer)
+        };
+        let key = cm::request_and_approve(&self.client, &self.ns.name, &req).await;
+        let cr = cm::wait_for_reason(&self.client, &self.ns.name, &req.name, &["Issued"], self.timeout).await;
+        cm::write_certificate_secret(&self.client, &self.ns.name, SOURCE, &cr, &key).await;
+        cr
+    }
+
+    /// Creates the IstioCACerts with `spec`.
+    pub async fn create_icc(&self, spec: IstioCACertsSpec) {
+        self.ns
+            .api::<IstioCACerts>()
+            .create(&PostParams::default(), &IstioCACerts::new(&self.icc, spec))
+            .await
+            .unwrap();
+    }
+
+    pub async fn icc(&self) -> IstioCACerts {
+        self.ns.api::<IstioCACerts>().get(&self.icc).await.unwrap()
+    }
+
+    pub async fn patch_icc(&self, patch: serde_json::Value) {
+        self.ns
+            .api::<IstioCACerts>()
+            .patch(&self.icc, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    /// Waits until `check` holds for the IstioCACerts; returns it.
+    pub async fn wait_icc(&self, what: &str, check: impl Fn(&IstioCACerts) -> bool) -> IstioCACerts {
+        let api: Api<IstioCACerts> = self.ns.api();
+        let (check, name, timeout) = (&check, &self.icc, self.timeout);
+        eventually(timeout, || {
+            let api = api.clone();
+            async move { api.get(name).await.ok().filter(check) }
+        })
+        .await
+        .unwrap_or_else(|| panic!("IstioCACerts never got to {what} within {timeout:?}"))
+    }
+
+    /// Waits until condition `type_` has `reason`.
+    pub async fn wait_condition(&self, type_: &str, reason: &str) -> IstioCACerts {
+        self.wait_icc(&format!("{type_}={reason}"), |icc| {
+            condition(icc, type_).is_some_and(|c| c.reason == reason)
+        })
+        .await
+    }
+
+    /// Waits until Ready is `reason` for the current generation.
+    pub async fn wait_ready(&self, reason: &str) -> IstioCACerts {
+        self.wait_icc(&format!("Ready={reason} at its generation"), |icc| {
+            condition(icc, "Ready")
+                .is_some_and(|c| c.reason == reason && c.observed_generation == icc.metadata.generation)
+        })
+        .await
+    }
+
+    pub async fn cacerts_secret(&self) -> Secret {
+        self.ns.api::<Secret>().get("cacerts").await.expect("cacerts")
+    }
+
+    /// The data of `cacerts`.
+    pub async fn cacerts(&self) -> BTreeMap<String, Vec<u8>> {
+        data(&self.cacerts_secret().await)
+    }
+
+    /// Copies Secret `name` from `from`, as a platform team distributes one shared root.
+    pub async fn copy_secret(&self, from: &Mesh, name: &str) {
+        let secret: Secret = from.ns.api().get(name).await.unwrap();
+        let copy = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": self.ns.name},
+            "type": secret.type_,
+            "data": secret.data,
+        });
+        self.ns
+            .api::<Secret>()
+            .patch(name, &PatchParams::apply(super::TEST_MANAGER), &Patch::Apply(&copy))
+            .await
+            .unwrap();
+    }
+
+    /// Every version of `cacerts` from now on.
+    pub fn record_cacerts(&self) -> CacertsHistory {
+        CacertsHistory::record(self.ns.api())
+    }
+}
+
+/// A condition of an IstioCACerts.
+pub fn condition<'a>(
+    icc: &'a IstioCACerts,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    icc.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// A Secret's data as bytes.
+pub fn data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+// === two clusters ===
+
+/// One cluster of a pair: its control plane, a mesh in the namespace shared by name, and a
+/// controller watching only that namespace.
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub context: String,
+    /// Its mesh's trust domain.
+    pub trust_domain: String,
+    pub mesh: Mesh,
+    pub controller: ControllerProcess,
+    _logs: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Namespace `namespace` in the control plane behind `kubeconfig`, our CRDs, and a
+    /// controller there; the IstioCACerts will be `icc`, in `trust_domain`.
+    pub async fn start(kubeconfig: PathBuf, namespace: &str, icc: &str, trust_domain: &str) -> Self {
+        let client = super::client_for_kubeconfig(&kubeconfig).await;
+        super::install_crds(&client).await;
+        let ns = TestNamespace::create_named(&client, namespace, &kubeconfig).await;
+        let logs = tempfile::tempdir().expect("log dir");
+        let mut controller =
+            ControllerProcess::start_with_kubeconfig(&kubeconfig, &["--namespace", namespace], logs.path());
+        assert!(
+            controller.wait_ready(Duration::from_secs(60)).await,
+            "controller ready: {}",
+            controller.log()
+        );
+        Self {
+            context: context_of(&kubeconfig),
+            kubeconfig,
+            trust_domain: trust_domain.to_string(),
+            mesh: Mesh::new(client, ns, icc),
+            controller,
+            _logs: logs,
+        }
+    }
+}
+
+impl Deref for Cluster {
+    type Target = Mesh;
+    fn deref(&self) -> &Mesh {
+        &self.mesh
+    }
+}
+
+impl DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Mesh {
+        &mut self.mesh
+    }
+}
+
+/// Two clusters, each in its own control plane, in namespaces of the same name; the scope
+/// lock keeps controllers that watch every namespace away meanwhile.
+pub struct TwoClusters {
+    pub a: Cluster,
+    pub b: Cluster,
+    pub lock: ScopeLock,
+}
+
+impl TwoClusters {
+    /// Two clusters with a namespace `<prefix>-<unique>` each and their controllers; the
+    /// IstioCACerts of each will be `icc`, in trust domains a.example and b.example.
+    pub async fn start(prefix: &str, icc: &str) -> Self {
+        let lock = ScopeLock::shared().await;
+        let namespace = format!("{prefix}-{}", super::unique_suffix());
+        let a = Cluster::start(super::kubeconfig(), &namespace, icc, "a.example").await;
+        let b = Cluster::start(super::kubeconfig_b(), &namespace, icc, "b.example").await;
+        Self { a, b, lock }
+    }
+}
+
+/// The KUBECONFIG of both clusters (their files colon-separated, as a user would set it).
+pub fn kubeconfig_of(a: &Cluster, b: &Cluster) -> std::ffi::OsString {
+    std::env::join_paths([&a.kubeconfig, &b.kubeconfig]).expect("KUBECONFIG")
+}
+
+/// The current context of a kubeconfig file.
+pub fn context_of(kubeconfig: &Path) -> String {
+    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    config["current-context"].as_str().expect("current-context").to_string()
+}
+
+/// Runs `meshca` with `kubeconfig`: exit code, stdout and stderr, how long it took.
+pub fn meshca(kubeconfig: &std::ffi::OsStr, args: &[&str]) -> (i32, String, Duration) {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("meshca runs");
+    let elapsed = started.elapsed();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), said, elapsed)
+}
+
+// === what istiod and the workloads make of cacerts ===
+
+/// A workload certificate for `spiffe_id` as istiod would sign it from `cacerts` `data`,
+/// followed by cert-chain.pem.
+pub fn workload(data: &BTreeMap<String, Vec<u8>>, spiffe_id: &str) -> String {
+    workload_certificate(
+        &data["ca-cert.pem"],
+        &data["ca-key.pem"],
+        &data["cert-chain.pem"],
+        spiffe_id,
+    )
+}
+
+/// openssl's verdict on a workload certificate (the first block of `leaf_and_chain`, the rest
+/// as untrusted intermediates) against every root in `roots`.
+pub fn openssl_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
+    let end = "-----END CERTIFICATE-----\n";
+    let split = leaf_and_chain.find(end).map(|i| i + end.len()).expect("a PEM leaf");
+    let dir = Workdir::new();
+    dir.write("leaf.pem", &leaf_and_chain[..split])
+        .write("untrusted.pem", &leaf_and_chain[split..])
+        .write("roots.pem", roots);
+    let (ok, said) = dir.try_run(&[
+        "verify",
+        "-x509_strict",
+        "-CAfile",
+        "roots.pem",
+        "-untrusted",
+        "untrusted.pem",
+        "leaf.pem",
+    ]);
+    ok && said.contains("leaf.pem: OK")
+}
+
+/// Go's crypto/x509 verdict, as Envoy's peers and istiod judge.
+pub fn go_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
+    goverify::workload_verifies(leaf_and_chain.as_bytes(), b"", roots).is_ok()
+}
+
+/// Whether `needle`'s bytes are in `haystack` (istiod's `bytes.Contains` on root-cert.pem).
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+// === every version of cacerts ===
+
+/// One version of `cacerts`: resourceVersion, when the watch saw it, its data.
+pub type Version = (String, Instant, BTreeMap<String, Vec<u8>>);
+
+/// Every version of `cacerts` the API server held from the start of the recording, as a
+/// watch saw them (so none is missed), with when. The watch ends with the last clone.
+#[derive(Clone)]
+pub struct CacertsHistory {
+    versions: Arc<Mutex<Vec<Version>>>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl CacertsHistory {
+    pub fn record(api: Api<Secret>) -> Self {
+        let versions: Arc<Mutex<Vec<Version>>> = Arc::default();
+        let seen = versions.clone();
+        let task = tokio::spawn(async move {
+            let config = watcher::Config::default().fields("metadata.name=cacerts");
+            let mut stream = watcher::watcher(api, config).boxed();
+            while let Some(event) = stream.next().await {
+                let secret = match event {
+                    Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => s,
+                    _ => continue,
+                };
+                let version = secret.resource_version().unwrap_or_default();
+                let mut versions = seen.lock().unwrap();
+                if versions.last().is_none_or(|(v, _, _)| *v != version) {
+                    versions.push((version, Instant::now(), data(&secret)));
+                }
+            }
+        });
+        Self {
+            versions,
+            task: Arc::new(task),
+        }
+    }
+
+    /// Ends the watch; what was seen stays.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    pub fn versions(&self) -> Vec<Version> {
+        self.versions.lock().unwrap().clone()
+    }
+
+    /// Writes seen since the first version (the first is the state when recording began).
+    pub fn writes(&self) -> usize {
+        self.versions.lock().unwrap().len().saturating_sub(1)
+    }
+
+    /// root-cert.pem of every version.
+    pub fn roots(&self) -> Vec<Vec<u8>> {
+        self.versions
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, _, d)| d.get("root-cert.pem").cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for CacertsHistory {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.task) == 1 {
+            self.task.abort();
+        }
+    }
+}
+
+/// The default local-root issuer spec (bootstrapped root in `secret`).
+pub fn bootstrapped(secret: &str) -> IssuerSpec {
+    IssuerSpec {
+        local_ca: Some(LocalCA {
+            secret_name: secret.into(),
+            bootstrap: Some(RootBootstrap::default()),
+        }),
+        ..Default::default()
+    }
+}
