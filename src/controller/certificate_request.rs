@@ -616,6 +616,19 @@ async fn sign(
                     crate::duration::format_go_duration(plan.requested)
                 ));
             }
+            // Whatever the backend: what is handed out is what was asked for (a remote CA's
+            // template or role may have changed the subject, the SANs, the pathLen or the
+            // lifetime).
+            if let Err(why) = crate::pki::issued::check_matches_plan(issued, &csr, &plan, now) {
+                return Outcome::Failed {
+                    message: format!(
+                        "{} ({}) issued a certificate (serial {}) that differs from the request, so it is not used: {why}",
+                        scope.display,
+                        signer.backend_name(),
+                        issued.serial_hex()
+                    ),
+                };
+            }
             if let Some(expected) = &plan.name_constraints {
                 // Whatever the backend: an intermediate meant to be constrained is never handed
                 // out without exactly those constraints.

@@ -147,6 +147,21 @@ impl Certificate {
         }
     }
 
+    /// Every subject alternative name, in the CSR's terms; a name of a form no CSR we sign
+    /// carries (directoryName, otherName, ...) is an error naming it.
+    pub fn subject_alt_names(&self) -> Result<Vec<super::csr::SubjectAltName>, PkiError> {
+        let cert = self.parsed();
+        let mut out = Vec::new();
+        for ext in cert.extensions() {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+                for name in &san.general_names {
+                    out.push(super::csr::convert_san(name)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn uri_sans(&self) -> Vec<String> {
         let cert = self.parsed();
         let mut out = Vec::new();
