@@ -383,7 +383,14 @@ async fn bootstrap_root<K: IssuerObject>(
         metadata: ObjectMeta {
             name: Some(local.secret_name.clone()),
             namespace: Some(scope.secret_namespace.clone()),
-            labels: Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into()),
+            // Marked as a CA: in an Istio namespace only a Secret so marked serves a local CA.
+            labels: Some(
+                [
+                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+                    (local_ca::CA_LABEL.to_string(), "true".to_string()),
+                ]
+                .into(),
+            ),
             annotations: Some([(BOOTSTRAPPED_FOR_ANNOTATION.to_string(), scope.display.clone())].into()),
             ..ObjectMeta::default()
         },

@@ -126,6 +126,7 @@ impl Context {
             local_cas: Default::default(),
             pca: Arc::new(pca),
             ambient: config.ambient_policy(),
+            istio_namespaces: config.istio_namespaces.clone(),
         };
         let retries = RetryTracker::new(config.retry_backoff_initial, config.retry_backoff_max);
         let failures = RetryTracker::new(config.retry_backoff_initial, config.retry_backoff_max);
