@@ -57,7 +57,7 @@ fn local(secret_name: &str, bootstrap: bool) -> IssuerSpec {
 async fn only_a_secret_meant_as_a_ca_serves_a_local_ca_issuer() {
     let (_lock, client, ns) = support::namespaced_test("ca-secret-rules").await;
     // This namespace plays istiod's: the controller treats it as an Istio namespace.
-    let _controller = RunningController::start(&["--namespace", &ns.name, "--istio-namespaces", &ns.name]).await;
+    let controller = RunningController::start(&["--namespace", &ns.name, "--istio-namespaces", &ns.name]).await;
     let secrets: Api<Secret> = ns.api();
     let issuers: Api<MeshCAIssuer> = ns.api();
     let cases = [
@@ -114,7 +114,8 @@ async fn only_a_secret_meant_as_a_ca_serves_a_local_ca_issuer() {
         .await
         .unwrap();
     support::wait_issuer(&issuers, "plain", "True", TIMEOUT).await;
-    // A root the controller bootstraps there is marked as a CA from the start.
+    // Bootstrapping a root creates a Secret under a name the issuer chose: not in an Istio
+    // namespace unless the operator allows it.
     issuers
         .create(
             &PostParams::default(),
@@ -122,6 +123,25 @@ async fn only_a_secret_meant_as_a_ca_serves_a_local_ca_issuer() {
         )
         .await
         .unwrap();
+    let message = support::wait_issuer_reason(&issuers, "boot", "BootstrapNotAllowed", TIMEOUT).await;
+    assert!(
+        message.contains("--allow-root-bootstrap-in-istio-namespaces"),
+        "{message}"
+    );
+    assert!(
+        secrets.get_opt("boot-root").await.unwrap().is_none(),
+        "no Secret created"
+    );
+    drop(controller);
+    let _controller = RunningController::start(&[
+        "--namespace",
+        &ns.name,
+        "--istio-namespaces",
+        &ns.name,
+        "--allow-root-bootstrap-in-istio-namespaces=true",
+    ])
+    .await;
+    // Allowed, the root it bootstraps there is marked as a CA from the start.
     support::wait_issuer(&issuers, "boot", "True", TIMEOUT).await;
     let labels = secrets
         .get("boot-root")
@@ -268,4 +288,70 @@ async fn an_oversized_ca_secret_neither_stalls_signing_nor_the_lease() {
     .await;
     assert!(leading.is_some(), "still the leader: {}", controller.log());
     let _ = controller.child.kill();
+}
+
+/// The controller's resident memory, from /proc (KiB).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// Whoever may create CertificateRequests decides how much each carries: up to 256 KiB of
+/// annotations. 500 requests with 200 KiB each (100 MB in all), approved and waiting on an
+/// issuer that does not exist, stay in the controller's cache; its memory grows by less than
+/// 10 MiB, because the cache keeps none of those annotations.
+#[tokio::test]
+async fn waiting_requests_cost_no_memory_for_their_annotations() {
+    let (_lock, client, ns) = support::namespaced_test("cache-annotations").await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut controller = ControllerProcess::start(&["--namespace", &ns.name], logs.path());
+    assert!(
+        controller.wait_ready(Duration::from_secs(60)).await,
+        "{}",
+        controller.log()
+    );
+    let before = rss_kib(controller.child.id());
+
+    let count = 500;
+    let template = IntermediateRequest::istiod("waiting", "missing");
+    let (_, csr) = cm::make_key_and_csr(&template);
+    let blob = "x".repeat(200 * 1024);
+    let requests: Api<mesh_ca_issuer::api::cert_manager::CertificateRequest> = ns.api();
+    for i in 0..count {
+        let name = format!("waiting-{i}");
+        cm::create_request(&client, &ns.name, &template.named(&name), csr.as_bytes()).await;
+        requests
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"example.com/blob": blob}}})),
+            )
+            .await
+            .unwrap();
+        cm::approve(&client, &ns.name, &name).await;
+    }
+    // Every one of them was seen, decided on and cached: each says it waits for its issuer.
+    let waiting = eventually(Duration::from_secs(120), || async {
+        let list = requests.list(&Default::default()).await.ok()?;
+        let pending = list
+            .items
+            .iter()
+            .filter(|cr| cr.condition("Ready").and_then(|c| c.reason.as_deref()) == Some("Pending"))
+            .count();
+        (pending == count).then_some(())
+    })
+    .await;
+    assert!(
+        waiting.is_some(),
+        "not all {count} requests were Pending: {}",
+        controller.log()
+    );
+    let after = rss_kib(controller.child.id());
+    let growth = after.saturating_sub(before);
+    println!("RSS {before} KiB before, {after} KiB after {count} requests of 200 KiB annotations: +{growth} KiB");
+    assert!(growth < 10 * 1024, "RSS grew by {growth} KiB");
 }
