@@ -409,6 +409,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             renew_deadline: config.leader_election_renew_deadline,
             retry_period: config.leader_election_retry_period,
         };
+        election.validate().map_err(Error::Config)?;
         info!(lease = %format!("{}/{}", election.namespace, election.name), identity = %election.identity, "leader election on");
         // The Lease calls answer within the renew deadline or count as failed.
         let lease_client = call_client(&config, config.leader_election_renew_deadline, None).await?;
