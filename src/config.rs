@@ -65,6 +65,13 @@ pub struct Config {
     )]
     pub istio_namespaces: Vec<String>,
 
+    /// Let `localCA.bootstrap` create a root Secret in an Istio namespace. Off by default: the
+    /// controller may create Secrets there (istiod's `cacerts`), and RBAC cannot limit `create`
+    /// by name, so without this an issuer there could create a Secret under any name istiod or a
+    /// gateway reads. Helm: `allowRootBootstrap`.
+    #[arg(long, env = "MESHCA_ALLOW_ROOT_BOOTSTRAP_IN_ISTIO_NAMESPACES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_root_bootstrap_in_istio_namespaces: bool,
+
     /// The mesh's trust domain: the only one SPIFFE IDs in a request may name when an issuer's
     /// `spec.policy.allowedTrustDomains` is empty.
     #[arg(long, env = "MESHCA_TRUST_DOMAIN", default_value = "cluster.local")]

@@ -8,6 +8,9 @@ pub enum Error {
     #[error("could not build a Kubernetes client configuration: {0}")]
     KubeConfig(String),
 
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
     #[error("Kubernetes API request failed: {context}: {source}")]
     Kube {
         context: String,

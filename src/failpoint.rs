@@ -2,9 +2,13 @@
 //! reaches that point: it logs `failpoint <name> reached` and parks the thread for good, so a
 //! test can SIGKILL it exactly there (e.g. between PCA's IssueCertificate and persisting the
 //! ARN). Unset — always, outside tests — a check is one comparison against a cached value.
+//!
+//! Compiled in only where tests run: debug builds, or with the `failpoints` feature. A release
+//! build (the image, `hack/release`) has none, so no environment variable can park it.
 
 use std::sync::OnceLock;
 
+#[cfg(any(debug_assertions, feature = "failpoints"))]
 fn configured() -> Option<&'static str> {
     static NAME: OnceLock<Option<String>> = OnceLock::new();
     NAME.get_or_init(|| std::env::var("MESHCA_FAILPOINT").ok().filter(|v| !v.is_empty()))
@@ -12,6 +16,7 @@ fn configured() -> Option<&'static str> {
 }
 
 /// Stops here for good when `MESHCA_FAILPOINT` names this point.
+#[cfg(any(debug_assertions, feature = "failpoints"))]
 pub fn hit(name: &str) {
     if configured() == Some(name) {
         tracing::error!(failpoint = name, "failpoint {name} reached; stopping here");
@@ -21,3 +26,8 @@ pub fn hit(name: &str) {
         }
     }
 }
+
+/// Release builds without the `failpoints` feature: never stops.
+#[cfg(not(any(debug_assertions, feature = "failpoints")))]
+#[inline(always)]
+pub fn hit(_name: &str) {}

@@ -85,6 +85,33 @@ pub struct ElectionConfig {
     pub retry_period: Duration,
 }
 
+impl ElectionConfig {
+    /// client-go's rules for these timings (`leaderelection.NewLeaderElector`): a leader must
+    /// give up before its lease can expire for others (renew deadline < lease duration), and
+    /// must get more than one jittered retry within its deadline (retry period × 1.2 < renew
+    /// deadline). Anything else lets two replicas lead at once, or none for long.
+    pub fn validate(&self) -> Result<(), String> {
+        let (lease, deadline, retry) = (self.lease_duration, self.renew_deadline, self.retry_period);
+        if lease.is_zero() || deadline.is_zero() || retry.is_zero() {
+            return Err("--leader-election-lease-duration, --leader-election-renew-deadline and --leader-election-retry-period must all be positive".into());
+        }
+        if deadline >= lease {
+            return Err(format!(
+                "--leader-election-renew-deadline ({deadline:?}) must be shorter than --leader-election-lease-duration ({lease:?}): a leader must stop before its lease can expire for a standby"
+            ));
+        }
+        if retry.mul_f64(JITTER_FACTOR) >= deadline {
+            return Err(format!(
+                "--leader-election-retry-period ({retry:?}) times {JITTER_FACTOR} must be shorter than --leader-election-renew-deadline ({deadline:?}): a leader needs more than one try within its deadline"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// client-go's `JitterFactor`: retries wait up to this many retry periods.
+const JITTER_FACTOR: f64 = 1.2;
+
 /// What to do with the lease as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -364,6 +391,48 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn election_timings_follow_client_gos_rules() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let timings = |lease, deadline, retry| ElectionConfig {
+            namespace: "ns".into(),
+            name: "mesh-ca-issuer".into(),
+            identity: "a".into(),
+            lease_duration: lease,
+            renew_deadline: deadline,
+            retry_period: retry,
+        };
+        let cases = [
+            (s(15), s(10), s(2), None),  // the defaults
+            (s(4), s(3), ms(500), None), // the tests' short ones
+            (
+                s(10),
+                s(10),
+                s(2),
+                Some("must be shorter than --leader-election-lease-duration"),
+            ),
+            (
+                s(10),
+                s(15),
+                s(2),
+                Some("must be shorter than --leader-election-lease-duration"),
+            ),
+            (s(15), s(10), ms(8500), Some("times 1.2 must be shorter")), // 10.2 s of jittered retry
+            (s(15), s(10), s(0), Some("must all be positive")),
+        ];
+        for (lease, deadline, retry, expected) in cases {
+            let verdict = timings(lease, deadline, retry).validate();
+            match expected {
+                None => assert_eq!(verdict, Ok(()), "{lease:?}/{deadline:?}/{retry:?}"),
+                Some(text) => {
+                    let message = verdict.expect_err("refused");
+                    assert!(message.contains(text), "{message}");
+                }
+            }
+        }
+    }
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()

@@ -377,6 +377,53 @@ async fn requests_pca_refuses_fail_and_malformed_csrs_never_reach_it() {
     assert_eq!(env.pca.certificates_issued().await, 0);
 }
 
+/// A template or CA setting that changes what was asked for (one level deeper, an extra SAN,
+/// another subject, a longer life) is caught before anything is handed out: the request fails
+/// naming the field, once, with no second billed call.
+#[tokio::test]
+async fn a_certificate_that_differs_from_the_request_is_never_handed_out() {
+    let env = env("pca-tamper").await;
+    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
+    let arn = env.pca.create_ca("RSA_2048", "GENERAL_PURPOSE", 3650).await;
+    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
+    wait_issuer(&env, "pca", "True").await;
+    let cases = [
+        (
+            "path-len",
+            "path_len",
+            "it is a CA with pathLen 1, the plan is pathLen 0",
+        ),
+        ("extra-san", "extra_san", "subject alternative names are"),
+        ("subject", "subject", "its subject is"),
+        ("longer", "longer", "after the planned"),
+    ];
+    for (i, (name, kind, expected)) in cases.into_iter().enumerate() {
+        env.pca.tamper(Some(kind)).await;
+        cm::request_and_approve(&env.client, &env.ns.name, &IntermediateRequest::istiod(name, "pca")).await;
+        let cr = cm::wait_for_reason(&env.client, &env.ns.name, name, &["Failed"], TIMEOUT).await;
+        let message = cr.condition("Ready").unwrap().message.clone().unwrap();
+        assert!(
+            message.contains("differs from the request, so it is not used") && message.contains(expected),
+            "{name}: {message}"
+        );
+        let status = cr.status.unwrap();
+        assert!(
+            status.certificate.is_none() && status.ca.is_none(),
+            "{name}: nothing handed out"
+        );
+        assert_eq!(env.pca.certificates_issued().await, i as u64 + 1, "{name}: issued once");
+    }
+    // Faithful again: the next request is issued.
+    env.pca.tamper(None).await;
+    cm::request_and_approve(
+        &env.client,
+        &env.ns.name,
+        &IntermediateRequest::istiod("faithful", "pca"),
+    )
+    .await;
+    cm::wait_for_reason(&env.client, &env.ns.name, "faithful", &["Issued"], TIMEOUT).await;
+}
+
 #[tokio::test]
 async fn a_disabled_ca_makes_requests_wait_until_it_is_enabled() {
     let env = env("pca-disabled").await;

@@ -24,11 +24,39 @@ struct Case {
     root: &'static [&'static str],
     middle: Option<&'static [&'static str]>,
     intermediate: &'static [&'static str],
-    /// Whether our verification accepts it.
-    accepted: bool,
+    /// Our verdict.
+    ours: Ours,
+    /// The root's key (openssl `-newkey`), "ec" for P-256.
+    root_key: &'static str,
+    /// The digest the intermediate is signed with (openssl `x509 -req -<digest>`).
+    intermediate_digest: &'static str,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ours {
+    Accepted,
+    Refused,
+    /// Refused on purpose although Go accepts it: a key too weak to trust (Go takes RSA-1024).
+    RefusedStricterThanGo,
+}
+use Ours::{Accepted, Refused, RefusedStricterThanGo};
+
+/// The fields most cases share: a P-256 root, an intermediate signed with SHA-256.
+const PLAIN: Case = Case {
+    name: "",
+    root: &[],
+    middle: None,
+    intermediate: &[],
+    ours: Accepted,
+    root_key: "ec",
+    intermediate_digest: "sha256",
+};
+
 fn sign(dir: &Workdir, name: &str, parent: &str, extensions: &[&str]) {
+    sign_with(dir, name, parent, extensions, "sha256");
+}
+
+fn sign_with(dir: &Workdir, name: &str, parent: &str, extensions: &[&str], digest: &str) {
     dir.req_with_new_p256_key(
         &format!("{name}.key"),
         &format!("{name}.csr"),
@@ -47,6 +75,7 @@ fn sign(dir: &Workdir, name: &str, parent: &str, extensions: &[&str]) {
         "-CAkey",
         &format!("{parent}.key"),
         "-CAcreateserial",
+        &format!("-{digest}"),
         "-days",
         "365",
         "-extfile",
@@ -59,7 +88,29 @@ fn sign(dir: &Workdir, name: &str, parent: &str, extensions: &[&str]) {
 /// The `cacerts` bundle of a case, as istiod reads it.
 fn bundle(case: &Case) -> BTreeMap<String, Vec<u8>> {
     let dir = Workdir::new();
-    dir.req_with_new_p256_key("root.key", "root.pem", Some(3650), "/CN=root", case.root);
+    if case.root_key == "ec" {
+        dir.req_with_new_p256_key("root.key", "root.pem", Some(3650), "/CN=root", case.root);
+    } else {
+        let mut args = vec![
+            "req",
+            "-x509",
+            "-days",
+            "3650",
+            "-newkey",
+            case.root_key,
+            "-nodes",
+            "-keyout",
+            "root.key",
+            "-out",
+            "root.pem",
+            "-subj",
+            "/CN=root",
+        ];
+        for extension in case.root {
+            args.extend_from_slice(&["-addext", extension]);
+        }
+        dir.run(&args);
+    }
     let parent = match case.middle {
         Some(extensions) => {
             sign(&dir, "middle", "root", extensions);
@@ -67,7 +118,7 @@ fn bundle(case: &Case) -> BTreeMap<String, Vec<u8>> {
         }
         None => "root",
     };
-    sign(&dir, "int", parent, case.intermediate);
+    sign_with(&dir, "int", parent, case.intermediate, case.intermediate_digest);
     let middle = case.middle.map(|_| dir.read("middle.pem")).unwrap_or_default();
     let (int, root) = (dir.read("int.pem"), dir.read("root.pem"));
     BTreeMap::from([
@@ -100,42 +151,48 @@ fn our_verdict_on_cacerts_agrees_with_gos_x509_verify() {
             root: &["basicConstraints=critical,CA:TRUE", CA_KU],
             middle: None,
             intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            accepted: true,
+            ours: Accepted,
+            ..PLAIN
         },
         Case {
             name: "root pathLen 0 (istiod loads it, its workloads fail)",
             root: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
             middle: None,
             intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            accepted: false,
+            ours: Refused,
+            ..PLAIN
         },
         Case {
             name: "middle CA pathLen 0 above the intermediate",
             root: &["basicConstraints=critical,CA:TRUE", CA_KU],
             middle: Some(&["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU]),
             intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            accepted: false,
+            ours: Refused,
+            ..PLAIN
         },
         Case {
             name: "root pathLen 1 above a middle CA and the intermediate",
             root: &["basicConstraints=critical,CA:TRUE,pathlen:1", CA_KU],
             middle: Some(&["basicConstraints=critical,CA:TRUE", CA_KU]),
             intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            accepted: false,
+            ours: Refused,
+            ..PLAIN
         },
         Case {
             name: "path lengths 2, 1, 0",
             root: &["basicConstraints=critical,CA:TRUE,pathlen:2", CA_KU],
             middle: Some(&["basicConstraints=critical,CA:TRUE,pathlen:1", CA_KU]),
             intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            accepted: true,
+            ours: Accepted,
+            ..PLAIN
         },
         Case {
             name: "middle certificate is not a CA",
             root: &["basicConstraints=critical,CA:TRUE", CA_KU],
             middle: Some(&["basicConstraints=critical,CA:FALSE", CA_KU]),
             intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            accepted: false,
+            ours: Refused,
+            ..PLAIN
         },
         Case {
             name: "middle CA without keyCertSign",
@@ -145,7 +202,8 @@ fn our_verdict_on_cacerts_agrees_with_gos_x509_verify() {
                 "keyUsage=critical,digitalSignature",
             ]),
             intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            accepted: false,
+            ours: Refused,
+            ..PLAIN
         },
         Case {
             name: "intermediate EKU clientAuth only",
@@ -156,7 +214,8 @@ fn our_verdict_on_cacerts_agrees_with_gos_x509_verify() {
                 CA_KU,
                 "extendedKeyUsage=clientAuth",
             ],
-            accepted: false,
+            ours: Refused,
+            ..PLAIN
         },
         Case {
             name: "middle CA EKU clientAuth only",
@@ -167,7 +226,8 @@ fn our_verdict_on_cacerts_agrees_with_gos_x509_verify() {
                 "extendedKeyUsage=clientAuth",
             ]),
             intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            accepted: false,
+            ours: Refused,
+            ..PLAIN
         },
         Case {
             name: "middle CA EKU serverAuth and clientAuth",
@@ -178,7 +238,8 @@ fn our_verdict_on_cacerts_agrees_with_gos_x509_verify() {
                 "extendedKeyUsage=serverAuth,clientAuth",
             ]),
             intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            accepted: true,
+            ours: Accepted,
+            ..PLAIN
         },
         Case {
             name: "root EKU clientAuth only",
@@ -189,7 +250,97 @@ fn our_verdict_on_cacerts_agrees_with_gos_x509_verify() {
             ],
             middle: None,
             intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            accepted: false,
+            ours: Refused,
+            ..PLAIN
+        },
+        Case {
+            name: "intermediate signed with ECDSA-SHA1",
+            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
+            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
+            intermediate_digest: "sha1",
+            ours: Refused,
+            ..PLAIN
+        },
+        Case {
+            name: "RSA-1024 root signing with SHA-1",
+            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
+            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
+            root_key: "rsa:1024",
+            intermediate_digest: "sha1",
+            ours: Refused,
+            ..PLAIN
+        },
+        Case {
+            name: "RSA-1024 root signing with SHA-256",
+            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
+            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
+            root_key: "rsa:1024",
+            ours: RefusedStricterThanGo,
+            ..PLAIN
+        },
+        Case {
+            name: "RSA-3072 root signing with SHA-256",
+            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
+            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
+            root_key: "rsa:3072",
+            ours: Accepted,
+            ..PLAIN
+        },
+        Case {
+            name: "intermediate with an unknown critical extension",
+            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
+            intermediate: &[
+                "basicConstraints=critical,CA:TRUE,pathlen:0",
+                CA_KU,
+                "1.3.6.1.4.1.55555.1=critical,ASN1:NULL",
+            ],
+            ours: Refused,
+            ..PLAIN
+        },
+        Case {
+            name: "middle CA with an unknown critical extension",
+            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
+            middle: Some(&[
+                "basicConstraints=critical,CA:TRUE",
+                CA_KU,
+                "1.3.6.1.4.1.55555.1=critical,ASN1:NULL",
+            ]),
+            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
+            ours: Refused,
+            ..PLAIN
+        },
+        Case {
+            name: "root with an unknown critical extension",
+            root: &[
+                "basicConstraints=critical,CA:TRUE",
+                CA_KU,
+                "1.3.6.1.4.1.55555.1=critical,ASN1:NULL",
+            ],
+            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
+            ours: Refused,
+            ..PLAIN
+        },
+        Case {
+            name: "unknown extension, not critical",
+            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
+            intermediate: &[
+                "basicConstraints=critical,CA:TRUE,pathlen:0",
+                CA_KU,
+                "1.3.6.1.4.1.55555.1=ASN1:NULL",
+            ],
+            ours: Accepted,
+            ..PLAIN
+        },
+        Case {
+            name: "critical certificate policies (Go handles them)",
+            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
+            intermediate: &[
+                "basicConstraints=critical,CA:TRUE,pathlen:0",
+                CA_KU,
+                "certificatePolicies=critical,2.5.29.32.0",
+            ],
+            ours: Accepted,
+            ..PLAIN
         },
     ];
     for case in &cases {
@@ -204,8 +355,15 @@ fn our_verdict_on_cacerts_agrees_with_gos_x509_verify() {
             istiod,
             workloads
         );
-        assert_eq!(ours.is_ok(), case.accepted, "{}: {:?}", case.name, ours.err());
-        if ours.is_ok() {
+        assert_eq!(ours.is_ok(), case.ours == Accepted, "{}: {:?}", case.name, ours.err());
+        if case.ours == RefusedStricterThanGo {
+            assert_eq!(
+                (&istiod, &workloads),
+                (&Ok(()), &Ok(())),
+                "{}: refused only by our stricter rule, so Go accepts it",
+                case.name
+            );
+        } else if ours.is_ok() {
             assert_eq!(
                 (&istiod, &workloads),
                 (&Ok(()), &Ok(())),

@@ -364,6 +364,7 @@ fn trust_values_become_controller_flags_with_secure_defaults() {
             &[],
             vec![
                 "--istio-namespaces=istio-system",
+                "--allow-root-bootstrap-in-istio-namespaces=false",
                 "--trust-domain=cluster.local",
                 "--issuer-ambient-credentials=false",
                 "--cluster-issuer-ambient-credentials=true",

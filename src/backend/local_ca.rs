@@ -5,6 +5,16 @@
 //! root is in the rest of `tls.crt` or in `ca.crt`; requests then get that chain too. Before a
 //! CA is used it must: parse; have a key that matches; be a CA (and allow keyCertSign when it
 //! has a KeyUsage); be within its validity; and chain to a self-signed root in the Secret.
+//!
+//! Not every Secret with a CA in it is a CA for us to sign with ([`secret_refusal`]): a
+//! `cacerts` we write, a Secret cert-manager issued (istiod's own intermediate is one), and any
+//! Secret in an Istio namespace are refused unless marked `meshca.io/ca: "true"`, so that an
+//! issuer in istiod's namespace cannot turn the mesh's own intermediate into a signer of leaves
+//! for any identity.
+//!
+//! Bounded work: the Secret may hold at most [`MAX_CERTIFICATES`] certificates and the search
+//! for the root makes at most [`chain::MAX_SIGNATURE_CHECKS`] signature checks, and parsing and
+//! checking run on the blocking pool, never on the async workers the Lease renewal shares.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -13,11 +23,11 @@ use futures::future::BoxFuture;
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client};
+use kube::Api;
 
-use super::{BackendError, CaInfo, IssuedChain, IssuerScope, Purpose, SignOutcome, SignRequest, Signer};
+use super::{BackendError, Backends, CaInfo, IssuedChain, IssuerScope, Purpose, SignOutcome, SignRequest, Signer};
 use crate::api::issuer::LocalCA;
-use crate::pki::chain::{SubCaRoom, sub_ca_room};
+use crate::pki::chain::{self, SubCaRoom, sub_ca_room};
 use crate::pki::policy::CaLifetime;
 use crate::pki::sign::{CaSigner, probe_signing, sign_csr};
 use crate::pki::{Certificate, SigningKey, strength};
@@ -25,6 +35,11 @@ use crate::pki::{Certificate, SigningKey, strength};
 pub const TLS_CRT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
 pub const CA_CRT: &str = "ca.crt";
+/// The label that marks a Secret as a CA for local CA issuers, where one is required.
+pub const CA_LABEL: &str = "meshca.io/ca";
+/// The most certificates `tls.crt` and `ca.crt` may hold together. A CA and its chain up to a
+/// root is a handful; thousands would only make every check of the issuer expensive.
+pub const MAX_CERTIFICATES: usize = 32;
 
 /// Condition reasons an issuer gets from this backend.
 pub mod reason {
@@ -39,6 +54,58 @@ pub mod reason {
     pub const API_ERROR: &str = "APIError";
     pub const SIGNING_FAILED: &str = "SigningFailed";
     pub const WEAK_CA_KEY: &str = "WeakCAKey";
+    pub const INVALID_CA_SECRET: &str = "InvalidCASecret";
+}
+
+/// Why a Secret may not serve as a local CA at all, judged from its metadata before its data is
+/// read; `None` when it may. `istio_namespaces` is `--istio-namespaces`.
+pub fn secret_refusal(secret: &Secret, display: &str, istio_namespaces: &[String]) -> Option<String> {
+    let meta = &secret.metadata;
+    let marked = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(CA_LABEL))
+        .is_some_and(|v| v == "true");
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    // A cacerts we wrote holds istiod's intermediate and its key: never a CA for an issuer.
+    if let Some(owner) = annotations.get(crate::istio::cacerts::OWNER_ANNOTATION) {
+        return Some(format!(
+            "{display} is the cacerts of IstioCACerts {owner} (istiod's own CA), not a CA for an issuer"
+        ));
+    }
+    if !marked {
+        if let Some(certificate) = annotations.get("cert-manager.io/certificate-name") {
+            return Some(format!(
+                "{display} was issued by cert-manager for Certificate {certificate} (istiod's intermediate is such a Secret), \
+                 so it is not used as a CA unless it carries the label {CA_LABEL}: \"true\" (set it with the Certificate's spec.secretTemplate.labels)"
+            ));
+        }
+        let namespace = meta.namespace.as_deref().unwrap_or_default();
+        if istio_namespaces.iter().any(|n| n == namespace) {
+            return Some(format!(
+                "{display} is in the Istio namespace {namespace}, where only a Secret labelled {CA_LABEL}: \"true\" is used as a CA (istiod's own key material lives there)"
+            ));
+        }
+    }
+    None
+}
+
+/// Refuses more than [`MAX_CERTIFICATES`] PEM certificates, counted before any is decoded.
+fn check_certificate_count(data: Option<&BTreeMap<String, ByteString>>, display: &str) -> Result<(), BackendError> {
+    let count: usize = [TLS_CRT, CA_CRT]
+        .iter()
+        .filter_map(|k| data.and_then(|d| d.get(*k)))
+        .map(|b| crate::pki::pem::count_blocks(&b.0))
+        .sum();
+    if count > MAX_CERTIFICATES {
+        return Err(BackendError::issuer_not_ready(
+            reason::INVALID_CA,
+            format!(
+                "{display} holds {count} certificates in {TLS_CRT} and {CA_CRT}; at most {MAX_CERTIFICATES} are accepted: keep the CA and its chain up to the root only"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub struct LocalCa {
@@ -94,18 +161,18 @@ impl CheckedCas {
 
 impl LocalCa {
     /// Reads the CA Secret named by `spec` in the scope's Secret namespace, and checks it: in
-    /// full for a health check, and for signing unless `checked` holds this very version of it
-    /// (then only its validity at `now` is checked again).
+    /// full for a health check, and for signing unless the checked CAs hold this very version
+    /// of it (then only its validity at `now` is checked again).
     pub async fn load(
-        client: &Client,
-        checked: &CheckedCas,
+        backends: &Backends,
         spec: &LocalCA,
         scope: &IssuerScope,
         purpose: Purpose,
         now: Timestamp,
     ) -> Result<Arc<Self>, BackendError> {
         let key = format!("{}/{}", scope.secret_namespace, spec.secret_name);
-        let loaded = Self::read_and_check(client, checked, &key, spec, scope, purpose, now).await;
+        let checked = &backends.local_cas;
+        let loaded = Self::read_and_check(backends, &key, spec, scope, purpose, now).await;
         if loaded.is_err() {
             checked.forget(&key);
         }
@@ -113,14 +180,14 @@ impl LocalCa {
     }
 
     async fn read_and_check(
-        client: &Client,
-        checked: &CheckedCas,
+        backends: &Backends,
         key: &str,
         spec: &LocalCA,
         scope: &IssuerScope,
         purpose: Purpose,
         now: Timestamp,
     ) -> Result<Arc<Self>, BackendError> {
+        let (client, checked) = (&backends.kube, &backends.local_cas);
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &scope.secret_namespace);
         let display = format!("Secret {}/{}", scope.secret_namespace, spec.secret_name);
         let secret = match secrets.get_opt(&spec.secret_name).await {
@@ -152,13 +219,25 @@ impl LocalCa {
                 ));
             }
         };
+        if let Some(why) = secret_refusal(&secret, &display, &backends.istio_namespaces) {
+            return Err(BackendError::issuer_not_ready(reason::INVALID_CA_SECRET, why));
+        }
         if purpose == Purpose::Signing
             && let Some(ca) = checked.get(key, &secret)
         {
             check_validity(&ca.ca, &display, now)?;
             return Ok(ca);
         }
-        let ca = Arc::new(Self::from_data(secret.data.as_ref(), &display, purpose, now)?);
+        // Parsing, chain signatures and the probe signature are CPU work that grows with what a
+        // tenant put in the Secret: never on the async workers (the Lease renewal runs there).
+        let data = secret.data.clone();
+        let task_display = display.clone();
+        let ca = tokio::task::spawn_blocking(move || Self::from_data(data.as_ref(), &task_display, purpose, now))
+            .await
+            .map_err(|e| {
+                BackendError::retryable(reason::API_ERROR, format!("checking {display}: task failed: {e}"))
+            })??;
+        let ca = Arc::new(ca);
         // Only signing fills the cache: a health check proves nothing about the next signing.
         if purpose == Purpose::Signing {
             checked.put(key.to_string(), &secret, ca.clone());
@@ -174,6 +253,7 @@ impl LocalCa {
         now: Timestamp,
     ) -> Result<Self, BackendError> {
         let invalid = |reason, message: String| BackendError::issuer_not_ready(reason, message);
+        check_certificate_count(data, display)?;
         let field = |key: &str| data.and_then(|d| d.get(key)).map(|b| b.0.as_slice());
         let crt = field(TLS_CRT).ok_or_else(|| invalid(reason::INVALID_CA, format!("{display} has no {TLS_CRT}")))?;
         let key = field(TLS_KEY).ok_or_else(|| invalid(reason::INVALID_CA, format!("{display} has no {TLS_KEY}")))?;
@@ -278,16 +358,37 @@ fn check_validity(ca: &Certificate, display: &str, now: Timestamp) -> Result<(),
     Ok(())
 }
 
-/// Finds the certificates linking `ca` to a self-signed root among `pool`.
+/// Finds the certificates linking `ca` to a self-signed root among `pool`, with at most
+/// [`chain::MAX_SIGNATURE_CHECKS`] signature checks (as Go's path building): the Secret is a
+/// tenant's input, and each check is an asymmetric verification.
 fn path_to_root(ca: &Certificate, pool: Vec<Certificate>) -> Result<(Vec<Certificate>, Certificate), String> {
     if ca.is_self_signed() {
         return Ok((Vec::new(), ca.clone()));
     }
     let mut path = Vec::new();
     let mut current = ca.clone();
+    let mut checks = 0usize;
     // A chain longer than the pool cannot be honest; the bound also stops loops.
     for _ in 0..=pool.len() {
-        let Some(parent) = pool.iter().find(|p| current.is_signed_by(p) && *p != &current) else {
+        let mut parent = None;
+        for candidate in pool
+            .iter()
+            .filter(|p| *p != &current && p.raw_subject() == current.raw_issuer())
+        {
+            checks += 2; // the candidate's signature on `current`, and on itself below
+            if checks > chain::MAX_SIGNATURE_CHECKS {
+                return Err(format!(
+                    "gave up finding the root of {} after {} signature checks: keep only the CA's chain up to its root in {TLS_CRT} or {CA_CRT}",
+                    ca.subject(),
+                    chain::MAX_SIGNATURE_CHECKS
+                ));
+            }
+            if current.is_signed_by(candidate) {
+                parent = Some(candidate);
+                break;
+            }
+        }
+        let Some(parent) = parent else {
             break;
         };
         if parent.is_self_signed() {

@@ -211,6 +211,8 @@ pub struct Backends {
     pub local_cas: Arc<local_ca::CheckedCas>,
     pub pca: Arc<aws_pca::Shared>,
     pub ambient: AmbientPolicy,
+    /// `--istio-namespaces`: a local CA Secret there must be marked as a CA (`meshca.io/ca`).
+    pub istio_namespaces: Vec<String>,
 }
 
 /// Exactly one backend must be configured; returns its name.
@@ -245,7 +247,7 @@ pub async fn connect(
 ) -> Result<Box<dyn Signer>, BackendError> {
     configured_backend(spec)?;
     if let Some(local) = &spec.local_ca {
-        let signer = local_ca::LocalCa::load(&backends.kube, &backends.local_cas, local, scope, purpose, now).await?;
+        let signer = local_ca::LocalCa::load(backends, local, scope, purpose, now).await?;
         if spec.policy.require_ca {
             check_path_len_room(signer.as_ref(), spec)?;
         }

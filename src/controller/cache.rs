@@ -7,7 +7,9 @@
 //! waiting and denied status writes): those read the issuer reference, the conditions and the
 //! metadata. The CSR is read where it is used — from the fresh GET that comes before signing
 //! anyway (it keeps an issued request from being signed twice), so the cache never serves a
-//! CSR. `managedFields` and kubectl's last-applied copy are bookkeeping nobody here reads.
+//! CSR. `managedFields`, labels and every annotation but our own (`meshca.io/...`: the PCA
+//! certificate ARN, the retry budget's mark) are not read here: a request may carry up to
+//! 256 KiB of annotations, and whoever may create requests decides how many.
 //!
 //! A request that ended (issued, failed, denied) keeps only its name, version, issuer reference
 //! and its conditions' types, statuses and reasons: enough to see it ended.
@@ -26,8 +28,8 @@ use crate::api::cert_manager::{
     CertificateRequest, CertificateRequestCondition, CertificateRequestSpec, CertificateRequestStatus,
 };
 
-/// kubectl's copy of the whole object it last applied: as large as the object itself.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// The annotations the request controller reads from a cached request all start so.
+const OUR_ANNOTATIONS: &str = "meshca.io/";
 
 /// Strips a CertificateRequest down to what the request controller's decisions read from the
 /// cache. Applied to every object before the reflector stores it.
@@ -39,8 +41,9 @@ pub fn slim_request(cr: &mut CertificateRequest) {
         return;
     }
     cr.metadata.managed_fields = None;
+    cr.metadata.labels = None;
     if let Some(annotations) = cr.metadata.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
+        annotations.retain(|key, _| key.starts_with(OUR_ANNOTATIONS));
     }
     cr.spec.request = Vec::new();
     if let Some(status) = cr.status.as_mut() {
@@ -109,6 +112,9 @@ mod tests {
     use crate::controller::certificate_request::IssuerKind;
     use kube::ResourceExt;
 
+    /// kubectl's copy of the whole object it last applied: as large as the object itself.
+    const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
     fn issued_foreign_or_ours(group: &str, conditions: &[(&str, &str, &str)]) -> CertificateRequest {
         let mut cr = CertificateRequest::new(
             "r",
@@ -162,6 +168,19 @@ mod tests {
         assert_eq!((status.certificate.as_ref(), status.ca.as_ref()), (None, None));
         assert_eq!(cr.metadata.managed_fields, None);
         assert!(!cr.annotations().contains_key(LAST_APPLIED));
+    }
+
+    #[test]
+    fn a_waiting_request_keeps_our_annotations_only() {
+        let mut cr = issued_foreign_or_ours("meshca.io", &[("Approved", "True", "cert-manager.io")]);
+        cr.annotations_mut()
+            .insert("example.com/blob".to_string(), "x".repeat(200 * 1024));
+        cr.labels_mut().insert("team".to_string(), "a".to_string());
+        slim_request(&mut cr);
+        let kept: Vec<&String> = cr.annotations().keys().collect();
+        assert_eq!(kept, ["meshca.io/certificate-arn"]);
+        assert!(cr.labels().is_empty());
+        assert_eq!(cr.spec.issuer_ref.name, "mesh", "the issuer reference stays");
     }
 
     #[test]

@@ -589,7 +589,7 @@ async fn sign(
     match result {
         Ok(SignOutcome::Issued(chain)) => {
             ctx.retries.forget(&uid);
-            issued(&chain, &plan, scope, signer.backend_name())
+            issued(&chain, &csr, &plan, scope, signer.backend_name(), now)
         }
         Ok(SignOutcome::InProgress { .. }) => Outcome::Waiting {
             message: format!("{} is still issuing the certificate", scope.display),
@@ -649,9 +649,11 @@ fn signing_plan(
 /// to be constrained came back without exactly those constraints.
 fn issued(
     chain: &backend::IssuedChain,
+    csr: &crate::pki::csr::CertificateSigningRequest,
     plan: &policy::SigningPlan,
     scope: &IssuerScope,
     backend_name: &str,
+    now: Timestamp,
 ) -> Outcome {
     let issued = &chain.chain[0];
     let mut message = format!(
@@ -666,6 +668,18 @@ fn issued(
             " (shortened from the requested {}: {why})",
             crate::duration::format_go_duration(plan.requested)
         ));
+    }
+    // Whatever the backend: what is handed out is what was asked for (a remote CA's template
+    // or role may have changed the subject, the SANs, the pathLen or the lifetime).
+    if let Err(why) = crate::pki::issued::check_matches_plan(issued, csr, plan, now) {
+        return Outcome::Failed {
+            message: format!(
+                "{} ({}) issued a certificate (serial {}) that differs from the request, so it is not used: {why}",
+                scope.display,
+                backend_name,
+                issued.serial_hex()
+            ),
+        };
     }
     if let Some(expected) = &plan.name_constraints {
         // Whatever the backend: an intermediate meant to be constrained is never handed

@@ -37,6 +37,7 @@ use crate::pki::sign::self_signed_root;
 pub mod reason {
     pub const VERIFIED: &str = "Verified";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const BOOTSTRAP_NOT_ALLOWED: &str = "BootstrapNotAllowed";
 }
 
 /// Label on Secrets this controller created.
@@ -258,9 +259,12 @@ pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Re
         && e.reason == local_ca::reason::SECRET_NOT_FOUND
         && let Some(bootstrap) = &local.bootstrap
     {
-        result = match bootstrap_root(&ctx, issuer.as_ref(), &scope, local, bootstrap, now).await {
-            Ok(()) => check(&ctx, spec, &scope, now).await,
+        result = match bootstrap_allowed(&ctx.config, &scope, local) {
             Err(e) => Err(e),
+            Ok(()) => match bootstrap_root(&ctx, issuer.as_ref(), &scope, local, bootstrap, now).await {
+                Ok(()) => check(&ctx, spec, &scope, now).await,
+                Err(e) => Err(e),
+            },
         };
     }
     let generation = issuer.meta().generation;
@@ -362,6 +366,23 @@ async fn write_status<K: IssuerObject>(ctx: &Context, issuer: &K, status: &Issue
     Ok(())
 }
 
+/// Whether `localCA.bootstrap` may create its Secret: in an Istio namespace only with
+/// `--allow-root-bootstrap-in-istio-namespaces`, since there the controller holds `create` for
+/// istiod's `cacerts` and RBAC cannot say which names.
+fn bootstrap_allowed(config: &crate::config::Config, scope: &IssuerScope, local: &LocalCA) -> Result<(), BackendError> {
+    let namespace = &scope.secret_namespace;
+    if config.istio_namespaces.iter().any(|n| n == namespace) && !config.allow_root_bootstrap_in_istio_namespaces {
+        return Err(BackendError::issuer_not_ready(
+            reason::BOOTSTRAP_NOT_ALLOWED,
+            format!(
+                "localCA.bootstrap would create Secret {namespace}/{} in an Istio namespace, which the controller does only with --allow-root-bootstrap-in-istio-namespaces (Helm: allowRootBootstrap=true); or create the root Secret yourself, labelled meshca.io/ca=true",
+                local.secret_name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Creates a self-signed root in the (missing) CA Secret. `create` never overwrites: if
 /// someone else created the Secret meanwhile, theirs is kept.
 async fn bootstrap_root<K: IssuerObject>(
@@ -383,7 +404,14 @@ async fn bootstrap_root<K: IssuerObject>(
         metadata: ObjectMeta {
             name: Some(local.secret_name.clone()),
             namespace: Some(scope.secret_namespace.clone()),
-            labels: Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())].into()),
+            // Marked as a CA: in an Istio namespace only a Secret so marked serves a local CA.
+            labels: Some(
+                [
+                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+                    (local_ca::CA_LABEL.to_string(), "true".to_string()),
+                ]
+                .into(),
+            ),
             annotations: Some([(BOOTSTRAPPED_FOR_ANNOTATION.to_string(), scope.display.clone())].into()),
             ..ObjectMeta::default()
         },

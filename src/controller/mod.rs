@@ -94,6 +94,7 @@ impl Context {
             local_cas: Default::default(),
             pca: Arc::new(pca),
             ambient: config.ambient_policy(),
+            istio_namespaces: config.istio_namespaces.clone(),
         };
         let retries = RetryTracker::new(config.retry_backoff_initial, config.retry_backoff_max);
         let failures = RetryTracker::new(config.retry_backoff_initial, config.retry_backoff_max);
@@ -318,6 +319,7 @@ async fn start_leadership(
             renew_deadline: config.leader_election_renew_deadline,
             retry_period: config.leader_election_retry_period,
         };
+        election.validate().map_err(Error::Config)?;
         info!(lease = %format!("{}/{}", election.namespace, election.name), identity = %election.identity, "leader election on");
         // The Lease calls answer within the renew deadline or count as failed.
         let lease_client = call_client(config, config.leader_election_renew_deadline, None).await?;

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 
 use crate::pki::chain::{self, ChainError};
-use crate::pki::{Certificate, SigningKey};
+use crate::pki::{Certificate, SigningKey, strength};
 
 pub const CA_CERT: &str = "ca-cert.pem";
 pub const CA_KEY: &str = "ca-key.pem";
@@ -41,6 +41,7 @@ pub mod reason {
     pub const KEY_MISMATCH: &str = "KeyMismatch";
     pub const NOT_A_CA: &str = "NotACA";
     pub const CHAIN_INVALID: &str = "ChainInvalid";
+    pub const WEAK_KEY: &str = "WeakKey";
     pub const EXPIRED: &str = "Expired";
     pub const NOT_YET_VALID: &str = "NotYetValid";
     pub const NOT_OWNED: &str = "NotOwned";
@@ -192,6 +193,18 @@ pub fn verify_bundle(data: &BTreeMap<String, Vec<u8>>, now: Timestamp) -> Result
             reason::CHAIN_INVALID,
             "cert-chain.pem does not start with ca-cert.pem",
         ));
+    }
+    // Go accepts RSA keys of 1024 bits; istiod would load them. We do not write what we would
+    // refuse to sign with: every key of the chain and every root must pass the strength check.
+    // First, since our signature verifier cannot check a 1024-bit RSA signature, which would
+    // otherwise read as "no path".
+    for cert in chain.iter().chain(roots.iter()) {
+        strength::check_key(&cert.public_key_info(), "its").map_err(|w| {
+            Problem::new(
+                reason::WEAK_KEY,
+                format!("{} in the bundle is too weak to trust: {w}", cert.subject()),
+            )
+        })?;
     }
     // Go's x509.Verify as istiod runs it, counting ca-cert.pem as the intermediate it is in
     // every workload chain (stricter than istiod's load check; see `pki::chain`).

@@ -147,6 +147,21 @@ impl Certificate {
         }
     }
 
+    /// Every subject alternative name, in the CSR's terms; a name of a form no CSR we sign
+    /// carries (directoryName, otherName, ...) is an error naming it.
+    pub fn subject_alt_names(&self) -> Result<Vec<super::csr::SubjectAltName>, PkiError> {
+        let cert = self.parsed();
+        let mut out = Vec::new();
+        for ext in cert.extensions() {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+                for name in &san.general_names {
+                    out.push(super::csr::convert_san(name)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn uri_sans(&self) -> Vec<String> {
         let cert = self.parsed();
         let mut out = Vec::new();
@@ -160,6 +175,55 @@ impl Certificate {
             }
         }
         out
+    }
+
+    /// The broken hash this certificate's signature is made with (SHA-1, MD5, ...), by name;
+    /// `None` for SHA-256 and stronger.
+    pub fn broken_signature_hash(&self) -> Option<&'static str> {
+        super::strength::broken_signature_hash(&self.parsed().signature_algorithm.algorithm)
+    }
+
+    /// The first critical extension Go's `crypto/x509` does not handle (what it lists in
+    /// `UnhandledCriticalExtensions`), as a dotted OID. Go's `x509.Verify` refuses a path with
+    /// such a certificate anywhere on it, roots included (`isValid`). Go handles KeyUsage,
+    /// BasicConstraints, SubjectAltName (when it holds a DNS, email, IP or URI name), name
+    /// constraints of those four forms, CRL distribution points, key identifiers, EKU, the
+    /// policy extensions and AIA (`crypto/x509/parser.go`, `processExtensions`).
+    pub fn unhandled_critical_extension(&self) -> Option<String> {
+        const HANDLED: [&str; 11] = [
+            "2.5.29.15",
+            "2.5.29.19",
+            "2.5.29.31",
+            "2.5.29.35",
+            "2.5.29.36",
+            "2.5.29.37",
+            "2.5.29.14",
+            "2.5.29.32",
+            "2.5.29.33",
+            "2.5.29.54",
+            "1.3.6.1.5.5.7.1.1",
+        ];
+        let supported = |name: &GeneralName<'_>| {
+            matches!(
+                name,
+                GeneralName::DNSName(_) | GeneralName::RFC822Name(_) | GeneralName::IPAddress(_) | GeneralName::URI(_)
+            )
+        };
+        let cert = self.parsed();
+        cert.extensions().iter().filter(|e| e.critical).find_map(|ext| {
+            let oid = ext.oid.to_id_string();
+            let handled = match ext.parsed_extension() {
+                ParsedExtension::SubjectAlternativeName(san) => san.general_names.iter().any(supported),
+                ParsedExtension::NameConstraints(nc) => nc
+                    .permitted_subtrees
+                    .iter()
+                    .chain(nc.excluded_subtrees.iter())
+                    .flatten()
+                    .all(|subtree| supported(&subtree.base)),
+                _ => HANDLED.contains(&oid.as_str()),
+            };
+            (!handled).then_some(oid)
+        })
     }
 
     /// True when `issuer`'s key verifies this certificate's signature and the names chain.

@@ -13,7 +13,10 @@
 //! - extended key usage: a certificate with an EKU must allow serverAuth (or any), on every
 //!   certificate of the path, roots included (istiod passes no `KeyUsages`, so Go asks for
 //!   serverAuth);
-//! - at most [`MAX_SIGNATURE_CHECKS`] signature checks, as Go.
+//! - at most [`MAX_SIGNATURE_CHECKS`] signature checks, as Go;
+//! - no signature on a link of the path made with a broken hash (SHA-1, MD5, ...): Go refuses
+//!   them as insecure (a root's signature on itself is never checked, by Go nor here);
+//! - no certificate on the path, roots included, with a critical extension Go does not handle.
 //!
 //! One documented way we are **stricter than istiod's load check**: istiod verifies
 //! `ca-cert.pem` as if it were a leaf, so a parent with pathLen 0 above it passes there — but
@@ -22,9 +25,8 @@
 //! certificate itself as an intermediate when it is a CA ([`Subject::SigningCa`]): a bundle
 //! istiod would load but whose workload certificates no peer accepts is refused.
 //!
-//! Not checked here (and not by the callers either): name constraints (the name-constraints
-//! work owns them), signature algorithm policy (Go 1.19+ refuses SHA-1 signatures; nothing we
-//! handle makes them).
+//! Not checked here: name constraints (the name-constraints work owns them) and key strength
+//! (callers that write a chain check every key, `pki::strength`).
 
 use jiff::Timestamp;
 
@@ -70,6 +72,14 @@ pub enum ChainError {
     EkuExcludesServerAuth { subject: String },
     #[error("gave up after {MAX_SIGNATURE_CHECKS} signature checks while building a path for {subject}")]
     TooManySignatureChecks { subject: String },
+    #[error(
+        "{subject} is signed with {algorithm}, which Go's x509.Verify (istiod) refuses as insecure: re-issue it signed with SHA-256 or stronger"
+    )]
+    BrokenSignatureHash { subject: String, algorithm: &'static str },
+    #[error(
+        "{subject} carries the critical extension {oid}, which Go's crypto/x509 (istiod) does not handle and therefore refuses"
+    )]
+    UnhandledCriticalExtension { subject: String, oid: String },
 }
 
 impl ChainError {
@@ -97,7 +107,15 @@ impl VerifiedPath {
     }
 }
 
-fn within_validity(cert: &Certificate, now: Timestamp) -> Result<(), ChainError> {
+/// The checks Go's `isValid` makes of every certificate on a path, the verified one included:
+/// no critical extension it does not handle, and within the validity period.
+fn usable_at(cert: &Certificate, now: Timestamp) -> Result<(), ChainError> {
+    if let Some(oid) = cert.unhandled_critical_extension() {
+        return Err(ChainError::UnhandledCriticalExtension {
+            subject: cert.subject(),
+            oid,
+        });
+    }
     if now > cert.not_after() {
         return Err(ChainError::Expired {
             subject: cert.subject(),
@@ -116,7 +134,7 @@ fn within_validity(cert: &Certificate, now: Timestamp) -> Result<(), ChainError>
 /// Go's `isValid` for a candidate issuer with `below` certificates under it that count as
 /// intermediates, and the CA checks of `CheckSignatureFrom`.
 fn issuer_valid(parent: &Certificate, child: &Certificate, below: usize, now: Timestamp) -> Result<(), ChainError> {
-    within_validity(parent, now)?;
+    usable_at(parent, now)?;
     if !parent.may_sign_certificates() {
         return Err(ChainError::NotACa {
             subject: parent.subject(),
@@ -171,6 +189,15 @@ impl Search<'_> {
                     });
                     return None;
                 }
+                // As Go: the algorithm is judged before the signature (some broken ones our
+                // verifier could not even check, which would read as "no parent found").
+                if let Some(algorithm) = current.broken_signature_hash() {
+                    self.note(ChainError::BrokenSignatureHash {
+                        subject: current.subject(),
+                        algorithm,
+                    });
+                    continue;
+                }
                 if !current.is_signed_by(candidate) {
                     continue;
                 }
@@ -211,7 +238,7 @@ pub fn verify(
     roots: &[Certificate],
     now: Timestamp,
 ) -> Result<VerifiedPath, ChainError> {
-    within_validity(cert, now)?;
+    usable_at(cert, now)?;
     let mut search = Search {
         intermediates,
         roots,

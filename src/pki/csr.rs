@@ -125,7 +125,7 @@ impl CertificateSigningRequest {
     }
 }
 
-fn convert_san(name: &GeneralName<'_>) -> Result<SubjectAltName, PkiError> {
+pub(crate) fn convert_san(name: &GeneralName<'_>) -> Result<SubjectAltName, PkiError> {
     Ok(match name {
         GeneralName::DNSName(dns) => SubjectAltName::Dns(dns.to_string()),
         GeneralName::URI(uri) => SubjectAltName::Uri(uri.to_string()),

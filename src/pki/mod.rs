@@ -8,6 +8,7 @@
 pub mod certificate;
 pub mod chain;
 pub mod csr;
+pub mod issued;
 pub mod key;
 pub mod name_constraints;
 pub mod pem;

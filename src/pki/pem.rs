@@ -40,6 +40,13 @@ pub fn decode_expecting(input: &[u8], label: &'static str, what: &'static str) -
 }
 
 /// One PEM block with `\n` line endings.
+/// How many PEM blocks `input` holds, counted without decoding any: a cheap bound to check
+/// before decoding input of unknown size.
+pub fn count_blocks(input: &[u8]) -> usize {
+    const BEGIN: &[u8] = b"-----BEGIN ";
+    input.windows(BEGIN.len()).filter(|w| *w == BEGIN).count()
+}
+
 pub fn encode(label: &str, der: &[u8]) -> String {
     let config = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
     ::pem::encode_config(&::pem::Pem::new(label, der.to_vec()), config)

@@ -124,6 +124,17 @@ pub fn check_csr_signature(algorithm: &Oid<'_>) -> Result<(), Weakness> {
     if accepted.contains(algorithm) {
         return Ok(());
     }
+    match broken_signature_hash(algorithm) {
+        Some(name) => Err(Weakness::BrokenSignatureHash { algorithm: name }),
+        None => Err(Weakness::SignatureNotAllowed {
+            oid: algorithm.to_id_string(),
+        }),
+    }
+}
+
+/// The name of a signature algorithm built on a broken hash (SHA-1, MD5, MD4, MD2), or `None`.
+/// Go's `x509.Verify` (istiod) refuses such signatures on every link of a chain.
+pub fn broken_signature_hash(algorithm: &Oid<'_>) -> Option<&'static str> {
     let broken: &[(&str, &'static str)] = &[
         ("1.2.840.113549.1.1.5", "sha1WithRSAEncryption (SHA-1)"),
         ("1.3.14.3.2.29", "sha1WithRSASignature (SHA-1)"),
@@ -135,10 +146,7 @@ pub fn check_csr_signature(algorithm: &Oid<'_>) -> Result<(), Weakness> {
         ("1.2.840.113549.1.1.2", "md2WithRSAEncryption (MD2)"),
     ];
     let dotted = algorithm.to_id_string();
-    match broken.iter().find(|(oid, _)| *oid == dotted) {
-        Some((_, name)) => Err(Weakness::BrokenSignatureHash { algorithm: name }),
-        None => Err(Weakness::SignatureNotAllowed { oid: dotted }),
-    }
+    broken.iter().find(|(oid, _)| *oid == dotted).map(|(_, name)| *name)
 }
 
 /// Bits in a big-endian unsigned integer, leading zero bytes and bits not counted.

@@ -107,6 +107,14 @@ impl PcaFixture {
             .await;
     }
 
+    /// Make issuance hand back certificates that differ from the request (`"path_len"`: one
+    /// deeper; `"extra_san"`: a DNS name added; `"subject"`: another subject; `"longer"`: 30 days
+    /// longer than asked), as a misconfigured template would; `None` issues faithfully again.
+    pub async fn tamper(&self, kind: Option<&str>) {
+        self.control("/__fixture/tamper", serde_json::json!({"kind": kind}))
+            .await;
+    }
+
     pub async fn set_ca_status(&self, arn: &str, status: &str) {
         self.control(
             "/__fixture/ca-status",
