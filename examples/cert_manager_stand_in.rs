@@ -1,6 +1,7 @@
-//! STAND-IN for cert-manager's Certificate controller and approver, used by `hack/demo`
-//! because cert-manager cannot be installed on the local control plane. For one Certificate it
-//! does what cert-manager does and nothing more: makes a key and CSR, creates the
+//! STAND-IN for cert-manager's Certificate controller and approver, used by the fast default of
+//! `hack/demo` (which then skips building cert-manager, 10 to 20 minutes the first time) and by
+//! `hack/demo --multicluster`; `hack/demo --cert-manager` runs real cert-manager instead. For one
+//! Certificate it does what cert-manager does and nothing more: makes a key and CSR, creates the
 //! CertificateRequest, approves it, waits for the issuer to answer, and writes the Certificate's
 //! Secret (`tls.crt`, `tls.key`, `ca.crt`). It shares its code with the tests
 //! (`tests/support/cert_manager.rs`).

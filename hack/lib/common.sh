@@ -223,10 +223,13 @@ ensure_go() {
   printf '%s\n' "$cached"
 }
 
-# A short hash of a Go module directory's go.mod and go.sum: part of a cached binary's path, so
-# a changed pin builds anew.
+# A short hash of a Go module directory's go.mod and go.sum, and of the .go files of ours in it
+# (a main that wires another project's packages): part of a cached binary's path, so a changed
+# pin or a changed main builds anew. A directory without .go files hashes as before.
 go_module_key() {
-  cat "$1/go.mod" "$1/go.sum" | sha256sum | cut -c1-12
+  local go_files=()
+  mapfile -t go_files < <(find "$1" -maxdepth 1 -name '*.go' | LC_ALL=C sort)
+  cat "$1/go.mod" "$1/go.sum" "${go_files[@]}" | sha256sum | cut -c1-12
 }
 
 # Builds package $3 of the Go module in directory $2 into $4 (written only once complete), with

@@ -1,16 +1,14 @@
 //! The part of cert-manager's `cert-manager.io/v1` API that this issuer reads and writes,
 //! written by hand (the way stackable's secret-operator carries foreign types).
 //!
-//! These types are **never** emitted as CRDs of ours: cert-manager owns them. `crdgen` does not
-//! print them. Tests need the CRDs installed on the local API server, where cert-manager cannot
-//! run, so [`test_crds`] derives stand-ins from these same types: same group, version, names,
-//! field names and types as upstream (v1.21), with the status subresource and the `conditions`
-//! list keyed by `type` (which is what lets our server-side apply own only the `Ready`
-//! condition while the approver owns `Approved`).
+//! These types are **never** emitted as CRDs: cert-manager owns them, and the tests and the demo
+//! install cert-manager's own CRDs (`hack/cert-manager crds`). `tests/cert_manager.rs` checks
+//! that every field these types carry exists in those CRDs with the same type. Upstream keys the
+//! `conditions` list by `type`, which is what lets our server-side apply own only the `Ready`
+//! condition while the approver owns `Approved`.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -192,24 +190,6 @@ impl CertificateRequest {
     }
 }
 
-/// Stand-in CRDs for cert-manager's CertificateRequest and Certificate, for the local test
-/// control plane only (cert-manager's controllers cannot be installed there).
-pub fn test_crds() -> Vec<CustomResourceDefinition> {
-    use kube::CustomResourceExt;
-    let mut crds = vec![CertificateRequest::crd(), Certificate::crd()];
-    for crd in &mut crds {
-        // Say plainly what these are, for anyone who finds them on a cluster.
-        crd.metadata.annotations = Some(
-            [(
-                "meshca.io/stand-in".to_string(),
-                "cert-manager's CRD as far as mesh-ca-issuer uses it, for local tests and the demo only".to_string(),
-            )]
-            .into(),
-        );
-    }
-    crds
-}
-
 mod base64_bytes {
     use k8s_openapi::ByteString;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -262,37 +242,5 @@ mod tests {
         assert!(cr.condition_is_true(condition::APPROVED));
         assert!(!cr.condition_is_true(condition::DENIED));
         assert_eq!(serde_json::to_value(&cr).unwrap()["spec"], json["spec"]);
-    }
-
-    #[test]
-    fn test_crd_matches_upstream_names_and_keys_conditions_by_type() {
-        let crd = CertificateRequest::crd_for_tests();
-        assert_eq!(crd["spec"]["group"], "cert-manager.io");
-        assert_eq!(crd["spec"]["names"]["plural"], "certificaterequests");
-        assert_eq!(crd["spec"]["scope"], "Namespaced");
-        let version = &crd["spec"]["versions"][0];
-        assert_eq!(version["name"], "v1");
-        assert!(version["subresources"]["status"].is_object());
-        let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
-        assert_eq!(status["conditions"]["x-kubernetes-list-type"], "map");
-        assert_eq!(status["conditions"]["x-kubernetes-list-map-keys"][0], "type");
-        assert_eq!(status["certificate"]["format"], "byte");
-        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
-        assert_eq!(spec["properties"]["request"]["format"], "byte");
-        assert_eq!(spec["properties"]["isCA"]["type"], "boolean");
-        let required: Vec<&str> = spec["required"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|v| v.as_str())
-            .collect();
-        assert!(required.contains(&"issuerRef") && required.contains(&"request"));
-    }
-
-    impl CertificateRequest {
-        fn crd_for_tests() -> serde_json::Value {
-            use kube::CustomResourceExt;
-            serde_json::to_value(Self::crd()).unwrap()
-        }
     }
 }

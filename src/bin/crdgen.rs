@@ -1,25 +1,17 @@
 //! Prints every CRD of ours as a multi-document YAML stream. `config/crd/` and the Helm chart's
 //! `crds/` are generated from this output (hack/update-generated), and a test fails when they
-//! drift from it.
-//!
-//! `crdgen --cert-manager-stand-ins` prints instead the stand-in CRDs for cert-manager's
-//! CertificateRequest and Certificate that the local demo and tests install because
-//! cert-manager itself cannot run there. They are never part of a release.
+//! drift from it. cert-manager's own CRDs come from cert-manager (`hack/cert-manager crds`).
 
 use std::io::Write;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let crds: Vec<CustomResourceDefinition> = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        [] => mesh_ca_issuer::api::crds(),
-        ["--cert-manager-stand-ins"] => mesh_ca_issuer::api::cert_manager::test_crds(),
-        _ => {
-            eprintln!("usage: crdgen [--cert-manager-stand-ins]");
-            std::process::exit(2);
-        }
-    };
+    if std::env::args().len() > 1 {
+        eprintln!("usage: crdgen (it takes no arguments; cert-manager's own CRDs: hack/cert-manager crds)");
+        std::process::exit(2);
+    }
+    let crds: Vec<CustomResourceDefinition> = mesh_ca_issuer::api::crds();
     let mut out = std::io::stdout().lock();
     for crd in crds {
         let yaml = match mesh_ca_issuer::api::crd_yaml(&crd) {

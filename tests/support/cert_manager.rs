@@ -1,5 +1,11 @@
-//! STAND-IN for cert-manager's own controllers, which cannot be installed on the local control
-//! plane. It does exactly what they do for an istiod intermediate, and nothing more:
+//! STAND-IN for cert-manager's controllers, for tests that must control exactly what cert-manager
+//! would send or when. Real cert-manager (v1.21.2, `real_cert_manager.rs`) runs the main flow in
+//! `tests/cert_manager.rs` and `hack/demo --cert-manager`; this stand-in remains where a test
+//! needs what real cert-manager cannot give on demand: a request with chosen contents (weak or
+//! foreign CSRs, other kinds, unapproved requests that stay unapproved), a given revision or
+//! Secret at a given moment (renewal windows, root rotation, federation), or hundreds of
+//! requests at once (the benches). It does exactly what cert-manager does for an istiod
+//! intermediate, and nothing more:
 //!
 //! - the Certificate controller: make a private key and a CSR (subject, SPIFFE URI SAN, a
 //!   critical keyUsage with keyCertSign, no BasicConstraints — cert-manager's defaults for
@@ -10,7 +16,9 @@
 //!   (`tls.crt` = `status.certificate`, `tls.key`, `ca.crt` = `status.ca`) with cert-manager's
 //!   annotations.
 //!
-//! Used by the tests and, through `examples/cert_manager_stand_in.rs`, by `hack/demo`.
+//! Its requests are written against cert-manager's own CRDs, installed by the harness. Used by
+//! the tests, the benches and, through `examples/cert_manager_stand_in.rs`, by the fast default
+//! of `hack/demo` and by `hack/demo --multicluster`.
 #![allow(dead_code)]
 
 use std::time::Duration;

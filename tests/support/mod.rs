@@ -20,6 +20,7 @@ pub mod mesh;
 pub mod openssl;
 pub mod pca;
 pub mod promql;
+pub mod real_cert_manager;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,10 +110,10 @@ pub async fn client_with_token(token: &str) -> Client {
     Client::try_from(config).expect("client")
 }
 
-/// Every CRD the tests need: ours and the cert-manager stand-ins.
+/// Every CRD the tests need: ours and cert-manager's own (from its module, v1.21.2).
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
     let mut crds = mesh_ca_issuer::api::crds();
-    crds.extend(mesh_ca_issuer::api::cert_manager::test_crds());
+    crds.extend(real_cert_manager::crds());
     crds
 }
 
@@ -252,22 +253,27 @@ impl Drop for TestNamespace {
         }
         let name = self.name.clone();
         let kubeconfig = self.kubeconfig.clone();
-        // Drop cannot be async, and the test's runtime may be shutting down: clean up on a
-        // thread with a runtime of its own, and a client of its own.
-        let handle = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let client = client_for_kubeconfig(&kubeconfig).await;
-                if let Err(e) = remove_namespace(&client, &name).await {
-                    eprintln!("warning: could not remove test namespace {name}: {e}");
-                }
-            });
+        clean_up_from_drop(async move {
+            let client = client_for_kubeconfig(&kubeconfig).await;
+            if let Err(e) = remove_namespace(&client, &name).await {
+                eprintln!("warning: could not remove test namespace {name}: {e}");
+            }
         });
-        let _ = handle.join();
     }
+}
+
+/// Runs `cleanup` to completion from a `Drop`: drop cannot be async, and the test's runtime may
+/// be shutting down, so it runs on a thread with a runtime of its own (and the future makes a
+/// client of its own).
+pub fn clean_up_from_drop(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(cleanup);
+    })
+    .join();
 }
 
 /// Namespaced resource kinds that can be listed and deleted (discovered once per process).
@@ -655,19 +661,12 @@ pub struct DeleteClusterIssuers(pub Vec<String>);
 impl Drop for DeleteClusterIssuers {
     fn drop(&mut self) {
         let names = std::mem::take(&mut self.0);
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let api: Api<mesh_ca_issuer::api::ClusterMeshCAIssuer> = Api::all(admin_client().await);
-                for name in names {
-                    let _ = api.delete(&name, &DeleteParams::default()).await;
-                }
-            });
-        })
-        .join();
+        clean_up_from_drop(async move {
+            let api: Api<mesh_ca_issuer::api::ClusterMeshCAIssuer> = Api::all(admin_client().await);
+            for name in names {
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            }
+        });
     }
 }
 
@@ -699,4 +698,111 @@ where
     })
     .await
     .unwrap_or_else(|| panic!("issuer {name} never had Ready reason {reason} within {timeout:?}"))
+}
+
+// === Helm charts rendered and applied ===
+
+/// helm, as hack/test installs it (`MESHCA_HELM`), else from the tool cache.
+pub fn helm() -> PathBuf {
+    if let Ok(path) = std::env::var("MESHCA_HELM")
+        && !path.is_empty()
+    {
+        return PathBuf::from(path);
+    }
+    let cached =
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/mesh-ca-issuer/tools/helm-3.17.2/helm");
+    assert!(
+        cached.exists(),
+        "helm is not installed: run hack/test (or set MESHCA_HELM)"
+    );
+    cached
+}
+
+/// `helm template` of `chart` (release `release` in `namespace`, `--set` each of `set`), only
+/// `show_only`'s documents, and of those only the ones `keep` accepts.
+pub fn helm_template(
+    chart: &Path,
+    release: &str,
+    namespace: &str,
+    set: &[&str],
+    show_only: &str,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut command = Command::new(helm());
+    command
+        .arg("template")
+        .arg(release)
+        .arg(chart)
+        .args(["--namespace", namespace, "--show-only", show_only]);
+    for s in set {
+        command.args(["--set", s]);
+    }
+    let output = command.output().expect("run helm");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "helm template {}: {}{stdout}",
+        chart.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_yaml::Deserializer::from_str(&stdout)
+        .filter_map(|doc| <serde_json::Value as serde::Deserialize>::deserialize(doc).ok())
+        .filter(|doc| doc.is_object() && keep(doc))
+        .collect()
+}
+
+/// Objects a test applied (server-side apply), deleted again on drop: for cluster-scoped ones
+/// (ClusterRoles and their bindings) that no namespace removal takes away.
+pub struct AppliedObjects {
+    objects: Vec<(ApiResource, Option<String>, String)>,
+}
+
+impl AppliedObjects {
+    /// Applies `documents`; namespaced ones without a namespace go to `namespace`.
+    pub async fn apply(client: &Client, namespace: &str, documents: Vec<serde_json::Value>) -> Self {
+        let discovery = Discovery::new(client.clone()).run().await.expect("API discovery");
+        let mut applied = Self { objects: Vec::new() };
+        for document in documents {
+            let object: DynamicObject = serde_json::from_value(document.clone()).expect("a Kubernetes object");
+            let types = object.types.clone().expect("apiVersion and kind");
+            let (group, version) = types.api_version.split_once('/').unwrap_or(("", &types.api_version));
+            let gvk = kube::core::GroupVersionKind::gvk(group, version, &types.kind);
+            let (resource, capabilities) = discovery
+                .resolve_gvk(&gvk)
+                .unwrap_or_else(|| panic!("the API server does not serve {gvk:?}"));
+            let name = object.name_any();
+            let api: Api<DynamicObject> = if capabilities.scope == Scope::Namespaced {
+                let ns = object
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| namespace.to_string());
+                applied.objects.push((resource.clone(), Some(ns.clone()), name.clone()));
+                Api::namespaced_with(client.clone(), &ns, &resource)
+            } else {
+                applied.objects.push((resource.clone(), None, name.clone()));
+                Api::all_with(client.clone(), &resource)
+            };
+            api.patch(&name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(&object))
+                .await
+                .unwrap_or_else(|e| panic!("applying {} {name}: {e}", types.kind));
+        }
+        applied
+    }
+}
+
+impl Drop for AppliedObjects {
+    fn drop(&mut self) {
+        let objects = std::mem::take(&mut self.objects);
+        clean_up_from_drop(async move {
+            let client = admin_client().await;
+            for (resource, namespace, name) in objects {
+                let api: Api<DynamicObject> = match &namespace {
+                    Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                    None => Api::all_with(client.clone(), &resource),
+                };
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            }
+        });
+    }
 }
