@@ -14,6 +14,9 @@
 
 pub mod cert_manager;
 pub mod goverify;
+pub mod istio_system;
+pub mod istiod;
+pub mod kubelet;
 pub mod openssl;
 pub mod pca;
 
@@ -286,7 +289,7 @@ async fn namespaced_resources(client: &Client) -> &'static [ApiResource] {
 }
 
 /// What the namespace controller would do: delete everything in it, then finalize it.
-async fn remove_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
+pub async fn remove_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
     for ar in namespaced_resources(client).await {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), name, ar);
         // Resources this identity cannot delete or that vanished meanwhile are not fatal.
