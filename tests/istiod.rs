@@ -772,6 +772,30 @@ async fn istiod_ignores_a_root_change_that_is_neither_superset_nor_subset_and_an
             .any(|l| l.contains(ROOT_REFUSED_NO_MULTIROOT))
     );
     assert!(root_changes_taken(sys.istiod()).is_empty(), "istiod took a root change");
+    // What it does take: a superset, then the same two roots in the other order — neither file's
+    // bytes contain the other's, but the certificates are the same set (istiod 1.31 compares
+    // parsed certificates; up to 1.30 it compared bytes and would refuse this one).
+    let reordered = hand_made_cacerts(&old_source, &format!("{other_root}{old_root}"));
+    for (taken, cacerts) in [(1, &grown), (2, &reordered)] {
+        let version = write_by_hand(&sys, cacerts).await;
+        sys.istiod()
+            .cacerts
+            .wait_for(TIMEOUT, |p| p.resource_version == version)
+            .await;
+        wait_root_changes_taken(&sys, taken).await;
+    }
+    let issued = workload.request(sys.istiod()).await;
+    assert_eq!(
+        issued.roots,
+        format!("{other_root}{old_root}"),
+        "the reordered roots, as written"
+    );
+    assert!(issued.leaf().is_signed_by(&old_intermediate));
+    assert_eq!(
+        sys.istiod().log_lines(ROOT_REFUSED).len(),
+        1,
+        "only the replacement was refused"
+    );
     sys.istiod_mut().assert_still_first_process();
 
     // Without ISTIO_MULTIROOT_MESH (istiod's default): even a superset is ignored.
