@@ -648,6 +648,23 @@ pub fn kubeconfig_with_token(dir: &Path, token: &str) -> PathBuf {
     path
 }
 
+/// Runs the `meshca` CLI with `args` and a KUBECONFIG of every file in `kubeconfigs`
+/// (colon-separated, as a user would set it): (exit code, stdout then stderr).
+pub fn meshca(kubeconfigs: &[&Path], args: &[&str]) -> (i32, String) {
+    let kubeconfig = std::env::join_paths(kubeconfigs).expect("KUBECONFIG");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("meshca runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), said)
+}
+
 /// Deletes the ClusterMeshCAIssuers a test made when it ends (namespaces take care of the rest).
 pub struct DeleteClusterIssuers(pub Vec<String>);
 
