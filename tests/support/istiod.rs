@@ -198,6 +198,7 @@ impl Istiod {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);
+        let started = std::time::Instant::now();
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("could not start istiod ({command:?}): {e}"));
@@ -212,6 +213,7 @@ impl Istiod {
             cacerts,
         };
         istiod.wait_ready().await;
+        eprintln!("istiod (pid {}) ready in {:?}", istiod.pid(), started.elapsed());
         istiod
     }
 
