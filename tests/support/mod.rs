@@ -15,6 +15,9 @@
 pub mod cert_manager;
 pub mod chart;
 pub mod goverify;
+pub mod istio_system;
+pub mod istiod;
+pub mod kubelet;
 pub mod leader;
 pub mod mesh;
 pub mod openssl;
@@ -296,7 +299,7 @@ async fn namespaced_resources(client: &Client) -> &'static [ApiResource] {
 }
 
 /// What the namespace controller would do: delete everything in it, then finalize it.
-async fn remove_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
+pub async fn remove_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
     for ar in namespaced_resources(client).await {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), name, ar);
         // Resources this identity cannot delete or that vanished meanwhile are not fatal.
@@ -653,6 +656,23 @@ pub fn kubeconfig_with_token(dir: &Path, token: &str) -> PathBuf {
     let path = dir.join("token.kubeconfig");
     std::fs::write(&path, serde_yaml::to_string(&config).expect("YAML")).expect("write kubeconfig");
     path
+}
+
+/// Runs the `meshca` CLI with `args` and a KUBECONFIG of every file in `kubeconfigs`
+/// (colon-separated, as a user would set it): (exit code, stdout then stderr).
+pub fn meshca(kubeconfigs: &[&Path], args: &[&str]) -> (i32, String) {
+    let kubeconfig = std::env::join_paths(kubeconfigs).expect("KUBECONFIG");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("meshca runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), said)
 }
 
 /// Deletes the ClusterMeshCAIssuers a test made when it ends (namespaces take care of the rest).

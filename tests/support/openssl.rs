@@ -89,6 +89,30 @@ pub fn verify(root_pem: &[u8], chain_pem: &[u8]) -> String {
         .to_string()
 }
 
+/// openssl's verdict (x509_strict) on the first certificate of `leaf_pem`, with `untrusted_pem`
+/// as untrusted intermediates, against every certificate of `roots_pem`: what a peer checks.
+/// `Err` carries openssl's words.
+pub fn verify_leaf(leaf_pem: &[u8], untrusted_pem: &[u8], roots_pem: &[u8]) -> Result<(), String> {
+    let dir = Workdir::new();
+    dir.write("leaf.pem", leaf_pem)
+        .write("untrusted.pem", untrusted_pem)
+        .write("roots.pem", roots_pem);
+    let (ok, said) = dir.try_run(&[
+        "verify",
+        "-x509_strict",
+        "-CAfile",
+        "roots.pem",
+        "-untrusted",
+        "untrusted.pem",
+        "leaf.pem",
+    ]);
+    if ok && said.contains("leaf.pem: OK") {
+        Ok(())
+    } else {
+        Err(said.trim().to_string())
+    }
+}
+
 /// `openssl x509 -text` of the first certificate in `pem`.
 pub fn text(pem: &[u8]) -> String {
     let dir = Workdir::new();
