@@ -14,6 +14,8 @@
 
 pub mod cert_manager;
 pub mod goverify;
+pub mod istio_chart;
+pub mod mesh_cluster;
 pub mod openssl;
 pub mod pca;
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Container};
 use kube::ResourceExt;
 
@@ -14,9 +14,8 @@ use super::observe::{CertId, Observed, short};
 use super::{CheckId, Finding, combine};
 use crate::api::istio_cacerts::IstioCACerts;
 
-/// How Istio's charts label istiod's Deployment and ztunnel's DaemonSet.
+/// How Istio's chart labels istiod's Deployment.
 pub const ISTIOD_LABEL: &str = "app=istiod";
-pub const ZTUNNEL_LABEL: &str = "app=ztunnel";
 /// The ConfigMap istiod writes into every namespace with the roots it distributes.
 pub const ROOT_CERT_CONFIG_MAP: &str = "istio-ca-root-cert";
 pub const ROOT_CERT_KEY: &str = "root-cert.pem";
@@ -25,6 +24,16 @@ pub const CACERTS_MOUNT: &str = "/etc/cacerts";
 const MESH_KEY: &str = "mesh";
 /// Istio's default trust domain, when the mesh config names none.
 const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// ztunnel's DaemonSet: Istio's chart labels it `app.kubernetes.io/name=ztunnel` and only its
+/// pods `app=ztunnel`; hand-made ones often put `app=ztunnel` on the DaemonSet itself.
+pub fn is_ztunnel(ds: &DaemonSet) -> bool {
+    let labels = ds.labels();
+    let pods = ds.spec.template.metadata.as_ref().and_then(|m| m.labels.as_ref());
+    labels.get("app").map(String::as_str) == Some("ztunnel")
+        || labels.get("app.kubernetes.io/name").map(String::as_str) == Some("ztunnel")
+        || pods.and_then(|l| l.get("app")).map(String::as_str) == Some("ztunnel")
+}
 
 /// The mesh config ConfigMap of an istiod: `istio`, or `istio-<revision>` for a revision.
 pub fn mesh_config_name(d: &Deployment) -> String {
@@ -671,6 +680,30 @@ mod tests {
             (got.len(), got[0].id, got[0].status),
             (1, CheckId::IstiodFound, Status::Fail)
         );
+    }
+
+    #[test]
+    fn ztunnel_is_found_by_the_labels_istios_chart_gives_it() {
+        let ds = |labels: serde_json::Value, pod: serde_json::Value| -> DaemonSet {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "x", "labels": labels},
+                "spec": {"selector": {}, "template": {"metadata": {"labels": pod}}},
+            }))
+            .unwrap()
+        };
+        // As Istio's ztunnel chart renders it: the DaemonSet is app.kubernetes.io/name=ztunnel.
+        assert!(is_ztunnel(&ds(
+            serde_json::json!({"app.kubernetes.io/name": "ztunnel"}),
+            serde_json::json!({"app": "ztunnel"})
+        )));
+        assert!(is_ztunnel(&ds(
+            serde_json::json!({"app": "ztunnel"}),
+            serde_json::json!({})
+        )));
+        assert!(!is_ztunnel(&ds(
+            serde_json::json!({"app": "fluentd"}),
+            serde_json::json!({"app": "fluentd"})
+        )));
     }
 
     #[test]

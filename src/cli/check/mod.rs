@@ -547,6 +547,50 @@ mod tests {
         }
     }
 
+    /// The read-only promise, in the code: the only request that is not a GET or LIST is the
+    /// SubjectAccessReview, and no other file of `meshca check` talks to the API server.
+    #[test]
+    fn nothing_but_observe_calls_the_api_server_and_it_writes_nothing() {
+        let observe = include_str!("observe.rs");
+        for write in [
+            ".patch(",
+            ".patch_status(",
+            ".replace(",
+            ".delete(",
+            "delete_collection",
+            ".create_subresource(",
+        ] {
+            assert!(!observe.contains(write), "observe.rs calls {write}");
+        }
+        assert_eq!(
+            observe.matches(".create(").count(),
+            1,
+            "one create: the SubjectAccessReview"
+        );
+        assert!(observe.contains(concat!(
+            "Api::<Subject",
+            "AccessReview>::all(client.clone())\n        .create("
+        )));
+        for (file, text) in [
+            ("mod.rs", include_str!("mod.rs")),
+            ("installation.rs", include_str!("installation.rs")),
+            ("approval.rs", include_str!("approval.rs")),
+            ("issuers.rs", include_str!("issuers.rs")),
+            ("certificate.rs", include_str!("certificate.rs")),
+            ("cacerts.rs", include_str!("cacerts.rs")),
+            ("istiod.rs", include_str!("istiod.rs")),
+            ("fleet.rs", include_str!("fleet.rs")),
+            ("render.rs", include_str!("render.rs")),
+        ] {
+            // Spelt in two halves, so this file's own test does not match itself.
+            let (api, client) = (concat!("Api", "::<"), concat!("kube", "::Client"));
+            assert!(
+                !text.contains(api) && !text.contains(client),
+                "{file} talks to the API server"
+            );
+        }
+    }
+
     #[test]
     fn findings_are_one_line_each() {
         let f = Finding::fail(CheckId::Crds, "a\nb", "c\n d");

@@ -82,7 +82,7 @@ pub struct Observed {
     pub mesh_configs: BTreeMap<String, Read<Option<ConfigMap>>>,
     /// `istio-ca-root-cert` in istiod's namespace, as istiod wrote it.
     pub root_cert_config_map: Read<Option<PemCertificates>>,
-    /// DaemonSets labelled `app=ztunnel`, anywhere: "namespace/name".
+    /// ztunnel's DaemonSets, anywhere: "namespace/name".
     pub ztunnels: Read<Vec<String>>,
     /// ConfigMaps `meshca federate` wrote into istiod's namespace: (name, peer cluster id).
     pub peer_config_maps: Read<Vec<(String, Option<String>)>>,
@@ -339,16 +339,18 @@ pub async fn observe(kubeconfig: &Kubeconfig, context: &str, settings: &Settings
                 .map_err(|e| format!("reading ConfigMap {ns}/{}: {}", istiod::ROOT_CERT_CONFIG_MAP, reason(e)))
         },
         async {
+            // Istio's ztunnel chart labels only the pods `app=ztunnel`: list them all, pick here.
             Api::<DaemonSet>::all(client.clone())
-                .list(&ListParams::default().labels(istiod::ZTUNNEL_LABEL))
+                .list(&ListParams::default())
                 .await
                 .map(|l| {
                     l.items
                         .iter()
+                        .filter(|d| istiod::is_ztunnel(d))
                         .map(|d| format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any()))
                         .collect()
                 })
-                .map_err(|e| format!("listing DaemonSets ({}): {}", istiod::ZTUNNEL_LABEL, reason(e)))
+                .map_err(|e| format!("listing DaemonSets: {}", reason(e)))
         },
         async {
             Api::<ConfigMap>::namespaced(client.clone(), ns)
