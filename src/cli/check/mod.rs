@@ -568,8 +568,8 @@ mod tests {
             "one create: the SubjectAccessReview"
         );
         assert!(observe.contains(concat!(
-            "Api::<Subject",
-            "AccessReview>::all(client.clone())\n        .create("
+            "Api::",
+            "<SubjectAccessReview>::all(client.clone())\n        .create("
         )));
         for (file, text) in [
             ("mod.rs", include_str!("mod.rs")),
