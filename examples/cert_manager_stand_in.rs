@@ -2,8 +2,8 @@
 //! `hack/demo` (which then skips building cert-manager, 10 to 20 minutes the first time) and by
 //! `hack/demo --multicluster`; `hack/demo --cert-manager` runs real cert-manager instead. For one
 //! Certificate it does what cert-manager does and nothing more: makes a key and CSR, creates the
-//! CertificateRequest, approves it, waits for the issuer to answer, and writes the Certificate's
-//! Secret (`tls.crt`, `tls.key`, `ca.crt`). It shares its code with the tests
+//! CertificateRequest, approves it, waits for the issuer to answer, writes the Certificate's
+//! Secret (`tls.crt`, `tls.key`, `ca.crt`) and records the Certificate with its status. It shares its code with the tests
 //! (`tests/support/cert_manager.rs`).
 
 #[path = "../tests/support/cert_manager.rs"]
@@ -86,6 +86,13 @@ async fn main() {
     cert_manager::write_certificate_secret(&client, &args.namespace, &args.certificate, &cr, &key).await;
     println!(
         "[cert-manager stand-in] wrote Secret {}/{} (tls.crt, tls.key, ca.crt)",
+        args.namespace, args.certificate
+    );
+    // The Certificate itself, as the user would have written it and cert-manager's status on
+    // it (what `meshca check` reads of istiod's Certificate).
+    cert_manager::record_certificate(&client, &args.namespace, &args.certificate, &args.certificate, &cr, None).await;
+    println!(
+        "[cert-manager stand-in] recorded Certificate {}/{} (isCA, issuerRef, notAfter, renewalTime)",
         args.namespace, args.certificate
     );
     if let (Some(dir), Some(status)) = (args.out, cr.status) {

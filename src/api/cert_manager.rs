@@ -126,7 +126,8 @@ pub struct CertificateRequestCondition {
     pub last_transition_time: Option<Time>,
 }
 
-/// The subset of a cert-manager Certificate we read: its renewal time, for renewal windows.
+/// The subset of a cert-manager Certificate we read: its renewal time, for renewal windows, and
+/// what `meshca check` judges (CA-ness, usages, lifetimes, issuer).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "cert-manager.io",
@@ -150,8 +151,16 @@ pub struct CertificateSpec {
     pub duration: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_before: Option<String>,
+    /// cert-manager v1.16+: renewBefore as a percentage of the lifetime, when `renewBefore` is unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before_percentage: Option<i32>,
     #[serde(default, rename = "isCA", skip_serializing_if = "Option::is_none")]
     pub is_ca: Option<bool>,
+    /// Key usages (cert-manager's names, e.g. "cert sign"); unset means cert-manager's defaults,
+    /// "digital signature" and "key encipherment" ("cert sign" is added for `isCA`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub usages: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub uris: Option<Vec<String>>,

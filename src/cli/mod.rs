@@ -1,11 +1,13 @@
 //! `meshca`: the command line for operators of several clusters (also installed as
-//! `kubectl-meshca`, so `kubectl meshca ...` works). `status` shows issuers and IstioCACerts
+//! `kubectl-meshca`, so `kubectl meshca ...` works). `check` says whether mesh trust is healthy
+//! and what to do when not ([`check`], read-only); `status` shows issuers and IstioCACerts
 //! across clusters; `federate`/`unfederate` exchange published roots between clusters as trust
 //! anchors. The decisions live in [`federation`]; this module reads, prints and writes.
 //!
-//! Every command reads all clusters before it writes to any, and refuses (exit code 3, nothing
-//! written) when a cluster is unreachable or a check fails.
+//! Every command that writes reads all clusters before it writes to any, and refuses (exit
+//! code 3, nothing written) when a cluster is unreachable or a check fails.
 
+pub mod check;
 pub mod federation;
 pub mod rotation;
 pub mod status;
@@ -24,8 +26,12 @@ use federation::{ClusterPlan, FIELD_MANAGER, PEER_CLUSTER_LABEL, Snapshot};
 
 const EXAMPLES: &str = "\
 Examples:
+  # Is this cluster's mesh trust healthy? What to do if not:
+  meshca check
+
   # Two clusters, each with a kubeconfig of its own:
   export KUBECONFIG=$HOME/.kube/east:$HOME/.kube/west
+  meshca check --context east --context west
   meshca status --context east --context west
   meshca federate --context east --context west --dry-run
   meshca federate --context east --context west
@@ -37,7 +43,13 @@ Examples:
   # Shell completion:
   meshca completion bash > /etc/bash_completion.d/meshca
 
-Exit codes:
+Exit codes of `meshca check`:
+  0  every check passed
+  1  a check failed (or, with --strict, warned); an unreachable cluster is a failed check
+  2  bad usage
+  4  warnings only
+
+Exit codes of the other commands:
   0  done
   1  a cluster could not be read or written after the checks passed (re-running is safe)
   2  bad usage
@@ -59,6 +71,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Checks every part of mesh trust (installation, approval, issuers, istiod's Certificate,
+    /// IstioCACerts and cacerts, istiod, and across the named clusters), each with what is
+    /// wrong and what to do. Reads only.
+    Check(CheckArgs),
     /// One table across clusters: issuers (Ready, backend, CA expiry) and IstioCACerts
     /// (intermediate, next renewal, roots and trust anchors with their windows, any problem).
     Status(StatusArgs),
@@ -79,6 +95,45 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// Kubeconfig context of a cluster (repeat for several: the checks across clusters run
+    /// too). Default: the current context.
+    #[arg(long = "context")]
+    pub contexts: Vec<String>,
+    /// istiod's namespace in every cluster (its Deployment, mesh config, Certificate and
+    /// IstioCACerts).
+    #[arg(long, default_value = "istio-system")]
+    pub namespace: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = CheckOutput::Text)]
+    pub output: CheckOutput,
+    /// Treat warnings as failures (exit 1 instead of 4).
+    #[arg(long)]
+    pub strict: bool,
+    /// The controller's namespace. Default: where the chart's Deployment is found, else
+    /// cert-manager.
+    #[arg(long)]
+    pub controller_namespace: Option<String>,
+    /// cert-manager's namespace: its ServiceAccounts cert-manager and
+    /// cert-manager-approver-policy are the approvers checked.
+    #[arg(long, default_value = "cert-manager")]
+    pub cert_manager_namespace: String,
+    /// How long one cluster may take to be read (a Go duration); a slower one is a failed check.
+    #[arg(long, default_value = "20s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    crate::duration::parse_go_duration(s).map_err(|e| e.to_string())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CheckOutput {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args, Debug)]
@@ -205,6 +260,10 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
             return ExitCode::from(1);
         }
     };
+    if let Command::Check(args) = &cli.command {
+        // Its own exit codes: 0 all pass, 1 a failure, 4 warnings only.
+        return ExitCode::from(runtime.block_on(run_check(cli.kubeconfig.as_deref(), args)));
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -214,8 +273,35 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Exi
     }
 }
 
+/// `meshca check`: every cluster is read, whatever happens to the others; nothing is written.
+async fn run_check(kubeconfig: Option<&str>, args: &CheckArgs) -> u8 {
+    let kubeconfig = load_kubeconfig(kubeconfig).map_err(|f| f.message);
+    let contexts = if args.contexts.is_empty() {
+        match kubeconfig.as_ref().ok().and_then(|k| k.current_context.clone()) {
+            Some(c) => vec![c],
+            None => vec!["(current context)".to_string()],
+        }
+    } else {
+        args.contexts.clone()
+    };
+    let check_args = check::Args {
+        contexts,
+        settings: check::observe::Settings {
+            namespace: args.namespace.clone(),
+            controller_namespace: args.controller_namespace.clone(),
+            cert_manager_namespace: args.cert_manager_namespace.clone(),
+        },
+        json: args.output == CheckOutput::Json,
+        strict: args.strict,
+        timeout: args.timeout,
+    };
+    check::run(kubeconfig, &check_args).await
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        // Run by `main_with_args` before this, for its own exit codes.
+        Command::Check(_) => Ok(()),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "meshca", &mut std::io::stdout());
             Ok(())

@@ -15,11 +15,13 @@
 pub mod cert_manager;
 pub mod chart;
 pub mod goverify;
+pub mod istio_chart;
 pub mod istio_system;
 pub mod istiod;
 pub mod kubelet;
 pub mod leader;
 pub mod mesh;
+pub mod mesh_cluster;
 pub mod openssl;
 pub mod pca;
 pub mod promql;

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 pub use arn::{ca_of_certificate_arn, idempotency_token, parse_ca_arn, signing_algorithm_for, template_arn};
 pub use classify::{CallFailure, classify};
+pub use credentials::ambient_gate;
 pub use describe::CaDescription;
 pub use rate_limit::{Shared, TokenBucket};
 pub use signer::AwsPcaSigner;
