@@ -15,12 +15,12 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
-use super::{BackendError, CaInfo, IssuedChain, IssuerScope, Purpose, SignOutcome, SignRequest, Signer};
+use super::{BackendError, CaInfo, IssuedChain, IssuerScope, Purpose, SignOutcome, SignRequest, Signer, signing_ca};
 use crate::api::issuer::LocalCA;
 use crate::pki::chain::{SubCaRoom, sub_ca_room};
 use crate::pki::policy::CaLifetime;
 use crate::pki::sign::{CaSigner, probe_signing, sign_csr};
-use crate::pki::{Certificate, SigningKey, strength};
+use crate::pki::{Certificate, SigningKey};
 
 pub const TLS_CRT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
@@ -28,17 +28,15 @@ pub const CA_CRT: &str = "ca.crt";
 
 /// Condition reasons an issuer gets from this backend.
 pub mod reason {
+    pub use crate::backend::signing_ca::reason::{
+        CA_EXPIRED, CA_NOT_YET_VALID, INCOMPLETE_CHAIN, NOT_A_CA, WEAK_CA_KEY,
+    };
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const SECRET_FORBIDDEN: &str = "SecretForbidden";
     pub const INVALID_CA: &str = "InvalidCA";
     pub const KEY_MISMATCH: &str = "KeyMismatch";
-    pub const NOT_A_CA: &str = "NotACA";
-    pub const CA_EXPIRED: &str = "CAExpired";
-    pub const CA_NOT_YET_VALID: &str = "CANotYetValid";
-    pub const INCOMPLETE_CHAIN: &str = "IncompleteChain";
     pub const API_ERROR: &str = "APIError";
     pub const SIGNING_FAILED: &str = "SigningFailed";
-    pub const WEAK_CA_KEY: &str = "WeakCAKey";
 }
 
 pub struct LocalCa {
@@ -155,7 +153,7 @@ impl LocalCa {
         if purpose == Purpose::Signing
             && let Some(ca) = checked.get(key, &secret)
         {
-            check_validity(&ca.ca, &display, now)?;
+            signing_ca::check_validity(&ca.ca, &display, now)?;
             return Ok(ca);
         }
         let ca = Arc::new(Self::from_data(secret.data.as_ref(), &display, purpose, now)?);
@@ -188,12 +186,7 @@ impl LocalCa {
         let subject = ca.subject();
         // Judged from the certificate, before the key is loaded: a weak key is named as weak,
         // not reported as one that "cannot be decoded".
-        strength::check_key(&ca.public_key_info(), strength::CA_KEY).map_err(|w| {
-            invalid(
-                reason::WEAK_CA_KEY,
-                format!("{display}: {subject}: {w}; replace the CA with a stronger key"),
-            )
-        })?;
+        signing_ca::check_strength(&ca, display, "replace the CA with a stronger key")?;
         let key =
             SigningKey::from_pem(key).map_err(|e| invalid(reason::INVALID_CA, format!("{display} {TLS_KEY}: {e}")))?;
         if !key.matches(&ca) {
@@ -202,21 +195,17 @@ impl LocalCa {
                 format!("{display}: {TLS_KEY} is not the key of the certificate {subject} in {TLS_CRT}"),
             ));
         }
-        if !ca.is_ca() {
-            return Err(invalid(
-                reason::NOT_A_CA,
-                format!("{display}: {subject} is not a CA certificate (no BasicConstraints CA:TRUE)"),
-            ));
-        }
-        if ca.key_usage_cert_sign() == Some(false) {
-            return Err(invalid(
-                reason::NOT_A_CA,
-                format!("{display}: {subject} has a KeyUsage without keyCertSign"),
-            ));
-        }
-        check_validity(&ca, display, now)?;
-        let (path, root) = path_to_root(&ca, certs.into_iter().chain(extra).collect())
-            .map_err(|m| invalid(reason::INCOMPLETE_CHAIN, format!("{display}: {m}")))?;
+        signing_ca::check_is_ca(&ca, display)?;
+        signing_ca::check_validity(&ca, display, now)?;
+        let pool: Vec<Certificate> = certs.into_iter().chain(extra).collect();
+        let (path, root) = signing_ca::path_to_root(&ca, &pool).ok_or_else(|| {
+            invalid(
+                reason::INCOMPLETE_CHAIN,
+                format!(
+                    "{display}: the root of {subject} is not in the Secret: add the chain up to a self-signed root to {TLS_CRT} or {CA_CRT}"
+                ),
+            )
+        })?;
         if purpose == Purpose::HealthCheck {
             probe_signing(
                 &CaSigner {
@@ -259,47 +248,6 @@ impl LocalCa {
     pub fn root(&self) -> &Certificate {
         &self.root
     }
-}
-
-/// The CA must be within its own validity at `now`.
-fn check_validity(ca: &Certificate, display: &str, now: Timestamp) -> Result<(), BackendError> {
-    if now > ca.not_after() {
-        return Err(BackendError::issuer_not_ready(
-            reason::CA_EXPIRED,
-            format!("{display}: {} expired at {}", ca.subject(), ca.not_after()),
-        ));
-    }
-    if now < ca.not_before() {
-        return Err(BackendError::issuer_not_ready(
-            reason::CA_NOT_YET_VALID,
-            format!("{display}: {} is not valid before {}", ca.subject(), ca.not_before()),
-        ));
-    }
-    Ok(())
-}
-
-/// Finds the certificates linking `ca` to a self-signed root among `pool`.
-fn path_to_root(ca: &Certificate, pool: Vec<Certificate>) -> Result<(Vec<Certificate>, Certificate), String> {
-    if ca.is_self_signed() {
-        return Ok((Vec::new(), ca.clone()));
-    }
-    let mut path = Vec::new();
-    let mut current = ca.clone();
-    // A chain longer than the pool cannot be honest; the bound also stops loops.
-    for _ in 0..=pool.len() {
-        let Some(parent) = pool.iter().find(|p| current.is_signed_by(p) && *p != &current) else {
-            break;
-        };
-        if parent.is_self_signed() {
-            return Ok((path, parent.clone()));
-        }
-        path.push(parent.clone());
-        current = parent.clone();
-    }
-    Err(format!(
-        "the root of {} is not in the Secret: add the chain up to a self-signed root to {TLS_CRT} or {CA_CRT}",
-        ca.subject()
-    ))
 }
 
 impl Signer for LocalCa {
