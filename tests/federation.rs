@@ -23,7 +23,8 @@ use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, KeyRef, PublishRoot, TrustAnchor};
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::openssl::{Workdir, workload_certificate};
+use support::goverify::workload_and_chain_verify as go_verifies;
+use support::openssl::{workload_certificate, workload_verifies as openssl_verifies};
 use support::{ControllerProcess, ScopeLock, TestNamespace, eventually, goverify};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -230,31 +231,6 @@ impl Drop for RootCertHistory {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// openssl's verdict on the workload certificate (the first block of `leaf_and_chain`, the
-/// rest as untrusted intermediates) against every root in `roots`.
-fn openssl_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
-    let end = "-----END CERTIFICATE-----\n";
-    let split = leaf_and_chain.find(end).map(|i| i + end.len()).expect("a PEM leaf");
-    let dir = Workdir::new();
-    dir.write("leaf.pem", &leaf_and_chain[..split])
-        .write("untrusted.pem", &leaf_and_chain[split..])
-        .write("roots.pem", roots);
-    let (ok, said) = dir.try_run(&[
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        "roots.pem",
-        "-untrusted",
-        "untrusted.pem",
-        "leaf.pem",
-    ]);
-    ok && said.contains("leaf.pem: OK")
-}
-
-fn go_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
-    goverify::workload_verifies(leaf_and_chain.as_bytes(), b"", roots).is_ok()
 }
 
 /// Runs `meshca` with a KUBECONFIG of both files (as a user would: colon-separated).

@@ -22,7 +22,8 @@ use mesh_ca_issuer::api::istio_cacerts::{
 };
 use mesh_ca_issuer::pki::Certificate;
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::openssl::{Workdir, workload_certificate};
+use support::goverify::workload_and_chain_verify as go_verifies;
+use support::openssl::{workload_certificate, workload_verifies as openssl_verifies};
 use support::{ControllerProcess, TestNamespace, eventually, goverify};
 
 const TIMEOUT: Duration = Duration::from_secs(40);
@@ -240,31 +241,6 @@ impl Recorder {
     fn versions(&self) -> Vec<Version> {
         self.versions.lock().unwrap().clone()
     }
-}
-
-/// openssl's verdict on a workload certificate (first block; the rest untrusted) against
-/// every root in `roots`.
-fn openssl_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
-    let end = "-----END CERTIFICATE-----\n";
-    let split = leaf_and_chain.find(end).map(|i| i + end.len()).expect("a PEM leaf");
-    let dir = Workdir::new();
-    dir.write("leaf.pem", &leaf_and_chain[..split])
-        .write("untrusted.pem", &leaf_and_chain[split..])
-        .write("roots.pem", roots);
-    let (ok, said) = dir.try_run(&[
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        "roots.pem",
-        "-untrusted",
-        "untrusted.pem",
-        "leaf.pem",
-    ]);
-    ok && said.contains("leaf.pem: OK")
-}
-
-fn go_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
-    goverify::workload_verifies(leaf_and_chain.as_bytes(), b"", roots).is_ok()
 }
 
 fn workload(data: &BTreeMap<String, Vec<u8>>) -> String {

@@ -14,6 +14,7 @@
 
 pub mod cert_manager;
 pub mod goverify;
+pub mod openbao;
 pub mod openssl;
 pub mod pca;
 

@@ -148,6 +148,7 @@ pub(super) async fn token(ctx: &AuthContext<'_>, purpose: Purpose) -> Result<Vau
             let call = Call::Login {
                 method: "Kubernetes auth",
                 login_path: &login_path,
+                role_label: "role",
                 role: &kubernetes.role,
                 identity: &identity,
             };
@@ -174,6 +175,7 @@ pub(super) async fn token(ctx: &AuthContext<'_>, purpose: Purpose) -> Result<Vau
             let call = Call::Login {
                 method: "AppRole",
                 login_path: &login_path,
+                role_label: "role_id",
                 role: &app_role.role_id,
                 identity: &identity,
             };
@@ -475,7 +477,15 @@ mod tests {
         };
         let listed = vec!["https://vault.example".to_string()];
         // (case, auth, cluster-scoped, policy, --vault-servers, refused with a hint)
-        let cases: Vec<(&str, VaultAuth, bool, AmbientPolicy, Vec<String>, Option<&str>)> = vec![
+        type Case = (
+            &'static str,
+            VaultAuth,
+            bool,
+            AmbientPolicy,
+            Vec<String>,
+            Option<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             // A ServiceAccount of the issuer's own namespace: never ambient.
             ("own account", kubernetes(true), false, defaults, vec![], None),
             ("token", VaultAuth::default(), false, defaults, vec![], None),

@@ -37,6 +37,8 @@ pub enum Call<'a> {
     Login {
         method: &'a str,
         login_path: &'a str,
+        /// What the role is called by this method: `role`, or AppRole's `role_id`.
+        role_label: &'a str,
         role: &'a str,
         identity: &'a str,
     },
@@ -55,9 +57,10 @@ pub fn classify(server: &str, call: Call<'_>, failure: CallFailure) -> BackendEr
         Call::Login {
             method,
             login_path,
+            role_label,
             role,
             identity,
-        } => format!("{method} login at {server}/v1/{login_path} as role {role:?} ({identity})"),
+        } => format!("{method} login at {server}/v1/{login_path} as {role_label} {role:?} ({identity})"),
         Call::LookupSelf { source } => format!("checking the Vault token from {source} at {server}"),
         Call::ReadCa { path } => format!("reading the signing CA from {server}/v1/{path}"),
         Call::Sign { path } => format!("sign-intermediate at {server}/v1/{path}"),
@@ -155,6 +158,7 @@ mod tests {
     const LOGIN: Call<'static> = Call::Login {
         method: "Kubernetes auth",
         login_path: "auth/kubernetes/login",
+        role_label: "role",
         role: "istiod-ca",
         identity: "ServiceAccount mesh/vault-auth",
     };

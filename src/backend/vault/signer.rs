@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use http::Method;
 use jiff::Timestamp;
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::auth::{self, AuthContext};
 use super::ca::{self, CaSource, VaultCa};
@@ -177,12 +177,16 @@ impl VaultSigner {
         let call = Call::Sign {
             path: &self.sign_path.path,
         };
+        let started = std::time::Instant::now();
         let answer = match self
             .client
             .call(Method::POST, &self.sign_path.path, Some(&self.token), Some(&body))
             .await
         {
-            Ok(answer) => answer,
+            Ok(answer) => {
+                debug!(issuer = %self.issuer, elapsed_ms = started.elapsed().as_millis() as u64, "signed by Vault");
+                answer
+            }
             Err(failure) => {
                 if matches!(failure, CallFailure::Status { status: 403, .. }) {
                     // The token may have been revoked: the next attempt logs in afresh.
@@ -297,16 +301,19 @@ fn parameters(
         // Subject, SANs and extensions come from the CSR itself.
         return body;
     }
+    // Lists go as Vault's own clients send them, comma-joined: ACL policies match parameter
+    // values with globs (`allowed_parameters`), and OpenBao 2.7.2 matches a JSON array against
+    // none of them. Only a list with a comma inside a value (an organization "Example, Inc.")
+    // goes as an array, which Vault does not split.
     let subject = csr.subject_attributes();
-    let list = |names: Vec<String>| names.join(",");
-    let sans = |want: fn(&SubjectAltName) -> Option<String>| list(csr.sans.iter().filter_map(want).collect());
+    let sans = |want: fn(&SubjectAltName) -> Option<String>| csr.sans.iter().filter_map(want).collect::<Vec<_>>();
     let fields = [
-        ("common_name", subject.common_name.unwrap_or_default()),
-        ("organization", list(subject.organization)),
-        ("ou", list(subject.organizational_unit)),
-        ("country", list(subject.country)),
-        ("locality", list(subject.locality)),
-        ("province", list(subject.province)),
+        ("common_name", subject.common_name.into_iter().collect()),
+        ("organization", subject.organization),
+        ("ou", subject.organizational_unit),
+        ("country", subject.country),
+        ("locality", subject.locality),
+        ("province", subject.province),
         (
             "uri_sans",
             sans(|s| match s {
@@ -329,10 +336,14 @@ fn parameters(
             }),
         ),
     ];
-    for (name, value) in fields {
-        if !value.is_empty() {
-            body[name] = Value::String(value);
+    for (name, values) in fields {
+        if values.is_empty() {
+            continue;
         }
+        body[name] = match values.iter().any(|v| v.contains(',')) {
+            false => Value::String(values.join(",")),
+            true => json!(values),
+        };
     }
     body
 }
