@@ -1042,3 +1042,72 @@ async fn name_constraints_openbao_cannot_add_fail_the_request_and_constraints_th
         ready_message(&cr)
     );
 }
+
+#[tokio::test]
+async fn the_api_server_refuses_an_issuer_with_two_backends_or_two_vault_auth_methods() {
+    let (_lock, _client, ns) = support::namespaced_test("vault-oneof").await;
+    let vault = |auth: VaultAuth| Vault {
+        server: "https://vault.example:8200".into(),
+        path: "pki/root/sign-intermediate".into(),
+        auth,
+        ..Vault::default()
+    };
+    let token = VaultAuth {
+        token_secret_ref: Some(selector("token")),
+        ..VaultAuth::default()
+    };
+    let cases = [
+        (
+            "vault and localCA",
+            IssuerSpec {
+                vault: Some(vault(token.clone())),
+                local_ca: Some(mesh_ca_issuer::api::issuer::LocalCA {
+                    secret_name: "root".into(),
+                    bootstrap: None,
+                }),
+                ..IssuerSpec::default()
+            },
+        ),
+        (
+            "token and Kubernetes auth",
+            IssuerSpec {
+                vault: Some(vault(VaultAuth {
+                    kubernetes: kubernetes_auth(ROLE).kubernetes,
+                    ..token.clone()
+                })),
+                ..IssuerSpec::default()
+            },
+        ),
+        (
+            "no auth method",
+            IssuerSpec {
+                vault: Some(vault(VaultAuth::default())),
+                ..IssuerSpec::default()
+            },
+        ),
+    ];
+    for (name, spec) in cases {
+        let refused = ns
+            .api::<MeshCAIssuer>()
+            .create(&PostParams::default(), &MeshCAIssuer::new("two", spec))
+            .await;
+        match refused {
+            Err(kube::Error::Api(e)) => assert_eq!(e.code, 422, "{name}: {e}"),
+            other => panic!("{name}: accepted: {other:?}"),
+        }
+    }
+    // One backend, one method: accepted.
+    ns.api::<MeshCAIssuer>()
+        .create(
+            &PostParams::default(),
+            &MeshCAIssuer::new(
+                "one",
+                IssuerSpec {
+                    vault: Some(vault(token)),
+                    ..IssuerSpec::default()
+                },
+            ),
+        )
+        .await
+        .unwrap();
+}

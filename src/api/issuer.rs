@@ -166,7 +166,8 @@ pub struct Vault {
     /// mount's default issuer) or `<mount>/issuer/<ref>/sign-intermediate`.
     #[schemars(length(min = 1))]
     pub path: String,
-    /// A Vault Enterprise namespace, sent as `X-Vault-Namespace` on every call (auth included).
+    /// A Vault Enterprise (or OpenBao) namespace, sent as `X-Vault-Namespace` on every call,
+    /// auth included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// PEM bundle of the CAs that sign the server's TLS certificate (base64 in YAML, as

@@ -318,7 +318,7 @@ async fn service_account_token(
         Err(kube::Error::Api(e)) if e.code == 403 => Err(BackendError::issuer_not_ready(
             reason::TOKEN_REQUEST_FORBIDDEN,
             format!(
-                "the controller may not make tokens for {display}: grant it create on serviceaccounts/token in {namespace} (Helm value vault.tokenRequestNamespaces)"
+                "the controller may not make tokens for {display}: grant it create on serviceaccounts/token in {namespace} (Helm value vault.tokenRequestServiceAccounts: {namespace}/{name})"
             ),
         )),
         Err(e) => Err(BackendError::retryable(
