@@ -90,7 +90,15 @@ async fn main() {
     );
     // The Certificate itself, as the user would have written it and cert-manager's status on
     // it (what `meshca check` reads of istiod's Certificate).
-    cert_manager::record_certificate(&client, &args.namespace, &args.certificate, &args.certificate, &cr, None).await;
+    cert_manager::record_certificate(
+        &client,
+        &args.namespace,
+        &args.certificate,
+        &args.certificate,
+        &cr,
+        None,
+    )
+    .await;
     println!(
         "[cert-manager stand-in] recorded Certificate {}/{} (isCA, issuerRef, notAfter, renewalTime)",
         args.namespace, args.certificate

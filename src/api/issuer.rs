@@ -54,8 +54,8 @@ pub const CLUSTER_ISSUER_KIND: &str = "ClusterMeshCAIssuer";
 // being checked.
 #[schemars(extend(
     "x-kubernetes-validations" = [{
-        "rule": "[has(self.localCA), has(self.awsPCA)].exists_one(b, b)",
-        "message": "exactly one backend must be set: localCA or awsPCA"
+        "rule": "[has(self.localCA), has(self.awsPCA), has(self.vault)].exists_one(b, b)",
+        "message": "exactly one backend must be set: localCA, awsPCA or vault"
     }]
 ))]
 pub struct IssuerSpec {
@@ -66,6 +66,10 @@ pub struct IssuerSpec {
     /// Sign with AWS Private CA (ACM PCA). Exactly one backend must be set.
     #[serde(default, rename = "awsPCA", skip_serializing_if = "Option::is_none")]
     pub aws_pca: Option<AwsPCA>,
+    /// Sign with the PKI secrets engine of HashiCorp Vault or OpenBao (`sign-intermediate`).
+    /// Exactly one backend must be set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<Vault>,
     /// What this issuer is allowed to sign.
     #[serde(default)]
     pub policy: IssuancePolicy,
@@ -154,6 +158,132 @@ fn default_secret_access_key_key() -> String {
 }
 fn default_session_token_key() -> String {
     "AWS_SESSION_TOKEN".into()
+}
+
+/// The Vault / OpenBao backend. Field names follow cert-manager's Vault issuer where the
+/// meaning is the same.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Vault {
+    /// The server's URL, e.g. `https://vault.example:8200`. `https://`, or `http://` to a
+    /// loopback address only (a token must never cross a network in clear). On a MeshCAIssuer,
+    /// `--vault-servers` may restrict which servers are allowed.
+    #[schemars(length(min = 1))]
+    pub server: String,
+    /// The `sign-intermediate` endpoint, without `/v1/`: `<mount>/root/sign-intermediate` (the
+    /// mount's default issuer) or `<mount>/issuer/<ref>/sign-intermediate`.
+    #[schemars(length(min = 1))]
+    pub path: String,
+    /// A Vault Enterprise (or OpenBao) namespace, sent as `X-Vault-Namespace` on every call,
+    /// auth included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// PEM bundle of the CAs that sign the server's TLS certificate (base64 in YAML, as
+    /// cert-manager's `caBundle`). Neither this nor `caBundleSecretRef`: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", extend("format" = "byte"))]
+    pub ca_bundle: Option<k8s_openapi::ByteString>,
+    /// A Secret key holding that bundle (default key `ca.crt`), read from the issuer's
+    /// namespace (the cluster resource namespace for a ClusterMeshCAIssuer). Not with `caBundle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<SecretKeySelector>,
+    /// How the controller logs in: exactly one method.
+    pub auth: VaultAuth,
+}
+
+/// Exactly one way of getting a Vault token.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+// CEL, not `oneOf`, for the same reason as the backends above.
+#[schemars(extend(
+    "x-kubernetes-validations" = [{
+        "rule": "[has(self.kubernetes), has(self.appRole), has(self.tokenSecretRef)].exists_one(b, b)",
+        "message": "exactly one Vault auth method must be set: kubernetes, appRole or tokenSecretRef"
+    }]
+))]
+pub struct VaultAuth {
+    /// Vault's Kubernetes auth method: log in with a ServiceAccount token of the issuer's
+    /// namespace (the cluster resource namespace for a ClusterMeshCAIssuer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<VaultKubernetesAuth>,
+    /// Vault's AppRole auth method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_role: Option<VaultAppRole>,
+    /// A Vault token kept in a Secret (default key `token`). It is used as it is: never
+    /// renewed, never revoked by the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeySelector>,
+}
+
+/// Vault's Kubernetes auth method.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultKubernetesAuth {
+    /// Where the auth method is mounted, with the `/v1/` prefix as in cert-manager.
+    #[serde(default = "default_kubernetes_mount_path")]
+    pub mount_path: String,
+    /// The Vault role to log in as.
+    #[schemars(length(min = 1))]
+    pub role: String,
+    /// The ServiceAccount whose token (made through the TokenRequest API, valid 10 minutes)
+    /// logs in. Without it the controller's own ServiceAccount token is used: ambient
+    /// credentials, see docs/vault.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_ref: Option<VaultServiceAccountRef>,
+}
+
+fn default_kubernetes_mount_path() -> String {
+    "/v1/auth/kubernetes".to_string()
+}
+
+/// A ServiceAccount in the issuer's namespace (never another's: there is no namespace field).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultServiceAccountRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Audiences of the token, besides the two always included: `vault://<namespace>/<issuer>`
+    /// (`vault://<issuer>` for a ClusterMeshCAIssuer) and the `server` URL, as cert-manager does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+}
+
+/// Vault's AppRole auth method.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultAppRole {
+    /// Where the AppRole auth method is mounted, without `/v1/auth/` (as in cert-manager).
+    #[serde(default = "default_app_role_path")]
+    pub path: String,
+    /// The role's `role_id` (not a secret).
+    #[serde(rename = "roleId")]
+    #[schemars(length(min = 1))]
+    pub role_id: String,
+    /// The Secret key holding the `secret_id` (default key `secretId`).
+    pub secret_ref: SecretKeySelector,
+}
+
+fn default_app_role_path() -> String {
+    "approle".to_string()
+}
+
+/// One key of a Secret in the issuer's namespace (the cluster resource namespace for a
+/// ClusterMeshCAIssuer).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The key; each field that takes a selector says its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl SecretKeySelector {
+    /// The selector's key, or `default` when it names none.
+    pub fn key_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.key.as_deref().filter(|k| !k.is_empty()).unwrap_or(default)
+    }
 }
 
 /// PCA signing algorithms (ECDSA ones need an EC CA key, RSA ones an RSA key).
@@ -318,7 +448,7 @@ pub struct IssuerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// The configured backend: `localCA` or `awsPCA`.
+    /// The configured backend: `localCA`, `awsPCA` or `vault`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     /// The backend's signing CA, as last checked.

@@ -13,7 +13,7 @@
 //! for any identity.
 //!
 //! Bounded work: the Secret may hold at most [`MAX_CERTIFICATES`] certificates and the search
-//! for the root makes at most [`chain::MAX_SIGNATURE_CHECKS`] signature checks, and parsing and
+//! for the root makes at most [`crate::pki::chain::MAX_SIGNATURE_CHECKS`] signature checks, and parsing and
 //! checking run on the blocking pool, never on the async workers the Lease renewal shares.
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,12 +25,14 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
-use super::{BackendError, Backends, CaInfo, IssuedChain, IssuerScope, Purpose, SignOutcome, SignRequest, Signer};
+use super::{
+    BackendError, Backends, CaInfo, IssuedChain, IssuerScope, Purpose, SignOutcome, SignRequest, Signer, signing_ca,
+};
 use crate::api::issuer::LocalCA;
-use crate::pki::chain::{self, SubCaRoom, sub_ca_room};
+use crate::pki::chain::{SubCaRoom, sub_ca_room};
 use crate::pki::policy::CaLifetime;
 use crate::pki::sign::{CaSigner, probe_signing, sign_csr};
-use crate::pki::{Certificate, SigningKey, strength};
+use crate::pki::{Certificate, SigningKey};
 
 pub const TLS_CRT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
@@ -43,17 +45,15 @@ pub const MAX_CERTIFICATES: usize = 32;
 
 /// Condition reasons an issuer gets from this backend.
 pub mod reason {
+    pub use crate::backend::signing_ca::reason::{
+        CA_EXPIRED, CA_NOT_YET_VALID, INCOMPLETE_CHAIN, NOT_A_CA, WEAK_CA_KEY,
+    };
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const SECRET_FORBIDDEN: &str = "SecretForbidden";
     pub const INVALID_CA: &str = "InvalidCA";
     pub const KEY_MISMATCH: &str = "KeyMismatch";
-    pub const NOT_A_CA: &str = "NotACA";
-    pub const CA_EXPIRED: &str = "CAExpired";
-    pub const CA_NOT_YET_VALID: &str = "CANotYetValid";
-    pub const INCOMPLETE_CHAIN: &str = "IncompleteChain";
     pub const API_ERROR: &str = "APIError";
     pub const SIGNING_FAILED: &str = "SigningFailed";
-    pub const WEAK_CA_KEY: &str = "WeakCAKey";
     pub const INVALID_CA_SECRET: &str = "InvalidCASecret";
 }
 
@@ -225,7 +225,7 @@ impl LocalCa {
         if purpose == Purpose::Signing
             && let Some(ca) = checked.get(key, &secret)
         {
-            check_validity(&ca.ca, &display, now)?;
+            signing_ca::check_validity(&ca.ca, &display, now)?;
             return Ok(ca);
         }
         // Parsing, chain signatures and the probe signature are CPU work that grows with what a
@@ -268,12 +268,7 @@ impl LocalCa {
         let subject = ca.subject();
         // Judged from the certificate, before the key is loaded: a weak key is named as weak,
         // not reported as one that "cannot be decoded".
-        strength::check_key(&ca.public_key_info(), strength::CA_KEY).map_err(|w| {
-            invalid(
-                reason::WEAK_CA_KEY,
-                format!("{display}: {subject}: {w}; replace the CA with a stronger key"),
-            )
-        })?;
+        signing_ca::check_strength(&ca, display, "replace the CA with a stronger key")?;
         let key =
             SigningKey::from_pem(key).map_err(|e| invalid(reason::INVALID_CA, format!("{display} {TLS_KEY}: {e}")))?;
         if !key.matches(&ca) {
@@ -282,21 +277,15 @@ impl LocalCa {
                 format!("{display}: {TLS_KEY} is not the key of the certificate {subject} in {TLS_CRT}"),
             ));
         }
-        if !ca.is_ca() {
-            return Err(invalid(
-                reason::NOT_A_CA,
-                format!("{display}: {subject} is not a CA certificate (no BasicConstraints CA:TRUE)"),
-            ));
-        }
-        if ca.key_usage_cert_sign() == Some(false) {
-            return Err(invalid(
-                reason::NOT_A_CA,
-                format!("{display}: {subject} has a KeyUsage without keyCertSign"),
-            ));
-        }
-        check_validity(&ca, display, now)?;
-        let (path, root) = path_to_root(&ca, certs.into_iter().chain(extra).collect())
-            .map_err(|m| invalid(reason::INCOMPLETE_CHAIN, format!("{display}: {m}")))?;
+        signing_ca::check_is_ca(&ca, display)?;
+        signing_ca::check_validity(&ca, display, now)?;
+        let pool: Vec<Certificate> = certs.into_iter().chain(extra).collect();
+        let (path, root) = signing_ca::path_to_root(&ca, &pool).map_err(|why| {
+            invalid(
+                reason::INCOMPLETE_CHAIN,
+                format!("{display}: {why}: keep the CA's chain up to a self-signed root in {TLS_CRT} or {CA_CRT}"),
+            )
+        })?;
         if purpose == Purpose::HealthCheck {
             probe_signing(
                 &CaSigner {
@@ -339,68 +328,6 @@ impl LocalCa {
     pub fn root(&self) -> &Certificate {
         &self.root
     }
-}
-
-/// The CA must be within its own validity at `now`.
-fn check_validity(ca: &Certificate, display: &str, now: Timestamp) -> Result<(), BackendError> {
-    if now > ca.not_after() {
-        return Err(BackendError::issuer_not_ready(
-            reason::CA_EXPIRED,
-            format!("{display}: {} expired at {}", ca.subject(), ca.not_after()),
-        ));
-    }
-    if now < ca.not_before() {
-        return Err(BackendError::issuer_not_ready(
-            reason::CA_NOT_YET_VALID,
-            format!("{display}: {} is not valid before {}", ca.subject(), ca.not_before()),
-        ));
-    }
-    Ok(())
-}
-
-/// Finds the certificates linking `ca` to a self-signed root among `pool`, with at most
-/// [`chain::MAX_SIGNATURE_CHECKS`] signature checks (as Go's path building): the Secret is a
-/// tenant's input, and each check is an asymmetric verification.
-fn path_to_root(ca: &Certificate, pool: Vec<Certificate>) -> Result<(Vec<Certificate>, Certificate), String> {
-    if ca.is_self_signed() {
-        return Ok((Vec::new(), ca.clone()));
-    }
-    let mut path = Vec::new();
-    let mut current = ca.clone();
-    let mut checks = 0usize;
-    // A chain longer than the pool cannot be honest; the bound also stops loops.
-    for _ in 0..=pool.len() {
-        let mut parent = None;
-        for candidate in pool
-            .iter()
-            .filter(|p| *p != &current && p.raw_subject() == current.raw_issuer())
-        {
-            checks += 2; // the candidate's signature on `current`, and on itself below
-            if checks > chain::MAX_SIGNATURE_CHECKS {
-                return Err(format!(
-                    "gave up finding the root of {} after {} signature checks: keep only the CA's chain up to its root in {TLS_CRT} or {CA_CRT}",
-                    ca.subject(),
-                    chain::MAX_SIGNATURE_CHECKS
-                ));
-            }
-            if current.is_signed_by(candidate) {
-                parent = Some(candidate);
-                break;
-            }
-        }
-        let Some(parent) = parent else {
-            break;
-        };
-        if parent.is_self_signed() {
-            return Ok((path, parent.clone()));
-        }
-        path.push(parent.clone());
-        current = parent.clone();
-    }
-    Err(format!(
-        "the root of {} is not in the Secret: add the chain up to a self-signed root to {TLS_CRT} or {CA_CRT}",
-        ca.subject()
-    ))
 }
 
 impl Signer for LocalCa {

@@ -3,7 +3,10 @@
 //! `controller::certificate_request` does, in one place.
 
 pub mod aws_pca;
+pub mod binding;
 pub mod local_ca;
+pub mod signing_ca;
+pub mod vault;
 
 use std::sync::Arc;
 
@@ -37,6 +40,10 @@ pub struct BackendError {
     pub kind: FailureKind,
     pub reason: &'static str,
     pub message: String,
+    /// The backend may have signed before this failure (its answer was lost): for a backend
+    /// without idempotency, a retry may then sign a second time (see
+    /// [`Signer::repeats_on_retry`]).
+    pub may_have_signed: bool,
 }
 
 impl BackendError {
@@ -45,7 +52,13 @@ impl BackendError {
             kind,
             reason,
             message: message.into(),
+            may_have_signed: false,
         }
+    }
+    /// Marks the failure as one after which a certificate may exist.
+    pub fn may_have_signed(mut self) -> Self {
+        self.may_have_signed = true;
+        self
     }
     pub fn issuer_not_ready(reason: &'static str, message: impl Into<String>) -> Self {
         Self::new(FailureKind::IssuerNotReady, reason, message)
@@ -118,6 +131,14 @@ pub trait Signer: Send + Sync {
     fn sub_ca_room(&self) -> SubCaRoom {
         SubCaRoom::Unlimited
     }
+    /// True for a backend without an idempotency key (Vault): asked again after a crash, or
+    /// after an answer was lost, it signs again. The controller then marks a request before
+    /// each signing, so that such a repeat is seen and counted
+    /// (`meshca_signings_repeated_total`); only the certificate whose status write succeeds
+    /// is ever handed out.
+    fn repeats_on_retry(&self) -> bool {
+        false
+    }
 }
 
 /// A shared signer signs as the one it shares (the local CA backend hands out its checked CAs
@@ -134,6 +155,9 @@ impl<S: Signer + ?Sized> Signer for Arc<S> {
     }
     fn sub_ca_room(&self) -> SubCaRoom {
         self.as_ref().sub_ca_room()
+    }
+    fn repeats_on_retry(&self) -> bool {
+        self.as_ref().repeats_on_retry()
     }
 }
 
@@ -168,6 +192,8 @@ pub const PATH_LEN_EXHAUSTED: &str = "PathLenExhausted";
 pub struct IssuerScope {
     /// `MeshCAIssuer ns/name` or `ClusterMeshCAIssuer name`, for messages.
     pub display: String,
+    /// The issuer's name (Vault's Kubernetes auth puts it in the token's audience).
+    pub name: String,
     /// A namespaced issuer's own namespace, or the cluster resource namespace.
     pub secret_namespace: String,
     /// True for a ClusterMeshCAIssuer: what it may use of the controller's own identity differs.
@@ -210,6 +236,8 @@ pub struct Backends {
     /// Local CAs already checked, by Secret version.
     pub local_cas: Arc<local_ca::CheckedCas>,
     pub pca: Arc<aws_pca::Shared>,
+    /// Logins, clients and CA reads of Vault issuers, and `--vault-servers`.
+    pub vault: Arc<vault::Shared>,
     pub ambient: AmbientPolicy,
     /// `--istio-namespaces`: a local CA Secret there must be marked as a CA (`meshca.io/ca`).
     pub istio_namespaces: Vec<String>,
@@ -220,6 +248,7 @@ pub fn configured_backend(spec: &IssuerSpec) -> Result<&'static str, BackendErro
     let configured: Vec<&'static str> = [
         spec.local_ca.as_ref().map(|_| "localCA"),
         spec.aws_pca.as_ref().map(|_| "awsPCA"),
+        spec.vault.as_ref().map(|_| "vault"),
     ]
     .into_iter()
     .flatten()
@@ -228,7 +257,7 @@ pub fn configured_backend(spec: &IssuerSpec) -> Result<&'static str, BackendErro
         [one] => Ok(one),
         [] => Err(BackendError::issuer_not_ready(
             "InvalidSpec",
-            "no backend configured: set spec.localCA or spec.awsPCA",
+            "no backend configured: set spec.localCA, spec.awsPCA or spec.vault",
         )),
         many => Err(BackendError::issuer_not_ready(
             "InvalidSpec",
@@ -274,5 +303,47 @@ pub async fn connect(
         .await?;
         return Ok(Box::new(signer));
     }
+    if let Some(vault) = &spec.vault {
+        if !spec.policy.require_ca {
+            return Err(BackendError::issuer_not_ready(
+                "InvalidSpec",
+                "spec.vault signs through sign-intermediate, which makes CA certificates only: set spec.policy.requireCA true",
+            ));
+        }
+        let signer = vault::VaultSigner::connect(
+            &backends.kube,
+            backends.vault.clone(),
+            backends.ambient,
+            vault,
+            scope,
+            purpose,
+            now,
+        )
+        .await?;
+        check_path_len_room(&signer, spec)?;
+        return Ok(Box::new(signer));
+    }
     Err(BackendError::issuer_not_ready("InvalidSpec", "no backend configured"))
+}
+
+/// Whether an issuer's spec names Secret `name` (in the namespace it reads Secrets from): a
+/// change of that Secret re-checks the issuer.
+pub fn names_secret(spec: &IssuerSpec, name: &str) -> bool {
+    let local = spec.local_ca.iter().map(|l| l.secret_name.as_str());
+    let pca = spec
+        .aws_pca
+        .iter()
+        .filter_map(|p| p.credentials_secret_ref.as_ref())
+        .map(|r| r.name.as_str());
+    let vault = spec.vault.iter().flat_map(|v| {
+        [
+            v.ca_bundle_secret_ref.as_ref(),
+            v.auth.token_secret_ref.as_ref(),
+            v.auth.app_role.as_ref().map(|a| &a.secret_ref),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+    });
+    local.chain(pca).chain(vault).any(|n| n == name)
 }

@@ -380,11 +380,13 @@ async fn lookup_issuer(
     let scope = match kind {
         IssuerKind::Namespaced => IssuerScope {
             display: format!("{ISSUER_KIND} {namespace}/{name}"),
+            name: name.to_string(),
             secret_namespace: namespace.to_string(),
             cluster_scoped: false,
         },
         IssuerKind::Cluster => IssuerScope {
             display: format!("{CLUSTER_ISSUER_KIND} {name}"),
+            name: name.to_string(),
             secret_namespace: ctx.config.cluster_resource_namespace.clone(),
             cluster_scoped: true,
         },
@@ -560,7 +562,38 @@ async fn sign(
         request_uid: &uid,
         backend_ref: known_ref.as_deref(),
     };
+    // A backend without idempotency (Vault) signs again when asked again: the request is
+    // marked before it is asked, so a signing that finds the mark of an earlier one whose
+    // outcome was never written (a crash, a lost answer) is counted as a repeat.
+    let marks = signer.repeats_on_retry();
+    if marks {
+        if let Some(earlier) = cr.annotations().get(SIGNING_STARTED_ANNOTATION) {
+            ctx.metrics
+                .signings_repeated
+                .get_or_create(&crate::metrics::BackendLabels {
+                    backend: signer.backend_name().to_string(),
+                })
+                .inc();
+            warn!(%earlier, backend = signer.backend_name(), "signing again: an earlier signing of this request may have produced a certificate that is never handed out");
+        }
+        match mark_signing(ctx, cr, Some(now)).await {
+            Ok(updated) => *cr = updated,
+            Err(e) => {
+                return Outcome::Transient {
+                    message: format!("could not record the start of signing on the request: {e}"),
+                    retry_after: ctx.retries.next_delay(&uid),
+                };
+            }
+        }
+    }
     let mut result = signer.sign(request).await;
+    if marks && matches!(&result, Err(e) if !e.may_have_signed) {
+        // The backend answered that it signed nothing: a retry is no repeat.
+        match mark_signing(ctx, cr, None).await {
+            Ok(updated) => *cr = updated,
+            Err(e) => warn!(error = %e, "could not clear the signing mark; a retry will count as a repeat"),
+        }
+    }
     if let (Ok(SignOutcome::InProgress { backend_ref }), None) = (&result, &known_ref) {
         // Persist the id before anything else: after a crash or a retry, this request fetches
         // the certificate that was issued instead of paying for another.
@@ -707,6 +740,29 @@ fn issued(
 /// it can follow the controller's configured trust domain.
 fn default_trust_domain(ctx: &Context) -> &str {
     &ctx.config.trust_domain
+}
+
+/// On a request signed by a backend without idempotency: when its current signing began (RFC
+/// 3339). Set before the backend is asked, removed when the backend answered that it signed
+/// nothing; found by a later signing, it means a certificate may exist that was never handed
+/// out (see `backend::Signer::repeats_on_retry`).
+pub const SIGNING_STARTED_ANNOTATION: &str = "meshca.io/signing-started";
+
+/// Sets (`Some`) or removes [`SIGNING_STARTED_ANNOTATION`], guarded by the resourceVersion the
+/// request was read at, as every write of ours.
+async fn mark_signing(ctx: &Context, cr: &CertificateRequest, at: Option<Timestamp>) -> Result<CertificateRequest> {
+    let name = cr.name_any();
+    let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    let value = at
+        .map(|t| serde_json::Value::String(t.to_string()))
+        .unwrap_or(serde_json::Value::Null);
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": cr.resource_version(),
+        "annotations": {SIGNING_STARTED_ANNOTATION: value},
+    }});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube(format!("marking the signing of CertificateRequest {name}"), e))
 }
 
 /// Records a backend-side id (the PCA certificate ARN) on the request's metadata.

@@ -71,6 +71,7 @@ impl IssuerObject for MeshCAIssuer {
         let namespace = self.namespace().unwrap_or_default();
         IssuerScope {
             display: format!("{ISSUER_KIND} {namespace}/{}", self.name_any()),
+            name: self.name_any(),
             secret_namespace: namespace,
             cluster_scoped: false,
         }
@@ -91,6 +92,7 @@ impl IssuerObject for ClusterMeshCAIssuer {
     fn scope(&self, cluster_resource_namespace: &str) -> IssuerScope {
         IssuerScope {
             display: format!("{CLUSTER_ISSUER_KIND} {}", self.name_any()),
+            name: self.name_any(),
             secret_namespace: cluster_resource_namespace.to_string(),
             cluster_scoped: true,
         }

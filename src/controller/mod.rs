@@ -34,7 +34,7 @@ use crate::admin::{self, Readiness};
 use crate::api::cert_manager::{Certificate as CertManagerCertificate, CertificateRequest};
 use crate::api::issuer::{ClusterMeshCAIssuer, MeshCAIssuer};
 use crate::api::istio_cacerts::IstioCACerts;
-use crate::backend::{Backends, aws_pca};
+use crate::backend::{Backends, aws_pca, vault};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lease::{self, ElectionConfig, Leadership};
@@ -89,10 +89,16 @@ impl Context {
             config.aws_pca_issue_burst,
             config.issuer_recheck_interval,
         );
+        let vault = vault::Shared::new(
+            config.vault_servers.clone(),
+            config.service_account_token_file.clone(),
+            config.issuer_recheck_interval,
+        );
         let backends = Backends {
             kube: client.clone(),
             local_cas: Default::default(),
             pca: Arc::new(pca),
+            vault: Arc::new(vault),
             ambient: config.ambient_policy(),
             istio_namespaces: config.istio_namespaces.clone(),
         };
@@ -249,6 +255,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // hold up the shutdown).
     if let Some(task) = election_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    // Vault tokens the controller logged in for would stay valid until their lease ends:
+    // revoke them (best effort, bounded like the Lease release).
+    match tokio::time::timeout(Duration::from_secs(5), ctx.backends.vault.revoke_logins()).await {
+        Ok(0) => {}
+        Ok(revoked) => info!(revoked, "revoked the Vault tokens of this process"),
+        Err(_) => warn!("revoking Vault tokens at shutdown took longer than 5s; the rest expire with their lease"),
     }
     admin_task.abort();
     info!("controllers stopped");
@@ -642,14 +655,8 @@ fn issuer_controller<K: IssuerObject>(
             move |secret: PartialObjectMeta<Secret>| {
                 let name = secret.name_any();
                 cached_refs(&store, |issuer| {
-                    let spec = issuer.spec();
-                    let names_it = spec.local_ca.as_ref().is_some_and(|l| l.secret_name == name)
-                        || spec
-                            .aws_pca
-                            .as_ref()
-                            .and_then(|p| p.credentials_secret_ref.as_ref())
-                            .is_some_and(|r| r.name == name);
-                    names_it && in_scope(issuer, &secret, &cluster_resource_namespace)
+                    crate::backend::names_secret(issuer.spec(), &name)
+                        && in_scope(issuer, &secret, &cluster_resource_namespace)
                 })
             },
         );

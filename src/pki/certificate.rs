@@ -147,21 +147,6 @@ impl Certificate {
         }
     }
 
-    /// Every subject alternative name, in the CSR's terms; a name of a form no CSR we sign
-    /// carries (directoryName, otherName, ...) is an error naming it.
-    pub fn subject_alt_names(&self) -> Result<Vec<super::csr::SubjectAltName>, PkiError> {
-        let cert = self.parsed();
-        let mut out = Vec::new();
-        for ext in cert.extensions() {
-            if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
-                for name in &san.general_names {
-                    out.push(super::csr::convert_san(name)?);
-                }
-            }
-        }
-        Ok(out)
-    }
-
     pub fn uri_sans(&self) -> Vec<String> {
         let cert = self.parsed();
         let mut out = Vec::new();
@@ -224,6 +209,25 @@ impl Certificate {
             };
             (!handled).then_some(oid)
         })
+    }
+
+    /// Every subject alternative name. A form no accepted CSR can carry (otherName,
+    /// directoryName, ...) comes out as a `Uri("unsupported:...")`, so a comparison with a
+    /// CSR's names never lets it pass unnoticed.
+    pub fn subject_alt_names(&self) -> Vec<super::csr::SubjectAltName> {
+        let cert = self.parsed();
+        let mut out = Vec::new();
+        for ext in cert.extensions() {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+                for name in &san.general_names {
+                    out.push(
+                        super::csr::convert_san(name)
+                            .unwrap_or_else(|_| super::csr::SubjectAltName::Uri(format!("unsupported:{name}"))),
+                    );
+                }
+            }
+        }
+        out
     }
 
     /// True when `issuer`'s key verifies this certificate's signature and the names chain.

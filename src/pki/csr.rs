@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
@@ -17,6 +18,17 @@ pub enum SubjectAltName {
     Uri(String),
     Ip(IpAddr),
     Email(String),
+}
+
+/// Subject attributes of a CSR, as strings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubjectAttributes {
+    pub common_name: Option<String>,
+    pub organization: Vec<String>,
+    pub organizational_unit: Vec<String>,
+    pub country: Vec<String>,
+    pub locality: Vec<String>,
+    pub province: Vec<String>,
 }
 
 /// What a decoded and verified CSR asks for.
@@ -113,6 +125,44 @@ impl CertificateSigningRequest {
         match X509CertificationRequest::from_der(&self.der) {
             Ok((_, csr)) => csr.certification_request_info.subject.as_raw().to_vec(),
             Err(_) => unreachable!("CSR DER was validated on construction"),
+        }
+    }
+
+    /// The value (DER inside the OCTET STRING) of the extension the CSR requests with OID
+    /// `oid` (dotted, e.g. `2.5.29.30`), if it requests one.
+    pub fn requested_extension(&self, oid: &str) -> Option<Vec<u8>> {
+        let (_, csr) = X509CertificationRequest::from_der(&self.der).ok()?;
+        csr.certification_request_info
+            .iter_attributes()
+            .find_map(|attribute| match attribute.parsed_attribute() {
+                ParsedCriAttribute::ExtensionRequest(request) => request
+                    .extensions
+                    .iter()
+                    .find(|e| e.oid.to_id_string() == oid)
+                    .map(|e| e.value.to_vec()),
+                _ => None,
+            })
+    }
+
+    /// The subject's attributes a CA service may take as parameters (Vault's `common_name`,
+    /// `organization`, ...), each in the order the CSR names them.
+    pub fn subject_attributes(&self) -> SubjectAttributes {
+        let Ok((_, csr)) = X509CertificationRequest::from_der(&self.der) else {
+            return SubjectAttributes::default();
+        };
+        let subject = &csr.certification_request_info.subject;
+        let all = |values: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
+            values
+                .filter_map(|v| v.as_str().ok().map(str::to_string))
+                .collect::<Vec<_>>()
+        };
+        SubjectAttributes {
+            common_name: all(&mut subject.iter_common_name()).into_iter().next(),
+            organization: all(&mut subject.iter_organization()),
+            organizational_unit: all(&mut subject.iter_organizational_unit()),
+            country: all(&mut subject.iter_country()),
+            locality: all(&mut subject.iter_locality()),
+            province: all(&mut subject.iter_state_or_province()),
         }
     }
 

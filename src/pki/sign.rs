@@ -256,6 +256,15 @@ pub(crate) mod tests {
 
     /// [`istiod_csr`] and the key that signed it.
     pub(crate) fn istiod_csr_with_key() -> (CertificateSigningRequest, SigningKey) {
+        csr_with_uris_and_key(&["spiffe://cluster.local/ns/istio-system/sa/istiod"])
+    }
+
+    /// [`istiod_csr`] naming other URI SANs.
+    pub(crate) fn csr_with_uris(uris: &[&str]) -> CertificateSigningRequest {
+        csr_with_uris_and_key(uris).0
+    }
+
+    fn csr_with_uris_and_key(uris: &[&str]) -> (CertificateSigningRequest, SigningKey) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = CertificateParams::default();
         // rcgen pre-fills a CN; start from an empty name so ours comes out in the order given.
@@ -266,9 +275,10 @@ pub(crate) mod tests {
         params
             .distinguished_name
             .push(DnType::CommonName, "istiod intermediate");
-        params.subject_alt_names = vec![SanType::URI(
-            "spiffe://cluster.local/ns/istio-system/sa/istiod".try_into().unwrap(),
-        )];
+        params.subject_alt_names = uris
+            .iter()
+            .map(|uri| SanType::URI(uri.to_string().try_into().unwrap()))
+            .collect();
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
         let csr = params.serialize_request(&key).unwrap();
         let csr = CertificateSigningRequest::from_pem(csr.pem().unwrap().as_bytes()).unwrap();

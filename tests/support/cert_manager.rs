@@ -52,6 +52,9 @@ pub struct IntermediateRequest {
     pub duration: Option<String>,
     /// "ECDSA" (P-256) or "RSA" (2048).
     pub key_algorithm: String,
+    /// cert-manager's `Certificate.spec.nameConstraints` (feature gate `NameConstraints`): the
+    /// DER value of the NameConstraints extension the CSR then requests, critical.
+    pub name_constraints: Option<Vec<u8>>,
 }
 
 impl IntermediateRequest {
@@ -69,6 +72,7 @@ impl IntermediateRequest {
             is_ca: true,
             duration: None,
             key_algorithm: "ECDSA".to_string(),
+            name_constraints: None,
         }
     }
 }
@@ -116,6 +120,11 @@ pub fn make_key_and_csr(req: &IntermediateRequest) -> (String, String) {
             rcgen::KeyUsagePurpose::DigitalSignature,
             rcgen::KeyUsagePurpose::KeyEncipherment,
         ];
+    }
+    if let Some(der) = &req.name_constraints {
+        let mut extension = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 30], der.clone());
+        extension.set_criticality(true);
+        params.custom_extensions.push(extension);
     }
     let csr = params.serialize_request(&key).expect("CSR");
     (key.serialize_pem(), csr.pem().expect("CSR PEM"))

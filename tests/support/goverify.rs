@@ -111,3 +111,9 @@ pub fn workload_verifies(leaf_pem: &[u8], chain_pem: &[u8], roots_pem: &[u8]) ->
         dir.path(),
     )
 }
+
+/// Go's verdict on a workload certificate followed by its chain (as istiod hands them out)
+/// against every root in `roots`.
+pub fn workload_and_chain_verify(leaf_and_chain: &str, roots: &[u8]) -> bool {
+    workload_verifies(leaf_and_chain.as_bytes(), b"", roots).is_ok()
+}

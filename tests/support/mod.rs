@@ -22,6 +22,7 @@ pub mod kubelet;
 pub mod leader;
 pub mod mesh;
 pub mod mesh_cluster;
+pub mod openbao;
 pub mod openssl;
 pub mod pca;
 pub mod promql;

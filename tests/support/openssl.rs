@@ -167,3 +167,24 @@ pub fn workload_certificate(ca_cert_pem: &[u8], ca_key_pem: &[u8], cert_chain_pe
     pem.push_str(&String::from_utf8_lossy(cert_chain_pem));
     pem
 }
+
+/// openssl's verdict on a workload certificate followed by its chain (the first PEM block is
+/// the leaf, the rest untrusted intermediates) against every root in `roots`.
+pub fn workload_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
+    let end = "-----END CERTIFICATE-----\n";
+    let split = leaf_and_chain.find(end).map(|i| i + end.len()).expect("a PEM leaf");
+    let dir = Workdir::new();
+    dir.write("leaf.pem", &leaf_and_chain[..split])
+        .write("untrusted.pem", &leaf_and_chain[split..])
+        .write("roots.pem", roots);
+    let (ok, said) = dir.try_run(&[
+        "verify",
+        "-x509_strict",
+        "-CAfile",
+        "roots.pem",
+        "-untrusted",
+        "untrusted.pem",
+        "leaf.pem",
+    ]);
+    ok && said.contains("leaf.pem: OK")
+}

@@ -15,7 +15,7 @@
 use super::arn::ca_of_certificate_arn;
 use super::describe::CaDescription;
 use super::reason;
-use crate::backend::{BackendError, IssuedChain};
+use crate::backend::{BackendError, binding};
 use crate::pki::Certificate;
 
 /// Why a stored certificate is not this request's.
@@ -44,17 +44,10 @@ pub fn check_arn(certificate_arn: &str, ca_arn: &str) -> Result<(), BackendError
     }
 }
 
-/// Whether the chain PCA returned is the CA's own (as described), or names what differs.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ChainVerdict {
-    Bound(IssuedChain),
-    /// The chain does not end at the described CA: maybe the description is stale (the CA's
-    /// certificate was renewed); the caller may describe again and retry once.
-    ForeignChain(String),
-}
+pub use crate::backend::binding::ChainVerdict;
 
 /// Checks 2 and 3 on what `GetCertificate` returned (`certificate`, then `chain`: the issuing
-/// CA up to the root).
+/// CA up to the root), through the checks every backend shares ([`crate::backend::binding`]).
 pub fn bind(
     certificate_arn: &str,
     csr_public_key: &[u8],
@@ -62,49 +55,12 @@ pub fn bind(
     chain: Vec<Certificate>,
     ca: &CaDescription,
 ) -> Result<ChainVerdict, BackendError> {
-    if certificate.public_key_info() != csr_public_key {
-        return Err(not_bound(
-            "public key",
-            format!(
-                "the certificate {certificate_arn} ({}) is for a different key than the request's CSR",
-                certificate.subject()
-            ),
-        ));
-    }
-    let expected: Vec<&Certificate> = std::iter::once(&ca.certificate).chain(ca.chain.iter()).collect();
-    let root = expected[expected.len() - 1];
-    let same = chain.len() == expected.len() && chain.iter().zip(&expected).all(|(got, want)| got == *want);
-    if !same {
-        return Ok(ChainVerdict::ForeignChain(format!(
-            "the chain returned for {certificate_arn} does not end at the CA's own certificate {} and root {} (SHA-256 {})",
-            ca.certificate.subject(),
-            root.subject(),
-            root.fingerprint()
-        )));
-    }
-    if !root.is_self_signed() {
-        return Err(not_bound(
-            "chain",
-            format!("the CA's chain ends in {}, which is not a root", root.subject()),
-        ));
-    }
-    let mut full = vec![certificate];
-    full.extend(chain);
-    for pair in full.windows(2) {
-        if !pair[0].is_signed_by(&pair[1]) {
-            return Err(not_bound(
-                "chain",
-                format!("{} is not signed by {}", pair[0].subject(), pair[1].subject()),
-            ));
-        }
-    }
-    // The root goes to status.ca; status.certificate is the certificate and intermediates.
-    let root = full.pop().unwrap_or_else(|| root.clone());
-    if full.is_empty() {
-        // Only possible if PCA returned the root as the certificate itself: never ours.
-        return Err(not_bound("chain", format!("{certificate_arn} is the CA's root itself")));
-    }
-    Ok(ChainVerdict::Bound(IssuedChain { chain: full, root }))
+    let failed = |u: binding::Unbound| not_bound(u.check, u.detail);
+    binding::check_key(certificate_arn, csr_public_key, &certificate).map_err(failed)?;
+    let expected: Vec<Certificate> = std::iter::once(ca.certificate.clone())
+        .chain(ca.chain.iter().cloned())
+        .collect();
+    binding::check_chain(certificate_arn, certificate, chain, &expected).map_err(failed)
 }
 
 /// A chain that still does not end at the CA after a fresh description: permanent.
@@ -116,6 +72,7 @@ pub fn foreign_chain(detail: String) -> BackendError {
 mod tests {
     use super::*;
     use crate::api::issuer::RootBootstrap;
+    use crate::backend::IssuedChain;
     use crate::pki::policy::SigningPlan;
     use crate::pki::sign::tests::istiod_csr;
     use crate::pki::sign::{CaSigner, self_signed_root, sign_csr};

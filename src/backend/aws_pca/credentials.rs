@@ -189,6 +189,7 @@ mod tests {
                 "MeshCAIssuer ns/x"
             }
             .into(),
+            name: "x".into(),
             secret_namespace: "ns".into(),
             cluster_scoped,
         }

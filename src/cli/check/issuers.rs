@@ -184,6 +184,7 @@ fn ambient(o: &Observed) -> Finding {
             let pca = i.issuer.as_ref().ok()?.as_ref()?.spec.aws_pca.as_ref()?;
             let scope = IssuerScope {
                 display: i.key.display(),
+                name: i.key.name.clone(),
                 secret_namespace: i.key.namespace.clone().unwrap_or_default(),
                 cluster_scoped: i.key.cluster_scoped,
             };
