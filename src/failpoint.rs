@@ -6,10 +6,9 @@
 //! Compiled in only where tests run: debug builds, or with the `failpoints` feature. A release
 //! build (the image, `hack/release`) has none, so no environment variable can park it.
 
-use std::sync::OnceLock;
-
 #[cfg(any(debug_assertions, feature = "failpoints"))]
 fn configured() -> Option<&'static str> {
+    use std::sync::OnceLock;
     static NAME: OnceLock<Option<String>> = OnceLock::new();
     NAME.get_or_init(|| std::env::var("MESHCA_FAILPOINT").ok().filter(|v| !v.is_empty()))
         .as_deref()

@@ -446,7 +446,10 @@ fn meshca_explains_itself_and_completes_in_shells() {
     let (code, help) = run(&["--help"]);
     assert_eq!(code, Some(0));
     assert!(
-        help.contains("Examples:") && help.contains("Exit codes:") && help.contains("meshca federate"),
+        help.contains("Examples:")
+            && help.contains("Exit codes of `meshca check`:")
+            && help.contains("Exit codes of the other commands:")
+            && help.contains("meshca federate"),
         "{help}"
     );
     let (code, version) = run(&["--version"]);

@@ -954,3 +954,73 @@ fn short_fingerprint(cert: &Certificate) -> String {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+// === meshca check on a real istiod (issue 26) ===
+
+/// The verdict of one check in `meshca check -o json` for this cluster: (status, problem, fix).
+fn check_verdict(sys: &IstioSystem, id: &str) -> (String, String, String) {
+    let run = support::mesh_cluster::meshca(
+        &[sys.kubeconfig.as_path()],
+        &["check", "--namespace", support::istiod::ISTIO_NAMESPACE, "-o", "json"],
+        &[],
+    );
+    let report: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("meshca check -o json: {e}\n{}\n{}", run.stdout, run.stderr));
+    let finding = report["clusters"][0]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["checks"].as_array().cloned().unwrap_or_default())
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no check {id} in {}", run.stdout));
+    let text = |k: &str| finding[k].as_str().unwrap_or_default().to_string();
+    (text("status"), text("problem"), text("fix"))
+}
+
+#[tokio::test]
+async fn meshca_check_sees_an_istiod_started_before_cacerts_and_passes_once_it_is_restarted() {
+    let mut sys = IstioSystem::create(&support::kubeconfig()).await;
+    let ns = support::istiod::ISTIO_NAMESPACE;
+    // istiod first, as Istio's chart allows (cacerts is an optional volume): no cacerts yet, so
+    // it runs its own self-signed CA (istio/istio#57853).
+    let mut config = IstiodConfig::new("cluster.local", false);
+    config.cacerts_optional = true;
+    sys.start_istiod(config).await;
+    assert!(
+        !sys.istiod().log_lines("Use self-signed certificate").is_empty(),
+        "istiod started on its own CA:\n{}",
+        sys.istiod().log_tail(40)
+    );
+    sys.issuer("mesh", "87600h").await;
+    sys.issue_intermediate("mesh").await;
+    sys.istio_cacerts("cluster.local", None).await;
+    let ours = sys.root_of("mesh").await;
+    let (cacerts, _) = sys.cacerts().await;
+    // What istiod distributes in its own namespace: its self-signed root, not ours, even now
+    // that cacerts exists.
+    let distributed = eventually(TIMEOUT, || async {
+        root_cert_config_map(&sys.client, ns).await.filter(|r| !r.is_empty())
+    })
+    .await
+    .expect("istiod writes istio-ca-root-cert into its namespace");
+    assert_ne!(distributed.as_bytes(), &cacerts["root-cert.pem"][..]);
+    let (status, problem, fix) = check_verdict(&sys, "istiod-loaded-ca");
+    assert_eq!(status, "fail", "{problem}");
+    assert!(problem.contains("not our root"), "{problem}");
+    assert!(fix.contains("rollout restart deployment/istiod"), "{fix}");
+
+    // Restarted (a new process on the same cacerts), istiod loads ours and the check passes.
+    sys.istiod = None;
+    sys.start_istiod(IstiodConfig::new("cluster.local", false)).await;
+    assert!(!sys.istiod().log_lines("Use local CA certificate").is_empty());
+    let ours_pem = ours.to_pem();
+    eventually(TIMEOUT, || async {
+        root_cert_config_map(&sys.client, ns)
+            .await
+            .filter(|r| r.as_bytes() == &cacerts["root-cert.pem"][..] && r.contains(ours_pem.trim()))
+    })
+    .await
+    .expect("the restarted istiod distributes our root");
+    let (status, problem, _) = check_verdict(&sys, "istiod-loaded-ca");
+    assert_eq!(status, "pass", "{problem}");
+}

@@ -115,6 +115,9 @@ pub struct IstiodConfig {
     pub multi_root_mesh: bool,
     /// The value of [`DISCOVERY_LABEL`] on the namespaces this istiod sees.
     pub discovery: String,
+    /// Start without waiting for `cacerts`, as Istio's chart mounts it (`optional: true`): with
+    /// no Secret yet, istiod starts on its own self-signed CA.
+    pub cacerts_optional: bool,
 }
 
 impl IstiodConfig {
@@ -123,6 +126,7 @@ impl IstiodConfig {
             trust_domain: trust_domain.to_string(),
             multi_root_mesh,
             discovery: super::unique_suffix(),
+            cacerts_optional: false,
         }
     }
 }
@@ -167,7 +171,9 @@ impl Istiod {
         )
         .expect("mesh config");
         let cacerts = ProjectedVolume::secret(client, ISTIO_NAMESPACE, "cacerts", &dir.path().join("etc/cacerts"));
-        cacerts.wait_mounted(Duration::from_secs(60)).await;
+        if !config.cacerts_optional {
+            cacerts.wait_mounted(Duration::from_secs(60)).await;
+        }
 
         let ports: Vec<u16> = (0..6).map(|_| super::free_port()).collect();
         let (http_port, https_port, grpc_port, ca_port, monitoring_port, ctrlz_port) =
