@@ -260,6 +260,7 @@ impl Outcome {
                 r.transition = None;
                 r.consume_advance = false;
                 r.forced_advance = None;
+                r.expiring_warning = None;
                 r.condition = None;
             }
             r
@@ -530,6 +531,10 @@ fn rotation_events(decision: &rotation::Decision) -> Vec<PlannedEvent> {
     transition
         .into_iter()
         .chain(warning(rotation::reason::FORCED_ADVANCE, &decision.forced_advance))
+        .chain(warning(
+            rotation::reason::OLD_INTERMEDIATE_EXPIRING,
+            &decision.expiring_warning,
+        ))
         .chain(warning(rotation::reason::ADVANCE_REFUSED, &decision.refused_advance))
         .chain(warning(rotation::reason::STALE_ADVANCE, &decision.stale_advance))
         .collect()
@@ -1315,6 +1320,18 @@ mod tests {
                     events: &["TrustAnchorNotFound"],
                     phase: Some(RemovingOldRoot),
                     rotation: Some("CutHeld"),
+                    ..SYNCED
+                },
+            ),
+            // The old intermediate would expire before the delays end: no rotation starts.
+            (
+                "intermediate expiring during the delays",
+                sourced(&at(&rotation, t0() + DAY * 89), &pki.new),
+                Expect {
+                    ready: "OldIntermediateExpiring",
+                    healthy: "IntermediateExpiring",
+                    events: &["OldIntermediateExpiring", "IntermediateExpiring"],
+                    rotation: Some("OldIntermediateExpiring"),
                     ..SYNCED
                 },
             ),

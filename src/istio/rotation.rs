@@ -58,6 +58,9 @@ pub mod reason {
     pub const DELAY_TOO_SHORT: &str = "DelayTooShort";
     /// The old root is not cut while the trust anchors cannot be read or checked.
     pub const CUT_HELD: &str = "CutHeld";
+    /// The old intermediate would expire before the rotation no longer needs it: a rotation
+    /// does not start, and one held in AddingNewRoot warns by when it must move on.
+    pub const OLD_INTERMEDIATE_EXPIRING: &str = "OldIntermediateExpiring";
 }
 
 /// The prefix of the advance annotation's emergency value: `force-<phase it moves to>`.
@@ -180,6 +183,9 @@ pub struct Decision {
     /// A `force-<phase>` annotation moved the phase before its delay ended (message for a
     /// Warning event naming who set it).
     pub forced_advance: Option<String>,
+    /// The old intermediate expires before a rotation held in AddingNewRoot could end (message
+    /// for a Warning event, raised once when the condition turns to it).
+    pub expiring_warning: Option<String>,
     /// When to look again (a delay ends).
     pub requeue_at: Option<Timestamp>,
     /// The own roots to publish (`publishRoot`) while old and new are both trusted.
@@ -197,6 +203,7 @@ impl Decision {
             stale_advance: None,
             refused_advance: None,
             forced_advance: None,
+            expiring_warning: None,
             requeue_at: None,
             published_roots: None,
         }
@@ -313,6 +320,9 @@ fn start(inputs: &Inputs, current: &BundleContents, spec: &RootRotation) -> Deci
         Ok(delays) => delays,
         Err(problem) => return refused(problem, previous),
     };
+    if let Err(problem) = old_intermediate_outlives(&current.intermediate, &delays, now) {
+        return refused(problem, previous);
+    }
     if spec.paused {
         let mut d = Decision::new(Bundle::Refused(paused_problem("before it started")), previous);
         d.condition = Some((
@@ -405,7 +415,7 @@ fn rotating(inputs: &Inputs, current: &BundleContents, status: &RootRotationStat
         advance: judge_advance(inputs, status),
     };
     if spec.paused {
-        return step.paused();
+        return step.old_intermediate_watched(step.paused(), current);
     }
     let d = match phase {
         RotationPhase::AddingNewRoot if to_old => step.roll_back(),
@@ -416,7 +426,29 @@ fn rotating(inputs: &Inputs, current: &BundleContents, status: &RootRotationStat
         // RemovingOldRoot (Completed and RolledBack are not in progress).
         _ => step.removing_old_root(),
     };
-    step.early_advance_shown(d)
+    let d = step.early_advance_shown(d);
+    step.old_intermediate_watched(d, current)
+}
+
+/// The old intermediate signs until the switch, and the workload certificates it signed must
+/// stay valid through the drain: a rotation starts only if it outlives both delays from now.
+fn old_intermediate_outlives(old: &Certificate, delays: &Delays, now: Timestamp) -> Result<(), Problem> {
+    let needed = now + delays.trust_propagation + delays.workload_drain;
+    if old.not_after() >= needed {
+        return Ok(());
+    }
+    Err(Problem {
+        reason: reason::OLD_INTERMEDIATE_EXPIRING,
+        message: format!(
+            "the old intermediate {} (SHA-256 {}) in cacerts expires at {}, before a rotation started now could end ({needed}: trustPropagationDelay {} and workloadDrainDelay {}); istiod signs with it until the switch and its workload certificates must stay valid through the drain. The rotation does not start and cacerts is left as it is: before {}, renew the intermediate under the old root (point the Certificate back at the old issuer and renew it), then move it to the new root",
+            old.subject(),
+            old.fingerprint(),
+            old.not_after(),
+            crate::duration::format_go_duration(delays.trust_propagation.unsigned_abs()),
+            crate::duration::format_go_duration(delays.workload_drain.unsigned_abs()),
+            old.not_after()
+        ),
+    })
 }
 
 /// What the advance annotation does in this phase.
@@ -592,6 +624,63 @@ impl Step<'_> {
             .as_deref()
             .and_then(|t| t.parse::<Timestamp>().ok())
             .is_none_or(|t| self.inputs.now >= t)
+    }
+
+    /// In AddingNewRoot istiod still signs with the old intermediate, and a Manual or paused
+    /// rotation may stay there for as long as nobody acts: the switch must come a drain before
+    /// the old intermediate expires. From a drain before that deadline on, the condition says
+    /// by when to act (a Warning once); before, the decision looks again then. An Automatic
+    /// rotation that switches in time by itself says nothing.
+    fn old_intermediate_watched(&self, mut d: Decision, current: &BundleContents) -> Decision {
+        let in_adding = d
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == RotationPhase::AddingNewRoot);
+        if !in_adding || d.transition.is_some() || current.anchor == *self.new_root() {
+            return d;
+        }
+        let old = &current.intermediate;
+        let drain = self.delays.workload_drain;
+        let act_by = old.not_after() - drain;
+        let next = self
+            .status
+            .next_phase_at
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok());
+        let switches_in_time =
+            self.spec.mode == RotationMode::Automatic && !self.spec.paused && next.is_some_and(|next| next <= act_by);
+        if switches_in_time {
+            return d;
+        }
+        let warn_from = act_by - drain;
+        if self.inputs.now < warn_from {
+            d.requeue_at = Some(d.requeue_at.map_or(warn_from, |t| t.min(warn_from)));
+            return d;
+        }
+        let how = match (self.spec.paused, self.spec.mode) {
+            (true, _) => "set spec.rootRotation.paused: false".to_string(),
+            (false, RotationMode::Manual) => format!(
+                "advance it ({}: AddingNewRoot once its delay has passed, or {FORCE_PREFIX}SwitchingIntermediate)",
+                crate::api::istio_cacerts::ADVANCE_ROTATION_ANNOTATION
+            ),
+            (false, RotationMode::Automatic) => "let its delay pass or advance it".to_string(),
+        };
+        let message = format!(
+            "the old intermediate {} (SHA-256 {}), which istiod signs with until the switch, expires at {}; the workload certificates it signs must stay valid through the drain ({}), so the rotation must leave AddingNewRoot by {act_by}: {how}, or roll back (put the source back on the old root) and renew the intermediate first",
+            old.subject(),
+            old.fingerprint(),
+            old.not_after(),
+            crate::duration::format_go_duration(drain.unsigned_abs())
+        );
+        let shown = self
+            .inputs
+            .previous_condition
+            .is_some_and(|(r, _)| r == reason::OLD_INTERMEDIATE_EXPIRING);
+        if !shown {
+            d.expiring_warning = Some(message.clone());
+        }
+        d.condition = Some((reason::OLD_INTERMEDIATE_EXPIRING, message));
+        d
     }
 
     /// Holds a cut while the trust anchors cannot be read or checked: the root to cut might be
@@ -1985,5 +2074,90 @@ mod tests {
         assert_eq!(w.phase(), Some(RotationPhase::AddingNewRoot));
         assert_eq!(d.condition.unwrap().0, reason::CUT_HELD);
         assert_eq!(w.root_cert(), grown);
+    }
+
+    #[test]
+    fn a_rotation_never_outlives_the_old_intermediate() {
+        let day = SignedDuration::from_hours(24);
+        // The old intermediate ends at t0 + 90 days; with 1h + 25h of delays, a rotation
+        // started later than t0 + 88d 23h could not end before it.
+        let mut w = World::new(RotationMode::Automatic);
+        let d = w.reconcile(true, None, t0() + day * 89);
+        let Bundle::Refused(problem) = &d.bundle else {
+            panic!("{:?}", d.bundle)
+        };
+        assert_eq!(problem.reason, reason::OLD_INTERMEDIATE_EXPIRING);
+        let expires = (t0() + day * 90).to_string();
+        assert!(
+            problem.message.contains(&format!("expires at {expires}")) && problem.message.contains("renew"),
+            "{}",
+            problem.message
+        );
+        assert_eq!((w.phase(), w.writes), (None, 0), "nothing starts, nothing is written");
+
+        // Held in AddingNewRoot: the switch must come by a drain before the end (t0 + 89d - 1h),
+        // said from a drain before that on (t0 + 88d - 2h), once as a Warning.
+        let act_by = t0() + day * 90 - SignedDuration::from_hours(25);
+        let warn_from = act_by - SignedDuration::from_hours(25);
+        // (case, mode, paused, at, RootRotation reason, warning raised, requeue at)
+        type Row<'a> = (&'a str, RotationMode, bool, Timestamp, &'a str, bool, Option<Timestamp>);
+        let rows: Vec<Row> = vec![
+            (
+                "Manual, well before: it looks again when the warning is due",
+                RotationMode::Manual,
+                false,
+                t0() + day * 70,
+                reason::WAITING_FOR_ADVANCE,
+                false,
+                Some(warn_from),
+            ),
+            (
+                "Manual, a drain before the deadline: it says by when to act",
+                RotationMode::Manual,
+                false,
+                t0() + day * 88,
+                reason::OLD_INTERMEDIATE_EXPIRING,
+                true,
+                None,
+            ),
+            (
+                "paused, the same",
+                RotationMode::Automatic,
+                true,
+                t0() + day * 88,
+                reason::OLD_INTERMEDIATE_EXPIRING,
+                true,
+                None,
+            ),
+            (
+                "Automatic and running: it switches in time by itself",
+                RotationMode::Automatic,
+                false,
+                t0() + day * 60 + SignedDuration::from_mins(30),
+                reason::WAITING,
+                false,
+                Some(t0() + day * 60 + HOUR),
+            ),
+        ];
+        for (case, mode, paused, at, expected, warned, requeue) in rows {
+            let mut w = World::new(mode);
+            w.reconcile(true, None, t0() + day * 60);
+            assert_eq!(w.phase(), Some(RotationPhase::AddingNewRoot), "{case}");
+            w.spec.paused = paused;
+            let d = w.reconcile(true, None, at);
+            assert_eq!(w.phase(), Some(RotationPhase::AddingNewRoot), "{case}");
+            let (got, message) = w.condition.clone().unwrap();
+            assert_eq!(got, expected, "{case}: {message}");
+            assert_eq!(d.expiring_warning.is_some(), warned, "{case}");
+            if warned {
+                assert!(message.contains(&format!("by {act_by}")), "{case}: {message}");
+                // Once: the next look keeps the condition and raises no second Warning.
+                let d = w.reconcile(true, None, at + HOUR);
+                assert_eq!(w.condition.as_ref().unwrap().0, expected, "{case}");
+                assert!(d.expiring_warning.is_none(), "{case}: warned twice");
+            } else {
+                assert_eq!(d.requeue_at, requeue, "{case}");
+            }
+        }
     }
 }
