@@ -559,8 +559,9 @@ impl Step<'_> {
         message: String,
         bundle: Bundle,
     ) -> Decision {
+        // Only the move the force named is a forced one (not a rollback that happens anyway).
         let message = match self.advance {
-            Judged::Now { forced: true } => {
+            Judged::Now { forced: true } if self.status.phase.next() == Some(phase) => {
                 let note = self.forced_note(phase);
                 d.forced_advance = Some(format!("{note}: {message}"));
                 format!("{note}: {message}")
