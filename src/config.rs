@@ -131,9 +131,20 @@ pub struct Config {
     pub renewal_grace: Duration,
 
     /// istiod's workload certificate lifetime (its DEFAULT_WORKLOAD_CERT_TTL): an intermediate
-    /// with less life left than this is flagged.
+    /// with less life left than this is flagged, and a root rotation's `workloadDrainDelay` must
+    /// be at least this plus --clock-skew-allowance.
     #[arg(long, env = "MESHCA_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = go_duration)]
     pub workload_cert_ttl: Duration,
+
+    /// How far the clocks of nodes and peers may differ: added to --workload-cert-ttl for the
+    /// shortest `workloadDrainDelay` a root rotation accepts.
+    #[arg(long, env = "MESHCA_CLOCK_SKEW_ALLOWANCE", default_value = "5m", value_parser = go_duration)]
+    pub clock_skew_allowance: Duration,
+
+    /// The shortest `trustPropagationDelay` a root rotation accepts: how long proxies and peer
+    /// clusters need at least to trust a new root before anything is signed under it.
+    #[arg(long, env = "MESHCA_MIN_TRUST_PROPAGATION_DELAY", default_value = "1m", value_parser = go_duration)]
+    pub min_trust_propagation_delay: Duration,
 
     /// Elect a leader through a Lease so that only one replica writes. Turn off only when a
     /// single replica runs (e.g. local development).
@@ -200,6 +211,15 @@ impl Config {
         }
     }
 
+    /// The bounds these flags set on a root rotation's delays.
+    pub fn rotation_limits(&self) -> crate::istio::rotation::Limits {
+        crate::istio::rotation::Limits {
+            workload_cert_ttl: self.workload_cert_ttl,
+            clock_skew_allowance: self.clock_skew_allowance,
+            min_trust_propagation_delay: self.min_trust_propagation_delay,
+        }
+    }
+
     /// The renewal-window thresholds these flags set.
     pub fn thresholds(&self) -> crate::pki::renewal::Thresholds {
         crate::pki::renewal::Thresholds {
@@ -234,6 +254,12 @@ mod tests {
         assert_eq!(c.max_retry_duration, Duration::from_secs(3600));
         assert!(c.secret_namespaces.is_empty());
         assert!(c.leader_elect);
+        // A rotation's delays are bounded by istiod's defaults unless lowered on purpose.
+        assert_eq!(c.rotation_limits(), crate::istio::rotation::Limits::default());
+        assert_eq!(
+            c.rotation_limits().min_workload_drain_delay(),
+            Duration::from_secs(24 * 3600 + 300)
+        );
         let c = Config::try_parse_from(["mesh-ca-issuer", "--leader-elect=false"]).unwrap();
         assert!(!c.leader_elect);
         // Secure by default: only istiod's namespace, only the default trust domain, no

@@ -339,6 +339,14 @@ fn invalid_values_are_rejected_by_the_schema_with_a_clear_message() {
             &["leaderElection.leaseDuration=fifteen"][..],
             "leaderElection.leaseDuration: Does not match pattern",
         ),
+        (
+            &["controller.clockSkewAllowance=a while"][..],
+            "controller.clockSkewAllowance: Does not match pattern",
+        ),
+        (
+            &["controller.minTrustPropagationDelay=1 minute"][..],
+            "controller.minTrustPropagationDelay: Does not match pattern",
+        ),
         // A bare number is not a duration either.
         (
             &["leaderElection.leaseDuration=15"][..],
@@ -396,6 +404,11 @@ fn trust_values_become_controller_flags_with_secure_defaults() {
                 "--issuer-ambient-credentials=false",
                 "--cluster-issuer-ambient-credentials=true",
                 "--issuer-endpoint-override=false",
+                // A root rotation's shortest delays: istiod's 24h workload certificates, 5m of
+                // clock skew, a minute for the new root to propagate.
+                "--workload-cert-ttl=24h",
+                "--clock-skew-allowance=5m",
+                "--min-trust-propagation-delay=1m",
             ],
         ),
         (
@@ -406,6 +419,9 @@ fn trust_values_become_controller_flags_with_secure_defaults() {
                 "controller.clusterIssuerAmbientCredentials=false",
                 "controller.issuerEndpointOverride=true",
                 "controller.vaultServers={https://vault.example:8200/,https://vault.internal/}",
+                "controller.workloadCertTTL=48h",
+                "controller.clockSkewAllowance=30s",
+                "controller.minTrustPropagationDelay=10m",
             ],
             vec![
                 "--istio-namespaces=istio-system,istio-east",
@@ -414,6 +430,9 @@ fn trust_values_become_controller_flags_with_secure_defaults() {
                 "--cluster-issuer-ambient-credentials=false",
                 "--issuer-endpoint-override=true",
                 "--vault-servers=https://vault.example:8200/,https://vault.internal/",
+                "--workload-cert-ttl=48h",
+                "--clock-skew-allowance=30s",
+                "--min-trust-propagation-delay=10m",
             ],
         ),
     ];
@@ -430,6 +449,10 @@ fn trust_values_become_controller_flags_with_secure_defaults() {
             config.ambient_policy().issuer_endpoint_override,
             set.contains(&"controller.issuerEndpointOverride=true")
         );
+        let drain = config.rotation_limits().min_workload_drain_delay();
+        let raised = set.contains(&"controller.workloadCertTTL=48h");
+        let expected_drain = if raised { 48 * 3600 + 30 } else { 24 * 3600 + 300 };
+        assert_eq!(drain, std::time::Duration::from_secs(expected_drain), "{args:?}");
         // No list by default: any Vault server, as cert-manager's Vault Issuer allows.
         let listed = set.iter().any(|s| s.starts_with("controller.vaultServers="));
         assert_eq!(config.vault_servers.len(), if listed { 2 } else { 0 }, "{args:?}");

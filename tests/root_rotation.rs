@@ -101,6 +101,21 @@ async fn controller(namespace: &str, failpoint: Option<&str>, logs: &Path) -> Co
     c
 }
 
+/// A controller process watching only `namespace`, with `flags` (its own delays' bounds).
+async fn controller_with(namespace: &str, flags: &[&str], logs: &Path) -> ControllerProcess {
+    let args: Vec<&str> = ["--namespace", namespace]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .collect();
+    let mut c = ControllerProcess::start_with_env(&support::kubeconfig(), &args, &[], logs);
+    assert!(
+        c.wait_ready(Duration::from_secs(60)).await,
+        "controller ready: {}",
+        c.log()
+    );
+    c
+}
+
 /// Waits until the process has stopped dead at its failpoint.
 async fn wait_failpoint(c: &ControllerProcess, name: &str) {
     let needle = format!("failpoint {name} reached");
@@ -603,4 +618,155 @@ async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_a
     assert_eq!(da["root-cert.pem"], new_root.to_pem().into_bytes());
     assert_eq!(db["root-cert.pem"], da["root-cert.pem"]);
     eprintln!("fleet rotation: {verdicts} cross-cluster verdicts, all passing, at steps {steps:?}");
+}
+
+/// The delays cannot be skipped by whoever may patch the IstioCACerts: a plain advance before
+/// `nextPhaseAt` is refused and removed, and says when it may come; only the emergency value
+/// `force-<phase>` moves at once, and a Warning event names the field manager that set it.
+#[tokio::test]
+async fn an_early_advance_is_refused_and_only_force_moves_at_once_naming_who_set_it() {
+    let (_lock, client, ns) = support::namespaced_test("rotation-gate").await;
+    let logs = tempfile::tempdir().unwrap();
+    let namespace = ns.name.clone();
+    let mesh = mesh_in(&client, ns);
+    let _running = controller(&namespace, None, logs.path()).await;
+    mesh.root_issuer("old", "87600h").await;
+    mesh.root_issuer("new", "175200h").await;
+    mesh.issue("old").await;
+    let mut spec = rotating(RotationMode::Manual);
+    if let Some(r) = spec.root_rotation.as_mut() {
+        // Long enough that the test ends well inside it.
+        r.trust_propagation_delay = "1h".into();
+        r.workload_drain_delay = "25h".into();
+    }
+    mesh.create_icc(spec).await;
+    mesh.wait_condition("Ready", "Synced").await;
+    mesh.issue("new").await;
+    let icc = mesh.wait_phase(RotationPhase::AddingNewRoot).await;
+    let next = icc.status.unwrap().root_rotation.unwrap().next_phase_at.unwrap();
+    let adding = mesh.cacerts_secret().await;
+
+    // (a) A plain advance 1h early: refused, removed, the condition says from when.
+    mesh.patch_icc(serde_json::json!({"metadata": {"annotations": {"meshca.io/advance-rotation": "AddingNewRoot"}}}))
+        .await;
+    let icc = mesh
+        .wait_icc("the early advance refused and removed", |icc| {
+            !icc.annotations().contains_key("meshca.io/advance-rotation")
+                && condition(icc, "RootRotation").is_some_and(|c| c.reason == "AdvanceRefused")
+        })
+        .await;
+    let message = &condition(&icc, "RootRotation").unwrap().message;
+    assert!(
+        message.contains(&format!("no earlier than {next}")) && message.contains("force-SwitchingIntermediate"),
+        "{message}"
+    );
+    assert_eq!(phase_of(&icc), Some(RotationPhase::AddingNewRoot));
+    let events = support::events_for(&client, &namespace, "IstioCACerts/mesh").await;
+    assert!(
+        events
+            .iter()
+            .any(|(type_, reason, _)| type_ == "Warning" && reason == "AdvanceRefused"),
+        "{events:?}"
+    );
+    // It stays refused: nothing moved, nothing was written, and the condition is still shown.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let icc = mesh.icc().await;
+    assert_eq!(phase_of(&icc), Some(RotationPhase::AddingNewRoot));
+    assert_eq!(condition(&icc, "RootRotation").unwrap().reason, "AdvanceRefused");
+    assert_eq!(
+        mesh.cacerts_secret().await.resource_version(),
+        adding.resource_version()
+    );
+
+    // (b) The emergency value, applied by "alice": the switch comes at once, and a Warning
+    // names her.
+    let api: Api<IstioCACerts> = mesh.ns.api();
+    let force = serde_json::json!({
+        "apiVersion": "meshca.io/v1alpha1", "kind": "IstioCACerts",
+        "metadata": {"name": "mesh", "annotations": {"meshca.io/advance-rotation": "force-SwitchingIntermediate"}}
+    });
+    api.patch("mesh", &PatchParams::apply("alice"), &Patch::Apply(&force))
+        .await
+        .unwrap();
+    let icc = mesh.wait_phase(RotationPhase::SwitchingIntermediate).await;
+    assert!(
+        Timestamp::now() < next.parse::<Timestamp>().unwrap(),
+        "the switch came before the delay ended"
+    );
+    let note = support::wait_for_event(&client, &namespace, "IstioCACerts/mesh", "ForcedAdvance").await;
+    assert!(
+        note.contains(r#"field manager "alice" (Apply)"#) && note.contains("force-SwitchingIntermediate"),
+        "{note}"
+    );
+    let events = support::events_for(&client, &namespace, "IstioCACerts/mesh").await;
+    assert!(
+        events
+            .iter()
+            .any(|(type_, reason, _)| type_ == "Warning" && reason == "ForcedAdvance"),
+        "{events:?}"
+    );
+    let history = &icc.status.as_ref().unwrap().root_rotation.as_ref().unwrap().history;
+    assert!(history.last().unwrap().message.contains("alice"), "{history:?}");
+    mesh.wait_icc("the forced advance removed", |icc| {
+        !icc.annotations().contains_key("meshca.io/advance-rotation")
+    })
+    .await;
+    assert_ne!(
+        mesh.cacerts_secret().await.resource_version(),
+        adding.resource_version(),
+        "the new intermediate is written"
+    );
+}
+
+/// With the flags at their defaults (istiod's 24h workload certificates), a one-minute drain
+/// is refused before the rotation starts, naming the field, the value, the minimum and flags.
+#[tokio::test]
+async fn a_controller_with_default_flags_refuses_a_one_minute_drain_naming_the_minimum() {
+    let (_lock, client, ns) = support::namespaced_test("rotation-min").await;
+    let logs = tempfile::tempdir().unwrap();
+    let namespace = ns.name.clone();
+    let mesh = mesh_in(&client, ns);
+    let defaults = [
+        "--workload-cert-ttl=24h",
+        "--clock-skew-allowance=5m",
+        "--min-trust-propagation-delay=1m",
+    ];
+    let _running = controller_with(&namespace, &defaults, logs.path()).await;
+    mesh.root_issuer("old", "87600h").await;
+    mesh.root_issuer("new", "175200h").await;
+    mesh.issue("old").await;
+    let mut spec = rotating(RotationMode::Automatic);
+    if let Some(r) = spec.root_rotation.as_mut() {
+        r.trust_propagation_delay = "1h".into();
+        r.workload_drain_delay = "1m".into();
+    }
+    mesh.create_icc(spec).await;
+    mesh.wait_condition("Ready", "Synced").await;
+    // Said before any new root arrives.
+    mesh.wait_condition("RootRotation", "DelayTooShort").await;
+    let synced = mesh.cacerts_secret().await;
+
+    mesh.issue("new").await;
+    let icc = mesh.wait_condition("Ready", "DelayTooShort").await;
+    let message = &condition(&icc, "Ready").unwrap().message;
+    for text in [
+        r#"spec.rootRotation.workloadDrainDelay "1m""#,
+        "minimum 24h5m",
+        "--workload-cert-ttl (24h",
+        "--clock-skew-allowance (5m)",
+    ] {
+        assert!(message.contains(text), "{text} in {message}");
+    }
+    assert_eq!(condition(&icc, "RootRotation").unwrap().reason, "DelayTooShort");
+    assert_eq!(phase_of(&icc), None, "the rotation did not start");
+    assert_eq!(
+        mesh.cacerts_secret().await.resource_version(),
+        synced.resource_version()
+    );
+    support::wait_for_event(&client, &namespace, "IstioCACerts/mesh", "DelayTooShort").await;
+
+    // At the minimum, it starts.
+    mesh.patch_icc(serde_json::json!({"spec": {"rootRotation": {"workloadDrainDelay": "24h5m"}}}))
+        .await;
+    mesh.wait_phase(RotationPhase::AddingNewRoot).await;
 }

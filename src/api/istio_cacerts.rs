@@ -106,12 +106,15 @@ pub struct RootRotation {
     pub multi_root_mesh_enabled: bool,
     /// How long the new root sits in `root-cert.pem` (next to the old one) before the
     /// intermediate under it is written: long enough for every proxy and every peer cluster to
-    /// trust it. A Go duration.
+    /// trust it. A Go duration, at least the controller's `--min-trust-propagation-delay`
+    /// (default 1m); a shorter one holds the rotation.
     #[serde(default = "default_trust_propagation_delay")]
     pub trust_propagation_delay: String,
     /// How long after the switch the old root stays trusted: above istiod's workload
     /// certificate lifetime (24h by default), so every certificate signed by the old
-    /// intermediate has expired. A Go duration.
+    /// intermediate has expired. A Go duration, at least the controller's
+    /// `--workload-cert-ttl` plus `--clock-skew-allowance` (default 24h5m); a shorter one holds
+    /// the rotation.
     #[serde(default = "default_workload_drain_delay")]
     pub workload_drain_delay: String,
     /// `Automatic`: move on when a delay has passed. `Manual`: move on only when asked (the
@@ -151,8 +154,11 @@ pub enum RotationMode {
     Manual,
 }
 
-/// On the IstioCACerts: advance the named phase once, now (whatever its delay). Naming the
-/// phase means a stale annotation never skips a second phase.
+/// On the IstioCACerts: end the named phase once, as soon as its delay has passed
+/// (`status.rootRotation.nextPhaseAt`); before that it is refused and removed. Naming the phase
+/// means a stale annotation never skips a second phase. The emergency value
+/// `force-<the phase it moves to>` (`force-SwitchingIntermediate`, `force-RemovingOldRoot`) acts
+/// at once, whatever the delay, and raises a Warning event naming who set it.
 pub const ADVANCE_ROTATION_ANNOTATION: &str = "meshca.io/advance-rotation";
 
 /// Where a root rotation stands.
@@ -195,6 +201,15 @@ impl RotationPhase {
         Self::ALL.into_iter().find(|p| p.as_str() == s.trim())
     }
 
+    /// The phase an advance moves this one into (`force-<that phase>` names it).
+    pub fn next(self) -> Option<Self> {
+        match self {
+            RotationPhase::AddingNewRoot => Some(RotationPhase::SwitchingIntermediate),
+            RotationPhase::SwitchingIntermediate => Some(RotationPhase::RemovingOldRoot),
+            _ => None,
+        }
+    }
+
     /// A rotation in one of these phases is under way.
     pub fn in_progress(self) -> bool {
         matches!(
@@ -216,7 +231,8 @@ pub struct RootRotationStatus {
     /// RFC 3339.
     pub phase_started_at: String,
     /// When the phase may end (RFC 3339): in `Automatic` mode it ends then, in `Manual` mode
-    /// it may be advanced from then on. Absent in a final phase.
+    /// it may be advanced from then on; an advance annotation before then is refused (only
+    /// `force-<phase>` acts earlier). Absent in a final phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_phase_at: Option<String>,
     /// Every phase change of this rotation, oldest first.

@@ -49,6 +49,7 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
     let observed = observe(&ctx, icc).await?;
     let settings = Settings {
         thresholds: ctx.config.thresholds(),
+        rotation: ctx.config.rotation_limits(),
     };
     let plan = decide(&observed, &settings);
     act(&ctx, &observed, plan).await

@@ -30,7 +30,7 @@ use crate::pki::renewal::Life;
 /// Decides one reconcile of an IstioCACerts.
 pub fn decide(o: &Observed, settings: &Settings) -> Plan {
     let facts = Facts::of(o);
-    let rotation = facts.rotation(o);
+    let rotation = facts.rotation(o, settings);
     let (decision, trust) = facts.cacerts_plan(o, rotation.as_ref());
     let outcome = |ready, live, step| Outcome::of(o, settings, &trust, rotation.as_ref(), ready, live, step);
     let plan = match decision {
@@ -107,22 +107,28 @@ impl Facts {
     }
 
     /// The rotation's step, when the source is readable.
-    fn rotation(&self, o: &Observed) -> Option<rotation::Decision> {
+    fn rotation(&self, o: &Observed, settings: &Settings) -> Option<rotation::Decision> {
         let Some(Ok(source)) = &self.source else {
             return None;
         };
-        // The anchors' certificates, so that a rotation never cuts an old root that is also one.
-        let anchors = trust_bundle::check_anchors(&o.anchors, &[], o.now)
-            .map(|c| c.certificates())
-            .unwrap_or_default();
+        // The anchors' certificates, so that a rotation never cuts an old root that is also one;
+        // while they cannot be read or checked, the rotation cuts nothing.
+        let anchors = trust_bundle::check_anchors(&o.anchors, &[], o.now).map(|c| c.certificates());
         let icc = &o.icc;
+        let status = icc.status.as_ref();
+        let advance_set_by = advance_setters(&icc.metadata);
         Some(rotation::decide(&rotation::Inputs {
             spec: icc.spec.root_rotation.as_ref(),
-            status: icc.status.as_ref().and_then(|s| s.root_rotation.as_ref()),
+            status: status.and_then(|s| s.root_rotation.as_ref()),
             advance: annotation_of(&icc.metadata, ADVANCE_ROTATION_ANNOTATION),
+            advance_set_by: advance_set_by.as_deref(),
             source,
             target: &self.target,
-            anchors: &anchors,
+            anchors: anchors.as_ref().map(Vec::as_slice),
+            limits: settings.rotation,
+            previous_condition: status
+                .and_then(|s| conditions::find(&s.conditions, rotation::ROOT_ROTATION))
+                .map(|c| (c.reason.as_str(), c.message.as_str())),
             now: o.now,
         }))
     }
@@ -253,6 +259,8 @@ impl Outcome {
                 r.status = previous_rotation.cloned();
                 r.transition = None;
                 r.consume_advance = false;
+                r.forced_advance = None;
+                r.expiring_warning = None;
                 r.condition = None;
             }
             r
@@ -316,7 +324,7 @@ impl Outcome {
             status,
             remove_advance_annotation: rotation
                 .as_ref()
-                .is_some_and(|r| r.consume_advance || r.stale_advance.is_some()),
+                .is_some_and(|r| r.consume_advance || r.stale_advance.is_some() || r.refused_advance.is_some()),
             metrics,
             requeue_at,
             basis,
@@ -503,8 +511,8 @@ fn published(
     )
 }
 
-/// The rotation's events: one per phase change, and a warning for an advance annotation
-/// that named another phase.
+/// The rotation's events: one per phase change, and warnings for an advance annotation that
+/// was forced, came too early, or named another phase.
 fn rotation_events(decision: &rotation::Decision) -> Vec<PlannedEvent> {
     let transition = decision.transition.as_ref().map(|(phase, message)| PlannedEvent {
         warning: false,
@@ -512,13 +520,24 @@ fn rotation_events(decision: &rotation::Decision) -> Vec<PlannedEvent> {
         action: "RootRotation",
         note: message.clone(),
     });
-    let stale = decision.stale_advance.as_ref().map(|message| PlannedEvent {
-        warning: true,
-        reason: rotation::reason::STALE_ADVANCE.to_string(),
-        action: "RootRotation",
-        note: message.clone(),
-    });
-    transition.into_iter().chain(stale).collect()
+    let warning = |reason: &str, message: &Option<String>| {
+        message.as_ref().map(|message| PlannedEvent {
+            warning: true,
+            reason: reason.to_string(),
+            action: "RootRotation",
+            note: message.clone(),
+        })
+    };
+    transition
+        .into_iter()
+        .chain(warning(rotation::reason::FORCED_ADVANCE, &decision.forced_advance))
+        .chain(warning(
+            rotation::reason::OLD_INTERMEDIATE_EXPIRING,
+            &decision.expiring_warning,
+        ))
+        .chain(warning(rotation::reason::ADVANCE_REFUSED, &decision.refused_advance))
+        .chain(warning(rotation::reason::STALE_ADVANCE, &decision.stale_advance))
+        .collect()
 }
 
 /// What became of the trust anchors in this reconcile.
@@ -664,6 +683,34 @@ pub fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
     data
 }
 
+/// Who set the advance annotation: the field managers whose `managedFields` entry owns it
+/// (`f:metadata/f:annotations/f:meshca.io/advance-rotation`), as `"name" (Operation)`. A name
+/// is what the client called itself (kubectl: `kubectl-annotate`), not an authenticated user:
+/// the API server's audit log has that.
+fn advance_setters(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<String> {
+    let field = format!("f:{ADVANCE_ROTATION_ANNOTATION}");
+    let names: Vec<String> = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| {
+            entry
+                .fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:metadata")?.get("f:annotations")?.get(&field))
+                .is_some()
+        })
+        .map(|entry| {
+            format!(
+                "{:?} ({})",
+                entry.manager.as_deref().unwrap_or_default(),
+                entry.operation.as_deref().unwrap_or("unknown operation")
+            )
+        })
+        .collect();
+    (!names.is_empty()).then(|| names.join(", "))
+}
+
 fn annotation<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
     annotation_of(&secret.metadata, key)
 }
@@ -760,6 +807,10 @@ mod tests {
         published: Option<&'static str>,
         /// The published root's ConfigMap is written.
         publishes: bool,
+        /// The RootRotation condition's reason, when the row is about it.
+        rotation: Option<&'static str>,
+        /// Text one of the events' notes holds, when the row is about it.
+        note: Option<&'static str>,
     }
 
     const SYNCED: Expect = Expect {
@@ -770,6 +821,8 @@ mod tests {
         events: &[],
         published: None,
         publishes: false,
+        rotation: None,
+        note: None,
     };
 
     /// The PKIs of the rows: an old root with two intermediates (a renewal), a new root.
@@ -890,6 +943,43 @@ mod tests {
         }
     }
 
+    /// `o` with the advance annotation set to `value` by server-side apply as `manager`.
+    fn advancing_as(o: &Observed, value: &str, manager: &str) -> Observed {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+        let mut o = advancing(o, value);
+        let mut icc = o.icc.as_ref().clone();
+        let owns = |field: &str| serde_json::json!({"f:metadata": {"f:annotations": {format!("f:{field}"): {}}}});
+        icc.metadata.managed_fields = Some(vec![
+            ManagedFieldsEntry {
+                manager: Some("mesh-ca-issuer".into()),
+                operation: Some("Apply".into()),
+                fields_v1: Some(FieldsV1(serde_json::json!({"f:status": {}}))),
+                ..Default::default()
+            },
+            ManagedFieldsEntry {
+                manager: Some(manager.into()),
+                operation: Some("Apply".into()),
+                fields_v1: Some(FieldsV1(owns(ADVANCE_ROTATION_ANNOTATION))),
+                ..Default::default()
+            },
+        ]);
+        o.icc = std::sync::Arc::new(icc);
+        o
+    }
+
+    /// `o` with spec.rootRotation's delays set to `trust` and `drain`.
+    fn delays(o: &Observed, trust: &str, drain: &str) -> Observed {
+        let mut icc = o.icc.as_ref().clone();
+        if let Some(r) = icc.spec.root_rotation.as_mut() {
+            r.trust_propagation_delay = trust.into();
+            r.workload_drain_delay = drain.into();
+        }
+        Observed {
+            icc: std::sync::Arc::new(icc),
+            ..o.clone()
+        }
+    }
+
     /// A world that already ran: `o` decided and carried out, looked at again at `at`.
     fn settled(o: Observed, at: Timestamp) -> Observed {
         let plan = decide(&o, &Settings::default());
@@ -942,6 +1032,7 @@ mod tests {
             o.icc = std::sync::Arc::new(icc);
             o
         };
+        let at = |o: &Observed, now| Observed { now, ..o.clone() };
         // Trust anchors: a peer's root added to a running mesh, then removed again.
         let peer_pem = Fetched::Found(pki.peer_root.to_pem().into_bytes());
         let with_anchor = |o: &Observed, anchors: Vec<AnchorInput>| {
@@ -953,6 +1044,12 @@ mod tests {
             o
         };
         let anchored = with_anchor(&written, vec![anchor("peer", peer_pem.clone())]);
+        // The drain over with the old root also a peer's anchor: the cut keeps it.
+        let old_root_pem = Fetched::Found(pki.old.root.to_pem().into_bytes());
+        let kept_as_anchor = settled(
+            with_anchor(&at(&switched, t0() + DAY * 3), vec![anchor("peer", old_root_pem)]),
+            t0() + DAY * 3,
+        );
         let anchor_removed = with_anchor(&settled(anchored.clone(), t0()), vec![]);
         // The published root: absent, ours and up to date, someone else's.
         let publish = settled(observed(istio_cacerts(publishing()), Some(&pki.old)), t0());
@@ -966,7 +1063,6 @@ mod tests {
             }))),
             ..observed(istio_cacerts(publishing()), Some(&pki.old))
         };
-        let at = |o: &Observed, now| Observed { now, ..o.clone() };
         vec![
             // Nothing to write until cert-manager has written its Secret.
             (
@@ -1148,6 +1244,97 @@ mod tests {
                     ..SYNCED
                 },
             ),
+            // A plain advance before nextPhaseAt is refused, removed, and the condition says
+            // when the phase may end.
+            (
+                "early advance refused",
+                advancing(&at(&manual_started, t0() + HOUR / 2), "AddingNewRoot"),
+                Expect {
+                    phase: Some(AddingNewRoot),
+                    events: &["AdvanceRefused"],
+                    rotation: Some("AdvanceRefused"),
+                    note: Some("may end no earlier than 2027-01-15T09:00:00Z"),
+                    ..SYNCED
+                },
+            ),
+            // The emergency value moves at once, and a Warning names who set it.
+            (
+                "forced advance",
+                advancing_as(
+                    &at(&manual_started, t0() + HOUR / 2),
+                    "force-SwitchingIntermediate",
+                    "alice",
+                ),
+                Expect {
+                    write: Some(Replace),
+                    phase: Some(SwitchingIntermediate),
+                    events: &["RotationSwitchingIntermediate", "ForcedAdvance"],
+                    rotation: Some("WaitingForAdvance"),
+                    note: Some("set by field manager \"alice\" (Apply)"),
+                    ..SYNCED
+                },
+            ),
+            // Delays shorter than the flags allow: the rotation does not start.
+            (
+                "drain delay too short",
+                sourced(&delays(&rotation, "1h", "1m"), &pki.new),
+                Expect {
+                    ready: "DelayTooShort",
+                    events: &["DelayTooShort"],
+                    rotation: Some("DelayTooShort"),
+                    ..SYNCED
+                },
+            ),
+            (
+                "trust propagation delay too short",
+                sourced(&delays(&rotation, "10s", "25h"), &pki.new),
+                Expect {
+                    ready: "DelayTooShort",
+                    events: &["DelayTooShort"],
+                    rotation: Some("DelayTooShort"),
+                    ..SYNCED
+                },
+            ),
+            // The drain is over, but the anchors cannot be read: no root is cut.
+            (
+                "anchors unreadable at the cut",
+                with_anchor(
+                    &at(&switched, t0() + DAY * 3),
+                    vec![anchor("peer", Fetched::ObjectNotFound)],
+                ),
+                Expect {
+                    ready: "TrustAnchorNotFound",
+                    events: &["TrustAnchorNotFound"],
+                    phase: Some(SwitchingIntermediate),
+                    rotation: Some("CutHeld"),
+                    ..SYNCED
+                },
+            ),
+            // In RemovingOldRoot with the old root kept as an anchor, an unreadable anchor
+            // holds the cut (and the completion).
+            (
+                "anchors unreadable during RemovingOldRoot",
+                with_anchor(&kept_as_anchor, vec![anchor("peer", Fetched::ObjectNotFound)]),
+                Expect {
+                    ready: "TrustAnchorNotFound",
+                    events: &["TrustAnchorNotFound"],
+                    phase: Some(RemovingOldRoot),
+                    rotation: Some("CutHeld"),
+                    ..SYNCED
+                },
+            ),
+            // The old intermediate would expire before the delays end: no rotation starts.
+            (
+                "intermediate expiring during the delays",
+                sourced(&at(&rotation, t0() + DAY * 89), &pki.new),
+                Expect {
+                    ready: "OldIntermediateExpiring",
+                    healthy: "IntermediateExpiring",
+                    events: &["OldIntermediateExpiring", "IntermediateExpiring"],
+                    rotation: Some("OldIntermediateExpiring"),
+                    ..SYNCED
+                },
+            ),
             // A new root that expires before the old one is refused; cacerts stays.
             (
                 "rotation refused",
@@ -1283,6 +1470,21 @@ mod tests {
                 reason(&then.status, ROOT_PUBLISHED),
                 then.publish.is_some(),
             );
+            if let Some(expected) = expect.rotation {
+                assert_eq!(
+                    reason(&then.status, rotation::ROOT_ROTATION),
+                    Some(expected),
+                    "{case}: RootRotation {:?}",
+                    conditions::find(&then.status.conditions, rotation::ROOT_ROTATION).map(|c| &c.message)
+                );
+            }
+            if let Some(text) = expect.note {
+                assert!(
+                    then.events.iter().any(|e| e.note.contains(text)),
+                    "{case}: no event says {text:?}: {:?}",
+                    then.events
+                );
+            }
             let want = (
                 expect.write,
                 expect.ready,

@@ -86,6 +86,9 @@ impl Observed {
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     pub thresholds: Thresholds,
+    /// The bounds on a root rotation's delays (`--workload-cert-ttl`, `--clock-skew-allowance`,
+    /// `--min-trust-propagation-delay`).
+    pub rotation: super::rotation::Limits,
 }
 
 /// What to do, in order. Step 1 is the `cacerts` write; everything after it is an

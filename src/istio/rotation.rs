@@ -49,6 +49,53 @@ pub mod reason {
     pub const WAITING_FOR_ADVANCE: &str = "WaitingForAdvance";
     pub const STALE_ADVANCE: &str = "StaleAdvanceAnnotation";
     pub const NOT_ROTATING: &str = "NotRotating";
+    /// An advance annotation that came before `status.rootRotation.nextPhaseAt`, or while the
+    /// cut is held: refused and removed (the condition, and a Warning event).
+    pub const ADVANCE_REFUSED: &str = "AdvanceRefused";
+    /// A `force-<phase>` advance ended a phase before its delay (a Warning event).
+    pub const FORCED_ADVANCE: &str = "ForcedAdvance";
+    /// A delay in spec.rootRotation is shorter than the controller's flags allow.
+    pub const DELAY_TOO_SHORT: &str = "DelayTooShort";
+    /// The old root is not cut while the trust anchors cannot be read or checked.
+    pub const CUT_HELD: &str = "CutHeld";
+    /// The old intermediate would expire before the rotation no longer needs it: a rotation
+    /// does not start, and one held in AddingNewRoot warns by when it must move on.
+    pub const OLD_INTERMEDIATE_EXPIRING: &str = "OldIntermediateExpiring";
+}
+
+/// The prefix of the advance annotation's emergency value: `force-<phase it moves to>`.
+pub const FORCE_PREFIX: &str = "force-";
+
+/// The controller's flags that bound a rotation's delays. A delay shorter than these would let
+/// the old root be cut while workload certificates under it are live (a mesh-wide mTLS outage),
+/// and the CRD cannot know the flags, so the controller refuses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// `--workload-cert-ttl`: istiod's workload certificate lifetime.
+    pub workload_cert_ttl: std::time::Duration,
+    /// `--clock-skew-allowance`: added to the workload certificate lifetime.
+    pub clock_skew_allowance: std::time::Duration,
+    /// `--min-trust-propagation-delay`.
+    pub min_trust_propagation_delay: std::time::Duration,
+}
+
+impl Default for Limits {
+    /// The flags' defaults.
+    fn default() -> Self {
+        Self {
+            workload_cert_ttl: std::time::Duration::from_secs(24 * 3600),
+            clock_skew_allowance: std::time::Duration::from_secs(5 * 60),
+            min_trust_propagation_delay: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+impl Limits {
+    /// The shortest `workloadDrainDelay`: every workload certificate of the old intermediate has
+    /// expired by then, whatever the clocks of the nodes say.
+    pub fn min_workload_drain_delay(&self) -> std::time::Duration {
+        self.workload_cert_ttl.saturating_add(self.clock_skew_allowance)
+    }
 }
 
 /// What the controller knows in this reconcile.
@@ -59,11 +106,39 @@ pub struct Inputs<'a> {
     pub status: Option<&'a RootRotationStatus>,
     /// The value of the `meshca.io/advance-rotation` annotation.
     pub advance: Option<&'a str>,
+    /// Who set that annotation: the field manager(s) owning it (`managedFields`), for the
+    /// Warning a forced advance raises. None: no manager owns it.
+    pub advance_set_by: Option<&'a str>,
     pub source: &'a SourceBundle,
     pub target: &'a Target,
     /// The trust anchor certificates (`spec.trustAnchors`): an old root that is also one stays.
-    pub anchors: &'a [Certificate],
+    /// Err when an anchor cannot be read or checked: then nothing is cut, since the root to cut
+    /// might be one of them.
+    pub anchors: Result<&'a [Certificate], &'a Problem>,
+    /// The controller's bounds on the delays.
+    pub limits: Limits,
+    /// The RootRotation condition as it stands (reason, message): a refused advance stays
+    /// visible until the phase may end, not only until the annotation's removal is seen.
+    pub previous_condition: Option<(&'a str, &'a str)>,
     pub now: Timestamp,
+}
+
+/// What the advance annotation asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Advance {
+    /// `<phase>`: end this phase now, if its delay has passed (Manual mode's way on).
+    End(RotationPhase),
+    /// `force-<phase>`: move into this phase now, whatever the delay (the emergency path).
+    Force(RotationPhase),
+}
+
+impl Advance {
+    fn parse(value: &str) -> Option<Self> {
+        match value.trim().strip_prefix(FORCE_PREFIX) {
+            Some(to) => RotationPhase::parse(to).map(Advance::Force),
+            None => RotationPhase::parse(value).map(Advance::End),
+        }
+    }
 }
 
 /// Which intermediate `cacerts` carries.
@@ -102,6 +177,15 @@ pub struct Decision {
     pub consume_advance: bool,
     /// The annotation names another phase: it is ignored and removed (message for an event).
     pub stale_advance: Option<String>,
+    /// The annotation named the current phase but came before `nextPhaseAt` (or while the cut
+    /// is held): refused and removed (message for a Warning event).
+    pub refused_advance: Option<String>,
+    /// A `force-<phase>` annotation moved the phase before its delay ended (message for a
+    /// Warning event naming who set it).
+    pub forced_advance: Option<String>,
+    /// The old intermediate expires before a rotation held in AddingNewRoot could end (message
+    /// for a Warning event, raised once when the condition turns to it).
+    pub expiring_warning: Option<String>,
     /// When to look again (a delay ends).
     pub requeue_at: Option<Timestamp>,
     /// The own roots to publish (`publishRoot`) while old and new are both trusted.
@@ -117,6 +201,9 @@ impl Decision {
             condition: None,
             consume_advance: false,
             stale_advance: None,
+            refused_advance: None,
+            forced_advance: None,
+            expiring_warning: None,
             requeue_at: None,
             published_roots: None,
         }
@@ -136,7 +223,10 @@ pub fn decide(inputs: &Inputs) -> Decision {
     };
     // An annotation acts only on the phase that is current when it is seen; any other is
     // removed, so it can never fire later (in this rotation or the next).
-    if let Some(advance) = inputs.advance.filter(|_| !decision.consume_advance) {
+    if let Some(advance) = inputs
+        .advance
+        .filter(|_| !decision.consume_advance && decision.refused_advance.is_none())
+    {
         let phase = inputs
             .status
             .filter(|s| s.phase.in_progress())
@@ -144,7 +234,9 @@ pub fn decide(inputs: &Inputs) -> Decision {
         let why = if inputs.spec.is_some_and(|s| s.paused) {
             format!("the rotation is paused (spec.rootRotation.paused) in {phase}")
         } else {
-            format!("the rotation is in {phase}, and an advance acts only on the phase it names")
+            format!(
+                "the rotation is in {phase}, and an advance acts only on the phase it names (or, in an emergency, {FORCE_PREFIX}<the phase that follows it>)"
+            )
         };
         decision.stale_advance = Some(format!(
             "the annotation {}: {advance} was ignored and removed: {why}",
@@ -172,6 +264,13 @@ fn idle(mut d: Decision, inputs: &Inputs) -> Decision {
             reason::NOT_ROTATING,
             format!("the source's intermediate chains to a root root-cert.pem already holds: no rotation{last}"),
         ));
+        // Said now rather than when a new root arrives: a rotation would be refused.
+        if let Some(Err(problem)) = inputs.spec.map(|spec| Delays::of(spec, &inputs.limits)) {
+            d.condition = Some((
+                problem.reason,
+                format!("no rotation is under way, but one would be held: {}", problem.message),
+            ));
+        }
     }
     d
 }
@@ -217,10 +316,13 @@ fn start(inputs: &Inputs, current: &BundleContents, spec: &RootRotation) -> Deci
         d.condition = Some((problem.reason, problem.message));
         return d;
     }
-    let delays = match Delays::of(spec) {
+    let delays = match Delays::of(spec, &inputs.limits) {
         Ok(delays) => delays,
         Err(problem) => return refused(problem, previous),
     };
+    if let Err(problem) = old_intermediate_outlives(&current.intermediate, &delays, now) {
+        return refused(problem, previous);
+    }
     if spec.paused {
         let mut d = Decision::new(Bundle::Refused(paused_problem("before it started")), previous);
         d.condition = Some((
@@ -278,7 +380,7 @@ fn rotating(inputs: &Inputs, current: &BundleContents, status: &RootRotationStat
             previous,
         );
     };
-    let delays = match Delays::of(spec) {
+    let delays = match Delays::of(spec, &inputs.limits) {
         Ok(delays) => delays,
         Err(problem) => return refused(problem, previous),
     };
@@ -310,20 +412,95 @@ fn rotating(inputs: &Inputs, current: &BundleContents, status: &RootRotationStat
             .filter(|r| status.old_roots.contains(&r.fingerprint()))
             .cloned()
             .collect(),
-        advance_now: inputs.advance.and_then(RotationPhase::parse) == Some(phase),
+        advance: judge_advance(inputs, status),
     };
     if spec.paused {
-        return step.paused();
+        return step.old_intermediate_watched(step.paused(), current);
     }
-    match phase {
+    let d = match phase {
         RotationPhase::AddingNewRoot if to_old => step.roll_back(),
         // After the switch, going back to the old root is a new rotation.
-        _ if to_old => start(inputs, current, spec),
+        _ if to_old => return start(inputs, current, spec),
         RotationPhase::AddingNewRoot => step.adding_new_root(current),
         RotationPhase::SwitchingIntermediate => step.switching_intermediate(),
         // RemovingOldRoot (Completed and RolledBack are not in progress).
         _ => step.removing_old_root(),
+    };
+    let d = step.early_advance_shown(d);
+    step.old_intermediate_watched(d, current)
+}
+
+/// The old intermediate signs until the switch, and the workload certificates it signed must
+/// stay valid through the drain: a rotation starts only if it outlives both delays from now.
+fn old_intermediate_outlives(old: &Certificate, delays: &Delays, now: Timestamp) -> Result<(), Problem> {
+    let needed = now + delays.trust_propagation + delays.workload_drain;
+    if old.not_after() >= needed {
+        return Ok(());
     }
+    Err(Problem {
+        reason: reason::OLD_INTERMEDIATE_EXPIRING,
+        message: format!(
+            "the old intermediate {} (SHA-256 {}) in cacerts expires at {}, before a rotation started now could end ({needed}: trustPropagationDelay {} and workloadDrainDelay {}); istiod signs with it until the switch and its workload certificates must stay valid through the drain. The rotation does not start and cacerts is left as it is: before {}, renew the intermediate under the old root (point the Certificate back at the old issuer and renew it), then move it to the new root",
+            old.subject(),
+            old.fingerprint(),
+            old.not_after(),
+            crate::duration::format_go_duration(delays.trust_propagation.unsigned_abs()),
+            crate::duration::format_go_duration(delays.workload_drain.unsigned_abs()),
+            old.not_after()
+        ),
+    })
+}
+
+/// What the advance annotation does in this phase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Judged {
+    /// No annotation for this phase (none, or a stale one: [`decide`] reports that).
+    Nothing,
+    /// End the phase now: its delay has passed, or `force-<next phase>` was set.
+    Now { forced: bool },
+    /// It names this phase but the delay has not passed: refused, with this message.
+    Early(String),
+}
+
+/// Judges the annotation against the phase: a plain advance acts only from `nextPhaseAt` on
+/// (the delays protect live workload certificates; anyone with `patch` on the object could
+/// otherwise skip them); `force-<next phase>` acts at once and is announced as a Warning.
+fn judge_advance(inputs: &Inputs, status: &RootRotationStatus) -> Judged {
+    let phase = status.phase;
+    match inputs.advance.and_then(Advance::parse) {
+        Some(Advance::Force(to)) if phase.next() == Some(to) => Judged::Now { forced: true },
+        Some(Advance::End(named)) if named == phase => {
+            let Some(next) = status.next_phase_at.as_deref() else {
+                // A phase without a delay (RemovingOldRoot) completes by itself.
+                return Judged::Now { forced: false };
+            };
+            match next.parse::<Timestamp>() {
+                Ok(next) if inputs.now >= next => Judged::Now { forced: false },
+                // An unreadable nextPhaseAt never lets an advance through: the delay is unknown.
+                _ => Judged::Early(early_message(phase, next, status)),
+            }
+        }
+        _ => Judged::Nothing,
+    }
+}
+
+fn early_message(phase: RotationPhase, next: &str, status: &RootRotationStatus) -> String {
+    let annotation = crate::api::istio_cacerts::ADVANCE_ROTATION_ANNOTATION;
+    let force = phase
+        .next()
+        .map(|to| {
+            format!(
+                ". Only in an emergency, {annotation}: {FORCE_PREFIX}{} acts at once (a Warning event names who set it; docs/root-rotation.md)",
+                to.as_str()
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "the annotation {annotation}: {} was refused and removed: {} may end no earlier than {next} (status.rootRotation.nextPhaseAt: its delay counts from {}). Set it again from {next} on{force}",
+        phase.as_str(),
+        phase.as_str(),
+        status.phase_started_at
+    )
 }
 
 /// One reconcile of a rotation in progress towards the source's root.
@@ -334,8 +511,8 @@ struct Step<'a> {
     delays: Delays,
     /// The old roots `root-cert.pem` still holds.
     old_certs: Vec<Certificate>,
-    /// The advance annotation names the current phase.
-    advance_now: bool,
+    /// What the advance annotation does in this phase.
+    advance: Judged,
 }
 
 impl Step<'_> {
@@ -357,9 +534,13 @@ impl Step<'_> {
         Decision::new(bundle, Some(self.status.clone()))
     }
 
+    fn advance_now(&self) -> bool {
+        matches!(self.advance, Judged::Now { .. })
+    }
+
     /// The phase moves on now: its annotation, or (Automatic) its delay is over.
     fn due(&self, d: &Decision) -> bool {
-        self.advance_now
+        self.advance_now()
             || (self.spec.mode == RotationMode::Automatic
                 && d.status
                     .as_ref()
@@ -368,7 +549,8 @@ impl Step<'_> {
                     .is_some_and(|t| self.inputs.now >= t))
     }
 
-    /// Moves `d` into `phase` with `message`, writing `bundle`.
+    /// Moves `d` into `phase` with `message`, writing `bundle`. A forced move says so in the
+    /// history (which outlives the event) and raises a Warning naming who set it.
     fn enter(
         &self,
         mut d: Decision,
@@ -377,17 +559,170 @@ impl Step<'_> {
         message: String,
         bundle: Bundle,
     ) -> Decision {
+        // Only the move the force named is a forced one (not a rollback that happens anyway).
+        let message = match self.advance {
+            Judged::Now { forced: true } if self.status.phase.next() == Some(phase) => {
+                let note = self.forced_note(phase);
+                d.forced_advance = Some(format!("{note}: {message}"));
+                format!("{note}: {message}")
+            }
+            _ => message,
+        };
         d.bundle = bundle;
         d.status = Some(enter(self.status, phase, next, &message, self.inputs.now));
         d.transition = Some((phase, message));
-        d.consume_advance = self.advance_now;
+        d.consume_advance = self.advance_now();
         d
+    }
+
+    /// "forced by ...": the annotation, who set it, and whether it skipped part of the delay.
+    fn forced_note(&self, to: RotationPhase) -> String {
+        let when = match self.status.next_phase_at.as_deref() {
+            Some(next) if next.parse::<Timestamp>().is_ok_and(|t| self.inputs.now < t) => {
+                format!("at once, before its delay ended at {next}")
+            }
+            _ => "after its delay had passed".to_string(),
+        };
+        format!(
+            "{} ended {when}, forced by the annotation {}: {FORCE_PREFIX}{} set by field manager {} (the emergency path)",
+            self.status.phase.as_str(),
+            crate::api::istio_cacerts::ADVANCE_ROTATION_ANNOTATION,
+            to.as_str(),
+            self.inputs.advance_set_by.unwrap_or("unknown")
+        )
+    }
+
+    /// An advance refused as early: announced, its annotation removed, and the condition says
+    /// when the phase may end — kept until then, so it does not vanish with the annotation.
+    fn early_advance_shown(&self, mut d: Decision) -> Decision {
+        let holding = d.transition.is_none()
+            && d.condition
+                .as_ref()
+                .is_some_and(|(r, _)| [reason::WAITING, reason::WAITING_FOR_ADVANCE].contains(r));
+        match &self.advance {
+            Judged::Early(message) => {
+                d.refused_advance = Some(message.clone());
+                if holding {
+                    d.condition = Some((reason::ADVANCE_REFUSED, message.clone()));
+                }
+            }
+            _ => {
+                let shown = self
+                    .inputs
+                    .previous_condition
+                    .filter(|(r, _)| *r == reason::ADVANCE_REFUSED);
+                if let Some((_, message)) = shown.filter(|_| holding && !self.delay_passed()) {
+                    d.condition = Some((reason::ADVANCE_REFUSED, message.to_string()));
+                }
+            }
+        }
+        d
+    }
+
+    fn delay_passed(&self) -> bool {
+        self.status
+            .next_phase_at
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .is_none_or(|t| self.inputs.now >= t)
+    }
+
+    /// In AddingNewRoot istiod still signs with the old intermediate, and a Manual or paused
+    /// rotation may stay there for as long as nobody acts: the switch must come a drain before
+    /// the old intermediate expires. From a drain before that deadline on, the condition says
+    /// by when to act (a Warning once); before, the decision looks again then. An Automatic
+    /// rotation that switches in time by itself says nothing.
+    fn old_intermediate_watched(&self, mut d: Decision, current: &BundleContents) -> Decision {
+        let in_adding = d
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == RotationPhase::AddingNewRoot);
+        if !in_adding || d.transition.is_some() || current.anchor == *self.new_root() {
+            return d;
+        }
+        let old = &current.intermediate;
+        let drain = self.delays.workload_drain;
+        let act_by = old.not_after() - drain;
+        let next = self
+            .status
+            .next_phase_at
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok());
+        let switches_in_time =
+            self.spec.mode == RotationMode::Automatic && !self.spec.paused && next.is_some_and(|next| next <= act_by);
+        if switches_in_time {
+            return d;
+        }
+        let warn_from = act_by - drain;
+        if self.inputs.now < warn_from {
+            d.requeue_at = Some(d.requeue_at.map_or(warn_from, |t| t.min(warn_from)));
+            return d;
+        }
+        let how = match (self.spec.paused, self.spec.mode) {
+            (true, _) => "set spec.rootRotation.paused: false".to_string(),
+            (false, RotationMode::Manual) => format!(
+                "advance it ({}: AddingNewRoot once its delay has passed, or {FORCE_PREFIX}SwitchingIntermediate)",
+                crate::api::istio_cacerts::ADVANCE_ROTATION_ANNOTATION
+            ),
+            (false, RotationMode::Automatic) => "let its delay pass or advance it".to_string(),
+        };
+        let message = format!(
+            "the old intermediate {} (SHA-256 {}), which istiod signs with until the switch, expires at {}; the workload certificates it signs must stay valid through the drain ({}), so the rotation must leave AddingNewRoot by {act_by}: {how}, or roll back (put the source back on the old root) and renew the intermediate first",
+            old.subject(),
+            old.fingerprint(),
+            old.not_after(),
+            crate::duration::format_go_duration(drain.unsigned_abs())
+        );
+        let shown = self
+            .inputs
+            .previous_condition
+            .is_some_and(|(r, _)| r == reason::OLD_INTERMEDIATE_EXPIRING);
+        if !shown {
+            d.expiring_warning = Some(message.clone());
+        }
+        d.condition = Some((reason::OLD_INTERMEDIATE_EXPIRING, message));
+        d
+    }
+
+    /// Holds a cut while the trust anchors cannot be read or checked: the root to cut might be
+    /// a peer's anchor, which must stay. `None` when the anchors are known.
+    fn held_cut(&self, what: &str) -> Option<Decision> {
+        let Err(problem) = self.inputs.anchors else {
+            return None;
+        };
+        let phase = self.status.phase;
+        let message = format!(
+            "{what} is held in {}: the trust anchors cannot be read or checked ({}: {}), and a root that is also a trust anchor must stay in root-cert.pem. Fix the anchor (or remove it from spec.trustAnchors); the rotation goes on once every anchor reads and checks",
+            phase.as_str(),
+            problem.reason,
+            problem.message
+        );
+        let mut d = self.stay(hold_bundle(phase, self.inputs.target));
+        if phase != RotationPhase::RemovingOldRoot {
+            d.published_roots = Some(self.both_roots());
+        }
+        d.condition = Some((reason::CUT_HELD, message.clone()));
+        if self.advance_now() {
+            d.refused_advance = Some(format!(
+                "the annotation {}: {} was refused and removed: {message}",
+                crate::api::istio_cacerts::ADVANCE_ROTATION_ANNOTATION,
+                self.inputs.advance.unwrap_or_default()
+            ));
+        }
+        // The anchors' ConfigMaps and Secrets are watched; this is the backstop.
+        d.requeue_at = Some(self.inputs.now + SignedDuration::from_secs(30));
+        Some(d)
+    }
+
+    /// The anchors' certificates, once known ([`Step::held_cut`] stops every cut before this).
+    fn anchors(&self) -> &[Certificate] {
+        self.inputs.anchors.unwrap_or(&[])
     }
 
     /// `root-cert.pem` as the target holds it, with the fingerprints `cut` cut off (byte-stable).
     fn cut(&self, keep: &[Certificate], cut: &BTreeSet<String>) -> (Vec<u8>, Vec<u8>) {
         let bytes = existing_root_cert(self.inputs.target).unwrap_or_default();
-        let cut = assemble(Some(&bytes), keep, self.inputs.anchors, cut).bytes;
+        let cut = assemble(Some(&bytes), keep, self.anchors(), cut).bytes;
         (bytes, cut)
     }
 
@@ -409,6 +744,9 @@ impl Step<'_> {
 
     /// Rollback before the switch: the new root is cut off again.
     fn roll_back(&self) -> Decision {
+        if let Some(held) = self.held_cut("the rollback (cutting the new root off root-cert.pem)") {
+            return held;
+        }
         let new_fp: BTreeSet<String> = [self.status.new_root.clone()].into();
         let (_, cut) = self.cut(&self.old_certs, &new_fp);
         let message = format!(
@@ -468,6 +806,9 @@ impl Step<'_> {
         });
         d.published_roots = Some(self.both_roots());
         if already_cut || self.due(&d) {
+            if let Some(held) = self.held_cut("cutting the old root").filter(|_| !already_cut) {
+                return held;
+            }
             let message = if already_cut {
                 "root-cert.pem no longer holds the old root (a write whose status update was lost)".to_string()
             } else {
@@ -494,9 +835,12 @@ impl Step<'_> {
             signer: Signer::Source,
             root_cert: cut,
         };
+        if !written && let Some(held) = self.held_cut("cutting the old root") {
+            return held;
+        }
         let mut d = self.stay(bundle.clone());
         if written {
-            let kept = self.old_certs.iter().any(|c| self.inputs.anchors.contains(c));
+            let kept = self.old_certs.iter().any(|c| self.anchors().contains(c));
             let message = if kept {
                 "completed: the old root stays in root-cert.pem only as a trust anchor (spec.trustAnchors)".to_string()
             } else {
@@ -648,7 +992,8 @@ struct Delays {
 }
 
 impl Delays {
-    fn of(spec: &RootRotation) -> Result<Self, Problem> {
+    /// The spec's delays, each a Go duration no shorter than the controller's flags allow.
+    fn of(spec: &RootRotation, limits: &Limits) -> Result<Self, Problem> {
         let parse = |field: &str, value: &str| {
             parse_go_duration(value)
                 .ok()
@@ -660,10 +1005,45 @@ impl Delays {
                     ),
                 })
         };
-        Ok(Self {
+        let delays = Self {
             trust_propagation: parse("trustPropagationDelay", &spec.trust_propagation_delay)?,
             workload_drain: parse("workloadDrainDelay", &spec.workload_drain_delay)?,
-        })
+        };
+        let go = crate::duration::format_go_duration;
+        let too_short = |field: &str, value: &str, minimum: std::time::Duration, why: String| Problem {
+            reason: reason::DELAY_TOO_SHORT,
+            message: format!(
+                "spec.rootRotation.{field} {value:?} is shorter than the minimum {}: {why}; the rotation does not start or advance until {field} is at least {} (or the controller runs with lower flags)",
+                go(minimum),
+                go(minimum)
+            ),
+        };
+        let minimum = limits.min_workload_drain_delay();
+        if delays.workload_drain.unsigned_abs() < minimum || delays.workload_drain.is_negative() {
+            return Err(too_short(
+                "workloadDrainDelay",
+                &spec.workload_drain_delay,
+                minimum,
+                format!(
+                    "--workload-cert-ttl ({}, istiod's workload certificate lifetime) plus --clock-skew-allowance ({}), so that no workload certificate of the old intermediate is live when the old root is cut",
+                    go(limits.workload_cert_ttl),
+                    go(limits.clock_skew_allowance)
+                ),
+            ));
+        }
+        let minimum = limits.min_trust_propagation_delay;
+        if delays.trust_propagation.unsigned_abs() < minimum || delays.trust_propagation.is_negative() {
+            return Err(too_short(
+                "trustPropagationDelay",
+                &spec.trust_propagation_delay,
+                minimum,
+                format!(
+                    "--min-trust-propagation-delay ({}), so that proxies and peers trust the new root before anything is signed under it",
+                    go(minimum)
+                ),
+            ));
+        }
+        Ok(delays)
     }
 }
 
@@ -853,6 +1233,13 @@ mod tests {
         spec: RootRotation,
         writes: usize,
         files: Vec<Vec<u8>>,
+        /// The RootRotation condition as the last reconcile left it.
+        condition: Option<(&'static str, String)>,
+        /// The trust anchors, or why they cannot be checked.
+        anchors: Result<Vec<Certificate>, Problem>,
+        /// The field manager that set the advance annotation.
+        set_by: Option<String>,
+        limits: Limits,
     }
 
     impl World {
@@ -871,6 +1258,10 @@ mod tests {
                 spec: spec(mode),
                 writes: 0,
                 files: vec![],
+                condition: None,
+                anchors: Ok(vec![]),
+                set_by: None,
+                limits: Limits::default(),
             };
             w.files.push(w.root_cert());
             w
@@ -901,7 +1292,10 @@ mod tests {
                 advance,
                 source,
                 target: &self.target,
-                anchors: &[],
+                anchors: self.anchors.as_ref().map(Vec::as_slice),
+                advance_set_by: self.set_by.as_deref(),
+                limits: self.limits,
+                previous_condition: self.condition.as_ref().map(|(r, m)| (*r, m.as_str())),
                 now,
             });
             if let Ok(plan) = plan(source, &d.bundle, &self.target, "mesh", false, now) {
@@ -920,6 +1314,9 @@ mod tests {
                     self.files.push(file);
                 }
                 self.status = d.status.clone();
+                if d.condition.is_some() {
+                    self.condition = d.condition.clone();
+                }
             }
             d
         }
@@ -1066,8 +1463,15 @@ mod tests {
                 true,
             ),
             (
-                "the drain can be ended early on purpose",
+                "the drain cannot be ended before its delay by a plain advance",
                 Some("SwitchingIntermediate"),
+                RotationPhase::SwitchingIntermediate,
+                false,
+                false,
+            ),
+            (
+                "only the emergency value ends it early",
+                Some("force-RemovingOldRoot"),
                 RotationPhase::RemovingOldRoot,
                 true,
                 false,
@@ -1237,7 +1641,10 @@ mod tests {
                 advance: None,
                 source,
                 target: &target,
-                anchors: &[],
+                anchors: Ok(&[]),
+                advance_set_by: None,
+                limits: Limits::default(),
+                previous_condition: None,
                 now,
             });
             assert_eq!(d.status, None, "{case}");
@@ -1325,7 +1732,10 @@ mod tests {
             advance: None,
             source: &w.new,
             target: &w.target,
-            anchors: &anchors,
+            anchors: Ok(&anchors),
+            advance_set_by: None,
+            limits: Limits::default(),
+            previous_condition: None,
             now: t0() + HOUR * 30,
         });
         assert_eq!(d.status.unwrap().phase, RotationPhase::RemovingOldRoot);
@@ -1349,5 +1759,406 @@ mod tests {
         assert_eq!(problem.reason, reason::ROTATION_IN_PROGRESS);
         assert_eq!(w.phase(), Some(RotationPhase::AddingNewRoot));
         assert_eq!(w.writes, writes);
+    }
+
+    #[test]
+    fn an_advance_acts_only_from_next_phase_at_unless_forced_and_a_force_names_its_setter() {
+        let mut w = World::new(RotationMode::Manual);
+        w.reconcile(true, None, t0());
+        let next = (t0() + HOUR).to_string();
+        let alice = "\"alice\" (Apply)";
+        // (case, annotation, set by, at, phase afterwards, consumed, refused, forced, stale,
+        //  RootRotation reason, text its message or the warning holds)
+        type Row<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<&'a str>,
+            Timestamp,
+            RotationPhase,
+            [bool; 4],
+            &'a str,
+            &'a str,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "a plain advance before nextPhaseAt is refused and removed, saying when",
+                Some("AddingNewRoot"),
+                None,
+                t0() + HOUR / 2,
+                RotationPhase::AddingNewRoot,
+                [false, true, false, false],
+                reason::ADVANCE_REFUSED,
+                &next,
+            ),
+            (
+                "the refusal stays shown once the annotation is gone, until the delay ends",
+                None,
+                None,
+                t0() + HOUR / 2 + SignedDuration::from_mins(5),
+                RotationPhase::AddingNewRoot,
+                [false, false, false, false],
+                reason::ADVANCE_REFUSED,
+                "force-SwitchingIntermediate",
+            ),
+            (
+                "force names the phase it moves to: naming the current one is stale",
+                Some("force-AddingNewRoot"),
+                None,
+                t0() + HOUR / 2 + SignedDuration::from_mins(10),
+                RotationPhase::AddingNewRoot,
+                [false, false, false, true],
+                reason::ADVANCE_REFUSED,
+                "",
+            ),
+            (
+                "force-SwitchingIntermediate moves at once and names who set it",
+                Some("force-SwitchingIntermediate"),
+                Some(alice),
+                t0() + HOUR / 2 + SignedDuration::from_mins(15),
+                RotationPhase::SwitchingIntermediate,
+                [true, false, true, false],
+                reason::WAITING_FOR_ADVANCE,
+                alice,
+            ),
+            (
+                "a plain advance of the drain before its delay is refused",
+                Some("SwitchingIntermediate"),
+                None,
+                t0() + HOUR * 2,
+                RotationPhase::SwitchingIntermediate,
+                [false, true, false, false],
+                reason::ADVANCE_REFUSED,
+                "force-RemovingOldRoot",
+            ),
+            (
+                "a force whose setter no manager owns names nobody",
+                Some("force-RemovingOldRoot"),
+                None,
+                t0() + HOUR * 3,
+                RotationPhase::RemovingOldRoot,
+                [true, false, true, false],
+                RotationPhase::RemovingOldRoot.as_str(),
+                "field manager unknown",
+            ),
+        ];
+        for (case, advance, set_by, at, phase, [consumed, refused, forced, stale], reason, text) in rows {
+            w.set_by = set_by.map(str::to_string);
+            let d = w.reconcile(true, advance, at);
+            assert_eq!(w.phase(), Some(phase), "{case}");
+            assert_eq!(
+                [
+                    d.consume_advance,
+                    d.refused_advance.is_some(),
+                    d.forced_advance.is_some(),
+                    d.stale_advance.is_some()
+                ],
+                [consumed, refused, forced, stale],
+                "{case}: [consumed, refused, forced, stale]"
+            );
+            let (got, message) = w.condition.clone().unwrap();
+            assert_eq!(got, reason, "{case}: {message}");
+            let said = [Some(message), d.refused_advance, d.forced_advance]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" | ");
+            assert!(said.contains(text), "{case}: {said}");
+        }
+        // The forced phase change is in the history, which outlives the event.
+        let history = &w.status.as_ref().unwrap().history;
+        assert!(history[1].message.contains(alice), "{history:?}");
+        // In Automatic mode too, an early plain advance is refused.
+        let mut w = World::new(RotationMode::Automatic);
+        w.reconcile(true, None, t0());
+        let d = w.reconcile(true, Some("AddingNewRoot"), t0() + HOUR / 2);
+        assert_eq!(w.phase(), Some(RotationPhase::AddingNewRoot));
+        assert!(d.refused_advance.is_some() && !d.consume_advance);
+        // Its delay over, the phase moves on by itself and the refusal is no longer shown.
+        w.reconcile(true, None, t0() + HOUR);
+        assert_eq!(w.phase(), Some(RotationPhase::SwitchingIntermediate));
+        assert_eq!(w.condition.as_ref().unwrap().0, reason::WAITING);
+    }
+
+    #[test]
+    fn delays_shorter_than_the_flags_allow_hold_the_rotation_and_name_field_minimum_and_flags() {
+        let short = |trust: &str, drain: &str| RootRotation {
+            trust_propagation_delay: trust.into(),
+            workload_drain_delay: drain.into(),
+            ..spec(RotationMode::Automatic)
+        };
+        let lowered = Limits {
+            workload_cert_ttl: std::time::Duration::from_secs(1),
+            clock_skew_allowance: std::time::Duration::ZERO,
+            min_trust_propagation_delay: std::time::Duration::ZERO,
+        };
+        // (case, spec, limits, phase afterwards, refusal reason, texts the message holds)
+        type Row<'a> = (
+            &'a str,
+            RootRotation,
+            Limits,
+            Option<RotationPhase>,
+            Option<&'a str>,
+            &'a [&'a str],
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "a drain shorter than the workload certificate lifetime plus clock skew",
+                short("1h", "24h"),
+                Limits::default(),
+                None,
+                Some(reason::DELAY_TOO_SHORT),
+                &[
+                    "spec.rootRotation.workloadDrainDelay \"24h\"",
+                    "minimum 24h5m",
+                    "--workload-cert-ttl (24h",
+                    "--clock-skew-allowance (5m)",
+                ],
+            ),
+            (
+                "a drain of a minute",
+                short("1h", "1m"),
+                Limits::default(),
+                None,
+                Some(reason::DELAY_TOO_SHORT),
+                &["workloadDrainDelay \"1m\"", "24h5m"],
+            ),
+            (
+                "a trust propagation delay under the minimum",
+                short("30s", "25h"),
+                Limits::default(),
+                None,
+                Some(reason::DELAY_TOO_SHORT),
+                &[
+                    "spec.rootRotation.trustPropagationDelay \"30s\"",
+                    "minimum 1m",
+                    "--min-trust-propagation-delay (1m)",
+                ],
+            ),
+            (
+                "zero delays",
+                short("0s", "0s"),
+                Limits::default(),
+                None,
+                Some(reason::DELAY_TOO_SHORT),
+                &["workloadDrainDelay \"0s\""],
+            ),
+            (
+                "exactly the minimums start",
+                short("1m", "24h5m"),
+                Limits::default(),
+                Some(RotationPhase::AddingNewRoot),
+                None,
+                &[],
+            ),
+            (
+                "lowered flags accept delays of seconds",
+                short("6s", "8s"),
+                lowered,
+                Some(RotationPhase::AddingNewRoot),
+                None,
+                &[],
+            ),
+        ];
+        for (case, spec, limits, phase, refusal, texts) in rows {
+            let mut w = World::new(RotationMode::Automatic);
+            (w.spec, w.limits) = (spec, limits);
+            let d = w.reconcile(true, None, t0());
+            assert_eq!(w.phase(), phase, "{case}");
+            match refusal {
+                None => assert_eq!(w.writes, 1, "{case}"),
+                Some(reason) => {
+                    assert_eq!(w.writes, 0, "{case}: nothing written");
+                    let Bundle::Refused(problem) = &d.bundle else {
+                        panic!("{case}: {:?}", d.bundle)
+                    };
+                    assert_eq!(problem.reason, reason, "{case}");
+                    for text in texts {
+                        assert!(problem.message.contains(text), "{case}: {text} in {}", problem.message);
+                    }
+                }
+            }
+        }
+        // Mid-rotation (the flags raised, or the spec lowered): held where it is, nothing written.
+        let mut w = World::new(RotationMode::Automatic);
+        w.reconcile(true, None, t0());
+        w.spec.workload_drain_delay = "1m".into();
+        let writes = w.writes;
+        let d = w.reconcile(true, None, t0() + HOUR * 2);
+        assert_eq!(w.phase(), Some(RotationPhase::AddingNewRoot));
+        assert_eq!(w.writes, writes);
+        assert_eq!(d.condition.unwrap().0, reason::DELAY_TOO_SHORT);
+        // Without a rotation under way, the condition says so at once (nothing is refused).
+        let mut w = World::new(RotationMode::Automatic);
+        w.spec.workload_drain_delay = "1m".into();
+        let d = w.reconcile(false, None, t0());
+        assert_eq!(d.bundle, Bundle::Ordinary);
+        assert_eq!(d.condition.unwrap().0, reason::DELAY_TOO_SHORT);
+    }
+
+    #[test]
+    fn no_root_is_cut_while_the_trust_anchors_cannot_be_read_or_checked() {
+        let unreadable = Problem {
+            reason: crate::istio::trust_bundle::reason::TRUST_ANCHOR_NOT_FOUND,
+            message: "trust anchor \"peer\": ConfigMap istio-system/peer not found".into(),
+        };
+        // The old root is also the peer's anchor: it must stay through the cut.
+        let mut w = World::new(RotationMode::Automatic);
+        w.anchors = Ok(vec![w.old.root.clone()]);
+        w.reconcile(true, None, t0());
+        w.reconcile(true, None, t0() + HOUR);
+        assert_eq!(w.phase(), Some(RotationPhase::SwitchingIntermediate));
+        let before = (w.root_cert(), w.writes);
+        // (case, anchors readable, annotation, phase afterwards, RootRotation reason, refused)
+        type Row<'a> = (&'a str, bool, Option<&'a str>, RotationPhase, &'a str, bool);
+        let rows: Vec<Row> = vec![
+            (
+                "the drain is over but the anchors cannot be read: the cut is held",
+                false,
+                None,
+                RotationPhase::SwitchingIntermediate,
+                reason::CUT_HELD,
+                false,
+            ),
+            (
+                "not even a forced advance cuts while they cannot",
+                false,
+                Some("force-RemovingOldRoot"),
+                RotationPhase::SwitchingIntermediate,
+                reason::CUT_HELD,
+                true,
+            ),
+            (
+                "readable again, the cut goes on and keeps the anchor",
+                true,
+                None,
+                RotationPhase::RemovingOldRoot,
+                RotationPhase::RemovingOldRoot.as_str(),
+                false,
+            ),
+            (
+                "in RemovingOldRoot, unreadable anchors hold the completion too",
+                false,
+                None,
+                RotationPhase::RemovingOldRoot,
+                reason::CUT_HELD,
+                false,
+            ),
+        ];
+        let anchor = w.old.root.clone();
+        for (case, readable, advance, phase, reason, refused) in rows {
+            w.anchors = if readable {
+                Ok(vec![anchor.clone()])
+            } else {
+                Err(unreadable.clone())
+            };
+            let d = w.reconcile(true, advance, t0() + HOUR * 30);
+            assert_eq!(w.phase(), Some(phase), "{case}");
+            let (got, message) = w.condition.clone().unwrap();
+            assert_eq!(got, reason, "{case}: {message}");
+            assert_eq!(d.refused_advance.is_some(), refused, "{case}");
+            assert!(w.signing_root(t0() + HOUR * 30) == w.new.root, "{case}");
+            if reason == reason::CUT_HELD {
+                assert!(
+                    message.contains("ConfigMap istio-system/peer not found"),
+                    "{case}: {message}"
+                );
+            }
+            assert_eq!(w.root_cert(), before.0, "{case}: the old root (an anchor) stays");
+            assert_eq!(w.writes, before.1, "{case}: nothing written");
+        }
+        // Before the switch, a rollback's cut of the new root is held the same way.
+        let mut w = World::new(RotationMode::Automatic);
+        w.reconcile(true, None, t0());
+        let grown = w.root_cert();
+        w.anchors = Err(unreadable);
+        let d = w.reconcile(false, None, t0() + HOUR / 2);
+        assert_eq!(w.phase(), Some(RotationPhase::AddingNewRoot));
+        assert_eq!(d.condition.unwrap().0, reason::CUT_HELD);
+        assert_eq!(w.root_cert(), grown);
+    }
+
+    #[test]
+    fn a_rotation_never_outlives_the_old_intermediate() {
+        let day = SignedDuration::from_hours(24);
+        // The old intermediate ends at t0 + 90 days; with 1h + 25h of delays, a rotation
+        // started later than t0 + 88d 23h could not end before it.
+        let mut w = World::new(RotationMode::Automatic);
+        let d = w.reconcile(true, None, t0() + day * 89);
+        let Bundle::Refused(problem) = &d.bundle else {
+            panic!("{:?}", d.bundle)
+        };
+        assert_eq!(problem.reason, reason::OLD_INTERMEDIATE_EXPIRING);
+        let expires = (t0() + day * 90).to_string();
+        assert!(
+            problem.message.contains(&format!("expires at {expires}")) && problem.message.contains("renew"),
+            "{}",
+            problem.message
+        );
+        assert_eq!((w.phase(), w.writes), (None, 0), "nothing starts, nothing is written");
+
+        // Held in AddingNewRoot: the switch must come by a drain before the end (t0 + 89d - 1h),
+        // said from a drain before that on (t0 + 88d - 2h), once as a Warning.
+        let act_by = t0() + day * 90 - SignedDuration::from_hours(25);
+        let warn_from = act_by - SignedDuration::from_hours(25);
+        // (case, mode, paused, at, RootRotation reason, warning raised, requeue at)
+        type Row<'a> = (&'a str, RotationMode, bool, Timestamp, &'a str, bool, Option<Timestamp>);
+        let rows: Vec<Row> = vec![
+            (
+                "Manual, well before: it looks again when the warning is due",
+                RotationMode::Manual,
+                false,
+                t0() + day * 70,
+                reason::WAITING_FOR_ADVANCE,
+                false,
+                Some(warn_from),
+            ),
+            (
+                "Manual, a drain before the deadline: it says by when to act",
+                RotationMode::Manual,
+                false,
+                t0() + day * 88,
+                reason::OLD_INTERMEDIATE_EXPIRING,
+                true,
+                None,
+            ),
+            (
+                "paused, the same",
+                RotationMode::Automatic,
+                true,
+                t0() + day * 88,
+                reason::OLD_INTERMEDIATE_EXPIRING,
+                true,
+                None,
+            ),
+            (
+                "Automatic and running: it switches in time by itself",
+                RotationMode::Automatic,
+                false,
+                t0() + day * 60 + SignedDuration::from_mins(30),
+                reason::WAITING,
+                false,
+                Some(t0() + day * 60 + HOUR),
+            ),
+        ];
+        for (case, mode, paused, at, expected, warned, requeue) in rows {
+            let mut w = World::new(mode);
+            w.reconcile(true, None, t0() + day * 60);
+            assert_eq!(w.phase(), Some(RotationPhase::AddingNewRoot), "{case}");
+            w.spec.paused = paused;
+            let d = w.reconcile(true, None, at);
+            assert_eq!(w.phase(), Some(RotationPhase::AddingNewRoot), "{case}");
+            let (got, message) = w.condition.clone().unwrap();
+            assert_eq!(got, expected, "{case}: {message}");
+            assert_eq!(d.expiring_warning.is_some(), warned, "{case}");
+            if warned {
+                assert!(message.contains(&format!("by {act_by}")), "{case}: {message}");
+                // Once: the next look keeps the condition and raises no second Warning.
+                let d = w.reconcile(true, None, at + HOUR);
+                assert_eq!(w.condition.as_ref().unwrap().0, expected, "{case}");
+                assert!(d.expiring_warning.is_none(), "{case}: warned twice");
+            } else {
+                assert_eq!(d.requeue_at, requeue, "{case}");
+            }
+        }
     }
 }

@@ -91,8 +91,14 @@ impl IstioSystem {
         }
         let ns = TestNamespace::create_named(&client, ISTIO_NAMESPACE, kubeconfig).await;
         let logs = tempfile::tempdir().expect("log directory");
-        let mut controller =
-            ControllerProcess::start_with_kubeconfig(kubeconfig, &["--namespace", ISTIO_NAMESPACE], logs.path());
+        // The issuers here bootstrap their roots in istio-system itself, which the controller
+        // refuses unless allowed (security.md, guard 12).
+        let flags = [
+            "--namespace",
+            ISTIO_NAMESPACE,
+            "--allow-root-bootstrap-in-istio-namespaces=true",
+        ];
+        let mut controller = ControllerProcess::start_with_kubeconfig(kubeconfig, &flags, logs.path());
         assert!(
             controller.wait_ready(TIMEOUT).await,
             "controller ready: {}",
@@ -150,7 +156,9 @@ impl IstioSystem {
         let root: Secret = other.ns.api().get(&name).await.expect("root Secret");
         let copy = serde_json::json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name, "namespace": ISTIO_NAMESPACE},
+            // Its labels too: in an Istio namespace a Secret serves as a CA only when labelled
+            // meshca.io/ca: "true" (security.md, guard 11).
+            "metadata": {"name": name, "namespace": ISTIO_NAMESPACE, "labels": root.metadata.labels},
             "type": root.type_, "data": root.data,
         });
         self.ns

@@ -387,6 +387,14 @@ pub async fn http_post_json(port: u16, path: &str, body: &serde_json::Value) -> 
     http_request(port, "POST", path, Some(body)).await
 }
 
+/// The lowest bounds on a root rotation's delays: every controller process a test starts gets
+/// these unless it passes the flag itself (a test of the defaults passes `--workload-cert-ttl=24h`).
+pub const TEST_ROTATION_FLAGS: [&str; 3] = [
+    "--workload-cert-ttl=1s",
+    "--clock-skew-allowance=0s",
+    "--min-trust-propagation-delay=0s",
+];
+
 /// The controller binary running as a child process; killed on drop.
 pub struct ControllerProcess {
     pub child: std::process::Child,
@@ -416,6 +424,17 @@ impl ControllerProcess {
             .args(extra_args)
             // Tests run many controllers side by side: no leader election unless a test asks.
             .args((!extra_args.iter().any(|a| a.starts_with("--leader-elect"))).then_some("--leader-elect=false"))
+            // Rotations in tests wait seconds, not istiod's 24h: the one place the delays'
+            // minimums are lowered, unless the test passes its own.
+            .args(
+                TEST_ROTATION_FLAGS
+                    .iter()
+                    .filter(|flag| {
+                        let name = flag.split('=').next().unwrap_or_default();
+                        !extra_args.iter().any(|a| a.starts_with(name))
+                    })
+                    .copied(),
+            )
             .env_remove("RUST_LOG")
             // Never reach for the EC2 metadata service from a test.
             .env("AWS_EC2_METADATA_DISABLED", "true")
