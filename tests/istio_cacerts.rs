@@ -38,6 +38,16 @@ impl std::ops::Deref for Env {
 
 async fn env_with(prefix: &str, flags: &[&str], root_duration: &str) -> Env {
     let (lock, client, ns) = support::namespaced_test(prefix).await;
+    env_in(lock, client, ns, flags, root_duration).await
+}
+
+async fn env_in(
+    lock: ScopeLock,
+    client: kube::Client,
+    ns: support::TestNamespace,
+    flags: &[&str],
+    root_duration: &str,
+) -> Env {
     let mut args = vec!["--namespace", ns.name.as_str()];
     args.extend_from_slice(flags);
     let controller = RunningController::start(&args).await;
@@ -702,6 +712,143 @@ async fn bad_sources_leave_cacerts_untouched_with_the_cause() {
         );
         assert_eq!(data(&now_cacerts), data(&good), "{expected}");
     }
+}
+
+/// Everything of a Secret that a write could change.
+fn fingerprint_of(secret: &Secret) -> impl PartialEq + std::fmt::Debug {
+    (
+        secret.uid(),
+        secret.resource_version(),
+        secret.type_.clone(),
+        data(secret),
+        secret.labels().clone(),
+        secret.annotations().clone(),
+    )
+}
+
+/// Only the Secrets on `--cacerts-secret-names` (default `cacerts`) are written: an
+/// IstioCACerts aimed at a gateway's TLS Secret in istiod's namespace, adoption asked for, is
+/// refused with a condition naming the flag and the Helm value, and the gateway's Secret stays
+/// exactly as it was (before, the controller deleted it and made an Opaque `cacerts`-shaped
+/// Secret of it).
+#[tokio::test]
+async fn a_target_outside_the_allowed_names_is_refused_and_left_byte_for_byte() {
+    let env = env("icc-allow").await;
+    issue(&env, "mesh", None).await;
+    let dir = openssl::Workdir::new();
+    dir.req_with_new_p256_key(
+        "gw.key",
+        "gw.pem",
+        Some(30),
+        "/CN=ingress.example",
+        &["subjectAltName=DNS:ingress.example"],
+    );
+    let gateway: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "istio-ingressgateway-certs", "labels": {"app": "istio-ingressgateway"}},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": dir.read("gw.pem"), "tls.key": dir.read("gw.key")}
+    }))
+    .unwrap();
+    let secrets = env.ns.api::<Secret>();
+    let before = secrets.create(&PostParams::default(), &gateway).await.unwrap();
+    env.create_icc(IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        target_secret_name: "istio-ingressgateway-certs".into(),
+        adopt_existing: true,
+        ..Default::default()
+    })
+    .await;
+    let icc = wait_condition(&env, "Ready", "TargetNotAllowed").await;
+    let message = condition_message(&icc, "Ready");
+    for needed in [
+        "istio-ingressgateway-certs",
+        "--cacerts-secret-names",
+        "controller.cacertsSecretNames",
+    ] {
+        assert!(message.contains(needed), "{needed}: {message}");
+    }
+    wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "TargetNotAllowed").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = secrets.get("istio-ingressgateway-certs").await.unwrap();
+    assert_eq!(
+        fingerprint_of(&after),
+        fingerprint_of(&before),
+        "the gateway's Secret is untouched"
+    );
+    assert!(
+        secrets.get_opt("cacerts").await.unwrap().is_none(),
+        "nothing else written"
+    );
+}
+
+/// `targetSecretName == sourceSecretName` is refused by the controller too, not only by the
+/// CRD's rule: an object stored before the rule existed (or on an API server that does not
+/// run CEL) must not have cert-manager's Secret overwritten. Here the rule is taken off the CRD
+/// for the moment it takes to store such an object (hence the exclusive lock).
+#[tokio::test]
+async fn a_target_that_is_the_source_is_refused_and_cert_managers_secret_kept() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let client = support::admin_client().await;
+    support::ensure_crds(&client).await;
+    let lock = ScopeLock::exclusive().await;
+    let ns = support::TestNamespace::create(&client, "icc-onto-source").await;
+    let env = env_in(lock, client.clone(), ns, &[], "87600h").await;
+    issue(&env, "mesh", None).await;
+    let secrets = env.ns.api::<Secret>();
+    let before = secrets.get(SOURCE).await.unwrap();
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(support::TEST_MANAGER).force();
+    let original = mesh_ca_issuer::api::crds()
+        .into_iter()
+        .find(|c| c.name_any() == "istiocacerts.meshca.io")
+        .unwrap();
+    let mut without_rule = serde_json::to_value(&original).unwrap();
+    without_rule["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("x-kubernetes-validations")
+        .expect("the CRD has the rule");
+    crds.patch(original.name_any().as_str(), &params, &Patch::Apply(&without_rule))
+        .await
+        .unwrap();
+    let onto_source = IstioCACerts::new(
+        "mesh",
+        IstioCACertsSpec {
+            source_secret_name: SOURCE.into(),
+            target_secret_name: SOURCE.into(),
+            adopt_existing: true,
+            ..Default::default()
+        },
+    );
+    // The API server takes the CRD change in a moment.
+    let stored = eventually(TIMEOUT, || async {
+        env.ns
+            .api::<IstioCACerts>()
+            .create(&PostParams::default(), &onto_source)
+            .await
+            .ok()
+    })
+    .await;
+    crds.patch(original.name_any().as_str(), &params, &Patch::Apply(&original))
+        .await
+        .unwrap();
+    assert!(stored.is_some(), "stored while the CRD had no rule");
+
+    let icc = wait_condition(&env, "Ready", "TargetIsSource").await;
+    let message = condition_message(&icc, "Ready");
+    assert!(
+        message.contains(SOURCE) && message.contains("cert-manager"),
+        "{message}"
+    );
+    wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "TargetIsSource").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = secrets.get(SOURCE).await.unwrap();
+    assert_eq!(
+        fingerprint_of(&after),
+        fingerprint_of(&before),
+        "cert-manager's Secret is untouched"
+    );
 }
 
 #[tokio::test]

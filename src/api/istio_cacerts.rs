@@ -62,7 +62,9 @@ pub struct IstioCACertsSpec {
     /// `tls.key`, `ca.crt`), in this namespace.
     #[schemars(length(min = 1))]
     pub source_secret_name: String,
-    /// The Secret istiod reads, in this namespace.
+    /// The Secret istiod reads, in this namespace. Must be one the controller is allowed to
+    /// write (its `--cacerts-secret-names` flag, Helm value `controller.cacertsSecretNames`,
+    /// default `cacerts`); any other name is refused and nothing is written.
     #[serde(default = "default_target")]
     pub target_secret_name: String,
     /// Take over an existing target Secret that mesh-ca-issuer did not create. Off by default:
@@ -233,8 +235,12 @@ pub struct RotationHistoryEntry {
     pub message: String,
 }
 
+/// istiod's CA Secret: the default `targetSecretName`, and the default (and usually only) name
+/// the controller may write (`--cacerts-secret-names`).
+pub const DEFAULT_TARGET_SECRET_NAME: &str = "cacerts";
+
 fn default_target() -> String {
-    "cacerts".to_string()
+    DEFAULT_TARGET_SECRET_NAME.to_string()
 }
 
 impl Default for IstioCACertsSpec {

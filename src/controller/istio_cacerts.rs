@@ -49,6 +49,7 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
     let observed = observe(&ctx, icc).await?;
     let settings = Settings {
         thresholds: ctx.config.thresholds(),
+        cacerts_secret_names: ctx.config.cacerts_secret_names.clone(),
     };
     let plan = decide(&observed, &settings);
     act(&ctx, &observed, plan).await

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
+use super::secret_data::SecretData;
 use crate::pki::chain::{self, ChainError};
 use crate::pki::{Certificate, SigningKey, strength};
 
@@ -48,6 +49,10 @@ pub mod reason {
     pub const ISTIOD_SELF_SIGNED: &str = "IstiodSelfSignedCA";
     pub const ROOT_CHANGED: &str = "RootChanged";
     pub const WRITE_FAILED: &str = "WriteFailed";
+    /// `targetSecretName` is not in `--cacerts-secret-names`.
+    pub const TARGET_NOT_ALLOWED: &str = "TargetNotAllowed";
+    /// `targetSecretName` is `sourceSecretName`.
+    pub const TARGET_IS_SOURCE: &str = "TargetIsSource";
 }
 
 /// Why `cacerts` is not (re)written, and what to do about it. Never carries key material.
@@ -131,12 +136,13 @@ pub fn read_source(data: &BTreeMap<String, Vec<u8>>, display: &str) -> Result<So
     })
 }
 
-/// The target Secret as found.
+/// The target Secret as found. `Debug` shows its data's key names and sizes only
+/// ([`SecretData`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Absent,
     Present {
-        data: BTreeMap<String, Vec<u8>>,
+        data: SecretData,
         /// Which IstioCACerts (if any) marked it as theirs.
         owner: Option<String>,
     },
@@ -228,12 +234,12 @@ pub fn verify_bundle(data: &BTreeMap<String, Vec<u8>>, now: Timestamp) -> Result
     })
 }
 
-/// What to write, and whether that changes anything. `Debug` shows the keys of `data` and
-/// redacts `ca-key.pem`.
+/// What to write, and whether that changes anything. `Debug` shows the key names and sizes of
+/// `data`, never its values.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CacertsPlan {
     /// Exactly the four keys istiod reads.
-    pub data: BTreeMap<String, Vec<u8>>,
+    pub data: SecretData,
     pub contents: BundleContents,
     /// False when the target already holds exactly this: no write.
     pub changed: bool,
@@ -245,20 +251,8 @@ pub struct CacertsPlan {
 
 impl std::fmt::Debug for CacertsPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let data: BTreeMap<&str, String> = self
-            .data
-            .iter()
-            .map(|(k, v)| {
-                let shown = if k == CA_KEY {
-                    "<redacted>".to_string()
-                } else {
-                    String::from_utf8_lossy(v).into_owned()
-                };
-                (k.as_str(), shown)
-            })
-            .collect();
         f.debug_struct("CacertsPlan")
-            .field("data", &data)
+            .field("data", &self.data)
             .field("contents", &self.contents)
             .field("changed", &self.changed)
             .field("adopting", &self.adopting)
@@ -344,7 +338,7 @@ pub fn plan(
         chain_pem.push_str(&c.to_pem());
     }
     chain_pem.push_str(&source.root.to_pem());
-    let data: BTreeMap<String, Vec<u8>> = [
+    let data: SecretData = [
         (CA_CERT.to_string(), intermediate_pem.into_bytes()),
         (CA_KEY.to_string(), source.key_pem.to_vec()),
         (CERT_CHAIN.to_string(), chain_pem.into_bytes()),
@@ -436,9 +430,9 @@ mod tests {
         .into()
     }
 
-    fn owned(data: BTreeMap<String, Vec<u8>>) -> Target {
+    fn owned(data: impl Into<SecretData>) -> Target {
         Target::Present {
-            data,
+            data: data.into(),
             owner: Some("mesh".into()),
         }
     }
@@ -551,7 +545,7 @@ mod tests {
         let p = plan(
             &source(&pki),
             &Target::Present {
-                data: tls_format,
+                data: tls_format.into(),
                 owner: None,
             },
             "mesh",
@@ -640,10 +634,20 @@ mod tests {
         let pki = pki();
         let src = source(&pki);
         let plan = plan(&src, &Target::Absent, "mesh", false, now()).unwrap();
-        for shown in [format!("{src:?}"), format!("{plan:?}"), format!("{:?}", pki.root_key)] {
-            assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        let target = owned(plan.data.clone());
+        for (what, shown) in [
+            ("SourceBundle", format!("{src:?}")),
+            ("CacertsPlan", format!("{plan:?}")),
+            ("Target", format!("{target:?}")),
+        ] {
+            crate::istio::secret_data::tests::assert_not_shown(&shown, &src.key_pem, what);
         }
-        assert!(format!("{plan:?}").contains("<redacted>"));
+        crate::istio::secret_data::tests::assert_not_shown(
+            &format!("{:?}", pki.root_key),
+            pki.root_key.to_pem().as_bytes(),
+            "SigningKey",
+        );
+        assert!(format!("{plan:?}").contains("\"ca-key.pem\": <"), "{plan:?}");
     }
 
     #[test]

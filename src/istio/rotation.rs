@@ -697,7 +697,7 @@ pub fn check_new_root(source: &SourceBundle, old: &Certificate, now: Timestamp) 
         chain.push_str(&c.to_pem());
     }
     chain.push_str(&new.to_pem());
-    let data = [
+    let data: super::secret_data::SecretData = [
         (CA_CERT.to_string(), source.intermediate.to_pem().into_bytes()),
         (CA_KEY.to_string(), source.key_pem.to_vec()),
         (CERT_CHAIN.to_string(), chain.into_bytes()),
