@@ -14,7 +14,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::{Certificate as CertManagerCertificate, CertificateRequest};
 use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, RootBootstrap};
-use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, KeyRef, PublishRoot, TrustAnchor};
+use mesh_ca_issuer::api::istio_cacerts::{
+    AdoptExisting, IstioCACerts, IstioCACertsSpec, KeyRef, PublishRoot, TrustAnchor,
+};
 use support::chart::{InstalledChart, chart_dir as chart, helm, text, tool};
 use support::{ControllerProcess, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, repo_root};
 
@@ -675,7 +677,7 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
     let spec = IstioCACertsSpec {
         source_secret_name: "istiod-intermediate".into(),
         target_secret_name: "cacerts".into(),
-        adopt_existing: false,
+        adopt_existing: AdoptExisting::Never,
         trust_anchors: vec![TrustAnchor {
             name: "peer".into(),
             trust_domains: vec!["peer.example".into()],

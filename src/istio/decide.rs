@@ -23,7 +23,8 @@ use super::tracking::{CERTIFICATES_HEALTHY, Role, Tracked, health};
 use super::trust_bundle::{self, AnchorInput, Assembly, Change, CheckedAnchors};
 use crate::api::conditions::{self, READY};
 use crate::api::istio_cacerts::{
-    ADVANCE_ROTATION_ANNOTATION, IstioCACertsStatus, MeshConfigAdvice, RotationPhase, TrackedAnchor, TrackedCertificate,
+    ADVANCE_ROTATION_ANNOTATION, AdoptExisting, IstioCACertsStatus, MeshConfigAdvice, RotationPhase, TrackedAnchor,
+    TrackedCertificate,
 };
 use crate::pki::Certificate;
 use crate::pki::renewal::Life;
@@ -50,7 +51,10 @@ pub fn decide(o: &Observed, settings: &Settings) -> Plan {
     let rotation = facts.rotation(o);
     let (decision, trust) = facts.cacerts_plan(o, rotation.as_ref());
     let outcome = |ready, live, step| Outcome::of(o, settings, &trust, rotation.as_ref(), ready, live, step);
-    let plan = match decision {
+    let plan = match decision.and_then(|plan| match recreate_refused(o, &plan) {
+        Some(problem) => Err(problem),
+        None => Ok(plan),
+    }) {
         Ok(plan) => plan,
         // done: nothing to write; what is in place stays and is tracked
         Err(problem) => {
@@ -94,6 +98,14 @@ pub fn decide(o: &Observed, settings: &Settings) -> Plan {
 fn target_refused(o: &Observed, settings: &Settings) -> Option<Problem> {
     let spec = &o.icc.spec;
     let target = &spec.target_secret_name;
+    if let AdoptExisting::Invalid(value) = &spec.adopt_existing {
+        return Some(Problem {
+            reason: cacerts::reason::INVALID_SPEC,
+            message: format!(
+                "spec.adoptExisting is {value}, which is none of false, true (the same as KeepForeignKeys), KeepForeignKeys or Replace; nothing is written until it is one of them"
+            ),
+        });
+    }
     if *target == spec.source_secret_name {
         return Some(Problem {
             reason: cacerts::reason::TARGET_IS_SOURCE,
@@ -117,6 +129,37 @@ fn target_refused(o: &Observed, settings: &Settings) -> Option<Problem> {
         });
     }
     None
+}
+
+/// Adopting a `kubernetes.io/*` typed Secret means deleting it and creating it again (its type
+/// cannot change). One that carries keys istiod does not read is someone else's too: it is
+/// never deleted unless the user asked for `adoptExisting: Replace` (which also drops those
+/// keys, so `kept_keys` is empty then).
+fn recreate_refused(o: &Observed, plan: &CacertsPlan) -> Option<Problem> {
+    let target = o.target.as_ref()?;
+    if secret_write(o) != SecretWrite::Recreate || plan.kept_keys.is_empty() {
+        return None;
+    }
+    Some(Problem {
+        reason: cacerts::reason::ADOPTION_NEEDS_REPLACE,
+        message: format!(
+            "{} is of type {} and carries keys istiod does not read ({}); adopting it means deleting it and creating it again as Opaque, which adoptExisting: true (KeepForeignKeys) never does. It is left untouched. Set adoptExisting: Replace to take it over anyway (those keys are then removed), or move them to another Secret",
+            o.secret_display(&o.icc.spec.target_secret_name),
+            target.type_.as_deref().unwrap_or_default(),
+            plan.kept_keys.join(", ")
+        ),
+    })
+}
+
+/// How the target is written: created, replaced, or (a `kubernetes.io/*` typed Secret, whose
+/// built-in type has keys the API server requires) deleted and created as Opaque.
+fn secret_write(o: &Observed) -> SecretWrite {
+    let typed = |s: &Secret| s.type_.as_deref().is_some_and(|t| t.starts_with("kubernetes.io/"));
+    match &o.target {
+        None => SecretWrite::Create,
+        Some(s) if typed(s) => SecretWrite::Recreate,
+        Some(_) => SecretWrite::Replace,
+    }
 }
 
 /// Where the `cacerts` step leaves the planned bundle.
@@ -196,7 +239,7 @@ impl Facts {
             Some(Ok(source)) => {
                 let ordinary = rotation::Bundle::Ordinary;
                 let bundle = rotation.map_or(&ordinary, |r| &r.bundle);
-                rotation::plan(source, bundle, &self.target, o.name(), spec.adopt_existing, o.now)
+                rotation::plan(source, bundle, &self.target, o.name(), &spec.adopt_existing, o.now)
             }
         };
         // The anchors join root-cert.pem only when every one of them is good; otherwise
@@ -256,14 +299,14 @@ fn cacerts_write(
             plan.dropped_keys
         ));
     }
-    // Every built-in `kubernetes.io/*` type has keys the API server requires.
-    let typed = |s: &Secret| s.type_.as_deref().is_some_and(|t| t.starts_with("kubernetes.io/"));
+    if plan.adopting && !plan.kept_keys.is_empty() {
+        note.push_str(&format!(
+            "; kept keys {:?}, which istiod does not read (adoptExisting: Replace would remove them)",
+            plan.kept_keys
+        ));
+    }
     CacertsWrite {
-        how: match &o.target {
-            None => SecretWrite::Create,
-            Some(s) if typed(s) => SecretWrite::Recreate,
-            Some(_) => SecretWrite::Replace,
-        },
+        how: secret_write(o),
         data: plan.data.clone(),
         owner: o.name().to_string(),
         record: match trust {
@@ -960,14 +1003,20 @@ mod tests {
                 ..fresh.clone()
             }
         };
-        let adopting = |type_| {
+        // Adopting someone else's cacerts of `type_`, with a key of theirs istiod does not read
+        // when `note`.
+        let adopting_as = |type_: Option<&str>, adopt_existing: AdoptExisting, note: bool| {
             let mut o = foreign(type_);
+            if let Some(data) = o.target.as_mut().and_then(|s| s.data.as_mut()).filter(|_| note) {
+                data.insert("note".into(), k8s_openapi::ByteString(b"by an operator".to_vec()));
+            }
             o.icc = std::sync::Arc::new(istio_cacerts(IstioCACertsSpec {
-                adopt_existing: true,
+                adopt_existing,
                 ..spec()
             }));
             o
         };
+        let adopting = |type_| adopting_as(type_, AdoptExisting::KeepForeignKeys, false);
         // A gateway's TLS Secret named as the target (adoption asked for, even): not on the
         // allow-list.
         let gateway = {
@@ -1092,6 +1141,44 @@ mod tests {
                 adopting(Some("kubernetes.io/tls")),
                 Expect {
                     write: Some(Recreate),
+                    ..SYNCED
+                },
+            ),
+            // Adopting keeps the keys istiod does not read: replaced with them in.
+            (
+                "adoption keeps foreign keys",
+                adopting_as(None, AdoptExisting::KeepForeignKeys, true),
+                Expect {
+                    write: Some(Replace),
+                    ..SYNCED
+                },
+            ),
+            // A typed Secret with such keys is not deleted to re-create it...
+            (
+                "adoption of a typed Secret with foreign keys",
+                adopting_as(Some("kubernetes.io/tls"), AdoptExisting::KeepForeignKeys, true),
+                Expect {
+                    ready: "AdoptionNeedsReplace",
+                    events: &["AdoptionNeedsReplace"],
+                    ..SYNCED
+                },
+            ),
+            // ...unless Replace is asked for.
+            (
+                "replacing a typed Secret with foreign keys",
+                adopting_as(Some("kubernetes.io/tls"), AdoptExisting::Replace, true),
+                Expect {
+                    write: Some(Recreate),
+                    ..SYNCED
+                },
+            ),
+            // A value the API server cannot check is refused by name.
+            (
+                "adoptExisting invalid",
+                adopting_as(None, AdoptExisting::Invalid("Sometimes".into()), false),
+                Expect {
+                    ready: "InvalidSpec",
+                    events: &["InvalidSpec"],
                     ..SYNCED
                 },
             ),
@@ -1409,7 +1496,7 @@ mod tests {
         let renewed_key = pki.renewed.key_pem.to_vec();
         let step = plan.cacerts.as_ref().unwrap();
         let target = target_state(written.target.as_ref());
-        let cacerts_plan = cacerts::plan(&pki.renewed, &target, "mesh", false, t0()).unwrap();
+        let cacerts_plan = cacerts::plan(&pki.renewed, &target, "mesh", &AdoptExisting::Never, t0()).unwrap();
         let shown = [
             ("Observed", format!("{written:?}")),
             ("Plan", format!("{plan:?}")),

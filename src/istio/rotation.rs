@@ -28,7 +28,9 @@ use super::cacerts::{
     self, BundleContents, CA_CERT, CA_KEY, CERT_CHAIN, Problem, ROOT_CERT, SourceBundle, Target, verify_bundle,
 };
 use super::trust_bundle::assemble;
-use crate::api::istio_cacerts::{RootRotation, RootRotationStatus, RotationHistoryEntry, RotationMode, RotationPhase};
+use crate::api::istio_cacerts::{
+    AdoptExisting, RootRotation, RootRotationStatus, RotationHistoryEntry, RotationMode, RotationPhase,
+};
 use crate::duration::parse_go_duration;
 use crate::pki::Certificate;
 
@@ -743,7 +745,7 @@ pub fn plan(
     bundle: &Bundle,
     target: &Target,
     owner: &str,
-    adopt_existing: bool,
+    adopt_existing: &AdoptExisting,
     now: Timestamp,
 ) -> Result<cacerts::CacertsPlan, Problem> {
     let (signer, root_cert) = match bundle {
@@ -860,7 +862,9 @@ mod tests {
             let old = source_under(&root(365));
             let new = source_under(&root(730));
             let target = Target::Present {
-                data: cacerts::plan(&old, &Target::Absent, "mesh", false, t0()).unwrap().data,
+                data: cacerts::plan(&old, &Target::Absent, "mesh", &AdoptExisting::Never, t0())
+                    .unwrap()
+                    .data,
                 owner: Some("mesh".into()),
             };
             let mut w = Self {
@@ -904,7 +908,7 @@ mod tests {
                 anchors: &[],
                 now,
             });
-            if let Ok(plan) = plan(source, &d.bundle, &self.target, "mesh", false, now) {
+            if let Ok(plan) = plan(source, &d.bundle, &self.target, "mesh", &AdoptExisting::Never, now) {
                 if plan.changed {
                     self.writes += 1;
                     self.target = Target::Present {
@@ -1140,7 +1144,9 @@ mod tests {
     fn unfit_new_roots_are_refused_and_nothing_is_written() {
         let old = source_under(&root(365));
         let target = Target::Present {
-            data: cacerts::plan(&old, &Target::Absent, "mesh", false, t0()).unwrap().data,
+            data: cacerts::plan(&old, &Target::Absent, "mesh", &AdoptExisting::Never, t0())
+                .unwrap()
+                .data,
             owner: Some("mesh".into()),
         };
         let mut expired = source_under(&root(365));
@@ -1253,7 +1259,7 @@ mod tests {
             }
         }
         // Not configured: cacerts::plan refuses the new root as it always has.
-        let err = plan(&short, &Bundle::Ordinary, &target, "mesh", false, t0()).unwrap_err();
+        let err = plan(&short, &Bundle::Ordinary, &target, "mesh", &AdoptExisting::Never, t0()).unwrap_err();
         assert_eq!(err.reason, cacerts::reason::ROOT_CHANGED);
     }
 
@@ -1265,7 +1271,7 @@ mod tests {
         w.old = source_under(&old_pki);
         w.new = source_under(&new_pki);
         w.target = Target::Present {
-            data: cacerts::plan(&w.old, &Target::Absent, "mesh", false, t0())
+            data: cacerts::plan(&w.old, &Target::Absent, "mesh", &AdoptExisting::Never, t0())
                 .unwrap()
                 .data,
             owner: Some("mesh".into()),
