@@ -252,7 +252,8 @@ pub fn verify_bundle(data: &BTreeMap<String, Vec<u8>>, now: Timestamp) -> Result
 /// `data`, never its values.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CacertsPlan {
-    /// Exactly the four keys istiod reads.
+    /// The four keys istiod reads, and the target's keys istiod does not read (kept unless
+    /// `adoptExisting: Replace`).
     pub data: SecretData,
     pub contents: BundleContents,
     /// False when the target already holds exactly this: no write.

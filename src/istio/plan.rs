@@ -146,7 +146,8 @@ pub enum SecretWrite {
 #[derive(Clone, PartialEq, Eq)]
 pub struct CacertsWrite {
     pub how: SecretWrite,
-    /// Exactly the four keys istiod reads.
+    /// The four keys istiod reads, and the target's keys istiod does not read (kept unless
+    /// `adoptExisting: Replace`).
     pub data: SecretData,
     /// The owner annotation's value: this IstioCACerts.
     pub owner: String,
