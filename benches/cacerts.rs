@@ -68,7 +68,7 @@ async fn main() {
     let spec = IstioCACertsSpec {
         source_secret_name: "istiod-intermediate".into(),
         target_secret_name: "cacerts".into(),
-        adopt_existing: false,
+        adopt_existing: mesh_ca_issuer::api::istio_cacerts::AdoptExisting::Never,
         ..Default::default()
     };
     iccs.create(&PostParams::default(), &IstioCACerts::new("istiod", spec))

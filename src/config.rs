@@ -72,6 +72,18 @@ pub struct Config {
     #[arg(long, env = "MESHCA_ALLOW_ROOT_BOOTSTRAP_IN_ISTIO_NAMESPACES", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_root_bootstrap_in_istio_namespaces: bool,
 
+    /// The only Secrets an IstioCACerts may write (its `targetSecretName`), comma-separated, in
+    /// any Istio namespace. Without this limit anyone who may create an IstioCACerts could have
+    /// the controller overwrite or delete any Secret there, a gateway's TLS Secret say. Helm:
+    /// `controller.cacertsSecretNames`, which grants update and delete on exactly these names.
+    #[arg(
+        long,
+        env = "MESHCA_CACERTS_SECRET_NAMES",
+        value_delimiter = ',',
+        default_value = crate::api::istio_cacerts::DEFAULT_TARGET_SECRET_NAME
+    )]
+    pub cacerts_secret_names: Vec<String>,
+
     /// The mesh's trust domain: the only one SPIFFE IDs in a request may name when an issuer's
     /// `spec.policy.allowedTrustDomains` is empty.
     #[arg(long, env = "MESHCA_TRUST_DOMAIN", default_value = "cluster.local")]
@@ -265,6 +277,7 @@ mod tests {
         // Secure by default: only istiod's namespace, only the default trust domain, no
         // ambient AWS identity and no endpoint override for namespaced issuers.
         assert_eq!(c.istio_namespaces, vec!["istio-system"]);
+        assert_eq!(c.cacerts_secret_names, vec!["cacerts"], "istiod's Secret only");
         assert_eq!(c.trust_domain, "cluster.local");
         assert!(!c.issuer_ambient_credentials);
         assert!(c.cluster_issuer_ambient_credentials);
@@ -282,6 +295,8 @@ mod tests {
         .unwrap();
         assert!(c.issuer_ambient_credentials && !c.cluster_issuer_ambient_credentials && c.issuer_endpoint_override);
         assert_eq!(c.istio_namespaces, vec!["istio-system", "istio-east"]);
+        let c = Config::try_parse_from(["mesh-ca-issuer", "--cacerts-secret-names", "cacerts,cacerts-east"]).unwrap();
+        assert_eq!(c.cacerts_secret_names, vec!["cacerts", "cacerts-east"]);
         let c = Config::try_parse_from(["mesh-ca-issuer", "--secret-namespaces", "cert-manager,istio-system"]).unwrap();
         assert_eq!(c.secret_namespaces, vec!["cert-manager", "istio-system"]);
     }

@@ -165,7 +165,13 @@ pub fn cacerts_source(data: &[u8]) {
     let Ok(source) = cacerts::read_source(&secret, "Secret fuzz/source") else {
         return;
     };
-    let Ok(plan) = cacerts::plan(&source, &Target::Absent, "fuzz", false, now()) else {
+    let Ok(plan) = cacerts::plan(
+        &source,
+        &Target::Absent,
+        "fuzz",
+        &crate::api::istio_cacerts::AdoptExisting::Never,
+        now(),
+    ) else {
         return;
     };
     assert!(
@@ -176,7 +182,13 @@ pub fn cacerts_source(data: &[u8]) {
         data: plan.data.clone(),
         owner: Some("fuzz".into()),
     };
-    let again = cacerts::plan(&source, &owned, "fuzz", false, now());
+    let again = cacerts::plan(
+        &source,
+        &owned,
+        "fuzz",
+        &crate::api::istio_cacerts::AdoptExisting::Never,
+        now(),
+    );
     assert!(
         again.is_ok_and(|p| !p.changed),
         "planning over its own result changes nothing"

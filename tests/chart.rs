@@ -14,7 +14,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::{Certificate as CertManagerCertificate, CertificateRequest};
 use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, RootBootstrap};
-use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, KeyRef, PublishRoot, TrustAnchor};
+use mesh_ca_issuer::api::istio_cacerts::{
+    AdoptExisting, IstioCACerts, IstioCACertsSpec, KeyRef, PublishRoot, TrustAnchor,
+};
 use support::chart::{InstalledChart, chart_dir as chart, helm, text, tool};
 use support::{ControllerProcess, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, repo_root};
 
@@ -400,6 +402,7 @@ fn trust_values_become_controller_flags_with_secure_defaults() {
             vec![
                 "--istio-namespaces=istio-system",
                 "--allow-root-bootstrap-in-istio-namespaces=false",
+                "--cacerts-secret-names=cacerts",
                 "--trust-domain=cluster.local",
                 "--issuer-ambient-credentials=false",
                 "--cluster-issuer-ambient-credentials=true",
@@ -422,9 +425,11 @@ fn trust_values_become_controller_flags_with_secure_defaults() {
                 "controller.workloadCertTTL=48h",
                 "controller.clockSkewAllowance=30s",
                 "controller.minTrustPropagationDelay=10m",
+                "controller.cacertsSecretNames={cacerts,cacerts-east}",
             ],
             vec![
                 "--istio-namespaces=istio-system,istio-east",
+                "--cacerts-secret-names=cacerts,cacerts-east",
                 "--trust-domain=mesh.example",
                 "--issuer-ambient-credentials=true",
                 "--cluster-issuer-ambient-credentials=false",
@@ -453,9 +458,80 @@ fn trust_values_become_controller_flags_with_secure_defaults() {
         let raised = set.contains(&"controller.workloadCertTTL=48h");
         let expected_drain = if raised { 48 * 3600 + 30 } else { 24 * 3600 + 300 };
         assert_eq!(drain, std::time::Duration::from_secs(expected_drain), "{args:?}");
+        let east = set.contains(&"controller.cacertsSecretNames={cacerts,cacerts-east}");
+        assert_eq!(
+            config.cacerts_secret_names,
+            if east {
+                vec!["cacerts", "cacerts-east"]
+            } else {
+                vec!["cacerts"]
+            }
+        );
         // No list by default: any Vault server, as cert-manager's Vault Issuer allows.
         let listed = set.iter().any(|s| s.starts_with("controller.vaultServers="));
         assert_eq!(config.vault_servers.len(), if listed { 2 } else { 0 }, "{args:?}");
+    }
+}
+
+/// In the Istio namespaces Secrets may be updated and deleted by name only: the names of
+/// `controller.cacertsSecretNames`. `create` cannot be limited by name; reading is for the
+/// source; `patch` is never granted.
+#[test]
+fn secret_writes_in_istio_namespaces_are_limited_to_the_cacerts_names() {
+    let secret_rules = |set: &[&str]| {
+        let rendered = template(set, "1.29.0");
+        assert!(rendered.status.success(), "{}", text(&rendered));
+        let stdout = String::from_utf8_lossy(&rendered.stdout).to_string();
+        serde_yaml::Deserializer::from_str(&stdout)
+            .filter_map(|doc| <serde_json::Value as serde::Deserialize>::deserialize(doc).ok())
+            .filter(|doc| doc["kind"] == "Role" && doc["metadata"]["name"] == "mesh-ca-issuer-secrets")
+            .map(|role| {
+                let rules: Vec<serde_json::Value> = role["rules"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r["resources"] == serde_json::json!(["secrets"]))
+                    .cloned()
+                    .collect();
+                (role["metadata"]["namespace"].as_str().unwrap().to_string(), rules)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let cases: Vec<(&[&str], serde_json::Value)> = vec![
+        (&[], serde_json::json!(["cacerts"])),
+        (
+            &[
+                "controller.cacertsSecretNames={cacerts-east,cacerts}",
+                "allowRootBootstrap=true",
+            ],
+            serde_json::json!(["cacerts", "cacerts-east"]),
+        ),
+    ];
+    for (set, names) in cases {
+        let roles = secret_rules(set);
+        let istio = &roles["istio-system"];
+        assert_eq!(
+            istio,
+            &vec![
+                serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "get", "list", "watch"]}),
+                serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": names, "verbs": ["delete", "update"]}),
+            ],
+            "{set:?}"
+        );
+        // Nowhere is a Secret updated, patched or deleted but by name.
+        for (ns, rules) in &roles {
+            for rule in rules {
+                let writes = rule["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|v| ["update", "patch", "delete", "*"].contains(&v.as_str().unwrap()));
+                assert!(
+                    !writes || rule["resourceNames"].is_array(),
+                    "{set:?}: {ns} grants {rule} on every Secret"
+                );
+            }
+        }
     }
 }
 
@@ -624,7 +700,7 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
     let spec = IstioCACertsSpec {
         source_secret_name: "istiod-intermediate".into(),
         target_secret_name: "cacerts".into(),
-        adopt_existing: false,
+        adopt_existing: AdoptExisting::Never,
         trust_anchors: vec![TrustAnchor {
             name: "peer".into(),
             trust_domains: vec!["peer.example".into()],
@@ -758,6 +834,30 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
         .get("mesh-root-ca")
         .await
         .expect("the root in the cluster resource namespace");
+
+    // Secrets in the Istio namespace other than istiod's CA Secret cannot be overwritten or
+    // deleted: a gateway's TLS Secret, say.
+    let gateway: Secret = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "istio-ingressgateway-certs"}, "stringData": {"tls.crt": "x"}}),
+    )
+    .unwrap();
+    let gateway = istio
+        .api::<Secret>()
+        .create(&PostParams::default(), &gateway)
+        .await
+        .unwrap();
+    forbidden(
+        Api::<Secret>::namespaced(as_chart.clone(), &istio.name)
+            .replace("istio-ingressgateway-certs", &PostParams::default(), &gateway)
+            .await,
+        "updating a Secret in the Istio namespace that is not on controller.cacertsSecretNames",
+    );
+    forbidden(
+        Api::<Secret>::namespaced(as_chart.clone(), &istio.name)
+            .delete("istio-ingressgateway-certs", &Default::default())
+            .await,
+        "deleting a Secret in the Istio namespace that is not on controller.cacertsSecretNames",
+    );
 
     // Least privilege: what the code never calls is denied too.
     forbidden(

@@ -24,7 +24,7 @@ use kube::api::{Api, PostParams};
 use mesh_ca_issuer::api::issuer::{
     AwsCredentialsSecretRef, AwsPCA, ClusterMeshCAIssuer, IssuerSpec, MeshCAIssuer, RootBootstrap,
 };
-use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
+use mesh_ca_issuer::api::istio_cacerts::{AdoptExisting, IstioCACerts, IstioCACertsSpec};
 use mesh_ca_issuer::build_info::{REVISION, VERSION};
 use support::chart::{InstalledChart, text};
 use support::{ControllerProcess, ScopeLock, admin_client, ensure_crds, eventually, repo_root};
@@ -519,7 +519,7 @@ async fn the_image_signs_an_istiod_intermediate_and_writes_cacerts_under_the_cha
                 IstioCACertsSpec {
                     source_secret_name: "istiod-intermediate".into(),
                     target_secret_name: "cacerts".into(),
-                    adopt_existing: false,
+                    adopt_existing: AdoptExisting::Never,
                     ..Default::default()
                 },
             ),

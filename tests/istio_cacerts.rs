@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use mesh_ca_issuer::api::issuer::{IssuancePolicy, MeshCAIssuer, RootBootstrap};
-use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, RenewalWindow};
+use mesh_ca_issuer::api::istio_cacerts::{AdoptExisting, IstioCACerts, IstioCACertsSpec, RenewalWindow};
 use mesh_ca_issuer::pki::policy::SigningPlan;
 use mesh_ca_issuer::pki::sign::{CaSigner, sign_csr};
 use mesh_ca_issuer::pki::{Certificate, CertificateSigningRequest, SigningKey};
@@ -38,6 +38,16 @@ impl std::ops::Deref for Env {
 
 async fn env_with(prefix: &str, flags: &[&str], root_duration: &str) -> Env {
     let (lock, client, ns) = support::namespaced_test(prefix).await;
+    env_in(lock, client, ns, flags, root_duration).await
+}
+
+async fn env_in(
+    lock: ScopeLock,
+    client: kube::Client,
+    ns: support::TestNamespace,
+    flags: &[&str],
+    root_duration: &str,
+) -> Env {
     let mut args = vec!["--namespace", ns.name.as_str()];
     args.extend_from_slice(flags);
     let controller = RunningController::start(&args).await;
@@ -71,12 +81,12 @@ async fn issue(
 async fn synced_env(prefix: &str) -> Env {
     let env = env(prefix).await;
     issue(&env, "mesh", None).await;
-    create_icc(&env, false).await;
+    create_icc(&env, AdoptExisting::Never).await;
     wait_condition(&env, "Ready", "Synced").await;
     env
 }
 
-async fn create_icc(env: &Env, adopt: bool) {
+async fn create_icc(env: &Env, adopt: AdoptExisting) {
     env.create_icc(IstioCACertsSpec {
         source_secret_name: SOURCE.into(),
         target_secret_name: "cacerts".into(),
@@ -165,7 +175,7 @@ async fn cacerts_is_written_verified_and_tracked_with_metrics() {
         Some(Duration::from_secs(500 * 3600)),
     )
     .await;
-    create_icc(&env, false).await;
+    create_icc(&env, AdoptExisting::Never).await;
     let icc = wait_condition(&env, "Ready", "Synced").await;
 
     let secret = cacerts(&env).await.expect("cacerts written");
@@ -305,7 +315,7 @@ async fn a_foreign_cacerts_is_untouched_unless_adoption_is_asked_for() {
         .await
         .unwrap();
     let before = cacerts(&env).await.unwrap();
-    create_icc(&env, false).await;
+    create_icc(&env, AdoptExisting::Never).await;
     let icc = wait_condition(&env, "Ready", "NotOwned").await;
     assert!(condition_message(&icc, "Ready").contains("adoptExisting"));
     wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "NotOwned").await;
@@ -317,7 +327,8 @@ async fn a_foreign_cacerts_is_untouched_unless_adoption_is_asked_for() {
         "untouched"
     );
 
-    // Asked to adopt: written, marked ours, the foreign keys gone.
+    // Asked to adopt (`true`, as before `Replace` existed): written, marked ours, and the
+    // operator's key istiod does not read is kept as it was.
     let adopt = serde_json::json!({"spec": {"adoptExisting": true}});
     env.ns
         .api::<IstioCACerts>()
@@ -332,10 +343,79 @@ async fn a_foreign_cacerts_is_untouched_unless_adoption_is_asked_for() {
     );
     assert_eq!(
         data(&adopted).keys().collect::<Vec<_>>(),
+        vec!["ca-cert.pem", "ca-key.pem", "cert-chain.pem", "note", "root-cert.pem"]
+    );
+    assert_eq!(data(&adopted)["note"], b"by an operator");
+    let note = wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "Written").await;
+    assert!(note.starts_with("Adopted") && note.contains("kept keys"), "{note}");
+
+    // Replace asked for: the operator's key goes too.
+    let replace = serde_json::json!({"spec": {"adoptExisting": "Replace"}});
+    env.ns
+        .api::<IstioCACerts>()
+        .patch("mesh", &PatchParams::default(), &Patch::Merge(&replace))
+        .await
+        .unwrap();
+    let replaced = eventually(TIMEOUT, || async {
+        let secret = cacerts(&env).await?;
+        (!data(&secret).contains_key("note")).then_some(secret)
+    })
+    .await
+    .expect("the foreign key removed with Replace");
+    assert_eq!(
+        data(&replaced).keys().collect::<Vec<_>>(),
         vec!["ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"]
     );
-    let note = wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "Written").await;
-    assert!(note.starts_with("Adopted"), "{note}");
+}
+
+/// A `kubernetes.io/tls` Secret that carries keys istiod does not read is someone else's too:
+/// adopting it would delete it (its type cannot change), which `adoptExisting: true` never
+/// does. It stays byte for byte (`AdoptionNeedsReplace`) until `Replace` is asked for.
+#[tokio::test]
+async fn adopting_never_deletes_a_typed_secret_with_foreign_keys_unless_replace_is_asked_for() {
+    let env = env("icc-adopt-foreign").await;
+    issue(&env, "mesh", None).await;
+    let dir = openssl::Workdir::new();
+    dir.req_with_new_p256_key(
+        "old.key",
+        "old.pem",
+        Some(30),
+        "/CN=old hand-made CA",
+        &["basicConstraints=critical,CA:TRUE"],
+    );
+    let tls: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "cacerts"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": dir.read("old.pem"), "tls.key": dir.read("old.key"), "backup.pem": "someone else's"}
+    }))
+    .unwrap();
+    let secrets = env.ns.api::<Secret>();
+    let before = secrets.create(&PostParams::default(), &tls).await.unwrap();
+    create_icc(&env, AdoptExisting::KeepForeignKeys).await;
+    let icc = wait_condition(&env, "Ready", "AdoptionNeedsReplace").await;
+    let message = condition_message(&icc, "Ready");
+    assert!(
+        message.contains("backup.pem") && message.contains("Replace"),
+        "{message}"
+    );
+    wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "AdoptionNeedsReplace").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = secrets.get("cacerts").await.unwrap();
+    assert_eq!(
+        fingerprint_of(&after),
+        fingerprint_of(&before),
+        "not deleted, not changed"
+    );
+
+    env.patch_icc(serde_json::json!({"spec": {"adoptExisting": "Replace"}}))
+        .await;
+    wait_condition(&env, "Ready", "Synced").await;
+    let adopted = cacerts(&env).await.unwrap();
+    assert_eq!(adopted.type_.as_deref(), Some("Opaque"));
+    assert_eq!(
+        data(&adopted).keys().collect::<Vec<_>>(),
+        vec!["ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"]
+    );
 }
 
 /// A `kubernetes.io/tls` Secret must keep `tls.crt`/`tls.key` and cannot change type, so a plain
@@ -364,7 +444,7 @@ async fn adopting_a_tls_typed_cacerts_replaces_it_with_an_opaque_one() {
         .create(&PostParams::default(), &tls)
         .await
         .unwrap();
-    create_icc(&env, true).await;
+    create_icc(&env, AdoptExisting::KeepForeignKeys).await;
     wait_condition(&env, "Ready", "Synced").await;
     let adopted = cacerts(&env).await.expect("cacerts exists");
     assert_eq!(adopted.type_.as_deref(), Some("Opaque"));
@@ -446,7 +526,7 @@ async fn a_refused_cacerts_write_is_retried_until_it_is_allowed() {
     let spec = IstioCACertsSpec {
         source_secret_name: SOURCE.into(),
         target_secret_name: "cacerts".into(),
-        adopt_existing: false,
+        adopt_existing: AdoptExisting::Never,
         ..Default::default()
     };
     api.create(&PostParams::default(), &IstioCACerts::new("mesh", spec))
@@ -538,7 +618,7 @@ async fn istiods_self_signed_ca_is_never_touched_even_when_adopting() {
         .await
         .unwrap();
     let before = cacerts(&env).await.unwrap();
-    create_icc(&env, true).await;
+    create_icc(&env, AdoptExisting::KeepForeignKeys).await;
     let icc = wait_condition(&env, "Ready", "IstiodSelfSignedCA").await;
     assert!(condition_message(&icc, "Ready").contains("istio-generated"));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -704,6 +784,143 @@ async fn bad_sources_leave_cacerts_untouched_with_the_cause() {
     }
 }
 
+/// Everything of a Secret that a write could change.
+fn fingerprint_of(secret: &Secret) -> impl PartialEq + std::fmt::Debug {
+    (
+        secret.uid(),
+        secret.resource_version(),
+        secret.type_.clone(),
+        data(secret),
+        secret.labels().clone(),
+        secret.annotations().clone(),
+    )
+}
+
+/// Only the Secrets on `--cacerts-secret-names` (default `cacerts`) are written: an
+/// IstioCACerts aimed at a gateway's TLS Secret in istiod's namespace, adoption asked for, is
+/// refused with a condition naming the flag and the Helm value, and the gateway's Secret stays
+/// exactly as it was (before, the controller deleted it and made an Opaque `cacerts`-shaped
+/// Secret of it).
+#[tokio::test]
+async fn a_target_outside_the_allowed_names_is_refused_and_left_byte_for_byte() {
+    let env = env("icc-allow").await;
+    issue(&env, "mesh", None).await;
+    let dir = openssl::Workdir::new();
+    dir.req_with_new_p256_key(
+        "gw.key",
+        "gw.pem",
+        Some(30),
+        "/CN=ingress.example",
+        &["subjectAltName=DNS:ingress.example"],
+    );
+    let gateway: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "istio-ingressgateway-certs", "labels": {"app": "istio-ingressgateway"}},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": dir.read("gw.pem"), "tls.key": dir.read("gw.key")}
+    }))
+    .unwrap();
+    let secrets = env.ns.api::<Secret>();
+    let before = secrets.create(&PostParams::default(), &gateway).await.unwrap();
+    env.create_icc(IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        target_secret_name: "istio-ingressgateway-certs".into(),
+        adopt_existing: AdoptExisting::KeepForeignKeys,
+        ..Default::default()
+    })
+    .await;
+    let icc = wait_condition(&env, "Ready", "TargetNotAllowed").await;
+    let message = condition_message(&icc, "Ready");
+    for needed in [
+        "istio-ingressgateway-certs",
+        "--cacerts-secret-names",
+        "controller.cacertsSecretNames",
+    ] {
+        assert!(message.contains(needed), "{needed}: {message}");
+    }
+    wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "TargetNotAllowed").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = secrets.get("istio-ingressgateway-certs").await.unwrap();
+    assert_eq!(
+        fingerprint_of(&after),
+        fingerprint_of(&before),
+        "the gateway's Secret is untouched"
+    );
+    assert!(
+        secrets.get_opt("cacerts").await.unwrap().is_none(),
+        "nothing else written"
+    );
+}
+
+/// `targetSecretName == sourceSecretName` is refused by the controller too, not only by the
+/// CRD's rule: an object stored before the rule existed (or on an API server that does not
+/// run CEL) must not have cert-manager's Secret overwritten. Here the rule is taken off the CRD
+/// for the moment it takes to store such an object (hence the exclusive lock).
+#[tokio::test]
+async fn a_target_that_is_the_source_is_refused_and_cert_managers_secret_kept() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let client = support::admin_client().await;
+    support::ensure_crds(&client).await;
+    let lock = ScopeLock::exclusive().await;
+    let ns = support::TestNamespace::create(&client, "icc-onto-source").await;
+    let env = env_in(lock, client.clone(), ns, &[], "87600h").await;
+    issue(&env, "mesh", None).await;
+    let secrets = env.ns.api::<Secret>();
+    let before = secrets.get(SOURCE).await.unwrap();
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(support::TEST_MANAGER).force();
+    let original = mesh_ca_issuer::api::crds()
+        .into_iter()
+        .find(|c| c.name_any() == "istiocacerts.meshca.io")
+        .unwrap();
+    let mut without_rule = serde_json::to_value(&original).unwrap();
+    without_rule["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("x-kubernetes-validations")
+        .expect("the CRD has the rule");
+    crds.patch(original.name_any().as_str(), &params, &Patch::Apply(&without_rule))
+        .await
+        .unwrap();
+    let onto_source = IstioCACerts::new(
+        "mesh",
+        IstioCACertsSpec {
+            source_secret_name: SOURCE.into(),
+            target_secret_name: SOURCE.into(),
+            adopt_existing: AdoptExisting::KeepForeignKeys,
+            ..Default::default()
+        },
+    );
+    // The API server takes the CRD change in a moment.
+    let stored = eventually(TIMEOUT, || async {
+        env.ns
+            .api::<IstioCACerts>()
+            .create(&PostParams::default(), &onto_source)
+            .await
+            .ok()
+    })
+    .await;
+    crds.patch(original.name_any().as_str(), &params, &Patch::Apply(&original))
+        .await
+        .unwrap();
+    assert!(stored.is_some(), "stored while the CRD had no rule");
+
+    let icc = wait_condition(&env, "Ready", "TargetIsSource").await;
+    let message = condition_message(&icc, "Ready");
+    assert!(
+        message.contains(SOURCE) && message.contains("cert-manager"),
+        "{message}"
+    );
+    wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "TargetIsSource").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = secrets.get(SOURCE).await.unwrap();
+    assert_eq!(
+        fingerprint_of(&after),
+        fingerprint_of(&before),
+        "cert-manager's Secret is untouched"
+    );
+}
+
 #[tokio::test]
 async fn deleting_the_istiocacerts_leaves_cacerts_in_place() {
     let env = synced_env("icc-delete").await;
@@ -801,7 +1018,7 @@ async fn renewal_windows_change_at_their_exact_boundaries_with_one_event_each() 
     )
     .await;
     let cr = issue(&env, "mesh", Some("30s")).await;
-    create_icc(&env, false).await;
+    create_icc(&env, AdoptExisting::Never).await;
     wait_condition(&env, "Ready", "Synced").await;
     let cert =
         &Certificate::parse_pem_bundle(cr.status.as_ref().unwrap().certificate.as_deref().unwrap(), "c").unwrap()[0];

@@ -23,7 +23,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
-use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
+use mesh_ca_issuer::api::istio_cacerts::{AdoptExisting, IstioCACerts, IstioCACertsSpec};
 use serde_json::{Value, json};
 use support::cert_manager::{self as cm, IntermediateRequest};
 use support::{ControllerProcess, TestNamespace, admin_client, ensure_crds, eventually, repo_root};
@@ -168,7 +168,7 @@ async fn scrape_a_busy_controller() -> String {
                 IstioCACertsSpec {
                     source_secret_name: "istiod".into(),
                     target_secret_name: "cacerts".into(),
-                    adopt_existing: false,
+                    adopt_existing: AdoptExisting::Never,
                     ..Default::default()
                 },
             ),

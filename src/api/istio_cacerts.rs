@@ -62,14 +62,20 @@ pub struct IstioCACertsSpec {
     /// `tls.key`, `ca.crt`), in this namespace.
     #[schemars(length(min = 1))]
     pub source_secret_name: String,
-    /// The Secret istiod reads, in this namespace.
+    /// The Secret istiod reads, in this namespace. Must be one the controller is allowed to
+    /// write (its `--cacerts-secret-names` flag, Helm value `controller.cacertsSecretNames`,
+    /// default `cacerts`); any other name is refused and nothing is written.
     #[serde(default = "default_target")]
     pub target_secret_name: String,
-    /// Take over an existing target Secret that mesh-ca-issuer did not create. Off by default:
-    /// a hand-made `cacerts` is never replaced without being asked. A Secret holding istiod's
-    /// own self-signed CA (`istio-generated`) is never taken over.
+    /// Take over an existing target Secret that mesh-ca-issuer did not create: `false` (the
+    /// default: a hand-made `cacerts` is never replaced without being asked), `true` or
+    /// `KeepForeignKeys` (take it over; keys that are neither istiod's nor TLS ones are kept,
+    /// and a `kubernetes.io/*` typed Secret carrying such keys is not deleted and re-created),
+    /// or `Replace` (take it over whole: such keys are removed). A Secret holding istiod's own
+    /// self-signed CA (`istio-generated`) is never taken over.
     #[serde(default)]
-    pub adopt_existing: bool,
+    #[schemars(schema_with = "adopt_existing_schema")]
+    pub adopt_existing: AdoptExisting,
     /// This mesh's trust domain (istiod's `meshConfig.trustDomain`). Labels the published root
     /// and goes into `status.meshConfig`.
     #[serde(default = "default_trust_domain")]
@@ -249,8 +255,79 @@ pub struct RotationHistoryEntry {
     pub message: String,
 }
 
+/// Whether, and how, a target Secret that mesh-ca-issuer did not create is taken over
+/// (`spec.adoptExisting`). Written as `false`/`true` before `Replace` existed; both stay
+/// accepted, `true` meaning `KeepForeignKeys`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AdoptExisting {
+    /// `false`: never taken over.
+    #[default]
+    Never,
+    /// `true`: taken over; keys other than istiod's and the TLS ones are kept, and a typed
+    /// Secret carrying them is never deleted to re-create it.
+    KeepForeignKeys,
+    /// Taken over whole, as `true` did before: other keys are removed, a typed Secret is
+    /// deleted and re-created as Opaque whatever it carries.
+    Replace,
+    /// A value that is none of these (the API server cannot check it: see
+    /// [`adopt_existing_schema`]); refused by the controller, with the value.
+    Invalid(String),
+}
+
+impl AdoptExisting {
+    /// Whether a Secret we did not create may be taken over at all.
+    pub fn adopts(&self) -> bool {
+        matches!(self, AdoptExisting::KeepForeignKeys | AdoptExisting::Replace)
+    }
+}
+
+impl Serialize for AdoptExisting {
+    /// `false`/`true` for the two values older releases knew, so an object written by this
+    /// release reads the same to them; the name otherwise.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AdoptExisting::Never => serializer.serialize_bool(false),
+            AdoptExisting::KeepForeignKeys => serializer.serialize_bool(true),
+            AdoptExisting::Replace => serializer.serialize_str("Replace"),
+            AdoptExisting::Invalid(value) => serializer.serialize_str(value),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AdoptExisting {
+    /// Never fails: one object with a bad value must not break the watch of all of them.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::Null | serde_json::Value::Bool(false) => AdoptExisting::Never,
+            serde_json::Value::Bool(true) => AdoptExisting::KeepForeignKeys,
+            serde_json::Value::String(s) => match s.as_str() {
+                "Never" => AdoptExisting::Never,
+                "KeepForeignKeys" => AdoptExisting::KeepForeignKeys,
+                "Replace" => AdoptExisting::Replace,
+                _ => AdoptExisting::Invalid(s),
+            },
+            other => AdoptExisting::Invalid(other.to_string()),
+        })
+    }
+}
+
+/// `adoptExisting` takes a boolean (as before) or a name. A structural CRD schema has one type
+/// per field (int-or-string is the only union), so the field is left untyped
+/// (`x-kubernetes-preserve-unknown-fields`) and the controller judges the value
+/// (`InvalidSpec` naming it). CEL rules cannot see untyped fields, so none applies here.
+fn adopt_existing_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Take over an existing target Secret that mesh-ca-issuer did not create: false (default), true or KeepForeignKeys (keys other than istiod's and the TLS ones are kept; a kubernetes.io/* typed Secret carrying such keys is never deleted to re-create it), or Replace (taken over whole). A Secret holding istiod's own self-signed CA (istio-generated) is never taken over.",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// istiod's CA Secret: the default `targetSecretName`, and the default (and usually only) name
+/// the controller may write (`--cacerts-secret-names`).
+pub const DEFAULT_TARGET_SECRET_NAME: &str = "cacerts";
+
 fn default_target() -> String {
-    "cacerts".to_string()
+    DEFAULT_TARGET_SECRET_NAME.to_string()
 }
 
 impl Default for IstioCACertsSpec {
@@ -259,7 +336,7 @@ impl Default for IstioCACertsSpec {
         Self {
             source_secret_name: String::new(),
             target_secret_name: default_target(),
-            adopt_existing: false,
+            adopt_existing: AdoptExisting::Never,
             trust_domain: default_trust_domain(),
             trust_anchors: Vec::new(),
             publish_root: None,
@@ -432,6 +509,49 @@ impl RenewalWindow {
             RenewalWindow::RenewalDue => "RenewalDue",
             RenewalWindow::Expiring => "Expiring",
             RenewalWindow::Expired => "Expired",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `true`/`false` written before `Replace` existed keep their meaning (`true` now keeps
+    /// foreign keys); names are read; anything else is kept to be refused, never a failed read;
+    /// the two old values are written back as booleans.
+    #[test]
+    fn adopt_existing_reads_booleans_and_names() {
+        let spec = |adopt: serde_json::Value| {
+            let json = serde_json::json!({"sourceSecretName": "src", "adoptExisting": adopt});
+            serde_json::from_value::<IstioCACertsSpec>(json).map(|s| s.adopt_existing)
+        };
+        let cases = [
+            (serde_json::json!(false), AdoptExisting::Never),
+            (serde_json::json!(true), AdoptExisting::KeepForeignKeys),
+            (serde_json::json!(null), AdoptExisting::Never),
+            (serde_json::json!("Never"), AdoptExisting::Never),
+            (serde_json::json!("KeepForeignKeys"), AdoptExisting::KeepForeignKeys),
+            (serde_json::json!("Replace"), AdoptExisting::Replace),
+            (serde_json::json!("replace"), AdoptExisting::Invalid("replace".into())),
+            (serde_json::json!(1), AdoptExisting::Invalid("1".into())),
+        ];
+        for (written, read) in cases {
+            assert_eq!(spec(written.clone()).unwrap(), read, "{written}");
+        }
+        let absent = serde_json::json!({"sourceSecretName": "src"});
+        assert_eq!(
+            serde_json::from_value::<IstioCACertsSpec>(absent)
+                .unwrap()
+                .adopt_existing,
+            AdoptExisting::Never
+        );
+        for (value, json) in [
+            (AdoptExisting::Never, serde_json::json!(false)),
+            (AdoptExisting::KeepForeignKeys, serde_json::json!(true)),
+            (AdoptExisting::Replace, serde_json::json!("Replace")),
+        ] {
+            assert_eq!(serde_json::to_value(&value).unwrap(), json);
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Events about our objects: published once per change (not through kube-runtime's
 //! `Recorder`), notes cut to what the API server keeps, and a per-object queue of the events it
 //! refused, sent again before that object's next reconcile ([`super::reconcile_with_backoff`]).
+//! A deleted object is never reconciled again, so its queued events are dropped by
+//! [`EventQueue::retain_existing`], which the controllers' sweep runs against the watch caches:
+//! the queue holds events of live objects only, however many objects come and go.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,6 +30,50 @@ impl EventQueue {
                 .unwrap_or_else(|_| crate::FIELD_MANAGER.to_string()),
             unsent: Mutex::new(HashMap::new()),
         }
+    }
+}
+
+impl EventQueue {
+    /// Drops the queued events of every object for which `exists` is false (deleted, or
+    /// deleted and made again under the same name: the reference's uid no longer matches).
+    /// Returns how many events were dropped.
+    pub fn retain_existing(&self, exists: impl Fn(&ObjectReference) -> bool) -> usize {
+        let mut unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dropped = 0;
+        unsent.retain(|_, queued| {
+            // Every event of one key is about the same object; the last names it best (a
+            // re-created object's events replace the old uid's at the end).
+            let keep = queued.last().is_some_and(|e| exists(&e.reference));
+            if !keep {
+                dropped += queued.len();
+            }
+            keep
+        });
+        dropped
+    }
+
+    /// How many events wait to be written, for all objects.
+    pub fn len(&self) -> usize {
+        self.unsent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues an event the API server refused.
+    fn queue(&self, event: UnsentEvent) {
+        self.unsent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(object_key(&event.reference))
+            .or_default()
+            .push(event);
     }
 }
 
@@ -119,19 +166,13 @@ impl Context {
         if let Err(e) = result {
             warn!(error = %e, %reason, "could not publish event; it is sent again after a back-off");
             self.metrics.count_reconcile("event", "write_failed");
-            self.events
-                .unsent
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(object_key(reference))
-                .or_default()
-                .push(UnsentEvent {
-                    reference: reference.clone(),
-                    type_,
-                    reason: reason.to_string(),
-                    action: action.to_string(),
-                    note,
-                });
+            self.events.queue(UnsentEvent {
+                reference: reference.clone(),
+                type_,
+                reason: reason.to_string(),
+                action: action.to_string(),
+                note,
+            });
         }
     }
 
@@ -182,6 +223,63 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reference(kind: &str, name: &str, uid: &str) -> ObjectReference {
+        ObjectReference {
+            kind: Some(kind.into()),
+            namespace: Some("istio-system".into()),
+            name: Some(name.into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        }
+    }
+
+    fn refused(reference: &ObjectReference, reason: &str) -> UnsentEvent {
+        UnsentEvent {
+            reference: reference.clone(),
+            type_: EventType::Warning,
+            reason: reason.into(),
+            action: "Sign".into(),
+            note: "the API server was away".into(),
+        }
+    }
+
+    /// Events of deleted objects would never be sent (a deleted object is not reconciled
+    /// again) and would stay in memory for good: the sweep drops them, keeps the live ones.
+    #[test]
+    fn queued_events_of_deleted_objects_are_dropped() {
+        let queue = EventQueue::new();
+        let live = reference("CertificateRequest", "live", "uid-1");
+        let deleted = reference("CertificateRequest", "deleted", "uid-2");
+        let recreated = reference("IstioCACerts", "mesh", "uid-old");
+        for r in [&live, &deleted, &deleted, &recreated] {
+            queue.queue(refused(r, "Issued"));
+        }
+        assert_eq!(queue.len(), 4);
+        // What the watch caches hold: `live` as it was; `mesh` made again with a new uid.
+        let exists = |r: &ObjectReference| match r.name.as_deref() {
+            Some("live") => r.uid.as_deref() == Some("uid-1"),
+            Some("mesh") => r.uid.as_deref() == Some("uid-new"),
+            _ => false,
+        };
+        assert_eq!(
+            queue.retain_existing(exists),
+            3,
+            "the deleted and the re-created object's"
+        );
+        assert_eq!(queue.len(), 1);
+        let kept = queue.unsent.lock().unwrap();
+        assert_eq!(
+            kept.get(&object_key(&live)).map(|q| q[0].reason.as_str()),
+            Some("Issued"),
+            "the live object's event is still sent"
+        );
+        drop(kept);
+        // Nothing deleted: nothing dropped.
+        assert_eq!(queue.retain_existing(|_| true), 0);
+        assert_eq!(queue.retain_existing(|_| false), 1);
+        assert!(queue.is_empty());
+    }
 
     #[test]
     fn event_notes_are_cut_to_one_kib_on_a_character_boundary() {

@@ -50,6 +50,7 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
     let settings = Settings {
         thresholds: ctx.config.thresholds(),
         rotation: ctx.config.rotation_limits(),
+        cacerts_secret_names: ctx.config.cacerts_secret_names.clone(),
     };
     let plan = decide(&observed, &settings);
     act(&ctx, &observed, plan).await

@@ -510,12 +510,87 @@ fn start_controllers(
     // === IstioCACerts, re-checked when its Secrets, Certificate or issuer change ===
     let (cacerts_task, cacerts_store) = istio_cacerts_controller(client, config, stop.requested(), ctx.clone());
     controllers.add(cacerts_task, &cacerts_store);
+    sweep_deleted_objects(
+        ctx.clone(),
+        ObjectCaches {
+            requests: request_store,
+            namespaced_issuers: namespaced_issuer_store.clone(),
+            cluster_issuers: cluster_issuer_store.clone(),
+            istio_cacerts: cacerts_store.clone(),
+        },
+    );
     ctx.metrics.track_owners(series_owner_exists(
         namespaced_issuer_store,
         cluster_issuer_store,
         cacerts_store,
     ));
     controllers
+}
+
+/// How often what is kept per object is checked against the watch caches.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The watch caches of every kind we publish events about.
+struct ObjectCaches {
+    requests: Store<CertificateRequest>,
+    namespaced_issuers: Store<MeshCAIssuer>,
+    cluster_issuers: Option<Store<ClusterMeshCAIssuer>>,
+    istio_cacerts: Store<IstioCACerts>,
+}
+
+impl ObjectCaches {
+    async fn listed(&self) {
+        wait_ready(self.requests.clone()).await;
+        wait_ready(self.namespaced_issuers.clone()).await;
+        if let Some(store) = &self.cluster_issuers {
+            wait_ready(store.clone()).await;
+        }
+        wait_ready(self.istio_cacerts.clone()).await;
+    }
+
+    /// Whether the object `reference` names is still there: same kind, namespace and name, and
+    /// the same uid (a re-created object is another object).
+    fn exists(&self, reference: &ObjectReference) -> bool {
+        let name = reference.name.as_deref().unwrap_or_default();
+        let namespace = reference.namespace.as_deref().unwrap_or_default();
+        fn at<K: kube::Resource<DynamicType = ()>>(name: &str, namespace: &str) -> ObjectRef<K> {
+            ObjectRef::new(name).within(namespace)
+        }
+        let uid = match reference.kind.as_deref() {
+            Some("CertificateRequest") => self.requests.get(&at(name, namespace)).map(|o| o.uid()),
+            Some("MeshCAIssuer") => self.namespaced_issuers.get(&at(name, namespace)).map(|o| o.uid()),
+            Some("ClusterMeshCAIssuer") => self
+                .cluster_issuers
+                .as_ref()
+                .and_then(|store| store.get(&ObjectRef::new(name)))
+                .map(|o| o.uid()),
+            Some("IstioCACerts") => self.istio_cacerts.get(&at(name, namespace)).map(|o| o.uid()),
+            // A kind no cache holds cannot be judged gone: kept.
+            _ => return true,
+        };
+        match uid {
+            None => false,
+            Some(uid) => reference.uid.is_none() || uid == reference.uid,
+        }
+    }
+}
+
+/// A deleted object is never reconciled again, so nothing would ever send or drop the events
+/// queued for it: once the caches have listed (an empty cache before that would look like
+/// everything was deleted), every [`SWEEP_INTERVAL`] the events of objects no cache holds any
+/// more are dropped.
+fn sweep_deleted_objects(ctx: Arc<Context>, caches: ObjectCaches) {
+    tokio::spawn(async move {
+        caches.listed().await;
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            let dropped = ctx.events.retain_existing(|r| caches.exists(r));
+            if dropped > 0 {
+                info!(dropped, "dropped the unsent events of deleted objects");
+            }
+        }
+    });
 }
 
 /// Wires the CertificateRequest controller, re-queued when the issuer a request waits on

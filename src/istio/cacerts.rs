@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
+use super::secret_data::SecretData;
+use crate::api::istio_cacerts::AdoptExisting;
 use crate::pki::chain::{self, ChainError};
 use crate::pki::{Certificate, SigningKey, strength};
 
@@ -26,6 +28,15 @@ pub const ROOT_CERT: &str = "root-cert.pem";
 pub const ISTIO_GENERATED: &str = "istio-generated";
 /// Keys of istiod's TLS format; when `tls.crt` is present istiod uses these instead of ours.
 pub const TLS_FORMAT_KEYS: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
+/// istiod's CRL (Istio 1.27+). Not written by us, and never kept: a CRL not signed by the
+/// new chain makes istiod refuse the whole update.
+pub const CA_CRL: &str = "ca-crl.pem";
+
+/// Whether istiod reads `key` (in either format): every other key of a target is foreign to
+/// istiod, and kept unless `adoptExisting: Replace`.
+pub fn istiod_reads(key: &str) -> bool {
+    [CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT, CA_CRL, ISTIO_GENERATED].contains(&key) || TLS_FORMAT_KEYS.contains(&key)
+}
 
 /// Label and annotation that mark a target Secret as written by an IstioCACerts.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -48,6 +59,14 @@ pub mod reason {
     pub const ISTIOD_SELF_SIGNED: &str = "IstiodSelfSignedCA";
     pub const ROOT_CHANGED: &str = "RootChanged";
     pub const WRITE_FAILED: &str = "WriteFailed";
+    /// `targetSecretName` is not in `--cacerts-secret-names`.
+    pub const TARGET_NOT_ALLOWED: &str = "TargetNotAllowed";
+    /// `targetSecretName` is `sourceSecretName`.
+    pub const TARGET_IS_SOURCE: &str = "TargetIsSource";
+    /// `adoptExisting` holds a value that is none of false, true, KeepForeignKeys, Replace.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Adopting would delete a typed Secret that carries keys istiod does not read.
+    pub const ADOPTION_NEEDS_REPLACE: &str = "AdoptionNeedsReplace";
 }
 
 /// Why `cacerts` is not (re)written, and what to do about it. Never carries key material.
@@ -131,12 +150,13 @@ pub fn read_source(data: &BTreeMap<String, Vec<u8>>, display: &str) -> Result<So
     })
 }
 
-/// The target Secret as found.
+/// The target Secret as found. `Debug` shows its data's key names and sizes only
+/// ([`SecretData`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Absent,
     Present {
-        data: BTreeMap<String, Vec<u8>>,
+        data: SecretData,
         /// Which IstioCACerts (if any) marked it as theirs.
         owner: Option<String>,
     },
@@ -228,12 +248,13 @@ pub fn verify_bundle(data: &BTreeMap<String, Vec<u8>>, now: Timestamp) -> Result
     })
 }
 
-/// What to write, and whether that changes anything. `Debug` shows the keys of `data` and
-/// redacts `ca-key.pem`.
+/// What to write, and whether that changes anything. `Debug` shows the key names and sizes of
+/// `data`, never its values.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CacertsPlan {
-    /// Exactly the four keys istiod reads.
-    pub data: BTreeMap<String, Vec<u8>>,
+    /// The four keys istiod reads, and the target's keys istiod does not read (kept unless
+    /// `adoptExisting: Replace`).
+    pub data: SecretData,
     pub contents: BundleContents,
     /// False when the target already holds exactly this: no write.
     pub changed: bool,
@@ -241,28 +262,20 @@ pub struct CacertsPlan {
     pub adopting: bool,
     /// Keys of the existing Secret that the write removes (adoption of a TLS-format bundle).
     pub dropped_keys: Vec<String>,
+    /// Keys of the existing Secret istiod does not read, kept as they are (all but with
+    /// `adoptExisting: Replace`).
+    pub kept_keys: Vec<String>,
 }
 
 impl std::fmt::Debug for CacertsPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let data: BTreeMap<&str, String> = self
-            .data
-            .iter()
-            .map(|(k, v)| {
-                let shown = if k == CA_KEY {
-                    "<redacted>".to_string()
-                } else {
-                    String::from_utf8_lossy(v).into_owned()
-                };
-                (k.as_str(), shown)
-            })
-            .collect();
         f.debug_struct("CacertsPlan")
-            .field("data", &data)
+            .field("data", &self.data)
             .field("contents", &self.contents)
             .field("changed", &self.changed)
             .field("adopting", &self.adopting)
             .field("dropped_keys", &self.dropped_keys)
+            .field("kept_keys", &self.kept_keys)
             .finish()
     }
 }
@@ -272,9 +285,10 @@ pub fn plan(
     source: &SourceBundle,
     target: &Target,
     owner: &str,
-    adopt_existing: bool,
+    adopt: &AdoptExisting,
     now: Timestamp,
 ) -> Result<CacertsPlan, Problem> {
+    let adopt_existing = adopt.adopts();
     let (existing, adopting) = match target {
         Target::Absent => (None, false),
         Target::Present { data, .. } if data.contains_key(ISTIO_GENERATED) => {
@@ -294,7 +308,7 @@ pub fn plan(
         Target::Present { .. } => {
             return Err(Problem::new(
                 reason::NOT_OWNED,
-                "the target Secret exists and was not created by mesh-ca-issuer; it is left untouched. Set spec.adoptExisting: true to take it over",
+                "the target Secret exists and was not created by mesh-ca-issuer; it is left untouched. Set spec.adoptExisting: true (KeepForeignKeys: keys istiod does not read are kept) or Replace to take it over",
             ));
         }
     };
@@ -344,7 +358,7 @@ pub fn plan(
         chain_pem.push_str(&c.to_pem());
     }
     chain_pem.push_str(&source.root.to_pem());
-    let data: BTreeMap<String, Vec<u8>> = [
+    let mut data: SecretData = [
         (CA_CERT.to_string(), intermediate_pem.into_bytes()),
         (CA_KEY.to_string(), source.key_pem.to_vec()),
         (CERT_CHAIN.to_string(), chain_pem.into_bytes()),
@@ -352,6 +366,17 @@ pub fn plan(
     ]
     .into();
     let contents = verify_bundle(&data, now)?;
+    // Keys istiod does not read belong to whoever put them there: kept byte for byte unless the
+    // user asked for the Secret to be replaced whole.
+    let mut kept_keys = Vec::new();
+    if *adopt != AdoptExisting::Replace {
+        for (key, value) in existing.iter().flat_map(|d| d.iter()) {
+            if !istiod_reads(key) {
+                data.insert(key.clone(), value.clone());
+                kept_keys.push(key.clone());
+            }
+        }
+    }
     let changed = existing != Some(&data);
     let dropped_keys = existing
         .map(|d| d.keys().filter(|k| !data.contains_key(*k)).cloned().collect())
@@ -362,6 +387,7 @@ pub fn plan(
         changed,
         adopting,
         dropped_keys,
+        kept_keys,
     })
 }
 
@@ -436,9 +462,9 @@ mod tests {
         .into()
     }
 
-    fn owned(data: BTreeMap<String, Vec<u8>>) -> Target {
+    fn owned(data: impl Into<SecretData>) -> Target {
         Target::Present {
-            data,
+            data: data.into(),
             owner: Some("mesh".into()),
         }
     }
@@ -447,7 +473,7 @@ mod tests {
     fn a_fresh_target_gets_exactly_the_four_keys_in_istio_order() {
         let pki = pki();
         let src = source(&pki);
-        let p = plan(&src, &Target::Absent, "mesh", false, now()).unwrap();
+        let p = plan(&src, &Target::Absent, "mesh", &AdoptExisting::Never, now()).unwrap();
         assert!(p.changed && !p.adopting);
         assert_eq!(
             p.data.keys().collect::<Vec<_>>(),
@@ -461,7 +487,7 @@ mod tests {
         );
         assert_eq!(p.contents.anchor, pki.root);
         // Writing the same again is a no-op.
-        let again = plan(&src, &owned(p.data.clone()), "mesh", false, now()).unwrap();
+        let again = plan(&src, &owned(p.data.clone()), "mesh", &AdoptExisting::Never, now()).unwrap();
         assert!(!again.changed);
     }
 
@@ -473,11 +499,18 @@ mod tests {
         let other = self::pki();
         let bundle =
             format!("{}{}# extra trust anchor\n", pki.root.to_pem(), other.root.to_pem()).replace('\n', "\r\n");
-        let first = plan(&source(&pki), &Target::Absent, "mesh", false, now()).unwrap();
+        let first = plan(&source(&pki), &Target::Absent, "mesh", &AdoptExisting::Never, now()).unwrap();
         let mut existing = first.data.clone();
         existing.insert(ROOT_CERT.into(), bundle.clone().into_bytes());
         for _ in 0..3 {
-            let p = plan(&source(&pki), &owned(existing.clone()), "mesh", false, now()).unwrap();
+            let p = plan(
+                &source(&pki),
+                &owned(existing.clone()),
+                "mesh",
+                &AdoptExisting::Never,
+                now(),
+            )
+            .unwrap();
             assert!(p.changed, "a new intermediate is written");
             assert_eq!(p.data[ROOT_CERT], bundle.as_bytes(), "root-cert.pem untouched");
             existing = p.data;
@@ -488,7 +521,9 @@ mod tests {
     fn refusals() {
         let pki = pki();
         let src = source(&pki);
-        let written = plan(&src, &Target::Absent, "mesh", false, now()).unwrap().data;
+        let written = plan(&src, &Target::Absent, "mesh", &AdoptExisting::Never, now())
+            .unwrap()
+            .data;
         let foreign = Target::Present {
             data: written.clone(),
             owner: None,
@@ -522,7 +557,14 @@ mod tests {
             ),
         ];
         for (name, s, target, adopt, expected) in cases {
-            let got = plan(s, &target, "mesh", adopt, now()).map(|_| ()).map_err(|p| p.reason);
+            let adopt = if adopt {
+                AdoptExisting::KeepForeignKeys
+            } else {
+                AdoptExisting::Never
+            };
+            let got = plan(s, &target, "mesh", &adopt, now())
+                .map(|_| ())
+                .map_err(|p| p.reason);
             assert_eq!(got, expected, "{name}");
         }
         // A source whose ca.crt did not sign its tls.crt: the chain is broken in itself.
@@ -531,12 +573,14 @@ mod tests {
             ..source(&pki)
         };
         assert_eq!(
-            plan(&broken, &Target::Absent, "mesh", false, now()).unwrap_err().reason,
+            plan(&broken, &Target::Absent, "mesh", &AdoptExisting::Never, now())
+                .unwrap_err()
+                .reason,
             reason::CHAIN_INVALID
         );
         // A source under another root than the one istiod trusts: RootChanged, with what to do.
         let moved = source(&new_root_pki);
-        let err = plan(&moved, &owned(written), "mesh", false, now()).unwrap_err();
+        let err = plan(&moved, &owned(written), "mesh", &AdoptExisting::Never, now()).unwrap_err();
         assert_eq!(err.reason, reason::ROOT_CHANGED);
         assert!(err.message.contains("ISTIO_MULTIROOT_MESH"), "{}", err.message);
     }
@@ -548,26 +592,67 @@ mod tests {
             .iter()
             .map(|k| (k.to_string(), b"old".to_vec()))
             .collect();
-        let p = plan(
-            &source(&pki),
-            &Target::Present {
-                data: tls_format,
-                owner: None,
-            },
-            "mesh",
-            true,
-            now(),
-        )
-        .unwrap();
-        assert!(p.adopting);
-        assert_eq!(p.dropped_keys, vec!["ca.crt", "tls.crt", "tls.key"]);
+        for adopt in [AdoptExisting::KeepForeignKeys, AdoptExisting::Replace] {
+            let p = plan(
+                &source(&pki),
+                &Target::Present {
+                    data: tls_format.clone().into(),
+                    owner: None,
+                },
+                "mesh",
+                &adopt,
+                now(),
+            )
+            .unwrap();
+            assert!(p.adopting);
+            assert_eq!(p.dropped_keys, vec!["ca.crt", "tls.crt", "tls.key"], "{adopt:?}");
+            assert!(p.kept_keys.is_empty(), "{adopt:?}");
+        }
+    }
+
+    /// Keys istiod does not read belong to someone else: adopting (`true`/`KeepForeignKeys`)
+    /// keeps them byte for byte, later writes too; only `Replace` removes them. istiod's own
+    /// keys (a stale CRL included) and the TLS ones always go.
+    #[test]
+    fn foreign_keys_are_kept_unless_replace_is_asked_for() {
+        let pki = pki();
+        let existing: BTreeMap<String, Vec<u8>> = [
+            ("tls.crt", b"old".to_vec()),
+            (CA_CRL, b"stale crl".to_vec()),
+            ("note", b"by an operator".to_vec()),
+            ("gateway.key", b"someone else's".to_vec()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let foreign = Target::Present {
+            data: existing.into(),
+            owner: None,
+        };
+        let src = source(&pki);
+        let kept = plan(&src, &foreign, "mesh", &AdoptExisting::KeepForeignKeys, now()).unwrap();
+        assert_eq!(kept.kept_keys, vec!["gateway.key", "note"]);
+        assert_eq!(kept.dropped_keys, vec![CA_CRL, "tls.crt"]);
+        assert_eq!(kept.data["note"], b"by an operator");
+        // Written so and planned again: nothing to write, the keys still there.
+        let again = plan(&src, &owned(kept.data.clone()), "mesh", &AdoptExisting::Never, now()).unwrap();
+        assert!(!again.changed && again.kept_keys == kept.kept_keys);
+        let replaced = plan(&src, &foreign, "mesh", &AdoptExisting::Replace, now()).unwrap();
+        assert!(replaced.kept_keys.is_empty());
+        assert_eq!(
+            replaced.data.keys().collect::<Vec<_>>(),
+            vec![CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT]
+        );
+        assert_eq!(replaced.dropped_keys, vec![CA_CRL, "gateway.key", "note", "tls.crt"]);
     }
 
     #[test]
     fn istiod_checks() {
         let pki = pki();
         let good = source(&pki);
-        let data = plan(&good, &Target::Absent, "mesh", false, now()).unwrap().data;
+        let data = plan(&good, &Target::Absent, "mesh", &AdoptExisting::Never, now())
+            .unwrap()
+            .data;
         let with = |key: &str, value: Vec<u8>| {
             let mut d = data.clone();
             d.insert(key.to_string(), value);
@@ -639,11 +724,21 @@ mod tests {
     fn debug_output_never_shows_the_key() {
         let pki = pki();
         let src = source(&pki);
-        let plan = plan(&src, &Target::Absent, "mesh", false, now()).unwrap();
-        for shown in [format!("{src:?}"), format!("{plan:?}"), format!("{:?}", pki.root_key)] {
-            assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        let plan = plan(&src, &Target::Absent, "mesh", &AdoptExisting::Never, now()).unwrap();
+        let target = owned(plan.data.clone());
+        for (what, shown) in [
+            ("SourceBundle", format!("{src:?}")),
+            ("CacertsPlan", format!("{plan:?}")),
+            ("Target", format!("{target:?}")),
+        ] {
+            crate::istio::secret_data::tests::assert_not_shown(&shown, &src.key_pem, what);
         }
-        assert!(format!("{plan:?}").contains("<redacted>"));
+        crate::istio::secret_data::tests::assert_not_shown(
+            &format!("{:?}", pki.root_key),
+            pki.root_key.to_pem().as_bytes(),
+            "SigningKey",
+        );
+        assert!(format!("{plan:?}").contains("\"ca-key.pem\": <"), "{plan:?}");
     }
 
     #[test]

@@ -18,22 +18,43 @@ use super::plan::{
 };
 use super::publish::{self, ROOT_PUBLISHED};
 use super::rotation;
+use super::secret_data::SecretData;
 use super::tracking::{CERTIFICATES_HEALTHY, Role, Tracked, health};
 use super::trust_bundle::{self, AnchorInput, Assembly, Change, CheckedAnchors};
 use crate::api::conditions::{self, READY};
 use crate::api::istio_cacerts::{
-    ADVANCE_ROTATION_ANNOTATION, IstioCACertsStatus, MeshConfigAdvice, RotationPhase, TrackedAnchor, TrackedCertificate,
+    ADVANCE_ROTATION_ANNOTATION, AdoptExisting, IstioCACertsStatus, MeshConfigAdvice, RotationPhase, TrackedAnchor,
+    TrackedCertificate,
 };
 use crate::pki::Certificate;
 use crate::pki::renewal::Life;
 
 /// Decides one reconcile of an IstioCACerts.
 pub fn decide(o: &Observed, settings: &Settings) -> Plan {
+    if let Some(problem) = target_refused(o, settings) {
+        // done: a Secret we may not write is neither written, nor read as istiod's bundle,
+        // nor tracked; no rotation moves.
+        return Plan {
+            cacerts: None,
+            then: Outcome::of(
+                o,
+                settings,
+                &Trust::NotApplied,
+                None,
+                Err(problem),
+                None,
+                Cacerts::NotWritten,
+            ),
+        };
+    }
     let facts = Facts::of(o);
     let rotation = facts.rotation(o, settings);
     let (decision, trust) = facts.cacerts_plan(o, rotation.as_ref());
     let outcome = |ready, live, step| Outcome::of(o, settings, &trust, rotation.as_ref(), ready, live, step);
-    let plan = match decision {
+    let plan = match decision.and_then(|plan| match recreate_refused(o, &plan) {
+        Some(problem) => Err(problem),
+        None => Ok(plan),
+    }) {
         Ok(plan) => plan,
         // done: nothing to write; what is in place stays and is tracked
         Err(problem) => {
@@ -66,6 +87,78 @@ pub fn decide(o: &Observed, settings: &Settings) -> Plan {
             if_refused: Box::new(if_refused),
         }),
         then,
+    }
+}
+
+/// Why the target may not be written at all, whatever the Secrets hold: it is cert-manager's
+/// Secret itself (the CRD refuses that too, but an API server without CEL validation, or an
+/// object stored before the rule, gets here), or it is not one of the names the operator
+/// allowed. Without the allow-list, anyone who may create an IstioCACerts in an Istio
+/// namespace could have any Secret there replaced, a gateway's TLS Secret say.
+fn target_refused(o: &Observed, settings: &Settings) -> Option<Problem> {
+    let spec = &o.icc.spec;
+    let target = &spec.target_secret_name;
+    if let AdoptExisting::Invalid(value) = &spec.adopt_existing {
+        return Some(Problem {
+            reason: cacerts::reason::INVALID_SPEC,
+            message: format!(
+                "spec.adoptExisting is {value}, which is none of false, true (the same as KeepForeignKeys), KeepForeignKeys or Replace; nothing is written until it is one of them"
+            ),
+        });
+    }
+    if *target == spec.source_secret_name {
+        return Some(Problem {
+            reason: cacerts::reason::TARGET_IS_SOURCE,
+            message: format!(
+                "targetSecretName and sourceSecretName both name {}: writing istiod's bundle there would overwrite the Secret cert-manager writes the intermediate into, and each would keep destroying the other's; nothing is written. Set targetSecretName to istiod's CA Secret (cacerts)",
+                o.secret_display(target)
+            ),
+        });
+    }
+    if !settings.cacerts_secret_names.iter().any(|allowed| allowed == target) {
+        return Some(Problem {
+            reason: cacerts::reason::TARGET_NOT_ALLOWED,
+            message: format!(
+                "targetSecretName {target} is not a Secret this controller may write (allowed: {}); {} is left untouched. If it is meant as istiod's CA Secret, add it to the controller's --cacerts-secret-names flag (Helm value controller.cacertsSecretNames, which also grants update and delete on it); otherwise set targetSecretName to cacerts",
+                match settings.cacerts_secret_names.join(", ") {
+                    none if none.is_empty() => "none".to_string(),
+                    names => names,
+                },
+                o.secret_display(target)
+            ),
+        });
+    }
+    None
+}
+
+/// Adopting a `kubernetes.io/*` typed Secret means deleting it and creating it again (its type
+/// cannot change). One that carries keys istiod does not read is someone else's too: it is
+/// never deleted unless the user asked for `adoptExisting: Replace` (which also drops those
+/// keys, so `kept_keys` is empty then).
+fn recreate_refused(o: &Observed, plan: &CacertsPlan) -> Option<Problem> {
+    let target = o.target.as_ref()?;
+    if secret_write(o) != SecretWrite::Recreate || plan.kept_keys.is_empty() {
+        return None;
+    }
+    Some(Problem {
+        reason: cacerts::reason::ADOPTION_NEEDS_REPLACE,
+        message: format!(
+            "{} is of type {} and carries keys istiod does not read ({}); adopting it means deleting it and creating it again as Opaque, which adoptExisting: true (KeepForeignKeys) never does. It is left untouched. Set adoptExisting: Replace to take it over anyway (those keys are then removed), or move them to another Secret",
+            o.secret_display(&o.icc.spec.target_secret_name),
+            target.type_.as_deref().unwrap_or_default(),
+            plan.kept_keys.join(", ")
+        ),
+    })
+}
+
+/// How the target is written: created, replaced, or (a `kubernetes.io/*` typed Secret, whose
+/// built-in type has keys the API server requires) deleted and created as Opaque.
+fn secret_write(o: &Observed) -> SecretWrite {
+    let typed = |s: &Secret| s.type_.as_deref().is_some_and(|t| t.starts_with("kubernetes.io/"));
+    match &o.target {
+        None => SecretWrite::Create,
+        Some(s) if typed(s) => SecretWrite::Recreate,
+        Some(_) => SecretWrite::Replace,
     }
 }
 
@@ -152,7 +245,7 @@ impl Facts {
             Some(Ok(source)) => {
                 let ordinary = rotation::Bundle::Ordinary;
                 let bundle = rotation.map_or(&ordinary, |r| &r.bundle);
-                rotation::plan(source, bundle, &self.target, o.name(), spec.adopt_existing, o.now)
+                rotation::plan(source, bundle, &self.target, o.name(), &spec.adopt_existing, o.now)
             }
         };
         // The anchors join root-cert.pem only when every one of them is good; otherwise
@@ -212,14 +305,14 @@ fn cacerts_write(
             plan.dropped_keys
         ));
     }
-    // Every built-in `kubernetes.io/*` type has keys the API server requires.
-    let typed = |s: &Secret| s.type_.as_deref().is_some_and(|t| t.starts_with("kubernetes.io/"));
+    if plan.adopting && !plan.kept_keys.is_empty() {
+        note.push_str(&format!(
+            "; kept keys {:?}, which istiod does not read (adoptExisting: Replace would remove them)",
+            plan.kept_keys
+        ));
+    }
     CacertsWrite {
-        how: match &o.target {
-            None => SecretWrite::Create,
-            Some(s) if typed(s) => SecretWrite::Recreate,
-            Some(_) => SecretWrite::Replace,
-        },
+        how: secret_write(o),
         data: plan.data.clone(),
         owner: o.name().to_string(),
         record: match trust {
@@ -668,8 +761,8 @@ fn with_anchors(
 }
 
 /// A Secret's data (and any `stringData` of an object built by hand) as bytes.
-pub fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
-    let mut data: BTreeMap<String, Vec<u8>> = secret
+pub fn secret_data(secret: &Secret) -> SecretData {
+    let mut data: SecretData = secret
         .data
         .as_ref()
         .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
@@ -1000,12 +1093,36 @@ mod tests {
                 ..fresh.clone()
             }
         };
-        let adopting = |type_| {
+        // Adopting someone else's cacerts of `type_`, with a key of theirs istiod does not read
+        // when `note`.
+        let adopting_as = |type_: Option<&str>, adopt_existing: AdoptExisting, note: bool| {
             let mut o = foreign(type_);
+            if let Some(data) = o.target.as_mut().and_then(|s| s.data.as_mut()).filter(|_| note) {
+                data.insert("note".into(), k8s_openapi::ByteString(b"by an operator".to_vec()));
+            }
             o.icc = std::sync::Arc::new(istio_cacerts(IstioCACertsSpec {
-                adopt_existing: true,
+                adopt_existing,
                 ..spec()
             }));
+            o
+        };
+        let adopting = |type_| adopting_as(type_, AdoptExisting::KeepForeignKeys, false);
+        // A gateway's TLS Secret named as the target (adoption asked for, even): not on the
+        // allow-list.
+        let gateway = {
+            let mut o = adopting(Some("kubernetes.io/tls"));
+            let mut icc = o.icc.as_ref().clone();
+            icc.spec.target_secret_name = "istio-ingressgateway-certs".into();
+            o.icc = std::sync::Arc::new(icc);
+            o
+        };
+        // cert-manager's own Secret named as the target.
+        let onto_source = {
+            let mut o = adopting(None);
+            let mut icc = o.icc.as_ref().clone();
+            icc.spec.target_secret_name = icc.spec.source_secret_name.clone();
+            o.icc = std::sync::Arc::new(icc);
+            o.target = o.source.clone();
             o
         };
         let mut bad_source = fresh.clone();
@@ -1120,6 +1237,64 @@ mod tests {
                 adopting(Some("kubernetes.io/tls")),
                 Expect {
                     write: Some(Recreate),
+                    ..SYNCED
+                },
+            ),
+            // Adopting keeps the keys istiod does not read: replaced with them in.
+            (
+                "adoption keeps foreign keys",
+                adopting_as(None, AdoptExisting::KeepForeignKeys, true),
+                Expect {
+                    write: Some(Replace),
+                    ..SYNCED
+                },
+            ),
+            // A typed Secret with such keys is not deleted to re-create it...
+            (
+                "adoption of a typed Secret with foreign keys",
+                adopting_as(Some("kubernetes.io/tls"), AdoptExisting::KeepForeignKeys, true),
+                Expect {
+                    ready: "AdoptionNeedsReplace",
+                    events: &["AdoptionNeedsReplace"],
+                    ..SYNCED
+                },
+            ),
+            // ...unless Replace is asked for.
+            (
+                "replacing a typed Secret with foreign keys",
+                adopting_as(Some("kubernetes.io/tls"), AdoptExisting::Replace, true),
+                Expect {
+                    write: Some(Recreate),
+                    ..SYNCED
+                },
+            ),
+            // A value the API server cannot check is refused by name.
+            (
+                "adoptExisting invalid",
+                adopting_as(None, AdoptExisting::Invalid("Sometimes".into()), false),
+                Expect {
+                    ready: "InvalidSpec",
+                    events: &["InvalidSpec"],
+                    ..SYNCED
+                },
+            ),
+            // A target outside --cacerts-secret-names is never written, adopting or not.
+            (
+                "target not allowed",
+                gateway,
+                Expect {
+                    ready: "TargetNotAllowed",
+                    events: &["TargetNotAllowed"],
+                    ..SYNCED
+                },
+            ),
+            // Target == source: cert-manager's Secret is never written over.
+            (
+                "target is source",
+                onto_source,
+                Expect {
+                    ready: "TargetIsSource",
+                    events: &["TargetIsSource"],
                     ..SYNCED
                 },
             ),
@@ -1449,6 +1624,85 @@ mod tests {
                 },
             ),
         ]
+    }
+
+    /// The allow-list is the operator's: a name on it is written like `cacerts`; a name off it
+    /// is refused with the flag and the Helm value that would allow it.
+    #[test]
+    fn only_targets_on_the_allow_list_are_written() {
+        let pki = Pki::new();
+        let east = observed(
+            istio_cacerts(IstioCACertsSpec {
+                target_secret_name: "cacerts-east".into(),
+                ..spec()
+            }),
+            Some(&pki.old),
+        );
+        let refused = decide(&east, &Settings::default());
+        assert!(refused.cacerts.is_none(), "nothing written");
+        let ready = conditions::find(&refused.then.status.conditions, READY).unwrap();
+        assert_eq!(ready.reason, "TargetNotAllowed");
+        for needed in [
+            "cacerts-east",
+            "--cacerts-secret-names",
+            "controller.cacertsSecretNames",
+        ] {
+            assert!(ready.message.contains(needed), "{needed}: {}", ready.message);
+        }
+        let allowed = Settings {
+            cacerts_secret_names: vec!["cacerts".into(), "cacerts-east".into()],
+            ..Settings::default()
+        };
+        let plan = decide(&east, &allowed);
+        assert_eq!(plan.cacerts.map(|s| s.write.how), Some(Create));
+        // The allow-list never makes cert-manager's Secret a target.
+        let mut onto_source = east.clone();
+        let mut icc = onto_source.icc.as_ref().clone();
+        icc.spec.target_secret_name = icc.spec.source_secret_name.clone();
+        onto_source.icc = std::sync::Arc::new(icc);
+        let everything = Settings {
+            cacerts_secret_names: vec!["istiod-intermediate".into()],
+            ..Settings::default()
+        };
+        let plan = decide(&onto_source, &everything);
+        assert!(plan.cacerts.is_none());
+        assert_eq!(reason(&plan.then.status, READY), Some("TargetIsSource"));
+    }
+
+    /// Nothing the decision carries shows key material in `{:?}`: not the observed Secrets,
+    /// the target as judged, the plan, nor the write.
+    #[test]
+    fn no_key_material_in_debug_output() {
+        use crate::istio::secret_data::tests::assert_not_shown;
+        let pki = Pki::new();
+        let fresh = observed(istio_cacerts(spec()), Some(&pki.old));
+        let plan = decide(&fresh, &Settings::default());
+        let written = after(&fresh, &plan, t0());
+        let renewal = sourced(&written, &pki.renewed);
+        let key = pki.old.key_pem.to_vec();
+        let renewed_key = pki.renewed.key_pem.to_vec();
+        let step = plan.cacerts.as_ref().unwrap();
+        let target = target_state(written.target.as_ref());
+        let cacerts_plan = cacerts::plan(&pki.renewed, &target, "mesh", &AdoptExisting::Never, t0()).unwrap();
+        let shown = [
+            ("Observed", format!("{written:?}")),
+            ("Plan", format!("{plan:?}")),
+            ("CacertsWrite", format!("{:#?}", step.write)),
+            ("Target", format!("{target:?}")),
+            ("CacertsPlan", format!("{cacerts_plan:?}")),
+            ("SourceBundle", format!("{:?}", pki.old)),
+            (
+                "secret_data",
+                format!("{:?}", secret_data(written.target.as_ref().unwrap())),
+            ),
+            ("renewal Plan", format!("{:?}", decide(&renewal, &Settings::default()))),
+        ];
+        for (what, shown) in &shown {
+            assert_not_shown(shown, &key, what);
+            assert_not_shown(shown, &renewed_key, what);
+        }
+        // Still useful: the key names are there.
+        assert!(shown[2].1.contains("ca-key.pem"), "{}", shown[2].1);
     }
 
     fn reason<'a>(status: &'a IstioCACertsStatus, type_: &str) -> Option<&'a str> {

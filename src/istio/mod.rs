@@ -5,13 +5,15 @@
 //! and carries out the [`plan::Plan`] it returns; everything it decides lives here:
 //! [`cacerts`] (the bundle and ownership), [`rotation`] (root rotation phases),
 //! [`trust_bundle`] (trust anchors in `root-cert.pem`), [`tracking`] (renewal windows and
-//! health), [`publish`] (the published root).
+//! health), [`publish`] (the published root); Secret data is carried as [`secret_data::SecretData`],
+//! which never shows its values and wipes them on drop.
 
 pub mod cacerts;
 pub mod decide;
 pub mod plan;
 pub mod publish;
 pub mod rotation;
+pub mod secret_data;
 pub mod tracking;
 pub mod trust_bundle;
 

@@ -7,7 +7,6 @@
 //! A later feature adds what it reads as a field of [`Observed`] and what it writes as a step
 //! of [`Outcome`] (with the fallback its refusal needs), not a branch in the controller.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -15,6 +14,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use super::cacerts::Problem;
 use super::publish::{self, PublishWrite};
+use super::secret_data::SecretData;
 use super::trust_bundle::AnchorInput;
 use crate::api::cert_manager::CertificateStatus;
 use crate::api::conditions;
@@ -83,12 +83,26 @@ impl Observed {
 }
 
 /// The controller's flags that bear on the decision.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     pub thresholds: Thresholds,
     /// The bounds on a root rotation's delays (`--workload-cert-ttl`, `--clock-skew-allowance`,
     /// `--min-trust-propagation-delay`).
     pub rotation: super::rotation::Limits,
+    /// `--cacerts-secret-names`: the only Secrets an IstioCACerts may write (its
+    /// `targetSecretName`). The chart grants update and delete on exactly these.
+    pub cacerts_secret_names: Vec<String>,
+}
+
+impl Default for Settings {
+    /// The flags' defaults: istiod's own `cacerts` only.
+    fn default() -> Self {
+        Self {
+            thresholds: Thresholds::default(),
+            rotation: super::rotation::Limits::default(),
+            cacerts_secret_names: vec![crate::api::istio_cacerts::DEFAULT_TARGET_SECRET_NAME.to_string()],
+        }
+    }
 }
 
 /// What to do, in order. Step 1 is the `cacerts` write; everything after it is an
@@ -132,12 +146,13 @@ pub enum SecretWrite {
     Recreate,
 }
 
-/// The `cacerts` write. `Debug` leaves `ca-key.pem` out.
+/// The `cacerts` write. `Debug` shows the data's key names and sizes, never its values.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CacertsWrite {
     pub how: SecretWrite,
-    /// Exactly the four keys istiod reads.
-    pub data: BTreeMap<String, Vec<u8>>,
+    /// The four keys istiod reads, and the target's keys istiod does not read (kept unless
+    /// `adoptExisting: Replace`).
+    pub data: SecretData,
     /// The owner annotation's value: this IstioCACerts.
     pub owner: String,
     /// The appended-anchors record: `Some("")` removes the annotation, `None` leaves it.
@@ -154,7 +169,7 @@ impl std::fmt::Debug for CacertsWrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacertsWrite")
             .field("how", &self.how)
-            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("data", &self.data)
             .field("owner", &self.owner)
             .field("record", &self.record)
             .field("note", &self.note)

@@ -28,7 +28,9 @@ use super::cacerts::{
     self, BundleContents, CA_CERT, CA_KEY, CERT_CHAIN, Problem, ROOT_CERT, SourceBundle, Target, verify_bundle,
 };
 use super::trust_bundle::assemble;
-use crate::api::istio_cacerts::{RootRotation, RootRotationStatus, RotationHistoryEntry, RotationMode, RotationPhase};
+use crate::api::istio_cacerts::{
+    AdoptExisting, RootRotation, RootRotationStatus, RotationHistoryEntry, RotationMode, RotationPhase,
+};
 use crate::duration::parse_go_duration;
 use crate::pki::Certificate;
 
@@ -1077,7 +1079,7 @@ pub fn check_new_root(source: &SourceBundle, old: &Certificate, now: Timestamp) 
         chain.push_str(&c.to_pem());
     }
     chain.push_str(&new.to_pem());
-    let data = [
+    let data: super::secret_data::SecretData = [
         (CA_CERT.to_string(), source.intermediate.to_pem().into_bytes()),
         (CA_KEY.to_string(), source.key_pem.to_vec()),
         (CERT_CHAIN.to_string(), chain.into_bytes()),
@@ -1123,7 +1125,7 @@ pub fn plan(
     bundle: &Bundle,
     target: &Target,
     owner: &str,
-    adopt_existing: bool,
+    adopt_existing: &AdoptExisting,
     now: Timestamp,
 ) -> Result<cacerts::CacertsPlan, Problem> {
     let (signer, root_cert) = match bundle {
@@ -1247,7 +1249,9 @@ mod tests {
             let old = source_under(&root(365));
             let new = source_under(&root(730));
             let target = Target::Present {
-                data: cacerts::plan(&old, &Target::Absent, "mesh", false, t0()).unwrap().data,
+                data: cacerts::plan(&old, &Target::Absent, "mesh", &AdoptExisting::Never, t0())
+                    .unwrap()
+                    .data,
                 owner: Some("mesh".into()),
             };
             let mut w = Self {
@@ -1298,7 +1302,7 @@ mod tests {
                 previous_condition: self.condition.as_ref().map(|(r, m)| (*r, m.as_str())),
                 now,
             });
-            if let Ok(plan) = plan(source, &d.bundle, &self.target, "mesh", false, now) {
+            if let Ok(plan) = plan(source, &d.bundle, &self.target, "mesh", &AdoptExisting::Never, now) {
                 if plan.changed {
                     self.writes += 1;
                     self.target = Target::Present {
@@ -1544,7 +1548,9 @@ mod tests {
     fn unfit_new_roots_are_refused_and_nothing_is_written() {
         let old = source_under(&root(365));
         let target = Target::Present {
-            data: cacerts::plan(&old, &Target::Absent, "mesh", false, t0()).unwrap().data,
+            data: cacerts::plan(&old, &Target::Absent, "mesh", &AdoptExisting::Never, t0())
+                .unwrap()
+                .data,
             owner: Some("mesh".into()),
         };
         let mut expired = source_under(&root(365));
@@ -1660,7 +1666,7 @@ mod tests {
             }
         }
         // Not configured: cacerts::plan refuses the new root as it always has.
-        let err = plan(&short, &Bundle::Ordinary, &target, "mesh", false, t0()).unwrap_err();
+        let err = plan(&short, &Bundle::Ordinary, &target, "mesh", &AdoptExisting::Never, t0()).unwrap_err();
         assert_eq!(err.reason, cacerts::reason::ROOT_CHANGED);
     }
 
@@ -1672,7 +1678,7 @@ mod tests {
         w.old = source_under(&old_pki);
         w.new = source_under(&new_pki);
         w.target = Target::Present {
-            data: cacerts::plan(&w.old, &Target::Absent, "mesh", false, t0())
+            data: cacerts::plan(&w.old, &Target::Absent, "mesh", &AdoptExisting::Never, t0())
                 .unwrap()
                 .data,
             owner: Some("mesh".into()),

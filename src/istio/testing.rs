@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use super::cacerts::SourceBundle;
 use super::plan::Observed;
+use super::secret_data::SecretData;
 use crate::api::issuer::RootBootstrap;
 use crate::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
 use crate::pki::policy::SigningPlan;
@@ -58,14 +59,15 @@ pub fn source_under(root: &(Certificate, SigningKey)) -> SourceBundle {
 }
 
 /// A Secret named `name` with `data`.
-pub fn secret(name: &str, data: BTreeMap<String, Vec<u8>>) -> Secret {
+pub fn secret(name: &str, data: impl Into<SecretData>) -> Secret {
+    let data: SecretData = data.into();
     Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some("istio-system".to_string()),
             ..Default::default()
         },
-        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        data: Some(data.iter().map(|(k, v)| (k.clone(), ByteString(v.clone()))).collect()),
         ..Default::default()
     }
 }
@@ -79,7 +81,9 @@ pub fn source_secret(source: &SourceBundle) -> Secret {
     ];
     secret(
         "istiod-intermediate",
-        data.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        data.into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<BTreeMap<_, _>>(),
     )
 }
 
