@@ -442,16 +442,17 @@ async fn a_federated_pair_passes_and_ztunnel_or_a_peer_rotation_each_fail_exactl
         .unwrap();
     assert_all_pass(&both(&a, &b, &[]), 2 * PER_CLUSTER + ACROSS);
 
-    // B rotates its root: its status shows old and new, A's copy only the old one.
+    // B rotates its root (approved): its status shows old and new, A's copy only the old one.
+    b.create_issuer("next").await;
+    let rotation = b.manual_rotation_to("next").await;
     b.ns.api::<mesh_ca_issuer::api::istio_cacerts::IstioCACerts>()
         .patch(
             "istiod",
             &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({"spec": {"rootRotation": MeshCluster::manual_rotation()}})),
+            &Patch::Merge(&serde_json::json!({"spec": {"rootRotation": rotation}})),
         )
         .await
         .unwrap();
-    b.create_issuer("next").await;
     // The new issuer needs the approver too: `meshca check` said so when this test forgot it.
     let signers = [b.signer_name(), format!("meshcaissuers.meshca.io/{ns}.next")];
     b.approver_may_approve(&[&signers[0], &signers[1]]).await;

@@ -433,6 +433,8 @@ fn rotation(mode: RotationMode, multi_root_mesh_enabled: bool) -> RootRotation {
         workload_drain_delay: format!("{}s", DRAIN.as_secs()),
         mode,
         paused: false,
+        // Approved when created (support::approve_new_root).
+        expected_new_root: None,
     }
 }
 

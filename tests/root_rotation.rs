@@ -80,6 +80,8 @@ fn rotating(mode: RotationMode) -> IstioCACertsSpec {
             workload_drain_delay: format!("{}s", DRAIN.as_secs()),
             mode,
             paused: false,
+            // Approved when created (support::approve_new_root).
+            expected_new_root: None,
         }),
         ..Default::default()
     }
@@ -618,6 +620,110 @@ async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_a
     assert_eq!(da["root-cert.pem"], new_root.to_pem().into_bytes());
     assert_eq!(db["root-cert.pem"], da["root-cert.pem"]);
     eprintln!("fleet rotation: {verdicts} cross-cluster verdicts, all passing, at steps {steps:?}");
+}
+
+/// A new root moves the mesh only once approved: an Automatic rotation towards a root nothing
+/// pins waits (`NewRootNotApproved`, naming the root and the command that approves it, with
+/// `cacerts` untouched); `meshca rotation approve` with another root's fingerprint exits 3 and
+/// writes nothing; with the new root's own, it pins it (server-side apply as `meshca-cli`) and
+/// the rotation starts.
+#[tokio::test]
+async fn a_new_root_waits_for_meshca_rotation_approve_which_refuses_another_fingerprint() {
+    let (_lock, client, ns) = support::namespaced_test("rotation-approve").await;
+    let logs = tempfile::tempdir().unwrap();
+    let namespace = ns.name.clone();
+    let mesh = mesh_in(&client, ns);
+    let _running = controller(&namespace, None, logs.path()).await;
+    mesh.root_issuer("old", "87600h").await;
+    mesh.issue("old").await;
+    // Created before any new root exists: nothing is pinned.
+    mesh.create_icc(rotating(RotationMode::Automatic)).await;
+    mesh.wait_condition("Ready", "Synced").await;
+    let synced = mesh.cacerts_secret().await;
+    let pin = |icc: &IstioCACerts| icc.spec.root_rotation.as_ref().unwrap().expected_new_root.clone();
+    assert_eq!(pin(&mesh.icc().await), None);
+
+    // The source moves to a new root: the rotation waits for approval.
+    mesh.root_issuer("next", "175200h").await;
+    mesh.issue("next").await;
+    let icc = mesh.wait_condition("Ready", "NewRootNotApproved").await;
+    let (old_root, next_root) = (mesh.root_of("old").await, mesh.root_of("next").await);
+    let fingerprint = next_root.fingerprint();
+    let message = &condition(&icc, "Ready").unwrap().message;
+    assert!(message.contains(&next_root.subject()), "{message}");
+    assert!(
+        message.contains(&format!(
+            "meshca rotation approve --context <context> --namespace {namespace} --name mesh --fingerprint {fingerprint}"
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        condition(&icc, "RootRotation").map(|c| c.reason.as_str()),
+        Some("NewRootNotApproved")
+    );
+    let waiting = icc.status.as_ref().and_then(|s| s.new_root_awaiting_approval.clone());
+    assert_eq!(waiting.map(|w| w.fingerprint_sha256), Some(fingerprint.clone()));
+    assert_eq!(phase_of(&icc), None);
+    assert_eq!(
+        mesh.cacerts_secret().await.resource_version(),
+        synced.resource_version(),
+        "cacerts untouched"
+    );
+
+    // Another root's fingerprint (here the old one's) is refused and nothing is written.
+    let kubeconfig = support::kubeconfig();
+    let context = support::mesh::context_of(&kubeconfig);
+    let approve = |fingerprint: &str| {
+        let args = [
+            "rotation",
+            "approve",
+            "--context",
+            &context,
+            "--namespace",
+            &namespace,
+            "--name",
+            "mesh",
+            "--fingerprint",
+            fingerprint,
+        ];
+        let (code, said, _) = meshca(kubeconfig.as_os_str(), &args);
+        (code, said)
+    };
+    let before = mesh.icc().await;
+    let (code, said) = approve(&old_root.fingerprint());
+    assert_eq!(code, 3, "{said}");
+    assert!(
+        said.contains(&format!("the new root waiting for approval is {}", next_root.subject()))
+            && said.contains(&fingerprint),
+        "{said}"
+    );
+    let after = mesh.icc().await;
+    assert_eq!(pin(&after), None, "nothing written");
+    assert_eq!(after.metadata.generation, before.metadata.generation, "nothing written");
+    assert_eq!(phase_of(&after), None);
+
+    // The new root's own fingerprint (in capitals: any case) approves it: the rotation starts.
+    let (code, said) = approve(&fingerprint.to_uppercase());
+    assert_eq!(code, 0, "{said}");
+    let icc = mesh.wait_phase(RotationPhase::AddingNewRoot).await;
+    assert_eq!(pin(&icc), Some(fingerprint.clone()));
+    let managers: Vec<_> = icc
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.to_string().contains("f:expectedNewRoot"))
+        })
+        .map(|m| (m.manager.clone(), m.operation.clone()))
+        .collect();
+    assert_eq!(
+        managers,
+        vec![(Some("meshca-cli".to_string()), Some("Apply".to_string()))]
+    );
+    assert!(holds(&mesh.cacerts().await, &next_root), "the new root is added");
 }
 
 /// The delays cannot be skipped by whoever may patch the IstioCACerts: a plain advance before

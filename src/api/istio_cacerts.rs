@@ -130,6 +130,15 @@ pub struct RootRotation {
     /// Hold the rotation in its current phase; nothing moves until it is false again.
     #[serde(default)]
     pub paused: bool,
+    /// The new root a rotation may move to: its SHA-256 fingerprint, 64 hex digits as
+    /// `status.roots[].fingerprintSHA256` shows them (case does not matter). A rotation starts
+    /// (in either mode) only towards the root it names; any other new root waits, with
+    /// `Ready=False/NewRootNotApproved` showing its fingerprint and the command that approves
+    /// it (`meshca rotation approve`, which writes this field). A rotation already under way is
+    /// not stopped by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub expected_new_root: Option<String>,
 }
 
 fn default_trust_propagation_delay() -> String {
@@ -148,6 +157,7 @@ impl Default for RootRotation {
             workload_drain_delay: default_workload_drain_delay(),
             mode: RotationMode::Automatic,
             paused: false,
+            expected_new_root: None,
         }
     }
 }
@@ -442,6 +452,11 @@ pub struct IstioCACertsStatus {
     /// The current (or last) root rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_rotation: Option<RootRotationStatus>,
+    /// The new root a rotation would move to, waiting for approval
+    /// (`spec.rootRotation.expectedNewRoot`, or `meshca rotation approve`, which checks the
+    /// fingerprint it is given against this one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_root_awaiting_approval: Option<NewRootAwaitingApproval>,
 }
 
 /// A trust anchor certificate, tracked like a root.
@@ -465,6 +480,18 @@ pub struct MeshConfigAdvice {
     pub snippet: String,
     /// Which to use, and what works for sidecars and for ambient (ztunnel).
     pub guidance: String,
+}
+
+/// A new root that a rotation would move to once approved.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewRootAwaitingApproval {
+    pub subject: String,
+    /// As `status.roots[].fingerprintSHA256` shows fingerprints: 64 lower-case hex digits.
+    #[serde(rename = "fingerprintSHA256")]
+    pub fingerprint_sha256: String,
+    /// RFC 3339.
+    pub not_after: String,
 }
 
 /// A certificate whose renewal we track.

@@ -40,6 +40,10 @@ Examples:
   # Three clusters trust each other (a full mesh of trust anchors):
   meshca federate --context east --context west --context north
 
+  # A root rotation waits for its new root's approval (Ready=False/NewRootNotApproved):
+  meshca rotation status --context east --namespace istio-system --name istiod
+  meshca rotation approve --context east --namespace istio-system --name istiod --fingerprint <SHA-256>
+
   # Shell completion:
   meshca completion bash > /etc/bash_completion.d/meshca
 
@@ -54,8 +58,9 @@ Exit codes of the other commands:
   1  a cluster could not be read or written after the checks passed (re-running is safe)
   2  bad usage
   3  refused before writing anything: a context is unreachable or unknown, two contexts are
-     the same cluster, a cluster has no IstioCACerts or no spec.publishRoot, or a published
-     root is not a valid CA";
+     the same cluster, a cluster has no IstioCACerts or no spec.publishRoot, a published
+     root is not a valid CA, the clusters are not ready to advance, or the fingerprint given to
+     `rotation approve` is not the new root a cluster waits for";
 
 /// meshca: trust across clusters for mesh-ca-issuer.
 #[derive(Parser, Debug)]
@@ -154,6 +159,20 @@ pub enum RotationCommand {
     /// only when every cluster is in the same phase, in Manual mode, not paused and past its
     /// delay. Otherwise says which cluster holds things up and writes nothing.
     Advance(AdvanceArgs),
+    /// Approve the new root a rotation waits for (Ready=False/NewRootNotApproved): writes
+    /// spec.rootRotation.expectedNewRoot on every cluster, only when each cluster reports that
+    /// very root as waiting for approval. Otherwise says why and writes nothing.
+    Approve(ApproveArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ApproveArgs {
+    #[command(flatten)]
+    pub clusters: RotationArgs,
+    /// The new root's SHA-256 fingerprint, as the NewRootNotApproved condition and
+    /// status.newRootAwaitingApproval show it (64 hex digits, any case).
+    #[arg(long)]
+    pub fingerprint: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -336,6 +355,40 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let now = jiff::Timestamp::now();
             let rows: Vec<rotation::Row> = clusters.iter().map(|c| rotation::row(c, now)).collect();
             print!("{}", render_rotation_rows(&rows, args.output)?);
+            Ok(())
+        }
+        Command::Rotation(RotationCommand::Approve(args)) => {
+            let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
+            let clusters = read_rotations(&kubeconfig, &args.clusters).await?;
+            let fingerprint = rotation::plan_approve(&clusters, &args.fingerprint)
+                .map_err(|problems| Failure::refused(format!("nothing was written:\n  {}", problems.join("\n  "))))?;
+            let patch = serde_json::json!({
+                "apiVersion": "meshca.io/v1alpha1",
+                "kind": "IstioCACerts",
+                "metadata": {"name": args.clusters.name, "namespace": args.clusters.namespace},
+                "spec": {"rootRotation": {"expectedNewRoot": fingerprint}},
+            });
+            for c in &clusters {
+                let client = client_for(&kubeconfig, &c.context).await?;
+                let api: Api<IstioCACerts> = Api::namespaced(client, &args.clusters.namespace);
+                // The user named this root: take the field over from whoever set it before.
+                api.patch(
+                    &args.clusters.name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+                .map_err(|e| {
+                    Failure::failed(format!(
+                        "context {}: approving the new root on IstioCACerts {}/{}: {e} (re-running is safe)",
+                        c.context, args.clusters.namespace, args.clusters.name
+                    ))
+                })?;
+                println!(
+                    "context {}: approved new root {fingerprint} on IstioCACerts {}/{} (spec.rootRotation.expectedNewRoot)",
+                    c.context, args.clusters.namespace, args.clusters.name
+                );
+            }
             Ok(())
         }
         Command::Rotation(RotationCommand::Advance(args)) => {

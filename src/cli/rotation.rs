@@ -161,6 +161,49 @@ pub fn plan_advance(
     }
 }
 
+/// The fingerprint to write as `spec.rootRotation.expectedNewRoot` on every cluster, or why
+/// not (one line per cluster). A cluster is approved only for the new root its own status
+/// reports as waiting for approval (`status.newRootAwaitingApproval`), so a typo or another
+/// root is never approved blindly; one already pinned to it is approved again (re-running is
+/// safe).
+pub fn plan_approve(clusters: &[ClusterRotation], fingerprint: &str) -> Result<String, Vec<String>> {
+    let given = fingerprint.trim().to_ascii_lowercase();
+    let mut problems = Vec::new();
+    if given.len() != 64 || !given.bytes().all(|b| b.is_ascii_hexdigit()) {
+        problems.push(format!(
+            "--fingerprint {fingerprint:?} is not a SHA-256 fingerprint: 64 hex digits, as status.roots[].fingerprintSHA256 and the NewRootNotApproved condition show them"
+        ));
+    }
+    for c in clusters {
+        let icc = &c.istio_cacerts;
+        let who = format!("context {}", c.context);
+        let Some(spec) = icc.spec.root_rotation.as_ref() else {
+            problems.push(format!("{who}: spec.rootRotation is not set"));
+            continue;
+        };
+        let waiting = icc.status.as_ref().and_then(|s| s.new_root_awaiting_approval.as_ref());
+        let pinned = spec.expected_new_root.as_deref().map(str::to_ascii_lowercase);
+        match waiting {
+            Some(root) if root.fingerprint_sha256.eq_ignore_ascii_case(&given) => {}
+            Some(root) => problems.push(format!(
+                "{who}: the new root waiting for approval is {} (SHA-256 {}), not {given}",
+                root.subject, root.fingerprint_sha256
+            )),
+            None if pinned.as_deref() == Some(given.as_str()) => {}
+            None => problems.push(format!(
+                "{who}: no new root waits for approval (status.newRootAwaitingApproval is empty): only a root the cluster reports as waiting can be approved"
+            )),
+        }
+    }
+    if problems.is_empty() && !clusters.is_empty() {
+        Ok(given)
+    } else if clusters.is_empty() {
+        Err(vec!["no cluster given".to_string()])
+    } else {
+        Err(problems)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +304,105 @@ mod tests {
             let got = plan_advance(&clusters, to, now());
             match expected {
                 Ok(phase) => assert_eq!(got, Ok(phase), "{case}"),
+                Err(text) => {
+                    let problems = got.expect_err(case);
+                    assert!(problems.iter().any(|p| p.contains(text)), "{case}: {problems:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn approve_writes_only_the_root_each_cluster_reports_as_waiting() {
+        use crate::api::istio_cacerts::NewRootAwaitingApproval;
+        let new = "ab".repeat(32);
+        let other = "cd".repeat(32);
+        // A cluster whose status reports `waiting` (if any), pinned to `pinned` (if any).
+        let at = |context: &str, waiting: Option<&str>, pinned: Option<&str>| {
+            let mut icc = IstioCACerts::new(
+                "istiod",
+                IstioCACertsSpec {
+                    root_rotation: Some(RootRotation {
+                        multi_root_mesh_enabled: true,
+                        expected_new_root: pinned.map(str::to_string),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            );
+            icc.status = Some(IstioCACertsStatus {
+                new_root_awaiting_approval: waiting.map(|fp| NewRootAwaitingApproval {
+                    subject: "CN=new root".into(),
+                    fingerprint_sha256: fp.into(),
+                    not_after: "2040-01-01T00:00:00Z".into(),
+                }),
+                ..Default::default()
+            });
+            ClusterRotation {
+                context: context.into(),
+                istio_cacerts: icc,
+            }
+        };
+        let unconfigured = ClusterRotation {
+            context: "c".into(),
+            istio_cacerts: IstioCACerts::new("istiod", IstioCACertsSpec::default()),
+        };
+        // (case, clusters, --fingerprint, expected: Ok(fingerprint written) or text of the problem)
+        type Case<'a> = (&'a str, Vec<ClusterRotation>, String, Result<String, &'a str>);
+        let cases: Vec<Case> = vec![
+            (
+                "both wait for this root",
+                vec![at("a", Some(&new), None), at("b", Some(&new), None)],
+                new.clone(),
+                Ok(new.clone()),
+            ),
+            (
+                "given in capitals, written as status shows it",
+                vec![at("a", Some(&new), None)],
+                new.to_uppercase(),
+                Ok(new.clone()),
+            ),
+            (
+                "already pinned, nothing waits: approving again is safe",
+                vec![at("a", None, Some(&new))],
+                new.clone(),
+                Ok(new.clone()),
+            ),
+            (
+                "another root waits in one cluster",
+                vec![at("a", Some(&new), None), at("b", Some(&other), None)],
+                new.clone(),
+                Err("context b: the new root waiting for approval is CN=new root (SHA-256 cdcd"),
+            ),
+            (
+                "a typo",
+                vec![at("a", Some(&new), None)],
+                format!("{}0", &new[..63]),
+                Err("not ab"),
+            ),
+            (
+                "nothing waits",
+                vec![at("a", None, None)],
+                new.clone(),
+                Err("context a: no new root waits for approval"),
+            ),
+            (
+                "not a fingerprint",
+                vec![at("a", Some(&new), None)],
+                "ab:cd".into(),
+                Err("is not a SHA-256 fingerprint"),
+            ),
+            (
+                "rotation not configured",
+                vec![at("a", Some(&new), None), unconfigured],
+                new.clone(),
+                Err("context c: spec.rootRotation is not set"),
+            ),
+        ];
+        for (case, clusters, fingerprint, expected) in cases {
+            let got = plan_approve(&clusters, &fingerprint);
+            match expected {
+                Ok(written) => assert_eq!(got, Ok(written), "{case}"),
                 Err(text) => {
                     let problems = got.expect_err(case);
                     assert!(problems.iter().any(|p| p.contains(text)), "{case}: {problems:?}");

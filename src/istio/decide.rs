@@ -211,6 +211,8 @@ impl Facts {
         let status = icc.status.as_ref();
         let advance_set_by = advance_setters(&icc.metadata);
         Some(rotation::decide(&rotation::Inputs {
+            namespace: o.namespace(),
+            name: o.name(),
             spec: icc.spec.root_rotation.as_ref(),
             status: status.and_then(|s| s.root_rotation.as_ref()),
             advance: annotation_of(&icc.metadata, ADVANCE_ROTATION_ANNOTATION),
@@ -375,6 +377,13 @@ impl Outcome {
             root_rotation: rotation
                 .as_ref()
                 .map_or(previous_rotation.cloned(), |r| r.status.clone()),
+            new_root_awaiting_approval: rotation.as_ref().and_then(|r| r.awaiting_approval.as_ref()).map(|c| {
+                crate::api::istio_cacerts::NewRootAwaitingApproval {
+                    subject: c.subject(),
+                    fingerprint_sha256: c.fingerprint(),
+                    not_after: c.not_after().to_string(),
+                }
+            }),
             ..tracked_status(&tracked, live.as_ref(), trust_anchors, mesh_config, now, settings)
         };
         let basis = Basis {
@@ -885,7 +894,9 @@ mod tests {
     use crate::api::istio_cacerts::{IstioCACertsSpec, KeyRef, PublishRoot, RootRotation, RotationMode, TrustAnchor};
     use crate::istio::plan::SecretWrite::{self, Create, Recreate, Replace};
     use crate::istio::publish::Found;
-    use crate::istio::testing::{DAY, HOUR, istio_cacerts, observed, root, secret, source_under, t0};
+    use crate::istio::testing::{
+        DAY, HOUR, cross_signed_root, istio_cacerts, observed, root, secret, source_under, t0, weak_root,
+    };
     use crate::istio::trust_bundle::Fetched;
 
     /// What a row expects of the plan: the `cacerts` write, Ready's and CertificatesHealthy's
@@ -925,6 +936,10 @@ mod tests {
         new: SourceBundle,
         /// A root that expires before the old one: unfit to rotate to.
         short: SourceBundle,
+        /// A root with a key the strength check refuses (P-521).
+        weak: SourceBundle,
+        /// A "root" signed by another root, not by itself.
+        cross_signed: SourceBundle,
         peer_root: Certificate,
     }
 
@@ -937,6 +952,15 @@ mod tests {
                 renewed: source_under(&old_root),
                 new: source_under(&new_root),
                 short: source_under(&root(200)),
+                // Refused before the intermediate is looked at.
+                weak: SourceBundle {
+                    root: weak_root().0,
+                    ..source_under(&new_root)
+                },
+                cross_signed: SourceBundle {
+                    root: cross_signed_root(&root(3650)).0,
+                    ..source_under(&new_root)
+                },
                 peer_root: root(3650).0,
             }
         }
@@ -949,7 +973,8 @@ mod tests {
         }
     }
 
-    fn rotating(mode: RotationMode, paused: bool) -> IstioCACertsSpec {
+    /// Rotation configured, with `approved` pinned as the new root (`expectedNewRoot`).
+    fn rotating(mode: RotationMode, paused: bool, approved: &Certificate) -> IstioCACertsSpec {
         IstioCACertsSpec {
             root_rotation: Some(RootRotation {
                 multi_root_mesh_enabled: true,
@@ -957,6 +982,7 @@ mod tests {
                 workload_drain_delay: "25h".into(),
                 mode,
                 paused,
+                expected_new_root: Some(approved.fingerprint()),
             }),
             ..spec()
         }
@@ -1060,6 +1086,18 @@ mod tests {
         o
     }
 
+    /// `o` with spec.rootRotation.expectedNewRoot set to `pin`.
+    fn pinned(o: &Observed, pin: Option<String>) -> Observed {
+        let mut icc = o.icc.as_ref().clone();
+        if let Some(r) = icc.spec.root_rotation.as_mut() {
+            r.expected_new_root = pin;
+        }
+        Observed {
+            icc: std::sync::Arc::new(icc),
+            ..o.clone()
+        }
+    }
+
     /// `o` with spec.rootRotation's delays set to `trust` and `drain`.
     fn delays(o: &Observed, trust: &str, drain: &str) -> Observed {
         let mut icc = o.icc.as_ref().clone();
@@ -1131,21 +1169,27 @@ mod tests {
         }
         // A rotation: started, then each delay over (Automatic), then a cut root written.
         let rotation = settled(
-            observed(istio_cacerts(rotating(RotationMode::Automatic, false)), Some(&pki.old)),
+            observed(
+                istio_cacerts(rotating(RotationMode::Automatic, false, &pki.new.root)),
+                Some(&pki.old),
+            ),
             t0(),
         );
         let started = settled(sourced(&rotation, &pki.new), t0() + HOUR * 2);
         let switched = settled(started.clone(), t0() + DAY * 2);
         let cut = settled(switched.clone(), t0() + DAY * 2);
         let manual = settled(
-            observed(istio_cacerts(rotating(RotationMode::Manual, false)), Some(&pki.old)),
+            observed(
+                istio_cacerts(rotating(RotationMode::Manual, false, &pki.new.root)),
+                Some(&pki.old),
+            ),
             t0(),
         );
         let manual_started = settled(sourced(&manual, &pki.new), t0() + HOUR * 2);
         let paused = {
             let mut o = started.clone();
             let mut icc = o.icc.as_ref().clone();
-            icc.spec = rotating(RotationMode::Automatic, true);
+            icc.spec = rotating(RotationMode::Automatic, true, &pki.new.root);
             o.icc = std::sync::Arc::new(icc);
             o
         };
@@ -1325,6 +1369,85 @@ mod tests {
                     write: Some(Replace),
                     phase: Some(AddingNewRoot),
                     events: &["RotationAddingNewRoot"],
+                    ..SYNCED
+                },
+            ),
+            // A new root nothing pins waits for approval, showing the command that gives it.
+            (
+                "rotation not approved",
+                sourced(&pinned(&rotation, None), &pki.new),
+                Expect {
+                    ready: "NewRootNotApproved",
+                    events: &["NewRootNotApproved"],
+                    rotation: Some("NewRootNotApproved"),
+                    ..SYNCED
+                },
+            ),
+            // Another root pinned: the rotation waits (pinned X, found Y).
+            (
+                "rotation pinned to another root",
+                sourced(&pinned(&rotation, Some(pki.peer_root.fingerprint())), &pki.new),
+                Expect {
+                    ready: "NewRootNotApproved",
+                    events: &["NewRootNotApproved"],
+                    rotation: Some("NewRootNotApproved"),
+                    ..SYNCED
+                },
+            ),
+            // Manual mode needs the same approval before AddingNewRoot.
+            (
+                "manual rotation not approved",
+                sourced(&pinned(&manual, None), &pki.new),
+                Expect {
+                    ready: "NewRootNotApproved",
+                    events: &["NewRootNotApproved"],
+                    rotation: Some("NewRootNotApproved"),
+                    ..SYNCED
+                },
+            ),
+            // A weak new root is refused, pinned or not.
+            (
+                "new root with a weak key",
+                sourced(&pinned(&rotation, Some(pki.weak.root.fingerprint())), &pki.weak),
+                Expect {
+                    ready: "NewRootRefused",
+                    events: &["NewRootRefused"],
+                    rotation: Some("NewRootRefused"),
+                    ..SYNCED
+                },
+            ),
+            // A new root that is not self-signed is refused, pinned or not.
+            (
+                "new root not self-signed",
+                sourced(
+                    &pinned(&rotation, Some(pki.cross_signed.root.fingerprint())),
+                    &pki.cross_signed,
+                ),
+                Expect {
+                    ready: "NewRootRefused",
+                    events: &["NewRootRefused"],
+                    rotation: Some("NewRootRefused"),
+                    ..SYNCED
+                },
+            ),
+            // A rotation under way goes on without a pin (set before the pin was required).
+            (
+                "rotation in progress unaffected by the pin",
+                at(&pinned(&started, None), t0() + DAY * 2),
+                Expect {
+                    write: Some(Replace),
+                    phase: Some(SwitchingIntermediate),
+                    events: &["RotationSwitchingIntermediate"],
+                    ..SYNCED
+                },
+            ),
+            (
+                "manual rotation in progress advanced without a pin",
+                advancing(&at(&pinned(&manual_started, None), t0() + DAY * 2), "AddingNewRoot"),
+                Expect {
+                    write: Some(Replace),
+                    phase: Some(SwitchingIntermediate),
+                    events: &["RotationSwitchingIntermediate"],
                     ..SYNCED
                 },
             ),

@@ -39,9 +39,12 @@ pub const ROOT_ROTATION: &str = "RootRotation";
 
 /// Reasons (of `Ready` for refusals, of the `RootRotation` condition otherwise).
 pub mod reason {
-    /// The new root itself is unfit (expired, not yet valid, expires before the old one, or
-    /// the new intermediate does not verify against it).
+    /// The new root itself is unfit (a weak key, not self-signed, expired, not yet valid,
+    /// expires before the old one, or the new intermediate does not verify against it).
     pub const NEW_ROOT_REFUSED: &str = "NewRootRefused";
+    /// The new root is not the one `spec.rootRotation.expectedNewRoot` pins (or nothing is
+    /// pinned): the rotation waits for `meshca rotation approve`.
+    pub const NEW_ROOT_NOT_APPROVED: &str = "NewRootNotApproved";
     /// A delay in spec.rootRotation does not parse.
     pub const INVALID_ROTATION_SPEC: &str = "InvalidRotationSpec";
     /// The source moved to a third root while a rotation is under way.
@@ -103,6 +106,9 @@ impl Limits {
 /// What the controller knows in this reconcile.
 #[derive(Clone, Copy, Debug)]
 pub struct Inputs<'a> {
+    /// The IstioCACerts' namespace and name, for the command that approves a new root.
+    pub namespace: &'a str,
+    pub name: &'a str,
     pub spec: Option<&'a RootRotation>,
     /// The last `status.rootRotation`.
     pub status: Option<&'a RootRotationStatus>,
@@ -192,6 +198,8 @@ pub struct Decision {
     pub requeue_at: Option<Timestamp>,
     /// The own roots to publish (`publishRoot`) while old and new are both trusted.
     pub published_roots: Option<Vec<Certificate>>,
+    /// A fit new root that waits for approval (`spec.rootRotation.expectedNewRoot`).
+    pub awaiting_approval: Option<Certificate>,
 }
 
 impl Decision {
@@ -208,6 +216,7 @@ impl Decision {
             expiring_warning: None,
             requeue_at: None,
             published_roots: None,
+            awaiting_approval: None,
         }
     }
 }
@@ -306,16 +315,33 @@ fn not_rotating(inputs: &Inputs, current: &BundleContents) -> Decision {
         ));
         return d;
     }
-    start(inputs, current, spec)
+    start(inputs, current, spec, Approval::Needed)
+}
+
+/// Whether a rotation's new root must be the one `spec.rootRotation.expectedNewRoot` pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Approval {
+    /// A new root: only the pinned one.
+    Needed,
+    /// Back to a root of the rotation under way (after the switch), which the mesh ran under.
+    OldRoot,
 }
 
 /// Begins a rotation from the root the current intermediate chains to towards the source's.
-fn start(inputs: &Inputs, current: &BundleContents, spec: &RootRotation) -> Decision {
+fn start(inputs: &Inputs, current: &BundleContents, spec: &RootRotation, approval: Approval) -> Decision {
     let previous = inputs.status.cloned();
     let (old, new, now) = (&current.anchor, &inputs.source.root, inputs.now);
     if let Err(problem) = check_new_root(inputs.source, old, now) {
         let mut d = Decision::new(Bundle::Refused(problem.clone()), previous);
         d.condition = Some((problem.reason, problem.message));
+        return d;
+    }
+    if approval == Approval::Needed
+        && let Err(problem) = approved(new, spec, inputs)
+    {
+        // done: waits until the new root is pinned (meshca rotation approve)
+        let mut d = refused(problem, previous);
+        d.awaiting_approval = Some(new.clone());
         return d;
     }
     let delays = match Delays::of(spec, &inputs.limits) {
@@ -422,7 +448,7 @@ fn rotating(inputs: &Inputs, current: &BundleContents, status: &RootRotationStat
     let d = match phase {
         RotationPhase::AddingNewRoot if to_old => step.roll_back(),
         // After the switch, going back to the old root is a new rotation.
-        _ if to_old => return start(inputs, current, spec),
+        _ if to_old => return start(inputs, current, spec, Approval::OldRoot),
         RotationPhase::AddingNewRoot => step.adding_new_root(current),
         RotationPhase::SwitchingIntermediate => step.switching_intermediate(),
         // RemovingOldRoot (Completed and RolledBack are not in progress).
@@ -1049,8 +1075,37 @@ impl Delays {
     }
 }
 
-/// A new root must be valid now, outlive the old one, and the source's intermediate must
-/// verify against it as istiod would.
+/// A rotation moves only to the root `spec.rootRotation.expectedNewRoot` pins: anyone who can
+/// change the istiod Certificate's issuer (or delete a bootstrapped root's Secret, which is
+/// then re-created with a new key) would otherwise move the whole mesh to a root of their
+/// choosing. The pin is compared case-insensitively with the fingerprint as status shows it.
+fn approved(new: &Certificate, spec: &RootRotation, inputs: &Inputs) -> Result<(), Problem> {
+    let found = new.fingerprint();
+    let pin = spec
+        .expected_new_root
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty());
+    if pin.is_some_and(|p| p.eq_ignore_ascii_case(&found)) {
+        return Ok(());
+    }
+    let what = match pin {
+        None => "is not approved: spec.rootRotation.expectedNewRoot is not set".to_string(),
+        Some(pinned) => format!("is not approved: spec.rootRotation.expectedNewRoot pins {pinned}, found {found}"),
+    };
+    Err(Problem {
+        reason: reason::NEW_ROOT_NOT_APPROVED,
+        message: format!(
+            "new root {} (SHA-256 {found}) {what}; the rotation does not start and cacerts is left as it is. If this is the root the mesh should move to, approve it: meshca rotation approve --context <context> --namespace {} --name {} --fingerprint {found} (or set spec.rootRotation.expectedNewRoot: {found})",
+            new.subject(),
+            inputs.namespace,
+            inputs.name,
+        ),
+    })
+}
+
+/// A new root must have a strong key, be self-signed, be valid now, outlive the old one, and
+/// the source's intermediate must verify against it as istiod would.
 pub fn check_new_root(source: &SourceBundle, old: &Certificate, now: Timestamp) -> Result<(), Problem> {
     let new = &source.root;
     let who = format!("new root {} (SHA-256 {})", new.subject(), new.fingerprint());
@@ -1060,6 +1115,19 @@ pub fn check_new_root(source: &SourceBundle, old: &Certificate, now: Timestamp) 
             message: format!("{who} {what}; the rotation does not start and cacerts is left as it is"),
         })
     };
+    // First the key: a weak one is refused as such (our verifier cannot check a 1024-bit RSA
+    // signature, which would otherwise read as "not self-signed").
+    if let Err(weak) = crate::pki::strength::check_key(&new.public_key_info(), "its") {
+        return refuse(format!(
+            "is too weak to rotate to: {weak}. Issue a new root with a strong key and point the source's Certificate at it"
+        ));
+    }
+    if !new.is_self_signed() {
+        return refuse(format!(
+            "is not self-signed (issued by {}): the last certificate of the source's chain must be a root that signs itself. Make the issuer's CA a self-signed root (or put the root in the source's ca.crt)",
+            new.issuer()
+        ));
+    }
     if now > new.not_after() {
         return refuse(format!("expired at {}", new.not_after()));
     }
@@ -1170,6 +1238,7 @@ mod tests {
 
     use super::*;
     use crate::api::issuer::RootBootstrap;
+    use crate::istio::testing::{cross_signed_root, weak_root};
     use crate::pki::SigningKey;
     use crate::pki::policy::SigningPlan;
     use crate::pki::sign::{CaSigner, self_signed_root, sign_csr, tests::istiod_csr_with_key};
@@ -1223,6 +1292,7 @@ mod tests {
             workload_drain_delay: "25h".into(),
             mode,
             paused: false,
+            expected_new_root: None,
         }
     }
 
@@ -1254,12 +1324,17 @@ mod tests {
                     .data,
                 owner: Some("mesh".into()),
             };
+            // The new root is approved (spec.rootRotation.expectedNewRoot).
+            let spec = RootRotation {
+                expected_new_root: Some(new.root.fingerprint()),
+                ..spec(mode)
+            };
             let mut w = Self {
                 old,
                 new,
                 target,
                 status: None,
-                spec: spec(mode),
+                spec,
                 writes: 0,
                 files: vec![],
                 condition: None,
@@ -1291,6 +1366,8 @@ mod tests {
         fn reconcile(&mut self, source_is_new: bool, advance: Option<&str>, now: Timestamp) -> Decision {
             let source = if source_is_new { &self.new } else { &self.old };
             let d = decide(&Inputs {
+                namespace: "istio-system",
+                name: "mesh",
                 spec: Some(&self.spec),
                 status: self.status.as_ref(),
                 advance,
@@ -1531,6 +1608,7 @@ mod tests {
         // Going back is accepted only to a root that outlives the current one: here both
         // expire at the same second.
         w.new = source_under(&root(365));
+        w.spec.expected_new_root = Some(w.new.root.fingerprint());
         w.reconcile(true, None, t0());
         w.reconcile(true, None, t0() + HOUR);
         assert_eq!(w.phase(), Some(RotationPhase::SwitchingIntermediate));
@@ -1577,6 +1655,20 @@ mod tests {
             s
         };
         let enabled = spec(RotationMode::Automatic);
+        let good = source_under(&root(730));
+        // Roots refused before the intermediate is looked at.
+        let mut weak = source_under(&root(730));
+        weak.root = weak_root().0;
+        let mut not_self_signed = source_under(&root(730));
+        not_self_signed.root = cross_signed_root(&root(730)).0;
+        let pinned = |fingerprint: String| RootRotation {
+            expected_new_root: Some(fingerprint),
+            ..enabled.clone()
+        };
+        let approved = pinned(good.root.fingerprint().to_uppercase());
+        let pinned_elsewhere = pinned(root(730).0.fingerprint());
+        let weak_pinned = pinned(weak.root.fingerprint());
+        let cross_pinned = pinned(not_self_signed.root.fingerprint());
         let disabled = RootRotation {
             multi_root_mesh_enabled: false,
             ..enabled.clone()
@@ -1639,9 +1731,43 @@ mod tests {
                 Some(reason::NEW_ROOT_REFUSED),
                 "does not verify",
             ),
+            (
+                "a new root with a weak key (P-521), even pinned",
+                &weak,
+                Some(&weak_pinned),
+                t0(),
+                Some(reason::NEW_ROOT_REFUSED),
+                "too weak to rotate to",
+            ),
+            (
+                "a new root that is not self-signed, even pinned",
+                &not_self_signed,
+                Some(&cross_pinned),
+                t0(),
+                Some(reason::NEW_ROOT_REFUSED),
+                "is not self-signed",
+            ),
+            (
+                "a fit new root, nothing pinned: the approving command is shown",
+                &good,
+                Some(&enabled),
+                t0(),
+                Some(reason::NEW_ROOT_NOT_APPROVED),
+                "meshca rotation approve --context <context> --namespace istio-system --name mesh --fingerprint",
+            ),
+            (
+                "a fit new root, another pinned: pinned X, found Y",
+                &good,
+                Some(&pinned_elsewhere),
+                t0(),
+                Some(reason::NEW_ROOT_NOT_APPROVED),
+                "expectedNewRoot pins",
+            ),
         ];
         for (case, source, spec, now, expected, text) in cases {
             let d = decide(&Inputs {
+                namespace: "istio-system",
+                name: "mesh",
                 spec,
                 status: None,
                 advance: None,
@@ -1665,6 +1791,22 @@ mod tests {
                 }
             }
         }
+        // The pin, in capitals, approves the root status shows in lower case: the rotation starts.
+        let d = decide(&Inputs {
+            namespace: "istio-system",
+            name: "mesh",
+            spec: Some(&approved),
+            status: None,
+            advance: None,
+            source: &good,
+            target: &target,
+            anchors: Ok(&[]),
+            advance_set_by: None,
+            limits: Limits::default(),
+            previous_condition: None,
+            now: t0(),
+        });
+        assert_eq!(d.status.map(|s| s.phase), Some(RotationPhase::AddingNewRoot));
         // Not configured: cacerts::plan refuses the new root as it always has.
         let err = plan(&short, &Bundle::Ordinary, &target, "mesh", &AdoptExisting::Never, t0()).unwrap_err();
         assert_eq!(err.reason, cacerts::reason::ROOT_CHANGED);
@@ -1677,6 +1819,7 @@ mod tests {
         let mut w = World::new(RotationMode::Automatic);
         w.old = source_under(&old_pki);
         w.new = source_under(&new_pki);
+        w.spec.expected_new_root = Some(new_pki.0.fingerprint());
         w.target = Target::Present {
             data: cacerts::plan(&w.old, &Target::Absent, "mesh", &AdoptExisting::Never, t0())
                 .unwrap()
@@ -1733,6 +1876,8 @@ mod tests {
         let before = w.root_cert();
         let anchors = [w.old.root.clone()];
         let d = decide(&Inputs {
+            namespace: "istio-system",
+            name: "mesh",
             spec: Some(&w.spec),
             status: w.status.as_ref(),
             advance: None,
@@ -1968,6 +2113,7 @@ mod tests {
         for (case, spec, limits, phase, refusal, texts) in rows {
             let mut w = World::new(RotationMode::Automatic);
             (w.spec, w.limits) = (spec, limits);
+            w.spec.expected_new_root = Some(w.new.root.fingerprint());
             let d = w.reconcile(true, None, t0());
             assert_eq!(w.phase(), phase, "{case}");
             match refusal {

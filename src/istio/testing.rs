@@ -34,6 +34,41 @@ pub fn root(days: i64) -> (Certificate, SigningKey) {
     self_signed_root(&spec, t0() - DAY).unwrap()
 }
 
+/// A "root" that is a CA certificate signed by `issuer`, not by itself (valid from an hour
+/// before t0 for two years): unfit to rotate to.
+pub fn cross_signed_root(issuer: &(Certificate, SigningKey)) -> (Certificate, SigningKey) {
+    let (csr, key) = istiod_csr_with_key();
+    let plan = SigningPlan {
+        ca_path_len: Some(1),
+        not_before: t0() - HOUR,
+        not_after: t0() + DAY * 730,
+        requested: std::time::Duration::from_secs(1),
+        clamped: None,
+        name_constraints: None,
+    };
+    let signer = CaSigner {
+        certificate: &issuer.0,
+        key: &issuer.1,
+    };
+    (sign_csr(&csr, &plan, &signer).unwrap(), key)
+}
+
+/// A self-signed root on curve P-521, which the key-strength check refuses (valid for rcgen's
+/// default span, far beyond every other root here).
+pub fn weak_root() -> (Certificate, SigningKey) {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P521_SHA512).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "weak root");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let cert = params.self_signed(&pair).unwrap();
+    (
+        Certificate::from_der(cert.der().to_vec()).unwrap(),
+        SigningKey::from_pem(pair.serialize_pem().as_bytes()).unwrap(),
+    )
+}
+
 /// An istiod intermediate (pathLen 0) signed by `root`, valid from an hour before t0 for 90
 /// days, as cert-manager's Secret would hold it.
 pub fn source_under(root: &(Certificate, SigningKey)) -> SourceBundle {

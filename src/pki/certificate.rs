@@ -72,6 +72,11 @@ impl Certificate {
         self.parsed().subject().to_string()
     }
 
+    /// The issuer as an RFC 4514-style string, for messages.
+    pub fn issuer(&self) -> String {
+        self.parsed().issuer().to_string()
+    }
+
     pub fn raw_subject(&self) -> Vec<u8> {
         self.parsed().subject().as_raw().to_vec()
     }

@@ -198,6 +198,9 @@ impl IstioSystem {
             root_rotation: rotation,
             ..Default::default()
         };
+        let mut spec = spec;
+        // A rotation approves the `new` issuer's root.
+        super::approve_new_root(&self.ns.api(), spec.root_rotation.as_mut()).await;
         self.ns
             .api::<IstioCACerts>()
             .create(&PostParams::default(), &IstioCACerts::new(NAME, spec))

@@ -102,7 +102,10 @@ impl Mesh {
     }
 
     /// Creates the IstioCACerts with `spec`.
-    pub async fn create_icc(&self, spec: IstioCACertsSpec) {
+    /// Creates the IstioCACerts; a rotation in it approves the `new` issuer's root
+    /// ([`super::approve_new_root`]).
+    pub async fn create_icc(&self, mut spec: IstioCACertsSpec) {
+        super::approve_new_root(&self.ns.api(), spec.root_rotation.as_mut()).await;
         self.ns
             .api::<IstioCACerts>()
             .create(&PostParams::default(), &IstioCACerts::new(&self.icc, spec))

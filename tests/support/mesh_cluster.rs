@@ -319,11 +319,13 @@ impl MeshCluster {
             .expect("create IstioCACerts");
     }
 
-    /// A rotation that stays in each phase until advanced by hand.
-    pub fn manual_rotation() -> RootRotation {
+    /// A rotation that stays in each phase until advanced by hand, approving the root of
+    /// issuer `to` (`spec.rootRotation.expectedNewRoot`) when it has one.
+    pub async fn manual_rotation_to(&self, to: &str) -> RootRotation {
         RootRotation {
             multi_root_mesh_enabled: true,
             mode: RotationMode::Manual,
+            expected_new_root: super::root_fingerprint(&self.ns.api(), to).await,
             ..Default::default()
         }
     }

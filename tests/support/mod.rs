@@ -41,6 +41,34 @@ use kube::discovery::{Discovery, Scope, verbs};
 use kube::{Client, ResourceExt};
 use tokio::sync::OnceCell;
 
+/// The issuer whose root a rotation test moves to: its root (Secret `new-root`) is the one
+/// the fixtures approve.
+pub const NEW_ROOT_ISSUER: &str = "new";
+
+/// The SHA-256 fingerprint, as `status.roots[].fingerprintSHA256` shows it, of the root in
+/// Secret `<issuer>-root` (a MeshCAIssuer's bootstrapped root); None when there is none.
+pub async fn root_fingerprint(secrets: &Api<k8s_openapi::api::core::v1::Secret>, issuer: &str) -> Option<String> {
+    let secret = secrets.get_opt(&format!("{issuer}-root")).await.ok()??;
+    let pem = secret.data?.remove("tls.crt")?;
+    let root = mesh_ca_issuer::pki::Certificate::parse_pem_bundle(&pem.0, "root")
+        .ok()?
+        .into_iter()
+        .next()?;
+    Some(root.fingerprint())
+}
+
+/// A rotation approves its new root (`spec.rootRotation.expectedNewRoot`) in the fixture, as
+/// an operator would with `meshca rotation approve`: the root of the [`NEW_ROOT_ISSUER`]
+/// issuer, when the test made one and pinned nothing itself.
+pub async fn approve_new_root(
+    secrets: &Api<k8s_openapi::api::core::v1::Secret>,
+    rotation: Option<&mut mesh_ca_issuer::api::istio_cacerts::RootRotation>,
+) {
+    if let Some(r) = rotation.filter(|r| r.expected_new_root.is_none()) {
+        r.expected_new_root = root_fingerprint(secrets, NEW_ROOT_ISSUER).await;
+    }
+}
+
 /// Field manager of the harness's own writes (never the controller's).
 pub const TEST_MANAGER: &str = "mesh-ca-issuer-tests";
 
