@@ -5,7 +5,7 @@
 //! in the cluster resource namespace, istiod's intermediate in the Istio namespace.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -39,13 +39,7 @@ pub fn chart_dir() -> PathBuf {
 }
 
 /// stdout and stderr of a finished command.
-pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+pub use super::said as text;
 
 /// The chart installed (CRDs skipped: the harness installs them) into `release_ns`, serving
 /// the cluster resource namespace `resources` and the Istio namespace `istio`; uninstalled on
