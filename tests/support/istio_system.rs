@@ -17,7 +17,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, PublishRoot, RootRotation, RotationPhase};
+use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, RootRotation, RotationPhase};
 use mesh_ca_issuer::pki::Certificate;
 
 use super::cert_manager::{self as cm, IntermediateRequest};
@@ -27,11 +27,9 @@ use super::{ControllerProcess, TestNamespace, issuer};
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 /// The Secret the cert-manager (stand-in) Certificate for istiod's intermediate writes.
-pub const SOURCE: &str = "istiod-intermediate";
+pub use super::mesh::SOURCE;
 /// The IstioCACerts (`meshca`'s default name).
 pub const NAME: &str = "istiod";
-/// Where it publishes this cluster's root for `meshca federate`.
-pub const PUBLISHED: &str = "istio-ca-root-published";
 
 /// Exclusive use of a control plane's `istio-system` (a file lock).
 pub struct IstioSystemLock(std::fs::File);
@@ -157,16 +155,7 @@ impl IstioSystem {
     /// The IstioCACerts writing `cacerts` from [`SOURCE`], publishing this cluster's root, with
     /// `trust_domain` and an optional root rotation; waits until it is Synced.
     pub async fn istio_cacerts(&self, trust_domain: &str, rotation: Option<RootRotation>) {
-        let spec = IstioCACertsSpec {
-            source_secret_name: SOURCE.into(),
-            trust_domain: trust_domain.into(),
-            publish_root: Some(PublishRoot {
-                config_map_name: PUBLISHED.into(),
-                key: "root-cert.pem".into(),
-            }),
-            root_rotation: rotation,
-            ..Default::default()
-        };
+        let spec = super::mesh::publishing(trust_domain, rotation);
         self.ns
             .api::<IstioCACerts>()
             .create(&PostParams::default(), &IstioCACerts::new(NAME, spec))

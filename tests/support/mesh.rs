@@ -27,6 +27,26 @@ use super::{ControllerProcess, ScopeLock, TestNamespace, issuer};
 
 /// cert-manager's Secret for istiod's intermediate (the IstioCACerts' source).
 pub const SOURCE: &str = "istiod-intermediate";
+/// Where an IstioCACerts publishes its cluster's root for `meshca federate`.
+pub const PUBLISHED: &str = "istio-ca-root-published";
+
+/// An IstioCACerts writing `cacerts` from [`SOURCE`] in `trust_domain`, publishing its root to
+/// [`PUBLISHED`], with an optional root rotation.
+pub fn publishing(
+    trust_domain: &str,
+    rotation: Option<mesh_ca_issuer::api::istio_cacerts::RootRotation>,
+) -> IstioCACertsSpec {
+    IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        trust_domain: trust_domain.into(),
+        publish_root: Some(mesh_ca_issuer::api::istio_cacerts::PublishRoot {
+            config_map_name: PUBLISHED.into(),
+            key: "root-cert.pem".into(),
+        }),
+        root_rotation: rotation,
+        ..Default::default()
+    }
+}
 
 /// One mesh: a namespace, the IstioCACerts `icc` there, the intermediate's revisions.
 pub struct Mesh {

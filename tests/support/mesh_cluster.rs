@@ -20,7 +20,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
-use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, PublishRoot, RootRotation, RotationMode};
+use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, RootRotation, RotationMode};
 
 use super::cert_manager::{self as cm, IntermediateRequest};
 use super::meshca::{self, MeshcaRun};
@@ -29,8 +29,7 @@ use super::{ControllerProcess, TEST_MANAGER, TestNamespace, eventually, issuer, 
 
 pub const TIMEOUT: Duration = Duration::from_secs(40);
 /// cert-manager's Secret for istiod's intermediate, and its Certificate.
-pub const SOURCE: &str = "istiod-intermediate";
-pub const PUBLISHED: &str = "istio-ca-root-published";
+pub use super::mesh::SOURCE;
 pub const ISSUER: &str = "mesh";
 
 /// Cluster-scoped objects a test made (no garbage collector here): deleted when dropped.
@@ -231,16 +230,7 @@ impl MeshCluster {
 
     /// The IstioCACerts `istiod`, publishing its root; with a root rotation when given.
     pub async fn create_istio_cacerts(&self, rotation: Option<RootRotation>) {
-        let spec = IstioCACertsSpec {
-            source_secret_name: SOURCE.into(),
-            trust_domain: self.trust_domain.clone(),
-            publish_root: Some(PublishRoot {
-                config_map_name: PUBLISHED.into(),
-                key: "root-cert.pem".into(),
-            }),
-            root_rotation: rotation,
-            ..Default::default()
-        };
+        let spec = super::mesh::publishing(&self.trust_domain, rotation);
         self.ns
             .api::<IstioCACerts>()
             .create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
