@@ -9,14 +9,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::PostParams;
-use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
 use mesh_ca_issuer::api::issuer::{AwsCredentialsSecretRef, AwsPCA, IssuerSpec, MeshCAIssuer};
 use mesh_ca_issuer::pki::Certificate;
 use support::cert_manager::{self as cm, IntermediateRequest};
 use support::pca::{ACCESS_KEY_ID, PcaFixture, SECRET_ACCESS_KEY};
-use support::{ControllerProcess, RunningController, ScopeLock, TestNamespace, eventually, openssl, wait_for_event};
+use support::{ControllerProcess, RunningController, eventually, openssl, wait_for_event};
 
 const TIMEOUT: Duration = Duration::from_secs(45);
 /// The tests' PCA is a loopback endpoint set on namespaced issuers (`spec.awsPCA.endpoint`):
@@ -27,28 +27,27 @@ const ENDPOINT_OVERRIDE: &str = "--issuer-endpoint-override=true";
 const AMBIENT: &str = "--issuer-ambient-credentials=true";
 const ARN_ANNOTATION: &str = "meshca.io/aws-pca-certificate-arn";
 
-struct Env {
-    client: Client,
-    ns: TestNamespace,
+/// A test namespace with the `aws-creds` Secret and a PCA endpoint.
+type Env = support::WithNamespace<Pca>;
+
+struct Pca {
     pca: PcaFixture,
-    _lock: ScopeLock,
 }
 
 async fn env(prefix: &str) -> Env {
-    let (lock, client, ns) = support::namespaced_test(prefix).await;
+    let test = support::WithNamespace::start(prefix).await;
     let pca = PcaFixture::start();
     let creds: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "aws-creds"},
         "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY}
     }))
     .unwrap();
-    ns.api::<Secret>().create(&PostParams::default(), &creds).await.unwrap();
-    Env {
-        client,
-        ns,
-        pca,
-        _lock: lock,
-    }
+    test.ns
+        .api::<Secret>()
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+    test.with(Pca { pca })
 }
 
 fn pca_spec(env: &Env, arn: &str) -> IssuerSpec {

@@ -20,7 +20,9 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use mesh_ca_issuer::api::issuer::RootBootstrap;
-use support::mesh_cluster::{CheckRun, ISSUER, MeshCluster, check_args, context_of, meshca};
+use support::context_of;
+use support::mesh_cluster::{ISSUER, MeshCluster, check_args};
+use support::meshca::{MeshcaRun, run as meshca};
 use support::{ScopeLock, eventually, istio_chart};
 
 const TIMEOUT: Duration = Duration::from_secs(40);
@@ -30,7 +32,7 @@ fn namespace(prefix: &str) -> String {
 }
 
 /// The run failed with exactly one ✖: `title` with `problem` under it, and exit 1.
-fn assert_only_failure(run: &CheckRun, title: &str, problem: &str) {
+fn assert_only_failure(run: &MeshcaRun, title: &str, problem: &str) {
     assert_eq!(run.code, 1, "exit code: {run:#?}");
     assert_eq!(
         run.failures(),
@@ -41,7 +43,7 @@ fn assert_only_failure(run: &CheckRun, title: &str, problem: &str) {
     assert!(run.warnings().is_empty(), "no warning: {}", run.stdout);
 }
 
-fn assert_all_pass(run: &CheckRun, checks: usize) {
+fn assert_all_pass(run: &MeshcaRun, checks: usize) {
     assert_eq!(
         (run.code, run.failures(), run.warnings()),
         (0, vec![], vec![]),
@@ -370,22 +372,14 @@ async fn istiod_reloads(mesh: &MeshCluster, roots: usize) {
 }
 
 /// `meshca check` of both clusters (and across them).
-fn both(a: &MeshCluster, b: &MeshCluster, extra: &[&str]) -> CheckRun {
+fn both(a: &MeshCluster, b: &MeshCluster, extra: &[&str]) -> MeshcaRun {
     meshca(&[&a.kubeconfig, &b.kubeconfig], &check_args(&[a, b], extra), &[])
 }
 
 fn federate(a: &MeshCluster, b: &MeshCluster) {
     let run = meshca(
         &[&a.kubeconfig, &b.kubeconfig],
-        &[
-            "federate",
-            "--context",
-            &a.context,
-            "--context",
-            &b.context,
-            "--namespace",
-            &a.ns.name,
-        ],
+        &support::meshca::across("federate", &[&a.context, &b.context], &a.ns.name, &[]),
         &[],
     );
     assert_eq!(run.code, 0, "federate: {run:#?}");

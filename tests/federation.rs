@@ -17,9 +17,11 @@ use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 use mesh_ca_issuer::api::issuer::RootBootstrap;
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, KeyRef, PublishRoot, TrustAnchor};
-use support::mesh::{
-    Cluster, SOURCE, TwoClusters, bootstrapped, contains, go_verifies, kubeconfig_of, openssl_verifies, workload,
-};
+use support::goverify::workload_and_chain_verify as go_verifies;
+use support::issuer::bootstrapped;
+use support::istiod::contains;
+use support::mesh::{Cluster, SOURCE, TwoClusters, workload};
+use support::openssl::workload_verifies as openssl_verifies;
 use support::{ScopeLock, eventually, goverify};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -67,21 +69,12 @@ impl Cluster {
 
 /// Runs `meshca` with a KUBECONFIG of both files (as a user would: colon-separated).
 fn meshca(a: &Cluster, b: &Cluster, args: &[&str]) -> (i32, String, Duration) {
-    support::mesh::meshca(&kubeconfig_of(a, b), args)
+    let run = support::meshca::run(&[&a.kubeconfig, &b.kubeconfig], args, &[]);
+    (run.code, run.said(), run.took)
 }
 
 fn args<'a>(verb: &'a str, a: &'a Cluster, b: &'a Cluster, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        verb,
-        "--context",
-        &a.context,
-        "--context",
-        &b.context,
-        "--namespace",
-        &a.ns.name,
-    ];
-    v.extend_from_slice(extra);
-    v
+    support::meshca::across(verb, &[&a.context, &b.context], &a.ns.name, extra)
 }
 
 #[tokio::test]
@@ -295,35 +288,13 @@ async fn meshca_refuses_and_writes_nothing_when_a_check_fails() {
         "{said}"
     );
     // The same cluster twice.
-    let (code, said, _) = meshca(
-        &a,
-        &b,
-        &[
-            "federate",
-            "--context",
-            &a.context,
-            "--context",
-            &a.context,
-            "--namespace",
-            &a.ns.name,
-        ],
-    );
+    let federate = support::meshca::across("federate", &[&a.context, &a.context], &a.ns.name, &[]);
+    let (code, said, _) = meshca(&a, &b, &federate);
     assert_eq!(code, 3, "{said}");
     assert!(said.contains("same cluster"), "{said}");
     // An unknown context.
-    let (code, said, _) = meshca(
-        &a,
-        &b,
-        &[
-            "federate",
-            "--context",
-            &a.context,
-            "--context",
-            "nowhere",
-            "--namespace",
-            &a.ns.name,
-        ],
-    );
+    let federate = support::meshca::across("federate", &[&a.context, "nowhere"], &a.ns.name, &[]);
+    let (code, said, _) = meshca(&a, &b, &federate);
     assert_eq!(code, 3, "{said}");
     assert!(said.contains("nowhere"), "{said}");
     // An unreachable cluster: a context whose API server does not answer.
@@ -337,22 +308,13 @@ async fn meshca_refuses_and_writes_nothing_when_a_check_fails() {
         ),
     )
     .unwrap();
-    let kubeconfig = std::env::join_paths([&a.kubeconfig, &b.kubeconfig, &dead]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .args([
-            "federate",
-            "--context",
-            &a.context,
-            "--context",
-            "dead",
-            "--namespace",
-            &a.ns.name,
-        ])
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{said}");
+    let run = support::meshca::run(
+        &[&a.kubeconfig, &b.kubeconfig, &dead],
+        &support::meshca::across("federate", &[&a.context, "dead"], &a.ns.name, &[]),
+        &[],
+    );
+    let said = &run.stderr;
+    assert_eq!(run.code, 3, "{said}");
     assert!(
         said.contains("context dead is unreachable") && said.contains("nothing was written"),
         "{said}"

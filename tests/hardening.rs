@@ -189,22 +189,9 @@ fn long_chain(links: usize) -> (String, String) {
 async fn an_oversized_ca_secret_neither_stalls_signing_nor_the_lease() {
     let (_lock, client, ns) = support::namespaced_test("bounded-ca").await;
     let logs = tempfile::tempdir().unwrap();
-    let lease_duration = Duration::from_secs(4);
-    let flags = [
-        "--namespace",
-        &ns.name,
-        "--worker-threads",
-        "1",
-        "--leader-elect=true",
-        "--leader-election-namespace",
-        &ns.name,
-        "--leader-election-lease-duration",
-        "4s",
-        "--leader-election-renew-deadline",
-        "3s",
-        "--leader-election-retry-period",
-        "500ms",
-    ];
+    let lease_duration = support::leader::LEASE;
+    let mut flags = support::leader::election_flags(&ns.name);
+    flags.extend(["--worker-threads", "1"]);
     let mut controller = ControllerProcess::start(&flags, logs.path());
     assert!(
         controller.wait_ready(Duration::from_secs(60)).await,

@@ -11,13 +11,15 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use mesh_ca_issuer::api::issuer::{IssuancePolicy, MeshCAIssuer, RootBootstrap};
+use mesh_ca_issuer::api::issuer::{MeshCAIssuer, RootBootstrap};
 use mesh_ca_issuer::api::istio_cacerts::{AdoptExisting, IstioCACerts, IstioCACertsSpec, RenewalWindow};
 use mesh_ca_issuer::pki::policy::SigningPlan;
 use mesh_ca_issuer::pki::sign::{CaSigner, sign_csr};
 use mesh_ca_issuer::pki::{Certificate, CertificateSigningRequest, SigningKey};
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::mesh::{Mesh, SOURCE, bootstrapped, data};
+use support::issuer::{a_year_at_most, bootstrapped};
+use support::mesh::{Mesh, SOURCE};
+use support::objects::{condition, data};
 use support::{RunningController, ScopeLock, eventually, goverify, openssl, wait_for_event};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,11 +58,8 @@ async fn env_in(
         controller,
         _lock: lock,
     };
-    let policy = IssuancePolicy {
-        max_duration: "8760h".into(),
-        ..Default::default()
-    };
-    env.local_issuer("mesh", "mesh-root", root_duration, policy).await;
+    env.local_issuer("mesh", "mesh-root", root_duration, a_year_at_most())
+        .await;
     env
 }
 
@@ -127,15 +126,7 @@ async fn cacerts(env: &Env) -> Option<Secret> {
 }
 
 fn condition_message(icc: &IstioCACerts, type_: &str) -> String {
-    icc.status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .unwrap()
-        .message
-        .clone()
+    condition(icc, type_).unwrap().message.clone()
 }
 
 /// Parses `name{labels} value` lines of the Prometheus text format.
@@ -534,13 +525,7 @@ async fn a_refused_cacerts_write_is_retried_until_it_is_allowed() {
         .unwrap();
     let failed_message = eventually(TIMEOUT, || async {
         let icc = api.get("mesh").await.ok()?;
-        let c = icc
-            .status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")?
-            .clone();
+        let c = condition(&icc, "Ready")?.clone();
         (c.reason == "WriteFailed").then_some(c.message)
     })
     .await
@@ -582,14 +567,7 @@ async fn a_refused_cacerts_write_is_retried_until_it_is_allowed() {
         .unwrap();
     let synced = eventually(Duration::from_secs(30), || async {
         let icc = api.get("mesh").await.ok()?;
-        let c = icc
-            .status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")?
-            .clone();
-        (c.reason == "Synced").then_some(())
+        (condition(&icc, "Ready")?.reason == "Synced").then_some(())
     })
     .await;
     assert!(

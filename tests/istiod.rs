@@ -23,9 +23,10 @@ use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, RootRotation, RotationMode, RotationPhase};
 use mesh_ca_issuer::pki::Certificate;
-use support::istio_system::{IstioSystem, SOURCE, TIMEOUT, condition, data, phase_of};
-use support::istiod::{Issued, IstiodConfig, Workload, root_cert_config_map};
-use support::{eventually, goverify};
+use support::eventually;
+use support::istio_system::{IstioSystem, SOURCE, TIMEOUT};
+use support::istiod::{Issued, IstiodConfig, Workload, contains, root_cert_config_map};
+use support::objects::{condition, data, phase_of};
 
 /// istiod's log lines for the three outcomes of a changed `root-cert.pem`
 /// (`handleEvent` in pilot/pkg/bootstrap/istio_ca.go).
@@ -58,39 +59,6 @@ async fn wait_root_changes_taken(sys: &IstioSystem, n: usize) {
             sys.istiod().log_tail(30)
         )
     });
-}
-
-// === judging workload certificates ===
-
-/// Go's crypto/x509 (as istiod and Go peers judge) on `issued`'s workload certificate, with the
-/// rest of its chain as intermediates, against `roots`.
-fn go_verdict(issued: &Issued, roots: &str) -> goverify::Verdict {
-    goverify::workload_verifies(
-        issued.leaf_pem().as_bytes(),
-        issued.intermediates_pem().as_bytes(),
-        roots.as_bytes(),
-    )
-}
-
-/// openssl's verdict on the same question (x509_strict).
-fn openssl_verdict(issued: &Issued, roots: &str) -> Result<(), String> {
-    support::openssl::verify_leaf(
-        issued.leaf_pem().as_bytes(),
-        issued.intermediates_pem().as_bytes(),
-        roots.as_bytes(),
-    )
-}
-
-/// Both judges agree that `issued` verifies against `roots` (true) or that it does not (false);
-/// panics if they disagree.
-fn verifies(issued: &Issued, roots: &str) -> bool {
-    let (go, openssl) = (go_verdict(issued, roots), openssl_verdict(issued, roots));
-    assert_eq!(
-        go.is_ok(),
-        openssl.is_ok(),
-        "Go ({go:?}) and openssl ({openssl:?}) disagree on a workload certificate"
-    );
-    go.is_ok()
 }
 
 fn parse(pem: &[u8]) -> Vec<Certificate> {
@@ -207,12 +175,16 @@ async fn istiod_loads_our_cacerts_and_its_workload_certificates_chain_to_our_int
         &cacerts["root-cert.pem"][..],
         "root-cert.pem byte for byte"
     );
-    go_verdict(&issued, &root.to_pem()).unwrap_or_else(|e| panic!("Go refuses: {e}"));
-    openssl_verdict(&issued, &root.to_pem()).unwrap_or_else(|e| panic!("openssl refuses: {e}"));
+    issued
+        .go_verdict(&root.to_pem())
+        .unwrap_or_else(|e| panic!("Go refuses: {e}"));
+    issued
+        .openssl_verdict(&root.to_pem())
+        .unwrap_or_else(|e| panic!("openssl refuses: {e}"));
     // The judges can refuse: the same certificate against a root that is not ours.
     sys.issuer("stranger", "87600h").await;
     let stranger = sys.root_of("stranger").await.to_pem();
-    assert!(!verifies(&issued, &stranger), "verified against an unrelated root");
+    assert!(!issued.verifies(&stranger), "verified against an unrelated root");
 
     // istiod published the same root into the workload's namespace.
     let published = root_cert_config_map(&sys.client, &workload.namespace).await;
@@ -273,7 +245,7 @@ async fn istiod_hot_reloads_a_renewed_intermediate_without_a_restart() {
     let reload = reloaded_at.duration_since(jiff::Timestamp::try_from(projected.wall).unwrap());
     assert_eq!(after.root_certificates(), before.root_certificates());
     assert!(
-        verifies(&after, &before.roots),
+        after.verifies(&before.roots),
         "the new certificate verifies against what the workload held before"
     );
     assert!(
@@ -303,7 +275,8 @@ fn log_time(line: &str) -> jiff::Timestamp {
 
 /// Runs `meshca` with both clusters' kubeconfig files, as a user would.
 fn meshca(a: &IstioSystem, b: &IstioSystem, args: &[&str]) -> (i32, String) {
-    support::meshca(&[&a.kubeconfig, &b.kubeconfig], args)
+    let run = support::meshca::run(&[&a.kubeconfig, &b.kubeconfig], args, &[]);
+    (run.code, run.said())
 }
 
 /// Requests until the roots istiod hands the workload are exactly `roots`; returns that answer.
@@ -350,13 +323,13 @@ async fn two_istiods_trust_each_others_workloads_after_meshca_federate_and_no_lo
     let (ia, ib) = (wa.request(a.istiod()).await, wb.request(b.istiod()).await);
     assert!(ia.leaf().uri_sans()[0].starts_with("spiffe://a.example/"));
     assert!(ib.leaf().uri_sans()[0].starts_with("spiffe://b.example/"));
-    assert!(verifies(&ia, &ia.roots) && verifies(&ib, &ib.roots));
+    assert!(ia.verifies(&ia.roots) && ib.verifies(&ib.roots));
     assert!(
-        !verifies(&ib, &ia.roots),
+        !ib.verifies(&ia.roots),
         "B's workload verified against A's roots before federation"
     );
     assert!(
-        !verifies(&ia, &ib.roots),
+        !ia.verifies(&ib.roots),
         "A's workload verified against B's roots before federation"
     );
 
@@ -368,15 +341,15 @@ async fn two_istiods_trust_each_others_workloads_after_meshca_federate_and_no_lo
     let ib = request_until_roots(wb, &b, &[root_b.clone(), root_a.clone()]).await;
     let federated_in = federate.elapsed();
     assert!(
-        verifies(&ib, &ia.roots),
+        ib.verifies(&ia.roots),
         "B's workload against the roots A's istiod hands out"
     );
     assert!(
-        verifies(&ia, &ib.roots),
+        ia.verifies(&ib.roots),
         "A's workload against the roots B's istiod hands out"
     );
     assert!(
-        verifies(&ia, &ia.roots) && verifies(&ib, &ib.roots),
+        ia.verifies(&ia.roots) && ib.verifies(&ib.roots),
         "each still trusts its own"
     );
     // The whole root-cert.pem is the answer's last element: istio-agent holds both roots.
@@ -399,14 +372,8 @@ async fn two_istiods_trust_each_others_workloads_after_meshca_federate_and_no_lo
     let ia = request_until_roots(wa, &a, std::slice::from_ref(&root_a)).await;
     let ib = request_until_roots(wb, &b, std::slice::from_ref(&root_b)).await;
     let unfederated_in = unfederate.elapsed();
-    assert!(
-        !verifies(&ib, &ia.roots),
-        "B's workload still verified against A's roots"
-    );
-    assert!(
-        !verifies(&ia, &ib.roots),
-        "A's workload still verified against B's roots"
-    );
+    assert!(!ib.verifies(&ia.roots), "B's workload still verified against A's roots");
+    assert!(!ia.verifies(&ib.roots), "A's workload still verified against B's roots");
     for sys in [&mut a, &mut b] {
         wait_root_changes_taken(sys, 2).await;
         assert!(sys.istiod().log_lines(ROOT_REFUSED).is_empty());
@@ -582,13 +549,13 @@ async fn root_rotation_under_load_fails_no_workload_certificate_in_either_cluste
                     continue; // that workload had no certificate yet: nothing to judge with
                 };
                 verdicts += 2;
-                if let Err(e) = go_verdict(issued, held) {
+                if let Err(e) = issued.go_verdict(held) {
                     failures.push(format!(
                         "Go: {}'s certificate of {} against {}'s roots: {e}",
                         names[from], issued.at, names[peer]
                     ));
                 }
-                if let Err(e) = openssl_verdict(issued, held) {
+                if let Err(e) = issued.openssl_verdict(held) {
                     failures.push(format!(
                         "openssl: {}'s certificate of {} against {}'s roots: {e}",
                         names[from], issued.at, names[peer]
@@ -633,7 +600,7 @@ async fn root_rotation_under_load_fails_no_workload_certificate_in_either_cluste
         .expect("A issued under the old intermediate");
     let final_roots = &answers[1].iter().rfind(|i| i.ok).expect("B's last answer").roots;
     assert!(
-        !verifies(last_old, final_roots),
+        !last_old.verifies(final_roots),
         "an old-intermediate certificate verified against the new root alone"
     );
     for sys in [&mut a, &mut b] {
@@ -953,15 +920,11 @@ fn short_fingerprint(cert: &Certificate) -> String {
         .collect()
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 // === meshca check on a real istiod (issue 26) ===
 
 /// The verdict of one check in `meshca check -o json` for this cluster: (status, problem, fix).
 fn check_verdict(sys: &IstioSystem, id: &str) -> (String, String, String) {
-    let run = support::mesh_cluster::meshca(
+    let run = support::meshca::run(
         &[sys.kubeconfig.as_path()],
         &["check", "--namespace", support::istiod::ISTIO_NAMESPACE, "-o", "json"],
         &[],

@@ -11,8 +11,8 @@ use kube::api::{Api, PostParams};
 use mesh_ca_issuer::api::issuer::MeshCAIssuer;
 use support::cert_manager as cm;
 use support::eventually;
+use support::issuer::bootstrapped;
 use support::leader::{LEASE, LeaderPair, RETRY, is_leader, metric, signed_once};
-use support::mesh::bootstrapped;
 
 /// `<prefix>-0` … `<prefix>-<n-1>`.
 fn names(prefix: &str, n: usize) -> Vec<String> {

@@ -13,15 +13,18 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use mesh_ca_issuer::api::issuer::{IssuancePolicy, RootBootstrap};
+use mesh_ca_issuer::api::issuer::RootBootstrap;
 use mesh_ca_issuer::api::istio_cacerts::{
     IstioCACerts, IstioCACertsSpec, PublishRoot, RootRotation, RotationMode, RotationPhase,
 };
 use mesh_ca_issuer::pki::Certificate;
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::mesh::{
-    Mesh, SOURCE, TwoClusters, condition, contains, data, go_verifies, kubeconfig_of, meshca, openssl_verifies,
-};
+use support::goverify::workload_and_chain_verify as go_verifies;
+use support::issuer::a_year_at_most;
+use support::istiod::contains;
+use support::mesh::{Mesh, SOURCE, TwoClusters};
+use support::objects::{condition, phase_of, root_of};
+use support::openssl::workload_verifies as openssl_verifies;
 use support::{ControllerProcess, eventually, goverify};
 
 const TIMEOUT: Duration = Duration::from_secs(40);
@@ -33,11 +36,7 @@ const DRAIN: Duration = Duration::from_secs(8);
 impl Mesh {
     /// A MeshCAIssuer `name` with its own bootstrapped root in Secret `<name>-root`.
     async fn root_issuer(&self, name: &str, root_duration: &str) {
-        let policy = IssuancePolicy {
-            max_duration: "8760h".into(),
-            ..Default::default()
-        };
-        self.local_issuer(name, &format!("{name}-root"), root_duration, policy)
+        self.local_issuer(name, &format!("{name}-root"), root_duration, a_year_at_most())
             .await;
     }
 
@@ -52,10 +51,7 @@ impl Mesh {
     }
 
     async fn root_of(&self, issuer: &str) -> Certificate {
-        let s: Secret = self.ns.api().get(&format!("{issuer}-root")).await.unwrap();
-        Certificate::parse_pem_bundle(&data(&s)["tls.crt"], "root")
-            .unwrap()
-            .remove(0)
+        root_of(&self.ns.api(), issuer).await
     }
 }
 
@@ -85,10 +81,6 @@ fn rotating(mode: RotationMode) -> IstioCACertsSpec {
         }),
         ..Default::default()
     }
-}
-
-fn phase_of(icc: &IstioCACerts) -> Option<RotationPhase> {
-    Some(icc.status.as_ref()?.root_rotation.as_ref()?.phase)
 }
 
 /// A controller process watching only `namespace`, optionally stopping dead at a failpoint.
@@ -523,11 +515,10 @@ async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_a
         v.extend(["--namespace".into(), namespace.clone(), "--name".into(), "mesh".into()]);
         v
     };
-    let kubeconfig = kubeconfig_of(&a, &b);
     let run = |args: Vec<String>| {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (code, said, _) = meshca(&kubeconfig, &refs);
-        (code, said)
+        let run = support::meshca::run(&[&a.kubeconfig, &b.kubeconfig], &refs, &[]);
+        (run.code, run.said())
     };
     let mut verdicts = cross_verify(&a, &b, "before").await;
     let mut steps = vec!["before".to_string()];
@@ -672,7 +663,7 @@ async fn a_new_root_waits_for_meshca_rotation_approve_which_refuses_another_fing
 
     // Another root's fingerprint (here the old one's) is refused and nothing is written.
     let kubeconfig = support::kubeconfig();
-    let context = support::mesh::context_of(&kubeconfig);
+    let context = support::context_of(&kubeconfig);
     let approve = |fingerprint: &str| {
         let args = [
             "rotation",
@@ -686,8 +677,8 @@ async fn a_new_root_waits_for_meshca_rotation_approve_which_refuses_another_fing
             "--fingerprint",
             fingerprint,
         ];
-        let (code, said, _) = meshca(kubeconfig.as_os_str(), &args);
-        (code, said)
+        let run = support::meshca::run(&[kubeconfig.as_path()], &args, &[]);
+        (run.code, run.said())
     };
     let before = mesh.icc().await;
     let (code, said) = approve(&old_root.fingerprint());

@@ -41,28 +41,21 @@ const SOURCE: &str = "istiod-intermediate";
 
 /// A test namespace, an OpenBao server with a PKI root and Kubernetes auth for this control
 /// plane, and a role for ServiceAccount `vault-auth` of the namespace.
-struct Env {
-    client: Client,
-    ns: TestNamespace,
+type Env = support::WithNamespace<Bao>;
+
+struct Bao {
     bao: OpenBao,
     root: Certificate,
-    _lock: ScopeLock,
 }
 
 async fn env(prefix: &str) -> Env {
-    let (lock, client, ns) = support::namespaced_test(prefix).await;
+    let test = support::WithNamespace::start(prefix).await;
     let bao = OpenBao::start();
     let root = bao.mount_pki_root();
-    bao.enable_kubernetes_auth(K8S_MOUNT, &support::kubeconfig(), &ns.name)
+    bao.enable_kubernetes_auth(K8S_MOUNT, &support::kubeconfig(), &test.ns.name)
         .await;
-    create_service_account(&client, &ns.name, SA).await;
-    Env {
-        client,
-        ns,
-        bao,
-        root,
-        _lock: lock,
-    }
+    create_service_account(&test.client, &test.ns.name, SA).await;
+    test.with(Bao { bao, root })
 }
 
 impl Env {

@@ -5,7 +5,7 @@
 //! in the cluster resource namespace, istiod's intermediate in the Istio namespace.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -18,20 +18,15 @@ use super::cert_manager::{self as cm, IntermediateRequest};
 use super::{DeleteClusterIssuers, TestNamespace, repo_root};
 
 /// helm, from hack/test (`MESHCA_HELM`) or its cache.
-pub fn helm() -> PathBuf {
-    tool("MESHCA_HELM", "helm-3.17.2/helm")
-}
+pub use super::helm;
 
 /// A tool hack/test installs: from `env`, else from the tools cache.
 pub fn tool(env: &str, cached: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(env) {
-        return PathBuf::from(p);
-    }
-    let path = PathBuf::from(std::env::var("HOME").unwrap_or_default())
-        .join(".cache/mesh-ca-issuer/tools")
-        .join(cached);
-    assert!(path.exists(), "{cached} is not installed: run hack/test (or set {env})");
-    path
+    super::cached_tool(
+        env,
+        cached,
+        &format!("{cached} is not installed: run hack/test (or set {env})"),
+    )
 }
 
 pub fn chart_dir() -> PathBuf {
@@ -39,13 +34,7 @@ pub fn chart_dir() -> PathBuf {
 }
 
 /// stdout and stderr of a finished command.
-pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+pub use super::said as text;
 
 /// The chart installed (CRDs skipped: the harness installs them) into `release_ns`, serving
 /// the cluster resource namespace `resources` and the Istio namespace `istio`; uninstalled on

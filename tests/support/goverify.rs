@@ -57,11 +57,7 @@ fn run(args: &[&str], cwd: &Path) -> Verdict {
         .current_dir(cwd)
         .output()
         .expect("run goverify");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = super::said(&out);
     match out.status.code() {
         Some(0) => Ok(()),
         Some(1) => Err(said.trim().trim_start_matches("REFUSED: ").to_string()),

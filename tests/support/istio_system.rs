@@ -17,21 +17,19 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
-use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, PublishRoot, RootRotation, RotationPhase};
+use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, RootRotation, RotationPhase};
 use mesh_ca_issuer::pki::Certificate;
 
 use super::cert_manager::{self as cm, IntermediateRequest};
 use super::istiod::{DISCOVERY_LABEL, ISTIO_NAMESPACE, Istiod, IstiodConfig};
-use super::{ControllerProcess, TestNamespace};
+use super::objects::{self, data, phase_of, ready_at_generation};
+use super::{ControllerProcess, TestNamespace, issuer};
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 /// The Secret the cert-manager (stand-in) Certificate for istiod's intermediate writes.
-pub const SOURCE: &str = "istiod-intermediate";
+pub use super::mesh::SOURCE;
 /// The IstioCACerts (`meshca`'s default name).
 pub const NAME: &str = "istiod";
-/// Where it publishes this cluster's root for `meshca federate`.
-pub const PUBLISHED: &str = "istio-ca-root-published";
 
 /// Exclusive use of a control plane's `istio-system` (a file lock).
 pub struct IstioSystemLock(std::fs::File);
@@ -111,7 +109,7 @@ impl IstioSystem {
             ns,
             client,
             kubeconfig: kubeconfig.to_path_buf(),
-            context: context_of(kubeconfig),
+            context: super::context_of(kubeconfig),
             revision: 0,
             logs,
             _lock: lock,
@@ -121,51 +119,20 @@ impl IstioSystem {
     /// A MeshCAIssuer `name` with its own local root (bootstrapped into Secret `<name>-root`,
     /// unless that Secret is there already), Ready.
     pub async fn issuer(&self, name: &str, root_duration: &str) {
-        let api: Api<MeshCAIssuer> = self.ns.api();
-        let spec = IssuerSpec {
-            local_ca: Some(LocalCA {
-                secret_name: format!("{name}-root"),
-                bootstrap: Some(RootBootstrap {
-                    duration: root_duration.into(),
-                    ..Default::default()
-                }),
-            }),
-            policy: IssuancePolicy {
-                max_duration: "8760h".into(),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        api.create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
-            .await
-            .unwrap_or_else(|e| panic!("creating MeshCAIssuer {name}: {e}"));
-        super::wait_issuer(&api, name, "True", TIMEOUT).await;
+        let spec = issuer::bootstrapped_for(&format!("{name}-root"), root_duration, issuer::a_year_at_most());
+        issuer::create_ready(&self.ns.api(), name, spec, TIMEOUT).await;
     }
 
     /// The root of issuer `name`.
     pub async fn root_of(&self, issuer: &str) -> Certificate {
-        let secret: Secret = self.ns.api().get(&format!("{issuer}-root")).await.expect("root Secret");
-        Certificate::parse_pem_bundle(&data(&secret)["tls.crt"], "root")
-            .expect("root PEM")
-            .remove(0)
+        objects::root_of(&self.ns.api(), issuer).await
     }
 
     /// Copies issuer `name`'s root Secret from `other`, so both clusters share that root.
     pub async fn share_root(&self, other: &IstioSystem, issuer: &str) {
+        // Its labels too: in an Istio namespace a Secret serves as a CA only when labelled.
         let name = format!("{issuer}-root");
-        let root: Secret = other.ns.api().get(&name).await.expect("root Secret");
-        let copy = serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            // Its labels too: in an Istio namespace a Secret serves as a CA only when labelled
-            // meshca.io/ca: "true" (security.md, guard 11).
-            "metadata": {"name": name, "namespace": ISTIO_NAMESPACE, "labels": root.metadata.labels},
-            "type": root.type_, "data": root.data,
-        });
-        self.ns
-            .api::<Secret>()
-            .patch(&name, &PatchParams::apply(super::TEST_MANAGER), &Patch::Apply(&copy))
-            .await
-            .expect("copy root Secret");
+        objects::copy_secret(&other.ns.api(), &self.ns.api(), ISTIO_NAMESPACE, &name, true).await;
     }
 
     /// cert-manager (stand-in) issues (or renews) istiod's intermediate from `issuer` into
@@ -188,17 +155,7 @@ impl IstioSystem {
     /// The IstioCACerts writing `cacerts` from [`SOURCE`], publishing this cluster's root, with
     /// `trust_domain` and an optional root rotation; waits until it is Synced.
     pub async fn istio_cacerts(&self, trust_domain: &str, rotation: Option<RootRotation>) {
-        let spec = IstioCACertsSpec {
-            source_secret_name: SOURCE.into(),
-            trust_domain: trust_domain.into(),
-            publish_root: Some(PublishRoot {
-                config_map_name: PUBLISHED.into(),
-                key: "root-cert.pem".into(),
-            }),
-            root_rotation: rotation,
-            ..Default::default()
-        };
-        let mut spec = spec;
+        let mut spec = super::mesh::publishing(trust_domain, rotation);
         // A rotation approves the `new` issuer's root.
         super::approve_new_root(&self.ns.api(), spec.root_rotation.as_mut()).await;
         self.ns
@@ -206,11 +163,8 @@ impl IstioSystem {
             .create(&PostParams::default(), &IstioCACerts::new(NAME, spec))
             .await
             .expect("create IstioCACerts");
-        self.wait_icc("Ready=Synced", |icc| {
-            condition(icc, "Ready")
-                .is_some_and(|c| c.reason == "Synced" && c.observed_generation == icc.metadata.generation)
-        })
-        .await;
+        self.wait_icc("Ready=Synced", |icc| ready_at_generation(icc, Some("Synced")))
+            .await;
     }
 
     pub async fn icc(&self) -> IstioCACerts {
@@ -219,14 +173,7 @@ impl IstioSystem {
 
     /// Waits until `check` holds for the IstioCACerts; returns it.
     pub async fn wait_icc(&self, what: &str, check: impl Fn(&IstioCACerts) -> bool) -> IstioCACerts {
-        let api: Api<IstioCACerts> = self.ns.api();
-        let check = &check;
-        super::eventually(TIMEOUT, || {
-            let api = api.clone();
-            async move { api.get(NAME).await.ok().filter(check) }
-        })
-        .await
-        .unwrap_or_else(|| panic!("{}: IstioCACerts never got to {what} within {TIMEOUT:?}", self.context))
+        objects::wait_icc(&self.ns.api(), NAME, TIMEOUT, &self.context, what, check).await
     }
 
     pub async fn wait_phase(&self, phase: RotationPhase) -> IstioCACerts {
@@ -285,32 +232,4 @@ impl IstioSystem {
     pub fn controller_log(&self) -> String {
         self.controller.log()
     }
-}
-
-pub fn phase_of(icc: &IstioCACerts) -> Option<RotationPhase> {
-    Some(icc.status.as_ref()?.root_rotation.as_ref()?.phase)
-}
-
-pub fn condition<'a>(
-    icc: &'a IstioCACerts,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    icc.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
-}
-
-pub fn data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
-    secret
-        .data
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect()
-}
-
-/// The kubeconfig's current context (each test control plane has its own name).
-pub fn context_of(kubeconfig: &Path) -> String {
-    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
-    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
-    config["current-context"].as_str().expect("current-context").to_string()
 }

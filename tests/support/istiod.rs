@@ -561,6 +561,37 @@ impl Issued {
     pub fn intermediates_pem(&self) -> String {
         self.chain_certificates()[1..].iter().map(Certificate::to_pem).collect()
     }
+
+    /// Go's crypto/x509 (as istiod and Go peers judge) on the workload certificate, with the
+    /// rest of its chain as intermediates, against `roots`.
+    pub fn go_verdict(&self, roots: &str) -> super::goverify::Verdict {
+        super::goverify::workload_verifies(
+            self.leaf_pem().as_bytes(),
+            self.intermediates_pem().as_bytes(),
+            roots.as_bytes(),
+        )
+    }
+
+    /// openssl's verdict on the same question (x509_strict).
+    pub fn openssl_verdict(&self, roots: &str) -> Result<(), String> {
+        super::openssl::verify_leaf(
+            self.leaf_pem().as_bytes(),
+            self.intermediates_pem().as_bytes(),
+            roots.as_bytes(),
+        )
+    }
+
+    /// Both judges agree that the workload certificate verifies against `roots` (true) or that
+    /// it does not (false); panics if they disagree.
+    pub fn verifies(&self, roots: &str) -> bool {
+        let (go, openssl) = (self.go_verdict(roots), self.openssl_verdict(roots));
+        assert_eq!(
+            go.is_ok(),
+            openssl.is_ok(),
+            "Go ({go:?}) and openssl ({openssl:?}) disagree on a workload certificate"
+        );
+        go.is_ok()
+    }
 }
 
 /// The `root-cert.pem` of `istio-ca-root-cert` in `namespace`, as istiod last wrote it.
@@ -572,4 +603,10 @@ pub async fn root_cert_config_map(client: &Client, namespace: &str) -> Option<St
         .flatten()
         .and_then(|c| c.data)
         .and_then(|mut d: BTreeMap<String, String>| d.remove("root-cert.pem"))
+}
+
+/// Whether `needle`'s bytes are in `haystack`: istiod's `bytes.Contains` on `root-cert.pem`,
+/// by which it tells a root change it accepts (a superset or subset) from one it refuses.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }

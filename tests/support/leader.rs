@@ -15,6 +15,24 @@ use super::{ControllerProcess, eventually, http_get};
 pub const LEASE: Duration = Duration::from_secs(4);
 pub const RETRY: Duration = Duration::from_millis(500);
 
+/// The flags of a controller watching only `namespace` and electing its leader there with a
+/// short lease ([`LEASE`], renew deadline 3 s, retry period [`RETRY`]).
+pub fn election_flags(namespace: &str) -> Vec<&str> {
+    vec![
+        "--namespace",
+        namespace,
+        "--leader-elect=true",
+        "--leader-election-namespace",
+        namespace,
+        "--leader-election-lease-duration",
+        "4s",
+        "--leader-election-renew-deadline",
+        "3s",
+        "--leader-election-retry-period",
+        "500ms",
+    ]
+}
+
 /// Reads one unlabelled gauge or a labelled counter line from /metrics: -1 when /metrics does
 /// not answer, 0 when the series is not there.
 pub async fn metric(port: u16, series: &str) -> f64 {
@@ -46,19 +64,7 @@ impl LeaderPair {
     /// Starts replica-a and replica-b, waits until both are ready (caches synced, whether they
     /// lead or not) and exactly one leads.
     pub async fn start(namespace: &str, logs: &Path) -> Self {
-        let flags = [
-            "--namespace",
-            namespace,
-            "--leader-elect=true",
-            "--leader-election-namespace",
-            namespace,
-            "--leader-election-lease-duration",
-            "4s",
-            "--leader-election-renew-deadline",
-            "3s",
-            "--leader-election-retry-period",
-            "500ms",
-        ];
+        let flags = election_flags(namespace);
         let kubeconfig = super::kubeconfig();
         let start = |name| ControllerProcess::start_with_env(&kubeconfig, &flags, &[("POD_NAME", name)], logs);
         let (mut a, mut b) = (start("replica-a"), start("replica-b"));

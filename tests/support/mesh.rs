@@ -1,13 +1,12 @@
 //! A mesh as the tests build it, written once: in a namespace of a control plane, a
 //! MeshCAIssuer with a local root, cert-manager's (stand-in) Secret for istiod's intermediate
 //! and an IstioCACerts; two of them across the two control planes (`TwoClusters`), each with
-//! its own controller; what istiod and the workloads would make of `cacerts` (openssl and
-//! Go); and every version of `cacerts` as a watch saw it.
+//! its own controller; the workload certificate istiod would sign from `cacerts`; and every
+//! version of `cacerts` as a watch saw it.
 
 use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,15 +17,36 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
-use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec};
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
 
 use super::cert_manager::{self as cm, IntermediateRequest};
-use super::openssl::{Workdir, workload_certificate};
-use super::{ControllerProcess, ScopeLock, TestNamespace, eventually, goverify};
+use super::objects::{self, condition, data, ready_at_generation};
+use super::openssl::workload_certificate;
+use super::{ControllerProcess, ScopeLock, TestNamespace, issuer};
 
 /// cert-manager's Secret for istiod's intermediate (the IstioCACerts' source).
 pub const SOURCE: &str = "istiod-intermediate";
+/// Where an IstioCACerts publishes its cluster's root for `meshca federate`.
+pub const PUBLISHED: &str = "istio-ca-root-published";
+
+/// An IstioCACerts writing `cacerts` from [`SOURCE`] in `trust_domain`, publishing its root to
+/// [`PUBLISHED`], with an optional root rotation.
+pub fn publishing(
+    trust_domain: &str,
+    rotation: Option<mesh_ca_issuer::api::istio_cacerts::RootRotation>,
+) -> IstioCACertsSpec {
+    IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        trust_domain: trust_domain.into(),
+        publish_root: Some(mesh_ca_issuer::api::istio_cacerts::PublishRoot {
+            config_map_name: PUBLISHED.into(),
+            key: "root-cert.pem".into(),
+        }),
+        root_rotation: rotation,
+        ..Default::default()
+    }
+}
 
 /// One mesh: a namespace, the IstioCACerts `icc` there, the intermediate's revisions.
 pub struct Mesh {
@@ -58,27 +78,13 @@ impl Mesh {
     /// A Ready MeshCAIssuer `name` with a local root bootstrapped into Secret `secret` for
     /// `root_duration` (a root already in that Secret is used as it is).
     pub async fn local_issuer(&self, name: &str, secret: &str, root_duration: &str, policy: IssuancePolicy) {
-        let spec = IssuerSpec {
-            local_ca: Some(LocalCA {
-                secret_name: secret.into(),
-                bootstrap: Some(RootBootstrap {
-                    duration: root_duration.into(),
-                    ..Default::default()
-                }),
-            }),
-            policy,
-            ..Default::default()
-        };
-        self.issuer(name, spec).await;
+        self.issuer(name, issuer::bootstrapped_for(secret, root_duration, policy))
+            .await;
     }
 
     /// Creates MeshCAIssuer `name` and waits until it is Ready.
     pub async fn issuer(&self, name: &str, spec: IssuerSpec) {
-        let api: Api<MeshCAIssuer> = self.ns.api();
-        api.create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
-            .await
-            .unwrap();
-        super::wait_issuer(&api, name, "True", self.timeout).await;
+        issuer::create_ready(&self.ns.api(), name, spec, self.timeout).await;
     }
 
     /// cert-manager (stand-in) issues the next revision of istiod's intermediate from `issuer`
@@ -127,14 +133,7 @@ impl Mesh {
 
     /// Waits until `check` holds for the IstioCACerts; returns it.
     pub async fn wait_icc(&self, what: &str, check: impl Fn(&IstioCACerts) -> bool) -> IstioCACerts {
-        let api: Api<IstioCACerts> = self.ns.api();
-        let (check, name, timeout) = (&check, &self.icc, self.timeout);
-        eventually(timeout, || {
-            let api = api.clone();
-            async move { api.get(name).await.ok().filter(check) }
-        })
-        .await
-        .unwrap_or_else(|| panic!("IstioCACerts never got to {what} within {timeout:?}"))
+        objects::wait_icc(&self.ns.api(), &self.icc, self.timeout, "", what, check).await
     }
 
     /// Waits until condition `type_` has `reason`.
@@ -148,8 +147,7 @@ impl Mesh {
     /// Waits until Ready is `reason` for the current generation.
     pub async fn wait_ready(&self, reason: &str) -> IstioCACerts {
         self.wait_icc(&format!("Ready={reason} at its generation"), |icc| {
-            condition(icc, "Ready")
-                .is_some_and(|c| c.reason == reason && c.observed_generation == icc.metadata.generation)
+            ready_at_generation(icc, Some(reason))
         })
         .await
     }
@@ -165,43 +163,13 @@ impl Mesh {
 
     /// Copies Secret `name` from `from`, as a platform team distributes one shared root.
     pub async fn copy_secret(&self, from: &Mesh, name: &str) {
-        let secret: Secret = from.ns.api().get(name).await.unwrap();
-        let copy = serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name, "namespace": self.ns.name},
-            "type": secret.type_,
-            "data": secret.data,
-        });
-        self.ns
-            .api::<Secret>()
-            .patch(name, &PatchParams::apply(super::TEST_MANAGER), &Patch::Apply(&copy))
-            .await
-            .unwrap();
+        objects::copy_secret(&from.ns.api(), &self.ns.api(), &self.ns.name, name, false).await;
     }
 
     /// Every version of `cacerts` from now on.
     pub fn record_cacerts(&self) -> CacertsHistory {
         CacertsHistory::record(self.ns.api())
     }
-}
-
-/// A condition of an IstioCACerts.
-pub fn condition<'a>(
-    icc: &'a IstioCACerts,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    icc.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
-}
-
-/// A Secret's data as bytes.
-pub fn data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
-    secret
-        .data
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect()
 }
 
 // === two clusters ===
@@ -234,7 +202,7 @@ impl Cluster {
             controller.log()
         );
         Self {
-            context: context_of(&kubeconfig),
+            context: super::context_of(&kubeconfig),
             kubeconfig,
             trust_domain: trust_domain.to_string(),
             mesh: Mesh::new(client, ns, icc),
@@ -282,30 +250,6 @@ pub fn kubeconfig_of(a: &Cluster, b: &Cluster) -> std::ffi::OsString {
     std::env::join_paths([&a.kubeconfig, &b.kubeconfig]).expect("KUBECONFIG")
 }
 
-/// The current context of a kubeconfig file.
-pub fn context_of(kubeconfig: &Path) -> String {
-    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
-    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
-    config["current-context"].as_str().expect("current-context").to_string()
-}
-
-/// Runs `meshca` with `kubeconfig`: exit code, stdout and stderr, how long it took.
-pub fn meshca(kubeconfig: &std::ffi::OsStr, args: &[&str]) -> (i32, String, Duration) {
-    let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .expect("meshca runs");
-    let elapsed = started.elapsed();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), said, elapsed)
-}
-
 // === what istiod and the workloads make of cacerts ===
 
 /// A workload certificate for `spiffe_id` as istiod would sign it from `cacerts` `data`,
@@ -317,37 +261,6 @@ pub fn workload(data: &BTreeMap<String, Vec<u8>>, spiffe_id: &str) -> String {
         &data["cert-chain.pem"],
         spiffe_id,
     )
-}
-
-/// openssl's verdict on a workload certificate (the first block of `leaf_and_chain`, the rest
-/// as untrusted intermediates) against every root in `roots`.
-pub fn openssl_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
-    let end = "-----END CERTIFICATE-----\n";
-    let split = leaf_and_chain.find(end).map(|i| i + end.len()).expect("a PEM leaf");
-    let dir = Workdir::new();
-    dir.write("leaf.pem", &leaf_and_chain[..split])
-        .write("untrusted.pem", &leaf_and_chain[split..])
-        .write("roots.pem", roots);
-    let (ok, said) = dir.try_run(&[
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        "roots.pem",
-        "-untrusted",
-        "untrusted.pem",
-        "leaf.pem",
-    ]);
-    ok && said.contains("leaf.pem: OK")
-}
-
-/// Go's crypto/x509 verdict, as Envoy's peers and istiod judge.
-pub fn go_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
-    goverify::workload_verifies(leaf_and_chain.as_bytes(), b"", roots).is_ok()
-}
-
-/// Whether `needle`'s bytes are in `haystack` (istiod's `bytes.Contains` on root-cert.pem).
-pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 // === every version of cacerts ===
@@ -418,16 +331,5 @@ impl Drop for CacertsHistory {
         if Arc::strong_count(&self.task) == 1 {
             self.task.abort();
         }
-    }
-}
-
-/// The default local-root issuer spec (bootstrapped root in `secret`).
-pub fn bootstrapped(secret: &str) -> IssuerSpec {
-    IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: secret.into(),
-            bootstrap: Some(RootBootstrap::default()),
-        }),
-        ..Default::default()
     }
 }

@@ -11,9 +11,8 @@
 //! looks at this mesh only, whatever other tests run beside it.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -21,24 +20,17 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
-use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
-use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, PublishRoot, RootRotation, RotationMode};
+use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, RootRotation, RotationMode};
 
 use super::cert_manager::{self as cm, IntermediateRequest};
-use super::{ControllerProcess, TEST_MANAGER, TestNamespace, eventually, istio_chart};
+use super::meshca::{self, MeshcaRun};
+use super::objects::{self, ready_at_generation};
+use super::{ControllerProcess, TEST_MANAGER, TestNamespace, eventually, issuer, istio_chart};
 
 pub const TIMEOUT: Duration = Duration::from_secs(40);
 /// cert-manager's Secret for istiod's intermediate, and its Certificate.
-pub const SOURCE: &str = "istiod-intermediate";
-pub const PUBLISHED: &str = "istio-ca-root-published";
+pub use super::mesh::SOURCE;
 pub const ISSUER: &str = "mesh";
-
-/// The context a kubeconfig names as current.
-pub fn context_of(kubeconfig: &Path) -> String {
-    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
-    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
-    config["current-context"].as_str().expect("current-context").to_string()
-}
 
 /// Cluster-scoped objects a test made (no garbage collector here): deleted when dropped.
 pub struct ClusterScoped {
@@ -49,76 +41,17 @@ pub struct ClusterScoped {
 impl Drop for ClusterScoped {
     fn drop(&mut self) {
         let (kubeconfig, roles) = (self.kubeconfig.clone(), std::mem::take(&mut self.roles));
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let client = super::client_for_kubeconfig(&kubeconfig).await;
-                for name in roles {
-                    let _ = Api::<ClusterRoleBinding>::all(client.clone())
-                        .delete(&name, &DeleteParams::default())
-                        .await;
-                    let _ = Api::<ClusterRole>::all(client.clone())
-                        .delete(&name, &DeleteParams::default())
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// What `meshca check` printed.
-#[derive(Debug)]
-pub struct CheckRun {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-    pub took: Duration,
-}
-
-impl CheckRun {
-    /// The ✖ lines with the line after each (what is wrong).
-    pub fn failures(&self) -> Vec<(String, String)> {
-        self.marked("✖")
-    }
-    pub fn warnings(&self) -> Vec<(String, String)> {
-        self.marked("⚠")
-    }
-    fn marked(&self, mark: &str) -> Vec<(String, String)> {
-        let lines: Vec<&str> = self.stdout.lines().collect();
-        lines
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.starts_with(mark))
-            .map(|(i, l)| {
-                (
-                    l.to_string(),
-                    lines.get(i + 1).map(|s| s.trim().to_string()).unwrap_or_default(),
-                )
-            })
-            .collect()
-    }
-}
-
-/// Runs `meshca` with `KUBECONFIG` set to `kubeconfigs` (merged, as kubectl merges them).
-pub fn meshca(kubeconfigs: &[&Path], args: &[&str], env: &[(&str, &str)]) -> CheckRun {
-    let kubeconfig = std::env::join_paths(kubeconfigs).expect("KUBECONFIG");
-    let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env_remove("NO_COLOR")
-        .envs(env.iter().copied())
-        .output()
-        .expect("meshca runs");
-    CheckRun {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        took: started.elapsed(),
+        super::clean_up_from_drop(async move {
+            let client = super::client_for_kubeconfig(&kubeconfig).await;
+            for name in roles {
+                let _ = Api::<ClusterRoleBinding>::all(client.clone())
+                    .delete(&name, &DeleteParams::default())
+                    .await;
+                let _ = Api::<ClusterRole>::all(client.clone())
+                    .delete(&name, &DeleteParams::default())
+                    .await;
+            }
+        });
     }
 }
 
@@ -180,7 +113,7 @@ impl MeshCluster {
         .await
         .expect("the controller holds its Lease");
         Self {
-            context: context_of(&kubeconfig),
+            context: super::context_of(&kubeconfig),
             cluster_scoped: ClusterScoped {
                 kubeconfig: kubeconfig.clone(),
                 roles: Vec::new(),
@@ -271,18 +204,13 @@ impl MeshCluster {
 
     /// A MeshCAIssuer `name` with its own bootstrapped root; waits until Ready.
     pub async fn create_issuer(&self, name: &str) {
-        let api: Api<MeshCAIssuer> = self.ns.api();
-        let spec = IssuerSpec {
-            local_ca: Some(LocalCA {
-                secret_name: format!("{name}-root"),
-                bootstrap: Some(RootBootstrap::default()),
-            }),
-            ..Default::default()
-        };
-        api.create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
-            .await
-            .expect("create issuer");
-        super::wait_issuer(&api, name, "True", TIMEOUT).await;
+        issuer::create_ready(
+            &self.ns.api(),
+            name,
+            issuer::bootstrapped(&format!("{name}-root")),
+            TIMEOUT,
+        )
+        .await;
     }
 
     /// cert-manager (stand-in) issues istiod's intermediate from `issuer` and records the
@@ -302,16 +230,7 @@ impl MeshCluster {
 
     /// The IstioCACerts `istiod`, publishing its root; with a root rotation when given.
     pub async fn create_istio_cacerts(&self, rotation: Option<RootRotation>) {
-        let spec = IstioCACertsSpec {
-            source_secret_name: SOURCE.into(),
-            trust_domain: self.trust_domain.clone(),
-            publish_root: Some(PublishRoot {
-                config_map_name: PUBLISHED.into(),
-                key: "root-cert.pem".into(),
-            }),
-            root_rotation: rotation,
-            ..Default::default()
-        };
+        let spec = super::mesh::publishing(&self.trust_domain, rotation);
         self.ns
             .api::<IstioCACerts>()
             .create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
@@ -336,21 +255,11 @@ impl MeshCluster {
 
     /// Waits until the IstioCACerts is Ready for its current generation and `check` holds.
     pub async fn wait_for(&self, what: &str, check: impl Fn(&IstioCACerts) -> bool) -> IstioCACerts {
-        let check = &check;
-        eventually(TIMEOUT, || async move {
-            let icc = self.istio_cacerts().await;
-            let ready = icc
-                .status
-                .as_ref()?
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Ready")?
-                .clone();
-            (ready.status == "True" && ready.observed_generation == icc.metadata.generation && check(&icc))
-                .then_some(icc)
+        let what = format!("Ready and {what}");
+        objects::wait_icc(&self.ns.api(), "istiod", TIMEOUT, &self.context, &what, |icc| {
+            ready_at_generation(icc, None) && check(icc)
         })
         .await
-        .unwrap_or_else(|| panic!("{}: IstioCACerts never {what} within {TIMEOUT:?}", self.context))
     }
 
     pub async fn wait_synced(&self) -> IstioCACerts {
@@ -401,8 +310,8 @@ impl MeshCluster {
     }
 
     /// `meshca check` of this cluster alone, with `extra` arguments.
-    pub fn check(&self, extra: &[&str]) -> CheckRun {
-        meshca(&[&self.kubeconfig], &check_args(&[self], extra), &[])
+    pub fn check(&self, extra: &[&str]) -> MeshcaRun {
+        meshca::run(&[&self.kubeconfig], &check_args(&[self], extra), &[])
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod cert_manager;
 pub mod chart;
 pub mod goverify;
+pub mod issuer;
 pub mod istio_chart;
 pub mod istio_system;
 pub mod istiod;
@@ -22,6 +23,8 @@ pub mod kubelet;
 pub mod leader;
 pub mod mesh;
 pub mod mesh_cluster;
+pub mod meshca;
+pub mod objects;
 pub mod openbao;
 pub mod openssl;
 pub mod pca;
@@ -118,6 +121,13 @@ pub fn kubeconfig_b() -> PathBuf {
              MESHCA_TEST_KUBECONFIG_B=.control-plane/test-b/kubeconfig"
         ),
     }
+}
+
+/// The current context of a kubeconfig file (each test control plane has its own name).
+pub fn context_of(kubeconfig: &Path) -> String {
+    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    config["current-context"].as_str().expect("current-context").to_string()
 }
 
 /// A client for the admin identity of the control plane behind `path`.
@@ -358,6 +368,30 @@ pub async fn remove_namespace(client: &Client, name: &str) -> Result<(), kube::E
     Ok(())
 }
 
+/// stdout and stderr of a finished command, in that order: what it said.
+pub fn said(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A tool the tests run: `env` when set, else the copy hack/test caches under
+/// `~/.cache/mesh-ca-issuer/tools/<cached>`; panics with `missing` when there is none.
+pub fn cached_tool(env: &str, cached: &str, missing: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(env)
+        && !path.is_empty()
+    {
+        return PathBuf::from(path);
+    }
+    let path = PathBuf::from(std::env::var("HOME").unwrap_or_default())
+        .join(".cache/mesh-ca-issuer/tools")
+        .join(cached);
+    assert!(path.exists(), "{missing}");
+    path
+}
+
 /// A free TCP port on 127.0.0.1 (the kernel picks; tiny window before the caller binds it).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -564,6 +598,45 @@ pub async fn namespaced_test(prefix: &str) -> (ScopeLock, Client, TestNamespace)
     (lock, client, ns)
 }
 
+/// A test's own namespace (see [`namespaced_test`]) with the fixtures it runs against
+/// (`fixture`, reached through `Deref`: `env.pca`, `env.bao`). Fields drop in order: the
+/// namespace is removed, then the fixtures stop, then the scope lock is released.
+pub struct WithNamespace<T> {
+    pub client: Client,
+    pub ns: TestNamespace,
+    pub fixture: T,
+    _lock: ScopeLock,
+}
+
+impl WithNamespace<()> {
+    /// [`namespaced_test`] with no fixture yet: add one with [`WithNamespace::with`].
+    pub async fn start(prefix: &str) -> Self {
+        let (lock, client, ns) = namespaced_test(prefix).await;
+        Self {
+            client,
+            ns,
+            fixture: (),
+            _lock: lock,
+        }
+    }
+
+    pub fn with<T>(self, fixture: T) -> WithNamespace<T> {
+        WithNamespace {
+            client: self.client,
+            ns: self.ns,
+            fixture,
+            _lock: self._lock,
+        }
+    }
+}
+
+impl<T> std::ops::Deref for WithNamespace<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.fixture
+    }
+}
+
 /// `mesh_ca_issuer::run` on the test's runtime; stopped on drop.
 pub struct RunningController {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -708,23 +781,6 @@ pub fn kubeconfig_with_token(dir: &Path, token: &str) -> PathBuf {
     path
 }
 
-/// Runs the `meshca` CLI with `args` and a KUBECONFIG of every file in `kubeconfigs`
-/// (colon-separated, as a user would set it): (exit code, stdout then stderr).
-pub fn meshca(kubeconfigs: &[&Path], args: &[&str]) -> (i32, String) {
-    let kubeconfig = std::env::join_paths(kubeconfigs).expect("KUBECONFIG");
-    let out = Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .expect("meshca runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), said)
-}
-
 /// Deletes the ClusterMeshCAIssuers a test made when it ends (namespaces take care of the rest).
 pub struct DeleteClusterIssuers(pub Vec<String>);
 
@@ -774,18 +830,11 @@ where
 
 /// helm, as hack/test installs it (`MESHCA_HELM`), else from the tool cache.
 pub fn helm() -> PathBuf {
-    if let Ok(path) = std::env::var("MESHCA_HELM")
-        && !path.is_empty()
-    {
-        return PathBuf::from(path);
-    }
-    let cached =
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/mesh-ca-issuer/tools/helm-3.17.2/helm");
-    assert!(
-        cached.exists(),
-        "helm is not installed: run hack/test (or set MESHCA_HELM)"
-    );
-    cached
+    cached_tool(
+        "MESHCA_HELM",
+        "helm-3.17.2/helm",
+        "helm is not installed: run hack/test (or set MESHCA_HELM)",
+    )
 }
 
 /// `helm template` of `chart` (release `release` in `namespace`, `--set` each of `set`), only

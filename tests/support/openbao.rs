@@ -32,20 +32,11 @@ path "pki/issuer/+/sign-intermediate" { capabilities = ["update"] }
 "#;
 
 fn bao_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("MESHCA_BAO")
-        && !path.is_empty()
-    {
-        return PathBuf::from(path);
-    }
-    let cached = std::env::var("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default()
-        .join(".cache/mesh-ca-issuer/tools/openbao-2.7.2/bao");
-    assert!(
-        cached.exists(),
-        "no OpenBao: run `hack/test`, or `source hack/lib/common.sh && ensure_openbao` and set MESHCA_BAO"
-    );
-    cached
+    super::cached_tool(
+        "MESHCA_BAO",
+        "openbao-2.7.2/bao",
+        "no OpenBao: run `hack/test`, or `source hack/lib/common.sh && ensure_openbao` and set MESHCA_BAO",
+    )
 }
 
 pub struct OpenBao {
@@ -151,11 +142,7 @@ impl OpenBao {
             .current_dir(self.dir.path())
             .output()
             .expect("bao runs");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let said = super::said(&out);
         (out.status.success(), said)
     }
 
@@ -365,21 +352,14 @@ impl Drop for OpenBao {
         }
         // Cluster-scoped leftovers: removed on a thread with a runtime of its own (the test's
         // may be shutting down), as the harness removes namespaces.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                for (kubeconfig, name) in bindings {
-                    let client = super::client_for_kubeconfig(&kubeconfig).await;
-                    let _ = Api::<ClusterRoleBinding>::all(client)
-                        .delete(&name, &DeleteParams::default())
-                        .await;
-                }
-            });
-        })
-        .join();
+        super::clean_up_from_drop(async move {
+            for (kubeconfig, name) in bindings {
+                let client = super::client_for_kubeconfig(&kubeconfig).await;
+                let _ = Api::<ClusterRoleBinding>::all(client)
+                    .delete(&name, &DeleteParams::default())
+                    .await;
+            }
+        });
     }
 }
 

@@ -17,18 +17,11 @@ pub struct PcaFixture {
 }
 
 fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("MESHCA_PCA_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let cached = std::env::var("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default()
-        .join(".cache/mesh-ca-issuer/tools/moto-5.2.5/bin/python");
-    assert!(
-        cached.exists(),
-        "no moto virtualenv: run `hack/test`, or set MESHCA_PCA_PYTHON to a python with moto[server] installed"
-    );
-    cached
+    super::cached_tool(
+        "MESHCA_PCA_PYTHON",
+        "moto-5.2.5/bin/python",
+        "no moto virtualenv: run `hack/test`, or set MESHCA_PCA_PYTHON to a python with moto[server] installed",
+    )
 }
 
 impl PcaFixture {
