@@ -310,7 +310,8 @@ async fn a_foreign_cacerts_is_untouched_unless_adoption_is_asked_for() {
     let icc = wait_condition(&env, "Ready", "NotOwned").await;
     assert!(condition_message(&icc, "Ready").contains("adoptExisting"));
     wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "NotOwned").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // No sleep: the refusal is decided before any write, and act writes cacerts first and the
+    // status and event last, so the reconcile that raised this event wrote nothing.
     let after = cacerts(&env).await.unwrap();
     assert_eq!(
         (after.resource_version(), data(&after)),
@@ -390,7 +391,8 @@ async fn adopting_never_deletes_a_typed_secret_with_foreign_keys_unless_replace_
         "{message}"
     );
     wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "AdoptionNeedsReplace").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // No sleep: the refusal is decided before any write, and act writes cacerts first and the
+    // status and event last, so the reconcile that raised this event wrote nothing.
     let after = secrets.get("cacerts").await.unwrap();
     assert_eq!(
         fingerprint_of(&after),
@@ -599,7 +601,8 @@ async fn istiods_self_signed_ca_is_never_touched_even_when_adopting() {
     create_icc(&env, AdoptExisting::KeepForeignKeys).await;
     let icc = wait_condition(&env, "Ready", "IstiodSelfSignedCA").await;
     assert!(condition_message(&icc, "Ready").contains("istio-generated"));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // No sleep: the refusal is decided before any write, and act writes cacerts first and the
+    // status last, so the reconcile that set this condition wrote nothing.
     assert_eq!(
         cacerts(&env).await.unwrap().resource_version(),
         before.resource_version()
@@ -816,7 +819,8 @@ async fn a_target_outside_the_allowed_names_is_refused_and_left_byte_for_byte() 
         assert!(message.contains(needed), "{needed}: {message}");
     }
     wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "TargetNotAllowed").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // No sleep: the refusal is decided before any write, and act writes cacerts first and the
+    // status and event last, so the reconcile that raised this event wrote nothing.
     let after = secrets.get("istio-ingressgateway-certs").await.unwrap();
     assert_eq!(
         fingerprint_of(&after),
@@ -890,7 +894,8 @@ async fn a_target_that_is_the_source_is_refused_and_cert_managers_secret_kept() 
         "{message}"
     );
     wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "TargetIsSource").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // No sleep: the refusal is decided before any write, and act writes cacerts first and the
+    // status and event last, so the reconcile that raised this event wrote nothing.
     let after = secrets.get(SOURCE).await.unwrap();
     assert_eq!(
         fingerprint_of(&after),

@@ -21,7 +21,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use super::{Context, trust_anchors};
 use crate::FIELD_MANAGER;
@@ -355,14 +355,51 @@ async fn publish_event(ctx: &Context, reference: &k8s_openapi::api::core::v1::Ob
         .await;
 }
 
-/// The advance annotation, once read, is removed, so it can never act on a later phase.
+/// The advance annotation, once read, is removed, so it can never act on a later phase. Only
+/// the value this reconcile read is removed (a JSON Patch `test` first): one set meanwhile,
+/// such as a `force-<phase>` right after a refused early advance, stays for the next reconcile
+/// (its write wakes one) instead of being dropped unread.
 async fn remove_advance_annotation(ctx: &Context, o: &Observed) -> Result<()> {
+    let Some(seen) = o
+        .icc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ADVANCE_ROTATION_ANNOTATION))
+    else {
+        return Ok(());
+    };
     let api: Api<IstioCACerts> = Api::namespaced(ctx.client.clone(), o.namespace());
-    let patch = serde_json::json!({"metadata": {"annotations": {ADVANCE_ROTATION_ANNOTATION: null}}});
-    api.patch(o.name(), &PatchParams::default(), &Patch::Merge(&patch))
+    let path = format!(
+        "/metadata/annotations/{}",
+        ADVANCE_ROTATION_ANNOTATION.replace('~', "~0").replace('/', "~1")
+    );
+    let patch: json_patch::Patch = match serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": path, "value": seen},
+        {"op": "remove", "path": path},
+    ])) {
+        Ok(patch) => patch,
+        Err(e) => return Err(Error::Config(format!("building the annotation patch: {e}"))),
+    };
+    match api
+        .patch(o.name(), &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
-        .map_err(|e| Error::kube(format!("removing the {ADVANCE_ROTATION_ANNOTATION} annotation"), e))?;
-    Ok(())
+    {
+        Ok(_) => Ok(()),
+        // The test failed: the annotation changed (or went) since it was read. Leave it.
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => {
+            debug!(
+                namespace = o.namespace(),
+                name = o.name(),
+                "advance annotation changed since read; left for the next reconcile"
+            );
+            Ok(())
+        }
+        Err(e) => Err(Error::kube(
+            format!("removing the {ADVANCE_ROTATION_ANNOTATION} annotation"),
+            e,
+        )),
+    }
 }
 
 fn update_metrics(ctx: &Context, o: &Observed, outcome: &Outcome) {
