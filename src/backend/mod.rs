@@ -347,3 +347,17 @@ pub fn names_secret(spec: &IssuerSpec, name: &str) -> bool {
     });
     local.chain(pca).chain(vault).any(|n| n == name)
 }
+
+/// An error with every cause after it, `a: b: c`: what an SDK or HTTP client error says at
+/// the top is rarely why (a DNS, TLS or connect failure sits below). One place for every
+/// backend's transport messages.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

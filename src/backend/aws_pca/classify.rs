@@ -28,21 +28,10 @@ impl<E: ProvideErrorMetadata + std::error::Error + 'static> From<SdkError<E>> fo
                 status: s.raw().status().as_u16(),
                 message: s.err().message().unwrap_or_default().to_string(),
             },
-            SdkError::ConstructionFailure(_) => CallFailure::Construction(error_chain(&e)),
-            _ => CallFailure::Transport(error_chain(&e)),
+            SdkError::ConstructionFailure(_) => CallFailure::Construction(crate::backend::error_chain(&e)),
+            _ => CallFailure::Transport(crate::backend::error_chain(&e)),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Maps a PCA call failure onto what it means. The one place PCA errors are classified:

@@ -134,7 +134,7 @@ impl VaultClient {
             .map_err(|e| CallFailure::Refused(format!("{uri}: {e}")))?;
         let answer = async {
             let response = self.http.request(request).await.map_err(|e| {
-                let detail = error_chain(&e);
+                let detail = crate::backend::error_chain(&e);
                 // Nothing reached Vault when the connection never opened; anything later
                 // may have been carried out.
                 if e.is_connect() {
@@ -196,17 +196,6 @@ pub fn vault_errors(body: &[u8]) -> String {
         Some((cut, _)) => format!("{} [...]", &text[..cut]),
         None => text,
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
