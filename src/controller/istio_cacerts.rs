@@ -46,7 +46,10 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
         // done: a standby only keeps its caches warm; becoming the leader re-queues everything
         return Ok(Action::await_change());
     }
-    let observed = observe(&ctx, icc).await?;
+    let Some(observed) = observe(&ctx, &icc).await? else {
+        // done: it was deleted; `cacerts` stays (istiod needs it)
+        return Ok(Action::await_change());
+    };
     let settings = Settings {
         thresholds: ctx.config.thresholds(),
         rotation: ctx.config.rotation_limits(),
@@ -61,9 +64,24 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
 /// Reads everything the decision needs. A failing read of the source, the target or an
 /// anchor is an error (retried with back-off); the Certificate and the issuer only add
 /// tracking, so failing to read them leaves them out.
-pub async fn observe(ctx: &Context, icc: Arc<IstioCACerts>) -> Result<Observed> {
+///
+/// The IstioCACerts itself is read again from the API server, not taken from the watch cache:
+/// the write of `cacerts` wakes the next reconcile, often before the cache holds the status
+/// written with it. Decided on that stale status, a rotation entered its phase a second time
+/// (a later `nextPhaseAt`, a duplicate history entry) and a forced advance could act twice.
+/// `None`: it is gone.
+pub async fn observe(ctx: &Context, cached: &IstioCACerts) -> Result<Option<Observed>> {
     let now = Timestamp::now();
-    let namespace = icc.namespace().unwrap_or_default();
+    let namespace = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
+    let Some(icc) = Api::<IstioCACerts>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&name)
+        .await
+        .map_err(|e| Error::kube(format!("reading IstioCACerts {name}"), e))?
+    else {
+        return Ok(None);
+    };
+    let icc = Arc::new(icc);
     let spec = &icc.spec;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let read = |name: &str| {
@@ -84,7 +102,7 @@ pub async fn observe(ctx: &Context, icc: Arc<IstioCACerts>) -> Result<Observed> 
         Some(p) => Some(published_config_map(ctx, &namespace, &p.config_map_name).await),
         None => None,
     };
-    Ok(Observed {
+    Ok(Some(Observed {
         icc,
         source,
         target,
@@ -93,7 +111,7 @@ pub async fn observe(ctx: &Context, icc: Arc<IstioCACerts>) -> Result<Observed> 
         backend_ca,
         published,
         now,
-    })
+    }))
 }
 
 /// The status of the Certificate that writes the source (cert-manager's annotation names it).
@@ -156,8 +174,13 @@ pub async fn act(ctx: &Context, o: &Observed, plan: Plan) -> Result<Action> {
     }
     if let Some(status) = outcome.status_write() {
         let api: Api<IstioCACerts> = Api::namespaced(ctx.client.clone(), o.namespace());
-        let patch =
-            serde_json::json!({"apiVersion": IstioCACerts::api_version(&()), "kind": "IstioCACerts", "status": status});
+        // The resourceVersion read in observe guards the write: a status decided on an object
+        // that changed since (a new annotation, another writer) is a conflict, decided again.
+        let patch = serde_json::json!({
+            "apiVersion": IstioCACerts::api_version(&()), "kind": "IstioCACerts",
+            "metadata": {"resourceVersion": o.icc.resource_version()},
+            "status": status,
+        });
         api.patch_status(
             o.name(),
             &PatchParams::apply(FIELD_MANAGER).force(),
