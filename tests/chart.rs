@@ -474,7 +474,7 @@ fn trust_values_become_controller_flags_with_secure_defaults() {
 }
 
 /// In the Istio namespaces Secrets may be updated and deleted by name only: the names of
-/// `controller.cacertsSecretNames`. `create` cannot be limited by name; reading is for the
+/// `controller.cacertsSecretNames` and their adoption backups (`<name>-meshca-backup`). `create` cannot be limited by name; reading is for the
 /// source; `patch` is never granted.
 #[test]
 fn secret_writes_in_istio_namespaces_are_limited_to_the_cacerts_names() {
@@ -498,13 +498,18 @@ fn secret_writes_in_istio_namespaces_are_limited_to_the_cacerts_names() {
             .collect::<std::collections::BTreeMap<_, _>>()
     };
     let cases: Vec<(&[&str], serde_json::Value)> = vec![
-        (&[], serde_json::json!(["cacerts"])),
+        (&[], serde_json::json!(["cacerts", "cacerts-meshca-backup"])),
         (
             &[
                 "controller.cacertsSecretNames={cacerts-east,cacerts}",
                 "allowRootBootstrap=true",
             ],
-            serde_json::json!(["cacerts", "cacerts-east"]),
+            serde_json::json!([
+                "cacerts",
+                "cacerts-east",
+                "cacerts-east-meshca-backup",
+                "cacerts-meshca-backup"
+            ]),
         ),
     ];
     for (set, names) in cases {

@@ -411,13 +411,9 @@ async fn adopting_never_deletes_a_typed_secret_with_foreign_keys_unless_replace_
     );
 }
 
-/// A `kubernetes.io/tls` Secret must keep `tls.crt`/`tls.key` and cannot change type, so a plain
-/// replace of its data is refused by the API server (forever). Adopting one replaces the Secret:
-/// the result is an Opaque `cacerts` with exactly istiod's four keys, which istiod loads.
-#[tokio::test]
-async fn adopting_a_tls_typed_cacerts_replaces_it_with_an_opaque_one() {
-    let env = env("icc-adopt-tls").await;
-    issue(&env, "mesh", None).await;
+/// A `kubernetes.io/tls` Secret `cacerts` holding a hand-made CA, whose root (`ca.crt`) is
+/// `root_pem`.
+async fn tls_cacerts(env: &Env, root_pem: Option<&str>) -> Secret {
     let dir = openssl::Workdir::new();
     dir.req_with_new_p256_key(
         "old.key",
@@ -426,18 +422,57 @@ async fn adopting_a_tls_typed_cacerts_replaces_it_with_an_opaque_one() {
         "/CN=old hand-made CA",
         &["basicConstraints=critical,CA:TRUE"],
     );
+    let ca = root_pem.map_or_else(|| dir.read("old.pem"), str::to_string);
     let tls: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "cacerts"},
         "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": dir.read("old.pem"), "tls.key": dir.read("old.key"), "ca.crt": dir.read("old.pem")}
+        "stringData": {"tls.crt": dir.read("old.pem"), "tls.key": dir.read("old.key"), "ca.crt": ca}
     }))
     .unwrap();
     env.ns
         .api::<Secret>()
         .create(&PostParams::default(), &tls)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The root the source Secret carries (`ca.crt`), the mesh's root.
+async fn source_root(env: &Env) -> String {
+    let source: Secret = env.ns.api().get(SOURCE).await.unwrap();
+    String::from_utf8(data(&source)["ca.crt"].clone()).unwrap()
+}
+
+/// A `kubernetes.io/tls` Secret must keep `tls.crt`/`tls.key` and cannot change type, so a plain
+/// replace of its data is refused by the API server (forever). Adopting one replaces the Secret:
+/// the result is an Opaque `cacerts` with exactly istiod's four keys, which istiod loads. istiod
+/// trusts such a bundle's `ca.crt`: under another root, adoption is a root change and refused;
+/// under the same root, the old Secret is copied to `cacerts-meshca-backup` first.
+#[tokio::test]
+async fn adopting_a_tls_typed_cacerts_replaces_it_with_an_opaque_one() {
+    let env = env("icc-adopt-tls").await;
+    issue(&env, "mesh", None).await;
+    let secrets = env.ns.api::<Secret>();
+    let other_root = tls_cacerts(&env, None).await;
     create_icc(&env, AdoptExisting::KeepForeignKeys).await;
+    let icc = wait_condition(&env, "Ready", "RootChanged").await;
+    assert!(
+        condition_message(&icc, "Ready").contains("target's ca.crt"),
+        "{}",
+        condition_message(&icc, "Ready")
+    );
+    wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "RootChanged").await;
+    // No sleep: the refusal is decided before any write (see above).
+    let after = secrets.get("cacerts").await.unwrap();
+    assert_eq!(
+        after.resource_version(),
+        other_root.resource_version(),
+        "not deleted, not changed"
+    );
+    assert!(secrets.get_opt("cacerts-meshca-backup").await.unwrap().is_none());
+
+    // The same bundle under the mesh's root: adopted, after a copy.
+    secrets.delete("cacerts", &DeleteParams::default()).await.unwrap();
+    let original = tls_cacerts(&env, Some(&source_root(&env).await)).await;
     wait_condition(&env, "Ready", "Synced").await;
     let adopted = cacerts(&env).await.expect("cacerts exists");
     assert_eq!(adopted.type_.as_deref(), Some("Opaque"));
@@ -447,6 +482,113 @@ async fn adopting_a_tls_typed_cacerts_replaces_it_with_an_opaque_one() {
     );
     let note = wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "Written").await;
     assert!(note.starts_with("Adopted") && note.contains("tls.crt"), "{note}");
+    let backup = secrets.get("cacerts-meshca-backup").await.unwrap();
+    assert_eq!(backup.type_.as_deref(), Some("kubernetes.io/tls"));
+    assert_eq!(data(&backup), data(&original), "the copy holds what was deleted");
+    assert_eq!(
+        backup.labels().get("app.kubernetes.io/managed-by").map(String::as_str),
+        Some("mesh-ca-issuer")
+    );
+    assert_eq!(
+        backup.annotations().get("meshca.io/backup-of").map(String::as_str),
+        Some("cacerts")
+    );
+    let icc = env.icc().await;
+    assert_eq!(
+        backup
+            .owner_references()
+            .iter()
+            .map(|r| r.uid.clone())
+            .collect::<Vec<_>>(),
+        vec![icc.uid().unwrap()],
+        "owned by the IstioCACerts: it holds a CA key"
+    );
+}
+
+/// Adoption deletes the typed Secret, then creates it as Opaque. When that create is refused
+/// (here by a ValidatingAdmissionPolicy, as an admission webhook or quota might), istiod would
+/// self-sign on its next restart: the controller tries again at once, then says so in Ready
+/// (`RecreateFailed`, naming the backup) and a Warning, and creates it once it may.
+#[tokio::test]
+async fn a_failed_re_create_after_adoption_is_shown_names_the_backup_and_is_retried() {
+    use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+    let env = env("icc-recreate").await;
+    issue(&env, "mesh", None).await;
+    let original = tls_cacerts(&env, Some(&source_root(&env).await)).await;
+    let name = format!("deny-opaque-cacerts-{}", env.ns.name);
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["secrets"]
+            }]},
+            "validations": [{
+                "expression": "!(object.metadata.name == 'cacerts' && has(object.type) && object.type == 'Opaque')",
+                "message": "this test refuses an Opaque cacerts"
+            }]
+        }
+    }))
+    .unwrap();
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name, "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.ns.name}}}
+        }
+    }))
+    .unwrap();
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(env.client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(env.client.clone());
+    policies.create(&PostParams::default(), &policy).await.unwrap();
+    bindings.create(&PostParams::default(), &binding).await.unwrap();
+    // The API server loads policies asynchronously: wait until a dry-run create is denied by
+    // it (not by AlreadyExists, which comes after admission).
+    let probe: Secret = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "cacerts"}, "type": "Opaque", "stringData": {"x": "y"}}),
+    )
+    .unwrap();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let secrets = env.ns.api::<Secret>();
+    eventually(TIMEOUT, || async {
+        match secrets.create(&dry_run, &probe).await {
+            Err(kube::Error::Api(e)) if e.message.contains("this test refuses") => Some(()),
+            _ => None,
+        }
+    })
+    .await
+    .expect("the policy in force");
+
+    create_icc(&env, AdoptExisting::KeepForeignKeys).await;
+    let icc = wait_condition(&env, "Ready", "RecreateFailed").await;
+    let message = condition_message(&icc, "Ready");
+    assert!(
+        message.contains("cacerts-meshca-backup")
+            && message.contains("self-signed")
+            && message.contains("failed 4 times"),
+        "{message}"
+    );
+    let note = wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "RecreateFailed").await;
+    assert!(
+        note.contains("cacerts-meshca-backup") && note.contains("self-signed"),
+        "{note}"
+    );
+    assert!(
+        secrets.get_opt("cacerts").await.unwrap().is_none(),
+        "deleted, not yet created"
+    );
+    let backup = secrets.get("cacerts-meshca-backup").await.unwrap();
+    assert_eq!(data(&backup), data(&original), "nothing lost meanwhile");
+
+    // Allowed again: the controller's own retry creates it (nothing else changes).
+    bindings.delete(&name, &DeleteParams::default()).await.unwrap();
+    policies.delete(&name, &DeleteParams::default()).await.unwrap();
+    wait_condition(&env, "Ready", "Synced").await;
+    let written = cacerts(&env).await.expect("cacerts created");
+    assert_eq!(written.type_.as_deref(), Some("Opaque"));
 }
 
 /// The API server refuses the controller's writes (RBAC: no Secret writes, no events). The

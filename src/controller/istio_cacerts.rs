@@ -32,7 +32,9 @@ use crate::api::cert_manager::{
 use crate::api::issuer::{CLUSTER_ISSUER_KIND, CertificateSummary, ClusterMeshCAIssuer, ISSUER_KIND, MeshCAIssuer};
 use crate::api::istio_cacerts::{ADVANCE_ROTATION_ANNOTATION, IstioCACerts, RotationPhase};
 use crate::error::{Error, Result};
-use crate::istio::cacerts::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION, Problem, reason};
+use crate::istio::cacerts::{
+    BACKUP_OF_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION, Problem, reason,
+};
 use crate::istio::decide::decide;
 use crate::istio::plan::{CacertsWrite, Observed, Outcome, Plan, PlannedEvent, SecretWrite, Settings};
 use crate::istio::publish::{self, PublishWrite, ROOT_PUBLISHED};
@@ -231,7 +233,7 @@ async fn carry_out_cacerts(ctx: &Context, o: &Observed, plan: Plan) -> (Outcome,
         }
         Err((problem, error)) => {
             let outcome = plan.if_cacerts_refused(problem).unwrap_or(plan.then);
-            (outcome, Some(Error::kube(format!("writing {target_display}"), error)))
+            (outcome, Some(error))
         }
     }
 }
@@ -240,11 +242,13 @@ async fn carry_out_cacerts(ctx: &Context, o: &Observed, plan: Plan) -> (Outcome,
 /// change is a conflict, not an overwrite); or, adopting a `kubernetes.io/*` typed Secret,
 /// delete exactly the object read and create it as Opaque. Should that create fail, the next
 /// reconcile finds no target and creates it; istiod keeps the CA it loaded meanwhile.
-async fn write_cacerts(ctx: &Context, o: &Observed, write: &CacertsWrite) -> Result<(), (Problem, kube::Error)> {
+async fn write_cacerts(ctx: &Context, o: &Observed, write: &CacertsWrite) -> Result<(), (Problem, Error)> {
     let name = &o.icc.spec.target_secret_name;
+    let failed = |e| Error::kube(format!("writing {}", o.secret_display(name)), e);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), o.namespace());
     let mut secret = target_secret(o, write);
     if write.how == SecretWrite::Recreate {
+        write_backup(ctx, o, write).await?;
         let preconditions = Preconditions {
             uid: secret.metadata.uid.clone(),
             resource_version: secret.metadata.resource_version.clone(),
@@ -259,7 +263,7 @@ async fn write_cacerts(ctx: &Context, o: &Observed, write: &CacertsWrite) -> Res
                 o.secret_display(name),
                 secret.type_.as_deref().unwrap_or_default()
             );
-            return Err((problem(message), e));
+            return Err((problem(message), failed(e)));
         }
         secret.metadata = kube::api::ObjectMeta {
             name: secret.metadata.name.take(),
@@ -276,11 +280,127 @@ async fn write_cacerts(ctx: &Context, o: &Observed, write: &CacertsWrite) -> Res
     };
     let result = match write.how {
         SecretWrite::Replace => secrets.replace(name, &params, &secret).await,
-        SecretWrite::Create | SecretWrite::Recreate => secrets.create(&params, &secret).await,
+        SecretWrite::Create => secrets.create(&params, &secret).await,
+        SecretWrite::Recreate | SecretWrite::CreateAfterAdoption => recreate(&secrets, &params, &secret).await,
     };
-    result
+    result.map(|_| ()).map_err(|e| {
+        let problem = match write.how {
+            SecretWrite::Recreate | SecretWrite::CreateAfterAdoption => recreate_failed(o, name, &e),
+            SecretWrite::Create | SecretWrite::Replace => write_refused(&o.secret_display(name), &e),
+        };
+        (problem, failed(e))
+    })
+}
+
+/// Creates the target again right after adoption deleted it. Until it exists, an istiod that
+/// restarts makes its own self-signed CA, so the window is kept short: a failed create is
+/// tried again at once, a few times, before the reconcile ends in the error (and back-off).
+async fn recreate(secrets: &Api<Secret>, params: &PostParams, secret: &Secret) -> kube::Result<Secret> {
+    let mut pause = std::time::Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match secrets.create(params, secret).await {
+            Err(e) if attempt < 4 => {
+                warn!(attempt, error = %e, "creating cacerts again after the adoption's delete failed; retrying at once");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn recreate_failed(o: &Observed, name: &str, error: &kube::Error) -> Problem {
+    Problem {
+        reason: reason::RECREATE_FAILED,
+        message: format!(
+            // The API server's answer last: it is long, and an event's note is cut to 1 KiB.
+            "adopting {} deleted it to create it again as Opaque (what it held is in {}), but creating it failed 4 times; retrying with back-off. Until it exists, an istiod that restarts makes its own self-signed CA. The API server said: {error}",
+            o.secret_display(name),
+            o.secret_display(&crate::istio::cacerts::backup_name(name)),
+        ),
+    }
+}
+
+/// Copies the typed target to `<name>-meshca-backup` before adoption deletes it: created, or,
+/// when an earlier adoption left one that is ours, replaced (one copy per target). A Secret of
+/// that name that is not ours is never overwritten, and then nothing is deleted.
+async fn write_backup(ctx: &Context, o: &Observed, write: &CacertsWrite) -> Result<(), (Problem, Error)> {
+    let name = &o.icc.spec.target_secret_name;
+    let backup_name = crate::istio::cacerts::backup_name(name);
+    let display = o.secret_display(&backup_name);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), o.namespace());
+    let Some(original) = &o.target else {
+        return Ok(());
+    };
+    let mut backup = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(backup_name.clone()),
+            namespace: Some(o.namespace().to_string()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_string(),
+                MANAGED_BY_VALUE.to_string(),
+            )])),
+            annotations: Some(BTreeMap::from([
+                (OWNER_ANNOTATION.to_string(), write.owner.clone()),
+                (BACKUP_OF_ANNOTATION.to_string(), name.clone()),
+            ])),
+            // Owned: it holds a CA key, so it goes with the IstioCACerts that made it.
+            owner_references: o.icc.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        type_: original.type_.clone(),
+        data: original.data.clone(),
+        ..Secret::default()
+    };
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
+    let refused = |e: kube::Error| {
+        let problem = problem(format!(
+            "adopting {} needs a copy of it in {display} before it is deleted, but writing that copy failed, so nothing was deleted (retrying with back-off): {e}",
+            o.secret_display(name)
+        ));
+        (problem, Error::kube(format!("writing {display}"), e))
+    };
+    match secrets.create(&params, &backup).await {
+        Ok(_) => return Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(refused(e)),
+    }
+    let existing = secrets.get(&backup_name).await.map_err(refused)?;
+    if existing.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY_VALUE) {
+        let message = format!(
+            "adopting {} needs a copy of it in {display} before it is deleted, but that Secret exists and is not ours; nothing was deleted. Rename or remove it",
+            o.secret_display(name)
+        );
+        // Not a conflict to retry at once: it takes someone to act (back-off meanwhile).
+        return Err((problem(message.clone()), Error::Config(message)));
+    }
+    // A type cannot change, so a copy of another type is deleted first (it is ours).
+    if existing.type_ != backup.type_ {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: existing.metadata.uid.clone(),
+                resource_version: existing.metadata.resource_version.clone(),
+            }),
+            ..Default::default()
+        };
+        secrets.delete(&backup_name, &params).await.map_err(refused)?;
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        return secrets.create(&params, &backup).await.map(|_| ()).map_err(refused);
+    }
+    backup.metadata.resource_version = existing.metadata.resource_version.clone();
+    secrets
+        .replace(&backup_name, &params, &backup)
+        .await
         .map(|_| ())
-        .map_err(|e| (write_refused(&o.secret_display(name), &e), e))
+        .map_err(refused)
 }
 
 /// The Secret to write: the one read (other labels and annotations kept) or a new Opaque one,

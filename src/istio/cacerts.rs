@@ -67,7 +67,19 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Adopting would delete a typed Secret that carries keys istiod does not read.
     pub const ADOPTION_NEEDS_REPLACE: &str = "AdoptionNeedsReplace";
+    /// Adopting a typed Secret deleted it, and creating it again as Opaque failed: istiod,
+    /// restarted now, would make its own self-signed CA.
+    pub const RECREATE_FAILED: &str = "RecreateFailed";
 }
+
+/// The Secret a typed target is copied to before adoption deletes it (one copy per target,
+/// owned by the IstioCACerts, labelled ours): what it held is never lost.
+pub fn backup_name(target: &str) -> String {
+    format!("{target}-meshca-backup")
+}
+
+/// The annotation on a backup naming the Secret it is a copy of.
+pub const BACKUP_OF_ANNOTATION: &str = "meshca.io/backup-of";
 
 /// Why `cacerts` is not (re)written, and what to do about it. Never carries key material.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -331,16 +343,17 @@ pub fn plan(
         }
     }
 
-    // root-cert.pem: kept byte for byte when it already trusts the source's root; a root that
-    // is not in it is a root change, which istiod would ignore (or, partly trusted, break).
-    let root_pem = match existing.and_then(|d| d.get(ROOT_CERT)) {
-        Some(bytes) => match Certificate::parse_pem_bundle(bytes, "root-cert.pem") {
+    // The roots istiod trusts now (root-cert.pem, or ca.crt of a TLS-format bundle): kept
+    // byte for byte when they already hold the source's root; a root that is not among them
+    // is a root change, which istiod would ignore (or, partly trusted, break).
+    let root_pem = match existing.and_then(trusted_roots) {
+        Some((key, bytes)) => match Certificate::parse_pem_bundle(bytes, key) {
             Ok(roots) if roots.contains(&source.root) => bytes.clone(),
             Ok(roots) => {
                 return Err(Problem::new(
                     reason::ROOT_CHANGED,
                     format!(
-                        "the new intermediate chains to root {} (SHA-256 {}), which is not among the {} trust anchors in root-cert.pem; cacerts is left as it is. Rotating roots without downtime needs the new root added to root-cert.pem first (and ISTIO_MULTIROOT_MESH on istiod); if the root change is intended and downtime is acceptable, delete the target Secret and restart istiod",
+                        "the new intermediate chains to root {} (SHA-256 {}), which is not among the {} trust anchors in the target's {key}; cacerts is left as it is. Rotating roots without downtime needs the new root added to root-cert.pem first (and ISTIO_MULTIROOT_MESH on istiod); if the root change is intended and downtime is acceptable, delete the target Secret and restart istiod",
                         source.root.subject(),
                         source.root.fingerprint(),
                         roots.len()
@@ -389,6 +402,18 @@ pub fn plan(
         dropped_keys,
         kept_keys,
     })
+}
+
+/// The roots istiod trusts in a target, and the key they are in. A Secret in istiod's TLS
+/// format (`tls.crt` present) is loaded from its TLS keys only, so its root is `ca.crt`;
+/// otherwise `root-cert.pem`. Reading only `root-cert.pem` let an adopted TLS-format bundle
+/// get another root written with no rotation.
+fn trusted_roots(data: &SecretData) -> Option<(&'static str, &Vec<u8>)> {
+    let tls_root = data
+        .contains_key(TLS_FORMAT_KEYS[0])
+        .then(|| data.get(TLS_FORMAT_KEYS[2]).map(|b| (TLS_FORMAT_KEYS[2], b)))
+        .flatten();
+    tls_root.or_else(|| data.get(ROOT_CERT).map(|b| (ROOT_CERT, b)))
 }
 
 #[cfg(test)]
@@ -608,6 +633,31 @@ mod tests {
             assert_eq!(p.dropped_keys, vec!["ca.crt", "tls.crt", "tls.key"], "{adopt:?}");
             assert!(p.kept_keys.is_empty(), "{adopt:?}");
         }
+    }
+
+    /// A TLS-format bundle's root is its `ca.crt` (istiod loads only the TLS keys when
+    /// `tls.crt` is there): adopting it under the same root keeps that root; under another
+    /// root it is a root change, refused as for `root-cert.pem`.
+    #[test]
+    fn a_tls_format_bundle_trusts_its_ca_crt() {
+        let (pki, other) = (pki(), pki());
+        let tls_bundle = |root: &Certificate| Target::Present {
+            data: BTreeMap::from([
+                ("tls.crt".to_string(), b"old".to_vec()),
+                ("tls.key".to_string(), b"old".to_vec()),
+                ("ca.crt".to_string(), root.to_pem().into_bytes()),
+                // A stale root-cert.pem next to the TLS keys is not what istiod trusts.
+                (ROOT_CERT.to_string(), other.root.to_pem().into_bytes()),
+            ])
+            .into(),
+            owner: None,
+        };
+        let adopt = AdoptExisting::KeepForeignKeys;
+        let same = plan(&source(&pki), &tls_bundle(&pki.root), "mesh", &adopt, now()).unwrap();
+        assert_eq!(same.data[ROOT_CERT], pki.root.to_pem().into_bytes());
+        let err = plan(&source(&pki), &tls_bundle(&other.root), "mesh", &adopt, now()).unwrap_err();
+        assert_eq!(err.reason, reason::ROOT_CHANGED);
+        assert!(err.message.contains("target's ca.crt"), "{}", err.message);
     }
 
     /// Keys istiod does not read belong to someone else: adopting (`true`/`KeepForeignKeys`)

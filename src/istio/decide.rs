@@ -155,7 +155,14 @@ fn recreate_refused(o: &Observed, plan: &CacertsPlan) -> Option<Problem> {
 /// built-in type has keys the API server requires) deleted and created as Opaque.
 fn secret_write(o: &Observed) -> SecretWrite {
     let typed = |s: &Secret| s.type_.as_deref().is_some_and(|t| t.starts_with("kubernetes.io/"));
+    let recreate_failed = o
+        .icc
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+        .is_some_and(|c| c.reason == cacerts::reason::RECREATE_FAILED);
     match &o.target {
+        None if recreate_failed => SecretWrite::CreateAfterAdoption,
         None => SecretWrite::Create,
         Some(s) if typed(s) => SecretWrite::Recreate,
         Some(_) => SecretWrite::Replace,
@@ -1790,6 +1797,56 @@ mod tests {
         let plan = decide(&onto_source, &everything);
         assert!(plan.cacerts.is_none());
         assert_eq!(reason(&plan.then.status, READY), Some("TargetIsSource"));
+    }
+
+    /// An adoption that deleted the typed target and could not create it again: the next look
+    /// finds no target and creates it as right after the delete (tried again at once; a refusal
+    /// keeps saying RecreateFailed). Once written, Ready is Synced again.
+    #[test]
+    fn a_target_an_adoption_deleted_is_created_again_as_after_the_delete() {
+        let pki = Pki::new();
+        let mut typed = observed(istio_cacerts(spec()), Some(&pki.renewed));
+        let mut icc = typed.icc.as_ref().clone();
+        icc.spec.adopt_existing = AdoptExisting::KeepForeignKeys;
+        typed.icc = std::sync::Arc::new(icc);
+        typed.target = settled(observed(istio_cacerts(spec()), Some(&pki.old)), t0())
+            .target
+            .map(|mut s| {
+                s.type_ = Some("kubernetes.io/tls".into());
+                s.metadata.labels = None;
+                s.metadata.annotations = None;
+                s
+            });
+        let plan = decide(&typed, &Settings::default());
+        assert_eq!(plan.cacerts.as_ref().map(|c| c.write.how), Some(SecretWrite::Recreate));
+        let refused = plan
+            .if_cacerts_refused(Problem {
+                reason: cacerts::reason::RECREATE_FAILED,
+                message: "deleted, and the create was refused".into(),
+            })
+            .unwrap();
+        assert_eq!(reason(&refused.status, READY), Some("RecreateFailed"));
+        // The next look: the target is gone.
+        let mut gone = typed.clone();
+        gone.target = None;
+        let mut icc = gone.icc.as_ref().clone();
+        icc.status = Some(refused.status.clone());
+        gone.icc = std::sync::Arc::new(icc);
+        let again = decide(&gone, &Settings::default());
+        assert_eq!(
+            again.cacerts.as_ref().map(|c| c.write.how),
+            Some(SecretWrite::CreateAfterAdoption)
+        );
+        assert_eq!(reason(&again.then.status, READY), Some("Synced"));
+        // Written: an ordinary target from then on.
+        let written = after(&gone, &again, t0());
+        assert!(decide(&written, &Settings::default()).cacerts.is_none());
+        // A target absent for any other reason is a plain create.
+        let fresh = observed(istio_cacerts(spec()), Some(&pki.old));
+        assert_eq!(
+            decide(&fresh, &Settings::default()).cacerts.map(|c| c.write.how),
+            Some(SecretWrite::Create)
+        );
     }
 
     /// Nothing the decision carries shows key material in `{:?}`: not the observed Secrets,

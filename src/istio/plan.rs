@@ -144,6 +144,10 @@ pub enum SecretWrite {
     /// istiod would read instead of ours: delete exactly the object read (uid and
     /// resourceVersion preconditions), then create it as Opaque.
     Recreate,
+    /// It is gone because an adoption deleted it and could not create it again (Ready says
+    /// `RecreateFailed`): create it, as right after that delete — tried again at once, and a
+    /// refusal keeps saying `RecreateFailed` with the backup's name.
+    CreateAfterAdoption,
 }
 
 /// The `cacerts` write. `Debug` shows the data's key names and sizes, never its values.
