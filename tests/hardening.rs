@@ -153,6 +153,79 @@ async fn only_a_secret_meant_as_a_ca_serves_a_local_ca_issuer() {
     assert_eq!(labels.get("meshca.io/ca").map(String::as_str), Some("true"));
 }
 
+/// Deleting a bootstrapped root's Secret makes the controller bootstrap another root, with a
+/// new key. That is never silent: a Warning event and the issuer's RootBootstrapped condition
+/// (RootRecreated) name the new root's fingerprint and the one it replaces.
+#[tokio::test]
+async fn a_re_created_bootstrapped_root_is_a_warning_and_a_condition_naming_both_roots() {
+    let (_lock, client, ns) = support::namespaced_test("reboot").await;
+    let _controller = RunningController::start(&["--namespace", &ns.name]).await;
+    let issuers: Api<MeshCAIssuer> = ns.api();
+    issuers
+        .create(
+            &PostParams::default(),
+            &MeshCAIssuer::new("boot", local("boot-root", true)),
+        )
+        .await
+        .unwrap();
+    support::wait_issuer(&issuers, "boot", "True", TIMEOUT).await;
+    let bootstrapped = |status: &mesh_ca_issuer::api::issuer::IssuerStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "RootBootstrapped")
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    let first = eventually(TIMEOUT, || async {
+        let status = issuers.get("boot").await.ok()?.status?;
+        bootstrapped(&status).is_some().then_some(status)
+    })
+    .await
+    .expect("RootBootstrapped set");
+    let old = first.ca.clone().expect("the root in status").fingerprint_sha256;
+    let (reason, message) = bootstrapped(&first).unwrap();
+    assert_eq!(reason, "RootCreated");
+    assert!(message.contains(&old), "{message}");
+    let events = support::events_for(&client, &ns.name, "MeshCAIssuer/boot").await;
+    assert!(
+        events
+            .iter()
+            .any(|(type_, reason, _)| type_ == "Normal" && reason == "RootBootstrapped"),
+        "{events:?}"
+    );
+
+    ns.api::<Secret>()
+        .delete("boot-root", &Default::default())
+        .await
+        .unwrap();
+    let again = eventually(TIMEOUT, || async {
+        let status = issuers.get("boot").await.ok()?.status?;
+        (bootstrapped(&status)?.0 == "RootRecreated").then_some(status)
+    })
+    .await
+    .expect("RootBootstrapped says RootRecreated");
+    let (_, message) = bootstrapped(&again).unwrap();
+    let new = eventually(TIMEOUT, || async {
+        let status = issuers.get("boot").await.ok()?.status?;
+        status.ca.map(|ca| ca.fingerprint_sha256).filter(|fp| *fp != old)
+    })
+    .await
+    .expect("status.ca shows the new root");
+    assert!(
+        message.contains(&new) && message.contains(&old) && message.contains("meshca rotation approve"),
+        "{message}"
+    );
+    let warning = eventually(TIMEOUT, || async {
+        support::events_for(&client, &ns.name, "MeshCAIssuer/boot")
+            .await
+            .into_iter()
+            .find(|(type_, reason, _)| type_ == "Warning" && reason == "RootBootstrapped")
+    })
+    .await
+    .expect("a Warning RootBootstrapped event");
+    assert!(warning.2.contains(&new) && warning.2.contains(&old), "{}", warning.2);
+}
+
 /// A CA whose chain up to its root is `links` certificates long, each link a CA signed by the
 /// next, the root self-signed: the CA and its key, then the chain, root first (so that a naive
 /// search for each parent scans nearly the whole pool every time: some n²/2 signature checks).

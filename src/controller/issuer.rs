@@ -32,6 +32,7 @@ use crate::backend::{self, BackendError, CaInfo, FailureKind, IssuerScope, Purpo
 use crate::error::{Error, Result};
 use crate::pki::policy::{effective_trust_domains, validate_policy};
 use crate::pki::sign::self_signed_root;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 /// Reasons of the issuer's `Ready` condition besides those the backends report.
 pub mod reason {
@@ -256,21 +257,26 @@ pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Re
     let scope = issuer.scope(&ctx.config.cluster_resource_namespace);
     let spec = issuer.spec();
     let mut result = check(&ctx, spec, &scope, now).await;
+    let generation = issuer.meta().generation;
+    let previous = issuer.status();
     // A missing root with `bootstrap` set: create it, then check again.
+    let mut bootstrapped = None;
     if let (Err(e), Some(local)) = (&result, &spec.local_ca)
         && e.reason == local_ca::reason::SECRET_NOT_FOUND
         && let Some(bootstrap) = &local.bootstrap
     {
+        let before = known_root(previous);
         result = match bootstrap_allowed(&ctx.config, &scope, local) {
             Err(e) => Err(e),
-            Ok(()) => match bootstrap_root(&ctx, issuer.as_ref(), &scope, local, bootstrap, now).await {
-                Ok(()) => check(&ctx, spec, &scope, now).await,
+            Ok(()) => match bootstrap_root(&ctx, issuer.as_ref(), &scope, local, bootstrap, before, now).await {
+                Ok(created) => {
+                    bootstrapped = created;
+                    check(&ctx, spec, &scope, now).await
+                }
                 Err(e) => Err(e),
             },
         };
     }
-    let generation = issuer.meta().generation;
-    let previous = issuer.status();
     let ready_at_generation = previous
         .and_then(|s| conditions::find(&s.conditions, READY))
         .is_some_and(|c| c.status == "True" && c.observed_generation == generation);
@@ -295,6 +301,9 @@ pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Re
     }
     let assessment = assess(result, ctx.config.issuer_recheck_interval, now);
     let mut status = next_status(previous, &assessment, generation, now);
+    status
+        .conditions
+        .extend(root_bootstrapped(previous, bootstrapped.as_ref(), generation, now));
     // What the issuer admits, as in effect: policy with the controller's defaults applied.
     status.allowed_namespaces = admission::effective_namespaces(
         scope.cluster_scoped,
@@ -353,9 +362,13 @@ async fn announce_transition<K: IssuerObject>(
 
 async fn write_status<K: IssuerObject>(ctx: &Context, issuer: &K, status: &IssuerStatus) -> Result<()> {
     let api = issuer.api(ctx.client.clone());
+    // The resourceVersion decided on guards the write: a reconcile woken by the Secret a
+    // bootstrap just created may still see the status from before it in the watch cache, and
+    // must not write over RootBootstrapped with it (a 409 decides again on the new object).
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::KIND,
+        "metadata": {"resourceVersion": issuer.resource_version()},
         "status": status,
     });
     api.patch_status(
@@ -385,16 +398,71 @@ fn bootstrap_allowed(config: &crate::config::Config, scope: &IssuerScope, local:
     Ok(())
 }
 
+/// The condition that says a root was bootstrapped, and whether it replaced another.
+pub const ROOT_BOOTSTRAPPED: &str = "RootBootstrapped";
+
+/// A root this controller created for `localCA.bootstrap`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bootstrapped {
+    /// What it says: created, or (a root was known before) created *again*.
+    pub message: String,
+    /// A root was known before: the Secret disappeared and a new key was made.
+    pub replaced: bool,
+}
+
+/// The root this issuer last served or bootstrapped, as status shows it: its CA, or (when
+/// that was cleared by a failed check) the last RootBootstrapped condition.
+fn known_root(previous: Option<&IssuerStatus>) -> Option<String> {
+    let previous = previous?;
+    previous
+        .ca
+        .as_ref()
+        .map(|ca| format!("SHA-256 {}", ca.fingerprint_sha256))
+        .or_else(|| {
+            conditions::find(&previous.conditions, ROOT_BOOTSTRAPPED)
+                .map(|_| "bootstrapped earlier; its fingerprint is no longer in status".to_string())
+        })
+}
+
+/// The RootBootstrapped condition: set when a root was just bootstrapped, kept as it was
+/// otherwise (it records the last bootstrap; a re-created root is never silent).
+pub fn root_bootstrapped(
+    previous: Option<&IssuerStatus>,
+    now_bootstrapped: Option<&Bootstrapped>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<Condition> {
+    let before = previous.and_then(|s| conditions::find(&s.conditions, ROOT_BOOTSTRAPPED));
+    match now_bootstrapped {
+        Some(b) => {
+            let reason = if b.replaced { "RootRecreated" } else { "RootCreated" };
+            Some(conditions::next(
+                before,
+                ROOT_BOOTSTRAPPED,
+                true,
+                reason,
+                b.message.clone(),
+                generation,
+                now,
+            ))
+        }
+        None => before.cloned(),
+    }
+}
+
 /// Creates a self-signed root in the (missing) CA Secret. `create` never overwrites: if
-/// someone else created the Secret meanwhile, theirs is kept.
+/// someone else created the Secret meanwhile, theirs is kept. `before`: the root the issuer
+/// was known to serve; creating another then is a Warning (the old root's key is gone, and
+/// every IstioCACerts under it refuses the new one until it is approved).
 async fn bootstrap_root<K: IssuerObject>(
     ctx: &Context,
     issuer: &K,
     scope: &IssuerScope,
     local: &LocalCA,
     bootstrap: &RootBootstrap,
+    before: Option<String>,
     now: Timestamp,
-) -> Result<(), BackendError> {
+) -> Result<Option<Bootstrapped>, BackendError> {
     let spec = bootstrap.clone();
     // RSA key generation can take a second: off the reactor.
     let generated = tokio::task::spawn_blocking(move || self_signed_root(&spec, now))
@@ -432,25 +500,43 @@ async fn bootstrap_root<K: IssuerObject>(
     let secret_display = format!("Secret {}/{}", scope.secret_namespace, local.secret_name);
     match secrets.create(&PostParams::default(), &secret).await {
         Ok(_) => {
-            let note = format!(
+            let created = format!(
                 "Created a self-signed root {} (SHA-256 {}) valid until {} in {secret_display}",
                 cert.subject(),
                 cert.fingerprint(),
                 cert.not_after()
             );
-            info!(secret = %secret_display, fingerprint = %cert.fingerprint(), "bootstrapped a self-signed root");
+            let bootstrapped = match &before {
+                None => Bootstrapped {
+                    message: created,
+                    replaced: false,
+                },
+                Some(old) => Bootstrapped {
+                    message: format!(
+                        "{secret_display} had disappeared. {created}, with a new key: it replaces the root before it ({old}), whose key is gone. Every IstioCACerts under the old root refuses the new one (RootChanged, or a rotation waiting for spec.rootRotation.expectedNewRoot). If the Secret was deleted by mistake, restore it from a backup, or approve the new root with meshca rotation approve"
+                    ),
+                    replaced: true,
+                },
+            };
+            let type_ = if bootstrapped.replaced {
+                warn!(secret = %secret_display, fingerprint = %cert.fingerprint(), "the root Secret had disappeared: bootstrapped a NEW self-signed root");
+                EventType::Warning
+            } else {
+                info!(secret = %secret_display, fingerprint = %cert.fingerprint(), "bootstrapped a self-signed root");
+                EventType::Normal
+            };
             ctx.publish_event(
                 &issuer.object_ref(&()),
-                EventType::Normal,
-                "RootBootstrapped",
+                type_,
+                ROOT_BOOTSTRAPPED,
                 "Bootstrap",
-                note,
+                bootstrapped.message.clone(),
             )
             .await;
-            Ok(())
+            Ok(Some(bootstrapped))
         }
         // Someone created it first: theirs stands.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
         Err(kube::Error::Api(e)) if e.code == 403 => Err(BackendError::issuer_not_ready(
             local_ca::reason::SECRET_FORBIDDEN,
             format!(
@@ -468,6 +554,55 @@ async fn bootstrap_root<K: IssuerObject>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RootBootstrapped records the last bootstrap: set when one happens (RootRecreated when a
+    /// root was known before, from status.ca or an earlier bootstrap), kept as it was otherwise.
+    #[test]
+    fn a_bootstrap_is_recorded_and_a_re_created_root_is_never_silent() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let with_ca = IssuerStatus {
+            ca: Some(crate::api::issuer::CertificateSummary {
+                fingerprint_sha256: "ab:cd".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(known_root(None), None);
+        assert_eq!(known_root(Some(&IssuerStatus::default())), None);
+        assert_eq!(known_root(Some(&with_ca)).as_deref(), Some("SHA-256 ab:cd"));
+        let first = Bootstrapped {
+            message: "Created a self-signed root".into(),
+            replaced: false,
+        };
+        let created = root_bootstrapped(None, Some(&first), Some(1), now).unwrap();
+        assert_eq!(
+            (created.reason.as_str(), created.status.as_str()),
+            ("RootCreated", "True")
+        );
+        // A later check without a bootstrap keeps it.
+        let bootstrapped_once = IssuerStatus {
+            conditions: vec![created.clone()],
+            ..Default::default()
+        };
+        assert_eq!(
+            root_bootstrapped(Some(&bootstrapped_once), None, Some(1), now),
+            Some(created)
+        );
+        assert_eq!(
+            root_bootstrapped(Some(&IssuerStatus::default()), None, Some(1), now),
+            None
+        );
+        // status.ca cleared by a failed check: the earlier bootstrap still makes the next one a
+        // re-creation.
+        assert!(known_root(Some(&bootstrapped_once)).is_some());
+        let again = Bootstrapped {
+            message: "replaces the root before it".into(),
+            replaced: true,
+        };
+        let recreated = root_bootstrapped(Some(&bootstrapped_once), Some(&again), Some(1), now).unwrap();
+        assert_eq!(recreated.reason, "RootRecreated");
+        assert_eq!(recreated.message, "replaces the root before it");
+    }
     use crate::api::issuer::CertificateSummary;
     use crate::pki::policy::CaLifetime;
 
