@@ -49,6 +49,21 @@ pub fn row(cluster: &ClusterRotation, now: Timestamp) -> Row {
         Some(s) if s.paused => format!("{:?} (paused)", s.mode),
         Some(s) => format!("{:?}", s.mode),
     };
+    // A new root nobody approved: nothing moves until someone does, whatever an earlier
+    // rotation's status says.
+    if let Some(waiting) = icc.status.as_ref().and_then(|s| s.new_root_awaiting_approval.as_ref()) {
+        return Row {
+            context: cluster.context.clone(),
+            phase: "NewRootNotApproved".into(),
+            mode,
+            since: "-".into(),
+            next_phase_at: "-".into(),
+            next_step: format!(
+                "waiting for approval of new root {} (SHA-256 {}): meshca rotation approve --context {} --fingerprint {}",
+                waiting.subject, waiting.fingerprint_sha256, cluster.context, waiting.fingerprint_sha256
+            ),
+        };
+    }
     let Some(status) = status else {
         return Row {
             context: cluster.context.clone(),
@@ -436,5 +451,24 @@ mod tests {
         assert!(rows[0].next_step.contains("delay running"), "{:?}", rows[0]);
         assert!(rows[1].next_step.contains("meshca rotation advance"), "{:?}", rows[1]);
         assert!(rows[2].next_step.contains("after unpausing"), "{:?}", rows[2]);
+        // A new root waiting for approval, after an earlier rotation completed.
+        let mut waiting = cluster("d", RotationPhase::Completed, RotationMode::Automatic, false, -1);
+        if let Some(status) = waiting.istio_cacerts.status.as_mut() {
+            status.new_root_awaiting_approval = Some(crate::api::istio_cacerts::NewRootAwaitingApproval {
+                subject: "CN=new root".into(),
+                fingerprint_sha256: "ab".repeat(32),
+                not_after: "2040-01-01T00:00:00Z".into(),
+            });
+        }
+        let row = row(&waiting, now());
+        assert_eq!(row.phase, "NewRootNotApproved");
+        assert!(
+            row.next_step.contains("waiting for approval of new root CN=new root")
+                && row.next_step.contains(&format!(
+                    "meshca rotation approve --context d --fingerprint {}",
+                    "ab".repeat(32)
+                )),
+            "{row:?}"
+        );
     }
 }

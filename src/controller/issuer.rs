@@ -193,10 +193,23 @@ pub fn blip(
 pub struct Blips(std::sync::Mutex<std::collections::HashMap<String, Timestamp>>);
 
 impl Blips {
-    fn first(&self, key: &str) -> Option<Timestamp> {
+    pub fn first(&self, key: &str) -> Option<Timestamp> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied()
     }
-    fn set(&self, key: &str, since: Option<Timestamp>) {
+    /// Keeps only the issuers `keep` accepts (deleted issuers are pruned).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, _| keep(key));
+    }
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn set(&self, key: &str, since: Option<Timestamp>) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match since {
             Some(t) => map.insert(key.to_string(), t),

@@ -573,21 +573,56 @@ impl ObjectCaches {
             Some(uid) => reference.uid.is_none() || uid == reference.uid,
         }
     }
+
+    /// Whether the object an [`object_key`] (`Kind/namespace/name`) names is still there.
+    fn exists_key(&self, key: &str) -> bool {
+        let mut parts = key.splitn(3, '/');
+        let (Some(kind), Some(namespace), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return true;
+        };
+        self.exists(&ObjectReference {
+            kind: Some(kind.to_string()),
+            namespace: (!namespace.is_empty()).then(|| namespace.to_string()),
+            name: Some(name.to_string()),
+            ..Default::default()
+        })
+    }
+
+    /// Drops what the controller remembers per object for objects no cache holds any more:
+    /// unsent events, failure back-off and issuers' transient-failure windows (a deleted object
+    /// is never reconciled again, so nothing else would). Returns how many entries went.
+    fn prune(&self, events: &events::EventQueue, failures: &RetryTracker, blips: &issuer::Blips) -> usize {
+        let dropped_events = events.retain_existing(|r| self.exists(r));
+        let (failures_before, blips_before) = (failures.len(), blips.len());
+        failures.retain(|key| self.exists_key(key));
+        blips.retain(|key| {
+            // `namespace/name`; a ClusterMeshCAIssuer's namespace is empty.
+            match key.split_once('/') {
+                Some(("", name)) => self.exists_key(&format!("ClusterMeshCAIssuer//{name}")),
+                Some(_) => self.exists_key(&format!("MeshCAIssuer/{key}")),
+                None => true,
+            }
+        });
+        dropped_events + (failures_before - failures.len()) + (blips_before - blips.len())
+    }
 }
 
 /// A deleted object is never reconciled again, so nothing would ever send or drop the events
-/// queued for it: once the caches have listed (an empty cache before that would look like
-/// everything was deleted), every [`SWEEP_INTERVAL`] the events of objects no cache holds any
-/// more are dropped.
+/// queued for it, nor forget its failure back-off: once the caches have listed (an empty cache
+/// before that would look like everything was deleted), every [`SWEEP_INTERVAL`] what is kept
+/// for objects no cache holds any more is dropped ([`ObjectCaches::prune`]).
 fn sweep_deleted_objects(ctx: Arc<Context>, caches: ObjectCaches) {
     tokio::spawn(async move {
         caches.listed().await;
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         loop {
             tick.tick().await;
-            let dropped = ctx.events.retain_existing(|r| caches.exists(r));
+            let dropped = caches.prune(&ctx.events, &ctx.failures, &ctx.issuer_blips);
             if dropped > 0 {
-                info!(dropped, "dropped the unsent events of deleted objects");
+                info!(
+                    dropped,
+                    "dropped the unsent events and back-off history of deleted objects"
+                );
             }
         }
     });
@@ -968,4 +1003,73 @@ where
     }
     ctx.failures.forget(&object_key(&reference));
     Ok(action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher::Event;
+
+    fn icc(namespace: &str, name: &str) -> IstioCACerts {
+        let mut icc = IstioCACerts::new(name, Default::default());
+        icc.metadata.namespace = Some(namespace.into());
+        icc.metadata.uid = Some(format!("uid-{name}"));
+        icc
+    }
+
+    fn issuer(namespace: &str, name: &str) -> MeshCAIssuer {
+        let mut issuer = MeshCAIssuer::new(name, Default::default());
+        issuer.metadata.namespace = Some(namespace.into());
+        issuer.metadata.uid = Some(format!("uid-{name}"));
+        issuer
+    }
+
+    /// What the controller keeps per object (failure back-off, issuers' transient-failure
+    /// windows) goes once the object is gone from the caches; what belongs to live objects,
+    /// and keys of kinds no cache holds, stay.
+    #[test]
+    fn the_bookkeeping_of_deleted_objects_is_pruned() {
+        let (requests, _) = reflector::store::<CertificateRequest>();
+        let (issuers, mut issuer_writer) = reflector::store::<MeshCAIssuer>();
+        let (istio_cacerts, mut icc_writer) = reflector::store::<IstioCACerts>();
+        issuer_writer.apply_watcher_event(&Event::Apply(issuer("team", "live")));
+        icc_writer.apply_watcher_event(&Event::Apply(icc("istio-system", "mesh")));
+        let caches = ObjectCaches {
+            requests,
+            namespaced_issuers: issuers,
+            cluster_issuers: None,
+            istio_cacerts,
+        };
+        let failures = RetryTracker::default();
+        for key in [
+            "IstioCACerts/istio-system/mesh",
+            "IstioCACerts/istio-system/deleted",
+            "MeshCAIssuer/team/live",
+            "MeshCAIssuer/team/deleted",
+            "CertificateRequest/istio-system/gone",
+            "Unknown/ns/kept",
+        ] {
+            failures.next_delay(key);
+        }
+        let blips = issuer::Blips::default();
+        let now = jiff::Timestamp::now();
+        for key in ["team/live", "team/deleted"] {
+            blips.set(key, Some(now));
+        }
+        let events = events::EventQueue::new();
+        let dropped = caches.prune(&events, &failures, &blips);
+        assert_eq!(dropped, 4);
+        let kept: Vec<u32> = [
+            "IstioCACerts/istio-system/mesh",
+            "MeshCAIssuer/team/live",
+            "Unknown/ns/kept",
+        ]
+        .iter()
+        .map(|k| failures.attempts(k))
+        .collect();
+        assert_eq!(kept, vec![1, 1, 1]);
+        assert_eq!(failures.len(), 3);
+        assert_eq!(blips.len(), 1);
+        assert!(blips.first("team/live").is_some());
+    }
 }
