@@ -714,6 +714,8 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
                 key: "root-cert.pem".into(),
             }),
             secret_key_ref: None,
+            fingerprints: vec![],
+            allow_intermediate: false,
         }],
         publish_root: Some(PublishRoot {
             config_map_name: "istio-ca-root-published".into(),

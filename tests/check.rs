@@ -379,7 +379,7 @@ fn both(a: &MeshCluster, b: &MeshCluster, extra: &[&str]) -> MeshcaRun {
 fn federate(a: &MeshCluster, b: &MeshCluster) {
     let run = meshca(
         &[&a.kubeconfig, &b.kubeconfig],
-        &support::meshca::across("federate", &[&a.context, &b.context], &a.ns.name, &[]),
+        &support::meshca::across("federate", &[&a.context, &b.context], &a.ns.name, &["--yes"]),
         &[],
     );
     assert_eq!(run.code, 0, "federate: {run:#?}");

@@ -108,8 +108,37 @@ async fn federate_makes_workloads_verify_across_clusters_and_unfederate_undoes_i
     assert!(said.contains("would write"), "{said}");
     assert!(a.icc().await.spec.trust_anchors.is_empty(), "dry run kept nothing");
 
-    let (code, said, federate_time) = meshca(&a, &b, &args("federate", &a, &b, &[]));
+    let fingerprint = |pem: &str| {
+        mesh_ca_issuer::pki::Certificate::parse_pem_bundle(pem.as_bytes(), "root")
+            .unwrap()
+            .remove(0)
+            .fingerprint()
+    };
+    let (fp_a, fp_b) = (fingerprint(&root_a), fingerprint(&root_b));
+    // Without --yes and without a terminal to ask on: the pins shown, nothing written.
+    let (code, said, _) = meshca(&a, &b, &args("federate", &a, &b, &[]));
+    assert_eq!(code, 3, "{said}");
+    assert!(
+        said.contains("Pins") && said.contains(&fp_b) && said.contains("--yes"),
+        "{said}"
+    );
+    assert!(
+        a.icc().await.spec.trust_anchors.is_empty(),
+        "nothing written unconfirmed"
+    );
+
+    let (code, said, federate_time) = meshca(&a, &b, &args("federate", &a, &b, &["--yes"]));
     assert_eq!(code, 0, "{said}");
+    // Each copy is pinned to the root it holds.
+    let pins = |icc: IstioCACerts| {
+        icc.spec
+            .trust_anchors
+            .iter()
+            .map(|t| t.fingerprints.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pins(a.icc().await), vec![vec![fp_b]]);
+    assert_eq!(pins(b.icc().await), vec![vec![fp_a]]);
     assert!(
         said.contains("trustDomainAliases") && said.contains("b.example"),
         "{said}"
@@ -154,7 +183,7 @@ async fn federate_makes_workloads_verify_across_clusters_and_unfederate_undoes_i
     let writes_federate = (history_a.writes(), history_b.writes());
 
     // Again: the same result, and no write at all.
-    let (code, said, _) = meshca(&a, &b, &args("federate", &a, &b, &[]));
+    let (code, said, _) = meshca(&a, &b, &args("federate", &a, &b, &["--yes"]));
     assert_eq!(code, 0, "{said}");
     let generation = a.icc().await.metadata.generation;
     a.wait_ready("Synced").await;
@@ -287,6 +316,30 @@ async fn meshca_refuses_and_writes_nothing_when_a_check_fails() {
         said.contains(&format!("context {}", b.context)) && said.contains("publishRoot"),
         "{said}"
     );
+    // B's publishRoot ConfigMap made by hand (B's controller refuses it as NotOwned): the
+    // CLI never copies it into A.
+    let hand_made = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": PUBLISHED, "namespace": b.ns.name},
+        "data": {"root-cert.pem": String::from_utf8(a.cacerts().await["root-cert.pem"].clone()).unwrap()},
+    });
+    b.ns.api::<ConfigMap>()
+        .patch(
+            PUBLISHED,
+            &PatchParams::apply(support::TEST_MANAGER),
+            &Patch::Apply(&hand_made),
+        )
+        .await
+        .unwrap();
+    b.patch_icc(serde_json::json!({"spec": {"publishRoot": {"configMapName": PUBLISHED}}}))
+        .await;
+    b.wait_condition("RootPublished", "NotOwned").await;
+    let (code, said, _) = meshca(&a, &b, &args("federate", &a, &b, &["--yes"]));
+    assert_eq!(code, 3, "{said}");
+    assert!(
+        said.contains(&format!("context {}", b.context)) && said.contains("not written by mesh-ca-issuer"),
+        "{said}"
+    );
     // The same cluster twice.
     let federate = support::meshca::across("federate", &[&a.context, &a.context], &a.ns.name, &[]);
     let (code, said, _) = meshca(&a, &b, &federate);
@@ -356,9 +409,58 @@ async fn a_bad_trust_anchor_is_named_and_leaves_cacerts_as_it_was() {
             key: "root-cert.pem".into(),
         }),
         secret_key_ref: None,
+        fingerprints: vec![],
+        allow_intermediate: false,
     };
-    let patch =
-        serde_json::json!({"spec": {"trustAnchors": [anchor("pasted-key", "oops"), anchor("gone", "missing")]}});
+    // Roots that are not fit to trust, and a pinned anchor whose ConfigMap gained a root.
+    let dir = support::openssl::Workdir::new();
+    let ca = [
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ];
+    for (name, key) in [
+        ("rsa1024", "rsa:1024"),
+        ("pinned", "rsa:2048"),
+        ("slipped-in", "rsa:2048"),
+    ] {
+        let mut args = vec![
+            "req", "-x509", "-newkey", key, "-nodes", "-keyout", "k.pem", "-out", name, "-days", "30", "-subj",
+        ];
+        let subject = format!("/CN={name} root");
+        args.push(&subject);
+        args.extend_from_slice(&ca);
+        dir.run(&args);
+    }
+    let fingerprint = |pem: &str| {
+        mesh_ca_issuer::pki::Certificate::parse_pem_bundle(pem.as_bytes(), "root")
+            .unwrap()
+            .remove(0)
+            .fingerprint()
+    };
+    let own_intermediate = String::from_utf8(before["ca-cert.pem"].clone()).unwrap();
+    for (cm, pem) in [
+        ("rsa1024", dir.read("rsa1024")),
+        ("intermediate", own_intermediate),
+        ("tampered", dir.read("pinned") + &dir.read("slipped-in")),
+    ] {
+        let object = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": cm, "namespace": a.ns.name},
+            "data": {"root-cert.pem": pem},
+        });
+        a.ns.api::<ConfigMap>()
+            .patch(cm, &PatchParams::apply(support::TEST_MANAGER), &Patch::Apply(&object))
+            .await
+            .unwrap();
+    }
+    let mut tampered = anchor("tampered", "tampered");
+    tampered.fingerprints = vec![fingerprint(&dir.read("pinned"))];
+    let patch = serde_json::json!({"spec": {"trustAnchors": [
+        anchor("pasted-key", "oops"), anchor("gone", "missing"),
+        anchor("weak", "rsa1024"), anchor("intermediate", "intermediate"), tampered,
+    ]}});
     a.ns.api::<IstioCACerts>()
         .patch("istiod", &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -381,6 +483,16 @@ async fn a_bad_trust_anchor_is_named_and_leaves_cacerts_as_it_was() {
         message.contains("\"gone\"") && message.contains("does not exist"),
         "{message}"
     );
+    for (anchor, why) in [
+        ("weak", "RSA key has 1024 bits"),
+        ("intermediate", "not self-signed"),
+        ("tampered", "certificates that are not pinned"),
+    ] {
+        assert!(
+            message.contains(&format!("\"{anchor}\"")) && message.contains(why),
+            "{anchor}: {message}"
+        );
+    }
     assert!(
         !message.contains(&String::from_utf8_lossy(&key[40..80]).to_string()),
         "no key material in the condition"

@@ -334,7 +334,11 @@ async fn two_istiods_trust_each_others_workloads_after_meshca_federate_and_no_lo
     );
 
     let federate = Instant::now();
-    let (code, said) = meshca(&a, &b, &["federate", "--context", &a.context, "--context", &b.context]);
+    let (code, said) = meshca(
+        &a,
+        &b,
+        &["federate", "--context", &a.context, "--context", &b.context, "--yes"],
+    );
     assert_eq!(code, 0, "{said}");
     // Each istiod picks up its grown root-cert.pem by itself, and hands out both roots.
     let ia = request_until_roots(wa, &a, &[root_a.clone(), root_b.clone()]).await;

@@ -396,6 +396,17 @@ pub struct TrustAnchor {
     /// A Secret key holding PEM certificates. Exactly one of configMapKeyRef, secretKeyRef.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<KeyRef>,
+    /// Pins: the SHA-256 fingerprints (64 hex digits, as `status.roots[].fingerprintSHA256`
+    /// shows them; any case) of exactly the certificates the source must hold. When set, a
+    /// source holding anything else is refused and `root-cert.pem` is left as it is.
+    /// `meshca federate` writes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^[0-9a-fA-F]{64}$")))]
+    pub fingerprints: Vec<String>,
+    /// Trust a CA that is not self-signed (an intermediate) as an anchor. Off: every anchor
+    /// certificate must be a self-signed root.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_intermediate: bool,
 }
 
 /// A key of a ConfigMap or Secret in the IstioCACerts' own namespace.

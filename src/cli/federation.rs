@@ -8,13 +8,14 @@
 //! touched. `<Y>` is Y's kubeconfig context, made into a DNS label; clusters are told apart by
 //! the UID of their `kube-system` namespace, which also catches one cluster under two contexts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 
 use crate::api::istio_cacerts::{IstioCACerts, KeyRef, TRUST_DOMAIN_LABEL, TrustAnchor};
+use crate::istio::cacerts::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION};
 use crate::istio::trust_bundle::{self, CheckedAnchor};
 use crate::pki::{Certificate, pem};
 
@@ -143,11 +144,56 @@ pub fn published_root(snapshot: &Snapshot, now: Timestamp) -> Result<PublishedRo
         }
         certificates.push(cert);
     }
+    // A ConfigMap of that name that the peer's controller refuses (`NotOwned`) must never be
+    // copied into every other cluster: it must be the controller's, and hold exactly the roots
+    // the peer's cacerts trusts as its own (its status, which only the controller writes).
+    let ours = cm.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+        && cm.annotations().get(OWNER_ANNOTATION) == Some(&icc.name_any());
+    if !ours {
+        return Err(format!(
+            "{at}: {display} was not written by mesh-ca-issuer for this IstioCACerts (no label {MANAGED_BY_LABEL}={MANAGED_BY_VALUE} and annotation {OWNER_ANNOTATION}={}): a ConfigMap made by hand is never copied to other clusters. Delete it and let the controller publish the root",
+            icc.name_any()
+        ));
+    }
+    let own = own_roots_in_status(icc);
+    let published: BTreeSet<String> = certificates.iter().map(Certificate::fingerprint).collect();
+    if own.is_empty() {
+        return Err(format!(
+            "{at} shows no roots in its status yet: is the controller running and the IstioCACerts Ready?"
+        ));
+    }
+    if published != own {
+        let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
+        return Err(format!(
+            "{at}: {display} holds the roots {} but the cluster's cacerts trusts {} as its own (status.roots, less its trust anchors): it was changed by hand or is not published yet; nothing is copied until they agree",
+            list(&published),
+            list(&own)
+        ));
+    }
     Ok(PublishedRoot {
         pem: text.clone(),
         certificates,
         trust_domain: icc.spec.trust_domain.clone(),
     })
+}
+
+/// The fingerprints (lower case) of the roots a cluster's `cacerts` trusts as its own, as its
+/// status shows them: `status.roots` less the certificates of its trust anchors.
+pub fn own_roots_in_status(icc: &IstioCACerts) -> BTreeSet<String> {
+    let Some(status) = &icc.status else {
+        return BTreeSet::new();
+    };
+    let anchors: BTreeSet<String> = status
+        .trust_anchors
+        .iter()
+        .map(|a| a.certificate.fingerprint_sha256.to_ascii_lowercase())
+        .collect();
+    status
+        .roots
+        .iter()
+        .map(|r| r.fingerprint_sha256.to_ascii_lowercase())
+        .filter(|fp| !anchors.contains(fp))
+        .collect()
 }
 
 /// Refuses one cluster under two contexts.
@@ -268,6 +314,9 @@ pub fn plan_federation(snapshots: &[Snapshot], now: Timestamp) -> Result<Vec<Clu
                     key: PEER_KEY.to_string(),
                 }),
                 secret_key_ref: None,
+                // Pinned: should the copy ever hold anything else, the controller refuses it.
+                fingerprints: root.certificates.iter().map(Certificate::fingerprint).collect(),
+                allow_intermediate: false,
             };
             pems.insert(name.clone(), root.certificates.clone());
             match anchors.iter_mut().find(|a| a.name == name) {
@@ -339,7 +388,9 @@ pub fn plan_unfederation(snapshots: &[Snapshot]) -> Result<Vec<ClusterPlan>, Vec
 mod tests {
     use super::*;
     use crate::api::issuer::RootBootstrap;
-    use crate::api::istio_cacerts::{IstioCACertsSpec, PublishRoot};
+    use crate::api::istio_cacerts::{
+        IstioCACertsSpec, IstioCACertsStatus, PublishRoot, TrackedAnchor, TrackedCertificate,
+    };
     use crate::pki::sign::self_signed_root;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 
@@ -361,8 +412,19 @@ mod tests {
             },
         );
         icc.metadata.namespace = Some("istio-system".into());
+        // As the controller leaves it: the root in status, published by it.
+        icc.status = Some(IstioCACertsStatus {
+            roots: vec![TrackedCertificate {
+                fingerprint_sha256: root.fingerprint(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
         let published: ConfigMap = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "root", "namespace": "istio-system"},
+            "metadata": {
+                "name": "root", "namespace": "istio-system",
+                "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}, "annotations": {OWNER_ANNOTATION: "istiod"},
+            },
             "data": {"root-cert.pem": root.to_pem()},
         }))
         .unwrap();
@@ -442,6 +504,54 @@ mod tests {
         assert!(plan_federation(&[snapshot("a", "1", &r), garbage], now()).unwrap_err()[0].contains("not a valid CA"));
     }
 
+    /// Only what the peer's controller published, holding exactly the roots the peer's status
+    /// shows as its own, is copied; the copy's anchor pins those roots.
+    #[test]
+    fn only_the_peers_own_published_roots_are_copied_and_pinned() {
+        let (a_root, b_root) = (root(), root());
+        let a = snapshot("a", "1", &a_root);
+        // Made by hand: the peer's controller refuses it (NotOwned), so it is never copied.
+        let mut hand_made = snapshot("b", "2", &b_root);
+        if let Some(cm) = hand_made.published.as_mut() {
+            cm.metadata.labels = None;
+            cm.metadata.annotations = None;
+        }
+        let errs = plan_federation(&[a.clone(), hand_made], now()).unwrap_err();
+        assert!(
+            errs[0].contains("context b") && errs[0].contains("not written by mesh-ca-issuer"),
+            "{errs:?}"
+        );
+        // The controller's ConfigMap, but another root than the peer's cacerts holds.
+        let mut swapped = snapshot("b", "2", &b_root);
+        if let Some(status) = swapped.istio_cacerts.status.as_mut() {
+            status.roots[0].fingerprint_sha256 = root().fingerprint();
+        }
+        let errs = plan_federation(&[a.clone(), swapped], now()).unwrap_err();
+        assert!(errs[0].contains("status.roots"), "{errs:?}");
+        // Not Ready yet: no roots in status.
+        let mut fresh = snapshot("b", "2", &b_root);
+        fresh.istio_cacerts.status = None;
+        let errs = plan_federation(&[a.clone(), fresh], now()).unwrap_err();
+        assert!(errs[0].contains("no roots in its status"), "{errs:?}");
+        // The peer's own anchors in status.roots are not its own roots.
+        let mut federated = snapshot("b", "2", &b_root);
+        if let Some(status) = federated.istio_cacerts.status.as_mut() {
+            let anchor = TrackedCertificate {
+                fingerprint_sha256: a_root.fingerprint(),
+                ..Default::default()
+            };
+            status.roots.push(anchor.clone());
+            status.trust_anchors.push(TrackedAnchor {
+                name: "peer-a".into(),
+                trust_domains: vec![],
+                certificate: anchor,
+            });
+        }
+        let plans = plan_federation(&[a, federated], now()).unwrap();
+        assert_eq!(plans[0].anchors[0].fingerprints, vec![b_root.fingerprint()]);
+        assert_eq!(plans[1].anchors[0].fingerprints, vec![a_root.fingerprint()]);
+    }
+
     #[test]
     fn unfederation_removes_only_the_named_peers_entries_owned_by_the_cli() {
         let snaps = vec![snapshot("a", "1", &root()), snapshot("b", "2", &root())];
@@ -457,6 +567,8 @@ mod tests {
                 key: "k".into(),
             }),
             secret_key_ref: None,
+            fingerprints: vec![],
+            allow_intermediate: false,
         });
         a.istio_cacerts.spec.trust_anchors = anchors;
         a.istio_cacerts.metadata.managed_fields = Some(vec![ManagedFieldsEntry {

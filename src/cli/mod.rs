@@ -34,7 +34,7 @@ Examples:
   meshca check --context east --context west
   meshca status --context east --context west
   meshca federate --context east --context west --dry-run
-  meshca federate --context east --context west
+  meshca federate --context east --context west --yes
   meshca unfederate --context east --context west
 
   # Three clusters trust each other (a full mesh of trust anchors):
@@ -226,6 +226,10 @@ pub struct FederateArgs {
     /// (server-side dry run) but keep nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write the pins (the peers' root fingerprints, printed first) without asking: for
+    /// scripts. Without it, `federate` asks on a terminal, and writes nothing elsewhere.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -653,6 +657,9 @@ async fn federate(kubeconfig: &Kubeconfig, args: &FederateArgs, join: bool) -> R
         federation::plan_unfederation(&snapshots)
     }
     .map_err(|problems| Failure::refused(format!("nothing was written:\n  {}", problems.join("\n  "))))?;
+    if join && !args.dry_run {
+        confirm_pins(&plans, args.yes)?;
+    }
 
     for (client, plan) in clients.iter().zip(&plans) {
         apply(client, plan, args.dry_run)
@@ -717,6 +724,43 @@ async fn apply(client: &Client, plan: &ClusterPlan, dry_run: bool) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Shows the pins every cluster is about to trust, and asks (on a terminal) before writing:
+/// a root is trusted mesh-wide, so the person running this should see which. `--yes` skips
+/// the question; without a terminal and without `--yes` nothing is written.
+fn confirm_pins(plans: &[ClusterPlan], yes: bool) -> Result<(), Failure> {
+    use std::io::{BufRead, IsTerminal, Write};
+    println!("Pins (SHA-256 of each peer root; the controller refuses a copy holding anything else):");
+    for plan in plans {
+        for anchor in plan.anchors.iter().filter(|a| !a.fingerprints.is_empty()) {
+            println!(
+                "  context {} trusts {} ({}): {}",
+                plan.context,
+                anchor.name,
+                anchor.trust_domains.join(", "),
+                anchor.fingerprints.join(", ")
+            );
+        }
+    }
+    if yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(Failure::refused(
+            "nothing was written: check the pins above, then run again with --yes (or from a terminal, to be asked)",
+        ));
+    }
+    print!("Write these? [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = stdin.lock().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Failure::refused("nothing was written: not confirmed"))
+    }
 }
 
 fn print_plans(plans: &[ClusterPlan], join: bool, dry_run: bool) {

@@ -1015,6 +1015,8 @@ mod tests {
                     key: "root-cert.pem".into(),
                 }),
                 secret_key_ref: None,
+                fingerprints: vec![],
+                allow_intermediate: false,
             },
             source: format!("ConfigMap istio-system/{name} key root-cert.pem"),
             fetched,

@@ -19,7 +19,7 @@ use jiff::Timestamp;
 
 use super::cacerts::{CacertsPlan, Problem, ROOT_CERT, Target, verify_bundle};
 use crate::api::istio_cacerts::{MeshConfigAdvice, TrustAnchor};
-use crate::pki::{Certificate, pem};
+use crate::pki::{Certificate, pem, strength};
 
 /// On the target Secret: the SHA-256 fingerprints (comma-separated) of the anchors this
 /// controller appended to `root-cert.pem`, so it cuts only those.
@@ -198,9 +198,48 @@ fn read_anchor(input: &AnchorInput, now: Timestamp) -> Result<Vec<Certificate>, 
                 cert.not_before()
             )));
         }
+        // Strength first: a signature under a weak RSA key cannot be checked, and would read
+        // as "not self-signed".
+        if let Err(weak) = strength::check_key(&cert.public_key_info(), "its") {
+            return Err(invalid(format!("holds {who}, which is too weak to trust: {weak}")));
+        }
+        if !cert.is_self_signed() && !input.spec.allow_intermediate {
+            return Err(invalid(format!(
+                "holds {who}, which is not self-signed (issued by {}): a trust anchor is a root. Set allowIntermediate: true on the anchor to trust an intermediate CA",
+                cert.issuer()
+            )));
+        }
         certs.push(cert);
     }
+    check_pins(&input.spec.fingerprints, &certs).map_err(invalid)?;
     Ok(certs)
+}
+
+/// With pins, the source must hold exactly the pinned certificates: one more (a root slipped
+/// into the peer's ConfigMap) or one fewer is refused. Fingerprints compare in any case.
+fn check_pins(pins: &[String], certs: &[Certificate]) -> Result<(), String> {
+    if pins.is_empty() {
+        return Ok(());
+    }
+    let pinned: BTreeSet<String> = pins.iter().map(|p| p.to_ascii_lowercase()).collect();
+    let held: BTreeSet<String> = certs.iter().map(|c| c.fingerprint().to_ascii_lowercase()).collect();
+    if pinned == held {
+        return Ok(());
+    }
+    let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
+    let unpinned: BTreeSet<String> = held.difference(&pinned).cloned().collect();
+    let missing: BTreeSet<String> = pinned.difference(&held).cloned().collect();
+    let mut what = Vec::new();
+    if !unpinned.is_empty() {
+        what.push(format!("certificates that are not pinned ({})", list(&unpinned)));
+    }
+    if !missing.is_empty() {
+        what.push(format!("none for the pins {}", list(&missing)));
+    }
+    Err(format!(
+        "does not hold exactly the certificates its fingerprints pin: it holds {}; root-cert.pem is left as it is. If the peer rotated its root, re-run meshca federate (it checks the peer and writes the new pins), or update spec.trustAnchors[].fingerprints",
+        what.join(" and ")
+    ))
 }
 
 /// How the new `root-cert.pem` relates to the old bytes.
@@ -494,6 +533,8 @@ mod tests {
                     key: "root-cert.pem".into(),
                 }),
                 secret_key_ref: None,
+                fingerprints: vec![],
+                allow_intermediate: false,
             },
             source: "ConfigMap ns/peer key root-cert.pem".into(),
             fetched,
@@ -747,6 +788,92 @@ mod tests {
         );
     }
 
+    /// An anchor is a self-signed root with a strong key (an intermediate only when the entry
+    /// allows one), and with pins the source holds exactly the pinned certificates: a root
+    /// slipped in beside them, or a pinned one gone, is refused and nothing of it is used.
+    #[test]
+    fn anchors_are_strong_self_signed_roots_holding_exactly_their_pins() {
+        let own = root();
+        let (peer, peer_key) =
+            self_signed_root(&RootBootstrap::default(), now() - SignedDuration::from_hours(1)).unwrap();
+        let other = root();
+        let intermediate = certificate_under(&peer, &peer_key, Some(0));
+        let weak = crate::istio::testing::weak_root().0;
+        let with = |fetched: &[&Certificate], pins: &[&Certificate], allow_intermediate: bool| {
+            let mut i = input("peer", Fetched::Found(pems(fetched)));
+            i.spec.fingerprints = pins.iter().map(|c| c.fingerprint().to_uppercase()).collect();
+            i.spec.allow_intermediate = allow_intermediate;
+            check_anchors(&[i], std::slice::from_ref(&own), now())
+        };
+        let refused = |result: Result<CheckedAnchors, Problem>| result.unwrap_err().message;
+        // (case, outcome: Ok(certificates used) or Err(text of the refusal))
+        type Case<'a> = (
+            &'a str,
+            Result<Vec<Certificate>, String>,
+            Result<Vec<Certificate>, &'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "a strong root",
+                with(&[&peer], &[], false)
+                    .map(|c| c.certificates())
+                    .map_err(|p| p.message),
+                Ok(vec![peer.clone()]),
+            ),
+            (
+                "a weak root",
+                Err(refused(with(&[&weak], &[], false))),
+                Err("too weak to trust"),
+            ),
+            (
+                "an intermediate",
+                Err(refused(with(&[&intermediate], &[], false))),
+                Err("not self-signed"),
+            ),
+            (
+                "an intermediate, allowed",
+                with(&[&intermediate], &[], true)
+                    .map(|c| c.certificates())
+                    .map_err(|p| p.message),
+                Ok(vec![intermediate.clone()]),
+            ),
+            (
+                "pinned, as pinned (any case)",
+                with(&[&peer, &other], &[&peer, &other], false)
+                    .map(|c| c.certificates())
+                    .map_err(|p| p.message),
+                Ok(vec![peer.clone(), other.clone()]),
+            ),
+            (
+                "a root slipped in beside the pin",
+                Err(refused(with(&[&peer, &other], &[&peer], false))),
+                Err("not pinned"),
+            ),
+            (
+                "a pinned root gone",
+                Err(refused(with(&[&peer], &[&peer, &other], false))),
+                Err("none for the pins"),
+            ),
+            (
+                "another root than pinned",
+                Err(refused(with(&[&other], &[&peer], false))),
+                Err("re-run meshca federate"),
+            ),
+        ];
+        for (case, got, expected) in cases {
+            match expected {
+                Ok(certs) => assert_eq!(got, Ok(certs), "{case}"),
+                Err(text) => {
+                    let message = got.expect_err(case);
+                    assert!(
+                        message.contains(text) && message.contains("\"peer\""),
+                        "{case}: {message}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn duplicates_of_the_own_root_or_of_each_other_are_noted_and_kept_once() {
         let (own, b, c) = (root(), root(), root());
@@ -792,26 +919,23 @@ mod tests {
 
     fn leaf_certificate() -> Certificate {
         // Any non-CA certificate will do: istiod's intermediate CSR signed as an end entity.
+        let (root, key) = self_signed_root(&RootBootstrap::default(), now() - SignedDuration::from_hours(1)).unwrap();
+        certificate_under(&root, &key, None)
+    }
+
+    /// istiod's intermediate CSR signed by `root`: a CA with `path_len`, or (None) an end entity.
+    fn certificate_under(root: &Certificate, key: &crate::pki::SigningKey, path_len: Option<u8>) -> Certificate {
         use crate::pki::policy::SigningPlan;
         use crate::pki::sign::{CaSigner, sign_csr, tests::istiod_csr_with_key};
-        let (root, key) = self_signed_root(&RootBootstrap::default(), now() - SignedDuration::from_hours(1)).unwrap();
         let (csr, _) = istiod_csr_with_key();
         let plan = SigningPlan {
-            ca_path_len: None,
+            ca_path_len: path_len,
             not_before: now() - SignedDuration::from_hours(1),
             not_after: now() + SignedDuration::from_hours(1),
             requested: std::time::Duration::from_secs(1),
             clamped: None,
             name_constraints: None,
         };
-        sign_csr(
-            &csr,
-            &plan,
-            &CaSigner {
-                certificate: &root,
-                key: &key,
-            },
-        )
-        .unwrap()
+        sign_csr(&csr, &plan, &CaSigner { certificate: root, key }).unwrap()
     }
 }

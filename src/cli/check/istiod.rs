@@ -494,6 +494,8 @@ mod tests {
                 key: "root-cert.pem".into(),
             }),
             secret_key_ref: None,
+            fingerprints: vec![],
+            allow_intermediate: false,
         }];
     }
 
