@@ -613,6 +613,127 @@ async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_a
     eprintln!("fleet rotation: {verdicts} cross-cluster verdicts, all passing, at steps {steps:?}");
 }
 
+/// Federated by copies (`meshca federate`), a peer holds A's roots in a pinned copy that does
+/// not follow A's rotation by itself. `meshca rotation advance --peer B` will not switch A's
+/// intermediate while B does not trust A's new root, and `rotation status --peer B` says so;
+/// re-running `meshca federate` in AddingNewRoot copies old and new (pinned), and then the
+/// switch goes. B verifies A's workloads before, in AddingNewRoot and after the switch.
+#[tokio::test]
+async fn a_peer_federated_by_copy_must_trust_the_new_root_before_the_switch() {
+    let TwoClusters {
+        mut a,
+        mut b,
+        lock: _lock,
+    } = TwoClusters::start("rotation-peer", "mesh").await;
+    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    let namespace = a.ns.name.clone();
+    a.root_issuer("old", "87600h").await;
+    a.root_issuer("new", "175200h").await;
+    b.root_issuer("own", "87600h").await;
+    a.issue("old").await;
+    b.issue("own").await;
+    a.create_icc(rotating(RotationMode::Manual)).await;
+    b.create_icc(support::mesh::publishing("cluster.local", None)).await;
+    for m in [&a, &b] {
+        m.wait_condition("Ready", "Synced").await;
+    }
+    let meshca = |args: &[&str]| {
+        let run = support::meshca::run(&[&a.kubeconfig, &b.kubeconfig], args, &[]);
+        (run.code, run.said())
+    };
+    let scope = ["--namespace", namespace.as_str(), "--name", "mesh"];
+    let federate = [
+        &["federate", "--context", &a.context, "--context", &b.context, "--yes"][..],
+        &scope[..],
+    ]
+    .concat();
+    let on_a_with_peer = |verb: &'static str| {
+        [
+            &["rotation", verb, "--context", &a.context, "--peer", &b.context][..],
+            &scope[..],
+        ]
+        .concat()
+    };
+    let b_trusts = |root: Certificate| {
+        let b = &b;
+        async move {
+            let trusted = eventually(TIMEOUT, || async {
+                let status = b.icc().await.status?;
+                (status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.reason == "Synced")
+                    && status
+                        .trust_anchors
+                        .iter()
+                        .any(|a| a.certificate.fingerprint_sha256 == root.fingerprint()))
+                .then_some(())
+            })
+            .await;
+            if trusted.is_none() {
+                let status = b.icc().await.status;
+                panic!("B does not trust root {}: {status:#?}", root.fingerprint());
+            }
+        }
+    };
+    let a_at_b = |step: &'static str| {
+        let (a, b) = (&a, &b);
+        async move {
+            let leaf = workload(&a.cacerts().await);
+            let roots = b.cacerts().await["root-cert.pem"].clone();
+            assert!(
+                openssl_verifies(&leaf, &roots),
+                "{step}: openssl refuses A's workload at B"
+            );
+            assert!(go_verifies(&leaf, &roots), "{step}: Go refuses A's workload at B");
+        }
+    };
+    let (code, said) = meshca(&federate);
+    assert_eq!(code, 0, "{said}");
+    b_trusts(a.root_of("old").await).await;
+    a_at_b("federated").await;
+
+    a.issue("new").await;
+    a.wait_phase(RotationPhase::AddingNewRoot).await;
+    a_at_b("A adding the new root").await;
+    eventually(TIMEOUT, || ready(&a)).await.expect("A's delay ends");
+    // B's copy holds A's old root only: the switch is refused, naming B and what to run.
+    let (code, said) = meshca(&on_a_with_peer("advance"));
+    assert_eq!(code, 3, "{said}");
+    assert!(
+        said.contains(&format!(
+            "context {} does not trust the new root of context {}",
+            b.context, a.context
+        )) && said.contains("meshca federate"),
+        "{said}"
+    );
+    assert!(
+        !a.icc().await.annotations().contains_key("meshca.io/advance-rotation"),
+        "nothing written"
+    );
+    let (_, status) = meshca(&on_a_with_peer("status"));
+    assert!(
+        status.contains(&format!("{} does not trust the new root yet", b.context)),
+        "{status}"
+    );
+
+    // federate again: the copy now holds old and new, pinned; B trusts the new root.
+    let (code, said) = meshca(&federate);
+    assert_eq!(code, 0, "{said}");
+    b_trusts(a.root_of("new").await).await;
+    let pins = &b.icc().await.spec.trust_anchors[0].fingerprints;
+    assert_eq!(pins.len(), 2, "old and new pinned: {pins:?}");
+    let (_, status) = meshca(&on_a_with_peer("status"));
+    assert!(
+        status.contains(&format!("{} trusts the new root", b.context)),
+        "{status}"
+    );
+    let (code, said) = meshca(&on_a_with_peer("advance"));
+    assert_eq!(code, 0, "{said}");
+    a.wait_phase(RotationPhase::SwitchingIntermediate).await;
+    a_at_b("A switched to the new intermediate").await;
+}
+
 /// A new root moves the mesh only once approved: an Automatic rotation towards a root nothing
 /// pins waits (`NewRootNotApproved`, naming the root and the command that approves it, with
 /// `cacerts` untouched); `meshca rotation approve` with another root's fingerprint exits 3 and

@@ -448,7 +448,8 @@ pub struct IstioCACertsStatus {
     /// The intermediate istiod signs with (`ca-cert.pem` of the target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intermediate: Option<TrackedCertificate>,
-    /// The trust anchors in `root-cert.pem`.
+    /// This cluster's own roots in `root-cert.pem` (the trust anchors added for peers are in
+    /// `trustAnchors`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roots: Vec<TrackedCertificate>,
     /// The issuer's backend CA that signs the intermediate.

@@ -165,7 +165,7 @@ pub fn published_root(snapshot: &Snapshot, now: Timestamp) -> Result<PublishedRo
     if published != own {
         let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
         return Err(format!(
-            "{at}: {display} holds the roots {} but the cluster's cacerts trusts {} as its own (status.roots, less its trust anchors): it was changed by hand or is not published yet; nothing is copied until they agree",
+            "{at}: {display} holds the roots {} but the cluster's cacerts trusts {} as its own (status.roots): it was changed by hand or is not published yet; nothing is copied until they agree",
             list(&published),
             list(&own)
         ));
@@ -178,7 +178,8 @@ pub fn published_root(snapshot: &Snapshot, now: Timestamp) -> Result<PublishedRo
 }
 
 /// The fingerprints (lower case) of the roots a cluster's `cacerts` trusts as its own, as its
-/// status shows them: `status.roots` less the certificates of its trust anchors.
+/// status shows them: `status.roots` (which never lists trust anchors; any that did would not
+/// count).
 pub fn own_roots_in_status(icc: &IstioCACerts) -> BTreeSet<String> {
     let Some(status) = &icc.status else {
         return BTreeSet::new();

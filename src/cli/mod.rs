@@ -192,6 +192,10 @@ pub struct RotationArgs {
 pub struct RotationStatusArgs {
     #[command(flatten)]
     pub clusters: RotationArgs,
+    /// Kubeconfig context of a federated peer (repeat for several): the next step says whether
+    /// it trusts each cluster's new root yet.
+    #[arg(long = "peer", num_args = 1)]
+    pub peers: Vec<String>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -201,6 +205,10 @@ pub struct RotationStatusArgs {
 pub struct AdvanceArgs {
     #[command(flatten)]
     pub clusters: RotationArgs,
+    /// Kubeconfig context of a federated peer (repeat for several): the intermediate is not
+    /// switched while a peer does not yet trust the new root.
+    #[arg(long = "peer", num_args = 1)]
+    pub peers: Vec<String>,
     /// The phase to move to; refused unless it is the next one for every cluster.
     #[arg(long, value_parser = parse_phase)]
     pub to: Option<crate::api::istio_cacerts::RotationPhase>,
@@ -356,8 +364,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Rotation(RotationCommand::Status(args)) => {
             let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
             let clusters = read_rotations(&kubeconfig, &args.clusters).await?;
+            let peers = read_peers(&kubeconfig, &args.clusters, &args.peers).await?;
             let now = jiff::Timestamp::now();
-            let rows: Vec<rotation::Row> = clusters.iter().map(|c| rotation::row(c, now)).collect();
+            let rows: Vec<rotation::Row> = clusters.iter().map(|c| rotation::row(c, &peers, now)).collect();
             print!("{}", render_rotation_rows(&rows, args.output)?);
             Ok(())
         }
@@ -398,7 +407,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Rotation(RotationCommand::Advance(args)) => {
             let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
             let clusters = read_rotations(&kubeconfig, &args.clusters).await?;
-            let phase = rotation::plan_advance(&clusters, args.to, jiff::Timestamp::now())
+            let peers = read_peers(&kubeconfig, &args.clusters, &args.peers).await?;
+            let phase = rotation::plan_advance(&clusters, &peers, args.to, jiff::Timestamp::now())
                 .map_err(|problems| Failure::refused(format!("nothing was written:\n  {}", problems.join("\n  "))))?;
             let patch = serde_json::json!({"metadata": {"annotations": {
                 crate::api::istio_cacerts::ADVANCE_ROTATION_ANNOTATION: phase.as_str()
@@ -426,6 +436,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Reads the federated peers' IstioCACerts (same namespace and name as the clusters').
+async fn read_peers(
+    kubeconfig: &Kubeconfig,
+    clusters: &RotationArgs,
+    peers: &[String],
+) -> Result<Vec<rotation::ClusterRotation>, Failure> {
+    if peers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let args = RotationArgs {
+        contexts: peers.to_vec(),
+        namespace: clusters.namespace.clone(),
+        name: clusters.name.clone(),
+    };
+    read_rotations(kubeconfig, &args).await
 }
 
 /// Reads every cluster's IstioCACerts, all before anything is decided.

@@ -39,8 +39,61 @@ pub struct Row {
     pub next_step: String,
 }
 
-/// Where a cluster stands and what comes next, in words.
-pub fn row(cluster: &ClusterRotation, now: Timestamp) -> Row {
+/// Whether each federated peer trusts `cluster`'s new root yet, from what the peer's status
+/// says its `root-cert.pem` holds: its own roots (`status.roots`: a peer sharing the root) and
+/// its trust anchors (`status.trustAnchors`: a peer holding a copy). (peer context, trusts).
+/// Empty when no rotation is under way.
+pub fn peers_trust(cluster: &ClusterRotation, peers: &[ClusterRotation]) -> Vec<(String, bool)> {
+    let Some(status) = rotating(cluster) else {
+        return Vec::new();
+    };
+    let new_root = status.new_root.to_ascii_lowercase();
+    peers
+        .iter()
+        .map(|peer| {
+            let trusts = peer.istio_cacerts.status.as_ref().is_some_and(|s| {
+                s.roots
+                    .iter()
+                    .chain(s.trust_anchors.iter().map(|a| &a.certificate))
+                    .any(|r| r.fingerprint_sha256.eq_ignore_ascii_case(&new_root))
+            });
+            (peer.context.clone(), trusts)
+        })
+        .collect()
+}
+
+/// The rotation under way on `cluster`, if any.
+fn rotating(cluster: &ClusterRotation) -> Option<&crate::api::istio_cacerts::RootRotationStatus> {
+    cluster
+        .istio_cacerts
+        .status
+        .as_ref()
+        .and_then(|s| s.root_rotation.as_ref())
+        .filter(|r| r.phase.in_progress())
+}
+
+/// Where a cluster stands and what comes next, in words; with `peers`, whether each trusts
+/// the new root yet.
+pub fn row(cluster: &ClusterRotation, peers: &[ClusterRotation], now: Timestamp) -> Row {
+    let mut row = phase_row(cluster, now);
+    let trust = peers_trust(cluster, peers);
+    if !trust.is_empty() {
+        let said: Vec<String> = trust
+            .iter()
+            .map(|(peer, trusts)| {
+                if *trusts {
+                    format!("{peer} trusts the new root")
+                } else {
+                    format!("{peer} does not trust the new root yet (meshca federate)")
+                }
+            })
+            .collect();
+        row.next_step = format!("{}; peers: {}", row.next_step, said.join(", "));
+    }
+    row
+}
+
+fn phase_row(cluster: &ClusterRotation, now: Timestamp) -> Row {
     let icc = &cluster.istio_cacerts;
     let spec = icc.spec.root_rotation.as_ref();
     let status = icc.status.as_ref().and_then(|s| s.root_rotation.as_ref());
@@ -110,6 +163,7 @@ pub fn row(cluster: &ClusterRotation, now: Timestamp) -> Row {
 /// cluster that holds things up).
 pub fn plan_advance(
     clusters: &[ClusterRotation],
+    peers: &[ClusterRotation],
     to: Option<RotationPhase>,
     now: Timestamp,
 ) -> Result<RotationPhase, Vec<String>> {
@@ -169,6 +223,20 @@ pub fn plan_advance(
             next_phase(phase).map_or("none", RotationPhase::as_str)
         ));
     }
+    // The switch makes workloads present certificates under the new root: every federated
+    // peer named must trust it first, or calls from these clusters to it fail.
+    if first == Some(RotationPhase::AddingNewRoot) {
+        for c in clusters {
+            for (peer, trusts) in peers_trust(c, peers) {
+                if !trusts {
+                    problems.push(format!(
+                        "context {peer} does not trust the new root of context {} yet (its status shows it in neither roots nor trustAnchors): switching now would break calls from {} to {peer}. Run meshca federate --context {} --context {peer} --yes, wait until {peer} is Synced, then advance",
+                        c.context, c.context, c.context
+                    ));
+                }
+            }
+        }
+    }
     match (first, problems.is_empty()) {
         (Some(phase), true) => Ok(phase),
         _ if problems.is_empty() => Err(vec!["no cluster given".to_string()]),
@@ -222,7 +290,9 @@ pub fn plan_approve(clusters: &[ClusterRotation], fingerprint: &str) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::istio_cacerts::{IstioCACertsSpec, IstioCACertsStatus, RootRotation, RootRotationStatus};
+    use crate::api::istio_cacerts::{
+        IstioCACertsSpec, IstioCACertsStatus, RootRotation, RootRotationStatus, TrackedAnchor, TrackedCertificate,
+    };
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
@@ -316,7 +386,7 @@ mod tests {
             ),
         ];
         for (case, clusters, to, expected) in cases {
-            let got = plan_advance(&clusters, to, now());
+            let got = plan_advance(&clusters, &[], to, now());
             match expected {
                 Ok(phase) => assert_eq!(got, Ok(phase), "{case}"),
                 Err(text) => {
@@ -426,15 +496,76 @@ mod tests {
         }
     }
 
+    /// A peer that does not hold the new root in its cacerts (status.roots) holds the switch
+    /// back, named with what to run; once it does, the advance goes, and status says so.
+    #[test]
+    fn the_switch_waits_for_every_named_peer_to_trust_the_new_root() {
+        let east = cluster("east", RotationPhase::AddingNewRoot, RotationMode::Manual, false, -1);
+        let peer = |trusts: bool| {
+            let mut west = cluster("west", RotationPhase::Completed, RotationMode::Manual, false, -1);
+            // West's own root, and a copy of east's roots as trust anchors.
+            if let Some(status) = west.istio_cacerts.status.as_mut() {
+                let tracked = |fp: &str| TrackedCertificate {
+                    fingerprint_sha256: fp.to_string(),
+                    ..Default::default()
+                };
+                status.roots = vec![tracked("west")];
+                status.trust_anchors = ["old", if trusts { "NEW" } else { "other" }]
+                    .iter()
+                    .map(|fp| TrackedAnchor {
+                        name: "peer-east".into(),
+                        trust_domains: vec![],
+                        certificate: tracked(fp),
+                    })
+                    .collect();
+            }
+            west
+        };
+        let held = plan_advance(std::slice::from_ref(&east), &[peer(false)], None, now()).unwrap_err();
+        assert!(
+            held[0].contains("context west does not trust the new root of context east")
+                && held[0].contains("meshca federate --context east --context west --yes"),
+            "{held:?}"
+        );
+        assert_eq!(
+            plan_advance(std::slice::from_ref(&east), &[peer(true)], None, now()),
+            Ok(RotationPhase::AddingNewRoot)
+        );
+        assert!(
+            row(&east, &[peer(false)], now())
+                .next_step
+                .contains("west does not trust the new root yet")
+        );
+        assert!(
+            row(&east, &[peer(true)], now())
+                .next_step
+                .contains("west trusts the new root")
+        );
+        // After the switch the peer check is no longer the gate.
+        let switched = cluster(
+            "east",
+            RotationPhase::SwitchingIntermediate,
+            RotationMode::Manual,
+            false,
+            -1,
+        );
+        assert_eq!(
+            plan_advance(std::slice::from_ref(&switched), &[peer(false)], None, now()),
+            Ok(RotationPhase::SwitchingIntermediate)
+        );
+    }
+
     #[test]
     fn status_rows_say_what_comes_next() {
         let rows = [
             row(
                 &cluster("a", RotationPhase::AddingNewRoot, RotationMode::Manual, false, 30),
+                &[],
                 now(),
             ),
             row(
                 &cluster("b", RotationPhase::AddingNewRoot, RotationMode::Manual, false, -1),
+                &[],
                 now(),
             ),
             row(
@@ -445,6 +576,7 @@ mod tests {
                     true,
                     -1,
                 ),
+                &[],
                 now(),
             ),
         ];
@@ -460,7 +592,7 @@ mod tests {
                 not_after: "2040-01-01T00:00:00Z".into(),
             });
         }
-        let row = row(&waiting, now());
+        let row = row(&waiting, &[], now());
         assert_eq!(row.phase, "NewRootNotApproved");
         assert!(
             row.next_step.contains("waiting for approval of new root CN=new root")
