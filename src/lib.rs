@@ -23,6 +23,7 @@ pub mod istio;
 pub mod lease;
 pub mod metrics;
 pub mod pki;
+pub mod spiffe_bundle;
 pub mod telemetry;
 
 pub use controller::run;

@@ -289,3 +289,17 @@ go_build_with_progress() {
   mv "$out.part" "$out"
   log "built $label in $(((SECONDS - start) / 60))m$(((SECONDS - start) % 60))s ($(du -h "$out" | cut -f1)): $out"
 }
+
+# go-spiffe's bundle reader (hack/go/spiffe-bundle): the independent SPIFFE implementation the
+# tests check our SPIFFE bundles against, built from its module through the Go module proxy
+# once per version and cached. Prints its path.
+ensure_spiffe_bundle() {
+  local module="$MESHCA_REPO_ROOT/hack/go/spiffe-bundle"
+  local out
+  out="$MESHCA_CACHE_DIR/spiffe-bundle-$(go_module_key "$module")/spiffe-bundle"
+  if [ ! -x "$out" ]; then
+    go_build_with_progress "go-spiffe's bundle reader" "$module" . "$out" >&2 \
+      || die "building hack/go/spiffe-bundle failed (log: $out.log)"
+  fi
+  printf '%s\n' "$out"
+}

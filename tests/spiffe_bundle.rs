@@ -1,0 +1,109 @@
+//! The SPIFFE bundles we write are bundles an independent SPIFFE implementation reads as we
+//! meant them: go-spiffe's `spiffebundle.Parse` (what SPIRE and every go-spiffe client use),
+//! built from its module by `hack/test` (`hack/go/spiffe-bundle`). And what go-spiffe refuses,
+//! we refuse too.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use mesh_ca_issuer::api::issuer::{KeyAlgorithm, PrivateKeySpec, RootBootstrap};
+use mesh_ca_issuer::pki::Certificate;
+use mesh_ca_issuer::pki::sign::self_signed_root;
+use mesh_ca_issuer::spiffe_bundle;
+
+fn reader() -> PathBuf {
+    let path = std::env::var("MESHCA_SPIFFE_BUNDLE").unwrap_or_default();
+    assert!(
+        !path.is_empty(),
+        "no go-spiffe bundle reader: run `hack/test`, or `source hack/lib/common.sh && ensure_spiffe_bundle` and set MESHCA_SPIFFE_BUNDLE"
+    );
+    PathBuf::from(path)
+}
+
+/// go-spiffe's reading of `body` for trust domain `td`: Ok(its lines) or Err(its refusal).
+fn go_spiffe(td: &str, body: &str) -> Result<Vec<String>, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bundle.json");
+    std::fs::write(&file, body).unwrap();
+    let out = Command::new(reader())
+        .arg(td)
+        .arg(&file)
+        .output()
+        .expect("run spiffe-bundle");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn root(algorithm: KeyAlgorithm, size: u32) -> Certificate {
+    let spec = RootBootstrap {
+        private_key: PrivateKeySpec {
+            algorithm,
+            size: Some(size),
+        },
+        ..Default::default()
+    };
+    self_signed_root(&spec, Timestamp::now() - SignedDuration::from_hours(1))
+        .unwrap()
+        .0
+}
+
+/// Our roots of every key type we run under, during a rotation (two roots) and alone: go-spiffe
+/// reads exactly those roots, the sequence and the refresh hint.
+#[test]
+fn go_spiffe_reads_our_bundles_as_we_wrote_them() {
+    let cases = [
+        vec![root(KeyAlgorithm::Ecdsa, 256)],
+        vec![root(KeyAlgorithm::Ecdsa, 384), root(KeyAlgorithm::Ecdsa, 256)],
+        vec![root(KeyAlgorithm::Rsa, 2048), root(KeyAlgorithm::Rsa, 3072)],
+    ];
+    for (i, roots) in cases.iter().enumerate() {
+        let sequence = 40 + i as u64;
+        let body = spiffe_bundle::encode(roots, sequence, Duration::from_secs(300)).unwrap();
+        let read = go_spiffe("cluster.local", &body).unwrap_or_else(|e| panic!("case {i}: go-spiffe refuses: {e}"));
+        let mut expected: Vec<String> = roots.iter().map(|r| format!("x509 {}", r.fingerprint())).collect();
+        expected.push(format!("sequence {sequence}"));
+        expected.push("refresh_hint 300".into());
+        assert_eq!(read, expected, "case {i}");
+        // And we read back what we wrote.
+        let ours = spiffe_bundle::decode(body.as_bytes(), None, Timestamp::now()).unwrap();
+        assert_eq!(&ours.roots, roots, "case {i}");
+    }
+}
+
+/// Bundles go-spiffe refuses are refused by us too (we refuse more: leaves, weak keys, roots
+/// that are not self-signed, which go-spiffe takes as they are).
+#[test]
+fn what_go_spiffe_refuses_we_refuse() {
+    let good = root(KeyAlgorithm::Ecdsa, 256);
+    let body = spiffe_bundle::encode(std::slice::from_ref(&good), 1, Duration::from_secs(60)).unwrap();
+    let mut two_certificates: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let x5c = two_certificates["keys"][0]["x5c"][0].clone();
+    two_certificates["keys"][0]["x5c"] = serde_json::json!([x5c.clone(), x5c]);
+    let mut no_x5c: serde_json::Value = serde_json::from_str(&body).unwrap();
+    if let Some(key) = no_x5c["keys"][0].as_object_mut() {
+        key.remove("x5c");
+    }
+    let cases = [
+        ("not JSON", "<html>".to_string()),
+        ("two certificates in x5c", two_certificates.to_string()),
+        ("no x5c", no_x5c.to_string()),
+    ];
+    for (case, body) in cases {
+        assert!(
+            go_spiffe("cluster.local", &body).is_err(),
+            "{case}: go-spiffe accepts it"
+        );
+        assert!(
+            spiffe_bundle::decode(body.as_bytes(), None, Timestamp::now()).is_err(),
+            "{case}: we accept it"
+        );
+    }
+}
