@@ -51,7 +51,7 @@ impl Certificate {
             .collect()
     }
 
-    fn parsed(&self) -> X509Certificate<'_> {
+    pub(super) fn parsed(&self) -> X509Certificate<'_> {
         // Parsing succeeded in `from_der`, and the bytes are immutable.
         match X509Certificate::from_der(&self.der) {
             Ok((_, cert)) => cert,
@@ -133,6 +133,18 @@ impl Certificate {
             None => self.parsed().version() != x509_parser::x509::X509Version::V3,
         };
         is_ca && self.key_usage_cert_sign() != Some(false)
+    }
+
+    /// The subjectKeyIdentifier, when the certificate carries one: what a CRL it signs names
+    /// as its authorityKeyIdentifier, so that verifiers (openssl) match the CRL to it.
+    pub fn subject_key_id(&self) -> Option<Vec<u8>> {
+        self.parsed()
+            .extensions()
+            .iter()
+            .find_map(|ext| match ext.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+                _ => None,
+            })
     }
 
     /// Whether the KeyUsage extension allows signing certificates; `None` when absent.

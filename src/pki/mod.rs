@@ -7,6 +7,7 @@
 
 pub mod certificate;
 pub mod chain;
+pub mod crl;
 pub mod csr;
 pub mod issued;
 pub mod key;

@@ -11,7 +11,9 @@
 //	    istiod's load-time check of a cacerts bundle (pilot/pkg/bootstrap/istio_ca.go and
 //	    security/pkg/pki/util/keycertbundle.go): x509.Verify of the first certificate of
 //	    ca-cert.pem with cert-chain.pem as intermediates against every root in root-cert.pem
-//	    (default key usage: serverAuth), then the key parses and matches the certificate.
+//	    (default key usage: serverAuth), then the key parses and matches the certificate; with a
+//	    non-empty ca-crl.pem, every certificate of cert-chain.pem must have a CRL in it whose
+//	    signature checks from that certificate (istiod 1.27+, "missing CRL signed by ...").
 //	    When tls.crt exists the TLS format wins, as in istiod: chain = tls.crt then ca.crt,
 //	    root = ca.crt, key = tls.key.
 //
@@ -198,6 +200,47 @@ func cacerts(args []string) error {
 	}
 	if !signing[0].IsCA {
 		return errors.New("the signing certificate is not a CA (istiod checks CA:TRUE at start)")
+	}
+	// istiod 1.27+ (keycertbundle.go Verify): a non-empty ca-crl.pem must hold, for every
+	// certificate of cert-chain.pem, a CRL whose signature checks from it; otherwise the whole
+	// bundle is refused.
+	crlPEM, err := os.ReadFile(filepath.Join(dir, "ca-crl.pem"))
+	if err == nil && len(crlPEM) != 0 {
+		return crlsCoverChain(crlPEM, chainCerts)
+	}
+	return nil
+}
+
+// crlsCoverChain is istiod's CRL rule, with istiod's error text.
+func crlsCoverChain(crlPEM []byte, chain []*x509.Certificate) error {
+	var crls []*x509.RevocationList
+	for rest := crlPEM; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		crl, err := x509.ParseRevocationList(block.Bytes)
+		if err != nil {
+			return fmt.Errorf("failed to parse CRL PEM: %w", err)
+		}
+		crls = append(crls, crl)
+	}
+	var uncovered []string
+	for _, ca := range chain {
+		covered := false
+		for _, crl := range crls {
+			if crl.CheckSignatureFrom(ca) == nil {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			uncovered = append(uncovered, ca.Subject.String())
+		}
+	}
+	if len(uncovered) != 0 {
+		return fmt.Errorf("missing CRL signed by certificates: %v", uncovered)
 	}
 	return nil
 }
