@@ -9,40 +9,8 @@ use std::collections::BTreeMap;
 use support::goverify::{istiod_loads, istiod_loads_at, workload_verifies};
 use support::openssl::{Workdir, workload_certificate};
 
-/// A root and an intermediate under it; `root_ext` and `int_ext` are extra `-addext`/extfile
-/// lines. Returns the working directory holding root.pem, int.pem, int.key.
 fn pki(root_bc: &str, int_ext: &str) -> Workdir {
-    let dir = Workdir::new();
-    dir.req_with_new_p256_key(
-        "root.key",
-        "root.pem",
-        Some(3650),
-        "/O=goverify/CN=Root",
-        &[
-            &format!("basicConstraints=critical,{root_bc}"),
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    dir.req_with_new_p256_key("int.key", "int.csr", None, "/O=goverify/CN=Intermediate", &[]);
-    dir.write("int.cnf", int_ext);
-    dir.run(&[
-        "x509",
-        "-req",
-        "-in",
-        "int.csr",
-        "-CA",
-        "root.pem",
-        "-CAkey",
-        "root.key",
-        "-CAcreateserial",
-        "-days",
-        "365",
-        "-extfile",
-        "int.cnf",
-        "-out",
-        "int.pem",
-    ]);
-    dir
+    support::openssl::root_and_intermediate(root_bc, int_ext)
 }
 
 const CA_EXT: &str =

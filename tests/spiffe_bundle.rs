@@ -1,16 +1,16 @@
 //! The SPIFFE bundles we write are bundles an independent SPIFFE implementation reads as we
 //! meant them: go-spiffe's `spiffebundle.Parse` (what SPIRE and every go-spiffe client use),
 //! built from its module by `hack/test` (`hack/go/spiffe-bundle`). And what go-spiffe refuses,
-//! we refuse too.
+//! we refuse too. The roots are made by openssl.
+
+mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
-use mesh_ca_issuer::api::issuer::{KeyAlgorithm, PrivateKeySpec, RootBootstrap};
+use jiff::Timestamp;
 use mesh_ca_issuer::pki::Certificate;
-use mesh_ca_issuer::pki::sign::self_signed_root;
 use mesh_ca_issuer::spiffe_bundle;
 
 fn reader() -> PathBuf {
@@ -42,17 +42,34 @@ fn go_spiffe(td: &str, body: &str) -> Result<Vec<String>, String> {
     }
 }
 
-fn root(algorithm: KeyAlgorithm, size: u32) -> Certificate {
-    let spec = RootBootstrap {
-        private_key: PrivateKeySpec {
-            algorithm,
-            size: Some(size),
-        },
-        ..Default::default()
-    };
-    self_signed_root(&spec, Timestamp::now() - SignedDuration::from_hours(1))
+/// A self-signed root CA made by openssl with key `key` (`rsa:2048`, `P-256`, ...).
+fn root(key: &str) -> Certificate {
+    let dir = support::openssl::Workdir::new();
+    let mut args = vec![
+        "req", "-x509", "-nodes", "-keyout", "root.key", "-out", "root.pem", "-days", "30",
+    ];
+    if let Some(curve) = key.strip_prefix("P-") {
+        args.extend(["-newkey", "ec", "-pkeyopt"]);
+        args.push(if curve == "256" {
+            "ec_paramgen_curve:P-256"
+        } else {
+            "ec_paramgen_curve:P-384"
+        });
+    } else {
+        args.extend(["-newkey", key]);
+    }
+    let subject = format!("/CN={key} root");
+    args.extend(["-subj", &subject]);
+    args.extend([
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    dir.run(&args);
+    Certificate::parse_pem_bundle(dir.read("root.pem").as_bytes(), "root")
         .unwrap()
-        .0
+        .remove(0)
 }
 
 /// Our roots of every key type we run under, during a rotation (two roots) and alone: go-spiffe
@@ -60,9 +77,9 @@ fn root(algorithm: KeyAlgorithm, size: u32) -> Certificate {
 #[test]
 fn go_spiffe_reads_our_bundles_as_we_wrote_them() {
     let cases = [
-        vec![root(KeyAlgorithm::Ecdsa, 256)],
-        vec![root(KeyAlgorithm::Ecdsa, 384), root(KeyAlgorithm::Ecdsa, 256)],
-        vec![root(KeyAlgorithm::Rsa, 2048), root(KeyAlgorithm::Rsa, 3072)],
+        vec![root("P-256")],
+        vec![root("P-384"), root("P-256")],
+        vec![root("rsa:2048"), root("rsa:3072")],
     ];
     for (i, roots) in cases.iter().enumerate() {
         let sequence = 40 + i as u64;
@@ -82,7 +99,7 @@ fn go_spiffe_reads_our_bundles_as_we_wrote_them() {
 /// that are not self-signed, which go-spiffe takes as they are).
 #[test]
 fn what_go_spiffe_refuses_we_refuse() {
-    let good = root(KeyAlgorithm::Ecdsa, 256);
+    let good = root("P-256");
     let body = spiffe_bundle::encode(std::slice::from_ref(&good), 1, Duration::from_secs(60)).unwrap();
     let mut two_certificates: serde_json::Value = serde_json::from_str(&body).unwrap();
     let x5c = two_certificates["keys"][0]["x5c"][0].clone();

@@ -74,6 +74,43 @@ impl Workdir {
     }
 }
 
+/// A root (`CN=Root`, its basicConstraints `root_bc`, keyCertSign and cRLSign) and an
+/// intermediate under it (`CN=Intermediate`, extfile lines `int_ext`), made by openssl: the
+/// working directory holding root.pem, root.key, int.pem and int.key.
+pub fn root_and_intermediate(root_bc: &str, int_ext: &str) -> Workdir {
+    let dir = Workdir::new();
+    dir.req_with_new_p256_key(
+        "root.key",
+        "root.pem",
+        Some(3650),
+        "/O=goverify/CN=Root",
+        &[
+            &format!("basicConstraints=critical,{root_bc}"),
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    dir.req_with_new_p256_key("int.key", "int.csr", None, "/O=goverify/CN=Intermediate", &[]);
+    dir.write("int.cnf", int_ext);
+    dir.run(&[
+        "x509",
+        "-req",
+        "-in",
+        "int.csr",
+        "-CA",
+        "root.pem",
+        "-CAkey",
+        "root.key",
+        "-CAcreateserial",
+        "-days",
+        "365",
+        "-extfile",
+        "int.cnf",
+        "-out",
+        "int.pem",
+    ]);
+    dir
+}
+
 /// openssl's verdict on `chain_pem` (the leaf first) against `root_pem`, with x509_strict:
 /// `"chain.pem: OK"` when it verifies.
 pub fn verify(root_pem: &[u8], chain_pem: &[u8]) -> String {
