@@ -626,8 +626,13 @@ async fn sign(
         }
         Ok(SignOutcome::InProgress { .. }) => Outcome::Waiting {
             message: format!("{} is still issuing the certificate", scope.display),
-            retry_after: ctx.retries.next_delay(&uid),
+            retry_after: ctx.retries.next_poll(&uid),
         },
+        // A backend still at work is polled soon; a failure backs off.
+        Err(e) if e.kind == FailureKind::Pending => {
+            let retry_after = ctx.retries.next_poll(&uid);
+            classify(e, &scope.display, retry_after)
+        }
         Err(e) => classify(e, &scope.display, ctx.retries.next_delay(&uid)),
     }
 }

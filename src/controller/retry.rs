@@ -105,6 +105,9 @@ pub fn budget(attempt: Attempt, recorded: Option<&str>, now: Timestamp, max: Dur
     }
 }
 
+/// The first wait before asking a backend again about a certificate it is still issuing.
+pub const POLL_INITIAL: Duration = Duration::from_millis(500);
+
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     attempts: u32,
@@ -142,6 +145,23 @@ impl RetryTracker {
         });
         entry.attempts = entry.attempts.saturating_add(1);
         let delay = jitter(backoff(self.initial, self.max, entry.attempts));
+        entry.not_before = Instant::now() + delay;
+        delay
+    }
+
+    /// Counts a poll of a backend that is still working on `key` (PCA's `RequestInProgress`)
+    /// and returns the delay before the next one: from [`POLL_INITIAL`], doubling to the
+    /// tracker's maximum. Not a failure, so it does not start at the failure back-off: a PCA
+    /// certificate is usually ready within a second, and the first failure back-off (5 s by
+    /// default) was most of its approve→Ready time.
+    pub fn next_poll(&self, key: &str) -> Duration {
+        let mut map = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = map.entry(key.to_string()).or_insert(Entry {
+            attempts: 0,
+            not_before: Instant::now(),
+        });
+        entry.attempts = entry.attempts.saturating_add(1);
+        let delay = jitter(backoff(POLL_INITIAL.min(self.initial), self.max, entry.attempts));
         entry.not_before = Instant::now() + delay;
         delay
     }
@@ -284,5 +304,21 @@ mod tests {
         t.next_delay("live");
         t.retain(|k| k == "live");
         assert_eq!((t.len(), t.attempts("live"), t.attempts("gone")), (1, 1, 0));
+    }
+
+    /// A backend still at work is asked again from half a second on, doubling (with ±10 %
+    /// jitter), and early reconciles wait for it; never sooner than the failure back-off's
+    /// own first step when that is set lower (tests set 1 s).
+    #[test]
+    fn polls_of_a_backend_at_work_start_short_and_double() {
+        let t = RetryTracker::default();
+        let polls: Vec<Duration> = (0..4).map(|_| t.next_poll("pca")).collect();
+        for (poll, expected) in polls.iter().zip([500u64, 1000, 2000, 4000]) {
+            let (low, high) = (expected * 9 / 10, expected * 11 / 10);
+            assert!((low..=high).contains(&(poll.as_millis() as u64)), "{polls:?}");
+        }
+        assert!(t.wait_remaining("pca").is_some(), "an early reconcile waits");
+        let quick = RetryTracker::new(Duration::from_millis(100), Duration::from_secs(1));
+        assert!(quick.next_poll("x") <= Duration::from_millis(110));
     }
 }
