@@ -210,6 +210,18 @@ fn reason(e: kube::Error) -> String {
     }
 }
 
+/// Every object of `api` that `params` selects; a failure says what was listed (`what`) and
+/// the API server's answer.
+async fn list<K>(api: Api<K>, params: ListParams, what: String) -> Result<Vec<K>, String>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list(&params)
+        .await
+        .map(|l| l.items)
+        .map_err(|e| format!("listing {what}: {}", reason(e)))
+}
+
 /// Reads one cluster. The first request tells reachable from not; the rest run at once.
 pub async fn observe(kubeconfig: &Kubeconfig, context: &str, settings: &Settings) -> ClusterRead {
     let unreachable = |reason: String| ClusterRead::Unreachable {
@@ -235,44 +247,34 @@ pub async fn observe(kubeconfig: &Kubeconfig, context: &str, settings: &Settings
     // istiod's Deployments and the controller's.
     let (crds, certificates, local_issuers, istio_cacerts, istiods, deployments) = futures::join!(
         read_crds(&client),
-        async {
-            Api::<Certificate>::namespaced(client.clone(), ns)
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items)
-                .map_err(|e| format!("listing Certificates in {ns}: {}", reason(e)))
-        },
-        async {
-            Api::<MeshCAIssuer>::namespaced(client.clone(), ns)
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items)
-                .map_err(|e| format!("listing MeshCAIssuers in {ns}: {}", reason(e)))
-        },
-        async {
-            Api::<IstioCACerts>::namespaced(client.clone(), ns)
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items)
-                .map_err(|e| format!("listing IstioCACerts in {ns}: {}", reason(e)))
-        },
-        async {
-            Api::<Deployment>::namespaced(client.clone(), ns)
-                .list(&ListParams::default().labels(istiod::ISTIOD_LABEL))
-                .await
-                .map(|l| l.items)
-                .map_err(|e| format!("listing Deployments ({}) in {ns}: {}", istiod::ISTIOD_LABEL, reason(e)))
-        },
-        async {
-            let api: Api<Deployment> = match &settings.controller_namespace {
-                Some(n) => Api::namespaced(client.clone(), n),
+        list(
+            Api::<Certificate>::namespaced(client.clone(), ns),
+            ListParams::default(),
+            format!("Certificates in {ns}"),
+        ),
+        list(
+            Api::<MeshCAIssuer>::namespaced(client.clone(), ns),
+            ListParams::default(),
+            format!("MeshCAIssuers in {ns}"),
+        ),
+        list(
+            Api::<IstioCACerts>::namespaced(client.clone(), ns),
+            ListParams::default(),
+            format!("IstioCACerts in {ns}"),
+        ),
+        list(
+            Api::<Deployment>::namespaced(client.clone(), ns),
+            ListParams::default().labels(istiod::ISTIOD_LABEL),
+            format!("Deployments ({}) in {ns}", istiod::ISTIOD_LABEL),
+        ),
+        list(
+            match &settings.controller_namespace {
+                Some(n) => Api::<Deployment>::namespaced(client.clone(), n),
                 None => Api::all(client.clone()),
-            };
-            api.list(&ListParams::default().labels(installation::CHART_LABEL))
-                .await
-                .map(|l| l.items)
-                .map_err(|e| format!("listing Deployments ({}): {}", installation::CHART_LABEL, reason(e)))
-        },
+            },
+            ListParams::default().labels(installation::CHART_LABEL),
+            format!("Deployments ({})", installation::CHART_LABEL),
+        ),
     );
 
     let issuer_keys = issuer_keys(
