@@ -496,7 +496,7 @@ mod tests {
         }
     }
 
-    /// A peer that does not hold the new root in its cacerts (status.roots) holds the switch
+    /// A peer whose cacerts does not hold the new root (status roots or trustAnchors) holds the switch
     /// back, named with what to run; once it does, the advance goes, and status says so.
     #[test]
     fn the_switch_waits_for_every_named_peer_to_trust_the_new_root() {
