@@ -36,6 +36,15 @@ pub struct RotationLabels {
     pub phase: String,
 }
 
+/// Labels of `meshca_crl_next_update_timestamp_seconds`: one series per CRL in an
+/// IstioCACerts' `ca-crl.pem`, named by the CA that signs it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CrlLabels {
+    pub namespace: String,
+    pub name: String,
+    pub issuer: String,
+}
+
 /// Labels of the API write counter: what the leadership fence did with a write.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiWriteLabels {
@@ -105,6 +114,7 @@ pub struct Metrics {
     pub certificate_renewal: Family<CertificateLabels, Gauge>,
     pub certificate_window: Family<CertificateLabels, Gauge>,
     pub root_rotation_phase: Family<RotationLabels, Gauge>,
+    pub crl_next_update: Family<CrlLabels, Gauge>,
     pub api_writes: Family<ApiWriteLabels, Counter>,
     pub signings_repeated: Family<BackendLabels, Counter>,
     /// The fingerprints exported per owner, so a replaced certificate's series is removed
@@ -112,6 +122,8 @@ pub struct Metrics {
     exported: Mutex<HashMap<SeriesOwner, Vec<String>>>,
     /// The rotation phases exported per IstioCACerts, dropped with it as certificates are.
     rotation_exported: Mutex<HashMap<SeriesOwner, Vec<String>>>,
+    /// The CRL issuers exported per IstioCACerts, likewise.
+    crl_exported: Mutex<HashMap<SeriesOwner, Vec<String>>>,
     /// Set once the watch caches exist. A deleted object is never reconciled again, so its
     /// series are dropped when `/metrics` is rendered, not by its reconcile: an alert on a
     /// deleted IstioCACerts' expiring intermediate would otherwise fire until a restart.
@@ -183,6 +195,12 @@ impl Metrics {
             "Root rotation phase of an IstioCACerts, one-hot: 1 for the current phase, 0 for the others",
             root_rotation_phase.clone(),
         );
+        let crl_next_update = Family::<CrlLabels, Gauge>::default();
+        registry.register(
+            "crl_next_update_timestamp_seconds",
+            "nextUpdate of each CRL an IstioCACerts wrote into ca-crl.pem (Unix seconds), by the CA that signs it; a proxy that checks CRLs refuses that CA's certificates once it passes",
+            crl_next_update.clone(),
+        );
         let api_writes = Family::<ApiWriteLabels, Counter>::default();
         registry.register(
             "api_writes",
@@ -198,6 +216,7 @@ impl Metrics {
         Self {
             registry,
             root_rotation_phase,
+            crl_next_update,
             api_writes,
             signings_repeated,
             reconciles,
@@ -209,6 +228,7 @@ impl Metrics {
             certificate_window,
             exported: Mutex::new(HashMap::new()),
             rotation_exported: Default::default(),
+            crl_exported: Default::default(),
             owner_exists: OnceLock::new(),
         }
     }
@@ -288,6 +308,26 @@ impl Metrics {
         }
     }
 
+    /// Replaces the CRL series of one IstioCACerts: `(issuer, nextUpdate in Unix seconds)`.
+    pub fn set_crls(&self, namespace: &str, name: &str, crls: &[(String, i64)]) {
+        let owner = crl_owner(namespace, name);
+        let labels = |issuer: &str| CrlLabels {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            issuer: issuer.to_string(),
+        };
+        let mut exported = self.crl_exported.lock().unwrap_or_else(|p| p.into_inner());
+        for old in exported.remove(&owner).unwrap_or_default() {
+            if !crls.iter().any(|(issuer, _)| *issuer == old) {
+                self.crl_next_update.remove(&labels(&old));
+            }
+        }
+        for (issuer, next_update) in crls {
+            self.crl_next_update.get_or_create(&labels(issuer)).set(*next_update);
+        }
+        exported.insert(owner, crls.iter().map(|(issuer, _)| issuer.clone()).collect());
+    }
+
     /// Tells the metrics how to find out whether a series' object still exists. Only the
     /// first call counts: one process has one set of watch caches.
     pub fn track_owners(&self, owner_exists: OwnerExists) {
@@ -301,6 +341,13 @@ impl Metrics {
         };
         forget_deleted(&self.exported, owner_exists, |owner, fingerprint| {
             self.remove_series(owner, fingerprint)
+        });
+        forget_deleted(&self.crl_exported, owner_exists, |owner, issuer| {
+            self.crl_next_update.remove(&CrlLabels {
+                namespace: owner.namespace.clone(),
+                name: owner.name.clone(),
+                issuer: issuer.to_string(),
+            });
         });
         forget_deleted(&self.rotation_exported, owner_exists, |owner, phase| {
             self.root_rotation_phase.remove(&RotationLabels {
@@ -354,6 +401,15 @@ fn forget_deleted(
 fn rotation_owner(namespace: &str, name: &str) -> SeriesOwner {
     SeriesOwner {
         kind: "root_rotation".to_string(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
+}
+
+/// The owner of an IstioCACerts' CRL series (looked up as an IstioCACerts, as rotation's are).
+fn crl_owner(namespace: &str, name: &str) -> SeriesOwner {
+    SeriesOwner {
+        kind: "crl".to_string(),
         namespace: namespace.to_string(),
         name: name.to_string(),
     }

@@ -81,24 +81,13 @@ impl Pki {
 
 /// openssl's verdict on `leaf` (first block of `leaf_and_chain`) with every CRL checked.
 fn openssl_verify_with_crls(pki: &Pki, leaf_and_chain: &str, crls: &[&Crl]) -> (bool, String) {
-    let dir = Workdir::new();
-    let end = "-----END CERTIFICATE-----\n";
-    let leaf = &leaf_and_chain[..leaf_and_chain.find(end).unwrap() + end.len()];
-    dir.write("leaf.pem", leaf)
-        .write("int.pem", pki.dir.read("int.pem"))
-        .write("root.pem", pki.dir.read("root.pem"))
-        .write("crls.pem", crls.iter().map(|c| c.to_pem()).collect::<String>());
-    dir.try_run(&[
-        "verify",
-        "-crl_check_all",
-        "-CAfile",
-        "root.pem",
-        "-untrusted",
-        "int.pem",
-        "-CRLfile",
-        "crls.pem",
-        "leaf.pem",
-    ])
+    let pem: String = crls.iter().map(|c| c.to_pem()).collect();
+    support::openssl::verify_with_crls(
+        leaf_and_chain,
+        pki.dir.read("int.pem").as_bytes(),
+        pki.dir.read("root.pem").as_bytes(),
+        pem.as_bytes(),
+    )
 }
 
 #[test]

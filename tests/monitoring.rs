@@ -169,6 +169,11 @@ async fn scrape_a_busy_controller() -> String {
                     source_secret_name: "istiod".into(),
                     target_secret_name: "cacerts".into(),
                     adopt_existing: AdoptExisting::Never,
+                    revocation: Some(mesh_ca_issuer::api::istio_cacerts::Revocation {
+                        enabled: true,
+                        crl_validity: "72h".into(),
+                        refresh_before: None,
+                    }),
                     ..Default::default()
                 },
             ),
@@ -189,6 +194,7 @@ async fn scrape_a_busy_controller() -> String {
         "meshca_certificate_renewal_seconds{kind=\"intermediate\"",
         "meshca_reconciles_total{controller=\"certificaterequest\",outcome=\"failed\"}",
         "meshca_signing_duration_seconds_count",
+        "meshca_crl_next_update_timestamp_seconds{",
     ];
     let port = controller.admin_port;
     eventually(TIMEOUT, || async {
@@ -499,6 +505,26 @@ fn unit_tests(rules: &Value) -> Vec<Value> {
                     &alert,
                     &[(s, values(&[(now, 5), (now + 1.0, 55)]))],
                     45,
+                    None,
+                ));
+            }
+            "MeshCACRLExpiringSoon" => {
+                // promtool's clock starts at 0: a nextUpdate of 5h lapses 5h into the test.
+                let s = scraped("meshca_crl_next_update_timestamp_seconds", &[]).remove(0);
+                assert!(s.value > 1.0e9, "a real nextUpdate was scraped: {}", s.value);
+                let by = ["namespace", "name", "issuer"];
+                tests.push(case(
+                    "a CRL with less than 6h left fires CRLExpiringSoon",
+                    &alert,
+                    &[(s.clone(), values(&[(5.0 * 3600.0, 60)]))],
+                    30,
+                    Some(alert_labels(&alert, Some(&s), &by)),
+                ));
+                tests.push(case(
+                    "a CRL with more than 6h left is silent",
+                    &alert,
+                    &[(s, values(&[(7.0 * 3600.0, 60)]))],
+                    30,
                     None,
                 ));
             }

@@ -178,6 +178,10 @@ pub struct CertificateStatus {
     pub renewal_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
+    /// `Ready`, and `Issuing` while cert-manager issues (or was asked to, as `cmctl renew`
+    /// asks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<CertificateRequestCondition>>,
 }
 
 // === impl CertificateRequest ===

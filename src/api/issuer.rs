@@ -73,6 +73,74 @@ pub struct IssuerSpec {
     /// What this issuer is allowed to sign.
     #[serde(default)]
     pub policy: IssuancePolicy,
+    /// Certificates this issuer's CA has revoked: an intermediate whose key was compromised,
+    /// say. With the local CA backend they go into the CRL of its CA that every IstioCACerts
+    /// with `spec.revocation.enabled` writes into `ca-crl.pem` (`meshca revoke` adds entries).
+    #[serde(
+        default,
+        deserialize_with = "super::null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(length(max = 1000), extend("nullable" = true))]
+    pub revoked: Vec<RevokedCertificate>,
+    /// CRLs for CAs of the chain that the backend neither signs nor publishes (AWS Private CA
+    /// without a CRL distribution point, a CA above a local sub-CA): a ConfigMap key holding PEM
+    /// or DER CRLs, each matched to its CA by signature, read from the namespace the issuer
+    /// reads Secrets from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_from: Option<CrlFrom>,
+}
+
+/// One revoked certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedCertificate {
+    /// Its serial number in hex, as `openssl x509 -serial` or `status.intermediate` show it
+    /// (case, colons and a leading `0x` ignored).
+    #[schemars(regex(pattern = r"^(0[xX])?[0-9a-fA-F:]{1,59}$"))]
+    pub serial_number: String,
+    /// Why (RFC 5280): `unspecified` (the default), `keyCompromise`, `cACompromise`,
+    /// `superseded` or `cessationOfOperation`.
+    #[serde(default)]
+    pub reason: RevocationReason,
+    /// When it was revoked (RFC 3339). Unset: when the entry was added, as the issuer's
+    /// `managedFields` record it (`meshca revoke` always sets it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub revoked_at: Option<String>,
+}
+
+/// RFC 5280 revocation reasons, as cert-manager and openssl name them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RevocationReason {
+    #[default]
+    #[serde(rename = "unspecified")]
+    Unspecified,
+    #[serde(rename = "keyCompromise")]
+    KeyCompromise,
+    #[serde(rename = "cACompromise")]
+    CaCompromise,
+    #[serde(rename = "superseded")]
+    Superseded,
+    #[serde(rename = "cessationOfOperation")]
+    CessationOfOperation,
+}
+
+/// Where CRLs the backend cannot give are read from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CrlFrom {
+    pub config_map_key_ref: ConfigMapKeySelector,
+}
+
+/// A key of a ConfigMap.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeySelector {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub key: String,
 }
 
 /// The local root CA backend.

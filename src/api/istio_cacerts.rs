@@ -85,7 +85,11 @@ pub struct IstioCACertsSpec {
     /// after this cluster's own root. Each name appears once.
     // Nullable: server-side apply on older API servers (1.20) writes `null` when the last
     // applied entry of a list is removed.
-    #[serde(default, deserialize_with = "null_as_empty", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "super::null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"], "nullable" = true))]
     pub trust_anchors: Vec<TrustAnchor>,
     /// Publish this cluster's own root(s) (never the anchors) as PEM into a ConfigMap in this
@@ -99,6 +103,34 @@ pub struct IstioCACertsSpec {
     /// `multiRootMeshEnabled: false`) a new root is refused and `cacerts` is left as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_rotation: Option<RootRotation>,
+    /// Write `ca-crl.pem`: one CRL for every CA of `cert-chain.pem`, kept fresh, so that a
+    /// revoked intermediate (another cluster's, after `meshca revoke`) is refused by this
+    /// mesh's proxies (docs/revocation.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<Revocation>,
+}
+
+/// Revocation lists for istiod's `ca-crl.pem` (Istio 1.27+).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocation {
+    /// Off by default: istiod refuses a whole `cacerts` update whose `ca-crl.pem` lacks the CRL
+    /// of any CA of its chain, so this is turned on knowingly.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long each CRL signed here is valid (its `nextUpdate - thisUpdate`). A Go duration,
+    /// at least 1s; default 72h.
+    #[serde(default = "default_crl_validity")]
+    pub crl_validity: String,
+    /// How long before its `nextUpdate` a CRL is replaced by a new one (a Go duration, less
+    /// than `crlValidity`); default a third of `crlValidity`. A fetched CRL with less time
+    /// left than this is not written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_before: Option<String>,
+}
+
+fn default_crl_validity() -> String {
+    "72h".to_string()
 }
 
 /// How a root rotation runs (docs/root-rotation.md).
@@ -351,12 +383,9 @@ impl Default for IstioCACertsSpec {
             trust_anchors: Vec::new(),
             publish_root: None,
             root_rotation: None,
+            revocation: None,
         }
     }
-}
-
-fn null_as_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// The trust domain when none is given: Istio's default.
@@ -469,6 +498,45 @@ pub struct IstioCACertsStatus {
     /// fingerprint it is given against this one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_root_awaiting_approval: Option<NewRootAwaitingApproval>,
+    /// The CRLs `ca-crl.pem` holds, one per CA of `cert-chain.pem` (with
+    /// `spec.revocation.enabled`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crl: Vec<TrackedCrl>,
+}
+
+/// A CRL written into `ca-crl.pem`, tracked like a certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackedCrl {
+    /// The CA that signed it (its subject).
+    pub issuer: String,
+    /// That CA's certificate.
+    #[serde(rename = "caFingerprintSHA256")]
+    pub ca_fingerprint_sha256: String,
+    /// The CRL number.
+    pub number: u64,
+    /// RFC 3339.
+    pub this_update: String,
+    /// RFC 3339.
+    pub next_update: String,
+    /// When it is replaced (RFC 3339): `refreshBefore` ahead of `nextUpdate`.
+    pub refresh_at: String,
+    /// The serials it revokes, lower-case hex.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_serials: Vec<String>,
+    pub window: CrlWindow,
+}
+
+/// Where a CRL stands in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum CrlWindow {
+    /// Before its refresh time.
+    #[default]
+    Current,
+    /// Past its refresh time: a new one could not be had, it stays until it expires.
+    RefreshDue,
+    /// Less than half the refresh window left.
+    Expiring,
 }
 
 /// A trust anchor certificate, tracked like a root.

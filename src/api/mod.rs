@@ -18,6 +18,16 @@ pub const GROUP: &str = "meshca.io";
 /// Our API version.
 pub const VERSION: &str = "v1alpha1";
 
+/// Reads a list that may be `null`: server-side apply on older API servers (1.20) writes
+/// `null` when the last applied entry of a list is removed.
+pub(crate) fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    Ok(<Option<Vec<T>> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
+}
+
 /// A CRD as YAML, exactly as `crdgen` prints it and as `config/crd/` and the chart hold it.
 pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
     Ok(format!("---\n{}", serde_yaml::to_string(crd)?))

@@ -328,6 +328,14 @@ impl LocalCa {
     pub fn root(&self) -> &Certificate {
         &self.root
     }
+
+    /// The CA and its key, to sign the CA's CRLs (revocation).
+    pub fn crl_signer(&self) -> crate::pki::crl::CrlSigner {
+        crate::pki::crl::CrlSigner {
+            certificate: self.ca.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 impl Signer for LocalCa {

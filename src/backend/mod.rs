@@ -4,6 +4,7 @@
 
 pub mod aws_pca;
 pub mod binding;
+pub mod crl;
 pub mod local_ca;
 pub mod signing_ca;
 pub mod vault;

@@ -23,21 +23,26 @@ use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
+use super::issuer::IssuerObject;
 use super::{Context, trust_anchors};
 use crate::FIELD_MANAGER;
 use crate::api::cert_manager::{
     CERTIFICATE_NAME_ANNOTATION, Certificate as CertManagerCertificate, CertificateStatus, ISSUER_GROUP_ANNOTATION,
     ISSUER_KIND_ANNOTATION, ISSUER_NAME_ANNOTATION,
 };
-use crate::api::issuer::{CLUSTER_ISSUER_KIND, CertificateSummary, ClusterMeshCAIssuer, ISSUER_KIND, MeshCAIssuer};
+use crate::api::issuer::{
+    CLUSTER_ISSUER_KIND, ClusterMeshCAIssuer, ISSUER_KIND, IssuerSpec, IssuerStatus, MeshCAIssuer,
+};
 use crate::api::istio_cacerts::{ADVANCE_ROTATION_ANNOTATION, IstioCACerts, RotationPhase};
+use crate::backend::IssuerScope;
 use crate::error::{Error, Result};
 use crate::istio::cacerts::{
     BACKUP_OF_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION, Problem, reason,
 };
 use crate::istio::decide::decide;
-use crate::istio::plan::{CacertsWrite, Observed, Outcome, Plan, PlannedEvent, SecretWrite, Settings};
+use crate::istio::plan::{CacertsWrite, Observed, Outcome, Plan, PlannedEvent, Reissue, SecretWrite, Settings};
 use crate::istio::publish::{self, PublishWrite, ROOT_PUBLISHED};
+use crate::istio::revocation;
 use crate::istio::trust_bundle;
 
 pub use crate::istio::tracking::CERTIFICATES_HEALTHY;
@@ -99,7 +104,12 @@ pub async fn observe(ctx: &Context, cached: &IstioCACerts) -> Result<Option<Obse
     let target = read(&spec.target_secret_name).await?;
     let anchors = trust_anchors::read_anchors(ctx, &namespace, &spec.trust_anchors).await?;
     let certificate = source_certificate(ctx, &namespace, source.as_ref()).await;
-    let backend_ca = backend_ca(ctx, &namespace, source.as_ref()).await;
+    let issuer = source_issuer(ctx, &namespace, source.as_ref()).await;
+    let backend_ca = issuer.as_ref().and_then(|i| i.status.as_ref()?.ca.clone());
+    let revocation = match (&issuer, &spec.revocation) {
+        (Some(issuer), Some(r)) if r.enabled => Some(revocation_inputs(ctx, issuer, now).await),
+        _ => None,
+    };
     let published = match &spec.publish_root {
         Some(p) => Some(published_config_map(ctx, &namespace, &p.config_map_name).await),
         None => None,
@@ -112,6 +122,7 @@ pub async fn observe(ctx: &Context, cached: &IstioCACerts) -> Result<Option<Obse
         certificate,
         backend_ca,
         published,
+        revocation,
         now,
     }))
 }
@@ -123,31 +134,73 @@ async fn source_certificate(ctx: &Context, namespace: &str, source: Option<&Secr
     api.get_opt(&certificate_name).await.ok()??.status
 }
 
-/// The issuer's backend CA, found through cert-manager's issuer annotations on the source.
-async fn backend_ca(ctx: &Context, namespace: &str, source: Option<&Secret>) -> Option<CertificateSummary> {
+/// The issuer that signed the source, found through cert-manager's issuer annotations on it
+/// (ours only; a MeshCAIssuer in this namespace).
+struct SourceIssuer {
+    spec: IssuerSpec,
+    status: Option<IssuerStatus>,
+    scope: IssuerScope,
+    /// When `spec.revoked` was last changed, as `managedFields` record it: the revocation time
+    /// of entries that give none.
+    revoked_changed: Option<Timestamp>,
+}
+
+async fn source_issuer(ctx: &Context, namespace: &str, source: Option<&Secret>) -> Option<SourceIssuer> {
     let annotations = source?.annotations();
     if annotations.get(ISSUER_GROUP_ANNOTATION).map(String::as_str) != Some(crate::api::GROUP) {
         return None;
     }
     let issuer_name = annotations.get(ISSUER_NAME_ANNOTATION)?;
+    fn of<I: IssuerObject>(issuer: I, cluster_resource_namespace: &str) -> SourceIssuer {
+        SourceIssuer {
+            spec: issuer.spec().clone(),
+            status: issuer.status().cloned(),
+            scope: issuer.scope(cluster_resource_namespace),
+            revoked_changed: revoked_changed(issuer.meta()),
+        }
+    }
+    let crn = &ctx.config.cluster_resource_namespace;
     match annotations.get(ISSUER_KIND_ANNOTATION).map(String::as_str) {
-        Some(ISSUER_KIND) => {
-            Api::<MeshCAIssuer>::namespaced(ctx.client.clone(), namespace)
-                .get_opt(issuer_name)
-                .await
-                .ok()??
-                .status?
-                .ca
-        }
-        Some(CLUSTER_ISSUER_KIND) => {
-            Api::<ClusterMeshCAIssuer>::all(ctx.client.clone())
-                .get_opt(issuer_name)
-                .await
-                .ok()??
-                .status?
-                .ca
-        }
+        Some(ISSUER_KIND) => Api::<MeshCAIssuer>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(issuer_name)
+            .await
+            .ok()?
+            .map(|i| of(i, crn)),
+        Some(CLUSTER_ISSUER_KIND) => Api::<ClusterMeshCAIssuer>::all(ctx.client.clone())
+            .get_opt(issuer_name)
+            .await
+            .ok()?
+            .map(|i| of(i, crn)),
         _ => None,
+    }
+}
+
+/// The latest time a field manager wrote `spec.revoked`.
+fn revoked_changed(meta: &kube::api::ObjectMeta) -> Option<Timestamp> {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:spec/f:revoked").is_some())
+        })
+        .filter_map(|m| m.time.as_ref())
+        .map(|t| t.0)
+        .max()
+}
+
+/// The issuer's revoked list and its backend's CRL sources.
+async fn revocation_inputs(ctx: &Context, issuer: &SourceIssuer, now: Timestamp) -> revocation::Inputs {
+    let (revoked, mut problems) = revocation::revoked(&issuer.spec.revoked, issuer.revoked_changed);
+    let sources = crate::backend::crl::sources(&ctx.backends, &issuer.spec, &issuer.scope, now).await;
+    problems.extend(sources.problems);
+    revocation::Inputs {
+        issuer: issuer.scope.display.clone(),
+        revoked,
+        signer: sources.signer,
+        fetched: sources.fetched,
+        problems,
     }
 }
 
@@ -197,6 +250,9 @@ pub async fn act(ctx: &Context, o: &Observed, plan: Plan) -> Result<Action> {
     }
     if outcome.remove_advance_annotation {
         remove_advance_annotation(ctx, o).await?;
+    }
+    if let Some(reissue) = &outcome.reissue {
+        request_reissue(ctx, o, reissue).await?;
     }
     update_metrics(ctx, o, &outcome);
     if let Some(error) = refused {
@@ -545,6 +601,67 @@ async fn remove_advance_annotation(ctx: &Context, o: &Observed) -> Result<()> {
     }
 }
 
+/// Asks cert-manager for a new intermediate as `cmctl renew` does: the Certificate's `Issuing`
+/// condition set to True (reason `ManuallyTriggered`), written with the resourceVersion read so
+/// that cert-manager's own status writes are never overwritten.
+async fn request_reissue(ctx: &Context, o: &Observed, reissue: &Reissue) -> Result<()> {
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        o.namespace(),
+        &kube::api::ApiResource::erase::<CertManagerCertificate>(&()),
+    );
+    let failed = |e| {
+        Error::kube(
+            format!("asking for a new intermediate on Certificate {}", reissue.certificate),
+            e,
+        )
+    };
+    let Some(certificate) = api.get_opt(&reissue.certificate).await.map_err(failed)? else {
+        return Ok(());
+    };
+    let mut conditions: Vec<serde_json::Value> = certificate
+        .data
+        .pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .cloned()
+        .unwrap_or_default();
+    if conditions
+        .iter()
+        .any(|c| c["type"] == "Issuing" && c["status"] == "True")
+    {
+        // done: already issuing (cert-manager's renewal, or our earlier ask)
+        return Ok(());
+    }
+    conditions.retain(|c| c["type"] != "Issuing");
+    conditions.push(serde_json::json!({
+        "type": "Issuing",
+        "status": "True",
+        "reason": "ManuallyTriggered",
+        "message": format!("mesh-ca-issuer: {}", reissue.message),
+        "lastTransitionTime": o.now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "observedGeneration": certificate.metadata.generation,
+    }));
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": certificate.metadata.resource_version},
+        "status": {"conditions": conditions},
+    });
+    api.patch_status(&reissue.certificate, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(failed)?;
+    warn!(certificate = %reissue.certificate, "intermediate revoked by its issuer: a new one was requested from cert-manager");
+    let event = PlannedEvent {
+        warning: true,
+        reason: "ReissueRequested".to_string(),
+        action: "Reissue",
+        note: format!(
+            "asked cert-manager for a new intermediate (Certificate {}, Issuing=True): {}",
+            reissue.certificate, reissue.message
+        ),
+    };
+    publish_event(ctx, &o.icc.object_ref(&()), &event).await;
+    Ok(())
+}
+
 fn update_metrics(ctx: &Context, o: &Observed, outcome: &Outcome) {
     let (namespace, name) = (o.namespace(), o.name());
     let metrics = &outcome.metrics;
@@ -557,5 +674,6 @@ fn update_metrics(ctx: &Context, o: &Observed, outcome: &Outcome) {
     for (kind, series) in &metrics.certificates {
         ctx.metrics.set_certificates(kind, namespace, name, series);
     }
+    ctx.metrics.set_crls(namespace, name, &metrics.crls);
     ctx.metrics.count_reconcile("istiocacerts", metrics.reconcile);
 }

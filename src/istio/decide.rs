@@ -17,6 +17,7 @@ use super::plan::{
     Basis, CacertsStep, CacertsWrite, MetricUpdates, Observed, Outcome, Plan, PlannedEvent, SecretWrite, Settings,
 };
 use super::publish::{self, ROOT_PUBLISHED};
+use super::revocation;
 use super::rotation;
 use super::secret_data::SecretData;
 use super::tracking::{CERTIFICATES_HEALTHY, Role, Tracked, health};
@@ -39,8 +40,11 @@ pub fn decide(o: &Observed, settings: &Settings) -> Plan {
             then: Outcome::of(
                 o,
                 settings,
-                &Trust::NotApplied,
-                None,
+                &Decided {
+                    trust: &Trust::NotApplied,
+                    rotation: None,
+                    crls: None,
+                },
                 Err(problem),
                 None,
                 Cacerts::NotWritten,
@@ -49,8 +53,13 @@ pub fn decide(o: &Observed, settings: &Settings) -> Plan {
     }
     let facts = Facts::of(o);
     let rotation = facts.rotation(o, settings);
-    let (decision, trust) = facts.cacerts_plan(o, rotation.as_ref());
-    let outcome = |ready, live, step| Outcome::of(o, settings, &trust, rotation.as_ref(), ready, live, step);
+    let (decision, trust, crls) = facts.cacerts_plan(o, rotation.as_ref());
+    let decided = Decided {
+        trust: &trust,
+        rotation: rotation.as_ref(),
+        crls: crls.as_ref(),
+    };
+    let outcome = |ready, live, step| Outcome::of(o, settings, &decided, ready, live, step);
     let plan = match decision.and_then(|plan| match recreate_refused(o, &plan) {
         Some(problem) => Err(problem),
         None => Ok(plan),
@@ -65,7 +74,15 @@ pub fn decide(o: &Observed, settings: &Settings) -> Plan {
             };
         }
     };
-    let ready = ready_verdict(o, &plan, &trust);
+    let ready = ready_verdict(o, &plan, &trust).and_then(|summary| {
+        match crls.as_ref().and_then(|v| v.intermediate_revoked.clone()) {
+            Some(message) => Err(Problem {
+                reason: revocation::reason::INTERMEDIATE_REVOKED,
+                message: format!("{message}. {summary}"),
+            }),
+            None => Ok(summary),
+        }
+    });
     let then = outcome(ready, Some(plan.contents.clone()), Cacerts::InPlace);
     if !plan.changed {
         // done: the target already holds exactly this (a restart or a periodic look)
@@ -235,12 +252,13 @@ impl Facts {
         }))
     }
 
-    /// The bundle to write (the rotation's, or the ordinary one) with the anchors joined.
+    /// The bundle to write (the rotation's, or the ordinary one) with its CRLs and the anchors
+    /// joined.
     fn cacerts_plan(
         &self,
         o: &Observed,
         rotation: Option<&rotation::Decision>,
-    ) -> (Result<CacertsPlan, Problem>, Trust) {
+    ) -> (Result<CacertsPlan, Problem>, Trust, Option<revocation::Verdict>) {
         let spec = &o.icc.spec;
         let decision = match &self.source {
             None => Err(Problem {
@@ -257,10 +275,25 @@ impl Facts {
                 rotation::plan(source, bundle, &self.target, o.name(), &spec.adopt_existing, o.now)
             }
         };
+        // CRLs for the chain being written, before the anchors (which judge the change anew).
+        let (decision, crls) = match decision {
+            Ok(plan) => {
+                let (plan, verdict) = revocation::apply(
+                    plan,
+                    &self.target,
+                    spec.revocation.as_ref(),
+                    o.revocation.as_ref(),
+                    o.now,
+                );
+                (Ok(plan), verdict)
+            }
+            Err(problem) => (Err(problem), None),
+        };
         // The anchors join root-cert.pem only when every one of them is good; otherwise
         // root-cert.pem stays as it is (a renewal of the intermediate still goes through: a
         // peer's broken ConfigMap must not leave this cluster's renewal stuck).
-        with_anchors(decision, &o.anchors, &self.target, &self.recorded, o.now)
+        let (decision, trust) = with_anchors(decision, &o.anchors, &self.target, &self.recorded, o.now);
+        (decision, trust, crls)
     }
 }
 
@@ -338,6 +371,14 @@ fn cacerts_write(
     }
 }
 
+/// What the decision made of the reads, before the `cacerts` step: the anchors, the rotation's
+/// step and the CRLs.
+struct Decided<'a> {
+    trust: &'a Trust,
+    rotation: Option<&'a rotation::Decision>,
+    crls: Option<&'a revocation::Verdict>,
+}
+
 impl Outcome {
     /// Everything after the `cacerts` step, given Ready's verdict, the bundle istiod runs with
     /// afterwards (`live`: the new one, or the one left in place) and where the step left the
@@ -345,13 +386,13 @@ impl Outcome {
     fn of(
         o: &Observed,
         settings: &Settings,
-        trust: &Trust,
-        rotation: Option<&rotation::Decision>,
+        decided: &Decided,
         ready: Result<String, Problem>,
         live: Option<BundleContents>,
         step: Cacerts,
     ) -> Self {
         let (now, t) = (o.now, &settings.thresholds);
+        let Decided { trust, rotation, crls } = *decided;
         let previous = o.icc.status.as_ref();
         let previous_rotation = previous.and_then(|s| s.root_rotation.as_ref());
         let tracked = track(o, live.as_ref());
@@ -378,6 +419,14 @@ impl Outcome {
             healthy: health(&tracked, anchor_of(&tracked, live.as_ref()), now, t),
             rotation: rotation.as_ref(),
             published: published.as_ref().map(|(verdict, _)| verdict.clone()),
+            crls: crls.map(|v| (v.condition.0, v.condition.1.to_string(), v.condition.2.clone())),
+            revocation_enabled: o.icc.spec.revocation.as_ref().is_some_and(|r| r.enabled),
+        };
+        // Not decided this time (nothing could be planned): what is tracked stays.
+        let tracked_crls = match crls {
+            Some(v) => v.tracked.clone(),
+            None if conditions.revocation_enabled => previous.map(|s| s.crl.clone()).unwrap_or_default(),
+            None => Vec::new(),
         };
         let status = IstioCACertsStatus {
             conditions: conditions.build(o),
@@ -391,6 +440,7 @@ impl Outcome {
                     not_after: c.not_after().to_string(),
                 }
             }),
+            crl: tracked_crls,
             ..tracked_status(&tracked, live.as_ref(), trust_anchors, mesh_config, now, settings)
         };
         let basis = Basis {
@@ -414,6 +464,14 @@ impl Outcome {
                     (role.metric_kind(), series.collect())
                 })
                 .collect(),
+            crls: status
+                .crl
+                .iter()
+                .filter_map(|c| {
+                    let next_update: Timestamp = c.next_update.parse().ok()?;
+                    Some((c.issuer.clone(), next_update.as_second()))
+                })
+                .collect(),
             reconcile: match (step, conditions.ready.0) {
                 (Cacerts::Refused, _) => "write_failed",
                 (_, true) => "synced",
@@ -426,7 +484,12 @@ impl Outcome {
             .iter()
             .filter_map(|c| c.life.next_boundary(now, t))
             .chain(rotation.as_ref().and_then(|r| r.requeue_at))
+            .chain(crls.and_then(|v| v.requeue_at))
             .min();
+        let reissue = crls
+            .and_then(|v| v.intermediate_revoked.as_ref())
+            .filter(|_| step == Cacerts::InPlace)
+            .and_then(|message| reissue(o, message));
         Outcome {
             publish: published.and_then(|(_, write)| write),
             events: basis.events(&status),
@@ -436,9 +499,28 @@ impl Outcome {
                 .is_some_and(|r| r.consume_advance || r.stale_advance.is_some() || r.refused_advance.is_some()),
             metrics,
             requeue_at,
+            reissue,
             basis,
         }
     }
+}
+
+/// cert-manager is asked for a new intermediate once: not while the Certificate is already
+/// issuing (that is our ask, or cert-manager's own renewal, under way).
+fn reissue(o: &Observed, message: &str) -> Option<crate::istio::plan::Reissue> {
+    let certificate = o
+        .source
+        .as_ref()
+        .and_then(|s| annotation(s, crate::api::cert_manager::CERTIFICATE_NAME_ANNOTATION))?;
+    let issuing = o
+        .certificate
+        .as_ref()
+        .and_then(|c| c.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Issuing" && c.status == "True"));
+    (!issuing).then(|| crate::istio::plan::Reissue {
+        certificate: certificate.to_string(),
+        message: message.to_string(),
+    })
 }
 
 /// (ok, reason, message) of a condition.
@@ -451,6 +533,9 @@ struct Verdicts<'a> {
     /// Not decided this time (`None`, or no condition): the RootRotation condition stays.
     rotation: Option<&'a rotation::Decision>,
     published: Option<Verdict>,
+    /// `CRLsCurrent`; not decided this time (`None`) it stays, while revocation is on.
+    crls: Option<Verdict>,
+    revocation_enabled: bool,
 }
 
 impl Verdicts<'_> {
@@ -480,12 +565,18 @@ impl Verdicts<'_> {
         });
         // Not decided this time: the condition stays as it was.
         let kept_rotation = find(rotation::ROOT_ROTATION).filter(|_| rotation.is_none()).cloned();
+        let crls = match &self.crls {
+            Some(v) => Some(next(revocation::CRLS_CURRENT, v)),
+            None if self.revocation_enabled => find(revocation::CRLS_CURRENT).cloned(),
+            None => None,
+        };
         [
             Some(next(READY, &self.ready)),
             Some(next(CERTIFICATES_HEALTHY, &self.healthy)),
             rotation,
             kept_rotation,
             self.published.as_ref().map(|v| next(ROOT_PUBLISHED, v)),
+            crls,
         ]
         .into_iter()
         .flatten()

@@ -12,6 +12,7 @@ pub mod cacerts;
 pub mod decide;
 pub mod plan;
 pub mod publish;
+pub mod revocation;
 pub mod rotation;
 pub mod secret_data;
 pub mod tracking;

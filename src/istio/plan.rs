@@ -41,6 +41,9 @@ pub struct Observed {
     pub backend_ca: Option<CertificateSummary>,
     /// The `spec.publishRoot` ConfigMap (`None` when publishRoot is not set).
     pub published: Option<publish::Found>,
+    /// With `spec.revocation.enabled`: the issuer's revoked list and what its backend gives
+    /// for CRLs (`None`: the source names no issuer of ours, or revocation is off).
+    pub revocation: Option<super::revocation::Inputs>,
     pub now: Timestamp,
 }
 
@@ -62,6 +65,7 @@ impl std::fmt::Debug for Observed {
             .field("certificate", &self.certificate)
             .field("backend_ca", &self.backend_ca)
             .field("published", &self.published.is_some())
+            .field("revocation", &self.revocation.as_ref().map(|r| r.issuer.as_str()))
             .field("now", &self.now)
             .finish()
     }
@@ -182,6 +186,13 @@ impl std::fmt::Debug for CacertsWrite {
     }
 }
 
+/// A Certificate to be issued again, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reissue {
+    pub certificate: String,
+    pub message: String,
+}
+
 /// An event to publish about the IstioCACerts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedEvent {
@@ -199,6 +210,8 @@ pub struct MetricUpdates {
     pub rotation_phase: Option<&'static str>,
     /// `meshca_certificate_*` per kind (every kind, so a series that went away is dropped).
     pub certificates: Vec<(&'static str, Vec<CertificateSeries>)>,
+    /// `meshca_crl_next_update_timestamp_seconds` per CRL in `ca-crl.pem`: (its CA, unix seconds).
+    pub crls: Vec<(String, i64)>,
     /// `meshca_reconciles_total{controller="istiocacerts",outcome}`.
     pub reconcile: &'static str,
 }
@@ -220,6 +233,9 @@ pub struct Outcome {
     pub metrics: MetricUpdates,
     /// Step 7: look again then (the next window boundary or rotation delay); else on change.
     pub requeue_at: Option<Timestamp>,
+    /// Step 5b: ask cert-manager for a new intermediate (the issuer revoked this one), as
+    /// `cmctl renew` does: the Certificate's `Issuing` condition, set by us.
+    pub reissue: Option<Reissue>,
     /// What the status and events are made from, to redo them after a refusal.
     pub(super) basis: Basis,
 }

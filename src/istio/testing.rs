@@ -140,6 +140,7 @@ pub fn observed(icc: IstioCACerts, source: Option<&SourceBundle>) -> Observed {
         certificate: None,
         backend_ca: None,
         published: None,
+        revocation: None,
         now: t0(),
     }
 }

@@ -156,7 +156,7 @@ pub fn announcements(
     events
 }
 
-/// The events of Ready and CertificatesHealthy changing reason or status.
+/// The events of Ready, CertificatesHealthy and CRLsCurrent changing reason or status.
 fn condition_changes(
     previous: Option<&IstioCACertsStatus>,
     status: &IstioCACertsStatus,
@@ -167,7 +167,7 @@ fn condition_changes(
     let condition =
         |s: Option<&IstioCACertsStatus>, type_: &str| s.and_then(|s| conditions::find(&s.conditions, type_)).cloned();
     let mut events = Vec::new();
-    for type_ in [READY, CERTIFICATES_HEALTHY] {
+    for type_ in [READY, CERTIFICATES_HEALTHY, super::revocation::CRLS_CURRENT] {
         let (before, after) = (condition(previous, type_), condition(Some(status), type_));
         let Some(after) = after else { continue };
         let changed = before

@@ -2,8 +2,8 @@
 //! one v2 CRL per CA of `cert-chain.pem`, each signed by that CA's key, with a CRL number and a
 //! `nextUpdate`. istiod refuses a whole `cacerts` update when `ca-crl.pem` lacks a CRL signed by
 //! any certificate of the chain, and TLS stacks refuse an expired CRL, so [`check`] judges every
-//! CRL before it may be written. Pure: this is the building block of revocation, nothing writes
-//! `ca-crl.pem` yet.
+//! CRL before it may be written. Pure; `istio::revocation` decides which CRLs `ca-crl.pem`
+//! holds.
 
 use jiff::{SignedDuration, Timestamp};
 use rcgen::{CertificateRevocationListParams, Issuer, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber};
@@ -58,6 +58,13 @@ pub struct Revoked {
     pub serial: Vec<u8>,
     pub reason: Reason,
     pub revoked_at: Timestamp,
+}
+
+/// A CA's certificate and key, kept to sign its CRLs (the local CA backend's).
+#[derive(Clone, Debug)]
+pub struct CrlSigner {
+    pub certificate: Certificate,
+    pub key: std::sync::Arc<super::SigningKey>,
 }
 
 /// What to put in a CRL.

@@ -209,3 +209,27 @@ pub fn workload_verifies(leaf_and_chain: &str, roots: &[u8]) -> bool {
     let (leaf, untrusted) = leaf_and_chain.split_at(split);
     verify_leaf(leaf.as_bytes(), untrusted.as_bytes(), roots).is_ok()
 }
+
+/// openssl's verdict on the leaf of `leaf_and_chain` with the CRL of every CA of its chain
+/// checked (`-crl_check_all`, as Envoy checks a peer): `untrusted` holds the intermediates,
+/// `roots` the trust anchors, `crls` the PEM CRLs.
+pub fn verify_with_crls(leaf_and_chain: &str, untrusted: &[u8], roots: &[u8], crls: &[u8]) -> (bool, String) {
+    let dir = Workdir::new();
+    let end = "-----END CERTIFICATE-----\n";
+    let leaf = &leaf_and_chain[..leaf_and_chain.find(end).expect("a certificate") + end.len()];
+    dir.write("leaf.pem", leaf)
+        .write("untrusted.pem", untrusted)
+        .write("roots.pem", roots)
+        .write("crls.pem", crls);
+    dir.try_run(&[
+        "verify",
+        "-crl_check_all",
+        "-CAfile",
+        "roots.pem",
+        "-untrusted",
+        "untrusted.pem",
+        "-CRLfile",
+        "crls.pem",
+        "leaf.pem",
+    ])
+}

@@ -1,0 +1,718 @@
+//! `ca-crl.pem` for istiod (`spec.revocation`): one CRL for every CA of `cert-chain.pem`, or
+//! none at all. Pure: [`apply`] puts the CRL set into a planned bundle and says what the
+//! `CRLsCurrent` condition, `status.crl` and the requeue become.
+//!
+//! Why all or nothing: istiod refuses a whole `cacerts` update whose `ca-crl.pem` lacks a CRL
+//! signed by any certificate of `cert-chain.pem` (`missing CRL signed by certificates`), which
+//! would leave a renewal or a rotation stuck behind it. And why never an expired CRL: a TLS
+//! stack that checks CRLs refuses every handshake under a CA whose CRL has lapsed.
+//!
+//! Where each CRL comes from, for each CA of the chain:
+//! - the intermediate's is signed here with `ca-key.pem`, the key being written; it revokes
+//!   nothing (workload certificates live a day and are not revoked one by one);
+//! - the backend's CA, when the backend holds its key (the local CA), signs one listing the
+//!   issuer's `spec.revoked`;
+//! - any other CA's comes fetched (the issuer's `spec.crlFrom`, a backend's published CRL).
+//!
+//! A CRL already in `ca-crl.pem` is kept while it is outside its refresh window and still says
+//! what it should; one that cannot be replaced in time is kept until it expires, with the
+//! condition escalating, and is never replaced by nothing before that.
+
+use jiff::{SignedDuration, Timestamp};
+use std::collections::BTreeSet;
+
+use super::cacerts::{CA_CRL, CA_KEY, CacertsPlan, Target};
+use crate::api::issuer::{RevocationReason, RevokedCertificate};
+use crate::api::istio_cacerts::{CrlWindow, Revocation, TrackedCrl};
+use crate::duration::parse_go_duration;
+use crate::pki::Certificate;
+use crate::pki::crl::{self, Crl, CrlSigner, CrlSpec, Reason, Revoked};
+use crate::pki::key::SigningKey;
+use crate::pki::sign::CaSigner;
+
+/// The condition that says whether `ca-crl.pem` is complete and fresh (only with
+/// `spec.revocation.enabled`).
+pub const CRLS_CURRENT: &str = "CRLsCurrent";
+
+/// Reasons of [`CRLS_CURRENT`] and of Ready when the intermediate itself is revoked.
+pub mod reason {
+    /// Every CA of the chain has a CRL outside its refresh window.
+    pub const CURRENT: &str = "Current";
+    /// Some CA has no CRL that may be written: `ca-crl.pem` is not written at all.
+    pub const UNAVAILABLE: &str = "CRLUnavailable";
+    /// A CRL is past its refresh time and could not be replaced: it stays until it expires.
+    pub const REFRESH_DUE: &str = "CRLRefreshDue";
+    /// As REFRESH_DUE, with less than half the refresh window left.
+    pub const EXPIRING: &str = "CRLExpiring";
+    /// `spec.revocation` cannot be read (a bad duration).
+    pub const INVALID_SPEC: &str = "InvalidRevocationSpec";
+    /// Ready's reason: the issuer's `spec.revoked` lists the intermediate istiod signs with.
+    pub const INTERMEDIATE_REVOKED: &str = "IntermediateRevoked";
+}
+
+/// What observe found for revocation, from the issuer that signed the source.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// `MeshCAIssuer ns/name` or `ClusterMeshCAIssuer name`, for messages.
+    pub issuer: String,
+    /// The issuer's `spec.revoked`, read.
+    pub revoked: Vec<Revoked>,
+    /// The backend's CA key, when the backend signs CRLs here.
+    pub signer: Option<CrlSigner>,
+    /// CRLs fetched for CAs whose keys are elsewhere (`spec.crlFrom`, the backend's own).
+    pub fetched: Vec<Crl>,
+    /// What could not be read or had to be refused; shown in the condition.
+    pub problems: Vec<String>,
+}
+
+/// The issuer's `spec.revoked`, read: entries without `revokedAt` date from `changed` (when
+/// the list was last written), else from the epoch's start of the CRL (never the future). An
+/// entry that cannot be read is left out and named.
+pub fn revoked(entries: &[RevokedCertificate], changed: Option<Timestamp>) -> (Vec<Revoked>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut out = Vec::new();
+    for entry in entries {
+        let serial = match crl::parse_serial(&entry.serial_number) {
+            Ok(serial) => serial,
+            Err(why) => {
+                problems.push(format!("spec.revoked: {why}; that entry is left out"));
+                continue;
+            }
+        };
+        let revoked_at = match entry.revoked_at.as_deref().map(str::parse::<Timestamp>) {
+            Some(Ok(at)) => at,
+            Some(Err(_)) => {
+                problems.push(format!(
+                    "spec.revoked: revokedAt of serial {} is not an RFC 3339 time; the time the list was changed is used",
+                    entry.serial_number
+                ));
+                changed.unwrap_or(Timestamp::UNIX_EPOCH)
+            }
+            None => changed.unwrap_or(Timestamp::UNIX_EPOCH),
+        };
+        let reason = match entry.reason {
+            RevocationReason::Unspecified => Reason::Unspecified,
+            RevocationReason::KeyCompromise => Reason::KeyCompromise,
+            RevocationReason::CaCompromise => Reason::CaCompromise,
+            RevocationReason::Superseded => Reason::Superseded,
+            RevocationReason::CessationOfOperation => Reason::CessationOfOperation,
+        };
+        out.push(Revoked {
+            serial,
+            reason,
+            revoked_at,
+        });
+    }
+    (out, problems)
+}
+
+/// `spec.revocation`, read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub validity: SignedDuration,
+    pub refresh_before: SignedDuration,
+}
+
+impl Settings {
+    /// Reads `crlValidity` and `refreshBefore` (default a third of the validity).
+    pub fn of(spec: &Revocation) -> Result<Self, String> {
+        let read = |field: &str, text: &str| {
+            parse_go_duration(text)
+                .ok()
+                .and_then(|d| SignedDuration::try_from(d).ok())
+                .ok_or_else(|| format!("spec.revocation.{field} {text:?} is not a Go duration (e.g. 72h)"))
+        };
+        let validity = read("crlValidity", &spec.crl_validity)?;
+        if validity < SignedDuration::from_secs(1) {
+            return Err(format!(
+                "spec.revocation.crlValidity {} is shorter than 1s",
+                spec.crl_validity
+            ));
+        }
+        let refresh_before = match &spec.refresh_before {
+            Some(text) => read("refreshBefore", text)?,
+            None => validity / 3,
+        };
+        if refresh_before <= SignedDuration::ZERO || refresh_before >= validity {
+            return Err(format!(
+                "spec.revocation.refreshBefore ({refresh_before:#}) must be above zero and below crlValidity ({validity:#})"
+            ));
+        }
+        Ok(Self {
+            validity,
+            refresh_before,
+        })
+    }
+}
+
+/// The CRL set of one decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// `CRLsCurrent`: (ok, reason, message).
+    pub condition: (bool, &'static str, String),
+    /// `status.crl`: what `ca-crl.pem` holds after the write.
+    pub tracked: Vec<TrackedCrl>,
+    /// When to look again: the next refresh or escalation time, or soon when one is overdue.
+    pub requeue_at: Option<Timestamp>,
+    /// Set when the issuer's `spec.revoked` lists the intermediate being written.
+    pub intermediate_revoked: Option<String>,
+}
+
+/// How often a CRL that is due but cannot be replaced is tried again.
+const RETRY_OVERDUE: SignedDuration = SignedDuration::from_secs(30);
+
+/// Where one CA's CRL came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// The one in place, still good.
+    Kept,
+    /// Signed now.
+    Signed,
+    /// Fetched, newer than the one in place.
+    Fetched,
+    /// The one in place, past its refresh time: nothing better could be had.
+    Overdue,
+}
+
+/// Puts `ca-crl.pem` into `plan` (or takes it out) as `spec` says, and re-judges whether the
+/// plan changes the target. `None`: revocation is off, and `ca-crl.pem` is not written.
+pub fn apply(
+    mut plan: CacertsPlan,
+    target: &Target,
+    spec: Option<&Revocation>,
+    inputs: Option<&Inputs>,
+    now: Timestamp,
+) -> (CacertsPlan, Option<Verdict>) {
+    let Some(spec) = spec.filter(|s| s.enabled) else {
+        return (plan, None);
+    };
+    let existing = match target {
+        Target::Present { data, .. } => Some(data),
+        Target::Absent => None,
+    };
+    let in_place = existing
+        .and_then(|d| d.get(CA_CRL))
+        .and_then(|pem| Crl::parse_pem_bundle(pem, "ca-crl.pem").ok())
+        .unwrap_or_default();
+    let verdict = match Settings::of(spec) {
+        // The CRLs in place stay as they are: a typo in the spec must not strip them.
+        Err(why) => {
+            match existing.and_then(|d| d.get(CA_CRL)) {
+                Some(pem) => plan.data.insert(CA_CRL.to_string(), pem.clone()),
+                None => plan.data.remove(CA_CRL),
+            };
+            Verdict {
+                condition: (false, reason::INVALID_SPEC, why),
+                tracked: Vec::new(),
+                requeue_at: None,
+                intermediate_revoked: None,
+            }
+        }
+        Ok(settings) => {
+            let default_inputs = Inputs::default();
+            let inputs = inputs.unwrap_or(&default_inputs);
+            let (pem, verdict) = crl_set(&plan, &in_place, inputs, &settings, now);
+            match pem {
+                Some(pem) => plan.data.insert(CA_CRL.to_string(), pem),
+                None => plan.data.remove(CA_CRL),
+            };
+            verdict
+        }
+    };
+    // Judged anew on the whole data, as the plan's own steps judge it: the plan was made
+    // without ca-crl.pem, so against a target holding one it always looked changed.
+    plan.changed = existing != Some(&plan.data);
+    (plan, Some(verdict))
+}
+
+/// One CRL per CA of the chain, or `None` and why.
+fn crl_set(
+    plan: &CacertsPlan,
+    in_place: &[Crl],
+    inputs: &Inputs,
+    settings: &Settings,
+    now: Timestamp,
+) -> (Option<Vec<u8>>, Verdict) {
+    let chain = &plan.contents.chain;
+    let intermediate_key = plan.data.get(CA_KEY).and_then(|pem| SigningKey::from_pem(pem).ok());
+    let mut chosen: Vec<(Certificate, Crl, Origin)> = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
+    let mut problems = inputs.problems.clone();
+    for (i, ca) in chain.iter().enumerate() {
+        let current = in_place
+            .iter()
+            .filter(|c| c.is_signed_by(ca))
+            .max_by_key(|c| c.number());
+        // What this CA's CRL must list when it is signed here.
+        let key: Option<(&SigningKey, Vec<Revoked>)> = if i == 0 {
+            intermediate_key.as_ref().map(|k| (k, Vec::new()))
+        } else {
+            inputs
+                .signer
+                .as_ref()
+                .filter(|s| s.certificate == *ca)
+                .map(|s| (s.key.as_ref(), inputs.revoked.clone()))
+        };
+        let fresh = |c: &Crl| crl::check(c, ca, None, now, settings.refresh_before).is_ok();
+        let lists = |c: &Crl, revoked: &[Revoked]| {
+            serial_set(c.revoked_serials().iter().map(String::as_str))
+                == revoked.iter().map(|r| canonical(&r.serial)).collect::<BTreeSet<_>>()
+        };
+        let pick = match &key {
+            Some((_, revoked)) if current.is_some_and(|c| fresh(c) && lists(c, revoked)) => {
+                current.map(|c| (c.clone(), Origin::Kept))
+            }
+            Some((key, revoked)) => {
+                let previous = current.and_then(Crl::number);
+                let crl_spec = CrlSpec {
+                    // Seconds since the epoch: grows with time with no state kept, and past the
+                    // number in place should the clock ever step back.
+                    number: u64::try_from(now.as_second())
+                        .unwrap_or(0)
+                        .max(previous.map_or(1, |p| p.saturating_add(1))),
+                    this_update: now,
+                    next_update: now + settings.validity,
+                    revoked: revoked.clone(),
+                };
+                let signer = CaSigner { certificate: ca, key };
+                match crl::issue(&crl_spec, &signer)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| crl::check(&c, ca, previous, now, settings.refresh_before).map(|()| c))
+                {
+                    Ok(c) => Some((c, Origin::Signed)),
+                    Err(why) => {
+                        problems.push(why);
+                        None
+                    }
+                }
+            }
+            None => {
+                // Fetched CRLs: the newest that may be written, unless the one in place is
+                // at least as new and still fresh.
+                let fetched = inputs
+                    .fetched
+                    .iter()
+                    .filter(|c| c.is_signed_by(ca))
+                    .filter(|c| {
+                        let previous = current.filter(|p| p.der() != c.der()).and_then(Crl::number);
+                        match crl::check(c, ca, previous, now, settings.refresh_before) {
+                            Ok(()) => true,
+                            Err(why) => {
+                                problems.push(format!("fetched: {why}"));
+                                false
+                            }
+                        }
+                    })
+                    .max_by_key(|c| c.number());
+                match (fetched, current) {
+                    (Some(f), Some(c)) if f.number() <= c.number() && fresh(c) => Some((c.clone(), Origin::Kept)),
+                    (Some(f), _) => Some((f.clone(), Origin::Fetched)),
+                    (None, Some(c)) if fresh(c) => Some((c.clone(), Origin::Kept)),
+                    _ => None,
+                }
+            }
+        };
+        // Nothing better: the one in place, until it expires.
+        let pick = pick.or_else(|| {
+            current
+                .filter(|c| c.next_update().is_some_and(|n| n > now))
+                .map(|c| (c.clone(), Origin::Overdue))
+        });
+        match pick {
+            Some((crl, origin)) => chosen.push((ca.clone(), crl, origin)),
+            None => missing.push(ca.subject()),
+        }
+    }
+
+    let intermediate = &plan.contents.intermediate;
+    let own_serial = canonical(&hex_bytes(&intermediate.serial_hex()));
+    let intermediate_revoked = inputs
+        .revoked
+        .iter()
+        .any(|r| canonical(&r.serial) == own_serial)
+        .then(|| {
+            format!(
+                "{} lists the intermediate istiod signs with ({}, serial {}) as revoked: peers that load this mesh's CRLs refuse its workloads. A new intermediate is requested from cert-manager",
+                if inputs.issuer.is_empty() { "the issuer" } else { inputs.issuer.as_str() },
+                intermediate.subject(),
+                intermediate.serial_hex()
+            )
+        });
+    let problems_text = if problems.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", problems.join("; "))
+    };
+    if !missing.is_empty() {
+        let verdict = Verdict {
+            condition: (
+                false,
+                reason::UNAVAILABLE,
+                format!(
+                    "no CRL that may be written for {}{problems_text}. ca-crl.pem is not written, because istiod refuses a ca-crl.pem that lacks the CRL of any CA of cert-chain.pem; cacerts is renewed as usual without it",
+                    missing.join(", ")
+                ),
+            ),
+            tracked: Vec::new(),
+            requeue_at: Some(now + RETRY_OVERDUE),
+            intermediate_revoked,
+        };
+        return (None, verdict);
+    }
+
+    let tracked: Vec<TrackedCrl> = chosen
+        .iter()
+        .map(|(ca, crl, _)| tracked(ca, crl, settings, now))
+        .collect();
+    let overdue: Vec<&(Certificate, Crl, Origin)> = chosen.iter().filter(|(_, _, o)| *o == Origin::Overdue).collect();
+    let condition = match overdue
+        .iter()
+        .map(|(ca, crl, _)| (ca, crl))
+        .min_by_key(|(_, c)| c.next_update())
+    {
+        None => (
+            true,
+            reason::CURRENT,
+            format!(
+                "ca-crl.pem holds {} CRLs, one for each CA of cert-chain.pem ({}); the next is replaced at {}",
+                chosen.len(),
+                chosen
+                    .iter()
+                    .map(|(ca, crl, _)| format!("{} number {}", ca.subject(), crl.number().unwrap_or(0)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                tracked.iter().map(|t| t.refresh_at.as_str()).min().unwrap_or_default()
+            ),
+        ),
+        Some((ca, crl)) => {
+            let next_update = crl.next_update().unwrap_or(now);
+            let left = next_update.duration_since(now);
+            let expiring = left <= settings.refresh_before / 2;
+            (
+                false,
+                if expiring {
+                    reason::EXPIRING
+                } else {
+                    reason::REFRESH_DUE
+                },
+                format!(
+                    "the CRL of {} is past its refresh time and could not be replaced{problems_text}. The one in place stays until its nextUpdate {next_update} ({left:#} from now); after that ca-crl.pem is no longer written, so that no proxy meets an expired CRL",
+                    ca.subject(),
+                ),
+            )
+        }
+    };
+    let requeue_at = chosen
+        .iter()
+        .flat_map(|(_, crl, origin)| {
+            let next_update = crl.next_update().unwrap_or(now);
+            match origin {
+                Origin::Overdue => vec![
+                    now + RETRY_OVERDUE,
+                    next_update - settings.refresh_before / 2,
+                    next_update,
+                ],
+                _ => vec![next_update - settings.refresh_before],
+            }
+        })
+        .filter(|t| *t > now)
+        .min();
+    let pem: String = chosen.iter().map(|(_, crl, _)| crl.to_pem()).collect();
+    (
+        Some(pem.into_bytes()),
+        Verdict {
+            condition,
+            tracked,
+            requeue_at,
+            intermediate_revoked,
+        },
+    )
+}
+
+fn tracked(ca: &Certificate, crl: &Crl, settings: &Settings, now: Timestamp) -> TrackedCrl {
+    let next_update = crl.next_update().unwrap_or(now);
+    let refresh_at = next_update - settings.refresh_before;
+    let window = if now < refresh_at {
+        CrlWindow::Current
+    } else if next_update.duration_since(now) <= settings.refresh_before / 2 {
+        CrlWindow::Expiring
+    } else {
+        CrlWindow::RefreshDue
+    };
+    TrackedCrl {
+        issuer: ca.subject(),
+        ca_fingerprint_sha256: ca.fingerprint(),
+        number: crl.number().unwrap_or(0),
+        this_update: crl.this_update().to_string(),
+        next_update: next_update.to_string(),
+        refresh_at: refresh_at.to_string(),
+        revoked_serials: crl.revoked_serials(),
+        window,
+    }
+}
+
+/// Serials compared as numbers: leading zero bytes (DER keeps one to stay positive) ignored.
+fn serial_set<'a>(serials: impl Iterator<Item = &'a str>) -> BTreeSet<Vec<u8>> {
+    serials.map(|s| canonical(&hex_bytes(s))).collect()
+}
+
+fn canonical(serial: &[u8]) -> Vec<u8> {
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+    serial[start..].to_vec()
+}
+
+fn hex_bytes(text: &str) -> Vec<u8> {
+    crl::parse_serial(text).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::api::istio_cacerts::AdoptExisting;
+    use crate::istio::cacerts;
+    use crate::istio::testing::{DAY, HOUR, root, source_under, t0};
+
+    fn enabled() -> Revocation {
+        Revocation {
+            enabled: true,
+            crl_validity: "72h".into(),
+            refresh_before: None,
+        }
+    }
+
+    /// A chain under a fresh root, planned into an absent target; and the local CA's inputs.
+    fn setup() -> (CacertsPlan, Inputs, (Certificate, SigningKey)) {
+        let r = root(3650);
+        let source = source_under(&r);
+        let plan = cacerts::plan(&source, &Target::Absent, "mesh", &AdoptExisting::default(), t0()).unwrap();
+        let inputs = Inputs {
+            issuer: "ClusterMeshCAIssuer mesh-root".into(),
+            signer: Some(CrlSigner {
+                certificate: r.0.clone(),
+                key: Arc::new(SigningKey::from_pem(r.1.to_pem().as_bytes()).unwrap()),
+            }),
+            ..Default::default()
+        };
+        (plan, inputs, r)
+    }
+
+    /// The target as the write of `plan` leaves it.
+    fn written(plan: &CacertsPlan) -> Target {
+        Target::Present {
+            data: plan.data.clone(),
+            owner: Some("mesh".into()),
+        }
+    }
+
+    fn crls(plan: &CacertsPlan) -> Vec<Crl> {
+        plan.data
+            .get(CA_CRL)
+            .map(|pem| Crl::parse_pem_bundle(pem, "ca-crl.pem").unwrap())
+            .unwrap_or_default()
+    }
+
+    fn revoked(serial: &str) -> Revoked {
+        Revoked {
+            serial: crl::parse_serial(serial).unwrap(),
+            reason: Reason::KeyCompromise,
+            revoked_at: t0() - HOUR,
+        }
+    }
+
+    /// The local CA's chain gets one CRL per CA, kept while fresh and re-signed with a larger
+    /// number inside its refresh window or when the revoked list changes.
+    #[test]
+    fn a_local_chain_gets_a_crl_for_every_ca_kept_fresh() {
+        let (plan, mut inputs, r) = setup();
+        let intermediate = plan.contents.intermediate.clone();
+        let spec = enabled();
+        let (first, verdict) = apply(plan.clone(), &Target::Absent, Some(&spec), Some(&inputs), t0());
+        let verdict = verdict.unwrap();
+        let set = crls(&first);
+        assert!(verdict.condition.0, "{:?}", verdict.condition);
+        assert_eq!(verdict.condition.1, reason::CURRENT);
+        assert_eq!(set.len(), 2);
+        assert!(set[0].is_signed_by(&intermediate) && set[1].is_signed_by(&r.0));
+        assert_eq!(set[1].number(), Some(1_800_000_000));
+        assert_eq!(verdict.tracked.len(), 2);
+        assert_eq!(verdict.tracked[1].window, CrlWindow::Current);
+        assert_eq!(
+            verdict.requeue_at,
+            Some(t0() + DAY * 2),
+            "refreshBefore is a third of 72h"
+        );
+        assert!(first.changed && verdict.intermediate_revoked.is_none());
+
+        // Written, and looked at again an hour later: nothing changes.
+        let target = written(&first);
+        let (again, _) = apply(plan.clone(), &target, Some(&spec), Some(&inputs), t0() + HOUR);
+        assert!(!again.changed, "a fresh set is kept byte for byte");
+
+        // A serial revoked at the issuer: the root's CRL is signed again, listing it.
+        inputs.revoked = vec![revoked("0B:AD")];
+        let (revoking, verdict) = apply(plan.clone(), &target, Some(&spec), Some(&inputs), t0() + HOUR);
+        let set = crls(&revoking);
+        assert!(revoking.changed);
+        assert_eq!(set[0], crls(&first)[0], "the intermediate's CRL is kept");
+        assert_eq!(set[1].revoked_serials(), vec!["0bad"]);
+        assert!(set[1].number() > crls(&first)[1].number());
+        assert_eq!(verdict.unwrap().tracked[1].revoked_serials, vec!["0bad"]);
+
+        // Inside the refresh window: both are signed again, with larger numbers.
+        let later = t0() + DAY * 2 + HOUR;
+        let (refreshed, verdict) = apply(plan.clone(), &written(&revoking), Some(&spec), Some(&inputs), later);
+        let (old, new) = (crls(&revoking), crls(&refreshed));
+        assert!(new[0].number() > old[0].number() && new[1].number() > old[1].number());
+        assert_eq!(new[1].next_update(), Some(later + HOUR * 72));
+        assert_eq!(verdict.unwrap().condition.1, reason::CURRENT);
+    }
+
+    /// A CA with no CRL to be had: nothing is written (istiod would refuse the whole bundle);
+    /// one in place is kept until it expires, the condition escalating; an expired one goes.
+    #[test]
+    fn without_a_crl_for_every_ca_none_is_written_and_one_in_place_stays_until_it_expires() {
+        let (plan, inputs, r) = setup();
+        let spec = enabled();
+        let unreachable = Inputs {
+            signer: None,
+            problems: vec!["reading Secret cert-manager/mesh-root: connection refused".into()],
+            ..inputs.clone()
+        };
+        let (none, verdict) = apply(plan.clone(), &Target::Absent, Some(&spec), Some(&unreachable), t0());
+        let verdict = verdict.unwrap();
+        assert!(!none.data.contains_key(CA_CRL));
+        assert_eq!(verdict.condition.1, reason::UNAVAILABLE);
+        assert!(verdict.condition.2.contains(&r.0.subject()), "{}", verdict.condition.2);
+        assert!(
+            verdict.condition.2.contains("connection refused"),
+            "{}",
+            verdict.condition.2
+        );
+        assert!(verdict.tracked.is_empty());
+
+        let (first, _) = apply(plan.clone(), &Target::Absent, Some(&spec), Some(&inputs), t0());
+        let target = written(&first);
+        let cases = [
+            (t0() + HOUR, Some(reason::CURRENT), true),
+            (t0() + DAY * 2 + HOUR, Some(reason::REFRESH_DUE), true),
+            (t0() + DAY * 2 + HOUR * 13, Some(reason::EXPIRING), true),
+            (t0() + DAY * 3 + HOUR, Some(reason::UNAVAILABLE), false),
+        ];
+        for (at, want, kept) in cases {
+            let (out, verdict) = apply(plan.clone(), &target, Some(&spec), Some(&unreachable), at);
+            let verdict = verdict.unwrap();
+            assert_eq!(Some(verdict.condition.1), want, "at {at}: {}", verdict.condition.2);
+            let root_crl = crls(&out).get(1).cloned();
+            assert_eq!(root_crl.is_some(), kept, "at {at}");
+            if let Some(root_crl) = root_crl {
+                assert_eq!(root_crl, crls(&first)[1], "the root's CRL in place is kept as it is");
+                assert!(root_crl.next_update().unwrap() > at, "never an expired CRL");
+            }
+        }
+    }
+
+    /// Fetched CRLs are written only when signed by their CA and fresh; anything else is
+    /// refused by name and leaves the CA without a CRL.
+    #[test]
+    fn fetched_crls_must_be_signed_by_their_ca_and_fresh() {
+        let (plan, inputs, r) = setup();
+        let other = root(3650);
+        let sign = |ca: &(Certificate, SigningKey), number: u64, valid: SignedDuration| {
+            crl::issue(
+                &CrlSpec {
+                    number,
+                    this_update: t0() - HOUR,
+                    next_update: t0() + valid,
+                    revoked: vec![revoked("07")],
+                },
+                &CaSigner {
+                    certificate: &ca.0,
+                    key: &ca.1,
+                },
+            )
+            .unwrap()
+        };
+        let fetching = |fetched: Vec<Crl>| Inputs {
+            signer: None,
+            fetched,
+            ..inputs.clone()
+        };
+        let cases = [
+            ("the root's own", vec![sign(&r, 5, DAY * 7)], Some(5)),
+            ("another CA's", vec![sign(&other, 5, DAY * 7)], None),
+            ("inside its refresh window", vec![sign(&r, 5, HOUR * 2)], None),
+            (
+                "the newest of two",
+                vec![sign(&r, 5, DAY * 7), sign(&r, 6, DAY * 7)],
+                Some(6),
+            ),
+        ];
+        for (case, fetched, want) in cases {
+            let (out, verdict) = apply(
+                plan.clone(),
+                &Target::Absent,
+                Some(&enabled()),
+                Some(&fetching(fetched)),
+                t0(),
+            );
+            let verdict = verdict.unwrap();
+            assert_eq!(
+                crls(&out).get(1).and_then(Crl::number),
+                want,
+                "{case}: {}",
+                verdict.condition.2
+            );
+            if want.is_none() {
+                assert_eq!(verdict.condition.1, reason::UNAVAILABLE, "{case}");
+                assert!(!out.data.contains_key(CA_CRL), "{case}");
+            }
+        }
+    }
+
+    /// The issuer revoking the very intermediate being written is said; a spec that cannot be
+    /// read leaves what is in place; revocation off writes no ca-crl.pem.
+    #[test]
+    fn a_revoked_intermediate_a_bad_spec_and_revocation_off() {
+        let (plan, mut inputs, _) = setup();
+        let serial = plan.contents.intermediate.serial_hex();
+        inputs.revoked = vec![revoked(&serial)];
+        let (_, verdict) = apply(plan.clone(), &Target::Absent, Some(&enabled()), Some(&inputs), t0());
+        let message = verdict.unwrap().intermediate_revoked.expect("said");
+        assert!(
+            message.contains(&serial) && message.contains("ClusterMeshCAIssuer mesh-root"),
+            "{message}"
+        );
+
+        inputs.revoked.clear();
+        let (first, _) = apply(plan.clone(), &Target::Absent, Some(&enabled()), Some(&inputs), t0());
+        let bad = Revocation {
+            refresh_before: Some("80h".into()),
+            ..enabled()
+        };
+        let (out, verdict) = apply(plan.clone(), &written(&first), Some(&bad), Some(&inputs), t0());
+        let verdict = verdict.unwrap();
+        assert_eq!(verdict.condition.1, reason::INVALID_SPEC);
+        assert!(
+            verdict.condition.2.contains("below crlValidity"),
+            "{}",
+            verdict.condition.2
+        );
+        assert_eq!(out.data.get(CA_CRL), first.data.get(CA_CRL));
+
+        let off = Revocation {
+            enabled: false,
+            ..enabled()
+        };
+        let (out, verdict) = apply(plan.clone(), &Target::Absent, Some(&off), Some(&inputs), t0());
+        assert!(verdict.is_none() && !out.data.contains_key(CA_CRL));
+        assert!(
+            Settings::of(&Revocation {
+                crl_validity: "soon".into(),
+                ..enabled()
+            })
+            .is_err()
+        );
+    }
+}

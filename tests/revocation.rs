@@ -1,0 +1,302 @@
+//! Revocation on a real API server (`spec.revocation`, istiod's `ca-crl.pem`), with the local CA
+//! backend. Every `cacerts` written is judged independently: Go with istiod's rule (a CRL
+//! signed by every CA of `cert-chain.pem`), `openssl crl -verify` of each CRL against its CA,
+//! and `openssl verify -crl_check_all` of a workload certificate, as Envoy checks a peer.
+//!
+//! cert-manager is the stand-in of `support::mesh` (it writes the source Secret and the
+//! Certificate's status); what these tests prove is what our controller writes and asks for.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use mesh_ca_issuer::api::cert_manager::Certificate as CertManagerCertificate;
+use mesh_ca_issuer::api::issuer::MeshCAIssuer;
+use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, Revocation};
+use mesh_ca_issuer::pki::Certificate;
+use mesh_ca_issuer::pki::crl::Crl;
+use support::mesh::{Cluster, SOURCE, workload};
+use support::objects::condition;
+use support::openssl::{Workdir, verify_with_crls};
+use support::{ScopeLock, cert_manager as cm, eventually, goverify, issuer::a_year_at_most};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn revoking(validity: &str, refresh_before: &str) -> IstioCACertsSpec {
+    IstioCACertsSpec {
+        revocation: Some(Revocation {
+            enabled: true,
+            crl_validity: validity.into(),
+            refresh_before: Some(refresh_before.into()),
+        }),
+        ..support::mesh::publishing("cluster.local", None)
+    }
+}
+
+fn crls(data: &BTreeMap<String, Vec<u8>>) -> Vec<Crl> {
+    data.get("ca-crl.pem")
+        .map(|pem| Crl::parse_pem_bundle(pem, "ca-crl.pem").expect("ca-crl.pem parses"))
+        .unwrap_or_default()
+}
+
+fn chain(data: &BTreeMap<String, Vec<u8>>) -> Vec<Certificate> {
+    Certificate::parse_pem_bundle(&data["cert-chain.pem"], "cert-chain.pem").expect("chain")
+}
+
+/// The intermediates of a chain (all but its last, the root), as PEM.
+fn untrusted(data: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    let chain = chain(data);
+    chain[..chain.len() - 1]
+        .iter()
+        .map(Certificate::to_pem)
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Every judge on the `cacerts` just read: [`judge_signatures`], and a workload certificate
+/// under it verified now with every CRL checked (which also refuses an expired CRL).
+fn judge(data: &BTreeMap<String, Vec<u8>>) {
+    judge_signatures(data);
+    let leaf = workload(data, "spiffe://cluster.local/ns/default/sa/x");
+    let (ok, said) = verify_with_crls(&leaf, &untrusted(data), &data["root-cert.pem"], &data["ca-crl.pem"]);
+    assert!(ok, "a workload certificate with every CRL checked: {said}");
+}
+
+/// The judges that hold for any version, whenever it was written: istiod's rule in Go and
+/// `openssl crl -verify` of each CRL with its CA.
+fn judge_signatures(data: &BTreeMap<String, Vec<u8>>) {
+    assert_eq!(goverify::istiod_loads(data), Ok(()), "istiod's rule");
+    let chain = chain(data);
+    let crls = crls(data);
+    assert_eq!(crls.len(), chain.len(), "one CRL per CA of cert-chain.pem");
+    for (ca, crl) in chain.iter().zip(&crls) {
+        let dir = Workdir::new();
+        dir.write("crl.pem", crl.to_pem()).write("ca.pem", ca.to_pem());
+        let (ok, said) = dir.try_run(&["crl", "-in", "crl.pem", "-CAfile", "ca.pem", "-noout"]);
+        assert!(ok && said.contains("verify OK"), "{}: {said}", ca.subject());
+    }
+}
+
+async fn one_cluster(prefix: &str) -> (Cluster, ScopeLock) {
+    let lock = ScopeLock::shared().await;
+    let namespace = format!("{prefix}-{}", support::unique_suffix());
+    let mut cluster = Cluster::start(support::kubeconfig(), &namespace, "mesh", "cluster.local").await;
+    cluster.timeout = TIMEOUT;
+    cluster
+        .local_issuer("root", "mesh-root", "87600h", a_year_at_most())
+        .await;
+    (cluster, lock)
+}
+
+async fn wait_crls(cluster: &Cluster, reason: &str) -> IstioCACerts {
+    cluster.wait_condition("CRLsCurrent", reason).await
+}
+
+/// Proofs 1 and 3: every write carries a CRL for the intermediate and the root that all judges
+/// accept; over several cycles each CRL is replaced before it lapses; with the root's key out
+/// of reach the CRL in place stays while the condition escalates, and once it has lapsed
+/// `ca-crl.pem` is no longer written (never an expired one); back in reach, it is current again.
+#[tokio::test]
+async fn every_write_carries_fresh_crls_and_one_that_cannot_be_refreshed_is_kept_until_it_lapses() {
+    let (cluster, _lock) = one_cluster("revocation-fresh").await;
+    cluster.issue("root").await;
+    let history = cluster.record_cacerts();
+    let started = Instant::now();
+    cluster.create_icc(revoking("8s", "4s")).await;
+    wait_crls(&cluster, "Current").await;
+    let first_write = started.elapsed();
+
+    // Several refresh cycles: the root's CRL number changes each time.
+    let cycles = eventually(TIMEOUT, || async {
+        let numbers: std::collections::BTreeSet<u64> = history
+            .versions()
+            .iter()
+            .filter_map(|(_, _, d)| crls(d).last().and_then(Crl::number))
+            .collect();
+        (numbers.len() >= 4).then_some(numbers.len())
+    })
+    .await
+    .expect("the root's CRL is refreshed over several cycles");
+    judge(&cluster.cacerts().await);
+    let versions = history.versions();
+    for (_, _, data) in &versions {
+        judge_signatures(data);
+    }
+    // Each CRL was replaced before it lapsed: the next write's thisUpdate (when it was signed,
+    // just before the write) is before the previous nextUpdate, for every CA.
+    for pair in versions.windows(2) {
+        let (before, after) = (crls(&pair[0].2), crls(&pair[1].2));
+        for (b, a) in before.iter().zip(&after) {
+            assert!(
+                a.this_update() <= b.next_update().expect("nextUpdate"),
+                "a CRL lapsed before its successor: {b:?} then {a:?}"
+            );
+        }
+        let gap = pair[1].1.duration_since(pair[0].1);
+        assert!(
+            gap < Duration::from_secs(8),
+            "writes {gap:?} apart, longer than crlValidity"
+        );
+    }
+    let icc = cluster.icc().await;
+    let status = icc.status.expect("status");
+    assert_eq!(status.crl.len(), 2, "{:#?}", status.crl);
+    eprintln!(
+        "first write with CRLs {first_write:?} after the IstioCACerts was created; {cycles} root CRL numbers in {:?}; CRL sizes {:?} bytes",
+        started.elapsed(),
+        crls(&versions[versions.len() - 1].2)
+            .iter()
+            .map(|c| c.der().len())
+            .collect::<Vec<_>>()
+    );
+
+    // Longer-lived CRLs, so each stage can be seen; then the root's key out of reach.
+    cluster
+        .patch_icc(serde_json::json!({"spec": {"revocation": {"crlValidity": "40s", "refreshBefore": "30s"}}}))
+        .await;
+    let fresh = eventually(TIMEOUT, || async {
+        let data = cluster.cacerts().await;
+        let root_crl = crls(&data).pop()?;
+        let life = root_crl.next_update()?.duration_since(root_crl.this_update());
+        (life.as_secs() == 40).then_some(root_crl)
+    })
+    .await
+    .expect("a CRL signed for 40s");
+    let issuers: kube::Api<MeshCAIssuer> = cluster.ns.api();
+    issuers
+        .patch(
+            "root",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"localCA": {"secretName": "no-such-root", "bootstrap": null}}})),
+        )
+        .await
+        .expect("point the issuer elsewhere");
+    let lapse = fresh.next_update().expect("nextUpdate");
+    for reason in ["CRLRefreshDue", "CRLExpiring"] {
+        let icc = wait_crls(&cluster, reason).await;
+        let message = condition(&icc, "CRLsCurrent").expect("condition").message.clone();
+        assert!(message.contains("no-such-root"), "{message}");
+        let data = cluster.cacerts().await;
+        assert_eq!(
+            crls(&data).pop().as_ref(),
+            Some(&fresh),
+            "the root's CRL in place is kept"
+        );
+        judge(&data);
+    }
+    let icc = wait_crls(&cluster, "CRLUnavailable").await;
+    assert!(Timestamp::now() >= lapse, "not removed before it lapsed");
+    let data = cluster.cacerts().await;
+    assert!(!data.contains_key("ca-crl.pem"), "a lapsed CRL is not written");
+    assert_eq!(goverify::istiod_loads(&data), Ok(()));
+    assert_eq!(
+        condition(&icc, "Ready").map(|c| c.reason.as_str()),
+        Some("Synced"),
+        "cacerts stays Ready without CRLs"
+    );
+    // No write ever held an expired CRL.
+    for (_, _, data) in history.versions() {
+        if data.contains_key("ca-crl.pem") {
+            assert_eq!(goverify::istiod_loads(&data), Ok(()));
+        }
+    }
+
+    issuers
+        .patch(
+            "root",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"localCA": {"secretName": "mesh-root"}}})),
+        )
+        .await
+        .expect("back to the root");
+    wait_crls(&cluster, "Current").await;
+    let data = cluster.cacerts().await;
+    judge(&data);
+    assert!(
+        crls(&data).pop().and_then(|c| c.number()) > fresh.number(),
+        "numbers only grow"
+    );
+}
+
+/// Revoking the intermediate `cacerts` holds: on the issuer's change the root's CRL lists it
+/// (openssl then refuses the workloads under it), Ready says so, and cert-manager is asked for
+/// a new one through the Certificate's `Issuing` condition, once. The new intermediate is not
+/// revoked, and its workloads verify with every CRL checked.
+#[tokio::test]
+async fn a_revoked_intermediate_is_listed_said_and_replaced() {
+    let (cluster, _lock) = one_cluster("revocation-revoke").await;
+    let cr = cluster.issue("root").await;
+    cm::record_certificate(&cluster.client, &cluster.ns.name, SOURCE, SOURCE, &cr, None).await;
+    cluster.create_icc(revoking("72h", "24h")).await;
+    wait_crls(&cluster, "Current").await;
+    let before = cluster.cacerts().await;
+    judge(&before);
+    let intermediate = chain(&before).remove(0);
+    let serial = intermediate.serial_hex();
+
+    let issuers: kube::Api<MeshCAIssuer> = cluster.ns.api();
+    let started = Instant::now();
+    issuers
+        .patch(
+            "root",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"revoked": [
+                {"serialNumber": serial, "reason": "keyCompromise", "revokedAt": Timestamp::now().to_string()}
+            ]}})),
+        )
+        .await
+        .expect("revoke");
+    let listed = eventually(TIMEOUT, || async {
+        let data = cluster.cacerts().await;
+        crls(&data)
+            .pop()
+            .is_some_and(|c| c.revoked_serials() == vec![serial.to_ascii_lowercase()])
+            .then_some(data)
+    })
+    .await
+    .expect("the root's CRL lists the revoked intermediate");
+    let took = started.elapsed();
+    assert_eq!(goverify::istiod_loads(&listed), Ok(()), "istiod still loads it");
+    let leaf = workload(&listed, "spiffe://cluster.local/ns/default/sa/x");
+    let (ok, said) = verify_with_crls(
+        &leaf,
+        &untrusted(&listed),
+        &listed["root-cert.pem"],
+        &listed["ca-crl.pem"],
+    );
+    assert!(!ok && said.contains("certificate revoked"), "{said}");
+
+    let icc = cluster.wait_ready("IntermediateRevoked").await;
+    let message = condition(&icc, "Ready").expect("Ready").message.clone();
+    assert!(
+        message.contains(&serial) && message.contains("MeshCAIssuer"),
+        "{message}"
+    );
+    let certificates: kube::Api<CertManagerCertificate> = cluster.ns.api();
+    let issuing = eventually(TIMEOUT, || async {
+        let certificate = certificates.get(SOURCE).await.ok()?;
+        let conditions = certificate.status?.conditions?;
+        conditions
+            .into_iter()
+            .find(|c| c.type_ == "Issuing" && c.status == "True")
+    })
+    .await
+    .expect("cert-manager is asked for a new intermediate");
+    assert_eq!(issuing.reason.as_deref(), Some("ManuallyTriggered"));
+    eprintln!("revoked serial listed in ca-crl.pem {took:?} after the issuer's change");
+
+    // cert-manager (stand-in) issues the next intermediate.
+    cluster.issue("root").await;
+    cluster.wait_ready("Synced").await;
+    let after = cluster.cacerts().await;
+    judge(&after);
+    assert_ne!(chain(&after)[0], intermediate);
+    assert_eq!(
+        crls(&after).pop().expect("root CRL").revoked_serials(),
+        vec![serial.to_ascii_lowercase()],
+        "the old one stays revoked"
+    );
+}
