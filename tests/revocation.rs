@@ -300,3 +300,147 @@ async fn a_revoked_intermediate_is_listed_said_and_replaced() {
         "the old one stays revoked"
     );
 }
+
+/// Proof 2 on two control planes sharing one local root: `meshca revoke` adds B's intermediate
+/// to the issuer in both clusters; A's `ca-crl.pem` lists it on the issuer change, B reports it
+/// revoked and asks for a new one; B's workloads are refused under A's CRLs and, once B has a
+/// new intermediate, verify again.
+///
+/// Envoy needs a CRL for every CA of a peer's chain, and A's `ca-crl.pem` holds only its own
+/// chain's: peers' intermediate CRLs are not distributed yet (docs/revocation.md). openssl is
+/// asked both ways: with A's CRLs alone (refused for the missing CRL, as a sidecar in A would
+/// refuse B today) and with B's own intermediate CRL added (what distribution would give).
+#[tokio::test]
+async fn meshca_revoke_cuts_off_a_peer_sharing_the_root_until_it_has_a_new_intermediate() {
+    let support::mesh::TwoClusters {
+        mut a,
+        mut b,
+        lock: _lock,
+    } = support::mesh::TwoClusters::start("revocation-peer", "mesh").await;
+    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    a.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;
+    b.copy_secret(&a, "mesh-root").await;
+    b.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;
+    for c in [&a, &b] {
+        let cr = c.issue("root").await;
+        cm::record_certificate(&c.client, &c.ns.name, SOURCE, SOURCE, &cr, None).await;
+        c.create_icc(revoking("72h", "24h")).await;
+        wait_crls(c, "Current").await;
+    }
+    let (at_a, at_b) = (a.cacerts().await, b.cacerts().await);
+    assert_eq!(at_a["root-cert.pem"], at_b["root-cert.pem"], "one root");
+    let b_intermediate = chain(&at_b).remove(0);
+    let serial = b_intermediate.serial_hex().to_ascii_lowercase();
+    let b_leaf = workload(&at_b, "spiffe://cluster.local/ns/b/sa/x");
+    let at_a_with_b_crl = |a_data: &BTreeMap<String, Vec<u8>>, b_data: &BTreeMap<String, Vec<u8>>| {
+        let mut crls = a_data["ca-crl.pem"].clone();
+        crls.extend(crls_of_pem(&b_data["ca-crl.pem"]).remove(0).to_pem().into_bytes());
+        verify_with_crls(&b_leaf, &untrusted(b_data), &a_data["root-cert.pem"], &crls)
+    };
+    let (ok, said) = verify_with_crls(&b_leaf, &untrusted(&at_b), &at_a["root-cert.pem"], &at_a["ca-crl.pem"]);
+    assert!(
+        !ok && said.contains("unable to get certificate CRL"),
+        "A's CRLs alone: {said}"
+    );
+    let (ok, said) = at_a_with_b_crl(&at_a, &at_b);
+    assert!(ok, "with B's intermediate CRL, before the revocation: {said}");
+
+    let namespace = a.ns.name.clone();
+    let args = [
+        "revoke",
+        "--context",
+        &a.context,
+        "--context",
+        &b.context,
+        "--issuer",
+        "root",
+        "--issuer-namespace",
+        &namespace,
+        "--cert-from-context",
+        &b.context,
+        "--namespace",
+        &namespace,
+        "--name",
+        "mesh",
+    ];
+    let unconfirmed = support::meshca::run(&[&a.kubeconfig, &b.kubeconfig], &args, &[]);
+    assert_eq!(
+        unconfirmed.code,
+        3,
+        "without --yes and a terminal: {}",
+        unconfirmed.said()
+    );
+    let issuers: kube::Api<MeshCAIssuer> = a.ns.api();
+    assert!(
+        issuers.get("root").await.unwrap().spec.revoked.is_empty(),
+        "nothing written"
+    );
+
+    let run = support::meshca::run(&[&a.kubeconfig, &b.kubeconfig], &[&args[..], &["--yes"]].concat(), &[]);
+    assert_eq!(run.code, 0, "{}", run.said());
+    assert!(run.stdout.contains(&format!("serial {serial}")), "{}", run.stdout);
+    eprintln!(
+        "meshca revoke: {:?} until both clusters' ca-crl.pem listed it\n{}",
+        run.took, run.stdout
+    );
+    let listed_at_a = a.cacerts().await;
+    assert_eq!(
+        crls(&listed_at_a).pop().unwrap().revoked_serials(),
+        vec![serial.clone()]
+    );
+    judge(&listed_at_a);
+    let (ok, said) = at_a_with_b_crl(&listed_at_a, &b.cacerts().await);
+    assert!(!ok && said.contains("certificate revoked"), "B's workload at A: {said}");
+    let a_leaf = workload(&listed_at_a, "spiffe://cluster.local/ns/a/sa/x");
+    let (ok, said) = verify_with_crls(
+        &a_leaf,
+        &untrusted(&listed_at_a),
+        &listed_at_a["root-cert.pem"],
+        &listed_at_a["ca-crl.pem"],
+    );
+    assert!(ok, "A's own workloads still verify: {said}");
+
+    // B says so, and asks cert-manager for a new intermediate.
+    b.wait_ready("IntermediateRevoked").await;
+    let status = support::meshca::run(
+        &[&a.kubeconfig, &b.kubeconfig],
+        &["status", "--context", &b.context, "-o", "json"],
+        &[],
+    );
+    let report: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    let row = &report[0]["istioCacerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["namespace"] == namespace.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(row["intermediateRevoked"], true, "{row}");
+    let certificates: kube::Api<CertManagerCertificate> = b.ns.api();
+    eventually(TIMEOUT, || async {
+        let conditions = certificates.get(SOURCE).await.ok()?.status?.conditions?;
+        conditions
+            .into_iter()
+            .find(|c| c.type_ == "Issuing" && c.status == "True")
+    })
+    .await
+    .expect("B asks cert-manager for a new intermediate");
+    b.issue("root").await;
+    b.wait_ready("Synced").await;
+    let renewed = b.cacerts().await;
+    assert_ne!(chain(&renewed)[0], b_intermediate);
+    let b_new_leaf = workload(&renewed, "spiffe://cluster.local/ns/b/sa/x");
+    let mut crls_at_a = listed_at_a["ca-crl.pem"].clone();
+    crls_at_a.extend(crls_of_pem(&renewed["ca-crl.pem"]).remove(0).to_pem().into_bytes());
+    let (ok, said) = verify_with_crls(
+        &b_new_leaf,
+        &untrusted(&renewed),
+        &listed_at_a["root-cert.pem"],
+        &crls_at_a,
+    );
+    assert!(ok, "B's new workloads verify at A again: {said}");
+}
+
+fn crls_of_pem(pem: &[u8]) -> Vec<Crl> {
+    Crl::parse_pem_bundle(pem, "ca-crl.pem").expect("CRLs")
+}

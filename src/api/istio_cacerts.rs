@@ -581,6 +581,9 @@ pub struct TrackedCertificate {
     pub subject: String,
     #[serde(rename = "fingerprintSHA256")]
     pub fingerprint_sha256: String,
+    /// Its serial number, lower-case hex (what an issuer's `spec.revoked` names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
     /// RFC 3339.
     pub not_before: String,
     /// RFC 3339.

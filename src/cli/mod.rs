@@ -9,6 +9,7 @@
 
 pub mod check;
 pub mod federation;
+pub mod revoke;
 pub mod rotation;
 pub mod status;
 
@@ -44,6 +45,10 @@ Examples:
   meshca rotation status --context east --namespace istio-system --name istiod
   meshca rotation approve --context east --namespace istio-system --name istiod --fingerprint <SHA-256>
 
+  # Cluster west's intermediate was compromised: revoke it at the shared root's issuer in
+  # every cluster, and wait until their ca-crl.pem lists it (docs/revocation.md):
+  meshca revoke --context east --context west --issuer mesh-root --cert-from-context west --yes
+
   # Shell completion:
   meshca completion bash > /etc/bash_completion.d/meshca
 
@@ -59,8 +64,9 @@ Exit codes of the other commands:
   2  bad usage
   3  refused before writing anything: a context is unreachable or unknown, two contexts are
      the same cluster, a cluster has no IstioCACerts or no spec.publishRoot, a published
-     root is not a valid CA, the clusters are not ready to advance, or the fingerprint given to
-     `rotation approve` is not the new root a cluster waits for";
+     root is not a valid CA, the clusters are not ready to advance, the fingerprint given to
+     `rotation approve` is not the new root a cluster waits for, the issuer `revoke` names
+     does not exist, or a write was not confirmed (--yes)";
 
 /// meshca: trust across clusters for mesh-ca-issuer.
 #[derive(Parser, Debug)]
@@ -95,6 +101,10 @@ pub enum Command {
     /// are in the same phase and past their delay.
     #[command(subcommand)]
     Rotation(RotationCommand),
+    /// Revoke an intermediate (a compromised cluster's): adds its serial to the issuer's
+    /// spec.revoked in every named cluster, then waits until each IstioCACerts with revocation
+    /// on lists it in ca-crl.pem. Asks first on a terminal; --yes for scripts.
+    Revoke(RevokeArgs),
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -238,6 +248,76 @@ pub struct FederateArgs {
     /// scripts. Without it, `federate` asks on a terminal, and writes nothing elsewhere.
     #[arg(long)]
     pub yes: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RevokeArgs {
+    /// Kubeconfig context of a cluster whose issuer gets the serial (repeat: every cluster
+    /// sharing the CA that signed the intermediate).
+    #[arg(long = "context", required = true, num_args = 1)]
+    pub contexts: Vec<String>,
+    /// The issuer that signed the intermediate, by name in every cluster: a
+    /// ClusterMeshCAIssuer, or a MeshCAIssuer with --issuer-namespace.
+    #[arg(long)]
+    pub issuer: String,
+    /// The namespace of a MeshCAIssuer.
+    #[arg(long)]
+    pub issuer_namespace: Option<String>,
+    /// The serial to revoke, in hex (case, colons and 0x ignored).
+    #[arg(
+        long,
+        required_unless_present = "cert_from_context",
+        conflicts_with = "cert_from_context"
+    )]
+    pub serial: Option<String>,
+    /// Revoke the intermediate this cluster's IstioCACerts shows (status.intermediate).
+    #[arg(long)]
+    pub cert_from_context: Option<String>,
+    /// Namespace of that IstioCACerts.
+    #[arg(long, default_value = "istio-system")]
+    pub namespace: String,
+    /// Name of that IstioCACerts.
+    #[arg(long, default_value = "istiod")]
+    pub name: String,
+    /// Why (RFC 5280).
+    #[arg(long, value_enum, default_value_t = Reason::KeyCompromise)]
+    pub reason: Reason,
+    /// How long to wait for every IstioCACerts with revocation on to list the serial (a Go
+    /// duration; 0s: do not wait).
+    #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+    pub wait: Duration,
+    /// Write without asking (for scripts). Without it, `revoke` asks on a terminal and writes
+    /// nothing elsewhere.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// RFC 5280 reasons as `spec.revoked[].reason` spells them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Reason {
+    #[value(name = "keyCompromise")]
+    KeyCompromise,
+    #[value(name = "cACompromise")]
+    CaCompromise,
+    #[value(name = "superseded")]
+    Superseded,
+    #[value(name = "cessationOfOperation")]
+    CessationOfOperation,
+    #[value(name = "unspecified")]
+    Unspecified,
+}
+
+impl From<Reason> for crate::api::issuer::RevocationReason {
+    fn from(r: Reason) -> Self {
+        use crate::api::issuer::RevocationReason as R;
+        match r {
+            Reason::KeyCompromise => R::KeyCompromise,
+            Reason::CaCompromise => R::CaCompromise,
+            Reason::Superseded => R::Superseded,
+            Reason::CessationOfOperation => R::CessationOfOperation,
+            Reason::Unspecified => R::Unspecified,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -404,6 +484,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Revoke(args) => {
+            let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
+            revoke(&kubeconfig, &args).await
+        }
         Command::Rotation(RotationCommand::Advance(args)) => {
             let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
             let clusters = read_rotations(&kubeconfig, &args.clusters).await?;
@@ -436,6 +520,142 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `meshca revoke`: every issuer is read before anything is written; each is written with the
+/// resourceVersion read (a concurrent edit is a conflict, and re-running is safe).
+async fn revoke(kubeconfig: &Kubeconfig, args: &RevokeArgs) -> Result<(), Failure> {
+    use crate::api::issuer::{ClusterMeshCAIssuer, MeshCAIssuer, RevokedCertificate};
+    let (serial, what) = match (&args.serial, &args.cert_from_context) {
+        (Some(serial), _) => (
+            revoke::canonical(serial).map_err(Failure::refused)?,
+            format!("serial {serial}"),
+        ),
+        (None, Some(victim)) => {
+            let client = client_for(kubeconfig, victim).await?;
+            let icc = Api::<IstioCACerts>::namespaced(client, &args.namespace)
+                .get(&args.name)
+                .await
+                .map_err(|e| {
+                    Failure::refused(format!(
+                        "context {victim}: reading IstioCACerts {}/{}: {e}",
+                        args.namespace, args.name
+                    ))
+                })?;
+            let (serial, subject) = revoke::victim_serial(&icc, victim).map_err(Failure::refused)?;
+            (
+                serial.clone(),
+                format!("the intermediate of context {victim} ({subject}, serial {serial})"),
+            )
+        }
+        (None, None) => return Err(Failure::refused("name what to revoke: --serial or --cert-from-context")),
+    };
+    let issuer_display = match &args.issuer_namespace {
+        Some(ns) => format!("MeshCAIssuer {ns}/{}", args.issuer),
+        None => format!("ClusterMeshCAIssuer {}", args.issuer),
+    };
+    // Read every issuer first: nothing is written unless all can be.
+    let mut reads = Vec::new();
+    for context in &args.contexts {
+        let client = client_for(kubeconfig, context).await?;
+        let got = match &args.issuer_namespace {
+            Some(ns) => Api::<MeshCAIssuer>::namespaced(client.clone(), ns)
+                .get_opt(&args.issuer)
+                .await
+                .map(|i| i.map(|i| (i.spec.revoked, i.metadata.resource_version, i.status))),
+            None => Api::<ClusterMeshCAIssuer>::all(client.clone())
+                .get_opt(&args.issuer)
+                .await
+                .map(|i| i.map(|i| (i.spec.revoked, i.metadata.resource_version, i.status))),
+        };
+        let (revoked, version, status) = got
+            .map_err(|e| Failure::refused(format!("context {context}: reading {issuer_display}: {e}")))?
+            .ok_or_else(|| Failure::refused(format!("context {context}: {issuer_display} does not exist")))?;
+        // The CA whose CRL lists the serial: the IstioCACerts under it are the ones to wait for.
+        let ca = status.and_then(|s| s.ca).map(|c| c.fingerprint_sha256).ok_or_else(|| {
+            Failure::refused(format!(
+                "context {context}: {issuer_display} shows no CA yet (status.ca): it is not Ready"
+            ))
+        })?;
+        reads.push((context.clone(), client, revoked, version, ca));
+    }
+    println!("Revoking {what} at {issuer_display} in {}.", args.contexts.join(", "));
+    println!("Workloads under it are refused wherever this mesh's CRLs are checked.");
+    confirm("Revoke it?", args.yes)?;
+    let at = jiff::Timestamp::now();
+    let started = std::time::Instant::now();
+    for (context, client, revoked, version, _) in &reads {
+        let Some(list): Option<Vec<RevokedCertificate>> = revoke::add(revoked, &serial, args.reason.into(), at) else {
+            println!("context {context}: {issuer_display} already lists serial {serial}");
+            continue;
+        };
+        let patch = serde_json::json!({"metadata": {"resourceVersion": version}, "spec": {"revoked": list}});
+        let params = PatchParams::default();
+        let written = match &args.issuer_namespace {
+            Some(ns) => Api::<MeshCAIssuer>::namespaced(client.clone(), ns)
+                .patch(&args.issuer, &params, &Patch::Merge(&patch))
+                .await
+                .map(|_| ()),
+            None => Api::<ClusterMeshCAIssuer>::all(client.clone())
+                .patch(&args.issuer, &params, &Patch::Merge(&patch))
+                .await
+                .map(|_| ()),
+        };
+        written.map_err(|e| {
+            Failure::failed(format!(
+                "context {context}: writing spec.revoked of {issuer_display}: {e} (re-running is safe)"
+            ))
+        })?;
+        println!("context {context}: {issuer_display} revokes serial {serial}");
+    }
+    if args.wait.is_zero() {
+        return Ok(());
+    }
+    // Every IstioCACerts with revocation on under that CA, in every named cluster, until each
+    // lists it.
+    let deadline = started + args.wait;
+    for (context, client, _, _, ca) in &reads {
+        let api = Api::<IstioCACerts>::all(client.clone());
+        loop {
+            let iccs = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| Failure::failed(format!("context {context}: listing IstioCACerts: {e}")))?;
+            let waiting: Vec<String> = iccs
+                .items
+                .iter()
+                .filter(|i| revoke::lists(i, &serial, ca) == Some(false))
+                .map(|i| {
+                    format!(
+                        "{}/{}",
+                        i.metadata.namespace.as_deref().unwrap_or_default(),
+                        i.metadata.name.as_deref().unwrap_or_default()
+                    )
+                })
+                .collect();
+            let enabled = iccs
+                .items
+                .iter()
+                .filter(|i| revoke::lists(i, &serial, ca).is_some())
+                .count();
+            if waiting.is_empty() {
+                println!(
+                    "context {context}: {enabled} IstioCACerts with revocation on list serial {serial} in ca-crl.pem ({:.1}s after the write)",
+                    started.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Failure::failed(format!(
+                    "context {context}: after {:?}, ca-crl.pem of {} does not list serial {serial} yet: see their CRLsCurrent condition",
+                    args.wait,
+                    waiting.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the federated peers' IstioCACerts (same namespace and name as the clusters').
@@ -757,7 +977,6 @@ async fn apply(client: &Client, plan: &ClusterPlan, dry_run: bool) -> Result<(),
 /// a root is trusted mesh-wide, so the person running this should see which. `--yes` skips
 /// the question; without a terminal and without `--yes` nothing is written.
 fn confirm_pins(plans: &[ClusterPlan], yes: bool) -> Result<(), Failure> {
-    use std::io::{BufRead, IsTerminal, Write};
     println!("Pins (SHA-256 of each peer root; the controller refuses a copy holding anything else):");
     for plan in plans {
         for anchor in plan.anchors.iter().filter(|a| !a.fingerprints.is_empty()) {
@@ -770,16 +989,23 @@ fn confirm_pins(plans: &[ClusterPlan], yes: bool) -> Result<(), Failure> {
             );
         }
     }
+    confirm("Write these?", yes)
+}
+
+/// Asks `question` on a terminal before a write; `--yes` skips it, and without a terminal and
+/// without `--yes` nothing is written.
+fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
+    use std::io::{BufRead, IsTerminal, Write};
     if yes {
         return Ok(());
     }
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         return Err(Failure::refused(
-            "nothing was written: check the pins above, then run again with --yes (or from a terminal, to be asked)",
+            "nothing was written: check what is printed above, then run again with --yes (or from a terminal, to be asked)",
         ));
     }
-    print!("Write these? [y/N] ");
+    print!("{question} [y/N] ");
     let _ = std::io::stdout().flush();
     let mut answer = String::new();
     let _ = stdin.lock().read_line(&mut answer);

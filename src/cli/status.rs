@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::{Failure, Output, client_for};
 use crate::api::conditions::READY;
-use crate::api::istio_cacerts::{IstioCACerts, TrackedAnchor, TrackedCertificate};
-use crate::api::{ClusterMeshCAIssuer, IssuerStatus, MeshCAIssuer};
+use crate::api::istio_cacerts::{IstioCACerts, TrackedAnchor, TrackedCertificate, TrackedCrl};
+use crate::api::{ClusterMeshCAIssuer, IssuerSpec, IssuerStatus, MeshCAIssuer};
 
 #[derive(Serialize, Debug)]
 #[serde(rename_all = "camelCase")]
@@ -32,6 +32,9 @@ pub struct IssuerRow {
     pub backend: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_not_after: Option<String>,
+    /// The serials its `spec.revoked` lists (lower-case hex).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<String>,
 }
 
 #[derive(Serialize, Debug)]
@@ -49,6 +52,11 @@ pub struct IstioCACertsRow {
     pub intermediate: Option<TrackedCertificate>,
     pub roots: Vec<TrackedCertificate>,
     pub trust_anchors: Vec<TrackedAnchor>,
+    /// The CRLs in `ca-crl.pem` (revocation on).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub crl: Vec<TrackedCrl>,
+    /// Whether the intermediate istiod signs with is revoked by its issuer (Ready says so).
+    pub intermediate_revoked: bool,
 }
 
 fn ready_of(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> (String, String, String) {
@@ -58,7 +66,13 @@ fn ready_of(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condit
     }
 }
 
-fn issuer_row(kind: &str, namespace: Option<String>, name: String, status: Option<&IssuerStatus>) -> IssuerRow {
+fn issuer_row(
+    kind: &str,
+    namespace: Option<String>,
+    name: String,
+    spec: &IssuerSpec,
+    status: Option<&IssuerStatus>,
+) -> IssuerRow {
     let (ready, reason, _) = ready_of(status.map(|s| s.conditions.as_slice()).unwrap_or_default());
     IssuerRow {
         kind: kind.into(),
@@ -68,6 +82,11 @@ fn issuer_row(kind: &str, namespace: Option<String>, name: String, status: Optio
         reason,
         backend: status.and_then(|s| s.backend.clone()).unwrap_or_default(),
         ca_not_after: status.and_then(|s| s.ca.as_ref()).map(|c| c.not_after.clone()),
+        revoked: spec
+            .revoked
+            .iter()
+            .map(|r| super::revoke::canonical(&r.serial_number).unwrap_or_else(|_| r.serial_number.clone()))
+            .collect(),
     }
 }
 
@@ -86,9 +105,13 @@ async fn read_cluster(kubeconfig: &Kubeconfig, context: &str) -> ClusterReport {
             .await
             .map_err(|e| format!("listing ClusterMeshCAIssuers: {e}"))?;
         for i in cluster.items {
-            report
-                .issuers
-                .push(issuer_row("ClusterMeshCAIssuer", None, i.name_any(), i.status.as_ref()));
+            report.issuers.push(issuer_row(
+                "ClusterMeshCAIssuer",
+                None,
+                i.name_any(),
+                &i.spec,
+                i.status.as_ref(),
+            ));
         }
         let namespaced = Api::<MeshCAIssuer>::all(client.clone())
             .list(&lp)
@@ -99,6 +122,7 @@ async fn read_cluster(kubeconfig: &Kubeconfig, context: &str) -> ClusterReport {
                 "MeshCAIssuer",
                 i.namespace(),
                 i.name_any(),
+                &i.spec,
                 i.status.as_ref(),
             ));
         }
@@ -114,6 +138,8 @@ async fn read_cluster(kubeconfig: &Kubeconfig, context: &str) -> ClusterReport {
                 name: icc.name_any(),
                 trust_domain: icc.spec.trust_domain.clone(),
                 problem: (ready != "True" && !message.is_empty()).then_some(message),
+                intermediate_revoked: reason == crate::istio::revocation::reason::INTERMEDIATE_REVOKED,
+                crl: status.crl,
                 ready,
                 reason,
                 intermediate: status.intermediate,
@@ -188,6 +214,9 @@ pub fn table(reports: &[ClusterReport]) -> String {
                 i.ca_not_after.as_deref().unwrap_or("-"),
                 i.reason
             ));
+            if !i.revoked.is_empty() {
+                out.push_str(&format!("    revokes {}\n", i.revoked.join(", ")));
+            }
         }
         for icc in &r.istio_cacerts {
             out.push_str(&format!(
@@ -211,6 +240,23 @@ pub fn table(reports: &[ClusterReport]) -> String {
                     window(&a.certificate),
                     a.trust_domains.join(",")
                 ));
+            }
+            for crl in &icc.crl {
+                out.push_str(&format!(
+                    "    crl           {} number {} until {} ({:?}){}\n",
+                    crl.issuer,
+                    crl.number,
+                    crl.next_update,
+                    crl.window,
+                    if crl.revoked_serials.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" revokes {}", crl.revoked_serials.join(","))
+                    }
+                ));
+            }
+            if icc.intermediate_revoked {
+                out.push_str("    REVOKED       the intermediate istiod signs with is revoked by its issuer\n");
             }
             if let Some(p) = &icc.problem {
                 out.push_str(&format!("    problem       {p}\n"));

@@ -285,7 +285,17 @@ impl Facts {
                     o.revocation.as_ref(),
                     o.now,
                 );
-                (Ok(plan), verdict)
+                match verdict.as_ref().and_then(|v| v.hold.clone()) {
+                    // Not written: the condition and status.crl stay as they are.
+                    Some(message) => (
+                        Err(Problem {
+                            reason: revocation::reason::CRLS_INCOMPLETE,
+                            message,
+                        }),
+                        None,
+                    ),
+                    None => (Ok(plan), verdict),
+                }
             }
             Err(problem) => (Err(problem), None),
         };
@@ -649,6 +659,7 @@ fn track(o: &Observed, live: Option<&BundleContents>) -> Vec<Tracked> {
             role: Role::BackendCA,
             subject: summary.subject.clone(),
             fingerprint: summary.fingerprint_sha256.clone(),
+            serial: None,
             life: Life::new(summary.not_before.parse().ok()?, summary.not_after.parse().ok()?, None),
         })
     });

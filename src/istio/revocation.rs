@@ -21,7 +21,7 @@
 use jiff::{SignedDuration, Timestamp};
 use std::collections::BTreeSet;
 
-use super::cacerts::{CA_CRL, CA_KEY, CacertsPlan, Target};
+use super::cacerts::{CA_CRL, CA_KEY, CERT_CHAIN, CacertsPlan, Target};
 use crate::api::issuer::{RevocationReason, RevokedCertificate};
 use crate::api::istio_cacerts::{CrlWindow, Revocation, TrackedCrl};
 use crate::duration::parse_go_duration;
@@ -48,6 +48,9 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidRevocationSpec";
     /// Ready's reason: the issuer's `spec.revoked` lists the intermediate istiod signs with.
     pub const INTERMEDIATE_REVOKED: &str = "IntermediateRevoked";
+    /// Ready's reason: a new chain would be written without a CRL for every one of its CAs,
+    /// while istiod holds CRLs; the write is held (see [`super::apply`]).
+    pub const CRLS_INCOMPLETE: &str = "CRLsIncomplete";
 }
 
 /// What observe found for revocation, from the issuer that signed the source.
@@ -156,6 +159,12 @@ pub struct Verdict {
     pub requeue_at: Option<Timestamp>,
     /// Set when the issuer's `spec.revoked` lists the intermediate being written.
     pub intermediate_revoked: Option<String>,
+    /// Set when the plan must not be written: it changes `cert-chain.pem` without a CRL for
+    /// every CA of the new chain, while the target holds CRLs. istiod keeps distributing the
+    /// CRLs it loaded when `ca-crl.pem` goes (Istio #61073), and Envoy refuses every
+    /// certificate under a CA of the new chain that has none: the mesh would break. The old
+    /// chain stays until a complete set can be written.
+    pub hold: Option<String>,
 }
 
 /// How often a CRL that is due but cannot be replaced is tried again.
@@ -194,7 +203,7 @@ pub fn apply(
         .and_then(|d| d.get(CA_CRL))
         .and_then(|pem| Crl::parse_pem_bundle(pem, "ca-crl.pem").ok())
         .unwrap_or_default();
-    let verdict = match Settings::of(spec) {
+    let mut verdict = match Settings::of(spec) {
         // The CRLs in place stay as they are: a typo in the spec must not strip them.
         Err(why) => {
             match existing.and_then(|d| d.get(CA_CRL)) {
@@ -206,6 +215,7 @@ pub fn apply(
                 tracked: Vec::new(),
                 requeue_at: None,
                 intermediate_revoked: None,
+                hold: None,
             }
         }
         Ok(settings) => {
@@ -222,6 +232,28 @@ pub fn apply(
     // Judged anew on the whole data, as the plan's own steps judge it: the plan was made
     // without ca-crl.pem, so against a target holding one it always looked changed.
     plan.changed = existing != Some(&plan.data);
+    let held_crls = existing.and_then(|d| d.get(CA_CRL)).is_some_and(|pem| !pem.is_empty());
+    let chain_changes = existing.and_then(|d| d.get(CERT_CHAIN)) != plan.data.get(CERT_CHAIN);
+    let written = plan
+        .data
+        .get(CA_CRL)
+        .and_then(|pem| Crl::parse_pem_bundle(pem, "ca-crl.pem").ok())
+        .unwrap_or_default();
+    let uncovered: Vec<String> = plan
+        .contents
+        .chain
+        .iter()
+        .filter(|ca| !written.iter().any(|c| c.is_signed_by(ca)))
+        .map(Certificate::subject)
+        .collect();
+    if held_crls && chain_changes && !uncovered.is_empty() {
+        verdict.hold = Some(format!(
+            "the new intermediate {} is not written: no CRL can be written for {} ({}), and istiod keeps distributing the CRLs it already loaded (Istio #61073), so Envoy sidecars would refuse every certificate under a CA without one. The current intermediate stays until a CRL for every CA of the new chain can be had",
+            plan.contents.intermediate.subject(),
+            uncovered.join(", "),
+            verdict.condition.2
+        ));
+    }
     (plan, Some(verdict))
 }
 
@@ -356,6 +388,7 @@ fn crl_set(
             tracked: Vec::new(),
             requeue_at: Some(now + RETRY_OVERDUE),
             intermediate_revoked,
+            hold: None,
         };
         return (None, verdict);
     }
@@ -425,6 +458,7 @@ fn crl_set(
             tracked,
             requeue_at,
             intermediate_revoked,
+            hold: None,
         },
     )
 }
@@ -611,6 +645,46 @@ mod tests {
                 assert!(root_crl.next_update().unwrap() > at, "never an expired CRL");
             }
         }
+    }
+
+    /// A renewed intermediate is held back while the target holds CRLs and the new chain
+    /// cannot have a CRL for every CA (istiod would keep the old CRLs, and Envoy refuse the new
+    /// intermediate's workloads); it goes through once it can, and freely when no CRL was ever
+    /// written.
+    #[test]
+    fn a_new_chain_without_a_crl_for_every_ca_is_held_while_istiod_holds_crls() {
+        let (plan, inputs, r) = setup();
+        let spec = enabled();
+        let (first, _) = apply(plan.clone(), &Target::Absent, Some(&spec), Some(&inputs), t0());
+        let target = written(&first);
+        let renewed = cacerts::plan(&source_under(&r), &target, "mesh", &AdoptExisting::default(), t0()).unwrap();
+        let unreachable = Inputs {
+            signer: None,
+            problems: vec!["connection refused".into()],
+            ..inputs.clone()
+        };
+        // The root's CRL in place still serves the new chain while it is fresh.
+        let (out, verdict) = apply(renewed.clone(), &target, Some(&spec), Some(&unreachable), t0() + HOUR);
+        assert!(verdict.unwrap().hold.is_none() && crls(&out).len() == 2);
+        // Once it has lapsed, nothing covers the root.
+        let lapsed = t0() + DAY * 3 + HOUR;
+        let (_, verdict) = apply(renewed.clone(), &target, Some(&spec), Some(&unreachable), lapsed);
+        let hold = verdict.unwrap().hold.expect("held");
+        assert!(hold.contains(&r.0.subject()) && hold.contains("#61073"), "{hold}");
+
+        let (out, verdict) = apply(renewed.clone(), &target, Some(&spec), Some(&inputs), lapsed);
+        assert!(verdict.unwrap().hold.is_none());
+        assert_eq!(crls(&out).len(), 2);
+        assert!(crls(&out)[0].is_signed_by(&renewed.contents.intermediate));
+
+        let bare = Target::Present {
+            data: plan.data.clone(),
+            owner: Some("mesh".into()),
+        };
+        let (out, verdict) = apply(renewed, &bare, Some(&spec), Some(&unreachable), lapsed);
+        let verdict = verdict.unwrap();
+        assert!(verdict.hold.is_none() && !out.data.contains_key(CA_CRL));
+        assert_eq!(verdict.condition.1, reason::UNAVAILABLE);
     }
 
     /// Fetched CRLs are written only when signed by their CA and fresh; anything else is

@@ -57,6 +57,8 @@ pub struct Tracked {
     pub role: Role,
     pub subject: String,
     pub fingerprint: String,
+    /// Lower-case hex; unknown for a backend CA (its status summary has none).
+    pub serial: Option<String>,
     pub life: Life,
 }
 
@@ -66,6 +68,7 @@ impl Tracked {
             role,
             subject: cert.subject(),
             fingerprint: cert.fingerprint(),
+            serial: Some(cert.serial_hex()),
             life: Life::new(cert.not_before(), cert.not_after(), renewal),
         }
     }
@@ -75,6 +78,7 @@ impl Tracked {
         TrackedCertificate {
             subject: self.subject.clone(),
             fingerprint_sha256: self.fingerprint.clone(),
+            serial_number: self.serial.clone(),
             not_before: self.life.not_before.to_string(),
             not_after: self.life.not_after.to_string(),
             renewal_time: self.life.renewal.to_string(),
@@ -257,6 +261,7 @@ mod tests {
             role,
             subject: format!("CN={role:?}"),
             fingerprint: format!("{role:?}"),
+            serial: None,
             life: Life::new(at(from), at(to), None),
         }
     }

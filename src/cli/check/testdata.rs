@@ -60,7 +60,7 @@ fn tracked(id: &CertId, days_left: i64) -> TrackedCertificate {
         not_after: (now() + SignedDuration::from_hours(24 * days_left)).to_string(),
         renewal_time: (now() + SignedDuration::from_hours(24 * days_left / 3)).to_string(),
         window: RenewalWindow::Healthy,
-        name_constraints: None,
+        ..Default::default()
     }
 }
 
