@@ -268,6 +268,118 @@ async fn an_intermediate_signed_through_kubernetes_auth_verifies_under_openbaos_
     assert!(openssl_verifies(&wl, &root_pem) && go_verifies(&wl, &root_pem));
 }
 
+/// Revocation under OpenBao (the CRL half of the backend): with `spec.revocation` on, the root's
+/// CRL in `ca-crl.pem` is OpenBao's own (`pki/issuer/default/crl`) beside the intermediate's,
+/// and the set passes istiod's rule in Go and `openssl verify -crl_check_all`. The intermediate
+/// revoked in OpenBao (`bao write pki/revoke`) reaches `ca-crl.pem` on the next look, and
+/// the IstioCACerts says it is revoked.
+#[tokio::test]
+async fn the_chain_under_openbao_carries_openbaos_crl_and_a_revocation_there_reaches_ca_crl_pem() {
+    use mesh_ca_issuer::pki::crl::Crl;
+    let env = env("vault-crl").await;
+    let _controller = RunningController::in_namespace(&env.ns.name).await;
+    env.role_for(ROLE, "vault");
+    env.create_issuer("vault", env.vault(kubernetes_auth(ROLE))).await;
+    env.wait_issuer("vault", "True").await;
+    let req = IntermediateRequest {
+        certificate: Some(SOURCE.into()),
+        ..IntermediateRequest::istiod("istiod-1", "vault")
+    };
+    let key = cm::request_and_approve(&env.client, &env.ns.name, &req).await;
+    let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+    cm::write_certificate_secret(&env.client, &env.ns.name, SOURCE, &cr, &key).await;
+    let spec = IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        revocation: Some(mesh_ca_issuer::api::istio_cacerts::Revocation {
+            enabled: true,
+            crl_validity: "72h".into(),
+            refresh_before: Some("12h".into()),
+        }),
+        ..Default::default()
+    };
+    let iccs = env.ns.api::<IstioCACerts>();
+    iccs.create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
+        .await
+        .unwrap();
+    let crls_of = |data: &BTreeMap<String, Vec<u8>>| {
+        data.get("ca-crl.pem")
+            .map(|pem| Crl::parse_pem_bundle(pem, "ca-crl.pem").unwrap())
+            .unwrap_or_default()
+    };
+    let cacerts = || async {
+        let secret = env.ns.api::<Secret>().get_opt("cacerts").await.ok()??;
+        Some(support::objects::data(&secret))
+    };
+    let data = eventually(TIMEOUT, || async { cacerts().await.filter(|d| crls_of(d).len() == 2) }).await;
+    let Some(data) = data else {
+        panic!(
+            "no ca-crl.pem with two CRLs: {:#?}",
+            iccs.get("istiod").await.map(|i| i.status)
+        );
+    };
+    let crls = crls_of(&data);
+    let intermediate = Certificate::parse_pem_bundle(&data["ca-cert.pem"], "ca-cert.pem")
+        .unwrap()
+        .remove(0);
+    assert!(crls[0].is_signed_by(&intermediate) && crls[1].is_signed_by(&env.root));
+    assert_eq!(goverify::istiod_loads(&data), Ok(()));
+    let leaf = workload(&data);
+    let (ok, said) =
+        openssl::verify_with_crls(&leaf, &data["ca-cert.pem"], &data["root-cert.pem"], &data["ca-crl.pem"]);
+    assert!(ok, "{said}");
+    let before = crls[1].number();
+    eprintln!(
+        "OpenBao's CRL: number {before:?}, {} bytes, valid until {:?}",
+        crls[1].der().len(),
+        crls[1].next_update()
+    );
+
+    // Revoked in OpenBao; the next look (here: a change of the IstioCACerts) fetches it.
+    let serial = intermediate.serial_hex();
+    let colons: Vec<String> = serial
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).to_string())
+        .collect();
+    env.bao
+        .bao(&["write", "pki/revoke", &format!("serial_number={}", colons.join(":"))]);
+    iccs.patch(
+        "istiod",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"metadata": {"annotations": {"test/look-again": "1"}}})),
+    )
+    .await
+    .unwrap();
+    let listed = eventually(TIMEOUT, || async {
+        cacerts().await.filter(|d| {
+            crls_of(d).get(1).is_some_and(|c| {
+                c.number() > before
+                    && c.revoked_serials()
+                        .iter()
+                        .any(|s| s.trim_start_matches('0') == serial.trim_start_matches('0'))
+            })
+        })
+    })
+    .await
+    .expect("OpenBao's new CRL, listing the intermediate, in ca-crl.pem");
+    assert_eq!(goverify::istiod_loads(&listed), Ok(()));
+    let (ok, said) = openssl::verify_with_crls(
+        &leaf,
+        &listed["ca-cert.pem"],
+        &listed["root-cert.pem"],
+        &listed["ca-crl.pem"],
+    );
+    assert!(!ok && said.contains("certificate revoked"), "{said}");
+    let revoked = eventually(TIMEOUT, || async {
+        let icc = iccs.get("istiod").await.ok()?;
+        let ready = icc.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        (ready.reason == "IntermediateRevoked").then_some(ready.message)
+    })
+    .await
+    .expect("Ready=IntermediateRevoked");
+    assert!(revoked.contains(&serial), "{revoked}");
+}
+
 #[tokio::test]
 async fn approle_and_token_auth_sign_and_a_wrong_role_secret_or_expired_token_is_named_with_nothing_signed() {
     let env = env("vault-auth").await;

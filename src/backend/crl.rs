@@ -1,6 +1,7 @@
 //! What an issuer's backend gives for revocation (`ca-crl.pem`): the local CA's key, to sign
-//! its CA's CRL; CRLs read from the issuer's `spec.crlFrom`. Each backend says here what it can
-//! do; `istio::revocation` decides which CRLs are written.
+//! its CA's CRL; the CRL Vault publishes for its signing CA; CRLs read from the issuer's
+//! `spec.crlFrom`. Each backend says here what it can do; `istio::revocation` decides which
+//! CRLs are written. (AWS Private CA's CRL in S3 is not fetched: `crlFrom` carries it.)
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -31,6 +32,28 @@ pub async fn sources(backends: &Backends, spec: &IssuerSpec, scope: &IssuerScope
             Ok(ca) => out.signer = Some(ca.crl_signer()),
             Err(e) => out.problems.push(format!(
                 "the CA of {} cannot sign its CRL: {}",
+                scope.display, e.message
+            )),
+        }
+    }
+    if let Some(vault) = &spec.vault {
+        let signer = super::vault::VaultSigner::connect(
+            &backends.kube,
+            backends.vault.clone(),
+            backends.ambient,
+            vault,
+            scope,
+            Purpose::Signing,
+            now,
+        )
+        .await;
+        match signer {
+            Ok(signer) => match signer.crl().await {
+                Ok(crls) => out.fetched.extend(crls),
+                Err(e) => out.problems.push(e.message),
+            },
+            Err(e) => out.problems.push(format!(
+                "{} cannot reach Vault for its CA's CRL: {}",
                 scope.display, e.message
             )),
         }

@@ -167,6 +167,9 @@ pub struct Verdict {
     pub hold: Option<String>,
 }
 
+/// How often CRLs fetched from elsewhere are read again.
+const FETCH_POLL: SignedDuration = SignedDuration::from_mins(5);
+
 /// How often a CRL that is due but cannot be replaced is tried again.
 const RETRY_OVERDUE: SignedDuration = SignedDuration::from_secs(30);
 
@@ -268,6 +271,9 @@ fn crl_set(
     let chain = &plan.contents.chain;
     let intermediate_key = plan.data.get(CA_KEY).and_then(|pem| SigningKey::from_pem(pem).ok());
     let mut chosen: Vec<(Certificate, Crl, Origin)> = Vec::new();
+    // CAs whose CRL comes from elsewhere (Vault, crlFrom): looked at again every FETCH_POLL,
+    // so a revocation made there reaches ca-crl.pem within minutes.
+    let mut fetched_cas = 0;
     let mut missing: Vec<String> = Vec::new();
     let mut problems = inputs.problems.clone();
     for (i, ca) in chain.iter().enumerate() {
@@ -319,6 +325,7 @@ fn crl_set(
                 }
             }
             None => {
+                fetched_cas += 1;
                 // Fetched CRLs: the newest that may be written, unless the one in place is
                 // at least as new and still fresh.
                 let fetched = inputs
@@ -358,10 +365,12 @@ fn crl_set(
 
     let intermediate = &plan.contents.intermediate;
     let own_serial = canonical(&hex_bytes(&intermediate.serial_hex()));
-    let intermediate_revoked = inputs
-        .revoked
-        .iter()
-        .any(|r| canonical(&r.serial) == own_serial)
+    // Revoked at the issuer (spec.revoked), or in the CRL of the CA that signed it (one
+    // fetched from Vault or crlFrom lists what was revoked there).
+    let in_parent_crl = chosen
+        .get(1)
+        .is_some_and(|(_, crl, _)| serial_set(crl.revoked_serials().iter().map(String::as_str)).contains(&own_serial));
+    let intermediate_revoked = (inputs.revoked.iter().any(|r| canonical(&r.serial) == own_serial) || in_parent_crl)
         .then(|| {
             format!(
                 "{} lists the intermediate istiod signs with ({}, serial {}) as revoked: peers that load this mesh's CRLs refuse its workloads. A new intermediate is requested from cert-manager",
@@ -448,6 +457,7 @@ fn crl_set(
                 _ => vec![next_update - settings.refresh_before],
             }
         })
+        .chain((fetched_cas > 0).then_some(now + FETCH_POLL))
         .filter(|t| *t > now)
         .min();
     let pem: String = chosen.iter().map(|(_, crl, _)| crl.to_pem()).collect();
@@ -741,8 +751,36 @@ mod tests {
             if want.is_none() {
                 assert_eq!(verdict.condition.1, reason::UNAVAILABLE, "{case}");
                 assert!(!out.data.contains_key(CA_CRL), "{case}");
+            } else {
+                assert_eq!(
+                    verdict.requeue_at,
+                    Some(t0() + FETCH_POLL),
+                    "{case}: fetched again soon"
+                );
             }
         }
+        // The CA's own CRL listing the intermediate: revoked there, and said.
+        let listing = crl::issue(
+            &CrlSpec {
+                number: 9,
+                this_update: t0() - HOUR,
+                next_update: t0() + DAY * 7,
+                revoked: vec![revoked(&plan.contents.intermediate.serial_hex())],
+            },
+            &CaSigner {
+                certificate: &r.0,
+                key: &r.1,
+            },
+        )
+        .unwrap();
+        let (_, verdict) = apply(
+            plan.clone(),
+            &Target::Absent,
+            Some(&enabled()),
+            Some(&fetching(vec![listing])),
+            t0(),
+        );
+        assert!(verdict.unwrap().intermediate_revoked.is_some());
     }
 
     /// The issuer revoking the very intermediate being written is said; a spec that cannot be

@@ -46,6 +46,8 @@ pub enum Call<'a> {
     LookupSelf { source: &'a str },
     /// Reading the signing CA at `path`.
     ReadCa { path: &'a str },
+    /// Reading the signing CA's CRL at `path` (revocation).
+    ReadCrl { path: &'a str },
     /// `sign-intermediate` at `path`.
     Sign { path: &'a str },
 }
@@ -63,6 +65,7 @@ pub fn classify(server: &str, call: Call<'_>, failure: CallFailure) -> BackendEr
         } => format!("{method} login at {server}/v1/{login_path} as {role_label} {role:?} ({identity})"),
         Call::LookupSelf { source } => format!("checking the Vault token from {source} at {server}"),
         Call::ReadCa { path } => format!("reading the signing CA from {server}/v1/{path}"),
+        Call::ReadCrl { path } => format!("reading the signing CA's CRL from {server}/v1/{path}"),
         Call::Sign { path } => format!("sign-intermediate at {server}/v1/{path}"),
     };
     let (status, errors) = match failure {
@@ -125,6 +128,11 @@ pub fn classify(server: &str, call: Call<'_>, failure: CallFailure) -> BackendEr
             IssuerNotReady,
             reason::CA_NOT_FOUND,
             format!("{said}; check spec.vault.path (the mount and issuer) and spec.vault.namespace"),
+        ),
+        (_, Call::ReadCrl { .. }) => BackendError::new(
+            IssuerNotReady,
+            reason::CA_NOT_FOUND,
+            format!("{said}; ca-crl.pem needs the CA's CRL: check that the mount serves it (its config/crl)"),
         ),
         (400, Call::Sign { .. }) => {
             BackendError::new(Permanent, reason::REJECTED, format!("Vault refused to sign: {said}"))

@@ -35,6 +35,7 @@ use crate::backend::{
     AmbientPolicy, BackendError, CaInfo, IssuerScope, PATH_LEN_EXHAUSTED, Purpose, SignOutcome, SignRequest, Signer,
 };
 use crate::pki::chain::{SubCaRoom, sub_ca_room};
+use crate::pki::crl::Crl;
 use crate::pki::csr::SubjectAltName;
 use crate::pki::name_constraints::{self, NameConstraints};
 use crate::pki::policy::CaLifetime;
@@ -148,6 +149,33 @@ impl VaultSigner {
             ca,
             info,
             room,
+        })
+    }
+
+    /// The signing CA's current CRL as Vault publishes it (`<mount>/issuer/<ref>/crl`), for
+    /// `ca-crl.pem`. Read without a token: Vault serves CRLs to anyone, and the token's
+    /// policy need not allow one more path.
+    pub async fn crl(&self) -> Result<Vec<Crl>, BackendError> {
+        let path = format!("{}/issuer/{}/crl", self.sign_path.mount, self.sign_path.issuer);
+        let call = Call::ReadCrl { path: &path };
+        let answer = self
+            .client
+            .call(Method::GET, &path, None, None)
+            .await
+            .map_err(|f| classify(&self.server.base, call, f))?;
+        let pem = answer.pointer("/data/crl").and_then(Value::as_str).ok_or_else(|| {
+            classify(
+                &self.server.base,
+                call,
+                CallFailure::Malformed("no data.crl in the answer".into()),
+            )
+        })?;
+        Crl::parse_pem_bundle(pem.as_bytes(), "Vault's CRL").map_err(|e| {
+            classify(
+                &self.server.base,
+                call,
+                CallFailure::Malformed(format!("data.crl is not a PEM CRL: {e}")),
+            )
         })
     }
 
