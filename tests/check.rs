@@ -60,9 +60,9 @@ fn assert_all_pass(run: &MeshcaRun, checks: usize) {
 }
 
 /// Every per-cluster check (API 1, installation 3, approval 2, issuers 3, Certificate 5,
-/// IstioCACerts 4, istiod 7, istiod's CA 1) and the four across clusters.
-const PER_CLUSTER: usize = 26;
-const ACROSS: usize = 4;
+/// IstioCACerts 5, istiod 7, istiod's CA 1) and the five across clusters.
+const PER_CLUSTER: usize = 27;
+const ACROSS: usize = 5;
 
 #[tokio::test]
 async fn a_healthy_mesh_passes_also_under_a_read_only_identity_and_reads_well_in_a_terminal() {
@@ -149,7 +149,7 @@ async fn a_healthy_mesh_passes_also_under_a_read_only_identity_and_reads_well_in
     );
     assert!(
         run.stdout
-            .contains("warnings only: 25 passed, 1 warning, 0 failed (exit 4;"),
+            .contains("warnings only: 26 passed, 1 warning, 0 failed (exit 4;"),
         "{}",
         run.stdout
     );
@@ -434,6 +434,41 @@ async fn a_federated_pair_passes_and_ztunnel_or_a_peer_rotation_each_fail_exactl
         .delete("ztunnel", &DeleteParams::default())
         .await
         .unwrap();
+    assert_all_pass(&both(&a, &b, &[]), 2 * PER_CLUSTER + ACROSS);
+
+    // A writes CRLs: its own chain's only, so its sidecars would refuse B's workloads.
+    let revocation = |enabled: bool| serde_json::json!({"spec": {"revocation": {"enabled": enabled}}});
+    let iccs = a.ns.api::<mesh_ca_issuer::api::istio_cacerts::IstioCACerts>();
+    iccs.patch("istiod", &PatchParams::default(), &Patch::Merge(&revocation(true)))
+        .await
+        .unwrap();
+    a.wait_for("writes its CRLs", |icc| {
+        icc.status.as_ref().is_some_and(|s| s.crl.len() == 2)
+    })
+    .await;
+    let run = both(&a, &b, &[]);
+    let failures = run.failures();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(failures.len(), 1, "{}", run.stdout);
+    assert_eq!(
+        failures[0].0,
+        "✖ no cluster writing CRLs lacks the CRL of a peer's intermediate its sidecars verify"
+    );
+    assert!(
+        failures[0].1.starts_with(&format!(
+            "context {} writes ca-crl.pem without a CRL of context {}'s intermediate",
+            a.context, b.context
+        )) && failures[0].1.contains("unable to get certificate CRL"),
+        "{}",
+        run.stdout
+    );
+    iccs.patch("istiod", &PatchParams::default(), &Patch::Merge(&revocation(false)))
+        .await
+        .unwrap();
+    a.wait_for("stops tracking CRLs", |icc| {
+        icc.status.as_ref().is_some_and(|s| s.crl.is_empty())
+    })
+    .await;
     assert_all_pass(&both(&a, &b, &[]), 2 * PER_CLUSTER + ACROSS);
 
     // B rotates its root (approved): its status shows old and new, A's copy only the old one.

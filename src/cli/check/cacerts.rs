@@ -1,6 +1,7 @@
 //! IstioCACerts and `cacerts`: Ready and healthy, `cacerts` holding the intermediate
 //! cert-manager issued last (not a stale one), and no tracked certificate in a warning window.
-//! Pure. (CRL freshness belongs here too once revocation exists.)
+//! With revocation on, `ca-crl.pem` holds a current CRL for every CA and the intermediate is
+//! not revoked. Pure.
 
 use kube::ResourceExt;
 
@@ -40,7 +41,56 @@ pub fn check(o: &Observed) -> Vec<Finding> {
             all.iter().map(|icc| fresh(o, icc)).collect(),
         ),
         combine(CheckId::IstioCACertsWindows, all.iter().map(windows).collect()),
+        combine(CheckId::IstioCACertsCrls, all.iter().map(crls).collect()),
     ]
+}
+
+/// `spec.revocation`: the CRLsCurrent condition, each CRL's window, and a Ready that says the
+/// intermediate is revoked or a renewal is held for want of a CRL.
+fn crls(icc: &IstioCACerts) -> Finding {
+    use crate::api::istio_cacerts::CrlWindow;
+    use crate::istio::revocation::{CRLS_CURRENT, reason};
+    let id = CheckId::IstioCACertsCrls;
+    if !icc.spec.revocation.as_ref().is_some_and(|r| r.enabled) {
+        return Finding::pass(id);
+    }
+    let fix = format!("{} (and {}#revocation)", describe(icc), super::DOCS);
+    let status = icc.status.clone().unwrap_or_default();
+    if let Some(ready) = find(&status.conditions, READY)
+        .filter(|c| c.reason == reason::INTERMEDIATE_REVOKED || c.reason == reason::CRLS_INCOMPLETE)
+    {
+        return Finding::fail(
+            id,
+            format!("{}: {}: {}", display(icc), ready.reason, ready.message),
+            fix,
+        );
+    }
+    let Some(current) = find(&status.conditions, CRLS_CURRENT) else {
+        return Finding::fail(
+            id,
+            format!(
+                "{} has revocation on but no {CRLS_CURRENT} condition: is the controller older than its spec?",
+                display(icc)
+            ),
+            fix,
+        );
+    };
+    let worst = status.crl.iter().map(|c| c.window).max_by_key(|w| match w {
+        CrlWindow::Current => 0,
+        CrlWindow::RefreshDue => 1,
+        CrlWindow::Expiring => 2,
+    });
+    let what = format!(
+        "{}: {CRLS_CURRENT} {}: {}",
+        display(icc),
+        current.reason,
+        current.message
+    );
+    match (current.status.as_str(), current.reason.as_str(), worst) {
+        ("True", _, None | Some(CrlWindow::Current)) => Finding::pass(id),
+        (_, reason::REFRESH_DUE, _) | ("True", _, Some(CrlWindow::RefreshDue)) => Finding::warn(id, what, fix),
+        _ => Finding::fail(id, what, fix),
+    }
 }
 
 fn display(icc: &IstioCACerts) -> String {
@@ -337,6 +387,80 @@ mod tests {
                 history: vec![],
             });
             let got = fresh(&o, &icc);
+            assert_eq!(got.status, status, "{case}: {got:?}");
+            assert!(got.problem.as_deref().unwrap_or("").contains(text), "{case}: {got:?}");
+        }
+    }
+
+    /// Revocation off passes; on, CRLsCurrent and each CRL's window decide, and a revoked or
+    /// held intermediate fails.
+    #[test]
+    fn crls_are_current_and_the_intermediate_not_revoked() {
+        use crate::api::istio_cacerts::{CrlWindow, Revocation, TrackedCrl};
+        type Change = fn(&mut IstioCACerts);
+        let on: Change = |icc| {
+            icc.spec.revocation = Some(Revocation {
+                enabled: true,
+                ..Default::default()
+            });
+            let status = icc.status.as_mut().unwrap();
+            status
+                .conditions
+                .push(testdata::condition("CRLsCurrent", true, "Current", "2 CRLs"));
+            status.crl = vec![TrackedCrl::default(), TrackedCrl::default()];
+        };
+        let cases: [(&str, Change, Status, &str); 7] = [
+            ("revocation off", |_| {}, Status::Pass, ""),
+            ("current", on, Status::Pass, ""),
+            (
+                "refresh due",
+                |icc| {
+                    (icc.status.as_mut().unwrap().conditions[2]) =
+                        testdata::condition("CRLsCurrent", false, "CRLRefreshDue", "could not be replaced");
+                },
+                Status::Warn,
+                "CRLRefreshDue: could not be replaced",
+            ),
+            (
+                "expiring",
+                |icc| icc.status.as_mut().unwrap().crl[1].window = CrlWindow::Expiring,
+                Status::Fail,
+                "CRLsCurrent Current",
+            ),
+            (
+                "unavailable",
+                |icc| {
+                    (icc.status.as_mut().unwrap().conditions[2]) =
+                        testdata::condition("CRLsCurrent", false, "CRLUnavailable", "no CRL for CN=root");
+                },
+                Status::Fail,
+                "CRLUnavailable: no CRL for CN=root",
+            ),
+            (
+                "intermediate revoked",
+                |icc| {
+                    icc.status.as_mut().unwrap().conditions[0] =
+                        testdata::condition("Ready", false, "IntermediateRevoked", "serial 0a1b");
+                },
+                Status::Fail,
+                "IntermediateRevoked: serial 0a1b",
+            ),
+            (
+                "no condition yet",
+                |icc| {
+                    icc.status.as_mut().unwrap().conditions.pop();
+                },
+                Status::Fail,
+                "no CRLsCurrent condition",
+            ),
+        ];
+        for (case, change, status, text) in cases {
+            let mut icc = testdata::istio_cacerts();
+            if case != "revocation off" {
+                on(&mut icc);
+            }
+            change(&mut icc);
+            let got = crls(&icc);
             assert_eq!(got.status, status, "{case}: {got:?}");
             assert!(got.problem.as_deref().unwrap_or("").contains(text), "{case}: {got:?}");
         }

@@ -2,7 +2,7 @@
 //! peer's current roots (as its own status shows them) are among our trust anchors, which
 //! catches a stale copy after the peer rotated; trust domains are unique among federated
 //! clusters; root rotations are in step, so no cluster signs with a root a peer does not
-//! trust. Pure. (A peer's bundle-endpoint staleness belongs here once bundle endpoints exist.)
+//! trust; a cluster writing CRLs holds each peer's intermediate CRL. Pure. (A peer's bundle-endpoint staleness belongs here once bundle endpoints exist.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,6 +30,10 @@ pub struct Member {
     pub phase: Option<RotationPhase>,
     /// Subjects by fingerprint, for messages.
     pub names: BTreeMap<String, String>,
+    /// The intermediate istiod signs with (`status.intermediate`).
+    pub intermediate: Option<String>,
+    /// With revocation on: the CAs whose CRLs its `ca-crl.pem` holds (`status.crl`).
+    pub crl_cas: Option<BTreeSet<String>>,
 }
 
 impl Member {
@@ -44,6 +48,9 @@ impl Member {
         }
         for a in &status.trust_anchors {
             names.insert(a.certificate.fingerprint_sha256.clone(), a.certificate.subject.clone());
+        }
+        if let Some(i) = &status.intermediate {
+            names.insert(i.fingerprint_sha256.clone(), i.subject.clone());
         }
         let cacerts = o
             .secrets
@@ -78,6 +85,13 @@ impl Member {
                 .map(|r| r.fingerprint.clone()),
             phase: status.root_rotation.map(|r| r.phase).filter(|p| p.in_progress()),
             names,
+            intermediate: status.intermediate.map(|i| i.fingerprint_sha256),
+            crl_cas: icc
+                .spec
+                .revocation
+                .as_ref()
+                .filter(|r| r.enabled)
+                .map(|_| status.crl.iter().map(|c| c.ca_fingerprint_sha256.clone()).collect()),
         })
     }
 
@@ -165,7 +179,45 @@ pub fn checks(members: &[Member]) -> Vec<Finding> {
         peer_roots(members),
         trust_domains(members),
         rotations(members),
+        peer_crls(members),
     ]
+}
+
+/// Envoy checks the CRL of every CA of a peer's chain once any CRL is loaded: a cluster that
+/// writes `ca-crl.pem` needs the CRL of each peer's intermediate too, and those are not
+/// distributed (docs/revocation.md). Without one, its sidecars refuse that peer's workloads.
+fn peer_crls(members: &[Member]) -> Finding {
+    let id = CheckId::FleetPeerCrls;
+    let mut findings = Vec::new();
+    for x in members {
+        let Some(held) = &x.crl_cas else { continue };
+        for y in members {
+            if x.context == y.context || !(shares_root(x, y) || federated(x, y)) {
+                continue;
+            }
+            let Some(intermediate) = &y.intermediate else { continue };
+            if held.contains(intermediate) {
+                continue;
+            }
+            findings.push(Finding::fail(
+                id,
+                format!(
+                    "context {} writes ca-crl.pem without a CRL of context {}'s intermediate {}: Envoy sidecars in {} refuse every workload of {} (unable to get certificate CRL)",
+                    x.context,
+                    y.context,
+                    y.name(intermediate),
+                    x.context,
+                    y.context
+                ),
+                format!(
+                    "peers' CRLs are not distributed yet: turn spec.revocation off in {} and restart its istiod (Istio keeps loaded CRLs), or use ztunnel there: {}#fleet-peer-crls",
+                    x.context,
+                    super::DOCS
+                ),
+            ));
+        }
+    }
+    combine(id, findings)
 }
 
 fn shared_root(members: &[Member]) -> Finding {
@@ -309,6 +361,8 @@ mod tests {
             signing_root: roots.first().map(|s| s.to_string()),
             phase: None,
             names: BTreeMap::new(),
+            intermediate: Some(format!("int-{context}")),
+            crl_cas: None,
         }
     }
 
@@ -447,6 +501,45 @@ mod tests {
             let (_, s, problem) = got.iter().find(|(i, _, _)| *i == id).unwrap();
             assert_eq!(*s, status, "{case}: {got:?}");
             assert!(problem.contains(text), "{case}: {problem}");
+        }
+    }
+
+    /// A cluster writing CRLs fails for every peer it verifies whose intermediate's CRL it
+    /// lacks; without revocation, or holding the peer's CRL, it passes.
+    #[test]
+    fn a_cluster_writing_crls_needs_every_peers_intermediate_crl() {
+        let a = member("a", "cluster.local", &["R"], &[]);
+        let b = member("b", "cluster.local", &["R"], &[]);
+        let other = member("c", "c.example", &["C"], &[]);
+        let revoking = |m: &Member, held: &[&str]| Member {
+            crl_cas: Some(held.iter().map(|s| s.to_string()).collect()),
+            ..m.clone()
+        };
+        let cases = [
+            ("no revocation", vec![a.clone(), b.clone()], Status::Pass, ""),
+            (
+                "a writes its own chain's CRLs only",
+                vec![revoking(&a, &["int-a", "R"]), b.clone()],
+                Status::Fail,
+                "context a writes ca-crl.pem without a CRL of context b's intermediate",
+            ),
+            (
+                "a holds b's intermediate CRL too",
+                vec![revoking(&a, &["int-a", "R", "int-b"]), b.clone()],
+                Status::Pass,
+                "",
+            ),
+            (
+                "an unrelated cluster is not a peer",
+                vec![revoking(&a, &["int-a", "R"]), other],
+                Status::Pass,
+                "",
+            ),
+        ];
+        for (case, members, status, text) in cases {
+            let got = peer_crls(&members);
+            assert_eq!(got.status, status, "{case}: {got:?}");
+            assert!(got.problem.unwrap_or_default().contains(text), "{case}");
         }
     }
 

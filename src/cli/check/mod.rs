@@ -92,6 +92,7 @@ pub enum CheckId {
     IstioCACertsReady,
     IstioCACertsFresh,
     IstioCACertsWindows,
+    IstioCACertsCrls,
     IstiodFound,
     IstiodCacertsMounted,
     IstiodMultiRoot,
@@ -104,10 +105,11 @@ pub enum CheckId {
     FleetPeerRoots,
     FleetTrustDomains,
     FleetRotations,
+    FleetPeerCrls,
 }
 
 impl CheckId {
-    pub const ALL: [CheckId; 30] = [
+    pub const ALL: [CheckId; 32] = [
         CheckId::ApiReachable,
         CheckId::Crds,
         CheckId::CertManagerCrds,
@@ -126,6 +128,7 @@ impl CheckId {
         CheckId::IstioCACertsReady,
         CheckId::IstioCACertsFresh,
         CheckId::IstioCACertsWindows,
+        CheckId::IstioCACertsCrls,
         CheckId::IstiodFound,
         CheckId::IstiodCacertsMounted,
         CheckId::IstiodMultiRoot,
@@ -138,6 +141,7 @@ impl CheckId {
         CheckId::FleetPeerRoots,
         CheckId::FleetTrustDomains,
         CheckId::FleetRotations,
+        CheckId::FleetPeerCrls,
     ];
 
     /// (id, group, what holds when the check passes).
@@ -226,6 +230,11 @@ impl CheckId {
                 Group::IstioCACerts,
                 "no tracked certificate is past its renewal time or close to expiry",
             ),
+            IstioCACertsCrls => (
+                "istiocacerts-crls",
+                Group::IstioCACerts,
+                "with revocation on, ca-crl.pem holds a current CRL for every CA and the intermediate is not revoked",
+            ),
             IstiodFound => ("istiod-found", Group::Istiod, "istiod's Deployment is there"),
             IstiodCacertsMounted => (
                 "istiod-cacerts-mounted",
@@ -281,6 +290,11 @@ impl CheckId {
                 "fleet-rotations",
                 Group::Fleet,
                 "root rotations are in step: every cluster trusts the root each peer signs with",
+            ),
+            FleetPeerCrls => (
+                "fleet-peer-crls",
+                Group::Fleet,
+                "no cluster writing CRLs lacks the CRL of a peer's intermediate its sidecars verify",
             ),
         }
     }

@@ -308,7 +308,7 @@ pub fn healthy() -> Observed {
 #[test]
 fn the_healthy_cluster_passes_every_check() {
     let findings = super::check_cluster(&super::observe::ClusterRead::Read(Box::new(healthy())), now());
-    assert_eq!(findings.len(), 26, "every per-cluster check ran: {findings:?}");
+    assert_eq!(findings.len(), 27, "every per-cluster check ran: {findings:?}");
     for f in findings {
         assert_eq!(f.status, super::Status::Pass, "{f:?}");
     }
