@@ -205,6 +205,52 @@ async fn istiod_loads_our_cacerts_and_its_workload_certificates_chain_to_our_int
     );
 }
 
+/// Revocation turned on under a running istiod: the `cacerts` our controller writes with
+/// `ca-crl.pem` (a CRL for the intermediate and for the root) passes istiod's own check, which
+/// refuses the whole update otherwise (`missing CRL signed by certificates`), and istiod hands
+/// exactly those CRLs to the workloads in the `istio-ca-crl` ConfigMap.
+#[tokio::test]
+async fn istiod_accepts_our_ca_crl_pem_and_distributes_it_to_the_workloads() {
+    let (sys, workload, _) = one_cluster(false).await;
+    sys.ns
+        .api::<IstioCACerts>()
+        .patch(
+            "istiod",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"revocation": {"enabled": true}}})),
+        )
+        .await
+        .unwrap();
+    sys.wait_icc("CRLsCurrent=Current", |icc| {
+        condition(icc, "CRLsCurrent").is_some_and(|c| c.reason == "Current")
+    })
+    .await;
+    let (cacerts, _) = sys.cacerts().await;
+    let written = String::from_utf8(cacerts["ca-crl.pem"].clone()).unwrap();
+    assert_eq!(written.matches("BEGIN X509 CRL").count(), 2);
+    let configmaps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(sys.client.clone(), &workload.namespace);
+    let distributed = eventually(Duration::from_secs(60), || async {
+        let cm = configmaps.get_opt("istio-ca-crl").await.ok()??;
+        cm.data?.remove("ca-crl.pem").filter(|pem| *pem == written)
+    })
+    .await;
+    let istiod = sys.istiod();
+    assert!(
+        distributed.is_some(),
+        "istiod did not distribute our CRLs:\n{}",
+        istiod.log_tail(40)
+    );
+    assert!(
+        istiod.log_lines("Failed to update new Plug-in CA certs").is_empty(),
+        "istiod refused the update:\n{}",
+        istiod.log_tail(40)
+    );
+    // Still the same CA: workloads are issued as before.
+    let issued = workload.request(istiod).await;
+    assert!(issued.verifies(&sys.root_of("mesh").await.to_pem()));
+}
+
 // === 2. renewal, hot reload ===
 
 #[tokio::test]
