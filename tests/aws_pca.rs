@@ -713,3 +713,153 @@ async fn no_credentials_or_keys_in_logs_events_or_conditions() {
     let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
     assert!(!haystack.contains(&body[10..42]), "key material leaked");
 }
+
+/// Revocation's proof 4, under AWS Private CA: PCA cannot sign the root's CRL here and this
+/// backend fetches none, so with no CRL in `spec.crlFrom` `ca-crl.pem` is not written, the
+/// condition names the PCA root and why, and the intermediate still renews normally. A corrupt
+/// `crlFrom` (not a CRL) and a forged one (a CRL with the PCA root's name, signed by another
+/// key) are refused by name, and nothing is written.
+#[tokio::test]
+async fn a_pca_chain_without_a_crl_writes_no_ca_crl_pem_and_still_renews() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams};
+    use mesh_ca_issuer::api::issuer::{ConfigMapKeySelector, CrlFrom};
+    use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, Revocation};
+    const SOURCE: &str = "istiod-intermediate";
+    let env = env("pca-crl").await;
+    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
+    let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
+    let spec = IssuerSpec {
+        crl_from: Some(CrlFrom {
+            config_map_key_ref: ConfigMapKeySelector {
+                name: "pca-crl".into(),
+                key: "crl.pem".into(),
+            },
+        }),
+        ..pca_spec(&env, &arn)
+    };
+    create_issuer(&env, "pca", spec).await;
+    wait_issuer(&env, "pca", "True").await;
+    let issue = |name: &'static str| {
+        let env = &env;
+        async move {
+            let req = IntermediateRequest {
+                certificate: Some(SOURCE.into()),
+                ..IntermediateRequest::istiod(name, "pca")
+            };
+            let (cr, key) = cm::request_until(&env.client, &env.ns.name, &req, &["Issued"], TIMEOUT).await;
+            cm::write_certificate_secret(&env.client, &env.ns.name, SOURCE, &cr, &key).await;
+            issued_parts(&cr)
+        }
+    };
+    let (first, root) = issue("istiod-1").await;
+    let iccs = env.ns.api::<IstioCACerts>();
+    let spec = IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        revocation: Some(Revocation {
+            enabled: true,
+            crl_validity: "72h".into(),
+            refresh_before: None,
+        }),
+        ..Default::default()
+    };
+    iccs.create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
+        .await
+        .unwrap();
+    let condition = |type_: &'static str| {
+        let iccs = &iccs;
+        async move {
+            let icc = iccs.get("istiod").await.ok()?;
+            icc.status?.conditions.into_iter().find(|c| c.type_ == type_)
+        }
+    };
+    let cacerts = || async {
+        let secret = env.ns.api::<Secret>().get_opt("cacerts").await.ok()??;
+        Some(support::objects::data(&secret))
+    };
+    // Waits until cacerts holds `intermediate` and CRLsCurrent says `reason` with `text`.
+    let settled = |intermediate: Certificate, text: &'static str| {
+        let (condition, cacerts) = (&condition, &cacerts);
+        async move {
+            let found =
+                eventually(TIMEOUT, || async {
+                    let data = cacerts().await?;
+                    let held = Certificate::parse_pem_bundle(&data["ca-cert.pem"], "ca-cert.pem")
+                        .ok()?
+                        .remove(0);
+                    let crls = condition("CRLsCurrent").await?;
+                    let ready = condition("Ready").await?;
+                    (held == intermediate && crls.reason == "CRLUnavailable" && crls.message.contains(text))
+                        .then_some((data, crls.message, ready.reason))
+                })
+                .await;
+            found.unwrap_or_else(|| {
+                panic!(
+                    "cacerts with {} and CRLUnavailable naming {text:?}",
+                    intermediate.subject()
+                )
+            })
+        }
+    };
+
+    let (data, message, ready) = settled(first[0].clone(), "(spec.crlFrom) not found").await;
+    assert!(!data.contains_key("ca-crl.pem"), "no CRL set without the root's CRL");
+    assert!(
+        message.contains(&root.subject()),
+        "names the CA without a CRL: {message}"
+    );
+    assert_eq!(ready, "Synced", "cacerts is written as usual");
+    assert_eq!(support::goverify::istiod_loads(&data), Ok(()));
+
+    // Corrupt: not a CRL at all.
+    let configmaps = env.ns.api::<ConfigMap>();
+    let put = |value: String| {
+        let configmaps = &configmaps;
+        async move {
+            let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pca-crl"}, "data": {"crl.pem": value}});
+            configmaps
+                .patch("pca-crl", &PatchParams::apply("test").force(), &Patch::Apply(&cm))
+                .await
+                .unwrap();
+        }
+    };
+    put("-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n-----END X509 CRL-----\n".into()).await;
+    // The renewal goes through meanwhile, without CRLs.
+    let (second, _) = issue("istiod-2").await;
+    let (data, message, ready) = settled(second[0].clone(), "is refused: not a CRL").await;
+    assert!(!data.contains_key("ca-crl.pem") && ready == "Synced", "{message}");
+
+    // Forged: a CRL with the PCA root's name, signed by another key.
+    let (other, other_key) = mesh_ca_issuer::pki::sign::self_signed_root(
+        &mesh_ca_issuer::api::issuer::RootBootstrap::default(),
+        jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
+    )
+    .unwrap();
+    let forged = mesh_ca_issuer::pki::crl::issue(
+        &mesh_ca_issuer::pki::crl::CrlSpec {
+            number: 1,
+            this_update: jiff::Timestamp::now(),
+            next_update: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(72),
+            revoked: vec![],
+        },
+        &mesh_ca_issuer::pki::sign::CaSigner {
+            certificate: &other,
+            key: &other_key,
+        },
+    )
+    .unwrap();
+    put(forged.to_pem()).await;
+    iccs.patch(
+        "istiod",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"test/look-again": "1"}}})),
+    )
+    .await
+    .unwrap();
+    let (data, message, _) = settled(second[0].clone(), "is signed by no CA of cert-chain.pem").await;
+    assert!(!data.contains_key("ca-crl.pem"), "{message}");
+    assert!(
+        !message.contains("is refused: not a CRL"),
+        "the new source was read: {message}"
+    );
+}

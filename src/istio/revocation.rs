@@ -363,6 +363,17 @@ fn crl_set(
         }
     }
 
+    // A fetched CRL no CA of the chain signed is named: a forgery, or a CRL of another CA.
+    for stray in inputs
+        .fetched
+        .iter()
+        .filter(|c| !chain.iter().any(|ca| c.is_signed_by(ca)))
+    {
+        problems.push(format!(
+            "a fetched CRL naming issuer {} is signed by no CA of cert-chain.pem: not used",
+            stray.issuer()
+        ));
+    }
     let intermediate = &plan.contents.intermediate;
     let own_serial = canonical(&hex_bytes(&intermediate.serial_hex()));
     // Revoked at the issuer (spec.revoked), or in the CRL of the CA that signed it (one
