@@ -249,6 +249,33 @@ async fn istiod_accepts_our_ca_crl_pem_and_distributes_it_to_the_workloads() {
     // Still the same CA: workloads are issued as before.
     let issued = workload.request(istiod).await;
     assert!(issued.verifies(&sys.root_of("mesh").await.to_pem()));
+
+    // Revocation off: ca-crl.pem goes from cacerts, but istiod keeps handing out the CRLs it
+    // loaded (istio/istio#61073), which nothing refreshes any more: the IstioCACerts says so.
+    sys.ns
+        .api::<IstioCACerts>()
+        .patch(
+            "istiod",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"revocation": {"enabled": false}}})),
+        )
+        .await
+        .unwrap();
+    let icc = sys
+        .wait_icc("CRLsCurrent=StaleCRLsDistributed", |icc| {
+            condition(icc, "CRLsCurrent").is_some_and(|c| c.reason == "StaleCRLsDistributed")
+        })
+        .await;
+    let (cacerts, _) = sys.cacerts().await;
+    assert!(!cacerts.contains_key("ca-crl.pem"));
+    let message = condition(&icc, "CRLsCurrent").unwrap().message.clone();
+    assert!(message.contains("rollout restart deployment/istiod"), "{message}");
+    let still = configmaps.get("istio-ca-crl").await.unwrap().data.unwrap_or_default();
+    assert_eq!(
+        still.get("ca-crl.pem"),
+        Some(&written),
+        "istiod kept the CRLs it loaded"
+    );
 }
 
 // === 2. renewal, hot reload ===

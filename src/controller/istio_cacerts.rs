@@ -106,9 +106,24 @@ pub async fn observe(ctx: &Context, cached: &IstioCACerts) -> Result<Option<Obse
     let certificate = source_certificate(ctx, &namespace, source.as_ref()).await;
     let issuer = source_issuer(ctx, &namespace, source.as_ref()).await;
     let backend_ca = issuer.as_ref().and_then(|i| i.status.as_ref()?.ca.clone());
-    let revocation = match (&issuer, &spec.revocation) {
-        (Some(issuer), Some(r)) if r.enabled => Some(revocation_inputs(ctx, issuer, now).await),
+    let enabled = spec.revocation.as_ref().is_some_and(|r| r.enabled);
+    let revocation = match &issuer {
+        Some(issuer) if enabled => Some(revocation_inputs(ctx, issuer, now).await),
         _ => None,
+    };
+    // Revocation was on and is off: does istiod still hand out the CRLs it loaded?
+    let was_on = icc
+        .status
+        .as_ref()
+        .is_some_and(|s| crate::api::conditions::find(&s.conditions, revocation::CRLS_CURRENT).is_some())
+        || target
+            .as_ref()
+            .and_then(|t| t.data.as_ref())
+            .is_some_and(|d| d.contains_key(crate::istio::cacerts::CA_CRL));
+    let distributed_crls = if !enabled && was_on {
+        Some(distributed_crls(ctx, &namespace).await)
+    } else {
+        None
     };
     let published = match &spec.publish_root {
         Some(p) => Some(published_config_map(ctx, &namespace, &p.config_map_name).await),
@@ -123,8 +138,24 @@ pub async fn observe(ctx: &Context, cached: &IstioCACerts) -> Result<Option<Obse
         backend_ca,
         published,
         revocation,
+        distributed_crls,
         now,
     }))
+}
+
+/// The CRLs istiod distributes from this namespace's `istio-ca-crl` ConfigMap (none when it is
+/// absent, empty or unreadable: nothing to warn about then).
+async fn distributed_crls(ctx: &Context, namespace: &str) -> Vec<crate::pki::crl::Crl> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let Ok(Some(cm)) = api.get_opt(revocation::DISTRIBUTED_CONFIG_MAP).await else {
+        return Vec::new();
+    };
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get(crate::istio::cacerts::CA_CRL))
+        .filter(|pem| !pem.trim().is_empty())
+        .and_then(|pem| crate::pki::crl::Crl::parse_pem_bundle(pem.as_bytes(), "istio-ca-crl").ok())
+        .unwrap_or_default()
 }
 
 /// The status of the Certificate that writes the source (cert-manager's annotation names it).

@@ -823,7 +823,9 @@ fn istio_cacerts_controller(
             let name = cm.name_any();
             cached_refs(&store, |i| {
                 i.namespace() == cm.namespace()
-                    && (i.spec.publish_root.as_ref().is_some_and(|p| p.config_map_name == name)
+                    // istiod's CRLs: one still handed out after revocation was turned off.
+                    && (name == crate::istio::revocation::DISTRIBUTED_CONFIG_MAP
+                        || i.spec.publish_root.as_ref().is_some_and(|p| p.config_map_name == name)
                         || i.spec
                             .trust_anchors
                             .iter()

@@ -429,7 +429,15 @@ impl Outcome {
             healthy: health(&tracked, anchor_of(&tracked, live.as_ref()), now, t),
             rotation: rotation.as_ref(),
             published: published.as_ref().map(|(verdict, _)| verdict.clone()),
-            crls: crls.map(|v| (v.condition.0, v.condition.1.to_string(), v.condition.2.clone())),
+            crls: match crls {
+                Some(v) => Some((v.condition.0, v.condition.1.to_string(), v.condition.2.clone())),
+                None => o
+                    .distributed_crls
+                    .as_deref()
+                    .filter(|_| !o.icc.spec.revocation.as_ref().is_some_and(|r| r.enabled))
+                    .and_then(|d| revocation::after_turned_off(d, o.namespace(), now))
+                    .map(|(ok, reason, message)| (ok, reason.to_string(), message)),
+            },
             revocation_enabled: o.icc.spec.revocation.as_ref().is_some_and(|r| r.enabled),
         };
         // Not decided this time (nothing could be planned): what is tracked stays.

@@ -44,6 +44,9 @@ pub struct Observed {
     /// With `spec.revocation.enabled`: the issuer's revoked list and what its backend gives
     /// for CRLs (`None`: the source names no issuer of ours, or revocation is off).
     pub revocation: Option<super::revocation::Inputs>,
+    /// With revocation off after it was on: the CRLs istiod still distributes (ConfigMap
+    /// `istio-ca-crl` here), which it keeps when `ca-crl.pem` goes (Istio #61073).
+    pub distributed_crls: Option<Vec<crate::pki::crl::Crl>>,
     pub now: Timestamp,
 }
 

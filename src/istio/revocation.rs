@@ -46,6 +46,8 @@ pub mod reason {
     pub const EXPIRING: &str = "CRLExpiring";
     /// `spec.revocation` cannot be read (a bad duration).
     pub const INVALID_SPEC: &str = "InvalidRevocationSpec";
+    /// Revocation is off, but istiod still distributes the CRLs it loaded.
+    pub const STALE_CRLS_DISTRIBUTED: &str = "StaleCRLsDistributed";
     /// Ready's reason: the issuer's `spec.revoked` lists the intermediate istiod signs with.
     pub const INTERMEDIATE_REVOKED: &str = "IntermediateRevoked";
     /// Ready's reason: a new chain would be written without a CRL for every one of its CAs,
@@ -165,6 +167,33 @@ pub struct Verdict {
     /// certificate under a CA of the new chain that has none: the mesh would break. The old
     /// chain stays until a complete set can be written.
     pub hold: Option<String>,
+}
+
+/// The ConfigMap istiod writes its CRLs into, in every namespace (`PILOT_CRL_CONFIGMAP`).
+pub const DISTRIBUTED_CONFIG_MAP: &str = "istio-ca-crl";
+
+/// `CRLsCurrent` once revocation is off: istiod keeps handing its sidecars the CRLs it loaded
+/// when `ca-crl.pem` goes (Istio #61073), nobody refreshes them any more, and once one lapses
+/// Envoy refuses every certificate under its CA. Only a restart of istiod clears them. `None`:
+/// istiod distributes none, nothing to say.
+pub fn after_turned_off(distributed: &[Crl], namespace: &str, now: Timestamp) -> Option<(bool, &'static str, String)> {
+    let lapse = distributed.iter().filter_map(Crl::next_update).min()?;
+    let when = if lapse <= now {
+        format!("one lapsed at {lapse}: Envoy sidecars already refuse every certificate under its CA")
+    } else {
+        format!(
+            "the first lapses at {lapse} ({:#} from now), after which Envoy sidecars refuse every certificate under its CA",
+            lapse.duration_since(now)
+        )
+    };
+    Some((
+        false,
+        reason::STALE_CRLS_DISTRIBUTED,
+        format!(
+            "spec.revocation is off, but istiod still distributes {} CRLs (ConfigMap {namespace}/{DISTRIBUTED_CONFIG_MAP}): it keeps the CRLs it loaded when ca-crl.pem goes (istio/istio#61073) and nothing refreshes them; {when}. Restart istiod now: kubectl -n {namespace} rollout restart deployment/istiod",
+            distributed.len()
+        ),
+    ))
 }
 
 /// How often CRLs fetched from elsewhere are read again.
@@ -706,6 +735,28 @@ mod tests {
         let verdict = verdict.unwrap();
         assert!(verdict.hold.is_none() && !out.data.contains_key(CA_CRL));
         assert_eq!(verdict.condition.1, reason::UNAVAILABLE);
+    }
+
+    /// Revocation off while istiod still hands out CRLs: say when they lapse and to restart
+    /// istiod; nothing distributed, nothing to say.
+    #[test]
+    fn crls_istiod_keeps_after_revocation_is_off_are_named_with_their_lapse() {
+        let (plan, inputs, _) = setup();
+        let (first, _) = apply(plan, &Target::Absent, Some(&enabled()), Some(&inputs), t0());
+        let distributed = crls(&first);
+        let (ok, why, message) = after_turned_off(&distributed, "istio-system", t0() + HOUR).unwrap();
+        assert!(!ok && why == reason::STALE_CRLS_DISTRIBUTED);
+        assert!(
+            message.contains("lapses at 2027-01-18T08:00:00Z (71h from now)"),
+            "{message}"
+        );
+        assert!(
+            message.contains("kubectl -n istio-system rollout restart deployment/istiod"),
+            "{message}"
+        );
+        let (_, _, lapsed) = after_turned_off(&distributed, "istio-system", t0() + DAY * 4).unwrap();
+        assert!(lapsed.contains("already refuse"), "{lapsed}");
+        assert_eq!(after_turned_off(&[], "istio-system", t0()), None);
     }
 
     /// Fetched CRLs are written only when signed by their CA and fresh; anything else is

@@ -141,6 +141,7 @@ pub fn observed(icc: IstioCACerts, source: Option<&SourceBundle>) -> Observed {
         backend_ca: None,
         published: None,
         revocation: None,
+        distributed_crls: None,
         now: t0(),
     }
 }
