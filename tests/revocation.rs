@@ -500,3 +500,55 @@ async fn a_root_rotation_writes_a_complete_crl_set_in_every_phase() {
         versions.len()
     );
 }
+
+/// Hostile: the source Secret's annotation names another Certificate of the namespace (one that
+/// writes another Secret). A revoked intermediate asks nobody then: that Certificate is never
+/// made to re-issue.
+#[tokio::test]
+async fn a_revoked_intermediate_never_makes_another_certificate_reissue() {
+    use mesh_ca_issuer::api::cert_manager::CERTIFICATE_NAME_ANNOTATION;
+    let (cluster, _lock) = one_cluster("revocation-decoy").await;
+    let cr = cluster.issue("root").await;
+    cm::record_certificate(&cluster.client, &cluster.ns.name, "decoy", "other-secret", &cr, None).await;
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = cluster.ns.api();
+    secrets
+        .patch(
+            SOURCE,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {CERTIFICATE_NAME_ANNOTATION: "decoy"}}})),
+        )
+        .await
+        .unwrap();
+    cluster.create_icc(revoking("72h", "24h")).await;
+    wait_crls(&cluster, "Current").await;
+    let serial = chain(&cluster.cacerts().await).remove(0).serial_hex();
+    let issuers: kube::Api<MeshCAIssuer> = cluster.ns.api();
+    issuers
+        .patch(
+            "root",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"revoked": [{"serialNumber": serial}]}})),
+        )
+        .await
+        .unwrap();
+    cluster.wait_ready("IntermediateRevoked").await;
+    // The controller said why it asked nobody: the signal that the decision was made.
+    let said = eventually(TIMEOUT, || async {
+        cluster
+            .controller
+            .log()
+            .contains("that Certificate does not write the source Secret")
+            .then_some(())
+    })
+    .await;
+    assert!(said.is_some(), "{}", cluster.controller.log());
+    let certificates: kube::Api<CertManagerCertificate> = cluster.ns.api();
+    let decoy = certificates.get("decoy").await.unwrap();
+    let issuing = decoy
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .any(|c| c.type_ == "Issuing");
+    assert!(!issuing, "the decoy Certificate was never asked to re-issue");
+}

@@ -109,6 +109,17 @@ pub async fn observe(ctx: &Context, cached: &IstioCACerts) -> Result<Option<Obse
     let enabled = spec.revocation.as_ref().is_some_and(|r| r.enabled);
     let revocation = match &issuer {
         Some(issuer) if enabled => Some(revocation_inputs(ctx, issuer, now).await),
+        // Said, so that the CA left without a CRL is explained.
+        None if enabled => Some(revocation::Inputs {
+            problems: vec![format!(
+                "{} names no issuer of ours (cert-manager's issuer annotations), so no backend gives the CRL of the CA above the intermediate",
+                source.as_ref().map_or_else(
+                    || format!("Secret {namespace}/{} (not found)", spec.source_secret_name),
+                    |_| format!("Secret {namespace}/{}", spec.source_secret_name)
+                )
+            )],
+            ..Default::default()
+        }),
         _ => None,
     };
     // Revocation was on and is off: does istiod still hand out the CRLs it loaded?
@@ -650,6 +661,15 @@ async fn request_reissue(ctx: &Context, o: &Observed, reissue: &Reissue) -> Resu
     let Some(certificate) = api.get_opt(&reissue.certificate).await.map_err(failed)? else {
         return Ok(());
     };
+    // The source Secret's annotation names the Certificate; only the one that really writes
+    // that Secret is asked, never another Certificate of the namespace.
+    if certificate.data.pointer("/spec/secretName").and_then(|v| v.as_str()) != Some(&o.icc.spec.source_secret_name) {
+        warn!(
+            certificate = %reissue.certificate,
+            "not asking for a new intermediate: that Certificate does not write the source Secret"
+        );
+        return Ok(());
+    }
     let mut conditions: Vec<serde_json::Value> = certificate
         .data
         .pointer("/status/conditions")
