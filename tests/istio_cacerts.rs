@@ -280,15 +280,29 @@ async fn renewals_keep_root_cert_pem_byte_identical_and_unchanged_content_is_not
     }
     assert_eq!(intermediates.len(), 4);
 
-    // Nothing changed: a forced reconcile writes nothing (same resourceVersion).
+    // Nothing changed: a reconcile forced by a spec change that leaves cacerts as it is
+    // (revocation stated off) writes nothing. Its Ready condition at the new generation is the
+    // signal that the decision was made; only then is the Secret compared.
     let before = cacerts(&env).await.unwrap().resource_version();
-    let touch = serde_json::json!({"metadata": {"annotations": {"touched": Timestamp::now().to_string()}}});
-    env.ns
+    let touch = serde_json::json!({"spec": {"revocation": {"enabled": false}}});
+    let touched = env
+        .ns
         .api::<IstioCACerts>()
         .patch("mesh", &PatchParams::default(), &Patch::Merge(&touch))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    support::objects::wait_icc(
+        &env.ns.api(),
+        "mesh",
+        TIMEOUT,
+        "",
+        "Ready at the touched generation",
+        |icc| {
+            icc.metadata.generation == touched.metadata.generation
+                && support::objects::ready_at_generation(icc, Some("Synced"))
+        },
+    )
+    .await;
     assert_eq!(cacerts(&env).await.unwrap().resource_version(), before);
 }
 
