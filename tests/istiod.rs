@@ -212,15 +212,16 @@ async fn istiod_loads_our_cacerts_and_its_workload_certificates_chain_to_our_int
 #[tokio::test]
 async fn istiod_accepts_our_ca_crl_pem_and_distributes_it_to_the_workloads() {
     let (sys, workload, _) = one_cluster(false).await;
-    sys.ns
-        .api::<IstioCACerts>()
-        .patch(
-            "istiod",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"revocation": {"enabled": true}}})),
-        )
-        .await
-        .unwrap();
+    let revocation = |enabled: bool| {
+        let api = sys.ns.api::<IstioCACerts>();
+        async move {
+            let patch = serde_json::json!({"spec": {"revocation": {"enabled": enabled}}});
+            api.patch("istiod", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+    };
+    revocation(true).await;
     sys.wait_icc("CRLsCurrent=Current", |icc| {
         condition(icc, "CRLsCurrent").is_some_and(|c| c.reason == "Current")
     })
@@ -252,15 +253,7 @@ async fn istiod_accepts_our_ca_crl_pem_and_distributes_it_to_the_workloads() {
 
     // Revocation off: ca-crl.pem goes from cacerts, but istiod keeps handing out the CRLs it
     // loaded (istio/istio#61073), which nothing refreshes any more: the IstioCACerts says so.
-    sys.ns
-        .api::<IstioCACerts>()
-        .patch(
-            "istiod",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"revocation": {"enabled": false}}})),
-        )
-        .await
-        .unwrap();
+    revocation(false).await;
     let icc = sys
         .wait_icc("CRLsCurrent=StaleCRLsDistributed", |icc| {
             condition(icc, "CRLsCurrent").is_some_and(|c| c.reason == "StaleCRLsDistributed")
