@@ -110,8 +110,9 @@ pub struct CertificateRequestStatus {
     pub failure_time: Option<Time>,
 }
 
-/// One condition of a CertificateRequest (no `observedGeneration` upstream: spec is immutable).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+/// One condition of a CertificateRequest (no `observedGeneration` upstream: spec is immutable),
+/// or of a Certificate (its `observedGeneration` is not read here).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateRequestCondition {
     #[serde(rename = "type")]

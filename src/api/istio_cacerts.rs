@@ -502,6 +502,10 @@ pub struct IstioCACertsStatus {
     /// `spec.revocation.enabled`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crl: Vec<TrackedCrl>,
+    /// The serial of a revoked intermediate for which cert-manager was asked for a new one
+    /// (once: it retries a failed issuance with its own back-off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reissue_requested_for: Option<String>,
 }
 
 /// A CRL written into `ca-crl.pem`, tracked like a certificate.

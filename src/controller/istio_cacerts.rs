@@ -259,15 +259,20 @@ async fn published_config_map(ctx: &Context, namespace: &str, name: &str) -> pub
 // === act ===
 
 /// Carries the plan out in order: `cacerts` (on refusal, the plan's fallback follows), the
-/// published root, status, events, the advance annotation, metrics; then the requeue. A
-/// refused `cacerts` write ends the reconcile in its error after all that, so the error
-/// policy retries it with back-off (a 409 at once) whether or not anything else changes.
+/// published root, the ask for a new intermediate, status, events, the advance annotation,
+/// metrics; then the requeue. A refused `cacerts` write ends the reconcile in its error after
+/// all that, so the error policy retries it with back-off (a 409 at once) whether or not
+/// anything else changes.
 pub async fn act(ctx: &Context, o: &Observed, plan: Plan) -> Result<Action> {
     let (mut outcome, refused) = carry_out_cacerts(ctx, o, plan).await;
     if let Some(write) = &outcome.publish
         && let Err(problem) = write_published_root(ctx, o, write).await
     {
         outcome = outcome.refused(ROOT_PUBLISHED, problem);
+    }
+    // Before the status that records it: an ask that fails is made again on the next reconcile.
+    if let Some(reissue) = &outcome.reissue {
+        request_reissue(ctx, o, reissue).await?;
     }
     if let Some(status) = outcome.status_write() {
         let api: Api<IstioCACerts> = Api::namespaced(ctx.client.clone(), o.namespace());
@@ -292,9 +297,6 @@ pub async fn act(ctx: &Context, o: &Observed, plan: Plan) -> Result<Action> {
     }
     if outcome.remove_advance_annotation {
         remove_advance_annotation(ctx, o).await?;
-    }
-    if let Some(reissue) = &outcome.reissue {
-        request_reissue(ctx, o, reissue).await?;
     }
     update_metrics(ctx, o, &outcome);
     if let Some(error) = refused {

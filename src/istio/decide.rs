@@ -446,6 +446,22 @@ impl Outcome {
             None if conditions.revocation_enabled => previous.map(|s| s.crl.clone()).unwrap_or_default(),
             None => Vec::new(),
         };
+        // cert-manager is asked once per revoked intermediate: should its issuance fail, it
+        // retries with its own back-off, and asking again each reconcile would bypass it.
+        let revoked_serial = crls
+            .filter(|v| v.intermediate_revoked.is_some())
+            .and(live.as_ref())
+            .map(|b| b.intermediate.serial_hex());
+        let asked_before = previous.and_then(|s| s.reissue_requested_for.clone());
+        let reissue = crls
+            .and_then(|v| v.intermediate_revoked.as_ref())
+            .filter(|_| step == Cacerts::InPlace && revoked_serial != asked_before)
+            .and_then(|message| reissue(o, message));
+        let reissue_requested_for = match (crls, &reissue) {
+            (None, _) => asked_before,
+            (Some(_), Some(_)) => revoked_serial,
+            (Some(_), None) => revoked_serial.filter(|s| Some(s) == asked_before.as_ref()),
+        };
         let status = IstioCACertsStatus {
             conditions: conditions.build(o),
             root_rotation: rotation
@@ -459,6 +475,7 @@ impl Outcome {
                 }
             }),
             crl: tracked_crls,
+            reissue_requested_for,
             ..tracked_status(&tracked, live.as_ref(), trust_anchors, mesh_config, now, settings)
         };
         let basis = Basis {
@@ -504,10 +521,6 @@ impl Outcome {
             .chain(rotation.as_ref().and_then(|r| r.requeue_at))
             .chain(crls.and_then(|v| v.requeue_at))
             .min();
-        let reissue = crls
-            .and_then(|v| v.intermediate_revoked.as_ref())
-            .filter(|_| step == Cacerts::InPlace)
-            .and_then(|message| reissue(o, message));
         Outcome {
             publish: published.and_then(|(_, write)| write),
             events: basis.events(&status),
@@ -1959,6 +1972,80 @@ mod tests {
             decide(&fresh, &Settings::default()).cacerts.map(|c| c.write.how),
             Some(SecretWrite::Create)
         );
+    }
+
+    /// An intermediate the issuer revoked: Ready says so, and cert-manager is asked for a new
+    /// one once (recorded in status); the next looks do not ask again for that serial, and a
+    /// Certificate already issuing is not asked at all.
+    #[test]
+    fn a_revoked_intermediate_asks_cert_manager_once() {
+        use crate::api::istio_cacerts::Revocation;
+        use crate::pki::crl::{CrlSigner, Reason, Revoked, parse_serial};
+        let r = crate::istio::testing::root(3650);
+        let source = crate::istio::testing::source_under(&r);
+        let mut o = observed(
+            istio_cacerts(IstioCACertsSpec {
+                revocation: Some(Revocation {
+                    enabled: true,
+                    crl_validity: "72h".into(),
+                    refresh_before: None,
+                }),
+                ..spec()
+            }),
+            Some(&source),
+        );
+        let serial = source.intermediate.serial_hex();
+        if let Some(s) = o.source.as_mut() {
+            s.metadata.annotations = Some(
+                [(
+                    crate::api::cert_manager::CERTIFICATE_NAME_ANNOTATION.to_string(),
+                    "istiod-intermediate".to_string(),
+                )]
+                .into(),
+            );
+        }
+        o.revocation = Some(revocation::Inputs {
+            issuer: "ClusterMeshCAIssuer mesh-root".into(),
+            revoked: vec![Revoked {
+                serial: parse_serial(&serial).unwrap(),
+                reason: Reason::KeyCompromise,
+                revoked_at: t0(),
+            }],
+            signer: Some(CrlSigner {
+                certificate: r.0.clone(),
+                key: std::sync::Arc::new(r.1),
+            }),
+            ..Default::default()
+        });
+        let first = decide(&o, &Settings::default());
+        assert_eq!(reason(&first.then.status, READY), Some("IntermediateRevoked"));
+        assert_eq!(
+            first.then.reissue.as_ref().map(|r| r.certificate.as_str()),
+            Some("istiod-intermediate")
+        );
+        assert_eq!(
+            first.then.status.reissue_requested_for.as_deref(),
+            Some(serial.as_str())
+        );
+        let next = after(&o, &first, t0() + HOUR);
+        let again = decide(&next, &Settings::default());
+        assert!(again.then.reissue.is_none(), "asked once");
+        assert_eq!(
+            again.then.status.reissue_requested_for.as_deref(),
+            Some(serial.as_str())
+        );
+        // cert-manager already issuing (its own renewal): not asked, nothing recorded.
+        let mut issuing = o.clone();
+        issuing.certificate = Some(crate::api::cert_manager::CertificateStatus {
+            conditions: Some(vec![crate::api::cert_manager::CertificateRequestCondition {
+                type_: "Issuing".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let busy = decide(&issuing, &Settings::default());
+        assert!(busy.then.reissue.is_none() && busy.then.status.reissue_requested_for.is_none());
     }
 
     /// Nothing the decision carries shows key material in `{:?}`: not the observed Secrets,

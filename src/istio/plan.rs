@@ -236,8 +236,9 @@ pub struct Outcome {
     pub metrics: MetricUpdates,
     /// Step 7: look again then (the next window boundary or rotation delay); else on change.
     pub requeue_at: Option<Timestamp>,
-    /// Step 5b: ask cert-manager for a new intermediate (the issuer revoked this one), as
-    /// `cmctl renew` does: the Certificate's `Issuing` condition, set by us.
+    /// Step 2b, before the status that records it (`status.reissueRequestedFor`): ask
+    /// cert-manager for a new intermediate (the issuer revoked this one), as `cmctl renew`
+    /// does: the Certificate's `Issuing` condition, set by us.
     pub reissue: Option<Reissue>,
     /// What the status and events are made from, to redo them after a refusal.
     pub(super) basis: Basis,
