@@ -407,8 +407,10 @@ fn crl_set(
     let own_serial = canonical(&hex_bytes(&intermediate.serial_hex()));
     // Revoked at the issuer (spec.revoked), or in the CRL of the CA that signed it (one
     // fetched from Vault or crlFrom lists what was revoked there).
+    // Found by the CA, not by position: a CA without a CRL leaves no entry in `chosen`.
     let in_parent_crl = chosen
-        .get(1)
+        .iter()
+        .find(|(ca, _, _)| chain.get(1) == Some(ca))
         .is_some_and(|(_, crl, _)| serial_set(crl.revoked_serials().iter().map(String::as_str)).contains(&own_serial));
     let intermediate_revoked = (inputs.revoked.iter().any(|r| canonical(&r.serial) == own_serial) || in_parent_crl)
         .then(|| {
