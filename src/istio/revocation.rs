@@ -26,7 +26,7 @@ use crate::api::issuer::{RevocationReason, RevokedCertificate};
 use crate::api::istio_cacerts::{CrlWindow, Revocation, TrackedCrl};
 use crate::duration::parse_go_duration;
 use crate::pki::Certificate;
-use crate::pki::crl::{self, Crl, CrlSigner, CrlSpec, Reason, Revoked};
+use crate::pki::crl::{self, Crl, CrlSigner, CrlSpec, Reason, Revoked, serial_number};
 use crate::pki::key::SigningKey;
 use crate::pki::sign::CaSigner;
 
@@ -322,8 +322,11 @@ fn crl_set(
         };
         let fresh = |c: &Crl| crl::check(c, ca, None, now, settings.refresh_before).is_ok();
         let lists = |c: &Crl, revoked: &[Revoked]| {
-            serial_set(c.revoked_serials().iter().map(String::as_str))
-                == revoked.iter().map(|r| canonical(&r.serial)).collect::<BTreeSet<_>>()
+            c.revoked_numbers()
+                == revoked
+                    .iter()
+                    .map(|r| serial_number(&r.serial))
+                    .collect::<BTreeSet<_>>()
         };
         let pick = match &key {
             Some((_, revoked)) if current.is_some_and(|c| fresh(c) && lists(c, revoked)) => {
@@ -404,15 +407,15 @@ fn crl_set(
         ));
     }
     let intermediate = &plan.contents.intermediate;
-    let own_serial = canonical(&hex_bytes(&intermediate.serial_hex()));
+    let own_serial = intermediate.serial_number();
     // Revoked at the issuer (spec.revoked), or in the CRL of the CA that signed it (one
     // fetched from Vault or crlFrom lists what was revoked there).
     // Found by the CA, not by position: a CA without a CRL leaves no entry in `chosen`.
     let in_parent_crl = chosen
         .iter()
         .find(|(ca, _, _)| chain.get(1) == Some(ca))
-        .is_some_and(|(_, crl, _)| serial_set(crl.revoked_serials().iter().map(String::as_str)).contains(&own_serial));
-    let intermediate_revoked = (inputs.revoked.iter().any(|r| canonical(&r.serial) == own_serial) || in_parent_crl)
+        .is_some_and(|(_, crl, _)| crl.revoked_numbers().contains(&own_serial));
+    let intermediate_revoked = (inputs.revoked.iter().any(|r| serial_number(&r.serial) == own_serial) || in_parent_crl)
         .then(|| {
             format!(
                 "{} lists the intermediate istiod signs with ({}, serial {}) as revoked: peers that load this mesh's CRLs refuse its workloads. A new intermediate is requested from cert-manager",
@@ -535,20 +538,6 @@ fn tracked(ca: &Certificate, crl: &Crl, settings: &Settings, now: Timestamp) -> 
         revoked_serials: crl.revoked_serials(),
         window,
     }
-}
-
-/// Serials compared as numbers: leading zero bytes (DER keeps one to stay positive) ignored.
-fn serial_set<'a>(serials: impl Iterator<Item = &'a str>) -> BTreeSet<Vec<u8>> {
-    serials.map(|s| canonical(&hex_bytes(s))).collect()
-}
-
-fn canonical(serial: &[u8]) -> Vec<u8> {
-    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
-    serial[start..].to_vec()
-}
-
-fn hex_bytes(text: &str) -> Vec<u8> {
-    crl::parse_serial(text).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -106,6 +106,11 @@ impl Certificate {
         super::hex(self.parsed().raw_serial())
     }
 
+    /// The serial as a number, as CRLs are compared ([`super::crl::serial_number`]).
+    pub fn serial_number(&self) -> Vec<u8> {
+        super::crl::serial_number(self.parsed().raw_serial())
+    }
+
     /// The DER SubjectPublicKeyInfo.
     pub fn public_key_info(&self) -> Vec<u8> {
         self.parsed().public_key().raw.to_vec()

@@ -154,6 +154,11 @@ impl Crl {
         self.serials.iter().map(|s| hex(s)).collect()
     }
 
+    /// The serials it revokes, as numbers ([`serial_number`]): to compare with others.
+    pub fn revoked_numbers(&self) -> std::collections::BTreeSet<Vec<u8>> {
+        self.serials.iter().map(|s| serial_number(s)).collect()
+    }
+
     /// Whether `ca` signed it: its issuer is `ca`'s subject and the signature verifies with
     /// `ca`'s key (what Go's `RevocationList.CheckSignatureFrom` asks, as istiod does).
     pub fn is_signed_by(&self, ca: &Certificate) -> bool {
@@ -247,6 +252,13 @@ pub fn check(
         return Err(format!("{who} is not valid before {}", crl.this_update()));
     }
     Ok(())
+}
+
+/// A serial as a number, for comparing: DER keeps a leading zero byte to stay positive, a
+/// serial written by hand may have more or fewer; neither changes which certificate it names.
+pub fn serial_number(serial: &[u8]) -> Vec<u8> {
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+    serial[start..].to_vec()
 }
 
 /// A serial number as people write it: hex, any case, colons or spaces between bytes allowed.
