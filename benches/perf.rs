@@ -126,6 +126,14 @@ impl Controller {
         let mut args = vec![
             "--metrics-listen-address".to_string(),
             admin.clone(),
+            // Bound on loopback only, on a free port: never a fixed one that may be taken.
+            format!(
+                "--bundle-endpoint-addr=127.0.0.1:{}",
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .expect("a free port")
+            ),
             "--log-level=warn".into(),
             "--leader-elect=false".into(),
         ];

@@ -30,6 +30,20 @@ pub struct Config {
     #[arg(long, env = "MESHCA_METRICS_LISTEN_ADDRESS", default_value = "0.0.0.0:9402")]
     pub metrics_listen_address: SocketAddr,
 
+    /// Address of the SPIFFE bundle endpoint (HTTPS), served by every replica for the
+    /// IstioCACerts with `spec.bundleEndpoint.enabled` (docs/federation.md).
+    #[arg(long, env = "MESHCA_BUNDLE_ENDPOINT_ADDR", default_value = "0.0.0.0:8443")]
+    pub bundle_endpoint_addr: SocketAddr,
+
+    /// The shortest interval between fetches of a peer's bundle endpoint, whatever its
+    /// `spiffe_refresh_hint` says (and the first retry after a failure).
+    #[arg(long, env = "MESHCA_BUNDLE_REFRESH_MIN", default_value = "30s", value_parser = go_duration)]
+    pub bundle_refresh_min: Duration,
+
+    /// The longest interval between fetches of a peer's bundle endpoint.
+    #[arg(long, env = "MESHCA_BUNDLE_REFRESH_MAX", default_value = "1h", value_parser = go_duration)]
+    pub bundle_refresh_max: Duration,
+
     /// How often every issuer is re-checked even when nothing changed (a root can expire or
     /// disappear without any event), as a Go duration.
     #[arg(long, env = "MESHCA_ISSUER_RECHECK_INTERVAL", default_value = "5m", value_parser = go_duration)]
@@ -229,6 +243,14 @@ impl Config {
             workload_cert_ttl: self.workload_cert_ttl,
             clock_skew_allowance: self.clock_skew_allowance,
             min_trust_propagation_delay: self.min_trust_propagation_delay,
+        }
+    }
+
+    /// The bounds of a peer's bundle endpoint polling.
+    pub fn bundle_refresh_bounds(&self) -> crate::istio::bundle_source::Bounds {
+        crate::istio::bundle_source::Bounds {
+            min: self.bundle_refresh_min,
+            max: self.bundle_refresh_max,
         }
     }
 

@@ -27,6 +27,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    #[error("could not serve the SPIFFE bundle endpoint on {address} (--bundle-endpoint-addr): {source}")]
+    BundleEndpointListener {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

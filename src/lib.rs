@@ -18,6 +18,7 @@ pub mod controller;
 pub mod duration;
 pub mod error;
 pub mod failpoint;
+pub mod federation;
 pub mod fuzzing;
 pub mod istio;
 pub mod lease;

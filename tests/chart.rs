@@ -655,7 +655,7 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
         .clone()
         .unwrap()
         .into_iter()
-        .filter(|a| !a.starts_with("--metrics-listen-address"))
+        .filter(|a| !a.starts_with("--metrics-listen-address") && !a.starts_with("--bundle-endpoint-addr"))
         .collect();
     args.retain(|a| !a.starts_with("--log-format"));
     assert!(
@@ -715,6 +715,7 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
                 key: "root-cert.pem".into(),
             }),
             secret_key_ref: None,
+            spiffe_bundle_endpoint: None,
             fingerprints: vec![],
             allow_intermediate: false,
         }],

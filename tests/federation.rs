@@ -409,6 +409,7 @@ async fn a_bad_trust_anchor_is_named_and_leaves_cacerts_as_it_was() {
             key: "root-cert.pem".into(),
         }),
         secret_key_ref: None,
+        spiffe_bundle_endpoint: None,
         fingerprints: vec![],
         allow_intermediate: false,
     };

@@ -352,10 +352,15 @@ fn start_in_image(
     args.extend(
         chart_args
             .iter()
-            .filter(|a| !a.starts_with("--metrics-listen-address") && !a.starts_with("--log-format"))
+            .filter(|a| {
+                !a.starts_with("--metrics-listen-address")
+                    && !a.starts_with("--log-format")
+                    && !a.starts_with("--bundle-endpoint-addr")
+            })
             .cloned(),
     );
     args.push(format!("--metrics-listen-address=127.0.0.1:{admin_port}"));
+    args.push(format!("--bundle-endpoint-addr=127.0.0.1:{}", support::free_port()));
     args.push("--log-format=text".into());
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let env = identity.env();

@@ -22,7 +22,7 @@ use support::cert_manager::{self as cm, IntermediateRequest};
 use support::goverify::workload_and_chain_verify as go_verifies;
 use support::issuer::a_year_at_most;
 use support::istiod::contains;
-use support::mesh::{Mesh, SOURCE, TwoClusters};
+use support::mesh::{Mesh, SOURCE, TwoClusters, endpoint_anchor, last_fetched, serving_bundle};
 use support::objects::{condition, phase_of, root_of};
 use support::openssl::workload_verifies as openssl_verifies;
 use support::{ControllerProcess, eventually, goverify};
@@ -732,6 +732,122 @@ async fn a_peer_federated_by_copy_must_trust_the_new_root_before_the_switch() {
     assert_eq!(code, 0, "{said}");
     a.wait_phase(RotationPhase::SwitchingIntermediate).await;
     a_at_b("A switched to the new intermediate").await;
+}
+
+/// Federation that follows a rotation by itself (issue 24, proof 1): A and B, each with its
+/// own root, trust each other through their SPIFFE bundle endpoints (`https_spiffe`, refresh
+/// hint 2s, authenticated first by a bootstrap bundle). B rotates its root in Automatic mode;
+/// nobody runs `meshca`. A trusts B's new root before B signs with it, and a workload
+/// certificate of each verifies at the other at every step, with openssl and Go.
+#[tokio::test]
+async fn federated_clusters_follow_a_peers_root_rotation_through_bundle_endpoints() {
+    let TwoClusters {
+        mut a,
+        mut b,
+        lock: _lock,
+    } = TwoClusters::start("rotation-endpoints", "mesh").await;
+    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    a.root_issuer("own", "87600h").await;
+    b.root_issuer("old", "87600h").await;
+    b.root_issuer("new", "175200h").await;
+    a.issue("own").await;
+    b.issue("old").await;
+    let (b_old, b_new) = (b.root_of("old").await, b.root_of("new").await);
+    a.bootstrap("peer-b-bootstrap", &[&b_old]).await;
+    b.bootstrap("peer-a-bootstrap", &[&a.root_of("own").await]).await;
+    a.create_icc(IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        trust_domain: "a.example".into(),
+        bundle_endpoint: serving_bundle("2s"),
+        trust_anchors: vec![endpoint_anchor(
+            "peer-b",
+            "b.example",
+            b.controller.bundle_port,
+            "peer-b-bootstrap",
+        )],
+        ..Default::default()
+    })
+    .await;
+    b.create_icc(IstioCACertsSpec {
+        trust_domain: "b.example".into(),
+        bundle_endpoint: serving_bundle("2s"),
+        trust_anchors: vec![endpoint_anchor(
+            "peer-a",
+            "a.example",
+            a.controller.bundle_port,
+            "peer-a-bootstrap",
+        )],
+        ..rotating(RotationMode::Automatic)
+    })
+    .await;
+    for (m, anchor) in [(&a, "peer-b"), (&b, "peer-a")] {
+        m.wait_icc("the peer's bundle fetched and in root-cert.pem", |icc| {
+            condition(icc, "Ready").is_some_and(|c| c.reason == "Synced") && last_fetched(icc, anchor).is_some()
+        })
+        .await;
+    }
+    let trusts = |icc: &IstioCACerts, root: &Certificate| {
+        icc.status.as_ref().is_some_and(|s| {
+            s.trust_anchors
+                .iter()
+                .any(|t| t.certificate.fingerprint_sha256 == root.fingerprint())
+        })
+    };
+    assert!(trusts(&a.icc().await, &b_old) && !trusts(&a.icc().await, &b_new));
+    let mut verdicts = cross_verify(&a, &b, "federated").await;
+    let a_writes = a.record_cacerts();
+
+    b.issue("new").await;
+    b.wait_phase(RotationPhase::AddingNewRoot).await;
+    let adding = Instant::now();
+    let mut trusted_after = None;
+    let mut phases_seen = Vec::new();
+    loop {
+        let (a_icc, b_icc) = (a.icc().await, b.icc().await);
+        let phase = phase_of(&b_icc);
+        if phases_seen.last() != Some(&phase) {
+            phases_seen.push(phase);
+        }
+        if trusted_after.is_none() && trusts(&a_icc, &b_new) {
+            trusted_after = Some(adding.elapsed());
+        }
+        // The safety property itself: B never signs under the new root before A trusts it.
+        if phase != Some(RotationPhase::AddingNewRoot) {
+            assert!(
+                trusted_after.is_some() || trusts(&a_icc, &b_new),
+                "B switched ({phase:?}) before A trusted its new root"
+            );
+        }
+        verdicts += cross_verify(&a, &b, &format!("B in {phase:?}")).await;
+        if phase == Some(RotationPhase::Completed) && !trusts(&a_icc, &b_old) {
+            break;
+        }
+        assert!(
+            adding.elapsed() < TIMEOUT * 2,
+            "rotation did not complete: {:#?}",
+            b_icc.status
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    verdicts += cross_verify(&a, &b, "after").await;
+    a_writes.stop();
+    let trusted_after = trusted_after.expect("A trusted B's new root");
+    let a_icc = a.icc().await;
+    let source = a_icc.status.as_ref().unwrap().trust_anchors[0].source.clone().unwrap();
+    assert!(source.error.is_none(), "{source:?}");
+    assert_eq!(source.refresh_hint.as_deref(), Some("2s"));
+    let b_status = b.icc().await.status.unwrap();
+    let served = b_status.bundle_endpoint.unwrap();
+    assert_eq!(served.served_roots, vec![b_new.fingerprint()]);
+    assert_eq!(served.sequence, 3, "old; old and new; new");
+    assert_eq!(source.sequence, Some(3));
+    eprintln!(
+        "B's AddingNewRoot → A trusts B's new root: {:.1}s; B's phases seen: {phases_seen:?}; {verdicts} verdicts, 0 failures; cacerts writes at A during B's rotation: {}",
+        trusted_after.as_secs_f64(),
+        a_writes.writes()
+    );
+    // A's root-cert.pem grew by B's new root, then lost B's old one: two writes.
+    assert_eq!(a_writes.writes(), 2, "{:?}", a_writes.roots().len());
 }
 
 /// A new root moves the mesh only once approved: an Automatic rotation towards a root nothing

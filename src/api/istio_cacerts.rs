@@ -108,6 +108,38 @@ pub struct IstioCACertsSpec {
     /// mesh's proxies (docs/revocation.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation: Option<Revocation>,
+    /// Serve this cluster's own roots (never its anchors) as a SPIFFE bundle endpoint, so
+    /// that peers follow its root rotations (docs/federation.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_endpoint: Option<BundleEndpoint>,
+}
+
+/// A SPIFFE bundle endpoint (SPIFFE Federation, §4), served by every replica on
+/// `--bundle-endpoint-addr` at `/` and `/<trustDomain>`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleEndpoint {
+    #[serde(default)]
+    pub enabled: bool,
+    /// A `kubernetes.io/tls` Secret in this namespace to serve with (the `https_web` profile,
+    /// or an SVID you issue). Without it the endpoint serves an X.509-SVID
+    /// `spiffe://<trustDomain>/meshca/bundle-endpoint`, signed with the intermediate in
+    /// `cacerts`, valid 24h (the `https_spiffe` profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    /// `spiffe_refresh_hint`: how often peers should fetch again. A Go duration, at least 1s;
+    /// default 5m.
+    #[serde(default = "default_refresh_hint")]
+    pub refresh_hint: String,
+}
+
+fn default_refresh_hint() -> String {
+    "5m".to_string()
+}
+
+/// The SPIFFE ID of the certificate the bundle endpoint serves by default.
+pub fn bundle_endpoint_spiffe_id(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/meshca/bundle-endpoint")
 }
 
 /// Revocation lists for istiod's `ca-crl.pem` (Istio 1.27+).
@@ -384,6 +416,7 @@ impl Default for IstioCACertsSpec {
             publish_root: None,
             root_rotation: None,
             revocation: None,
+            bundle_endpoint: None,
         }
     }
 }
@@ -407,8 +440,8 @@ pub const DEFAULT_PUBLISH_KEY: &str = "root-cert.pem";
 // A CEL rule rather than `oneOf`: see `IssuerSpec`.
 #[schemars(extend(
     "x-kubernetes-validations" = [{
-        "rule": "[has(self.configMapKeyRef), has(self.secretKeyRef)].exists_one(b, b)",
-        "message": "exactly one source must be set: configMapKeyRef or secretKeyRef"
+        "rule": "[has(self.configMapKeyRef), has(self.secretKeyRef), has(self.spiffeBundleEndpoint)].exists_one(b, b)",
+        "message": "exactly one source must be set: configMapKeyRef, secretKeyRef or spiffeBundleEndpoint"
     }]
 ))]
 pub struct TrustAnchor {
@@ -425,6 +458,12 @@ pub struct TrustAnchor {
     /// A Secret key holding PEM certificates. Exactly one of configMapKeyRef, secretKeyRef.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<KeyRef>,
+    /// A peer's SPIFFE bundle endpoint, polled as its `spiffe_refresh_hint` says, so that a
+    /// peer's root rotation is followed without anyone re-running `meshca federate`. The last
+    /// bundle accepted is kept (ConfigMap `<name>-spiffe-bundles`) through outages and
+    /// restarts. `trustDomains[0]` is the peer's trust domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_bundle_endpoint: Option<SpiffeBundleEndpoint>,
     /// Pins: the SHA-256 fingerprints (64 hex digits, as `status.roots[].fingerprintSHA256`
     /// shows them; any case) of exactly the certificates the source must hold. When set, a
     /// source holding anything else is refused and `root-cert.pem` is left as it is.
@@ -436,6 +475,97 @@ pub struct TrustAnchor {
     /// certificate must be a self-signed root.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_intermediate: bool,
+}
+
+impl TrustAnchor {
+    /// The ConfigMaps this anchor reads (its key, or its endpoint's bootstrap bundle).
+    pub fn reads_config_map(&self, name: &str) -> bool {
+        let bootstrap = self
+            .spiffe_bundle_endpoint
+            .as_ref()
+            .and_then(|e| e.bootstrap_bundle.as_ref());
+        self.config_map_key_ref.as_ref().is_some_and(|r| r.name == name)
+            || bootstrap
+                .and_then(|b| b.config_map_key_ref.as_ref())
+                .is_some_and(|r| r.name == name)
+    }
+
+    /// The Secrets this anchor reads.
+    pub fn reads_secret(&self, name: &str) -> bool {
+        let bootstrap = self
+            .spiffe_bundle_endpoint
+            .as_ref()
+            .and_then(|e| e.bootstrap_bundle.as_ref());
+        self.secret_key_ref.as_ref().is_some_and(|r| r.name == name)
+            || bootstrap
+                .and_then(|b| b.secret_key_ref.as_ref())
+                .is_some_and(|r| r.name == name)
+    }
+}
+
+/// Where a peer's bundle is fetched from, and how the endpoint is authenticated.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend(
+    "x-kubernetes-validations" = [
+        {
+            "rule": "self.url.startsWith('https://')",
+            "message": "url must be https://"
+        },
+        {
+            "rule": "self.profile != 'https_spiffe' || (has(self.endpointSPIFFEID) && has(self.bootstrapBundle))",
+            "message": "the https_spiffe profile needs endpointSPIFFEID and bootstrapBundle"
+        }
+    ]
+))]
+pub struct SpiffeBundleEndpoint {
+    /// `https://host[:port]/path`.
+    #[schemars(length(min = 9, max = 2048))]
+    pub url: String,
+    pub profile: BundleEndpointProfile,
+    /// `https_spiffe`: the one SPIFFE ID the endpoint's certificate must carry (the peer's
+    /// `status.bundleEndpoint.endpointSPIFFEID`).
+    #[serde(default, rename = "endpointSPIFFEID", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub endpoint_spiffe_id: Option<String>,
+    /// `https_spiffe`: the peer's roots that authenticate the first fetch (PEM certificates or
+    /// a SPIFFE bundle JSON). Trusted until a fetch succeeds; after that, the endpoint must
+    /// chain to the last bundle accepted, so a rotation is followed with authentication all
+    /// the way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_bundle: Option<BundleRef>,
+    /// `https_web` with a private CA: the PEM CA certificates the endpoint's certificate
+    /// chains to (default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 262144))]
+    pub ca_bundle: Option<String>,
+}
+
+/// The SPIFFE Federation endpoint profiles.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum BundleEndpointProfile {
+    /// Web PKI: the endpoint's certificate names its host and chains to a CA you trust.
+    #[serde(rename = "https_web")]
+    HttpsWeb,
+    /// The endpoint's certificate is an X.509-SVID of the peer's trust domain.
+    #[serde(rename = "https_spiffe")]
+    HttpsSpiffe,
+}
+
+/// A ConfigMap or Secret key in this namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend(
+    "x-kubernetes-validations" = [{
+        "rule": "has(self.configMapKeyRef) != has(self.secretKeyRef)",
+        "message": "exactly one of configMapKeyRef and secretKeyRef must be set"
+    }]
+))]
+pub struct BundleRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeyRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeyRef>,
 }
 
 /// A key of a ConfigMap or Secret in the IstioCACerts' own namespace.
@@ -506,6 +636,48 @@ pub struct IstioCACertsStatus {
     /// (once: it retries a failed issuance with its own back-off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reissue_requested_for: Option<String>,
+    /// What the SPIFFE bundle endpoint serves (with `spec.bundleEndpoint.enabled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_endpoint: Option<BundleEndpointStatus>,
+}
+
+/// The bundle every replica serves.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleEndpointStatus {
+    /// `spiffe_sequence`: one more on every change of the roots served; never goes back.
+    pub sequence: u64,
+    /// The SHA-256 fingerprints of the roots served, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served_roots: Vec<String>,
+    /// The SPIFFE ID of the serving certificate, if it has one: what peers put in their
+    /// anchor's `endpointSPIFFEID`.
+    #[serde(default, rename = "endpointSPIFFEID", skip_serializing_if = "Option::is_none")]
+    pub endpoint_spiffe_id: Option<String>,
+    /// With `tlsSecretName`: when that certificate expires (RFC 3339). The default SVID is
+    /// signed by each replica, valid 24h and renewed at half-life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_certificate_not_after: Option<String>,
+}
+
+/// How fresh an anchor fetched from a SPIFFE bundle endpoint is.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnchorSource {
+    pub url: String,
+    /// When the bundle in use was last fetched and accepted (RFC 3339); absent: never, the
+    /// bootstrap bundle is in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fetched: Option<String>,
+    /// The `spiffe_sequence` of the bundle in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    /// The peer's `spiffe_refresh_hint` (e.g. `300s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_hint: Option<String>,
+    /// Why the last fetch was refused or failed (the bundle in use stays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A CRL written into `ca-crl.pem`, tracked like a certificate.
@@ -553,6 +725,9 @@ pub struct TrackedAnchor {
     pub trust_domains: Vec<String>,
     #[serde(flatten)]
     pub certificate: TrackedCertificate,
+    /// For an anchor fetched from a SPIFFE bundle endpoint: how fresh it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<AnchorSource>,
 }
 
 /// What to paste into istiod's mesh config, and which part reaches which data plane.

@@ -315,6 +315,7 @@ pub fn plan_federation(snapshots: &[Snapshot], now: Timestamp) -> Result<Vec<Clu
                     key: PEER_KEY.to_string(),
                 }),
                 secret_key_ref: None,
+                spiffe_bundle_endpoint: None,
                 // Pinned: should the copy ever hold anything else, the controller refuses it.
                 fingerprints: root.certificates.iter().map(Certificate::fingerprint).collect(),
                 allow_intermediate: false,
@@ -546,6 +547,7 @@ mod tests {
                 name: "peer-a".into(),
                 trust_domains: vec![],
                 certificate: anchor,
+                source: None,
             });
         }
         let plans = plan_federation(&[a, federated], now()).unwrap();
@@ -567,6 +569,7 @@ mod tests {
                 name: "x".into(),
                 key: "k".into(),
             }),
+            spiffe_bundle_endpoint: None,
             secret_key_ref: None,
             fingerprints: vec![],
             allow_intermediate: false,

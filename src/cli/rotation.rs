@@ -516,6 +516,7 @@ mod tests {
                         name: "peer-east".into(),
                         trust_domains: vec![],
                         certificate: tracked(fp),
+                        source: None,
                     })
                     .collect();
             }

@@ -36,6 +36,7 @@ use crate::api::issuer::{
 use crate::api::istio_cacerts::{ADVANCE_ROTATION_ANNOTATION, IstioCACerts, RotationPhase};
 use crate::backend::IssuerScope;
 use crate::error::{Error, Result};
+use crate::istio::bundle_endpoint::ServingSecret;
 use crate::istio::cacerts::{
     BACKUP_OF_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION, Problem, reason,
 };
@@ -102,7 +103,7 @@ pub async fn observe(ctx: &Context, cached: &IstioCACerts) -> Result<Option<Obse
     };
     let source = read(&spec.source_secret_name).await?;
     let target = read(&spec.target_secret_name).await?;
-    let anchors = trust_anchors::read_anchors(ctx, &namespace, &spec.trust_anchors).await?;
+    let anchors = trust_anchors::read_anchors(ctx, &namespace, &name, &spec.trust_anchors).await?;
     let certificate = source_certificate(ctx, &namespace, source.as_ref()).await;
     let issuer = source_issuer(ctx, &namespace, source.as_ref()).await;
     let backend_ca = issuer.as_ref().and_then(|i| i.status.as_ref()?.ca.clone());
@@ -140,6 +141,21 @@ pub async fn observe(ctx: &Context, cached: &IstioCACerts) -> Result<Option<Obse
         Some(p) => Some(published_config_map(ctx, &namespace, &p.config_map_name).await),
         None => None,
     };
+    let serving = match spec
+        .bundle_endpoint
+        .as_ref()
+        .filter(|e| e.enabled)
+        .and_then(|e| e.tls_secret_name.as_deref())
+    {
+        Some(name) => Some(match read(name).await? {
+            Some(secret) => match secret.data.as_ref().and_then(|d| d.get("tls.crt")) {
+                Some(crt) => ServingSecret::Found(crt.0.clone()),
+                None => ServingSecret::NotFound,
+            },
+            None => ServingSecret::NotFound,
+        }),
+        None => None,
+    };
     Ok(Some(Observed {
         icc,
         source,
@@ -150,6 +166,7 @@ pub async fn observe(ctx: &Context, cached: &IstioCACerts) -> Result<Option<Obse
         published,
         revocation,
         distributed_crls,
+        serving,
         now,
     }))
 }

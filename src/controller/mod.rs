@@ -248,7 +248,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         )
         .with_issuer_caches(issuer_watches.caches()),
     );
-    let controllers = start_controllers(&client, &config, issuer_watches, &stop, &ctx);
+    let served = crate::federation::serve::Served::default();
+    let (bundle_address, bundle_server) = crate::federation::serve::bind(config.bundle_endpoint_addr, served.clone())
+        .await
+        .map_err(|source| Error::BundleEndpointListener {
+            address: config.bundle_endpoint_addr,
+            source,
+        })?;
+    info!(%bundle_address, "serving SPIFFE bundle endpoints (for IstioCACerts with spec.bundleEndpoint)");
+    let bundle_task = tokio::spawn(bundle_server);
+    let controllers = start_controllers(&client, &config, issuer_watches, &stop, &ctx, served);
     serve(controllers, &readiness, &metrics).await;
     readiness.set_ready(false);
     // Give the Lease back so a standby takes over at once (bounded: a stuck API server must not
@@ -263,6 +272,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         Ok(revoked) => info!(revoked, "revoked the Vault tokens of this process"),
         Err(_) => warn!("revoking Vault tokens at shutdown took longer than 5s; the rest expire with their lease"),
     }
+    bundle_task.abort();
     admin_task.abort();
     info!("controllers stopped");
     Ok(())
@@ -467,6 +477,7 @@ fn start_controllers(
     issuer_watches: IssuerWatches,
     stop: &Stop,
     ctx: &Arc<Context>,
+    served: crate::federation::serve::Served,
 ) -> Controllers {
     let mut controllers = Controllers {
         cluster_issuers: config.namespace.is_none(),
@@ -510,6 +521,24 @@ fn start_controllers(
     // === IstioCACerts, re-checked when its Secrets, Certificate or issuer change ===
     let (cacerts_task, cacerts_store) = istio_cacerts_controller(client, config, stop.requested(), ctx.clone());
     controllers.add(cacerts_task, &cacerts_store);
+    // === SPIFFE bundle endpoints: served from the cache by every replica, peers' polled by
+    // the leader; both stop with the controllers ===
+    let until_stopped = |task: BoxFuture<'static, ()>| {
+        let stopped = stop.requested();
+        async move {
+            tokio::select! {
+                _ = task => {}
+                _ = stopped => {}
+            }
+        }
+        .boxed()
+    };
+    controllers.tasks.push(until_stopped(
+        crate::federation::serve::refresh(client.clone(), cacerts_store.clone(), served).boxed(),
+    ));
+    controllers.tasks.push(until_stopped(
+        crate::federation::poller::run(ctx.clone(), cacerts_store.clone(), config.bundle_refresh_bounds()).boxed(),
+    ));
     sweep_deleted_objects(
         ctx.clone(),
         ObjectCaches {
@@ -808,10 +837,11 @@ fn istio_cacerts_controller(
                     i.namespace() == secret.namespace()
                         && (i.spec.source_secret_name == name
                             || i.spec.target_secret_name == name
+                            || i.spec.trust_anchors.iter().any(|a| a.reads_secret(&name))
                             || i.spec
-                                .trust_anchors
-                                .iter()
-                                .any(|a| a.secret_key_ref.as_ref().is_some_and(|r| r.name == name)))
+                                .bundle_endpoint
+                                .as_ref()
+                                .is_some_and(|e| e.tls_secret_name.as_deref() == Some(name.as_str())))
                 })
             },
         );
@@ -826,10 +856,9 @@ fn istio_cacerts_controller(
                     // istiod's CRLs: one still handed out after revocation was turned off.
                     && (name == crate::istio::revocation::DISTRIBUTED_CONFIG_MAP
                         || i.spec.publish_root.as_ref().is_some_and(|p| p.config_map_name == name)
-                        || i.spec
-                            .trust_anchors
-                            .iter()
-                            .any(|a| a.config_map_key_ref.as_ref().is_some_and(|r| r.name == name)))
+                        || i.spec.trust_anchors.iter().any(|a| a.reads_config_map(&name))
+                        // What the bundle endpoint poller keeps for its anchors.
+                        || name == crate::istio::bundle_source::config_map_name(&i.name_any()))
             })
         });
     }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 
+use super::bundle_endpoint;
 use super::cacerts::{
     self, BundleContents, CacertsPlan, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION, Problem, SourceBundle,
     Target,
@@ -245,6 +246,13 @@ impl Facts {
             target: &self.target,
             anchors: anchors.as_ref().map(Vec::as_slice),
             limits: settings.rotation,
+            bundle_refresh_hint: icc
+                .spec
+                .bundle_endpoint
+                .as_ref()
+                .filter(|e| e.enabled)
+                .and_then(|e| bundle_endpoint::refresh_hint(e).ok())
+                .and_then(|h| jiff::SignedDuration::try_from(h).ok()),
             previous_condition: status
                 .and_then(|s| conditions::find(&s.conditions, rotation::ROOT_ROTATION))
                 .map(|c| (c.reason.as_str(), c.message.as_str())),
@@ -420,7 +428,14 @@ impl Outcome {
         });
         let live_roots: Vec<&Certificate> = live.as_ref().map(|b| b.roots.iter().collect()).unwrap_or_default();
         let (trust_anchors, mesh_config) = trust.tracked(o, &live_roots, settings);
-        let published = published(o, rotation.as_ref(), live.as_ref(), &live_roots);
+        let own = own_roots(o, rotation.as_ref(), live.as_ref(), &live_roots);
+        let published = published(o, &own);
+        let endpoint = o.icc.spec.bundle_endpoint.as_ref().filter(|e| e.enabled).map(|spec| {
+            let previous = previous.and_then(|s| s.bundle_endpoint.as_ref());
+            let ((ok, reason, message), status) =
+                bundle_endpoint::decide(spec, &o.icc.spec.trust_domain, previous, &own, o.serving.as_ref(), now);
+            ((ok, reason.to_string(), message), status)
+        });
         let conditions = Verdicts {
             ready: match ready {
                 Ok(summary) => (true, cacerts::reason::SYNCED.to_string(), summary),
@@ -439,6 +454,7 @@ impl Outcome {
                     .map(|(ok, reason, message)| (ok, reason.to_string(), message)),
             },
             revocation_enabled: o.icc.spec.revocation.as_ref().is_some_and(|r| r.enabled),
+            bundle_endpoint: endpoint.as_ref().map(|(v, _)| v.clone()),
         };
         // Not decided this time (nothing could be planned): what is tracked stays.
         let tracked_crls = match crls {
@@ -476,6 +492,7 @@ impl Outcome {
             }),
             crl: tracked_crls,
             reissue_requested_for,
+            bundle_endpoint: endpoint.and_then(|(_, status)| status),
             ..tracked_status(&tracked, live.as_ref(), trust_anchors, mesh_config, now, settings)
         };
         let basis = Basis {
@@ -567,6 +584,8 @@ struct Verdicts<'a> {
     /// `CRLsCurrent`; not decided this time (`None`) it stays, while revocation is on.
     crls: Option<Verdict>,
     revocation_enabled: bool,
+    /// `BundleEndpointReady`, with `spec.bundleEndpoint.enabled`.
+    bundle_endpoint: Option<Verdict>,
 }
 
 impl Verdicts<'_> {
@@ -608,6 +627,9 @@ impl Verdicts<'_> {
             kept_rotation,
             self.published.as_ref().map(|v| next(ROOT_PUBLISHED, v)),
             crls,
+            self.bundle_endpoint
+                .as_ref()
+                .map(|v| next(bundle_endpoint::BUNDLE_ENDPOINT_READY, v)),
         ]
         .into_iter()
         .flatten()
@@ -696,15 +718,14 @@ fn anchor_of<'a>(tracked: &'a [Tracked], live: Option<&BundleContents>) -> Optio
         .find(|c| c.role == Role::Root && c.fingerprint == fingerprint)
 }
 
-/// The RootPublished verdict and the write it needs, when publishRoot is set.
-fn published(
+/// This cluster's own roots as published and served: both while old and new are trusted in
+/// a rotation, else the root the live intermediate chains to (none without a live bundle).
+fn own_roots(
     o: &Observed,
     rotation: Option<&rotation::Decision>,
     live: Option<&BundleContents>,
     live_roots: &[&Certificate],
-) -> Option<(Verdict, Option<publish::PublishWrite>)> {
-    let spec = &o.icc.spec;
-    let publish_root = spec.publish_root.as_ref()?;
+) -> Vec<Certificate> {
     let previous_rotation = o.icc.status.as_ref().and_then(|s| s.root_rotation.as_ref());
     let own = rotation.and_then(|r| r.published_roots.clone()).or_else(|| {
         // Not decided this time (source unreadable, write failed): while old and new roots are
@@ -725,16 +746,22 @@ fn published(
             .collect();
         (!both.is_empty()).then_some(both)
     });
-    let own: Vec<Certificate> = own.unwrap_or_else(|| live.iter().map(|b| b.anchor.clone()).collect());
+    own.unwrap_or_else(|| live.iter().map(|b| b.anchor.clone()).collect())
+}
+
+/// The RootPublished verdict and the write it needs, when publishRoot is set.
+fn published(o: &Observed, own: &[Certificate]) -> Option<(Verdict, Option<publish::PublishWrite>)> {
+    let spec = &o.icc.spec;
+    let publish_root = spec.publish_root.as_ref()?;
     let found = o.published.clone().unwrap_or(publish::Found::Absent);
     let (namespace, trust_domain) = (o.namespace(), spec.trust_domain.as_str());
     Some(
-        match publish::plan(publish_root, namespace, o.name(), trust_domain, &own, &found) {
+        match publish::plan(publish_root, namespace, o.name(), trust_domain, own, &found) {
             Ok(write) => (
                 (
                     true,
                     publish::reason::PUBLISHED.to_string(),
-                    publish::published_message(publish_root, namespace, trust_domain, &own),
+                    publish::published_message(publish_root, namespace, trust_domain, own),
                 ),
                 write,
             ),
@@ -854,6 +881,11 @@ impl Trust {
                                 trust_domains: a.trust_domains.clone(),
                                 certificate: Tracked::from_certificate(Role::Root, c, None)
                                     .status(o.now, &settings.thresholds),
+                                source: o
+                                    .anchors
+                                    .iter()
+                                    .find(|i| i.spec.name == a.name)
+                                    .and_then(|i| i.endpoint.clone()),
                             })
                     })
                     .collect(),
@@ -1138,11 +1170,13 @@ mod tests {
                     key: "root-cert.pem".into(),
                 }),
                 secret_key_ref: None,
+                spiffe_bundle_endpoint: None,
                 fingerprints: vec![],
                 allow_intermediate: false,
             },
             source: format!("ConfigMap istio-system/{name} key root-cert.pem"),
             fetched,
+            endpoint: None,
         }
     }
 

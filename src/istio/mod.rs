@@ -8,6 +8,8 @@
 //! health), [`publish`] (the published root); Secret data is carried as [`secret_data::SecretData`],
 //! which never shows its values and wipes them on drop.
 
+pub mod bundle_endpoint;
+pub mod bundle_source;
 pub mod cacerts;
 pub mod decide;
 pub mod plan;

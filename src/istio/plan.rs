@@ -47,6 +47,8 @@ pub struct Observed {
     /// With revocation off after it was on: the CRLs istiod still distributes (ConfigMap
     /// `istio-ca-crl` here), which it keeps when `ca-crl.pem` goes (Istio #61073).
     pub distributed_crls: Option<Vec<crate::pki::crl::Crl>>,
+    /// With `spec.bundleEndpoint.tlsSecretName`: that Secret's certificate.
+    pub serving: Option<super::bundle_endpoint::ServingSecret>,
     pub now: Timestamp,
 }
 

@@ -125,6 +125,10 @@ pub struct Inputs<'a> {
     pub anchors: Result<&'a [Certificate], &'a Problem>,
     /// The controller's bounds on the delays.
     pub limits: Limits,
+    /// With `spec.bundleEndpoint`: its refresh hint. AddingNewRoot then lasts at least three
+    /// of them (SPIFFE Federation's advice: publish a new root 3-5 refresh hints before it is
+    /// used), so that peers polling at the hint hold the new root before it signs.
+    pub bundle_refresh_hint: Option<SignedDuration>,
     /// The RootRotation condition as it stands (reason, message): a refused advance stays
     /// visible until the phase may end, not only until the annotation's removal is seen.
     pub previous_condition: Option<(&'a str, &'a str)>,
@@ -276,7 +280,10 @@ fn idle(mut d: Decision, inputs: &Inputs) -> Decision {
             format!("the source's intermediate chains to a root root-cert.pem already holds: no rotation{last}"),
         ));
         // Said now rather than when a new root arrives: a rotation would be refused.
-        if let Some(Err(problem)) = inputs.spec.map(|spec| Delays::of(spec, &inputs.limits)) {
+        if let Some(Err(problem)) = inputs
+            .spec
+            .map(|spec| Delays::of(spec, &inputs.limits, inputs.bundle_refresh_hint))
+        {
             d.condition = Some((
                 problem.reason,
                 format!("no rotation is under way, but one would be held: {}", problem.message),
@@ -344,7 +351,7 @@ fn start(inputs: &Inputs, current: &BundleContents, spec: &RootRotation, approva
         d.awaiting_approval = Some(new.clone());
         return d;
     }
-    let delays = match Delays::of(spec, &inputs.limits) {
+    let delays = match Delays::of(spec, &inputs.limits, inputs.bundle_refresh_hint) {
         Ok(delays) => delays,
         Err(problem) => return refused(problem, previous),
     };
@@ -408,7 +415,7 @@ fn rotating(inputs: &Inputs, current: &BundleContents, status: &RootRotationStat
             previous,
         );
     };
-    let delays = match Delays::of(spec, &inputs.limits) {
+    let delays = match Delays::of(spec, &inputs.limits, inputs.bundle_refresh_hint) {
         Ok(delays) => delays,
         Err(problem) => return refused(problem, previous),
     };
@@ -908,10 +915,15 @@ fn finish(mut d: Decision, spec: &RootRotation, delays: &Delays, inputs: &Inputs
             (
                 reason::WAITING,
                 format!(
-                    "in {} since {}; at {next} {what_next} (delays: trust propagation {}s, workload drain {}s)",
+                    "in {} since {}; at {next} {what_next} (delays: trust propagation {}s{}, workload drain {}s)",
                     phase.as_str(),
                     status.phase_started_at,
                     delays.trust_propagation.as_secs(),
+                    if delays.raised_for_peers {
+                        ", three refresh hints of the bundle endpoint, so that peers fetch the new root before it is used"
+                    } else {
+                        ""
+                    },
                     delays.workload_drain.as_secs()
                 ),
             )
@@ -1017,11 +1029,13 @@ fn current_bundle(target: &Target, now: Timestamp) -> Option<BundleContents> {
 struct Delays {
     trust_propagation: SignedDuration,
     workload_drain: SignedDuration,
+    /// The trust propagation delay was raised to three bundle endpoint refresh hints.
+    raised_for_peers: bool,
 }
 
 impl Delays {
     /// The spec's delays, each a Go duration no shorter than the controller's flags allow.
-    fn of(spec: &RootRotation, limits: &Limits) -> Result<Self, Problem> {
+    fn of(spec: &RootRotation, limits: &Limits, refresh_hint: Option<SignedDuration>) -> Result<Self, Problem> {
         let parse = |field: &str, value: &str| {
             parse_go_duration(value)
                 .ok()
@@ -1033,9 +1047,10 @@ impl Delays {
                     ),
                 })
         };
-        let delays = Self {
+        let mut delays = Self {
             trust_propagation: parse("trustPropagationDelay", &spec.trust_propagation_delay)?,
             workload_drain: parse("workloadDrainDelay", &spec.workload_drain_delay)?,
+            raised_for_peers: false,
         };
         let go = crate::duration::format_go_duration;
         let too_short = |field: &str, value: &str, minimum: std::time::Duration, why: String| Problem {
@@ -1070,6 +1085,12 @@ impl Delays {
                     go(minimum)
                 ),
             ));
+        }
+        if let Some(three_hints) = refresh_hint.and_then(|h| h.checked_mul(3))
+            && three_hints > delays.trust_propagation
+        {
+            delays.trust_propagation = three_hints;
+            delays.raised_for_peers = true;
         }
         Ok(delays)
     }
@@ -1312,6 +1333,8 @@ mod tests {
         /// The field manager that set the advance annotation.
         set_by: Option<String>,
         limits: Limits,
+        /// The bundle endpoint's refresh hint, when this cluster serves one.
+        bundle_refresh_hint: Option<SignedDuration>,
     }
 
     impl World {
@@ -1341,6 +1364,7 @@ mod tests {
                 anchors: Ok(vec![]),
                 set_by: None,
                 limits: Limits::default(),
+                bundle_refresh_hint: None,
             };
             w.files.push(w.root_cert());
             w
@@ -1376,6 +1400,7 @@ mod tests {
                 anchors: self.anchors.as_ref().map(Vec::as_slice),
                 advance_set_by: self.set_by.as_deref(),
                 limits: self.limits,
+                bundle_refresh_hint: self.bundle_refresh_hint,
                 previous_condition: self.condition.as_ref().map(|(r, m)| (*r, m.as_str())),
                 now,
             });
@@ -1409,6 +1434,40 @@ mod tests {
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn a_bundle_endpoint_keeps_the_new_root_published_for_three_refresh_hints_before_it_signs() {
+        // (refresh hint, when the switch is due, whether the condition names the hints)
+        let cases = [
+            (None, t0() + HOUR, false),
+            // Three hints within the delay: the delay rules.
+            (Some(SignedDuration::from_mins(5)), t0() + HOUR, false),
+            (Some(SignedDuration::from_mins(30)), t0() + HOUR + HOUR / 2, true),
+        ];
+        for (hint, due, named) in cases {
+            let mut w = World::new(RotationMode::Automatic);
+            w.bundle_refresh_hint = hint;
+            let d = w.reconcile(true, None, t0());
+            let status = d.status.clone().expect("started");
+            assert_eq!(status.phase, RotationPhase::AddingNewRoot, "{hint:?}");
+            assert_eq!(status.next_phase_at, Some(due.to_string()), "{hint:?}");
+            let d = w.reconcile(true, None, t0() + SignedDuration::from_mins(1));
+            let message = d.condition.map(|(_, m)| m).unwrap_or_default();
+            assert_eq!(message.contains("three refresh hints"), named, "{hint:?}: {message}");
+            let d = w.reconcile(true, None, due - SignedDuration::from_secs(1));
+            assert_eq!(
+                d.status.map(|s| s.phase),
+                Some(RotationPhase::AddingNewRoot),
+                "{hint:?}: not before"
+            );
+            let d = w.reconcile(true, None, due);
+            assert_eq!(
+                d.status.map(|s| s.phase),
+                Some(RotationPhase::SwitchingIntermediate),
+                "{hint:?}: at due"
+            );
+        }
     }
 
     #[test]
@@ -1776,6 +1835,7 @@ mod tests {
                 anchors: Ok(&[]),
                 advance_set_by: None,
                 limits: Limits::default(),
+                bundle_refresh_hint: None,
                 previous_condition: None,
                 now,
             });
@@ -1803,6 +1863,7 @@ mod tests {
             anchors: Ok(&[]),
             advance_set_by: None,
             limits: Limits::default(),
+            bundle_refresh_hint: None,
             previous_condition: None,
             now: t0(),
         });
@@ -1886,6 +1947,7 @@ mod tests {
             anchors: Ok(&anchors),
             advance_set_by: None,
             limits: Limits::default(),
+            bundle_refresh_hint: None,
             previous_condition: None,
             now: t0() + HOUR * 30,
         });

@@ -142,6 +142,7 @@ pub fn observed(icc: IstioCACerts, source: Option<&SourceBundle>) -> Observed {
         published: None,
         revocation: None,
         distributed_crls: None,
+        serving: None,
         now: t0(),
     }
 }

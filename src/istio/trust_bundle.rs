@@ -42,6 +42,8 @@ pub enum Fetched {
     KeyNotFound,
     /// Neither or both of configMapKeyRef and secretKeyRef are set.
     NotExactlyOneSource,
+    /// A SPIFFE bundle endpoint with no bundle yet: why.
+    NotYet(String),
 }
 
 /// One anchor as read: its spec entry, where it comes from (for messages) and what was there.
@@ -51,6 +53,8 @@ pub struct AnchorInput {
     /// "ConfigMap istio-system/peer key root-cert.pem"
     pub source: String,
     pub fetched: Fetched,
+    /// For a `spiffeBundleEndpoint` anchor: how fresh the bundle in use is (status only).
+    pub endpoint: Option<crate::api::istio_cacerts::AnchorSource>,
 }
 
 /// A checked anchor: its certificates, in the order of its source, minus those that duplicate
@@ -168,13 +172,17 @@ fn read_anchor(input: &AnchorInput, now: Timestamp) -> Result<Vec<Certificate>, 
         Fetched::NotExactlyOneSource => {
             return Err((
                 reason::INVALID_TRUST_ANCHOR,
-                format!("trust anchor {name:?}: set exactly one of configMapKeyRef and secretKeyRef"),
+                format!(
+                    "trust anchor {name:?}: set exactly one of configMapKeyRef, secretKeyRef and spiffeBundleEndpoint"
+                ),
             ));
         }
+        Fetched::NotYet(why) => {
+            return Err((reason::TRUST_ANCHOR_NOT_FOUND, format!("trust anchor {name:?}: {why}")));
+        }
     };
-    let blocks = pem::decode_all(bytes, "the trust anchor").map_err(|_| invalid("holds no PEM certificate".into()))?;
     let mut certs = Vec::new();
-    for (label, der) in blocks {
+    for (label, der) in anchor_blocks(bytes, now).map_err(invalid)? {
         if label != pem::CERTIFICATE {
             // The label only: a private key's bytes never reach a message.
             return Err(invalid(format!(
@@ -213,6 +221,21 @@ fn read_anchor(input: &AnchorInput, now: Timestamp) -> Result<Vec<Certificate>, 
     }
     check_pins(&input.spec.fingerprints, &certs).map_err(invalid)?;
     Ok(certs)
+}
+
+/// The PEM blocks of an anchor's source: PEM as it is, or the roots of a SPIFFE bundle (JSON),
+/// which [`crate::spiffe_bundle::decode`] checks on the way.
+fn anchor_blocks(bytes: &[u8], now: Timestamp) -> Result<Vec<(String, Vec<u8>)>, String> {
+    if bytes.trim_ascii_start().starts_with(b"{") {
+        let bundle = crate::spiffe_bundle::decode(bytes, None, now)
+            .map_err(|refusal| format!("holds a SPIFFE bundle that is refused: {refusal}"))?;
+        return Ok(bundle
+            .roots
+            .iter()
+            .map(|c| (pem::CERTIFICATE.to_string(), c.der().to_vec()))
+            .collect());
+    }
+    pem::decode_all(bytes, "the trust anchor").map_err(|_| "holds no PEM certificate".to_string())
 }
 
 /// With pins, the source must hold exactly the pinned certificates: one more (a root slipped
@@ -533,11 +556,13 @@ mod tests {
                     key: "root-cert.pem".into(),
                 }),
                 secret_key_ref: None,
+                spiffe_bundle_endpoint: None,
                 fingerprints: vec![],
                 allow_intermediate: false,
             },
             source: "ConfigMap ns/peer key root-cert.pem".into(),
             fetched,
+            endpoint: None,
         }
     }
 

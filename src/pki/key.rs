@@ -53,6 +53,11 @@ impl SigningKey {
         Ok(Self { pair })
     }
 
+    /// PKCS#8 DER of the key, for a TLS listener in this process.
+    pub fn pkcs8_der(&self) -> Vec<u8> {
+        self.pair.serialize_der()
+    }
+
     /// PKCS#8 PEM of the key. Only ever written into a Secret.
     pub fn to_pem(&self) -> String {
         self.pair.serialize_pem()

@@ -208,6 +208,39 @@ pub fn probe_signing(ca: &CaSigner<'_>, now: Timestamp) -> Result<(), PkiError> 
     check_chains_to(&Certificate::from_der(signed.der().to_vec())?, ca.certificate)
 }
 
+/// An X.509-SVID for `spiffe_id` with a fresh P-256 key, signed by `ca` (the bundle endpoint's
+/// serving certificate): not a CA, digitalSignature, serverAuth and clientAuth, the ID as its
+/// only URI SAN (SPIFFE X.509-SVID §2, §4).
+pub fn svid(
+    ca: &CaSigner<'_>,
+    spiffe_id: &str,
+    not_before: Timestamp,
+    not_after: Timestamp,
+) -> Result<(Certificate, SigningKey), PkiError> {
+    let key = SigningKey::generate(&Default::default())?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![san(&SubjectAltName::Uri(spiffe_id.to_string()))?];
+    params.serial_number = Some(random_serial()?);
+    params.not_before = to_offset(not_before)?;
+    params.not_after = to_offset(not_after)?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let issuer = Issuer::from_ca_cert_der(&ca.certificate.der().to_vec().into(), ca.key.key_pair())
+        .map_err(|e| PkiError::Signing(format!("cannot use {} as issuer: {e}", ca.certificate.subject())))?;
+    let signed = params
+        .signed_by(key.key_pair(), &issuer)
+        .map_err(|e| PkiError::Signing(e.to_string()))?;
+    let certificate = Certificate::from_der(signed.der().to_vec())?;
+    check_chains_to(&certificate, ca.certificate)?;
+    Ok((certificate, key))
+}
+
 /// A new self-signed root as `localCA.bootstrap` describes: CA:true without a path length
 /// limit, keyCertSign + cRLSign + digitalSignature.
 pub fn self_signed_root(spec: &RootBootstrap, now: Timestamp) -> Result<(Certificate, SigningKey), PkiError> {

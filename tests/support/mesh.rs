@@ -48,6 +48,60 @@ pub fn publishing(
     }
 }
 
+/// This cluster's bundle endpoint, with the default serving SVID and `refresh_hint`.
+pub fn serving_bundle(refresh_hint: &str) -> Option<mesh_ca_issuer::api::istio_cacerts::BundleEndpoint> {
+    Some(mesh_ca_issuer::api::istio_cacerts::BundleEndpoint {
+        enabled: true,
+        tls_secret_name: None,
+        refresh_hint: refresh_hint.into(),
+    })
+}
+
+/// A trust anchor `name` following the bundle endpoint of the peer in `trust_domain` whose
+/// controller serves on 127.0.0.1:`port` (`https_spiffe`, its default SVID), authenticated
+/// first by the PEM in ConfigMap `bootstrap` key `root-cert.pem` (see [`Mesh::bootstrap`]).
+pub fn endpoint_anchor(
+    name: &str,
+    trust_domain: &str,
+    port: u16,
+    bootstrap: &str,
+) -> mesh_ca_issuer::api::istio_cacerts::TrustAnchor {
+    use mesh_ca_issuer::api::istio_cacerts::{
+        BundleEndpointProfile, BundleRef, KeyRef, SpiffeBundleEndpoint, TrustAnchor, bundle_endpoint_spiffe_id,
+    };
+    TrustAnchor {
+        name: name.into(),
+        trust_domains: vec![trust_domain.into()],
+        config_map_key_ref: None,
+        secret_key_ref: None,
+        spiffe_bundle_endpoint: Some(SpiffeBundleEndpoint {
+            url: format!("https://127.0.0.1:{port}/{trust_domain}"),
+            profile: BundleEndpointProfile::HttpsSpiffe,
+            endpoint_spiffe_id: Some(bundle_endpoint_spiffe_id(trust_domain)),
+            bootstrap_bundle: Some(BundleRef {
+                config_map_key_ref: Some(KeyRef {
+                    name: bootstrap.into(),
+                    key: "root-cert.pem".into(),
+                }),
+                secret_key_ref: None,
+            }),
+            ca_bundle: None,
+        }),
+        fingerprints: vec![],
+        allow_intermediate: false,
+    }
+}
+
+/// When anchor `anchor`'s bundle endpoint was last fetched and accepted, per `icc`'s status.
+pub fn last_fetched(icc: &IstioCACerts, anchor: &str) -> Option<String> {
+    icc.status
+        .as_ref()?
+        .trust_anchors
+        .iter()
+        .filter(|a| a.name == anchor)
+        .find_map(|a| a.source.as_ref()?.last_fetched.clone())
+}
+
 /// One mesh: a namespace, the IstioCACerts `icc` there, the intermediate's revisions.
 pub struct Mesh {
     pub client: Client,
@@ -117,6 +171,18 @@ impl Mesh {
             .create(&PostParams::default(), &IstioCACerts::new(&self.icc, spec))
             .await
             .unwrap();
+    }
+
+    /// ConfigMap `name` holding `roots` as PEM under `root-cert.pem`: a peer's bootstrap bundle
+    /// as `meshca federate --bundle-endpoint` writes it.
+    pub async fn bootstrap(&self, name: &str, roots: &[&mesh_ca_issuer::pki::Certificate]) {
+        let pem: String = roots.iter().map(|r| r.to_pem()).collect();
+        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "data": {"root-cert.pem": pem},
+        }))
+        .unwrap();
+        self.ns.api().create(&PostParams::default(), &cm).await.unwrap();
     }
 
     pub async fn icc(&self) -> IstioCACerts {

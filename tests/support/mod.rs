@@ -449,18 +449,22 @@ pub async fn http_post_json(port: u16, path: &str, body: &serde_json::Value) -> 
     http_request(port, "POST", path, Some(body)).await
 }
 
-/// The lowest bounds on a root rotation's delays: every controller process a test starts gets
-/// these unless it passes the flag itself (a test of the defaults passes `--workload-cert-ttl=24h`).
-pub const TEST_ROTATION_FLAGS: [&str; 3] = [
+/// The lowest bounds on a root rotation's delays, and on how often a peer's bundle endpoint is
+/// fetched: every controller process a test starts gets these unless it passes the flag itself
+/// (a test of the defaults passes `--workload-cert-ttl=24h`).
+pub const TEST_ROTATION_FLAGS: [&str; 4] = [
     "--workload-cert-ttl=1s",
     "--clock-skew-allowance=0s",
     "--min-trust-propagation-delay=0s",
+    "--bundle-refresh-min=1s",
 ];
 
 /// The controller binary running as a child process; killed on drop.
 pub struct ControllerProcess {
     pub child: std::process::Child,
     pub admin_port: u16,
+    /// Where it serves SPIFFE bundle endpoints (127.0.0.1); 0 when started by [`Self::spawn`].
+    pub bundle_port: u16,
     pub log_path: PathBuf,
 }
 
@@ -477,12 +481,22 @@ impl ControllerProcess {
     /// Starts it with extra environment variables (e.g. `MESHCA_FAILPOINT`).
     pub fn start_with_env(kubeconfig: &Path, extra_args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Self {
         let admin_port = free_port();
+        let bundle_port = extra_args
+            .iter()
+            .find_map(|a| a.strip_prefix("--bundle-endpoint-addr=127.0.0.1:"))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(free_port);
         let mut command = Command::new(env!("CARGO_BIN_EXE_mesh-ca-issuer"));
         command
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .arg("--metrics-listen-address")
             .arg(format!("127.0.0.1:{admin_port}"))
+            // Many controllers run side by side: each its own bundle endpoint port.
+            .args(
+                (!extra_args.iter().any(|a| a.starts_with("--bundle-endpoint-addr")))
+                    .then(|| format!("--bundle-endpoint-addr=127.0.0.1:{bundle_port}")),
+            )
             .args(extra_args)
             // Tests run many controllers side by side: no leader election unless a test asks.
             .args((!extra_args.iter().any(|a| a.starts_with("--leader-elect"))).then_some("--leader-elect=false"))
@@ -501,7 +515,9 @@ impl ControllerProcess {
             // Never reach for the EC2 metadata service from a test.
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .envs(env.iter().copied());
-        Self::spawn(command, admin_port, log_dir)
+        let mut process = Self::spawn(command, admin_port, log_dir);
+        process.bundle_port = bundle_port;
+        process
     }
 
     /// Runs `command`, which must start the controller with its admin listener on
@@ -517,6 +533,7 @@ impl ControllerProcess {
         Self {
             child,
             admin_port,
+            bundle_port: 0,
             log_path,
         }
     }
@@ -658,6 +675,9 @@ impl RunningController {
             format!("127.0.0.1:{admin_port}"),
         ];
         argv.extend(args.iter().map(|a| a.to_string()));
+        if !args.iter().any(|a| a.starts_with("--bundle-endpoint-addr")) {
+            argv.push(format!("--bundle-endpoint-addr=127.0.0.1:{}", free_port()));
+        }
         // Tests run many controllers side by side: no leader election unless a test asks.
         if !args.iter().any(|a| a.starts_with("--leader-elect")) {
             argv.push("--leader-elect=false".into());

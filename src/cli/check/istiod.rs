@@ -494,6 +494,7 @@ mod tests {
                 key: "root-cert.pem".into(),
             }),
             secret_key_ref: None,
+            spiffe_bundle_endpoint: None,
             fingerprints: vec![],
             allow_intermediate: false,
         }];
