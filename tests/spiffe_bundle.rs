@@ -5,42 +5,12 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use mesh_ca_issuer::pki::Certificate;
 use mesh_ca_issuer::spiffe_bundle;
-
-fn reader() -> PathBuf {
-    let path = std::env::var("MESHCA_SPIFFE_BUNDLE").unwrap_or_default();
-    assert!(
-        !path.is_empty(),
-        "no go-spiffe bundle reader: run `hack/test`, or `source hack/lib/common.sh && ensure_spiffe_bundle` and set MESHCA_SPIFFE_BUNDLE"
-    );
-    PathBuf::from(path)
-}
-
-/// go-spiffe's reading of `body` for trust domain `td`: Ok(its lines) or Err(its refusal).
-fn go_spiffe(td: &str, body: &str) -> Result<Vec<String>, String> {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bundle.json");
-    std::fs::write(&file, body).unwrap();
-    let out = Command::new(reader())
-        .arg(td)
-        .arg(&file)
-        .output()
-        .expect("run spiffe-bundle");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
+use support::spiffe::go_spiffe;
 
 /// A self-signed root CA made by openssl with key `key` (`rsa:2048`, `P-256`, ...).
 fn root(key: &str) -> Certificate {

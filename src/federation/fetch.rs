@@ -93,7 +93,8 @@ async fn get(url: &str, authenticate: &Authenticate) -> Result<Vec<u8>, String> 
             why = s.to_string();
             source = s.source();
         }
-        why
+        // rustls shows our own verifier's refusal as "unexpected error: <ours>".
+        why.trim_start_matches("unexpected error: ").to_string()
     })?;
     if response.status() != http::StatusCode::OK {
         return Err(format!("the endpoint answered {}", response.status()));

@@ -12,6 +12,7 @@
 //! namespaces: delete every namespaced object, then remove the `kubernetes` finalizer.
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
+pub mod bundle_peer;
 pub mod cert_manager;
 pub mod chart;
 pub mod goverify;
@@ -30,6 +31,7 @@ pub mod openssl;
 pub mod pca;
 pub mod promql;
 pub mod real_cert_manager;
+pub mod spiffe;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,312 @@
+//! SPIFFE bundle endpoints (issue 24) on real control planes: what a peer's outage and our own
+//! restart leave trusted, how hostile endpoints are refused, and that an independent SPIFFE
+//! implementation (go-spiffe's federation client) follows our endpoint. The rotation across
+//! federated clusters is in tests/root_rotation.rs.
+
+mod support;
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, bundle_endpoint_spiffe_id};
+use mesh_ca_issuer::pki::{Certificate, SigningKey};
+use mesh_ca_issuer::spiffe_bundle;
+use support::bundle_peer::{BundlePeer, Ca};
+use support::issuer::a_year_at_most;
+use support::mesh::{Mesh, SOURCE, TwoClusters, endpoint_anchor, last_fetched, serving_bundle};
+use support::objects::condition;
+use support::spiffe::go_spiffe_fetch;
+use support::{ControllerProcess, eventually};
+
+const TIMEOUT: Duration = Duration::from_secs(40);
+const HINT: Duration = Duration::from_secs(2);
+
+/// The anchor source's status: (sequence, last fetched, error).
+fn source(icc: &IstioCACerts, anchor: &str) -> Option<(Option<u64>, Option<String>, Option<String>)> {
+    let s = icc
+        .status
+        .as_ref()?
+        .trust_anchors
+        .iter()
+        .find(|a| a.name == anchor)?
+        .source
+        .clone()?;
+    Some((s.sequence, s.last_fetched, s.error))
+}
+
+fn trusted(icc: &IstioCACerts) -> Vec<String> {
+    icc.status
+        .as_ref()
+        .map(|s| {
+            s.trust_anchors
+                .iter()
+                .map(|a| a.certificate.fingerprint_sha256.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn holds(data: &std::collections::BTreeMap<String, Vec<u8>>, root: &Certificate) -> bool {
+    Certificate::parse_pem_bundle(&data["root-cert.pem"], "roots")
+        .unwrap()
+        .contains(root)
+}
+
+async fn own_root(m: &Mesh, name: &str) {
+    m.local_issuer(name, &format!("{name}-root"), "87600h", a_year_at_most())
+        .await;
+    m.issue(name).await;
+}
+
+/// Issue 24, proof 3, and proof 6 (interoperability): B serves its bundle, A follows it.
+/// go-spiffe's federation client fetches B's bundle with the `https_spiffe` profile. Then B's
+/// endpoint goes away for more than three refresh periods, and A's controller restarts
+/// meanwhile: A never rewrites `cacerts`, B's root stays in `root-cert.pem` throughout, and
+/// A's status says how stale the bundle is and why. When B is back, A fetches again.
+#[tokio::test]
+async fn a_peers_outage_and_our_restart_keep_its_root_trusted_and_the_status_says_how_stale() {
+    let TwoClusters {
+        mut a,
+        mut b,
+        lock: _lock,
+    } = TwoClusters::start("endpoint-outage", "mesh").await;
+    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    let namespace = a.ns.name.clone();
+    own_root(&a, "own").await;
+    own_root(&b, "own").await;
+    let b_root = support::objects::root_of(&b.ns.api(), "own").await;
+    a.bootstrap("peer-b-bootstrap", &[&b_root]).await;
+    b.create_icc(IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        trust_domain: "b.example".into(),
+        bundle_endpoint: serving_bundle("2s"),
+        ..Default::default()
+    })
+    .await;
+    let b_icc = b
+        .wait_icc("serving", |icc| {
+            condition(icc, "BundleEndpointReady").is_some_and(|c| c.status == "True")
+        })
+        .await;
+    let served = b_icc.status.unwrap().bundle_endpoint.unwrap();
+    assert_eq!(served.sequence, 1);
+    assert_eq!(served.served_roots, vec![b_root.fingerprint()]);
+    let id = bundle_endpoint_spiffe_id("b.example");
+    assert_eq!(served.endpoint_spiffe_id.as_deref(), Some(id.as_str()));
+
+    // go-spiffe, as a SPIRE-style peer would, authenticated by B's root. Every replica serves
+    // what the status says within a second of it: until then the handshake is refused.
+    let port = b.controller.bundle_port;
+    let url = format!("https://127.0.0.1:{port}/b.example");
+    let last_refusal = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let fetched = eventually(Duration::from_secs(10), || {
+        let (url, id, pem, refusal) = (url.clone(), id.clone(), b_root.to_pem(), last_refusal.clone());
+        async move {
+            match go_spiffe_fetch("b.example", &url, &id, &pem).await {
+                Ok(lines) => Some(lines),
+                Err(e) => {
+                    *refusal.lock().unwrap() = e;
+                    None
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("go-spiffe refuses our endpoint: {}", last_refusal.lock().unwrap()));
+    assert_eq!(
+        fetched,
+        vec![
+            format!("x509 {}", b_root.fingerprint().to_lowercase()),
+            "sequence 1".to_string(),
+            "refresh_hint 2".to_string()
+        ]
+    );
+    // ... and refuses it for another endpoint ID.
+    let wrong = go_spiffe_fetch("b.example", &url, "spiffe://b.example/someone-else", &b_root.to_pem()).await;
+    assert!(wrong.is_err(), "{wrong:?}");
+
+    a.create_icc(IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        trust_domain: "a.example".into(),
+        trust_anchors: vec![endpoint_anchor("peer-b", "b.example", port, "peer-b-bootstrap")],
+        ..Default::default()
+    })
+    .await;
+    let synced = a
+        .wait_icc("B's bundle fetched", |icc| {
+            condition(icc, "Ready").is_some_and(|c| c.reason == "Synced") && last_fetched(icc, "peer-b").is_some()
+        })
+        .await;
+    assert_eq!(trusted(&synced), vec![b_root.fingerprint()]);
+    let history = a.record_cacerts();
+
+    // B's endpoint goes down.
+    b.controller.child.kill().unwrap();
+    b.controller.child.wait().unwrap();
+    let down = Timestamp::now();
+    a.wait_icc("the failed fetch in the status", |icc| {
+        source(icc, "peer-b").is_some_and(|(_, _, e)| e.is_some_and(|e| e.contains("fetching")))
+    })
+    .await;
+    // Our controller restarts during the outage.
+    let logs = tempfile::tempdir().unwrap();
+    drop(std::mem::replace(
+        &mut a.controller,
+        ControllerProcess::start_with_kubeconfig(&a.kubeconfig, &["--namespace", &namespace], logs.path()),
+    ));
+    assert!(a.controller.wait_ready(TIMEOUT).await, "{}", a.controller.log());
+    // Three refresh periods without B, watched the whole time: B's root stays trusted.
+    let stale = eventually(TIMEOUT, || async {
+        let icc = a.icc().await;
+        assert_eq!(trusted(&icc), vec![b_root.fingerprint()], "B's root stays trusted");
+        assert!(holds(&a.cacerts().await, &b_root), "B's root stays in root-cert.pem");
+        let (_, last, error) = source(&icc, "peer-b")?;
+        let last: Timestamp = last?.parse().ok()?;
+        (Timestamp::now().duration_since(last).unsigned_abs() > HINT * 3
+            && Timestamp::now().duration_since(down).unsigned_abs() > HINT * 3)
+            .then_some((last, error?))
+    })
+    .await
+    .expect("the status shows the stale bundle");
+    eprintln!("stale since {}: {}", stale.0, stale.1);
+    assert!(stale.1.contains(&url), "{}", stale.1);
+
+    // B is back on the same port: A fetches again, the error clears.
+    let logs_b = tempfile::tempdir().unwrap();
+    b.controller = ControllerProcess::start_with_kubeconfig(
+        &b.kubeconfig,
+        &[
+            "--namespace",
+            &namespace,
+            &format!("--bundle-endpoint-addr=127.0.0.1:{port}"),
+        ],
+        logs_b.path(),
+    );
+    assert!(b.controller.wait_ready(TIMEOUT).await, "{}", b.controller.log());
+    a.wait_icc("fetched again", |icc| {
+        source(icc, "peer-b").is_some_and(|(seq, last, error)| {
+            error.is_none()
+                && seq == Some(1)
+                && last
+                    .and_then(|l| l.parse::<Timestamp>().ok())
+                    .is_some_and(|l| l > stale.0)
+        })
+    })
+    .await;
+    history.stop();
+    assert_eq!(history.writes(), 0, "cacerts at A was never rewritten");
+}
+
+/// Issue 24, proof 4: each hostile endpoint is refused with a named reason, the last good
+/// bundle (sequence 5) stays trusted, and `cacerts` is not rewritten. The peer is the test's
+/// own endpoint, since a real controller cannot be made to misbehave.
+#[tokio::test]
+async fn hostile_endpoints_are_refused_by_name_and_the_last_good_bundle_is_kept() {
+    let (_lock, client, ns) = support::namespaced_test("endpoint-hostile").await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut controller = ControllerProcess::start(&["--namespace", &ns.name], logs.path());
+    assert!(controller.wait_ready(TIMEOUT).await, "{}", controller.log());
+    let mut m = Mesh::new(client, ns, "mesh");
+    m.timeout = TIMEOUT;
+    own_root(&m, "own").await;
+
+    let id = bundle_endpoint_spiffe_id("peer.example");
+    let (peer, other) = (Ca::new(), Ca::new());
+    let good = |sequence| spiffe_bundle::encode(std::slice::from_ref(&peer.root), sequence, HINT).unwrap();
+    let endpoint = BundlePeer::start(&peer.svid(&id), &peer.root, good(5)).await;
+    m.bootstrap("peer-bootstrap", &[&peer.root]).await;
+    m.create_icc(IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        trust_domain: "mine.example".into(),
+        trust_anchors: vec![endpoint_anchor("peer", "peer.example", endpoint.port, "peer-bootstrap")],
+        ..Default::default()
+    })
+    .await;
+    m.wait_icc("the good bundle", |icc| {
+        condition(icc, "Ready").is_some_and(|c| c.reason == "Synced")
+            && source(icc, "peer").is_some_and(|(seq, _, error)| seq == Some(5) && error.is_none())
+    })
+    .await;
+    let before = m.cacerts_secret().await.resource_version();
+
+    // What a hostile endpoint would like us to trust instead: another root, a higher sequence.
+    let tempting = spiffe_bundle::encode(std::slice::from_ref(&other.root), 9, HINT).unwrap();
+    let leaf = peer.svid("spiffe://peer.example/workload");
+    // (case, certificate presented (leaf, issuer), body, the reason named)
+    type Case<'a> = (&'a str, (Certificate, SigningKey), Certificate, Vec<u8>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "a lower sequence",
+            peer.svid(&id),
+            peer.root.clone(),
+            spiffe_bundle::encode(std::slice::from_ref(&other.root), 4, HINT)
+                .unwrap()
+                .into_bytes(),
+            "lower than 5",
+        ),
+        (
+            "a TLS certificate with the wrong SPIFFE ID",
+            peer.svid("spiffe://peer.example/not-the-endpoint"),
+            peer.root.clone(),
+            tempting.clone().into_bytes(),
+            "not exactly the endpointSPIFFEID",
+        ),
+        (
+            "a TLS certificate that does not chain to the last bundle",
+            other.svid(&id),
+            other.root.clone(),
+            tempting.clone().into_bytes(),
+            "does not chain to the last bundle",
+        ),
+        (
+            "a 2 MiB body",
+            peer.svid(&id),
+            peer.root.clone(),
+            vec![b' '; 2 * 1024 * 1024],
+            "over 1048576 bytes",
+        ),
+        (
+            "a body that is not JSON",
+            peer.svid(&id),
+            peer.root.clone(),
+            b"<html>maintenance</html>".to_vec(),
+            "not JSON",
+        ),
+        (
+            "a leaf instead of a CA",
+            peer.svid(&id),
+            peer.root.clone(),
+            spiffe_bundle::encode(std::slice::from_ref(&leaf.0), 10, HINT)
+                .unwrap()
+                .into_bytes(),
+            "not a CA",
+        ),
+    ];
+    for (case, presented, issuer, body, reason) in cases {
+        endpoint.present(&presented, &issuer);
+        endpoint.serve(body);
+        let icc = m
+            .wait_icc(case, |icc| {
+                source(icc, "peer").is_some_and(|(_, _, e)| e.is_some_and(|e| e.contains(reason)))
+            })
+            .await;
+        let (sequence, _, error) = source(&icc, "peer").unwrap();
+        eprintln!("{case}: {}", error.unwrap_or_default());
+        assert_eq!(sequence, Some(5), "{case}: the last good bundle is kept");
+        assert_eq!(trusted(&icc), vec![peer.root.fingerprint()], "{case}");
+        assert_eq!(
+            m.cacerts_secret().await.resource_version(),
+            before,
+            "{case}: cacerts untouched"
+        );
+    }
+    // An honest bundle with a higher sequence is taken again.
+    endpoint.present(&peer.svid(&id), &peer.root);
+    endpoint.serve(good(11));
+    m.wait_icc("the honest bundle again", |icc| {
+        source(icc, "peer").is_some_and(|(seq, _, error)| seq == Some(11) && error.is_none())
+    })
+    .await;
+    drop(controller);
+}
