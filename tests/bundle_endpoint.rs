@@ -14,7 +14,7 @@ use mesh_ca_issuer::pki::{Certificate, SigningKey};
 use mesh_ca_issuer::spiffe_bundle;
 use support::bundle_peer::{BundlePeer, Ca};
 use support::issuer::a_year_at_most;
-use support::mesh::{Mesh, SOURCE, TwoClusters, endpoint_anchor, last_fetched, serving_bundle};
+use support::mesh::{Mesh, SOURCE, TwoClusters, endpoint_anchor, last_fetched, publishing, serving_bundle};
 use support::objects::condition;
 use support::spiffe::go_spiffe_fetch;
 use support::{ControllerProcess, eventually};
@@ -76,12 +76,9 @@ async fn a_peers_outage_and_our_restart_keep_its_root_trusted_and_the_status_say
     own_root(&a, "own").await;
     own_root(&b, "own").await;
     let b_root = support::objects::root_of(&b.ns.api(), "own").await;
-    a.bootstrap("peer-b-bootstrap", &[&b_root]).await;
     b.create_icc(IstioCACertsSpec {
-        source_secret_name: SOURCE.into(),
-        trust_domain: "b.example".into(),
         bundle_endpoint: serving_bundle("2s"),
-        ..Default::default()
+        ..publishing("b.example", None)
     })
     .await;
     let b_icc = b
@@ -126,18 +123,35 @@ async fn a_peers_outage_and_our_restart_keep_its_root_trusted_and_the_status_say
     let wrong = go_spiffe_fetch("b.example", &url, "spiffe://b.example/someone-else", &b_root.to_pem()).await;
     assert!(wrong.is_err(), "{wrong:?}");
 
-    a.create_icc(IstioCACertsSpec {
-        source_secret_name: SOURCE.into(),
-        trust_domain: "a.example".into(),
-        trust_anchors: vec![endpoint_anchor("peer-b", "b.example", port, "peer-b-bootstrap")],
-        ..Default::default()
-    })
-    .await;
+    // `meshca federate --bundle-endpoint`: A follows B's endpoint, bootstrapped and pinned by
+    // a checked copy of B's roots; B, which A serves nothing for, copies A's root.
+    a.create_icc(publishing("a.example", None)).await;
+    a.wait_condition("Ready", "Synced").await;
+    let peer = format!("{}={url}", b.context);
+    let federate = support::meshca::across(
+        "federate",
+        &[&a.context, &b.context],
+        &namespace,
+        &["--name", "mesh", "--yes", "--bundle-endpoint", &peer],
+    );
+    let run = support::meshca::run(&[&a.kubeconfig, &b.kubeconfig], &federate, &[]);
+    assert_eq!(run.code, 0, "{}", run.said());
+    let anchor = mesh_ca_issuer::cli::federation::anchor_name(&b.context);
     let synced = a
         .wait_icc("B's bundle fetched", |icc| {
-            condition(icc, "Ready").is_some_and(|c| c.reason == "Synced") && last_fetched(icc, "peer-b").is_some()
+            condition(icc, "Ready").is_some_and(|c| c.reason == "Synced") && last_fetched(icc, &anchor).is_some()
         })
         .await;
+    let written = &synced.spec.trust_anchors[0];
+    assert_eq!(
+        written.spiffe_bundle_endpoint.as_ref().map(|e| e.url.as_str()),
+        Some(url.as_str())
+    );
+    assert_eq!(
+        written.fingerprints,
+        vec![b_root.fingerprint()],
+        "the bootstrap is pinned"
+    );
     assert_eq!(trusted(&synced), vec![b_root.fingerprint()]);
     let history = a.record_cacerts();
 
@@ -146,7 +160,7 @@ async fn a_peers_outage_and_our_restart_keep_its_root_trusted_and_the_status_say
     b.controller.child.wait().unwrap();
     let down = Timestamp::now();
     a.wait_icc("the failed fetch in the status", |icc| {
-        source(icc, "peer-b").is_some_and(|(_, _, e)| e.is_some_and(|e| e.contains("fetching")))
+        source(icc, &anchor).is_some_and(|(_, _, e)| e.is_some_and(|e| e.contains("fetching")))
     })
     .await;
     // Our controller restarts during the outage.
@@ -161,14 +175,20 @@ async fn a_peers_outage_and_our_restart_keep_its_root_trusted_and_the_status_say
         let icc = a.icc().await;
         assert_eq!(trusted(&icc), vec![b_root.fingerprint()], "B's root stays trusted");
         assert!(holds(&a.cacerts().await, &b_root), "B's root stays in root-cert.pem");
-        let (_, last, error) = source(&icc, "peer-b")?;
+        let (_, last, error) = source(&icc, &anchor)?;
         let last: Timestamp = last?.parse().ok()?;
         (Timestamp::now().duration_since(last).unsigned_abs() > HINT * 3
             && Timestamp::now().duration_since(down).unsigned_abs() > HINT * 3)
             .then_some((last, error?))
     })
-    .await
-    .expect("the status shows the stale bundle");
+    .await;
+    let Some(stale) = stale else {
+        panic!(
+            "the status shows the stale bundle: {:?}\n{}",
+            source(&a.icc().await, &anchor),
+            a.controller.log()
+        );
+    };
     eprintln!("stale since {}: {}", stale.0, stale.1);
     assert!(stale.1.contains(&url), "{}", stale.1);
 
@@ -185,7 +205,7 @@ async fn a_peers_outage_and_our_restart_keep_its_root_trusted_and_the_status_say
     );
     assert!(b.controller.wait_ready(TIMEOUT).await, "{}", b.controller.log());
     a.wait_icc("fetched again", |icc| {
-        source(icc, "peer-b").is_some_and(|(seq, last, error)| {
+        source(icc, &anchor).is_some_and(|(seq, last, error)| {
             error.is_none()
                 && seq == Some(1)
                 && last

@@ -14,7 +14,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 
-use crate::api::istio_cacerts::{IstioCACerts, KeyRef, TRUST_DOMAIN_LABEL, TrustAnchor};
+use crate::api::istio_cacerts::{
+    BundleEndpointProfile, BundleRef, IstioCACerts, KeyRef, SpiffeBundleEndpoint, TRUST_DOMAIN_LABEL, TrustAnchor,
+};
 use crate::istio::cacerts::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION};
 use crate::istio::trust_bundle::{self, CheckedAnchor};
 use crate::pki::{Certificate, pem};
@@ -272,7 +274,85 @@ fn mesh_config_for(trust_domain: &str, anchors: &[TrustAnchor], pems: &BTreeMap<
 }
 
 /// Every cluster trusts every other: a full mesh of anchors.
-pub fn plan_federation(snapshots: &[Snapshot], now: Timestamp) -> Result<Vec<ClusterPlan>, Vec<String>> {
+/// The `spiffeBundleEndpoint` of an anchor for `peer`, served at `url`: the peer must serve a
+/// bundle endpoint with its default SVID (a `tlsSecretName` endpoint's profile and CAs are the
+/// user's to write) and serve exactly the roots it publishes, which become the bootstrap.
+fn endpoint_of(
+    peer: &Snapshot,
+    root: &PublishedRoot,
+    url: &str,
+    bootstrap: &str,
+) -> Result<SpiffeBundleEndpoint, String> {
+    let icc = &peer.istio_cacerts;
+    let at = format!(
+        "context {}: IstioCACerts {}/{}",
+        peer.context,
+        icc.namespace().unwrap_or_default(),
+        icc.name_any()
+    );
+    if !url.starts_with("https://") {
+        return Err(format!(
+            "--bundle-endpoint {}={url}: the URL must be https://",
+            peer.context
+        ));
+    }
+    let enabled = icc.spec.bundle_endpoint.as_ref().is_some_and(|e| e.enabled);
+    let Some(status) = icc
+        .status
+        .as_ref()
+        .and_then(|s| s.bundle_endpoint.as_ref())
+        .filter(|_| enabled)
+    else {
+        return Err(format!(
+            "{at} serves no bundle endpoint (spec.bundleEndpoint.enabled and status.bundleEndpoint): enable it, or federate without --bundle-endpoint {}",
+            peer.context
+        ));
+    };
+    if icc
+        .spec
+        .bundle_endpoint
+        .as_ref()
+        .is_some_and(|e| e.tls_secret_name.is_some())
+    {
+        return Err(format!(
+            "{at} serves its bundle endpoint with its own certificate (tlsSecretName): write a spiffeBundleEndpoint anchor with the profile and CAs that certificate needs (docs/federation.md)"
+        ));
+    }
+    let Some(id) = status.endpoint_spiffe_id.clone() else {
+        return Err(format!("{at}: status.bundleEndpoint names no endpointSPIFFEID yet"));
+    };
+    let published: BTreeSet<String> = root.certificates.iter().map(Certificate::fingerprint).collect();
+    let served: BTreeSet<String> = status.served_roots.iter().cloned().collect();
+    if published != served {
+        return Err(format!(
+            "{at} serves other roots ({}) than it publishes ({}): wait until its status settles, then run this again",
+            status.served_roots.join(", "),
+            published.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(SpiffeBundleEndpoint {
+        url: url.to_string(),
+        profile: BundleEndpointProfile::HttpsSpiffe,
+        endpoint_spiffe_id: Some(id),
+        bootstrap_bundle: Some(BundleRef {
+            config_map_key_ref: Some(KeyRef {
+                name: bootstrap.to_string(),
+                key: PEER_KEY.to_string(),
+            }),
+            secret_key_ref: None,
+        }),
+        ca_bundle: None,
+    })
+}
+
+/// Every cluster trusts every other one: by a pinned copy of its published roots, or, for a
+/// peer in `endpoints` (context → URL), by following its bundle endpoint, with that copy as
+/// the pinned bootstrap bundle.
+pub fn plan_federation(
+    snapshots: &[Snapshot],
+    endpoints: &BTreeMap<String, String>,
+    now: Timestamp,
+) -> Result<Vec<ClusterPlan>, Vec<String>> {
     let mut problems = Vec::new();
     if let Err(e) = distinct(snapshots) {
         problems.push(e);
@@ -280,6 +360,16 @@ pub fn plan_federation(snapshots: &[Snapshot], now: Timestamp) -> Result<Vec<Clu
     let published: Vec<Option<PublishedRoot>> = snapshots
         .iter()
         .map(|s| published_root(s, now).map_err(|e| problems.push(e)).ok())
+        .collect();
+    let followed: Vec<Option<SpiffeBundleEndpoint>> = snapshots
+        .iter()
+        .zip(&published)
+        .map(|(s, root)| {
+            let (url, root) = (endpoints.get(&s.context)?, root.as_ref()?);
+            endpoint_of(s, root, url, &config_map_name(&s.context))
+                .map_err(|e| problems.push(e))
+                .ok()
+        })
         .collect();
     if !problems.is_empty() {
         return Err(problems);
@@ -310,13 +400,15 @@ pub fn plan_federation(snapshots: &[Snapshot], now: Timestamp) -> Result<Vec<Clu
             let entry = TrustAnchor {
                 name: name.clone(),
                 trust_domains: vec![root.trust_domain.clone()],
-                config_map_key_ref: Some(KeyRef {
+                // Followed: the copy is only the bootstrap bundle.
+                config_map_key_ref: followed[y].is_none().then(|| KeyRef {
                     name: cm_name,
                     key: PEER_KEY.to_string(),
                 }),
                 secret_key_ref: None,
-                spiffe_bundle_endpoint: None,
-                // Pinned: should the copy ever hold anything else, the controller refuses it.
+                spiffe_bundle_endpoint: followed[y].clone(),
+                // Pinned: should the copy ever hold anything else, the controller refuses it
+                // (for an endpoint anchor the pins hold for the bootstrap bundle only).
                 fingerprints: root.certificates.iter().map(Certificate::fingerprint).collect(),
                 allow_intermediate: false,
             };
@@ -452,7 +544,7 @@ mod tests {
             snapshot("b", "2", &root()),
             snapshot("c", "3", &root()),
         ];
-        let plans = plan_federation(&snaps, now()).unwrap();
+        let plans = plan_federation(&snaps, &BTreeMap::new(), now()).unwrap();
         let names: Vec<Vec<String>> = plans
             .iter()
             .map(|p| p.anchors.iter().map(|a| a.name.clone()).collect())
@@ -489,21 +581,27 @@ mod tests {
     fn refusals_name_the_context_and_write_nothing() {
         let r = root();
         let same = vec![snapshot("a", "1", &r), snapshot("a2", "1", &r)];
-        assert!(plan_federation(&same, now()).unwrap_err()[0].contains("same cluster"));
+        assert!(plan_federation(&same, &BTreeMap::new(), now()).unwrap_err()[0].contains("same cluster"));
         let mut unpublished = snapshot("b", "2", &root());
         unpublished.istio_cacerts.spec.publish_root = None;
-        let errs = plan_federation(&[snapshot("a", "1", &r), unpublished], now()).unwrap_err();
+        let errs = plan_federation(&[snapshot("a", "1", &r), unpublished], &BTreeMap::new(), now()).unwrap_err();
         assert!(
             errs[0].contains("context b") && errs[0].contains("publishRoot"),
             "{errs:?}"
         );
         let mut missing = snapshot("b", "2", &root());
         missing.published = None;
-        assert!(plan_federation(&[snapshot("a", "1", &r), missing], now()).unwrap_err()[0].contains("does not exist"));
+        assert!(
+            plan_federation(&[snapshot("a", "1", &r), missing], &BTreeMap::new(), now()).unwrap_err()[0]
+                .contains("does not exist")
+        );
         // A published leaf, or garbage: not a valid CA.
         let mut garbage = snapshot("b", "2", &root());
         garbage.published.as_mut().unwrap().data = Some(BTreeMap::from([("root-cert.pem".into(), "garbage".into())]));
-        assert!(plan_federation(&[snapshot("a", "1", &r), garbage], now()).unwrap_err()[0].contains("not a valid CA"));
+        assert!(
+            plan_federation(&[snapshot("a", "1", &r), garbage], &BTreeMap::new(), now()).unwrap_err()[0]
+                .contains("not a valid CA")
+        );
     }
 
     /// Only what the peer's controller published, holding exactly the roots the peer's status
@@ -518,7 +616,7 @@ mod tests {
             cm.metadata.labels = None;
             cm.metadata.annotations = None;
         }
-        let errs = plan_federation(&[a.clone(), hand_made], now()).unwrap_err();
+        let errs = plan_federation(&[a.clone(), hand_made], &BTreeMap::new(), now()).unwrap_err();
         assert!(
             errs[0].contains("context b") && errs[0].contains("not written by mesh-ca-issuer"),
             "{errs:?}"
@@ -528,12 +626,12 @@ mod tests {
         if let Some(status) = swapped.istio_cacerts.status.as_mut() {
             status.roots[0].fingerprint_sha256 = root().fingerprint();
         }
-        let errs = plan_federation(&[a.clone(), swapped], now()).unwrap_err();
+        let errs = plan_federation(&[a.clone(), swapped], &BTreeMap::new(), now()).unwrap_err();
         assert!(errs[0].contains("status.roots"), "{errs:?}");
         // Not Ready yet: no roots in status.
         let mut fresh = snapshot("b", "2", &b_root);
         fresh.istio_cacerts.status = None;
-        let errs = plan_federation(&[a.clone(), fresh], now()).unwrap_err();
+        let errs = plan_federation(&[a.clone(), fresh], &BTreeMap::new(), now()).unwrap_err();
         assert!(errs[0].contains("no roots in its status"), "{errs:?}");
         // The peer's own anchors in status.roots are not its own roots.
         let mut federated = snapshot("b", "2", &b_root);
@@ -550,7 +648,7 @@ mod tests {
                 source: None,
             });
         }
-        let plans = plan_federation(&[a, federated], now()).unwrap();
+        let plans = plan_federation(&[a, federated], &BTreeMap::new(), now()).unwrap();
         assert_eq!(plans[0].anchors[0].fingerprints, vec![b_root.fingerprint()]);
         assert_eq!(plans[1].anchors[0].fingerprints, vec![a_root.fingerprint()]);
     }
@@ -559,7 +657,7 @@ mod tests {
     fn unfederation_removes_only_the_named_peers_entries_owned_by_the_cli() {
         let snaps = vec![snapshot("a", "1", &root()), snapshot("b", "2", &root())];
         let mut a = snaps[0].clone();
-        let plan = &plan_federation(&snaps, now()).unwrap()[0];
+        let plan = &plan_federation(&snaps, &BTreeMap::new(), now()).unwrap()[0];
         // A after federation: the CLI's entry for b, and a hand-made one.
         let mut anchors = plan.anchors.clone();
         anchors.push(TrustAnchor {
@@ -595,6 +693,69 @@ mod tests {
             "the CLI owns no other entry; by-hand is not its to list"
         );
         assert_eq!(plans[0].delete_config_maps, vec!["meshca-peer-b"]);
+    }
+
+    #[test]
+    fn a_peer_named_with_its_bundle_endpoint_is_followed_with_its_copy_as_the_pinned_bootstrap() {
+        use crate::api::istio_cacerts::{BundleEndpoint, BundleEndpointStatus, bundle_endpoint_spiffe_id};
+        let (ra, rb) = (root(), root());
+        let a = snapshot("a", "1", &ra);
+        let mut b = snapshot("b", "2", &rb);
+        let url = "https://bundle.b.example:8443/b.example";
+        let endpoints = BTreeMap::from([("b".to_string(), url.to_string())]);
+        let errs = plan_federation(&[a.clone(), b.clone()], &endpoints, now()).unwrap_err();
+        assert!(
+            errs[0].contains("context b") && errs[0].contains("serves no bundle endpoint"),
+            "{errs:?}"
+        );
+
+        b.istio_cacerts.spec.bundle_endpoint = Some(BundleEndpoint {
+            enabled: true,
+            tls_secret_name: None,
+            refresh_hint: "5m".into(),
+        });
+        let serving = |roots: Vec<String>| BundleEndpointStatus {
+            sequence: 1,
+            served_roots: roots,
+            endpoint_spiffe_id: Some(bundle_endpoint_spiffe_id("b.example")),
+            serving_certificate_not_after: None,
+        };
+        b.istio_cacerts.status.as_mut().unwrap().bundle_endpoint = Some(serving(vec![ra.fingerprint()]));
+        let errs = plan_federation(&[a.clone(), b.clone()], &endpoints, now()).unwrap_err();
+        assert!(errs[0].contains("serves other roots"), "{errs:?}");
+
+        b.istio_cacerts.status.as_mut().unwrap().bundle_endpoint = Some(serving(vec![rb.fingerprint()]));
+        let plans = plan_federation(&[a.clone(), b.clone()], &endpoints, now()).unwrap();
+        let at_a = &plans[0].anchors[0];
+        let followed = at_a.spiffe_bundle_endpoint.as_ref().expect("A follows B's endpoint");
+        assert_eq!(at_a.config_map_key_ref, None);
+        assert_eq!(followed.url, url);
+        assert_eq!(followed.profile, BundleEndpointProfile::HttpsSpiffe);
+        assert_eq!(
+            followed.endpoint_spiffe_id.as_deref(),
+            Some("spiffe://b.example/meshca/bundle-endpoint")
+        );
+        let bootstrap = followed
+            .bootstrap_bundle
+            .as_ref()
+            .unwrap()
+            .config_map_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(bootstrap.name, "meshca-peer-b");
+        assert_eq!(at_a.fingerprints, vec![rb.fingerprint()]);
+        assert_eq!(
+            plans[0].apply_config_maps[0].pem,
+            rb.to_pem(),
+            "the bootstrap is the copy"
+        );
+        // A serves no endpoint and was not named: B still copies A's root.
+        let at_b = &plans[1].anchors[0];
+        assert!(at_b.config_map_key_ref.is_some() && at_b.spiffe_bundle_endpoint.is_none());
+
+        let http = BTreeMap::from([("b".to_string(), "http://bundle.b.example/".to_string())]);
+        let errs = plan_federation(&[a, b], &http, now()).unwrap_err();
+        assert!(errs[0].contains("must be https://"), "{errs:?}");
     }
 
     #[test]

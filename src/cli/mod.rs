@@ -248,6 +248,12 @@ pub struct FederateArgs {
     /// scripts. Without it, `federate` asks on a terminal, and writes nothing elsewhere.
     #[arg(long)]
     pub yes: bool,
+    /// `CONTEXT=URL`: follow that cluster's SPIFFE bundle endpoint at URL (as the other
+    /// clusters reach it) instead of copying its root once. The cluster must serve one
+    /// (`spec.bundleEndpoint`); its current roots are copied as the pinned bootstrap bundle.
+    /// Repeat for each cluster that serves one.
+    #[arg(long = "bundle-endpoint", value_name = "CONTEXT=URL")]
+    pub bundle_endpoints: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -898,8 +904,22 @@ async fn federate(kubeconfig: &Kubeconfig, args: &FederateArgs, join: bool) -> R
             problems.join("\n  ")
         )));
     }
+    let mut endpoints = std::collections::BTreeMap::new();
+    for pair in &args.bundle_endpoints {
+        let Some((context, url)) = pair.split_once('=') else {
+            return Err(Failure::refused(format!(
+                "--bundle-endpoint {pair:?}: expected CONTEXT=URL (e.g. west=https://bundle.west.example:8443/west.example)"
+            )));
+        };
+        if !args.contexts.iter().any(|c| c == context) {
+            return Err(Failure::refused(format!(
+                "--bundle-endpoint names context {context:?}, which is not among the --context flags"
+            )));
+        }
+        endpoints.insert(context.to_string(), url.to_string());
+    }
     let plans = if join {
-        federation::plan_federation(&snapshots, jiff::Timestamp::now())
+        federation::plan_federation(&snapshots, &endpoints, jiff::Timestamp::now())
     } else {
         federation::plan_unfederation(&snapshots)
     }

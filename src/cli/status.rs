@@ -57,6 +57,9 @@ pub struct IstioCACertsRow {
     pub crl: Vec<TrackedCrl>,
     /// Whether the intermediate istiod signs with is revoked by its issuer (Ready says so).
     pub intermediate_revoked: bool,
+    /// What its SPIFFE bundle endpoint serves (`spec.bundleEndpoint`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_endpoint: Option<crate::api::istio_cacerts::BundleEndpointStatus>,
 }
 
 fn ready_of(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> (String, String, String) {
@@ -145,6 +148,7 @@ async fn read_cluster(kubeconfig: &Kubeconfig, context: &str) -> ClusterReport {
                 intermediate: status.intermediate,
                 roots: status.roots,
                 trust_anchors: status.trust_anchors,
+                bundle_endpoint: status.bundle_endpoint,
             });
         }
         Ok(())
@@ -233,6 +237,17 @@ pub fn table(reports: &[ClusterReport]) -> String {
             for root in &icc.roots {
                 out.push_str(&format!("    root          {}\n", window(root)));
             }
+            if let Some(b) = &icc.bundle_endpoint {
+                out.push_str(&format!(
+                    "    bundle endpoint  sequence {}, {} root(s) served{}\n",
+                    b.sequence,
+                    b.served_roots.len(),
+                    b.endpoint_spiffe_id
+                        .as_deref()
+                        .map(|id| format!(", as {id}"))
+                        .unwrap_or_default()
+                ));
+            }
             for a in &icc.trust_anchors {
                 out.push_str(&format!(
                     "    anchor {:<6} {} [{}]\n",
@@ -240,6 +255,23 @@ pub fn table(reports: &[ClusterReport]) -> String {
                     window(&a.certificate),
                     a.trust_domains.join(",")
                 ));
+                // Followed from a bundle endpoint: how fresh, and why not fresher.
+                if let Some(source) = &a.source {
+                    out.push_str(&format!(
+                        "           from {} (sequence {}, fetched {}){}\n",
+                        source.url,
+                        source.sequence.map_or_else(|| "-".into(), |s| s.to_string()),
+                        source
+                            .last_fetched
+                            .as_deref()
+                            .unwrap_or("never: bootstrap bundle in use"),
+                        source
+                            .error
+                            .as_deref()
+                            .map(|e| format!("; last fetch: {e}"))
+                            .unwrap_or_default()
+                    ));
+                }
             }
             for crl in &icc.crl {
                 out.push_str(&format!(

@@ -30,6 +30,9 @@ pub async fn read_anchors(
     };
     let mut out = Vec::with_capacity(anchors.len());
     for anchor in anchors {
+        // An endpoint anchor's pins hold for its bootstrap bundle only: a fetched bundle moves
+        // on with the peer's rotations, authenticated by the one before it.
+        let mut spec = anchor.clone();
         let (source, fetched, endpoint) = match (
             &anchor.config_map_key_ref,
             &anchor.secret_key_ref,
@@ -47,15 +50,18 @@ pub async fn read_anchors(
                 let stored = kept.sources.get(&anchor.name).filter(|s| s.is_for(anchor, endpoint));
                 let bundle = stored.and_then(|_| kept.bundles.get(&bundle_source::key(&anchor.name)));
                 match (stored, bundle) {
-                    (Some(stored), Some(bundle)) => (
-                        format!(
-                            "SPIFFE bundle endpoint {} (last accepted bundle, sequence {})",
-                            endpoint.url,
-                            stored.sequence.map_or_else(|| "none".into(), |s| s.to_string())
-                        ),
-                        Fetched::Found(bundle.clone().into_bytes()),
-                        Some(stored.status()),
-                    ),
+                    (Some(stored), Some(bundle)) => {
+                        spec.fingerprints.clear();
+                        (
+                            format!(
+                                "SPIFFE bundle endpoint {} (last accepted bundle, sequence {})",
+                                endpoint.url,
+                                stored.sequence.map_or_else(|| "none".into(), |s| s.to_string())
+                            ),
+                            Fetched::Found(bundle.clone().into_bytes()),
+                            Some(stored.status()),
+                        )
+                    }
                     _ => {
                         let status = stored.cloned().unwrap_or_else(|| Stored {
                             url: endpoint.url.clone(),
@@ -89,7 +95,7 @@ pub async fn read_anchors(
             _ => (String::new(), Fetched::NotExactlyOneSource, None),
         };
         out.push(AnchorInput {
-            spec: anchor.clone(),
+            spec,
             source,
             fetched,
             endpoint,

@@ -6,7 +6,7 @@
 //! superset or subset). A failed or refused fetch keeps the last bundle: trust is never
 //! dropped because a peer is unreachable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,7 +141,7 @@ async fn poll(
                 Some(bundle) => crate::spiffe_bundle::decode(bundle.as_bytes(), None, Timestamp::now())
                     .map(|b| b.roots)
                     .unwrap_or_default(),
-                None => bootstrap_roots(ctx, &namespace, endpoint).await?,
+                None => bootstrap_roots(ctx, &namespace, endpoint, &anchor.fingerprints).await?,
             },
         },
         BundleEndpointProfile::HttpsWeb => Authenticate::Web {
@@ -185,6 +185,7 @@ async fn bootstrap_roots(
     ctx: &Context,
     namespace: &str,
     endpoint: &SpiffeBundleEndpoint,
+    pins: &[String],
 ) -> Result<Vec<Certificate>, String> {
     let Some(bootstrap) = &endpoint.bootstrap_bundle else {
         return Err("the anchor has no bootstrapBundle to authenticate its first fetch".into());
@@ -201,12 +202,23 @@ async fn bootstrap_roots(
             .map(|b| b.roots)
             .map_err(|e| format!("the bootstrap bundle ({source}): {e}"));
     }
-    pem::decode_all(&bytes, "the bootstrap bundle")
+    let roots = pem::decode_all(&bytes, "the bootstrap bundle")
         .map_err(|e| format!("the bootstrap bundle ({source}): {e}"))?
         .into_iter()
         .filter(|(label, _)| label == pem::CERTIFICATE)
         .map(|(_, der)| Certificate::from_der(der).map_err(|e| format!("the bootstrap bundle ({source}): {e}")))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    // The pins hold for the bootstrap: a root slipped into it never authenticates a fetch.
+    if !pins.is_empty() {
+        let pinned: BTreeSet<String> = pins.iter().map(|p| p.to_ascii_lowercase()).collect();
+        let held: BTreeSet<String> = roots.iter().map(|r| r.fingerprint().to_ascii_lowercase()).collect();
+        if pinned != held {
+            return Err(format!(
+                "the bootstrap bundle ({source}) does not hold exactly the certificates the anchor's fingerprints pin; no fetch is authenticated by it"
+            ));
+        }
+    }
+    Ok(roots)
 }
 
 /// Writes the kept bundles: created (owned by the IstioCACerts, so it goes with it) or
