@@ -41,6 +41,10 @@ Examples:
   # Three clusters trust each other (a full mesh of trust anchors):
   meshca federate --context east --context west --context north
 
+  # east follows west's SPIFFE bundle endpoint (and so its root rotations) instead of a copy:
+  meshca federate --context east --context west --yes \\
+    --bundle-endpoint west=https://bundle.west.example:8443/west.example
+
   # A root rotation waits for its new root's approval (Ready=False/NewRootNotApproved):
   meshca rotation status --context east --namespace istio-system --name istiod
   meshca rotation approve --context east --namespace istio-system --name istiod --fingerprint <SHA-256>
@@ -66,7 +70,8 @@ Exit codes of the other commands:
      the same cluster, a cluster has no IstioCACerts or no spec.publishRoot, a published
      root is not a valid CA, the clusters are not ready to advance, the fingerprint given to
      `rotation approve` is not the new root a cluster waits for, the issuer `revoke` names
-     does not exist, or a write was not confirmed (--yes)";
+     does not exist, a cluster named by --bundle-endpoint serves no bundle endpoint (or
+     other roots than it publishes), or a write was not confirmed (--yes)";
 
 /// meshca: trust across clusters for mesh-ca-issuer.
 #[derive(Parser, Debug)]
