@@ -87,7 +87,11 @@ async fn a_peers_outage_and_our_restart_keep_its_root_trusted_and_the_status_say
         })
         .await;
     let served = b_icc.status.unwrap().bundle_endpoint.unwrap();
-    assert_eq!(served.sequence, 1);
+    assert!(
+        served.sequence > 1_700_000_000,
+        "a sequence from the time of the change: {}",
+        served.sequence
+    );
     assert_eq!(served.served_roots, vec![b_root.fingerprint()]);
     let id = bundle_endpoint_spiffe_id("b.example");
     assert_eq!(served.endpoint_spiffe_id.as_deref(), Some(id.as_str()));
@@ -115,7 +119,7 @@ async fn a_peers_outage_and_our_restart_keep_its_root_trusted_and_the_status_say
         fetched,
         vec![
             format!("x509 {}", b_root.fingerprint().to_lowercase()),
-            "sequence 1".to_string(),
+            format!("sequence {}", served.sequence),
             "refresh_hint 2".to_string()
         ]
     );
@@ -207,7 +211,7 @@ async fn a_peers_outage_and_our_restart_keep_its_root_trusted_and_the_status_say
     a.wait_icc("fetched again", |icc| {
         source(icc, &anchor).is_some_and(|(seq, last, error)| {
             error.is_none()
-                && seq == Some(1)
+                && seq == Some(served.sequence)
                 && last
                     .and_then(|l| l.parse::<Timestamp>().ok())
                     .is_some_and(|l| l > stale.0)
@@ -328,5 +332,123 @@ async fn hostile_endpoints_are_refused_by_name_and_the_last_good_bundle_is_kept(
         source(icc, "peer").is_some_and(|(seq, _, error)| seq == Some(11) && error.is_none())
     })
     .await;
+    drop(controller);
+}
+
+/// Issue 24, proof 7: with `spec.clusterTrustBundle`, this cluster's own root and each trust
+/// anchor appear as ClusterTrustBundles (certificates.k8s.io/v1) with signer
+/// `meshca.io/<trustDomain>` and their role; an anchor removed takes its bundle along, and
+/// deleting the IstioCACerts removes the rest (they are cluster-scoped: nothing owns them).
+#[tokio::test]
+async fn roots_and_anchors_appear_as_cluster_trust_bundles_and_go_with_their_istiocacerts() {
+    use k8s_openapi::api::certificates::v1::ClusterTrustBundle;
+    use kube::api::{Api, DeleteParams, ListParams};
+    use mesh_ca_issuer::api::istio_cacerts::{ClusterTrustBundles, KeyRef, TrustAnchor};
+
+    let (_lock, client, ns) = support::namespaced_test("ctb").await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut controller = ControllerProcess::start(&["--namespace", &ns.name], logs.path());
+    assert!(controller.wait_ready(TIMEOUT).await, "{}", controller.log());
+    let mut m = Mesh::new(client.clone(), ns, "mesh");
+    m.timeout = TIMEOUT;
+    own_root(&m, "own").await;
+    let own = support::objects::root_of(&m.ns.api(), "own").await;
+    let peer = Ca::new();
+    m.bootstrap("peer-root", &[&peer.root]).await;
+    let trust_domain = format!("{}.example", m.ns.name);
+    m.create_icc(IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        trust_domain: trust_domain.clone(),
+        cluster_trust_bundle: Some(ClusterTrustBundles { enabled: true }),
+        trust_anchors: vec![TrustAnchor {
+            name: "peer".into(),
+            trust_domains: vec!["peer.example".into()],
+            config_map_key_ref: Some(KeyRef {
+                name: "peer-root".into(),
+                key: "root-cert.pem".into(),
+            }),
+            secret_key_ref: None,
+            spiffe_bundle_endpoint: None,
+            fingerprints: vec![],
+            allow_intermediate: false,
+        }],
+        ..Default::default()
+    })
+    .await;
+    let icc = m
+        .wait_icc("published", |icc| {
+            condition(icc, "ClusterTrustBundlesPublished").is_some_and(|c| c.status == "True")
+        })
+        .await;
+    let uid = icc.uid().unwrap();
+    let api: Api<ClusterTrustBundle> = Api::all(client.clone());
+    let ours = || {
+        let api = api.clone();
+        let selector = format!("meshca.io/istiocacerts-uid={uid}");
+        async move {
+            let mut items = api.list(&ListParams::default().labels(&selector)).await.unwrap().items;
+            items.sort_by_key(|c| c.name_any());
+            items
+        }
+    };
+    let bundles = ours().await;
+    let signer = format!("meshca.io/{trust_domain}");
+    let summary: Vec<(String, Option<String>, String, String)> = bundles
+        .iter()
+        .map(|c| {
+            (
+                c.name_any(),
+                c.spec.signer_name.clone(),
+                c.labels()["meshca.io/trust-bundle-role"].clone(),
+                c.spec.trust_bundle.clone(),
+            )
+        })
+        .collect();
+    let prefix = format!("meshca.io:{trust_domain}:{}.mesh", m.ns.name);
+    assert_eq!(
+        summary,
+        vec![
+            (
+                format!("{prefix}.anchor.peer"),
+                Some(signer.clone()),
+                "anchor".to_string(),
+                peer.root.to_pem()
+            ),
+            (
+                format!("{prefix}.own"),
+                Some(signer.clone()),
+                "own".to_string(),
+                own.to_pem()
+            ),
+        ]
+    );
+
+    // The anchor goes: its bundle too.
+    m.patch_icc(serde_json::json!({"spec": {"trustAnchors": []}})).await;
+    let left = eventually(TIMEOUT, || async {
+        let left = ours().await;
+        (left.len() == 1).then_some(left)
+    })
+    .await
+    .expect("the anchor's bundle deleted");
+    assert_eq!(left[0].name_any(), format!("{prefix}.own"));
+
+    // The IstioCACerts goes: the rest too.
+    m.ns.api::<IstioCACerts>()
+        .delete("mesh", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Swept within 15s (TRUST_BUNDLE_SWEEP_INTERVAL).
+    let gone = eventually(TIMEOUT, || async { ours().await.is_empty().then_some(()) }).await;
+    assert!(
+        gone.is_some(),
+        "every bundle of the deleted IstioCACerts deleted: {:?}\n{}",
+        ours()
+            .await
+            .iter()
+            .map(|c| (c.name_any(), c.labels().clone(), c.annotations().clone()))
+            .collect::<Vec<_>>(),
+        controller.log()
+    );
     drop(controller);
 }

@@ -358,9 +358,35 @@ async fn the_api_server_refuses_what_the_crds_cel_rules_forbid_in_plain_words() 
     .await
     .expect("two anchor sources refused");
     assert!(
-        message.contains("exactly one source must be set: configMapKeyRef or secretKeyRef"),
+        message.contains("exactly one source must be set: configMapKeyRef, secretKeyRef or spiffeBundleEndpoint"),
         "{message}"
     );
+    // A bundle endpoint anchor over plain HTTP, and an https_spiffe one without its SPIFFE ID
+    // and bootstrap bundle.
+    for (name, endpoint, expected) in [
+        (
+            "plain-http",
+            serde_json::json!({"url": "http://bundle.west.example/west.example", "profile": "https_web"}),
+            "url must be https://",
+        ),
+        (
+            "no-bootstrap",
+            serde_json::json!({"url": "https://bundle.west.example/west.example", "profile": "https_spiffe"}),
+            "the https_spiffe profile needs endpointSPIFFEID and bootstrapBundle",
+        ),
+    ] {
+        let anchor = serde_json::json!({"name": "west", "spiffeBundleEndpoint": endpoint});
+        let message = refusal(
+            &iccs,
+            icc(
+                name,
+                serde_json::json!({"sourceSecretName": "src", "trustAnchors": [anchor]}),
+            ),
+        )
+        .await
+        .unwrap_or_else(|| panic!("{name} refused"));
+        assert!(message.contains(expected), "{name}: {message}");
+    }
     assert!(
         refusal(&iccs, icc("fine", serde_json::json!({"sourceSecretName": "src"})))
             .await

@@ -795,6 +795,7 @@ async fn federated_clusters_follow_a_peers_root_rotation_through_bundle_endpoint
     };
     assert!(trusts(&a.icc().await, &b_old) && !trusts(&a.icc().await, &b_new));
     let mut verdicts = cross_verify(&a, &b, "federated").await;
+    let first_sequence = b.icc().await.status.unwrap().bundle_endpoint.unwrap().sequence;
     let a_writes = a.record_cacerts();
 
     b.issue("new").await;
@@ -839,8 +840,8 @@ async fn federated_clusters_follow_a_peers_root_rotation_through_bundle_endpoint
     let b_status = b.icc().await.status.unwrap();
     let served = b_status.bundle_endpoint.unwrap();
     assert_eq!(served.served_roots, vec![b_new.fingerprint()]);
-    assert_eq!(served.sequence, 3, "old; old and new; new");
-    assert_eq!(source.sequence, Some(3));
+    assert!(served.sequence >= first_sequence + 2, "old; old and new; new");
+    assert_eq!(source.sequence, Some(served.sequence));
     eprintln!(
         "B's AddingNewRoot → A trusts B's new root: {:.1}s; B's phases seen: {phases_seen:?}; {verdicts} verdicts, 0 failures; cacerts writes at A during B's rotation: {}",
         trusted_after.as_secs_f64(),

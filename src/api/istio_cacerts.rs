@@ -112,6 +112,19 @@ pub struct IstioCACertsSpec {
     /// that peers follow its root rotations (docs/federation.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_endpoint: Option<BundleEndpoint>,
+    /// Publish this cluster's own roots and each trust anchor as ClusterTrustBundles (signer
+    /// `meshca.io/<trustDomain>`), for workloads outside the mesh and trust-manager. Off by
+    /// default; where the API server does not serve them the condition says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_trust_bundle: Option<ClusterTrustBundles>,
+}
+
+/// `spec.clusterTrustBundle`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterTrustBundles {
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 /// A SPIFFE bundle endpoint (SPIFFE Federation, §4), served by every replica on
@@ -417,6 +430,7 @@ impl Default for IstioCACertsSpec {
             root_rotation: None,
             revocation: None,
             bundle_endpoint: None,
+            cluster_trust_bundle: None,
         }
     }
 }

@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::certificates::v1::ClusterTrustBundle;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
@@ -40,6 +41,7 @@ use crate::istio::bundle_endpoint::ServingSecret;
 use crate::istio::cacerts::{
     BACKUP_OF_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION, Problem, reason,
 };
+use crate::istio::cluster_trust_bundle;
 use crate::istio::decide::decide;
 use crate::istio::plan::{CacertsWrite, Observed, Outcome, Plan, PlannedEvent, Reissue, SecretWrite, Settings};
 use crate::istio::publish::{self, PublishWrite, ROOT_PUBLISHED};
@@ -55,7 +57,22 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::await_change());
     }
     let Some(observed) = observe(&ctx, &icc).await? else {
-        // done: it was deleted; `cacerts` stays (istiod needs it)
+        // done: it was deleted; `cacerts` stays (istiod needs it). Its ClusterTrustBundles go:
+        // a cluster-scoped object cannot be owned by it (the sweep catches what this misses).
+        if publishes_trust_bundles(&icc)
+            && let Some(uid) = icc.metadata.uid.as_deref()
+        {
+            match list_trust_bundles(&ctx, uid).await {
+                Ok(cluster_trust_bundle::Found::Listed(ours)) => {
+                    let names: Vec<String> = ours.into_iter().map(|e| e.name).collect();
+                    if let Err((problem, _)) = delete_trust_bundles(&ctx, &names).await {
+                        warn!("{}", problem.message);
+                    }
+                }
+                Ok(cluster_trust_bundle::Found::Unavailable) => {}
+                Err(e) => warn!(error = %e, "listing the ClusterTrustBundles of a deleted IstioCACerts"),
+            }
+        }
         return Ok(Action::await_change());
     };
     let settings = Settings {
@@ -156,6 +173,11 @@ pub async fn observe(ctx: &Context, cached: &IstioCACerts) -> Result<Option<Obse
         }),
         None => None,
     };
+    let trust_bundles = if publishes_trust_bundles(&icc) {
+        Some(list_trust_bundles(ctx, icc.metadata.uid.as_deref().unwrap_or_default()).await?)
+    } else {
+        None
+    };
     Ok(Some(Observed {
         icc,
         source,
@@ -167,8 +189,156 @@ pub async fn observe(ctx: &Context, cached: &IstioCACerts) -> Result<Option<Obse
         revocation,
         distributed_crls,
         serving,
+        trust_bundles,
         now,
     }))
+}
+
+/// Whether ClusterTrustBundles are (or were: the condition stays until they are deleted)
+/// published for this IstioCACerts.
+fn publishes_trust_bundles(icc: &IstioCACerts) -> bool {
+    icc.spec.cluster_trust_bundle.as_ref().is_some_and(|c| c.enabled)
+        || icc
+            .status
+            .as_ref()
+            .is_some_and(|s| crate::api::conditions::find(&s.conditions, cluster_trust_bundle::PUBLISHED).is_some())
+}
+
+/// Our ClusterTrustBundles of the IstioCACerts with `uid`; `Unavailable` when the API server
+/// does not serve them (404).
+pub async fn list_trust_bundles(ctx: &Context, uid: &str) -> Result<cluster_trust_bundle::Found> {
+    let api: Api<ClusterTrustBundle> = Api::all(ctx.client.clone());
+    let selector = format!("{}={uid}", cluster_trust_bundle::ICC_UID_LABEL);
+    match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => Ok(cluster_trust_bundle::Found::Listed(
+            list.items.into_iter().map(existing_trust_bundle).collect(),
+        )),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(cluster_trust_bundle::Found::Unavailable),
+        Err(e) => Err(Error::kube("listing ClusterTrustBundles", e)),
+    }
+}
+
+fn existing_trust_bundle(ctb: ClusterTrustBundle) -> cluster_trust_bundle::Existing {
+    cluster_trust_bundle::Existing {
+        name: ctb.name_any(),
+        signer_name: ctb.spec.signer_name.clone(),
+        trust_bundle: ctb.spec.trust_bundle.clone(),
+        labels: ctb.metadata.labels.unwrap_or_default(),
+        annotations: ctb.metadata.annotations.unwrap_or_default(),
+    }
+}
+
+/// Deletes every ClusterTrustBundle of ours whose IstioCACerts is gone (within this
+/// controller's namespaces); the leader only. Whether it is gone is asked of the API server,
+/// owner by owner, never judged from a cache that may not have listed yet.
+pub async fn sweep_trust_bundles(ctx: &Context) {
+    if !ctx.leadership.is_leader() {
+        return;
+    }
+    let api: Api<ClusterTrustBundle> = Api::all(ctx.client.clone());
+    let selector = format!(
+        "{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{}",
+        cluster_trust_bundle::ICC_UID_LABEL
+    );
+    let list = match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list,
+        // The API is not served: nothing of ours can exist.
+        Err(kube::Error::Api(status)) if status.code == 404 => return,
+        Err(e) => {
+            warn!(error = %e, "listing ClusterTrustBundles to sweep; the next sweep tries again");
+            return;
+        }
+    };
+    let scope = ctx.config.namespace.clone();
+    let ours: Vec<cluster_trust_bundle::Existing> = list.items.into_iter().map(existing_trust_bundle).collect();
+    // Each owner once: (namespace, name) → its uid now, if it exists.
+    let mut live = Vec::new();
+    let owners: std::collections::BTreeSet<(String, String)> = ours
+        .iter()
+        .filter_map(|e| {
+            let (ns, name) = e.annotations.get(OWNER_ANNOTATION)?.split_once('/')?;
+            Some((ns.to_string(), name.to_string()))
+        })
+        .filter(|(ns, _)| scope.as_deref().is_none_or(|s| s == ns))
+        .collect();
+    for (namespace, name) in owners {
+        match Api::<IstioCACerts>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(&name)
+            .await
+        {
+            Ok(Some(icc)) => live.extend(icc.metadata.uid),
+            Ok(None) => {}
+            // Unknown: this sweep leaves it.
+            Err(e) => {
+                warn!(error = %e, "reading IstioCACerts {namespace}/{name} to sweep its ClusterTrustBundles");
+                return;
+            }
+        }
+    }
+    let orphans: Vec<String> = ours
+        .into_iter()
+        .filter(|e| cluster_trust_bundle::orphaned(e, &live, |ns| scope.as_deref().is_none_or(|s| s == ns)))
+        .map(|e| e.name)
+        .collect();
+    if !orphans.is_empty() {
+        info!(
+            count = orphans.len(),
+            "deleting the ClusterTrustBundles of IstioCACerts that are gone"
+        );
+        if let Err((problem, _)) = delete_trust_bundles(ctx, &orphans).await {
+            warn!("{}", problem.message);
+        }
+    }
+}
+
+/// Applies and deletes ClusterTrustBundles as planned. Refused: what the condition says, and
+/// the error the reconcile ends in (retried with back-off).
+async fn write_trust_bundles(
+    ctx: &Context,
+    writes: &cluster_trust_bundle::Writes,
+) -> std::result::Result<(), (Problem, Error)> {
+    let api: Api<ClusterTrustBundle> = Api::all(ctx.client.clone());
+    for wanted in &writes.apply {
+        if let Err(e) = api
+            .patch(
+                &wanted.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&wanted.apply_patch()),
+            )
+            .await
+        {
+            let problem = Problem {
+                reason: cluster_trust_bundle::reason::WRITE_FAILED,
+                message: format!(
+                    "writing ClusterTrustBundle {} failed: {e} (the controller needs clustertrustbundles create and patch, and attest on signer {}: the chart grants both)",
+                    wanted.name, wanted.signer_name
+                ),
+            };
+            return Err((
+                problem,
+                Error::kube(format!("writing ClusterTrustBundle {}", wanted.name), e),
+            ));
+        }
+    }
+    delete_trust_bundles(ctx, &writes.delete).await
+}
+
+async fn delete_trust_bundles(ctx: &Context, names: &[String]) -> std::result::Result<(), (Problem, Error)> {
+    let api: Api<ClusterTrustBundle> = Api::all(ctx.client.clone());
+    for name in names {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => {
+                let problem = Problem {
+                    reason: cluster_trust_bundle::reason::WRITE_FAILED,
+                    message: format!("deleting ClusterTrustBundle {name} failed: {e}"),
+                };
+                return Err((problem, Error::kube(format!("deleting ClusterTrustBundle {name}"), e)));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The CRLs istiod distributes from this namespace's `istio-ca-crl` ConfigMap (none when it is
@@ -287,6 +457,14 @@ pub async fn act(ctx: &Context, o: &Observed, plan: Plan) -> Result<Action> {
     {
         outcome = outcome.refused(ROOT_PUBLISHED, problem);
     }
+    // Refused, it is said in the condition and tried again with back-off.
+    let mut trust_bundles_refused = None;
+    if let Some(writes) = &outcome.trust_bundles
+        && let Err(problem) = write_trust_bundles(ctx, writes).await
+    {
+        outcome = outcome.refused(cluster_trust_bundle::PUBLISHED, problem.0);
+        trust_bundles_refused = Some(problem.1);
+    }
     // Before the status that records it: an ask that fails is made again on the next reconcile.
     if let Some(reissue) = &outcome.reissue {
         request_reissue(ctx, o, reissue).await?;
@@ -316,7 +494,7 @@ pub async fn act(ctx: &Context, o: &Observed, plan: Plan) -> Result<Action> {
         remove_advance_annotation(ctx, o).await?;
     }
     update_metrics(ctx, o, &outcome);
-    if let Some(error) = refused {
+    if let Some(error) = refused.or(trust_bundles_refused) {
         return Err(error);
     }
     Ok(match outcome.requeue_at {

@@ -539,6 +539,18 @@ fn start_controllers(
     controllers.tasks.push(until_stopped(
         crate::federation::poller::run(ctx.clone(), cacerts_store.clone(), config.bundle_refresh_bounds()).boxed(),
     ));
+    // ClusterTrustBundles of deleted IstioCACerts: cluster-scoped, so nothing owns them, and a
+    // deletion wakes no reconcile.
+    controllers.tasks.push(until_stopped({
+        let ctx = ctx.clone();
+        async move {
+            loop {
+                istio_cacerts::sweep_trust_bundles(&ctx).await;
+                tokio::time::sleep(TRUST_BUNDLE_SWEEP_INTERVAL).await;
+            }
+        }
+        .boxed()
+    }));
     sweep_deleted_objects(
         ctx.clone(),
         ObjectCaches {
@@ -555,6 +567,10 @@ fn start_controllers(
     ));
     controllers
 }
+
+/// How often ClusterTrustBundles are checked for an IstioCACerts that is gone: one LIST of ours
+/// (a handful of objects), and a GET of each owner.
+const TRUST_BUNDLE_SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 
 /// How often what is kept per object is checked against the watch caches.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);

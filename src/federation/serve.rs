@@ -36,6 +36,8 @@ pub const SVID_LIFETIME: SignedDuration = SignedDuration::from_hours(24);
 /// How often the refresher looks at the watch cache (cheap: in memory; the API server is only
 /// read when something changed).
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// The most connections served at once.
+const MAX_CONNECTIONS: usize = 256;
 /// A `tlsSecretName` Secret is read again this often (cert-manager renews it in place).
 const TLS_SECRET_REREAD: SignedDuration = SignedDuration::from_secs(30);
 
@@ -59,11 +61,30 @@ struct Basis {
     refresh_hint: String,
 }
 
-/// What every replica serves, by trust domain.
+/// What every replica serves, by trust domain; and the last problem logged for each, so that
+/// one that persists is logged once, not at every look.
 #[derive(Clone, Default)]
-pub struct Served(Arc<RwLock<BTreeMap<String, Endpoint>>>);
+pub struct Served(
+    Arc<RwLock<BTreeMap<String, Endpoint>>>,
+    Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+);
 
 impl Served {
+    /// Logs `why` for `key` unless it is what was logged last for it.
+    fn warn_once(&self, key: &str, why: String) {
+        let Ok(mut logged) = self.1.lock() else { return };
+        if logged.get(key) != Some(&why) {
+            warn!(key, "bundle endpoint: {why}");
+            logged.insert(key.to_string(), why);
+        }
+    }
+
+    fn clear_warning(&self, key: &str) {
+        if let Ok(mut logged) = self.1.lock() {
+            logged.remove(key);
+        }
+    }
+
     /// The body for a request path: `/<trustDomain>`, or `/` when exactly one is served.
     fn body(&self, path: &str) -> Option<Bytes> {
         let map = self.0.read().ok()?;
@@ -115,13 +136,20 @@ pub async fn bind(
         .with_cert_resolver(Arc::new(served.clone()));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    // Peers poll every few minutes: a few hundred connections at once is a flood, not peers.
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let serve = async move {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
                 continue;
             };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                debug!(%peer, "bundle endpoint: {MAX_CONNECTIONS} connections open; this one is closed");
+                continue;
+            };
             let (acceptor, served) = (acceptor.clone(), served.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 // A client that never finishes its handshake must not hold a task forever.
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => tls,
@@ -195,7 +223,13 @@ pub async fn refresh_once(client: &Client, store: &Store<IstioCACerts>, served: 
         let td = icc.spec.trust_domain.clone();
         let key = format!("{}/{}", icc.namespace().unwrap_or_default(), icc.name_any());
         if let Some((first, _)) = wanted.get(&td) {
-            warn!(trust_domain = %td, served = %first.name_any(), ignored = %key, "two IstioCACerts serve one trust domain's bundle endpoint; the first (by namespace and name) is served");
+            served.warn_once(
+                &key,
+                format!(
+                    "IstioCACerts {} and {key} both serve trust domain {td}; the first (by namespace and name) is served",
+                    first.name_any()
+                ),
+            );
             continue;
         }
         let basis = Basis {
@@ -224,14 +258,22 @@ pub async fn refresh_once(client: &Client, store: &Store<IstioCACerts>, served: 
         let (icc, basis) = &wanted[&td];
         match build(client, icc, basis.clone(), now).await {
             Ok(endpoint) => {
-                info!(trust_domain = %td, sequence = basis.sequence, roots = basis.served_roots.len(), "bundle endpoint: serving");
+                served.clear_warning(&basis.icc);
+                let changed = served
+                    .0
+                    .read()
+                    .map(|m| m.get(&td).is_none_or(|e| e.basis.sequence != basis.sequence))
+                    .unwrap_or(true);
+                if changed {
+                    info!(trust_domain = %td, sequence = basis.sequence, roots = basis.served_roots.len(), "bundle endpoint: serving");
+                }
                 if let Ok(mut map) = served.0.write() {
                     map.insert(td, endpoint);
                 }
             }
             // What was served stays (a peer keeps getting the last good bundle) and is tried
             // again at the next look.
-            Err(why) => warn!(trust_domain = %td, icc = %basis.icc, "bundle endpoint: {why}"),
+            Err(why) => served.warn_once(&basis.icc, format!("trust domain {td}: {why}")),
         }
     }
     if let Ok(mut map) = served.0.write() {

@@ -74,9 +74,11 @@ pub fn decide(
         );
     }
     if status.served_roots != served || status.sequence == 0 {
-        // Every change of the content is a new sequence, never reused: peers refuse a
-        // lower one as a rollback.
-        status.sequence += 1;
+        // Every change of the content is a new sequence, never reused: peers refuse a lower
+        // one as a rollback. At least the current Unix time, so that a status lost with its
+        // object (the IstioCACerts deleted and created again, the endpoint turned off and on)
+        // does not start again below what peers last accepted.
+        status.sequence = (status.sequence + 1).max(u64::try_from(now.as_second()).unwrap_or(0));
         status.served_roots = served;
     }
     let serving_verdict = match (&spec.tls_secret_name, serving) {
@@ -221,20 +223,21 @@ mod tests {
         let (v1, s1) = step(None, std::slice::from_ref(&old));
         assert!(v1.0, "{v1:?}");
         let s1 = s1.unwrap();
-        assert_eq!(s1.sequence, 1);
+        let first = u64::try_from(now.as_second()).unwrap();
+        assert_eq!(s1.sequence, first, "starts at the time of the change");
         assert_eq!(
             s1.endpoint_spiffe_id.as_deref(),
             Some("spiffe://b.example/meshca/bundle-endpoint")
         );
-        // (own roots, expected sequence): unchanged, rotation adds, removes; an empty bundle
-        // keeps what was served.
+        // (own roots, expected sequence): unchanged, rotation adds, removes (within the same
+        // second: one more each); an empty bundle keeps what was served.
         let cases: Vec<(Vec<Certificate>, u64, bool)> = vec![
-            (vec![old.clone()], 1, true),
-            (vec![old.clone(), new.clone()], 2, true),
-            (vec![old.clone(), new.clone()], 2, true),
-            (vec![new.clone()], 3, true),
-            (vec![], 3, false),
-            (vec![new.clone()], 3, true),
+            (vec![old.clone()], first, true),
+            (vec![old.clone(), new.clone()], first + 1, true),
+            (vec![old.clone(), new.clone()], first + 1, true),
+            (vec![new.clone()], first + 2, true),
+            (vec![], first + 2, false),
+            (vec![new.clone()], first + 2, true),
         ];
         let mut prev = s1;
         for (i, (own, sequence, ok)) in cases.into_iter().enumerate() {
@@ -245,6 +248,15 @@ mod tests {
             prev = status;
         }
         assert_eq!(prev.served_roots, vec![new.fingerprint()]);
+        // Later, and after a status lost with its object: never below the time of the change.
+        let later = now + jiff::SignedDuration::from_hours(1);
+        let (_, moved) = decide(&s, "b.example", Some(&prev), std::slice::from_ref(&old), None, later);
+        assert_eq!(moved.unwrap().sequence, first + 3600);
+        let (_, fresh) = decide(&s, "b.example", None, std::slice::from_ref(&old), None, later);
+        assert!(
+            fresh.unwrap().sequence > prev.sequence,
+            "a re-created object does not roll back"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::cacerts::{
     self, BundleContents, CacertsPlan, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_ANNOTATION, Problem, SourceBundle,
     Target,
 };
+use super::cluster_trust_bundle;
 use super::plan::{
     Basis, CacertsStep, CacertsWrite, MetricUpdates, Observed, Outcome, Plan, PlannedEvent, SecretWrite, Settings,
 };
@@ -430,6 +431,7 @@ impl Outcome {
         let (trust_anchors, mesh_config) = trust.tracked(o, &live_roots, settings);
         let own = own_roots(o, rotation.as_ref(), live.as_ref(), &live_roots);
         let published = published(o, &own);
+        let trust_bundles = cluster_trust_bundles(o, trust, &own, &live_roots);
         let endpoint = o.icc.spec.bundle_endpoint.as_ref().filter(|e| e.enabled).map(|spec| {
             let previous = previous.and_then(|s| s.bundle_endpoint.as_ref());
             let ((ok, reason, message), status) =
@@ -455,6 +457,8 @@ impl Outcome {
             },
             revocation_enabled: o.icc.spec.revocation.as_ref().is_some_and(|r| r.enabled),
             bundle_endpoint: endpoint.as_ref().map(|(v, _)| v.clone()),
+            trust_bundles: trust_bundles.as_ref().and_then(|(v, _)| v.clone()),
+            trust_bundles_enabled: o.icc.spec.cluster_trust_bundle.as_ref().is_some_and(|c| c.enabled),
         };
         // Not decided this time (nothing could be planned): what is tracked stays.
         let tracked_crls = match crls {
@@ -540,6 +544,7 @@ impl Outcome {
             .min();
         Outcome {
             publish: published.and_then(|(_, write)| write),
+            trust_bundles: trust_bundles.and_then(|(_, writes)| writes),
             events: basis.events(&status),
             status,
             remove_advance_annotation: rotation
@@ -586,6 +591,9 @@ struct Verdicts<'a> {
     revocation_enabled: bool,
     /// `BundleEndpointReady`, with `spec.bundleEndpoint.enabled`.
     bundle_endpoint: Option<Verdict>,
+    /// `ClusterTrustBundlesPublished`; not decided this time (`None`) it stays while enabled.
+    trust_bundles: Option<Verdict>,
+    trust_bundles_enabled: bool,
 }
 
 impl Verdicts<'_> {
@@ -630,6 +638,11 @@ impl Verdicts<'_> {
             self.bundle_endpoint
                 .as_ref()
                 .map(|v| next(bundle_endpoint::BUNDLE_ENDPOINT_READY, v)),
+            match &self.trust_bundles {
+                Some(v) => Some(next(cluster_trust_bundle::PUBLISHED, v)),
+                None if self.trust_bundles_enabled => find(cluster_trust_bundle::PUBLISHED).cloned(),
+                None => None,
+            },
         ]
         .into_iter()
         .flatten()
@@ -747,6 +760,58 @@ fn own_roots(
         (!both.is_empty()).then_some(both)
     });
     own.unwrap_or_else(|| live.iter().map(|b| b.anchor.clone()).collect())
+}
+
+/// The ClusterTrustBundlesPublished verdict (`None`: not decided, or turned off) and the
+/// writes. Turned off after it was on, ours are deleted. With anchors that could not be
+/// checked this time, nothing is decided: what is published stays.
+fn cluster_trust_bundles(
+    o: &Observed,
+    trust: &Trust,
+    own: &[Certificate],
+    live_roots: &[&Certificate],
+) -> Option<(Option<Verdict>, Option<cluster_trust_bundle::Writes>)> {
+    let found = o.trust_bundles.as_ref()?;
+    let enabled = o.icc.spec.cluster_trust_bundle.as_ref().is_some_and(|c| c.enabled);
+    if !enabled {
+        let cluster_trust_bundle::Found::Listed(existing) = found else {
+            return None;
+        };
+        let delete: Vec<String> = existing.iter().map(|e| e.name.clone()).collect();
+        return Some((
+            None,
+            (!delete.is_empty()).then_some(cluster_trust_bundle::Writes { apply: vec![], delete }),
+        ));
+    }
+    let anchors: Vec<(String, Vec<Certificate>)> = match trust {
+        Trust::Applied { checked, .. } => checked
+            .anchors
+            .iter()
+            .map(|a| {
+                let held = a
+                    .certificates
+                    .iter()
+                    .filter(|c| live_roots.contains(c))
+                    .cloned()
+                    .collect();
+                (a.name.clone(), held)
+            })
+            .collect(),
+        _ if o.icc.spec.trust_anchors.is_empty() => Vec::new(),
+        _ => return None,
+    };
+    let owner = cluster_trust_bundle::Owner {
+        namespace: o.namespace(),
+        name: o.name(),
+        uid: o.icc.metadata.uid.as_deref().unwrap_or_default(),
+        trust_domain: &o.icc.spec.trust_domain,
+    };
+    let (verdict, writes) = cluster_trust_bundle::plan(&owner, own, &anchors, found);
+    let verdict = match verdict {
+        Ok(message) => (true, cluster_trust_bundle::reason::PUBLISHED.to_string(), message),
+        Err(p) => (false, p.reason.to_string(), p.message),
+    };
+    Some((Some(verdict), writes))
 }
 
 /// The RootPublished verdict and the write it needs, when publishRoot is set.

@@ -11,6 +11,7 @@
 pub mod bundle_endpoint;
 pub mod bundle_source;
 pub mod cacerts;
+pub mod cluster_trust_bundle;
 pub mod decide;
 pub mod plan;
 pub mod publish;

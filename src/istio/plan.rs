@@ -49,6 +49,8 @@ pub struct Observed {
     pub distributed_crls: Option<Vec<crate::pki::crl::Crl>>,
     /// With `spec.bundleEndpoint.tlsSecretName`: that Secret's certificate.
     pub serving: Option<super::bundle_endpoint::ServingSecret>,
+    /// With `spec.clusterTrustBundle` (or after it was on): our ClusterTrustBundles.
+    pub trust_bundles: Option<super::cluster_trust_bundle::Found>,
     pub now: Timestamp,
 }
 
@@ -228,6 +230,9 @@ pub struct Outcome {
     /// Step 2: publish the root (`spec.publishRoot`), when the ConfigMap differs. Refused:
     /// [`Outcome::refused`] with [`publish::ROOT_PUBLISHED`], and the rest goes on.
     pub publish: Option<PublishWrite>,
+    /// Step 2c: the ClusterTrustBundles to apply and delete. Refused: [`Outcome::refused`] with
+    /// [`super::cluster_trust_bundle::PUBLISHED`].
+    pub trust_bundles: Option<super::cluster_trust_bundle::Writes>,
     /// Step 3: the complete new status (written when it differs from the one read).
     pub status: IstioCACertsStatus,
     /// Step 4: the events, in order.

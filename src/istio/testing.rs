@@ -143,6 +143,7 @@ pub fn observed(icc: IstioCACerts, source: Option<&SourceBundle>) -> Observed {
         revocation: None,
         distributed_crls: None,
         serving: None,
+        trust_bundles: None,
         now: t0(),
     }
 }
