@@ -1059,3 +1059,102 @@ async fn meshca_check_sees_an_istiod_started_before_cacerts_and_passes_once_it_i
     let (status, problem, _) = check_verdict(&sys, "istiod-loaded-ca");
     assert_eq!(status, "pass", "{problem}");
 }
+
+// === federation through our SPIFFE bundle endpoint ===
+
+/// A private Web PKI for loopback: (CA PEM, server certificate PEM for IP 127.0.0.1, its key).
+fn web_pki_for_loopback() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, "test Web PKI CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, "bundle.peer.example");
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), leaf_cert.pem(), key.serialize_pem())
+}
+
+/// Issue 24, proof 6 with a real istiod: istiod's own `meshConfig.caCertificates[].spiffeBundleUrl`
+/// fetches a peer's bundle from our endpoint served with a Web PKI certificate
+/// (`spec.bundleEndpoint.tlsSecretName`, the `https_web` profile), and takes exactly the peer's
+/// root into the trust bundle it hands its proxies. istiod only says so in its log (the bundle
+/// goes out through PCDS, which no workload here asks for), so its log lines are the proof.
+#[tokio::test]
+async fn istiods_spiffe_bundle_url_takes_the_peer_root_from_our_https_web_endpoint() {
+    use mesh_ca_issuer::api::istio_cacerts::{BundleEndpoint, IstioCACertsSpec};
+    // The peer: a mesh of its own root in another namespace, its controller serving its
+    // bundle endpoint with a certificate for 127.0.0.1 from a private CA.
+    let (_scope, client, ns) = support::namespaced_test("istiod-bundle-peer").await;
+    let logs = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let addr = format!("--bundle-endpoint-addr=127.0.0.1:{port}");
+    let mut peer_controller = support::ControllerProcess::start(&["--namespace", &ns.name, &addr], logs.path());
+    assert!(peer_controller.wait_ready(TIMEOUT).await, "{}", peer_controller.log());
+    let peer = support::mesh::Mesh::new(client.clone(), ns, "mesh");
+    peer.local_issuer("own", "own-root", "87600h", support::issuer::a_year_at_most())
+        .await;
+    peer.issue("own").await;
+    let peer_root = support::objects::root_of(&peer.ns.api(), "own").await;
+    let (ca_pem, crt_pem, key_pem) = web_pki_for_loopback();
+    let tls: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bundle-endpoint-tls"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": crt_pem, "tls.key": key_pem},
+    }))
+    .unwrap();
+    peer.ns.api().create(&Default::default(), &tls).await.unwrap();
+    peer.create_icc(IstioCACertsSpec {
+        source_secret_name: support::mesh::SOURCE.into(),
+        trust_domain: "peer.example".into(),
+        bundle_endpoint: Some(BundleEndpoint {
+            enabled: true,
+            tls_secret_name: Some("bundle-endpoint-tls".into()),
+            refresh_hint: "5m".into(),
+        }),
+        ..Default::default()
+    })
+    .await;
+    let serving = peer.wait_condition("BundleEndpointReady", "Serving").await;
+    let served = serving.status.unwrap().bundle_endpoint.unwrap();
+    assert_eq!(served.served_roots, vec![peer_root.fingerprint()]);
+    assert!(served.serving_certificate_not_after.is_some(), "{served:?}");
+    assert_eq!(
+        served.endpoint_spiffe_id, None,
+        "a Web PKI certificate has no SPIFFE ID"
+    );
+
+    // This cluster's istiod, multi-root, trusting the private CA, told to fetch the peer's bundle.
+    let mut sys = IstioSystem::create(&support::kubeconfig()).await;
+    sys.issuer("mesh", "87600h").await;
+    sys.issue_intermediate("mesh").await;
+    sys.istio_cacerts("cluster.local", None).await;
+    let ca_file = logs.path().join("web-pki-ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let mut config = IstiodConfig::new("cluster.local", true);
+    config.env.push(("SSL_CERT_FILE".into(), ca_file.display().to_string()));
+    config.mesh_config_extra = format!(
+        "caCertificates:\n- spiffeBundleUrl: https://127.0.0.1:{port}/peer.example\n  trustDomains: [peer.example]\n"
+    );
+    sys.start_istiod(config).await;
+    let istiod = sys.istiod();
+    let loaded = istiod
+        .wait_log_line("Loaded SPIFFE trust bundle for:", 0, TIMEOUT)
+        .await;
+    assert!(loaded.contains("containing 1 certs"), "{loaded}");
+    // The certificate it took is the peer's root (istiod prints the PEM it updates with).
+    let body: String = peer_root.to_pem().lines().filter(|l| !l.starts_with("-----")).collect();
+    let logged: String = istiod.log().lines().map(str::trim).collect();
+    assert!(
+        logged.contains(&body),
+        "istiod's trust bundle update does not carry the peer's root:\n{}",
+        istiod.log_tail(40)
+    );
+    eprintln!("istiod: {loaded}");
+    drop(peer_controller);
+}

@@ -118,6 +118,10 @@ pub struct IstiodConfig {
     /// Start without waiting for `cacerts`, as Istio's chart mounts it (`optional: true`): with
     /// no Secret yet, istiod starts on its own self-signed CA.
     pub cacerts_optional: bool,
+    /// Appended to the mesh config file (YAML), e.g. `caCertificates`.
+    pub mesh_config_extra: String,
+    /// Further environment variables (istiod starts with a cleared environment).
+    pub env: Vec<(String, String)>,
 }
 
 impl IstiodConfig {
@@ -127,6 +131,8 @@ impl IstiodConfig {
             multi_root_mesh,
             discovery: super::unique_suffix(),
             cacerts_optional: false,
+            mesh_config_extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -165,8 +171,8 @@ impl Istiod {
         std::fs::write(
             mesh_dir.join("mesh"),
             format!(
-                "trustDomain: {}\nrootNamespace: {ISTIO_NAMESPACE}\ndiscoverySelectors:\n- matchLabels:\n    {DISCOVERY_LABEL}: \"{}\"\n",
-                config.trust_domain, config.discovery
+                "trustDomain: {}\nrootNamespace: {ISTIO_NAMESPACE}\ndiscoverySelectors:\n- matchLabels:\n    {DISCOVERY_LABEL}: \"{}\"\n{}",
+                config.trust_domain, config.discovery, config.mesh_config_extra
             ),
         )
         .expect("mesh config");
@@ -201,6 +207,7 @@ impl Istiod {
             .env("POD_NAMESPACE", ISTIO_NAMESPACE)
             .env("POD_NAME", format!("istiod-{}", config.discovery))
             .env("ISTIO_MULTIROOT_MESH", config.multi_root_mesh.to_string())
+            .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);
