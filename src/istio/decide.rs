@@ -236,6 +236,12 @@ impl Facts {
         let icc = &o.icc;
         let status = icc.status.as_ref();
         let advance_set_by = advance_setters(&icc.metadata);
+        let serving = match &o.serving {
+            Some(bundle_endpoint::ServingSecret::Found(pem)) => {
+                crate::pki::Certificate::parse_pem_bundle(pem, "tls.crt").ok()
+            }
+            _ => None,
+        };
         Some(rotation::decide(&rotation::Inputs {
             namespace: o.namespace(),
             name: o.name(),
@@ -254,6 +260,7 @@ impl Facts {
                 .filter(|e| e.enabled)
                 .and_then(|e| bundle_endpoint::refresh_hint(e).ok())
                 .and_then(|h| jiff::SignedDuration::try_from(h).ok()),
+            serving_certificate: serving.as_deref(),
             previous_condition: status
                 .and_then(|s| conditions::find(&s.conditions, rotation::ROOT_ROTATION))
                 .map(|c| (c.reason.as_str(), c.message.as_str())),

@@ -129,6 +129,10 @@ pub struct Inputs<'a> {
     /// of them (SPIFFE Federation's advice: publish a new root 3-5 refresh hints before it is
     /// used), so that peers polling at the hint hold the new root before it signs.
     pub bundle_refresh_hint: Option<SignedDuration>,
+    /// With `spec.bundleEndpoint.tlsSecretName`: that certificate's chain (leaf first). One
+    /// that chains to an old root only holds the cut until it is re-issued under the new one:
+    /// peers would refuse the endpoint once the old root is gone.
+    pub serving_certificate: Option<&'a [Certificate]>,
     /// The RootRotation condition as it stands (reason, message): a refused advance stays
     /// visible until the phase may end, not only until the annotation's removal is seen.
     pub previous_condition: Option<(&'a str, &'a str)>,
@@ -749,6 +753,40 @@ impl Step<'_> {
         Some(d)
     }
 
+    /// Holds the cut while the bundle endpoint's own certificate (`tlsSecretName`, an SVID the
+    /// user issued from the mesh) chains to an old root and not to the new one. A Web PKI
+    /// certificate chains to neither and never holds anything.
+    fn held_for_serving_certificate(&self) -> Option<Decision> {
+        let chain = self.inputs.serving_certificate?;
+        let top = chain.last()?;
+        let chains_to = |root: &Certificate| top == root || top.is_signed_by(root);
+        let old = self.old_certs.iter().find(|r| chains_to(r))?;
+        if chain.iter().any(|c| chains_to_new(c, self.new_root())) {
+            return None;
+        }
+        let leaf = &chain[0];
+        let message = format!(
+            "cutting the old root is held in {}: the bundle endpoint's certificate {} (spec.bundleEndpoint.tlsSecretName) chains to the old root {} only, and peers that follow the endpoint would refuse it once that root is cut. Re-issue it under the new root (renew the Certificate that writes the Secret); the rotation goes on once it chains to {}",
+            self.status.phase.as_str(),
+            leaf.subject(),
+            old.fingerprint(),
+            self.new_root().fingerprint()
+        );
+        let mut d = self.stay(hold_bundle(self.status.phase, self.inputs.target));
+        d.published_roots = Some(self.both_roots());
+        d.condition = Some((reason::CUT_HELD, message.clone()));
+        if self.advance_now() {
+            d.refused_advance = Some(format!(
+                "the annotation {}: {} was refused and removed: {message}",
+                crate::api::istio_cacerts::ADVANCE_ROTATION_ANNOTATION,
+                self.inputs.advance.unwrap_or_default()
+            ));
+        }
+        // The Secret is watched; this is the backstop.
+        d.requeue_at = Some(self.inputs.now + SignedDuration::from_secs(30));
+        Some(d)
+    }
+
     /// The anchors' certificates, once known ([`Step::held_cut`] stops every cut before this).
     fn anchors(&self) -> &[Certificate] {
         self.inputs.anchors.unwrap_or(&[])
@@ -844,6 +882,9 @@ impl Step<'_> {
             if let Some(held) = self.held_cut("cutting the old root").filter(|_| !already_cut) {
                 return held;
             }
+            if let Some(held) = self.held_for_serving_certificate().filter(|_| !already_cut) {
+                return held;
+            }
             let message = if already_cut {
                 "root-cert.pem no longer holds the old root (a write whose status update was lost)".to_string()
             } else {
@@ -885,6 +926,11 @@ impl Step<'_> {
         }
         finish(d, self.spec, &self.delays, self.inputs)
     }
+}
+
+/// Whether `c` is the new root or signed by it.
+fn chains_to_new(c: &Certificate, new: &Certificate) -> bool {
+    c == new || c.is_signed_by(new)
 }
 
 /// Fills in the condition and the requeue for the phase the decision ends in.
@@ -1335,12 +1381,17 @@ mod tests {
         limits: Limits,
         /// The bundle endpoint's refresh hint, when this cluster serves one.
         bundle_refresh_hint: Option<SignedDuration>,
+        /// The bundle endpoint's `tlsSecretName` chain.
+        serving_certificate: Option<Vec<Certificate>>,
     }
 
     impl World {
         fn new(mode: RotationMode) -> Self {
-            let old = source_under(&root(365));
-            let new = source_under(&root(730));
+            Self::with_pki(mode, source_under(&root(365)), source_under(&root(730)))
+        }
+
+        /// A world whose old and new sources are these.
+        fn with_pki(mode: RotationMode, old: SourceBundle, new: SourceBundle) -> Self {
             let target = Target::Present {
                 data: cacerts::plan(&old, &Target::Absent, "mesh", &AdoptExisting::Never, t0())
                     .unwrap()
@@ -1365,6 +1416,7 @@ mod tests {
                 set_by: None,
                 limits: Limits::default(),
                 bundle_refresh_hint: None,
+                serving_certificate: None,
             };
             w.files.push(w.root_cert());
             w
@@ -1401,6 +1453,7 @@ mod tests {
                 advance_set_by: self.set_by.as_deref(),
                 limits: self.limits,
                 bundle_refresh_hint: self.bundle_refresh_hint,
+                serving_certificate: self.serving_certificate.as_deref(),
                 previous_condition: self.condition.as_ref().map(|(r, m)| (*r, m.as_str())),
                 now,
             });
@@ -1434,6 +1487,67 @@ mod tests {
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn a_bundle_endpoint_certificate_under_the_old_root_holds_the_cut_until_it_is_reissued() {
+        use crate::pki::sign::svid;
+        let id = "spiffe://cluster.local/meshca/bundle-endpoint";
+        let (nb, na) = (t0() - HOUR, t0() + SignedDuration::from_hours(24 * 30));
+        let under = |source: &SourceBundle| {
+            let key = SigningKey::from_pem(&source.key_pem).unwrap();
+            let ca = CaSigner {
+                certificate: &source.intermediate,
+                key: &key,
+            };
+            vec![svid(&ca, id, nb, na).unwrap().0, source.intermediate.clone()]
+        };
+        let drained = t0() + HOUR * 27;
+        let w = World::new(RotationMode::Automatic);
+        // Rows run against one world each, sharing its PKI.
+        for (case, chain, phase, held) in [
+            ("no tlsSecretName", None, RotationPhase::RemovingOldRoot, false),
+            (
+                "an SVID under the old root",
+                Some(under(&w.old)),
+                RotationPhase::SwitchingIntermediate,
+                true,
+            ),
+            (
+                "re-issued under the new root",
+                Some(under(&w.new)),
+                RotationPhase::RemovingOldRoot,
+                false,
+            ),
+            (
+                "a Web PKI certificate",
+                Some(vec![root(365).0]),
+                RotationPhase::RemovingOldRoot,
+                false,
+            ),
+        ] {
+            let copy = |s: &SourceBundle| SourceBundle {
+                intermediate: s.intermediate.clone(),
+                intermediates: s.intermediates.clone(),
+                key_pem: zeroize::Zeroizing::new(s.key_pem.to_vec()),
+                root: s.root.clone(),
+            };
+            let mut w = World::with_pki(RotationMode::Automatic, copy(&w.old), copy(&w.new));
+            w.serving_certificate = chain;
+            w.reconcile(true, None, t0());
+            w.reconcile(true, None, t0() + HOUR);
+            let d = w.reconcile(true, None, drained);
+            assert_eq!(d.status.as_ref().map(|s| s.phase), Some(phase), "{case}");
+            let condition = d.condition.clone().unwrap_or((reason::WAITING, String::new()));
+            assert_eq!(condition.0 == reason::CUT_HELD, held, "{case}: {condition:?}");
+            if held {
+                assert!(
+                    condition.1.contains("Re-issue it under the new root"),
+                    "{case}: {}",
+                    condition.1
+                );
+            }
+        }
     }
 
     #[test]
@@ -1836,6 +1950,7 @@ mod tests {
                 advance_set_by: None,
                 limits: Limits::default(),
                 bundle_refresh_hint: None,
+                serving_certificate: None,
                 previous_condition: None,
                 now,
             });
@@ -1864,6 +1979,7 @@ mod tests {
             advance_set_by: None,
             limits: Limits::default(),
             bundle_refresh_hint: None,
+            serving_certificate: None,
             previous_condition: None,
             now: t0(),
         });
@@ -1948,6 +2064,7 @@ mod tests {
             advance_set_by: None,
             limits: Limits::default(),
             bundle_refresh_hint: None,
+            serving_certificate: None,
             previous_condition: None,
             now: t0() + HOUR * 30,
         });
