@@ -343,7 +343,7 @@ async fn hostile_endpoints_are_refused_by_name_and_the_last_good_bundle_is_kept(
 async fn roots_and_anchors_appear_as_cluster_trust_bundles_and_go_with_their_istiocacerts() {
     use k8s_openapi::api::certificates::v1::ClusterTrustBundle;
     use kube::api::{Api, DeleteParams, ListParams};
-    use mesh_ca_issuer::api::istio_cacerts::{ClusterTrustBundles, KeyRef, TrustAnchor};
+    use mesh_ca_issuer::api::istio_cacerts::ClusterTrustBundles;
 
     let (_lock, client, ns) = support::namespaced_test("ctb").await;
     let logs = tempfile::tempdir().unwrap();
@@ -360,18 +360,7 @@ async fn roots_and_anchors_appear_as_cluster_trust_bundles_and_go_with_their_ist
         source_secret_name: SOURCE.into(),
         trust_domain: trust_domain.clone(),
         cluster_trust_bundle: Some(ClusterTrustBundles { enabled: true }),
-        trust_anchors: vec![TrustAnchor {
-            name: "peer".into(),
-            trust_domains: vec!["peer.example".into()],
-            config_map_key_ref: Some(KeyRef {
-                name: "peer-root".into(),
-                key: "root-cert.pem".into(),
-            }),
-            secret_key_ref: None,
-            spiffe_bundle_endpoint: None,
-            fingerprints: vec![],
-            allow_intermediate: false,
-        }],
+        trust_anchors: vec![support::mesh::config_map_anchor("peer", "peer.example", "peer-root")],
         ..Default::default()
     })
     .await;

@@ -14,9 +14,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::{Certificate as CertManagerCertificate, CertificateRequest};
 use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, RootBootstrap};
-use mesh_ca_issuer::api::istio_cacerts::{
-    AdoptExisting, IstioCACerts, IstioCACertsSpec, KeyRef, PublishRoot, TrustAnchor,
-};
+use mesh_ca_issuer::api::istio_cacerts::{AdoptExisting, IstioCACerts, IstioCACertsSpec, PublishRoot};
 use support::chart::{InstalledChart, chart_dir as chart, helm, text, tool};
 use support::{ControllerProcess, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, repo_root};
 
@@ -707,18 +705,7 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
         source_secret_name: "istiod-intermediate".into(),
         target_secret_name: "cacerts".into(),
         adopt_existing: AdoptExisting::Never,
-        trust_anchors: vec![TrustAnchor {
-            name: "peer".into(),
-            trust_domains: vec!["peer.example".into()],
-            config_map_key_ref: Some(KeyRef {
-                name: "peer-root".into(),
-                key: "root-cert.pem".into(),
-            }),
-            secret_key_ref: None,
-            spiffe_bundle_endpoint: None,
-            fingerprints: vec![],
-            allow_intermediate: false,
-        }],
+        trust_anchors: vec![support::mesh::config_map_anchor("peer", "peer.example", "peer-root")],
         publish_root: Some(PublishRoot {
             config_map_name: "istio-ca-root-published".into(),
             key: "root-cert.pem".into(),

@@ -736,11 +736,18 @@ impl Step<'_> {
             problem.reason,
             problem.message
         );
+        Some(self.hold_cut(message))
+    }
+
+    /// Stays in the phase with the target as it is, `CutHeld` saying `message`; an advance
+    /// asked for meanwhile is refused with it. What holds it is watched; the requeue is the
+    /// backstop.
+    fn hold_cut(&self, message: String) -> Decision {
+        let phase = self.status.phase;
         let mut d = self.stay(hold_bundle(phase, self.inputs.target));
         if phase != RotationPhase::RemovingOldRoot {
             d.published_roots = Some(self.both_roots());
         }
-        d.condition = Some((reason::CUT_HELD, message.clone()));
         if self.advance_now() {
             d.refused_advance = Some(format!(
                 "the annotation {}: {} was refused and removed: {message}",
@@ -748,9 +755,9 @@ impl Step<'_> {
                 self.inputs.advance.unwrap_or_default()
             ));
         }
-        // The anchors' ConfigMaps and Secrets are watched; this is the backstop.
+        d.condition = Some((reason::CUT_HELD, message));
         d.requeue_at = Some(self.inputs.now + SignedDuration::from_secs(30));
-        Some(d)
+        d
     }
 
     /// Holds the cut while the bundle endpoint's own certificate (`tlsSecretName`, an SVID the
@@ -772,19 +779,7 @@ impl Step<'_> {
             old.fingerprint(),
             self.new_root().fingerprint()
         );
-        let mut d = self.stay(hold_bundle(self.status.phase, self.inputs.target));
-        d.published_roots = Some(self.both_roots());
-        d.condition = Some((reason::CUT_HELD, message.clone()));
-        if self.advance_now() {
-            d.refused_advance = Some(format!(
-                "the annotation {}: {} was refused and removed: {message}",
-                crate::api::istio_cacerts::ADVANCE_ROTATION_ANNOTATION,
-                self.inputs.advance.unwrap_or_default()
-            ));
-        }
-        // The Secret is watched; this is the backstop.
-        d.requeue_at = Some(self.inputs.now + SignedDuration::from_secs(30));
-        Some(d)
+        Some(self.hold_cut(message))
     }
 
     /// The anchors' certificates, once known ([`Step::held_cut`] stops every cut before this).

@@ -48,6 +48,26 @@ pub fn publishing(
     }
 }
 
+/// A trust anchor `name` for `trust_domain` read from ConfigMap `config_map` key `root-cert.pem`.
+pub fn config_map_anchor(
+    name: &str,
+    trust_domain: &str,
+    config_map: &str,
+) -> mesh_ca_issuer::api::istio_cacerts::TrustAnchor {
+    mesh_ca_issuer::api::istio_cacerts::TrustAnchor {
+        name: name.into(),
+        trust_domains: vec![trust_domain.into()],
+        config_map_key_ref: Some(mesh_ca_issuer::api::istio_cacerts::KeyRef {
+            name: config_map.into(),
+            key: "root-cert.pem".into(),
+        }),
+        secret_key_ref: None,
+        spiffe_bundle_endpoint: None,
+        fingerprints: vec![],
+        allow_intermediate: false,
+    }
+}
+
 /// This cluster's bundle endpoint, with the default serving SVID and `refresh_hint`.
 pub fn serving_bundle(refresh_hint: &str) -> Option<mesh_ca_issuer::api::istio_cacerts::BundleEndpoint> {
     Some(mesh_ca_issuer::api::istio_cacerts::BundleEndpoint {
