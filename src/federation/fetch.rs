@@ -18,7 +18,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::istio::bundle_source::Fetch;
-use crate::pki::Certificate;
+use crate::pki::chain::{self, Subject};
+use crate::pki::csr::spiffe_trust_domain;
+use crate::pki::{Certificate, name_constraints};
 use crate::spiffe_bundle::MAX_BUNDLE_BYTES;
 
 /// How a fetch authenticates the endpoint.
@@ -114,7 +116,8 @@ fn provider() -> Arc<CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
-/// The `https_spiffe` check of the endpoint's certificate.
+/// The `https_spiffe` check of the endpoint's certificate. The handshake's signatures are
+/// checked with the crypto provider's algorithms.
 #[derive(Debug)]
 struct SpiffeVerifier {
     id: String,
@@ -132,35 +135,50 @@ impl ServerCertVerifier for SpiffeVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let general = |why: String| rustls::Error::General(why);
-        let anchors = self
-            .roots
-            .iter()
-            .filter_map(|r| webpki::anchor_from_trusted_cert(r).ok().map(|a| a.to_owned()))
-            .collect::<Vec<_>>();
-        let leaf = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| general(format!("the endpoint's certificate cannot be read: {e:?}")))?;
-        leaf.verify_for_usage(
-            self.algorithms.all,
-            &anchors,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| {
+        let read = |der: &CertificateDer<'_>| {
+            Certificate::from_der(der.to_vec())
+                .map_err(|e| general(format!("the endpoint's certificate chain cannot be read: {e}")))
+        };
+        let cert = read(end_entity)?;
+        let pool = intermediates.iter().map(read).collect::<Result<Vec<_>, _>>()?;
+        let roots = self.roots.iter().map(read).collect::<Result<Vec<_>, _>>()?;
+        let now = jiff::Timestamp::from_second(i64::try_from(now.as_secs()).unwrap_or(i64::MAX))
+            .map_err(|e| general(e.to_string()))?;
+        // As Go's crypto/x509 verifies (what go-spiffe and SPIRE use), not rustls-webpki, which
+        // refuses every certificate under a CA with URI name constraints (docs/name-constraints.md).
+        let path = chain::verify(&cert, Subject::Leaf, &pool, &roots, now).map_err(|e| {
             general(format!(
-                "the endpoint's certificate does not chain to the last bundle accepted from this peer ({e:?})"
+                "the endpoint's certificate does not chain to the last bundle accepted from this peer ({e})"
             ))
         })?;
-        let cert = Certificate::from_der(end_entity.to_vec())
-            .map_err(|e| general(format!("the endpoint's certificate cannot be read: {e}")))?;
         let uris = cert.uri_sans();
         if uris != [self.id.clone()] {
             return Err(general(format!(
                 "the endpoint's certificate carries URI SANs {uris:?}, not exactly the endpointSPIFFEID {:?}",
                 self.id
             )));
+        }
+        // The name constraints of every CA on the path hold for the endpoint's SPIFFE ID.
+        let host = spiffe_trust_domain(&self.id).unwrap_or_default();
+        for ca in path.certificates.iter().skip(1) {
+            match name_constraints::carried_by(ca) {
+                Ok(None) => {}
+                Ok(Some((_, nc))) if nc.permits_uri_host(&host) => {}
+                Ok(Some((_, nc))) => {
+                    return Err(general(format!(
+                        "the endpoint's SPIFFE ID {} is outside the name constraints of {} ({})",
+                        self.id,
+                        ca.subject(),
+                        nc.describe()
+                    )));
+                }
+                Err(e) => {
+                    return Err(general(format!(
+                        "{}'s name constraints cannot be read: {e}",
+                        ca.subject()
+                    )));
+                }
+            }
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -185,5 +203,104 @@ impl ServerCertVerifier for SpiffeVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::istio::testing::{HOUR, root, t0};
+    use crate::pki::SigningKey;
+    use crate::pki::name_constraints::{NameConstraints, Subtree};
+    use crate::pki::policy::SigningPlan;
+    use crate::pki::sign::tests::istiod_csr_with_key;
+    use crate::pki::sign::{CaSigner, sign_csr, svid};
+
+    const ID: &str = "spiffe://peer.example/meshca/bundle-endpoint";
+
+    /// The endpoint's chain: an SVID for `id` under an intermediate (constrained to
+    /// `constraint`, if any) under `root`.
+    fn chain(root: &(Certificate, SigningKey), constraint: Option<&str>, id: &str) -> Vec<Certificate> {
+        let (csr, key) = istiod_csr_with_key();
+        let plan = SigningPlan {
+            ca_path_len: Some(0),
+            not_before: t0() - HOUR,
+            not_after: t0() + HOUR * 24,
+            requested: std::time::Duration::from_secs(1),
+            clamped: None,
+            name_constraints: constraint.map(|host| NameConstraints {
+                permitted: vec![Subtree::Uri(host.into())],
+                excluded: vec![],
+            }),
+        };
+        let ca = CaSigner {
+            certificate: &root.0,
+            key: &root.1,
+        };
+        let intermediate = sign_csr(&csr, &plan, &ca).unwrap();
+        let signer = CaSigner {
+            certificate: &intermediate,
+            key: &key,
+        };
+        let (leaf, _) = svid(&signer, id, t0() - HOUR, t0() + HOUR).unwrap();
+        vec![leaf, intermediate]
+    }
+
+    fn verify(chain: &[Certificate], roots: &[Certificate]) -> Result<(), String> {
+        let provider = provider();
+        let verifier = SpiffeVerifier {
+            id: ID.into(),
+            roots: roots.iter().map(|r| CertificateDer::from(r.der().to_vec())).collect(),
+            algorithms: provider.signature_verification_algorithms,
+        };
+        let ders: Vec<CertificateDer> = chain.iter().map(|c| CertificateDer::from(c.der().to_vec())).collect();
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(t0().as_second() as u64));
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        verifier
+            .verify_server_cert(&ders[0], &ders[1..], &name, &[], now)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_endpoint_must_chain_to_the_last_bundle_carry_its_id_and_keep_its_cas_name_constraints() {
+        let peer = root(365);
+        let other = root(365);
+        let roots = std::slice::from_ref(&peer.0);
+        // (case, chain, the refusal's words or None)
+        let cases: Vec<(&str, Vec<Certificate>, Option<&str>)> = vec![
+            ("plain", chain(&peer, None, ID), None),
+            // rustls-webpki would refuse this one; Go, go-spiffe and we accept it.
+            (
+                "under a CA constrained to its trust domain",
+                chain(&peer, Some("peer.example"), ID),
+                None,
+            ),
+            (
+                "an ID outside the CA's constraints",
+                chain(&peer, Some("other.example"), ID),
+                Some("outside the name constraints"),
+            ),
+            (
+                "another ID",
+                chain(&peer, None, "spiffe://peer.example/workload"),
+                Some("not exactly the endpointSPIFFEID"),
+            ),
+            (
+                "another root",
+                chain(&other, None, ID),
+                Some("does not chain to the last bundle"),
+            ),
+        ];
+        for (case, chain, refusal) in cases {
+            let verdict = verify(&chain, roots);
+            match refusal {
+                None => assert!(verdict.is_ok(), "{case}: {verdict:?}"),
+                Some(words) => assert!(
+                    verdict.as_ref().is_err_and(|e| e.contains(words)),
+                    "{case}: {verdict:?}"
+                ),
+            }
+        }
     }
 }

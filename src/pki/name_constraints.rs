@@ -75,6 +75,39 @@ pub struct NameConstraints {
 }
 
 impl NameConstraints {
+    /// Whether a URI with host `host` is within these constraints, as RFC 5280 §4.2.1.10 (and
+    /// Go's `crypto/x509`) judge URI subtrees: `example.org` matches that host only,
+    /// `.example.org` any host below it. With permitted URI subtrees the host must match one;
+    /// it must match no excluded one. A subtree of a form this code does not read fails closed.
+    pub fn permits_uri_host(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        let matches = |base: &str| match base.strip_prefix('.') {
+            Some(domain) => host.ends_with(&format!(".{domain}")),
+            None => host == base,
+        };
+        if self
+            .permitted
+            .iter()
+            .chain(&self.excluded)
+            .any(|s| matches!(s, Subtree::Other(_)))
+        {
+            return false;
+        }
+        let permitted: Vec<&str> = self
+            .permitted
+            .iter()
+            .filter_map(|s| match s {
+                Subtree::Uri(base) => Some(base.as_str()),
+                _ => None,
+            })
+            .collect();
+        let excluded = self
+            .excluded
+            .iter()
+            .any(|s| matches!(s, Subtree::Uri(base) if matches(base)));
+        (permitted.is_empty() || permitted.iter().any(|b| matches(b))) && !excluded
+    }
+
     /// The extension value (the DER inside the extension's OCTET STRING).
     pub fn to_der(&self) -> Result<Vec<u8>, String> {
         let mut body = Vec::new();
@@ -431,6 +464,36 @@ mod tests {
             .to_der()
             .is_err()
         );
+    }
+
+    #[test]
+    fn uri_hosts_are_judged_as_rfc_5280_and_go_judge_them() {
+        let uri = |s: &str| Subtree::Uri(s.into());
+        let nc = |permitted: Vec<Subtree>, excluded: Vec<Subtree>| NameConstraints { permitted, excluded };
+        // (constraints, host, permitted)
+        let cases = [
+            (nc(vec![uri("peer.example")], vec![]), "peer.example", true),
+            (nc(vec![uri("peer.example")], vec![]), "Peer.Example", true),
+            (nc(vec![uri("peer.example")], vec![]), "a.peer.example", false),
+            (nc(vec![uri(".example")], vec![]), "peer.example", true),
+            (nc(vec![uri(".example")], vec![]), "example", false),
+            (nc(vec![uri("other.example")], vec![]), "peer.example", false),
+            (nc(vec![Subtree::Dns("example".into())], vec![]), "peer.example", true),
+            (nc(vec![], vec![uri("peer.example")]), "peer.example", false),
+            (
+                nc(vec![uri(".example")], vec![uri("bad.example")]),
+                "bad.example",
+                false,
+            ),
+            (
+                nc(vec![Subtree::Other("IP:10.0.0.0/8".into())], vec![]),
+                "peer.example",
+                false,
+            ),
+        ];
+        for (constraints, host, permitted) in cases {
+            assert_eq!(constraints.permits_uri_host(host), permitted, "{constraints:?} {host}");
+        }
     }
 
     #[test]
