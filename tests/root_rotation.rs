@@ -797,6 +797,7 @@ async fn federated_clusters_follow_a_peers_root_rotation_through_bundle_endpoint
     let mut verdicts = cross_verify(&a, &b, "federated").await;
     let first_sequence = b.icc().await.status.unwrap().bundle_endpoint.unwrap().sequence;
     let a_writes = a.record_cacerts();
+    let b_writes = b.record_cacerts();
 
     b.issue("new").await;
     b.wait_phase(RotationPhase::AddingNewRoot).await;
@@ -828,10 +829,31 @@ async fn federated_clusters_follow_a_peers_root_rotation_through_bundle_endpoint
             "rotation did not complete: {:#?}",
             b_icc.status
         );
+        // The verdicts' sampling cadence; the ordering itself is proven below from every
+        // version of both `cacerts`, as their watches saw them.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     verdicts += cross_verify(&a, &b, "after").await;
     a_writes.stop();
+    b_writes.stop();
+    // Every version of both cacerts: A held B's new root before B's first version signed by it.
+    let a_trusts_at = a_writes
+        .versions()
+        .into_iter()
+        .find(|(_, _, data)| holds(data, &b_new))
+        .map(|(_, at, _)| at)
+        .expect("a version of A's cacerts with B's new root");
+    let b_switched_at = b_writes
+        .versions()
+        .into_iter()
+        .find(|(_, _, data)| signing_root(data, &[&b_old, &b_new]) == b_new)
+        .map(|(_, at, _)| at)
+        .expect("a version of B's cacerts signing under the new root");
+    assert!(
+        a_trusts_at < b_switched_at,
+        "A trusted B's new root {:?} after B signed under it",
+        a_trusts_at.duration_since(b_switched_at)
+    );
     let trusted_after = trusted_after.expect("A trusted B's new root");
     let a_icc = a.icc().await;
     let source = a_icc.status.as_ref().unwrap().trust_anchors[0].source.clone().unwrap();
@@ -843,8 +865,9 @@ async fn federated_clusters_follow_a_peers_root_rotation_through_bundle_endpoint
     assert!(served.sequence >= first_sequence + 2, "old; old and new; new");
     assert_eq!(source.sequence, Some(served.sequence));
     eprintln!(
-        "B's AddingNewRoot → A trusts B's new root: {:.1}s; B's phases seen: {phases_seen:?}; {verdicts} verdicts, 0 failures; cacerts writes at A during B's rotation: {}",
+        "B's AddingNewRoot → A trusts B's new root: {:.1}s; A trusted it {:.1}s before B signed under it; B's phases seen: {phases_seen:?}; {verdicts} verdicts, 0 failures; cacerts writes at A during B's rotation: {}",
         trusted_after.as_secs_f64(),
+        b_switched_at.duration_since(a_trusts_at).as_secs_f64(),
         a_writes.writes()
     );
     // A's root-cert.pem grew by B's new root, then lost B's old one: two writes.
