@@ -441,3 +441,85 @@ async fn roots_and_anchors_appear_as_cluster_trust_bundles_and_go_with_their_ist
     );
     drop(controller);
 }
+
+/// The `https_web` profile end to end: B serves its bundle with a Web PKI certificate
+/// (`tlsSecretName`: a private CA, IP 127.0.0.1), A follows it with that CA as the anchor's
+/// `caBundle`. Pointed at another CA, A refuses the endpoint by name and keeps B's root.
+#[tokio::test]
+async fn an_https_web_endpoint_is_followed_with_its_ca_bundle_and_another_ca_is_refused() {
+    use mesh_ca_issuer::api::istio_cacerts::{
+        BundleEndpoint, BundleEndpointProfile, SpiffeBundleEndpoint, TrustAnchor,
+    };
+    let TwoClusters {
+        mut a,
+        mut b,
+        lock: _lock,
+    } = TwoClusters::start("endpoint-web", "mesh").await;
+    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    own_root(&a, "own").await;
+    own_root(&b, "own").await;
+    let b_root = support::objects::root_of(&b.ns.api(), "own").await;
+    let (ca_pem, crt_pem, key_pem) = support::bundle_peer::web_pki_for_loopback();
+    let tls: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bundle-endpoint-tls"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": crt_pem, "tls.key": key_pem},
+    }))
+    .unwrap();
+    b.ns.api().create(&Default::default(), &tls).await.unwrap();
+    b.create_icc(IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        trust_domain: "b.example".into(),
+        bundle_endpoint: Some(BundleEndpoint {
+            enabled: true,
+            tls_secret_name: Some("bundle-endpoint-tls".into()),
+            refresh_hint: "2s".into(),
+        }),
+        ..Default::default()
+    })
+    .await;
+    b.wait_condition("BundleEndpointReady", "Serving").await;
+    let anchor = |ca: &str| TrustAnchor {
+        name: "peer-b".into(),
+        trust_domains: vec!["b.example".into()],
+        config_map_key_ref: None,
+        secret_key_ref: None,
+        spiffe_bundle_endpoint: Some(SpiffeBundleEndpoint {
+            url: format!("https://127.0.0.1:{}/b.example", b.controller.bundle_port),
+            profile: BundleEndpointProfile::HttpsWeb,
+            endpoint_spiffe_id: None,
+            bootstrap_bundle: None,
+            ca_bundle: Some(ca.to_string()),
+        }),
+        fingerprints: vec![],
+        allow_intermediate: false,
+    };
+    a.create_icc(IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        trust_domain: "a.example".into(),
+        trust_anchors: vec![anchor(&ca_pem)],
+        ..Default::default()
+    })
+    .await;
+    let synced = a
+        .wait_icc("B's bundle fetched over Web PKI", |icc| {
+            condition(icc, "Ready").is_some_and(|c| c.reason == "Synced") && last_fetched(icc, "peer-b").is_some()
+        })
+        .await;
+    assert_eq!(trusted(&synced), vec![b_root.fingerprint()]);
+    assert!(holds(&a.cacerts().await, &b_root));
+    let before = a.cacerts_secret().await.resource_version();
+
+    // Another CA: the endpoint no longer authenticates; B's root stays.
+    let (other_ca, _, _) = support::bundle_peer::web_pki_for_loopback();
+    a.patch_icc(serde_json::json!({"spec": {"trustAnchors": [anchor(&other_ca)]}}))
+        .await;
+    let refused = a
+        .wait_icc("the endpoint refused", |icc| {
+            source(icc, "peer-b").is_some_and(|(_, _, e)| e.is_some_and(|e| e.contains("invalid peer certificate")))
+        })
+        .await;
+    eprintln!("{:?}", source(&refused, "peer-b"));
+    assert_eq!(trusted(&refused), vec![b_root.fingerprint()], "B's root stays");
+    assert_eq!(a.cacerts_secret().await.resource_version(), before, "cacerts untouched");
+}

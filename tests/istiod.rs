@@ -1062,24 +1062,6 @@ async fn meshca_check_sees_an_istiod_started_before_cacerts_and_passes_once_it_i
 
 // === federation through our SPIFFE bundle endpoint ===
 
-/// A private Web PKI for loopback: (CA PEM, server certificate PEM for IP 127.0.0.1, its key).
-fn web_pki_for_loopback() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name.push(DnType::CommonName, "test Web PKI CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    leaf.distinguished_name.push(DnType::CommonName, "bundle.peer.example");
-    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_cert = leaf.signed_by(&key, &issuer).unwrap();
-    (ca_cert.pem(), leaf_cert.pem(), key.serialize_pem())
-}
-
 /// Issue 24, proof 6 with a real istiod: istiod's own `meshConfig.caCertificates[].spiffeBundleUrl`
 /// fetches a peer's bundle from our endpoint served with a Web PKI certificate
 /// (`spec.bundleEndpoint.tlsSecretName`, the `https_web` profile), and takes exactly the peer's
@@ -1101,7 +1083,7 @@ async fn istiods_spiffe_bundle_url_takes_the_peer_root_from_our_https_web_endpoi
         .await;
     peer.issue("own").await;
     let peer_root = support::objects::root_of(&peer.ns.api(), "own").await;
-    let (ca_pem, crt_pem, key_pem) = web_pki_for_loopback();
+    let (ca_pem, crt_pem, key_pem) = support::bundle_peer::web_pki_for_loopback();
     let tls: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "bundle-endpoint-tls"},
         "type": "kubernetes.io/tls",

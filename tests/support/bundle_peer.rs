@@ -57,6 +57,24 @@ impl Default for Ca {
     }
 }
 
+/// A private Web PKI for loopback: (CA PEM, server certificate PEM for IP 127.0.0.1, its key).
+pub fn web_pki_for_loopback() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, "test Web PKI CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, "bundle.peer.example");
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), leaf_cert.pem(), key.serialize_pem())
+}
+
 /// What the endpoint serves next.
 struct Behaviour {
     certified: Arc<CertifiedKey>,
