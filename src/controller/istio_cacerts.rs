@@ -57,22 +57,8 @@ pub async fn reconcile(icc: Arc<IstioCACerts>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::await_change());
     }
     let Some(observed) = observe(&ctx, &icc).await? else {
-        // done: it was deleted; `cacerts` stays (istiod needs it). Its ClusterTrustBundles go:
-        // a cluster-scoped object cannot be owned by it (the sweep catches what this misses).
-        if publishes_trust_bundles(&icc)
-            && let Some(uid) = icc.metadata.uid.as_deref()
-        {
-            match list_trust_bundles(&ctx, uid).await {
-                Ok(cluster_trust_bundle::Found::Listed(ours)) => {
-                    let names: Vec<String> = ours.into_iter().map(|e| e.name).collect();
-                    if let Err((problem, _)) = delete_trust_bundles(&ctx, &names).await {
-                        warn!("{}", problem.message);
-                    }
-                }
-                Ok(cluster_trust_bundle::Found::Unavailable) => {}
-                Err(e) => warn!(error = %e, "listing the ClusterTrustBundles of a deleted IstioCACerts"),
-            }
-        }
+        // done: it was deleted; `cacerts` stays (istiod needs it). Its ClusterTrustBundles go
+        // with the sweep (`sweep_trust_bundles`): a deletion rarely wakes a reconcile at all.
         return Ok(Action::await_change());
     };
     let settings = Settings {
@@ -206,7 +192,7 @@ fn publishes_trust_bundles(icc: &IstioCACerts) -> bool {
 
 /// Our ClusterTrustBundles of the IstioCACerts with `uid`; `Unavailable` when the API server
 /// does not serve them (404).
-pub async fn list_trust_bundles(ctx: &Context, uid: &str) -> Result<cluster_trust_bundle::Found> {
+async fn list_trust_bundles(ctx: &Context, uid: &str) -> Result<cluster_trust_bundle::Found> {
     let api: Api<ClusterTrustBundle> = Api::all(ctx.client.clone());
     let selector = format!("{}={uid}", cluster_trust_bundle::ICC_UID_LABEL);
     match api.list(&ListParams::default().labels(&selector)).await {

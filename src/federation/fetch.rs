@@ -110,7 +110,8 @@ async fn get(url: &str, authenticate: &Authenticate) -> Result<Vec<u8>, String> 
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The process's crypto provider (aws-lc-rs, installed at start), or aws-lc-rs when none is.
+pub(super) fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))

@@ -6,7 +6,7 @@
 //! superset or subset). A failed or refused fetch keeps the last bundle: trust is never
 //! dropped because a peer is unreachable.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +23,8 @@ use crate::api::istio_cacerts::{BundleEndpointProfile, IstioCACerts, SpiffeBundl
 use crate::controller::Context;
 use crate::controller::trust_anchors::Reader;
 use crate::istio::bundle_source::{self, Bounds, Stored};
-use crate::istio::trust_bundle::Fetched;
-use crate::pki::{Certificate, pem};
+use crate::istio::trust_bundle::{self, AnchorInput};
+use crate::pki::Certificate;
 
 /// How long one fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,7 +141,7 @@ async fn poll(
                 Some(bundle) => crate::spiffe_bundle::decode(bundle.as_bytes(), None, Timestamp::now())
                     .map(|b| b.roots)
                     .unwrap_or_default(),
-                None => bootstrap_roots(ctx, &namespace, endpoint, &anchor.fingerprints).await?,
+                None => bootstrap_roots(ctx, &namespace, anchor, endpoint).await?,
             },
         },
         BundleEndpointProfile::HttpsWeb => Authenticate::Web {
@@ -180,12 +180,13 @@ async fn poll(
     Ok((accepted, hint))
 }
 
-/// The roots of an `https_spiffe` anchor's bootstrap bundle.
+/// The roots of an `https_spiffe` anchor's bootstrap bundle, checked as the anchor itself is
+/// (its pins included: a root slipped into the bootstrap never authenticates a fetch).
 async fn bootstrap_roots(
     ctx: &Context,
     namespace: &str,
+    anchor: &TrustAnchor,
     endpoint: &SpiffeBundleEndpoint,
-    pins: &[String],
 ) -> Result<Vec<Certificate>, String> {
     let Some(bootstrap) = &endpoint.bootstrap_bundle else {
         return Err("the anchor has no bootstrapBundle to authenticate its first fetch".into());
@@ -194,31 +195,14 @@ async fn bootstrap_roots(
         .bundle_ref(bootstrap)
         .await
         .map_err(|e| e.to_string())?;
-    let Fetched::Found(bytes) = fetched else {
-        return Err(format!("the bootstrap bundle ({source}) cannot be read: {fetched:?}"));
+    let input = AnchorInput {
+        spec: anchor.clone(),
+        source: format!("bootstrap bundle {source}"),
+        fetched,
+        endpoint: None,
     };
-    if bytes.trim_ascii_start().starts_with(b"{") {
-        return crate::spiffe_bundle::decode(&bytes, None, Timestamp::now())
-            .map(|b| b.roots)
-            .map_err(|e| format!("the bootstrap bundle ({source}): {e}"));
-    }
-    let roots = pem::decode_all(&bytes, "the bootstrap bundle")
-        .map_err(|e| format!("the bootstrap bundle ({source}): {e}"))?
-        .into_iter()
-        .filter(|(label, _)| label == pem::CERTIFICATE)
-        .map(|(_, der)| Certificate::from_der(der).map_err(|e| format!("the bootstrap bundle ({source}): {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    // The pins hold for the bootstrap: a root slipped into it never authenticates a fetch.
-    if !pins.is_empty() {
-        let pinned: BTreeSet<String> = pins.iter().map(|p| p.to_ascii_lowercase()).collect();
-        let held: BTreeSet<String> = roots.iter().map(|r| r.fingerprint().to_ascii_lowercase()).collect();
-        if pinned != held {
-            return Err(format!(
-                "the bootstrap bundle ({source}) does not hold exactly the certificates the anchor's fingerprints pin; no fetch is authenticated by it"
-            ));
-        }
-    }
-    Ok(roots)
+    trust_bundle::anchor_certificates(&input, Timestamp::now())
+        .map_err(|why| format!("{why}; no fetch is authenticated by it"))
 }
 
 /// Writes the kept bundles: created (owned by the IstioCACerts, so it goes with it) or

@@ -373,9 +373,7 @@ async fn build(client: &Client, icc: &IstioCACerts, basis: Basis, now: Timestamp
 }
 
 fn certified_key(chain: Vec<CertificateDer<'static>>, pkcs8: Vec<u8>) -> Result<Arc<CertifiedKey>, String> {
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let provider = super::fetch::provider();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
     CertifiedKey::from_der(chain, key, &provider)
         .map(Arc::new)

@@ -144,6 +144,14 @@ pub fn check_anchors(
     }
 }
 
+/// The certificates of one anchor as [`check_anchors`] accepts them (PEM or a SPIFFE bundle,
+/// strong self-signed CAs valid now, exactly its pins), or why not. The bundle endpoint poller
+/// takes a bootstrap bundle's roots through this, so that what authenticates a first fetch is
+/// what the anchor itself would trust.
+pub fn anchor_certificates(input: &AnchorInput, now: Timestamp) -> Result<Vec<Certificate>, String> {
+    read_anchor(input, now).map_err(|(_, message)| message)
+}
+
 /// The certificates of one anchor, each a CA valid now; the problem names the anchor and its
 /// source, never the bytes (a key pasted by mistake must not land in a condition).
 fn read_anchor(input: &AnchorInput, now: Timestamp) -> Result<Vec<Certificate>, (&'static str, String)> {
