@@ -447,9 +447,7 @@ async fn roots_and_anchors_appear_as_cluster_trust_bundles_and_go_with_their_ist
 /// `caBundle`. Pointed at another CA, A refuses the endpoint by name and keeps B's root.
 #[tokio::test]
 async fn an_https_web_endpoint_is_followed_with_its_ca_bundle_and_another_ca_is_refused() {
-    use mesh_ca_issuer::api::istio_cacerts::{
-        BundleEndpoint, BundleEndpointProfile, SpiffeBundleEndpoint, TrustAnchor,
-    };
+    use mesh_ca_issuer::api::istio_cacerts::{BundleEndpointProfile, SpiffeBundleEndpoint, TrustAnchor};
     let TwoClusters {
         mut a,
         mut b,
@@ -459,26 +457,7 @@ async fn an_https_web_endpoint_is_followed_with_its_ca_bundle_and_another_ca_is_
     own_root(&a, "own").await;
     own_root(&b, "own").await;
     let b_root = support::objects::root_of(&b.ns.api(), "own").await;
-    let (ca_pem, crt_pem, key_pem) = support::bundle_peer::web_pki_for_loopback();
-    let tls: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "bundle-endpoint-tls"},
-        "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": crt_pem, "tls.key": key_pem},
-    }))
-    .unwrap();
-    b.ns.api().create(&Default::default(), &tls).await.unwrap();
-    b.create_icc(IstioCACertsSpec {
-        source_secret_name: SOURCE.into(),
-        trust_domain: "b.example".into(),
-        bundle_endpoint: Some(BundleEndpoint {
-            enabled: true,
-            tls_secret_name: Some("bundle-endpoint-tls".into()),
-            refresh_hint: "2s".into(),
-        }),
-        ..Default::default()
-    })
-    .await;
-    b.wait_condition("BundleEndpointReady", "Serving").await;
+    let (ca_pem, _) = b.serve_bundle_with_web_pki("b.example", "2s").await;
     let anchor = |ca: &str| TrustAnchor {
         name: "peer-b".into(),
         trust_domains: vec!["b.example".into()],

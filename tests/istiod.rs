@@ -1069,7 +1069,6 @@ async fn meshca_check_sees_an_istiod_started_before_cacerts_and_passes_once_it_i
 /// goes out through PCDS, which no workload here asks for), so its log lines are the proof.
 #[tokio::test]
 async fn istiods_spiffe_bundle_url_takes_the_peer_root_from_our_https_web_endpoint() {
-    use mesh_ca_issuer::api::istio_cacerts::{BundleEndpoint, IstioCACertsSpec};
     // The peer: a mesh of its own root in another namespace, its controller serving its
     // bundle endpoint with a certificate for 127.0.0.1 from a private CA.
     let (_scope, client, ns) = support::namespaced_test("istiod-bundle-peer").await;
@@ -1083,26 +1082,7 @@ async fn istiods_spiffe_bundle_url_takes_the_peer_root_from_our_https_web_endpoi
         .await;
     peer.issue("own").await;
     let peer_root = support::objects::root_of(&peer.ns.api(), "own").await;
-    let (ca_pem, crt_pem, key_pem) = support::bundle_peer::web_pki_for_loopback();
-    let tls: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "bundle-endpoint-tls"},
-        "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": crt_pem, "tls.key": key_pem},
-    }))
-    .unwrap();
-    peer.ns.api().create(&Default::default(), &tls).await.unwrap();
-    peer.create_icc(IstioCACertsSpec {
-        source_secret_name: support::mesh::SOURCE.into(),
-        trust_domain: "peer.example".into(),
-        bundle_endpoint: Some(BundleEndpoint {
-            enabled: true,
-            tls_secret_name: Some("bundle-endpoint-tls".into()),
-            refresh_hint: "5m".into(),
-        }),
-        ..Default::default()
-    })
-    .await;
-    let serving = peer.wait_condition("BundleEndpointReady", "Serving").await;
+    let (ca_pem, serving) = peer.serve_bundle_with_web_pki("peer.example", "5m").await;
     let served = serving.status.unwrap().bundle_endpoint.unwrap();
     assert_eq!(served.served_roots, vec![peer_root.fingerprint()]);
     assert!(served.serving_certificate_not_after.is_some(), "{served:?}");

@@ -193,6 +193,33 @@ impl Mesh {
             .unwrap();
     }
 
+    /// Creates the IstioCACerts in `trust_domain`, serving its bundle endpoint with a Web PKI
+    /// certificate for 127.0.0.1 (Secret `bundle-endpoint-tls`, from a private CA: the
+    /// `https_web` profile), and waits until it serves. Returns the CA's PEM and the object.
+    pub async fn serve_bundle_with_web_pki(&self, trust_domain: &str, refresh_hint: &str) -> (String, IstioCACerts) {
+        let (ca_pem, crt_pem, key_pem) = super::bundle_peer::web_pki_for_loopback();
+        let tls: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "bundle-endpoint-tls"},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": crt_pem, "tls.key": key_pem},
+        }))
+        .unwrap();
+        self.ns.api().create(&PostParams::default(), &tls).await.unwrap();
+        self.create_icc(IstioCACertsSpec {
+            source_secret_name: SOURCE.into(),
+            trust_domain: trust_domain.into(),
+            bundle_endpoint: Some(mesh_ca_issuer::api::istio_cacerts::BundleEndpoint {
+                enabled: true,
+                tls_secret_name: Some("bundle-endpoint-tls".into()),
+                refresh_hint: refresh_hint.into(),
+            }),
+            ..Default::default()
+        })
+        .await;
+        let serving = self.wait_condition("BundleEndpointReady", "Serving").await;
+        (ca_pem, serving)
+    }
+
     /// ConfigMap `name` holding `roots` as PEM under `root-cert.pem`: a peer's bootstrap bundle
     /// as `meshca federate --bundle-endpoint` writes it.
     pub async fn bootstrap(&self, name: &str, roots: &[&mesh_ca_issuer::pki::Certificate]) {
