@@ -117,6 +117,7 @@ pub struct Metrics {
     pub crl_next_update: Family<CrlLabels, Gauge>,
     pub api_writes: Family<ApiWriteLabels, Counter>,
     pub signings_repeated: Family<BackendLabels, Counter>,
+    pub signatures_discarded: Family<BackendLabels, Counter>,
     /// The fingerprints exported per owner, so a replaced certificate's series is removed
     /// instead of lingering.
     exported: Mutex<HashMap<SeriesOwner, Vec<String>>>,
@@ -213,12 +214,19 @@ impl Metrics {
             "Signings of a request whose earlier signing may have produced a certificate that was never handed out (a crash or a lost answer between signing and the status write), by backend; only backends without idempotency (vault) count",
             signings_repeated.clone(),
         );
+        let signatures_discarded = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "signatures_discarded",
+            "Certificates signed and then never handed out, because the request had changed since the copy they were signed for (its status write was refused with 409: a stale watch cache copy), by backend; only the local CA signs from the cache",
+            signatures_discarded.clone(),
+        );
         Self {
             registry,
             root_rotation_phase,
             crl_next_update,
             api_writes,
             signings_repeated,
+            signatures_discarded,
             reconciles,
             ready,
             leader,
@@ -239,6 +247,15 @@ impl Metrics {
         self.api_writes
             .get_or_create(&ApiWriteLabels {
                 outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// A certificate was signed for a stale copy of its request and not handed out.
+    pub fn count_signature_discarded(&self, backend: &str) {
+        self.signatures_discarded
+            .get_or_create(&BackendLabels {
+                backend: backend.to_string(),
             })
             .inc();
     }

@@ -808,21 +808,13 @@ async fn requests_wait_while_the_issuer_status_is_older_than_its_spec() {
 async fn a_stale_copy_of_an_issued_request_is_never_signed_again() {
     use mesh_ca_issuer::controller::{Context, certificate_request};
     let env = env("issue-once").await;
+    // The request as the API server had it before it was issued (approved, waiting for its
+    // issuer): what a watch cache that lags behind the issuing write still holds, at that
+    // version. (A copy is never at the current resourceVersion with older content.)
+    let stale = cm::pending(&env.client, &env.ns.name, "once", "mesh", TIMEOUT).await;
     ready_issuer(&env, "mesh").await;
-    let issued = cm::istiod_until(&env.client, &env.ns.name, "once", "mesh", "Issued", TIMEOUT).await;
+    let issued = cm::wait_for_reason(&env.client, &env.ns.name, "once", &["Issued"], TIMEOUT).await;
     let first = issued.status.clone().unwrap().certificate;
-    // The request as it was before it was issued: approved, no Ready condition.
-    let mut stale = issued.clone();
-    stale
-        .status
-        .as_mut()
-        .unwrap()
-        .conditions
-        .as_mut()
-        .unwrap()
-        .retain(|c| c.type_ != "Ready");
-    stale.status.as_mut().unwrap().certificate = None;
-    stale.status.as_mut().unwrap().ca = None;
 
     // Reconcile that stale copy directly, with a context of our own.
     let config = <mesh_ca_issuer::config::Config as clap::Parser>::try_parse_from([
@@ -847,6 +839,15 @@ async fn a_stale_copy_of_an_issued_request_is_never_signed_again() {
         !metrics.render().contains("outcome=\"issued\""),
         "nothing was issued again"
     );
+    // A local CA signs from the cached copy; what it signed for the stale copy is counted
+    // and never handed out.
+    assert!(
+        metrics
+            .render()
+            .contains("meshca_signatures_discarded_total{backend=\"localCA\"} 1"),
+        "{}",
+        metrics.render()
+    );
     let now = get_cr(&env, "once").await;
     assert_eq!(
         now.status.unwrap().certificate,
@@ -855,4 +856,163 @@ async fn a_stale_copy_of_an_issued_request_is_never_signed_again() {
     );
     let events = support::events_for(&env.client, &env.ns.name, "once").await;
     assert_eq!(events.iter().filter(|e| e.1 == "Issued").count(), 1, "{events:?}");
+}
+
+/// 200 requests while the root Secret is replaced halfway through the burst: the half approved
+/// after the replacement was written (so their signing began after it) are all signed by the
+/// new root, every chain verifies, and no request gets two certificates: the controller counts
+/// exactly 200 issued status writes, one Issued event each, and a watch of every version sees
+/// no request's certificate change once it had one. The local CA's Secret reads are coalesced
+/// under such a burst; a read sent before the replacement must never serve a signing that began
+/// after it.
+#[tokio::test]
+async fn a_root_replaced_during_a_burst_of_200_signs_every_request_approved_after_it() {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    use std::collections::{HashMap, HashSet};
+    const HALF: usize = 100;
+    let env = env("issue-burst-replace").await;
+    ready_issuer(&env, "mesh").await;
+    stop_bootstrapping(&env, "mesh").await;
+    let (client, ns) = (env.client.clone(), env.ns.name.clone());
+    let secrets: Api<Secret> = env.ns.api();
+    let requests: Api<CertificateRequest> = env.ns.api();
+    let root_in = |secret: &Secret| {
+        Certificate::parse_pem_bundle(&secret.data.as_ref().unwrap()["tls.crt"].0, "tls.crt")
+            .unwrap()
+            .remove(0)
+    };
+    let old_root = root_in(&secrets.get("mesh-root").await.unwrap());
+
+    // Every version of every request, from before the first approval: each certificate seen.
+    let seen: std::sync::Arc<std::sync::Mutex<HashMap<String, HashSet<Vec<u8>>>>> = Default::default();
+    let watching = {
+        let (requests, seen) = (requests.clone(), seen.clone());
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(watcher(requests, watcher::Config::default()).applied_objects());
+            while let Some(Ok(cr)) = stream.next().await {
+                if let Some(certificate) = cr.status.as_ref().and_then(|s| s.certificate.clone()) {
+                    let mut seen = seen.lock().unwrap();
+                    seen.entry(cr.name_any()).or_default().insert(certificate);
+                }
+            }
+        })
+    };
+    // One CSR for all: key generation is cert-manager's work, not what is measured here.
+    let (_, csr) = cm::make_key_and_csr(&IntermediateRequest::istiod("burst", "mesh"));
+    let names: Vec<String> = (0..2 * HALF).map(|i| format!("burst-{i}")).collect();
+    futures::stream::iter(&names)
+        .for_each_concurrent(16, |name| {
+            let (client, ns, csr) = (&client, &ns, &csr);
+            async move {
+                cm::create_request(client, ns, &IntermediateRequest::istiod(name, "mesh"), csr.as_bytes()).await;
+            }
+        })
+        .await;
+    let approve_all = |names: &'static [String]| {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            futures::stream::iter(names)
+                .for_each_concurrent(16, |name| {
+                    let (client, ns) = (&client, &ns);
+                    async move { cm::approve(client, ns, name).await }
+                })
+                .await
+        }
+    };
+    let names: &'static [String] = names.leak();
+    let (first, second) = names.split_at(HALF);
+
+    // The first half approved; once the first of them is issued, the burst is under way, and
+    // the root is replaced in place.
+    approve_all(first).await;
+    support::eventually(TIMEOUT, || async {
+        seen.lock().unwrap().keys().any(|n| first.contains(n)).then_some(())
+    })
+    .await
+    .expect("the first half's burst began");
+    let (cert, key) = mesh_ca_issuer::pki::sign::self_signed_root(
+        &RootBootstrap::default(),
+        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60),
+    )
+    .unwrap();
+    let patch = serde_json::json!({"stringData": {"tls.crt": cert.to_pem(), "tls.key": key.to_pem()}});
+    let replaced = secrets
+        .patch("mesh-root", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let new_root = root_in(&replaced);
+    assert_ne!(new_root, old_root);
+    let issued_before_replacement = seen.lock().unwrap().len();
+    // The second half is approved only now: their signing begins after the replacement.
+    approve_all(second).await;
+    for name in names {
+        cm::wait_for_reason(&client, &ns, name, &["Issued"], Duration::from_secs(120)).await;
+    }
+
+    let mut first_half_new = 0;
+    for cr in requests.list(&Default::default()).await.unwrap() {
+        let name = cr.name_any();
+        if !name.starts_with("burst-") {
+            continue;
+        }
+        let status = cr.status.clone().unwrap();
+        let ca = status.ca.clone().unwrap();
+        assert_eq!(
+            openssl::verify(&ca, status.certificate.as_deref().unwrap()),
+            "chain.pem: OK",
+            "{name}"
+        );
+        let root = Certificate::parse_pem_bundle(&ca, "status.ca").unwrap().remove(0);
+        if second.contains(&name) {
+            assert_eq!(
+                root, new_root,
+                "{name} was approved after the replacement: the new root signs it"
+            );
+        } else {
+            assert!(root == old_root || root == new_root, "{name}: signed by neither root");
+            first_half_new += usize::from(root == new_root);
+        }
+    }
+    // Exactly one certificate per request, however often it was reconciled.
+    let issued_writes = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("meshca_reconciles_total{")
+                    && l.contains("controller=\"certificaterequest\"")
+                    && l.contains("outcome=\"issued\"")
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let metrics = env._controller.metrics().await;
+    assert_eq!(issued_writes(&metrics), (2 * HALF) as f64, "issued status writes");
+    let events: Api<k8s_openapi::api::events::v1::Event> = env.ns.api();
+    let mut issued_events: HashMap<String, usize> = HashMap::new();
+    for event in events.list(&Default::default()).await.unwrap() {
+        if event.reason.as_deref() == Some("Issued") {
+            let name = event.regarding.and_then(|r| r.name).unwrap_or_default();
+            *issued_events.entry(name).or_default() += 1;
+        }
+    }
+    for name in names {
+        assert_eq!(issued_events.get(name), Some(&1), "{name}: one Issued event");
+    }
+    watching.abort();
+    let seen = seen.lock().unwrap();
+    for name in names {
+        assert_eq!(
+            seen.get(name).map(HashSet::len),
+            Some(1),
+            "{name}: one certificate ever"
+        );
+    }
+    let discarded = metrics
+        .lines()
+        .filter(|l| l.starts_with("meshca_signatures_discarded_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64;
+    println!(
+        "issued before the replacement: {issued_before_replacement}; first half under the new root: {first_half_new} of {HALF}; signatures discarded: {discarded}"
+    );
 }

@@ -123,8 +123,18 @@ pub struct LocalCa {
 /// resourceVersion. The Secret is still read for every signing, so a replaced CA is used from
 /// the first signing after the write; what is saved is parsing the CA again and verifying its
 /// chain's signatures, which cost more than signing with it. One entry per CA Secret in use.
+///
+/// Those reads are coalesced ([`super::coalesce`]): signings that begin while one read is in
+/// flight share the next, so a burst makes one read per batch, and still none of them signs
+/// with a CA replaced before it began.
 #[derive(Default)]
-pub struct CheckedCas(Mutex<HashMap<String, CheckedCa>>);
+pub struct CheckedCas {
+    checked: Mutex<HashMap<String, CheckedCa>>,
+    reads: super::coalesce::Coalesced<SecretRead>,
+}
+
+/// A CA Secret as one read found it, shared by the signings it serves.
+type SecretRead = Result<Option<Arc<Secret>>, Arc<kube::Error>>;
 
 struct CheckedCa {
     uid: Option<String>,
@@ -134,7 +144,7 @@ struct CheckedCa {
 
 impl CheckedCas {
     fn get(&self, key: &str, secret: &Secret) -> Option<Arc<LocalCa>> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.checked.lock().unwrap_or_else(|p| p.into_inner());
         let entry = map.get(key)?;
         // Both must match: a Secret deleted and created again may reuse neither, but a
         // resourceVersion alone says nothing across objects.
@@ -151,11 +161,14 @@ impl CheckedCas {
             resource_version: secret.metadata.resource_version.clone(),
             ca,
         };
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(key, entry);
+        self.checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, entry);
     }
 
     fn forget(&self, key: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.checked.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 }
 
@@ -190,7 +203,19 @@ impl LocalCa {
         let (client, checked) = (&backends.kube, &backends.local_cas);
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &scope.secret_namespace);
         let display = format!("Secret {}/{}", scope.secret_namespace, spec.secret_name);
-        let secret = match secrets.get_opt(&spec.secret_name).await {
+        let read = || async {
+            secrets
+                .get_opt(&spec.secret_name)
+                .await
+                .map(|s| s.map(Arc::new))
+                .map_err(Arc::new)
+        };
+        // A health check proves nothing about the next signing: it reads for itself.
+        let found = match purpose {
+            Purpose::Signing => checked.reads.read(key, read).await,
+            Purpose::HealthCheck => read().await,
+        };
+        let secret = match found {
             Ok(Some(secret)) => secret,
             Ok(None) => {
                 let hint = if spec.bootstrap.is_some() {
@@ -203,7 +228,7 @@ impl LocalCa {
                     format!("{display} not found: {hint}"),
                 ));
             }
-            Err(kube::Error::Api(e)) if e.code == 403 => {
+            Err(e) if matches!(&*e, kube::Error::Api(status) if status.code == 403) => {
                 return Err(BackendError::issuer_not_ready(
                     reason::SECRET_FORBIDDEN,
                     format!(

@@ -4,6 +4,7 @@
 
 pub mod aws_pca;
 pub mod binding;
+pub mod coalesce;
 pub mod crl;
 pub mod local_ca;
 pub mod signing_ca;

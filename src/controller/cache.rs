@@ -5,9 +5,11 @@
 //! cert-manager keeps after issuance; each holds a CSR and, once issued, a chain and a CA.
 //! None of that is needed to decide *whether* to act (`triage`, `requests_waiting_on`, the
 //! waiting and denied status writes): those read the issuer reference, the conditions and the
-//! metadata. The CSR is read where it is used — from the fresh GET that comes before signing
-//! anyway (it keeps an issued request from being signed twice), so the cache never serves a
-//! CSR. `managedFields`, labels and every annotation but our own (`meshca.io/...`: the PCA
+//! metadata. The CSR is kept only while a request of ours is approved and not ended, and only
+//! up to [`MAX_CACHED_CSR`]: a local CA signs from the cached copy, with no read of the request
+//! first (the status write's resourceVersion precondition refuses a stale copy). A larger CSR
+//! is read from the API server when it is signed, as every CSR a remote backend signs is.
+//! `managedFields`, labels and every annotation but our own (`meshca.io/...`: the PCA
 //! certificate ARN, the retry budget's mark) are not read here: a request may carry up to
 //! 256 KiB of annotations, and whoever may create requests decides how many.
 //!
@@ -31,10 +33,16 @@ use crate::api::cert_manager::{
 /// The annotations the request controller reads from a cached request all start so.
 const OUR_ANNOTATIONS: &str = "meshca.io/";
 
+/// The largest CSR (PEM bytes) the cache keeps. An istiod CSR is under 2 KiB even with a
+/// 4096-bit RSA key; the bound keeps whoever may create approved requests from filling the
+/// cache with large ones, which are read from the API server when signed instead.
+pub const MAX_CACHED_CSR: usize = 8 * 1024;
+
 /// Strips a CertificateRequest down to what the request controller's decisions read from the
 /// cache. Applied to every object before the reflector stores it.
 pub fn slim_request(cr: &mut CertificateRequest) {
-    if triage(cr, true) == Triage::Terminal {
+    let triage = triage(cr, true);
+    if triage == Triage::Terminal {
         // Issued, failed, denied or invalid: the one decision left is "terminal", read from
         // the conditions' types, statuses and reasons. Requests stay long after they ended.
         *cr = terminal_remains(cr);
@@ -45,7 +53,9 @@ pub fn slim_request(cr: &mut CertificateRequest) {
     if let Some(annotations) = cr.metadata.annotations.as_mut() {
         annotations.retain(|key, _| key.starts_with(OUR_ANNOTATIONS));
     }
-    cr.spec.request = Vec::new();
+    if !matches!(triage, Triage::Proceed { .. }) || cr.spec.request.len() > MAX_CACHED_CSR {
+        cr.spec.request = Vec::new();
+    }
     if let Some(status) = cr.status.as_mut() {
         status.certificate = None;
         status.ca = None;
@@ -181,6 +191,29 @@ mod tests {
         assert_eq!(kept, ["meshca.io/certificate-arn"]);
         assert!(cr.labels().is_empty());
         assert_eq!(cr.spec.issuer_ref.name, "mesh", "the issuer reference stays");
+    }
+
+    #[test]
+    fn only_an_approved_request_of_ours_keeps_its_csr_and_only_a_small_one() {
+        let csr = b"-----BEGIN CERTIFICATE REQUEST-----".to_vec();
+        let approved = &[("Approved", "True", "cert-manager.io")][..];
+        type Conditions<'a> = &'a [(&'a str, &'a str, &'a str)];
+        // (group, conditions, CSR size, kept)
+        let cases: &[(&str, Conditions, usize, bool)] = &[
+            ("meshca.io", approved, csr.len(), true),
+            ("meshca.io", approved, MAX_CACHED_CSR, true),
+            ("meshca.io", approved, MAX_CACHED_CSR + 1, false),
+            ("meshca.io", &[], csr.len(), false), // not approved yet: anyone may create those
+            ("meshca.io", &[("Denied", "True", "Policy")], csr.len(), false),
+            ("meshca.io", &[("Ready", "True", "Issued")], csr.len(), false),
+            ("other.example", approved, csr.len(), false),
+        ];
+        for &(group, conditions, size, kept) in cases {
+            let mut cr = issued_foreign_or_ours(group, conditions);
+            cr.spec.request = csr.iter().copied().cycle().take(size).collect();
+            slim_request(&mut cr);
+            assert_eq!(!cr.spec.request.is_empty(), kept, "{group} {conditions:?} {size}");
+        }
     }
 
     #[test]

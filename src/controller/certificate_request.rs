@@ -413,7 +413,9 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
         // done: foreign, terminal or not yet approved requests get no write at all
         Triage::NotOurs | Triage::Terminal | Triage::AwaitingApproval => {
             // A request that ended needs no back-off history.
-            ctx.retries.forget(&cr.uid().unwrap_or_default());
+            let uid = cr.uid().unwrap_or_default();
+            ctx.retries.forget(&uid);
+            ctx.superseded.forget(&uid);
             return Ok(Action::await_change());
         }
         Triage::Denied { message } => {
@@ -423,6 +425,13 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
         }
         Triage::Proceed { kind, name } => (kind, name),
     };
+    if ctx
+        .superseded
+        .is_stale(&cr.uid().unwrap_or_default(), cr.resource_version().as_deref())
+    {
+        // done: a copy our own write replaced; that write's watch event wakes the request again
+        return Ok(Action::await_change());
+    }
     let namespace = cr.namespace().unwrap_or_default();
     let (lookup, scope) = lookup_issuer(&ctx, kind, &namespace, &issuer_name).await?;
     // An early wake-up (say, our own status write) while backing off after a transient backend
@@ -443,12 +452,21 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
                 apply_outcome(&ctx, &cr, Outcome::PolicyViolation { message }, now).await?;
                 return Ok(Action::await_change()); // done: failed
             }
-            // The cached request may lag behind our own last write (two triggers queued while
-            // one reconcile ran): read it afresh before signing, so an Issued request is never
-            // signed again. The backend's CA is read at the same time: two independent reads,
-            // one round trip.
+            // The cached copy may lag behind a write that is not ours (a leader hand-over).
+            // Every write is guarded by the resourceVersion decided on, so such a copy is never
+            // handed a second certificate: its status write is refused (409). A local
+            // signature is cheap, and one wasted that way is counted. A remote backend's
+            // signature costs quota or money, so for those the request is read afresh first,
+            // in the same round trip as the backend's CA.
+            // (The cache keeps no CSR over `cache::MAX_CACHED_CSR`: such a one is read too.)
+            let from_cache = spec.local_ca.is_some() && !cr.spec.request.is_empty();
             let (fresh, signer) = tokio::join!(
-                read_fresh(&ctx, &cr),
+                async {
+                    match from_cache {
+                        true => Ok(Some((*cr).clone())),
+                        false => read_fresh(&ctx, &cr).await,
+                    }
+                },
                 backend::connect(&ctx.backends, spec, &scope, Purpose::Signing, now)
             );
             let mut fresh = match fresh? {
@@ -461,7 +479,19 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
             }
             let outcome = sign(&ctx, &mut fresh, spec, &scope, signer, now).await;
             let requeue = requeue_after(&outcome);
-            apply_outcome(&ctx, &fresh, outcome, now).await?;
+            let signed = matches!(outcome, Outcome::Issued { .. });
+            match apply_outcome(&ctx, &fresh, outcome, now).await {
+                Err(e) if signed && e.is_conflict() => {
+                    // The copy was stale: the request changed since, and the certificate is
+                    // not handed out. The newer version's watch event wakes the request.
+                    let backend = backend::configured_backend(spec).unwrap_or_default();
+                    ctx.metrics.count_signature_discarded(backend);
+                    ctx.metrics.count_reconcile("certificaterequest", "conflict");
+                    debug!(error = %e, "signed a stale copy; its status write was refused and the certificate discarded");
+                    return Ok(Action::await_change()); // done: the newer version comes
+                }
+                written => written?,
+            }
             return Ok(match requeue {
                 Some(after) => Action::requeue(after), // requeue: waiting or retrying
                 None => Action::await_change(),        // done
@@ -804,6 +834,7 @@ async fn apply_outcome(ctx: &Context, cr: &CertificateRequest, outcome: Outcome,
     let name = cr.name_any();
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
     // The budget's mark goes first: a status that says "retrying" always has its start recorded.
+    let original_version = cr.resource_version();
     let marked = retry::write_mark(&api, cr, &budget.mark).await?;
     let cr = marked.as_ref().unwrap_or(cr);
     let Some(change) = change.and_then(|c| fit_status(cr, c, now, MAX_STATUS_BYTES)) else {
@@ -817,9 +848,22 @@ async fn apply_outcome(ctx: &Context, cr: &CertificateRequest, outcome: Outcome,
         "metadata": {"resourceVersion": cr.resource_version()},
         "status": change.status,
     });
-    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    let written = api
+        .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(|e| Error::kube(format!("writing status of CertificateRequest {name}"), e))?;
+    // Until the watch brings these writes, a cached copy at a version they replaced is stale:
+    // never signed. A write that changed nothing kept its version, which is then the current
+    // one, not a stale one: recording it would leave the request waiting for an event that
+    // never comes.
+    let uid = cr.uid().unwrap_or_default();
+    let mut replaced = vec![original_version, cr.resource_version()];
+    replaced.dedup();
+    for version in replaced {
+        if version != written.resource_version() {
+            ctx.superseded.record(&uid, version.as_deref());
+        }
+    }
     ctx.metrics.count_reconcile("certificaterequest", metric);
     if let Some((type_, reason, note)) = change.event {
         match type_ {

@@ -12,6 +12,7 @@ pub mod events;
 pub mod issuer;
 pub mod istio_cacerts;
 pub mod retry;
+pub mod superseded;
 pub mod triggers;
 pub mod trust_anchors;
 
@@ -49,6 +50,8 @@ pub struct Context {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub retries: RetryTracker,
+    /// Copies of requests our own writes replaced: never signed.
+    pub superseded: superseded::Superseded,
     pub backends: Backends,
     /// Only the leader acts; standbys keep their caches warm and do nothing else.
     pub leadership: Leadership,
@@ -109,6 +112,7 @@ impl Context {
             config,
             metrics,
             retries,
+            superseded: Default::default(),
             backends,
             leadership,
             failures,
@@ -713,6 +717,7 @@ fn request_controller(
                 tick.tick().await;
                 let live: std::collections::HashSet<String> = store.state().iter().filter_map(|cr| cr.uid()).collect();
                 ctx.retries.retain(|uid| live.contains(uid));
+                ctx.superseded.retain(|uid| live.contains(uid));
             }
         });
     }
