@@ -32,6 +32,11 @@ async fn one_leader_writes_and_a_standby_takes_over_when_it_dies() {
         .await
         .unwrap();
     cm::issue_all(&client, &ns.name, "mesh", &names("before", 5), Duration::from_secs(30)).await;
+    // Each Issued event (and the issued count) follows its status write: the leader is killed
+    // only once all five are out, not between a write and its event, which would never be sent.
+    for name in names("before", 5) {
+        support::wait_for_event(&client, &ns.name, &name, "Issued").await;
+    }
     let issued_metric = "meshca_reconciles_total{controller=\"certificaterequest\",outcome=\"issued\"} ";
     assert_eq!(
         metric(leader.admin_port, issued_metric).await,
@@ -115,6 +120,10 @@ async fn a_paused_leader_is_replaced_and_writes_nothing_when_it_wakes() {
         .unwrap();
     let names = |prefix: &str| names(prefix, 3);
     cm::issue_all(&client, &ns.name, "mesh", &names("before"), Duration::from_secs(30)).await;
+    // Each Issued event follows its status write: quiet only once all three are out.
+    for name in names("before") {
+        support::wait_for_event(&client, &ns.name, &name, "Issued").await;
+    }
     // Quiet now: every request issued, the issuer checked. What the old leader has sent so far:
     let sent = "meshca_api_writes_total{outcome=\"sent\"} ";
     let refused = "meshca_api_writes_total{outcome=\"refused_not_leader\"} ";
