@@ -386,13 +386,21 @@ mod tests {
             ),
         ];
         for (case, clusters, to, expected) in cases {
-            let got = plan_advance(&clusters, &[], to, now());
-            match expected {
-                Ok(phase) => assert_eq!(got, Ok(phase), "{case}"),
-                Err(text) => {
-                    let problems = got.expect_err(case);
-                    assert!(problems.iter().any(|p| p.contains(text)), "{case}: {problems:?}");
-                }
+            assert_planned(case, plan_advance(&clusters, &[], to, now()), expected);
+        }
+    }
+
+    /// A table row's verdict: the plan expected, or problems of which one names `text`.
+    fn assert_planned<T: PartialEq + std::fmt::Debug>(
+        case: &str,
+        got: Result<T, Vec<String>>,
+        expected: Result<T, &str>,
+    ) {
+        match expected {
+            Ok(plan) => assert_eq!(got, Ok(plan), "{case}"),
+            Err(text) => {
+                let problems = got.expect_err(case);
+                assert!(problems.iter().any(|p| p.contains(text)), "{case}: {problems:?}");
             }
         }
     }
@@ -485,14 +493,7 @@ mod tests {
             ),
         ];
         for (case, clusters, fingerprint, expected) in cases {
-            let got = plan_approve(&clusters, &fingerprint);
-            match expected {
-                Ok(written) => assert_eq!(got, Ok(written), "{case}"),
-                Err(text) => {
-                    let problems = got.expect_err(case);
-                    assert!(problems.iter().any(|p| p.contains(text)), "{case}: {problems:?}");
-                }
-            }
+            assert_planned(case, plan_approve(&clusters, &fingerprint), expected);
         }
     }
 

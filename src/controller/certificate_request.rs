@@ -445,61 +445,71 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
         },
         // requeue: still backing off
         (Ok(_), Some(wait)) => return Ok(Action::requeue(wait)),
-        (Ok(spec), None) => {
-            // Who may ask comes before what is asked: a request from a namespace the issuer
-            // does not serve is refused before its CSR is decoded or its backend contacted.
-            if let Err(message) = admit(&ctx, &cr, spec, &scope) {
-                apply_outcome(&ctx, &cr, Outcome::PolicyViolation { message }, now).await?;
-                return Ok(Action::await_change()); // done: failed
-            }
-            // The cached copy may lag behind a write that is not ours (a leader hand-over).
-            // Every write is guarded by the resourceVersion decided on, so such a copy is never
-            // handed a second certificate: its status write is refused (409). A local
-            // signature is cheap, and one wasted that way is counted. A remote backend's
-            // signature costs quota or money, so for those the request is read afresh first,
-            // in the same round trip as the backend's CA.
-            // (The cache keeps no CSR over `cache::MAX_CACHED_CSR`: such a one is read too.)
-            let from_cache = spec.local_ca.is_some() && !cr.spec.request.is_empty();
-            let (fresh, signer) = tokio::join!(
-                async {
-                    match from_cache {
-                        true => Ok(Some((*cr).clone())),
-                        false => read_fresh(&ctx, &cr).await,
-                    }
-                },
-                backend::connect(&ctx.backends, spec, &scope, Purpose::Signing, now)
-            );
-            let mut fresh = match fresh? {
-                Some(fresh) => fresh,
-                None => return Ok(Action::await_change()), // done: deleted meanwhile
-            };
-            if !matches!(triage(&fresh, ctx.config.namespace.is_none()), Triage::Proceed { .. }) {
-                // requeue: it changed (issued, denied, ...) since the cache saw it
-                return Ok(Action::requeue(Duration::ZERO));
-            }
-            let outcome = sign(&ctx, &mut fresh, spec, &scope, signer, now).await;
-            let requeue = requeue_after(&outcome);
-            let signed = matches!(outcome, Outcome::Issued { .. });
-            match apply_outcome(&ctx, &fresh, outcome, now).await {
-                Err(e) if signed && e.is_conflict() => {
-                    // The copy was stale: the request changed since, and the certificate is
-                    // not handed out. The newer version's watch event wakes the request.
-                    let backend = backend::configured_backend(spec).unwrap_or_default();
-                    ctx.metrics.count_signature_discarded(backend);
-                    ctx.metrics.count_reconcile("certificaterequest", "conflict");
-                    debug!(error = %e, "signed a stale copy; its status write was refused and the certificate discarded");
-                    return Ok(Action::await_change()); // done: the newer version comes
-                }
-                written => written?,
-            }
-            return Ok(match requeue {
-                Some(after) => Action::requeue(after), // requeue: waiting or retrying
-                None => Action::await_change(),        // done
-            });
-        }
+        (Ok(spec), None) => return sign_and_write(&ctx, &cr, spec, &scope, now).await,
     };
     let requeue = requeue_after(&outcome);
     apply_outcome(&ctx, &cr, outcome, now).await?;
+    Ok(match requeue {
+        Some(after) => Action::requeue(after), // requeue: waiting or retrying
+        None => Action::await_change(),        // done
+    })
+}
+
+/// Signs an approved request of an issuer that is ready, and writes the outcome: the request
+/// admitted first, then its CSR signed by the connected backend.
+async fn sign_and_write(
+    ctx: &Context,
+    cr: &CertificateRequest,
+    spec: &IssuerSpec,
+    scope: &IssuerScope,
+    now: Timestamp,
+) -> Result<Action> {
+    // Who may ask comes before what is asked: a request from a namespace the issuer
+    // does not serve is refused before its CSR is decoded or its backend contacted.
+    if let Err(message) = admit(ctx, cr, spec, scope) {
+        apply_outcome(ctx, cr, Outcome::PolicyViolation { message }, now).await?;
+        return Ok(Action::await_change()); // done: failed
+    }
+    // The cached copy may lag behind a write that is not ours (a leader hand-over).
+    // Every write is guarded by the resourceVersion decided on, so such a copy is never
+    // handed a second certificate: its status write is refused (409). A local
+    // signature is cheap, and one wasted that way is counted. A remote backend's
+    // signature costs quota or money, so for those the request is read afresh first,
+    // in the same round trip as the backend's CA.
+    // (The cache keeps no CSR over `cache::MAX_CACHED_CSR`: such a one is read too.)
+    let from_cache = spec.local_ca.is_some() && !cr.spec.request.is_empty();
+    let (fresh, signer) = tokio::join!(
+        async {
+            match from_cache {
+                true => Ok(Some(cr.clone())),
+                false => read_fresh(ctx, cr).await,
+            }
+        },
+        backend::connect(&ctx.backends, spec, scope, Purpose::Signing, now)
+    );
+    let mut fresh = match fresh? {
+        Some(fresh) => fresh,
+        None => return Ok(Action::await_change()), // done: deleted meanwhile
+    };
+    if !matches!(triage(&fresh, ctx.config.namespace.is_none()), Triage::Proceed { .. }) {
+        // requeue: it changed (issued, denied, ...) since the cache saw it
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    let outcome = sign(ctx, &mut fresh, spec, scope, signer, now).await;
+    let requeue = requeue_after(&outcome);
+    let signed = matches!(outcome, Outcome::Issued { .. });
+    match apply_outcome(ctx, &fresh, outcome, now).await {
+        Err(e) if signed && e.is_conflict() => {
+            // The copy was stale: the request changed since, and the certificate is
+            // not handed out. The newer version's watch event wakes the request.
+            let backend = backend::configured_backend(spec).unwrap_or_default();
+            ctx.metrics.count_signature_discarded(backend);
+            ctx.metrics.count_reconcile("certificaterequest", "conflict");
+            debug!(error = %e, "signed a stale copy; its status write was refused and the certificate discarded");
+            return Ok(Action::await_change()); // done: the newer version comes
+        }
+        written => written?,
+    }
     Ok(match requeue {
         Some(after) => Action::requeue(after), // requeue: waiting or retrying
         None => Action::await_change(),        // done
@@ -596,25 +606,8 @@ async fn sign(
     // marked before it is asked, so a signing that finds the mark of an earlier one whose
     // outcome was never written (a crash, a lost answer) is counted as a repeat.
     let marks = signer.repeats_on_retry();
-    if marks {
-        if let Some(earlier) = cr.annotations().get(SIGNING_STARTED_ANNOTATION) {
-            ctx.metrics
-                .signings_repeated
-                .get_or_create(&crate::metrics::BackendLabels {
-                    backend: signer.backend_name().to_string(),
-                })
-                .inc();
-            warn!(%earlier, backend = signer.backend_name(), "signing again: an earlier signing of this request may have produced a certificate that is never handed out");
-        }
-        match mark_signing(ctx, cr, Some(now)).await {
-            Ok(updated) => *cr = updated,
-            Err(e) => {
-                return Outcome::Transient {
-                    message: format!("could not record the start of signing on the request: {e}"),
-                    retry_after: ctx.retries.next_delay(&uid),
-                };
-            }
-        }
+    if marks && let Err(outcome) = mark_start(ctx, cr, signer.backend_name(), now).await {
+        return outcome;
     }
     let mut result = signer.sign(request).await;
     if marks && matches!(&result, Err(e) if !e.may_have_signed) {
@@ -628,16 +621,9 @@ async fn sign(
         // Persist the id before anything else: after a crash or a retry, this request fetches
         // the certificate that was issued instead of paying for another.
         let backend_ref = backend_ref.clone();
-        match persist_backend_ref(ctx, cr, &backend_ref).await {
-            Ok(updated) => *cr = updated,
-            Err(e) => {
-                return Outcome::Transient {
-                    message: format!("could not record the issued certificate's id on the request: {e}"),
-                    retry_after: ctx.retries.next_delay(&uid),
-                };
-            }
+        if let Err(outcome) = record_backend_ref(ctx, cr, &backend_ref).await {
+            return outcome;
         }
-        crate::failpoint::hit("after-arn-annotation");
         // Issuing is done; fetching the certificate gets a back-off of its own.
         ctx.retries.forget(&uid);
         let request = SignRequest {
@@ -665,6 +651,52 @@ async fn sign(
         }
         Err(e) => classify(e, &scope.display, ctx.retries.next_delay(&uid)),
     }
+}
+
+/// Marks the request before a backend without idempotency signs it, naming an earlier mark
+/// whose outcome was never written: that signing is counted as a repeat.
+async fn mark_start(
+    ctx: &Context,
+    cr: &mut CertificateRequest,
+    backend_name: &str,
+    now: Timestamp,
+) -> Result<(), Outcome> {
+    if let Some(earlier) = cr.annotations().get(SIGNING_STARTED_ANNOTATION) {
+        ctx.metrics
+            .signings_repeated
+            .get_or_create(&crate::metrics::BackendLabels {
+                backend: backend_name.to_string(),
+            })
+            .inc();
+        warn!(%earlier, backend = backend_name, "signing again: an earlier signing of this request may have produced a certificate that is never handed out");
+    }
+    match mark_signing(ctx, cr, Some(now)).await {
+        Ok(updated) => {
+            *cr = updated;
+            Ok(())
+        }
+        Err(e) => Err(Outcome::Transient {
+            message: format!("could not record the start of signing on the request: {e}"),
+            retry_after: ctx.retries.next_delay(&cr.uid().unwrap_or_default()),
+        }),
+    }
+}
+
+/// Records the backend's id of a certificate being issued on the request, before anything
+/// else: after a crash or a retry, this request fetches that certificate instead of paying for
+/// another.
+async fn record_backend_ref(ctx: &Context, cr: &mut CertificateRequest, backend_ref: &str) -> Result<(), Outcome> {
+    match persist_backend_ref(ctx, cr, backend_ref).await {
+        Ok(updated) => *cr = updated,
+        Err(e) => {
+            return Err(Outcome::Transient {
+                message: format!("could not record the issued certificate's id on the request: {e}"),
+                retry_after: ctx.retries.next_delay(&cr.uid().unwrap_or_default()),
+            });
+        }
+    }
+    crate::failpoint::hit("after-arn-annotation");
+    Ok(())
 }
 
 /// What will be signed: the issuer's policy (with the controller's defaults) applied to the

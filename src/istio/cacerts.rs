@@ -300,71 +300,9 @@ pub fn plan(
     adopt: &AdoptExisting,
     now: Timestamp,
 ) -> Result<CacertsPlan, Problem> {
-    let adopt_existing = adopt.adopts();
-    let (existing, adopting) = match target {
-        Target::Absent => (None, false),
-        Target::Present { data, .. } if data.contains_key(ISTIO_GENERATED) => {
-            return Err(Problem::new(
-                reason::ISTIOD_SELF_SIGNED,
-                "the target holds istiod's own self-signed CA (key istio-generated); it is never replaced. To plug in this CA, delete that Secret and restart istiod after cacerts is written",
-            ));
-        }
-        Target::Present { data, owner: Some(o) } if o == owner => (Some(data), false),
-        Target::Present { owner: Some(other), .. } if !adopt_existing => {
-            return Err(Problem::new(
-                reason::NOT_OWNED,
-                format!("the target Secret belongs to IstioCACerts {other}; it is left untouched"),
-            ));
-        }
-        Target::Present { data, .. } if adopt_existing => (Some(data), true),
-        Target::Present { .. } => {
-            return Err(Problem::new(
-                reason::NOT_OWNED,
-                "the target Secret exists and was not created by mesh-ca-issuer; it is left untouched. Set spec.adoptExisting: true (KeepForeignKeys: keys istiod does not read are kept) or Replace to take it over",
-            ));
-        }
-    };
-
-    // The source must hold together on its own before we compare it with what istiod trusts.
-    let mut links = std::iter::once(&source.intermediate)
-        .chain(source.intermediates.iter())
-        .peekable();
-    while let Some(cert) = links.next() {
-        let parent = links.peek().copied().unwrap_or(&source.root);
-        if !cert.is_signed_by(parent) {
-            return Err(Problem::new(
-                reason::CHAIN_INVALID,
-                format!(
-                    "{} in the source is not signed by {} (its ca.crt or the next certificate in tls.crt)",
-                    cert.subject(),
-                    parent.subject()
-                ),
-            ));
-        }
-    }
-
-    // The roots istiod trusts now (root-cert.pem, or ca.crt of a TLS-format bundle): kept
-    // byte for byte when they already hold the source's root; a root that is not among them
-    // is a root change, which istiod would ignore (or, partly trusted, break).
-    let root_pem = match existing.and_then(trusted_roots) {
-        Some((key, bytes)) => match Certificate::parse_pem_bundle(bytes, key) {
-            Ok(roots) if roots.contains(&source.root) => bytes.clone(),
-            Ok(roots) => {
-                return Err(Problem::new(
-                    reason::ROOT_CHANGED,
-                    format!(
-                        "the new intermediate chains to root {} (SHA-256 {}), which is not among the {} trust anchors in the target's {key}; cacerts is left as it is. Rotating roots without downtime needs the new root added to root-cert.pem first (and ISTIO_MULTIROOT_MESH on istiod); if the root change is intended and downtime is acceptable, delete the target Secret and restart istiod",
-                        source.root.subject(),
-                        source.root.fingerprint(),
-                        roots.len()
-                    ),
-                ));
-            }
-            // An unreadable bundle in a Secret we own or adopt is replaced.
-            Err(_) => source.root.to_pem().into_bytes(),
-        },
-        None => source.root.to_pem().into_bytes(),
-    };
+    let (existing, adopting) = ownership(target, owner, adopt)?;
+    check_links(source)?;
+    let root_pem = root_pem(existing, source)?;
     let intermediate_pem = source.intermediate.to_pem();
     let mut chain_pem = intermediate_pem.clone();
     for c in &source.intermediates {
@@ -402,6 +340,78 @@ pub fn plan(
         dropped_keys,
         kept_keys,
     })
+}
+
+/// Whether the target may be written: absent, ours, or adopted (`adoptExisting`); and the data
+/// it holds now.
+fn ownership<'a>(
+    target: &'a Target,
+    owner: &str,
+    adopt: &AdoptExisting,
+) -> Result<(Option<&'a SecretData>, bool), Problem> {
+    let adopt_existing = adopt.adopts();
+    match target {
+        Target::Absent => Ok((None, false)),
+        Target::Present { data, .. } if data.contains_key(ISTIO_GENERATED) => Err(Problem::new(
+            reason::ISTIOD_SELF_SIGNED,
+            "the target holds istiod's own self-signed CA (key istio-generated); it is never replaced. To plug in this CA, delete that Secret and restart istiod after cacerts is written",
+        )),
+        Target::Present { data, owner: Some(o) } if o == owner => Ok((Some(data), false)),
+        Target::Present { owner: Some(other), .. } if !adopt_existing => Err(Problem::new(
+            reason::NOT_OWNED,
+            format!("the target Secret belongs to IstioCACerts {other}; it is left untouched"),
+        )),
+        Target::Present { data, .. } if adopt_existing => Ok((Some(data), true)),
+        Target::Present { .. } => Err(Problem::new(
+            reason::NOT_OWNED,
+            "the target Secret exists and was not created by mesh-ca-issuer; it is left untouched. Set spec.adoptExisting: true (KeepForeignKeys: keys istiod does not read are kept) or Replace to take it over",
+        )),
+    }
+}
+
+/// The source must hold together on its own before it is compared with what istiod trusts:
+/// each certificate signed by the next, the last by the root.
+fn check_links(source: &SourceBundle) -> Result<(), Problem> {
+    let mut links = std::iter::once(&source.intermediate)
+        .chain(source.intermediates.iter())
+        .peekable();
+    while let Some(cert) = links.next() {
+        let parent = links.peek().copied().unwrap_or(&source.root);
+        if !cert.is_signed_by(parent) {
+            return Err(Problem::new(
+                reason::CHAIN_INVALID,
+                format!(
+                    "{} in the source is not signed by {} (its ca.crt or the next certificate in tls.crt)",
+                    cert.subject(),
+                    parent.subject()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `root-cert.pem` to write: the roots istiod trusts now (root-cert.pem, or ca.crt of a
+/// TLS-format bundle), kept byte for byte when they already hold the source's root; a root that
+/// is not among them is a root change, which istiod would ignore (or, partly trusted, break).
+fn root_pem(existing: Option<&SecretData>, source: &SourceBundle) -> Result<Vec<u8>, Problem> {
+    match existing.and_then(trusted_roots) {
+        Some((key, bytes)) => match Certificate::parse_pem_bundle(bytes, key) {
+            Ok(roots) if roots.contains(&source.root) => Ok(bytes.clone()),
+            Ok(roots) => Err(Problem::new(
+                reason::ROOT_CHANGED,
+                format!(
+                    "the new intermediate chains to root {} (SHA-256 {}), which is not among the {} trust anchors in the target's {key}; cacerts is left as it is. Rotating roots without downtime needs the new root added to root-cert.pem first (and ISTIO_MULTIROOT_MESH on istiod); if the root change is intended and downtime is acceptable, delete the target Secret and restart istiod",
+                    source.root.subject(),
+                    source.root.fingerprint(),
+                    roots.len()
+                ),
+            )),
+            // An unreadable bundle in a Secret we own or adopt is replaced.
+            Err(_) => Ok(source.root.to_pem().into_bytes()),
+        },
+        None => Ok(source.root.to_pem().into_bytes()),
+    }
 }
 
 /// The roots istiod trusts in a target, and the key they are in. A Secret in istiod's TLS

@@ -422,18 +422,7 @@ impl Outcome {
         let previous = o.icc.status.as_ref();
         let previous_rotation = previous.and_then(|s| s.root_rotation.as_ref());
         let tracked = track(o, live.as_ref());
-        let rotation = rotation.cloned().map(|mut r| {
-            if step != Cacerts::InPlace && !matches!(r.bundle, rotation::Bundle::Refused(_)) {
-                // The write failed (or was not possible): nothing moved, the phase stays.
-                r.status = previous_rotation.cloned();
-                r.transition = None;
-                r.consume_advance = false;
-                r.forced_advance = None;
-                r.expiring_warning = None;
-                r.condition = None;
-            }
-            r
-        });
+        let rotation = rotation.map(|r| rotation_after(r, step, previous_rotation));
         let live_roots: Vec<&Certificate> = live.as_ref().map(|b| b.roots.iter().collect()).unwrap_or_default();
         let (trust_anchors, mesh_config) = trust.tracked(o, &live_roots, settings);
         let own = own_roots(o, rotation.as_ref(), live.as_ref(), &live_roots);
@@ -453,15 +442,7 @@ impl Outcome {
             healthy: health(&tracked, anchor_of(&tracked, live.as_ref()), now, t),
             rotation: rotation.as_ref(),
             published: published.as_ref().map(|(verdict, _)| verdict.clone()),
-            crls: match crls {
-                Some(v) => Some((v.condition.0, v.condition.1.to_string(), v.condition.2.clone())),
-                None => o
-                    .distributed_crls
-                    .as_deref()
-                    .filter(|_| !o.icc.spec.revocation.as_ref().is_some_and(|r| r.enabled))
-                    .and_then(|d| revocation::after_turned_off(d, o.namespace(), now))
-                    .map(|(ok, reason, message)| (ok, reason.to_string(), message)),
-            },
+            crls: crls_condition(o, crls),
             revocation_enabled: o.icc.spec.revocation.as_ref().is_some_and(|r| r.enabled),
             bundle_endpoint: endpoint.as_ref().map(|(v, _)| v.clone()),
             trust_bundles: trust_bundles.as_ref().and_then(|(v, _)| v.clone()),
@@ -473,22 +454,7 @@ impl Outcome {
             None if conditions.revocation_enabled => previous.map(|s| s.crl.clone()).unwrap_or_default(),
             None => Vec::new(),
         };
-        // cert-manager is asked once per revoked intermediate: should its issuance fail, it
-        // retries with its own back-off, and asking again each reconcile would bypass it.
-        let revoked_serial = crls
-            .filter(|v| v.intermediate_revoked.is_some())
-            .and(live.as_ref())
-            .map(|b| b.intermediate.serial_hex());
-        let asked_before = previous.and_then(|s| s.reissue_requested_for.clone());
-        let reissue = crls
-            .and_then(|v| v.intermediate_revoked.as_ref())
-            .filter(|_| step == Cacerts::InPlace && revoked_serial != asked_before)
-            .and_then(|message| reissue(o, message));
-        let reissue_requested_for = match (crls, &reissue) {
-            (None, _) => asked_before,
-            (Some(_), Some(_)) => revoked_serial,
-            (Some(_), None) => revoked_serial.filter(|s| Some(s) == asked_before.as_ref()),
-        };
+        let (reissue, reissue_requested_for) = reissue_once(o, crls, live.as_ref(), step);
         let status = IstioCACertsStatus {
             conditions: conditions.build(o),
             root_rotation: rotation
@@ -514,33 +480,7 @@ impl Outcome {
             tracked,
             rotation_events: rotation.as_ref().map(rotation_events).unwrap_or_default(),
         };
-        let metrics = MetricUpdates {
-            rotation_phase: status.root_rotation.as_ref().map(|r| r.phase.as_str()),
-            certificates: Role::ALL
-                .iter()
-                .map(|role| {
-                    let series = basis
-                        .tracked
-                        .iter()
-                        .filter(|c| c.role == *role)
-                        .map(|c| c.series(now, t));
-                    (role.metric_kind(), series.collect())
-                })
-                .collect(),
-            crls: status
-                .crl
-                .iter()
-                .filter_map(|c| {
-                    let next_update: Timestamp = c.next_update.parse().ok()?;
-                    Some((c.issuer.clone(), next_update.as_second()))
-                })
-                .collect(),
-            reconcile: match (step, conditions.ready.0) {
-                (Cacerts::Refused, _) => "write_failed",
-                (_, true) => "synced",
-                (_, false) => "refused",
-            },
-        };
+        let metrics = metric_updates(&basis, &status, step, conditions.ready.0);
         // Requeue exactly at the next window boundary; watches cover every other change.
         let requeue_at = basis
             .tracked
@@ -562,6 +502,99 @@ impl Outcome {
             reissue,
             basis,
         }
+    }
+}
+
+/// A rotation's step as the `cacerts` step left it: when the write failed (or was not
+/// possible), nothing moved and the phase stays where it was, so a phase only ever moves on
+/// with its bundle in the target.
+fn rotation_after(
+    decision: &rotation::Decision,
+    step: Cacerts,
+    previous: Option<&crate::api::istio_cacerts::RootRotationStatus>,
+) -> rotation::Decision {
+    let mut r = decision.clone();
+    if step != Cacerts::InPlace && !matches!(r.bundle, rotation::Bundle::Refused(_)) {
+        r.status = previous.cloned();
+        r.transition = None;
+        r.consume_advance = false;
+        r.forced_advance = None;
+        r.expiring_warning = None;
+        r.condition = None;
+    }
+    r
+}
+
+/// `CRLsCurrent`: the CRL set's verdict; with revocation off, whether istiod still hands out
+/// CRLs it loaded before.
+fn crls_condition(o: &Observed, crls: Option<&revocation::Verdict>) -> Option<(bool, String, String)> {
+    match crls {
+        Some(v) => Some((v.condition.0, v.condition.1.to_string(), v.condition.2.clone())),
+        None => o
+            .distributed_crls
+            .as_deref()
+            .filter(|_| !o.icc.spec.revocation.as_ref().is_some_and(|r| r.enabled))
+            .and_then(|d| revocation::after_turned_off(d, o.namespace(), o.now))
+            .map(|(ok, reason, message)| (ok, reason.to_string(), message)),
+    }
+}
+
+/// The re-issue to ask cert-manager for, and `status.reissueRequestedFor`. cert-manager is
+/// asked once per revoked intermediate: should its issuance fail, it retries with its own
+/// back-off, and asking again each reconcile would bypass it.
+fn reissue_once(
+    o: &Observed,
+    crls: Option<&revocation::Verdict>,
+    live: Option<&BundleContents>,
+    step: Cacerts,
+) -> (Option<crate::istio::plan::Reissue>, Option<String>) {
+    let revoked_serial = crls
+        .filter(|v| v.intermediate_revoked.is_some())
+        .and(live)
+        .map(|b| b.intermediate.serial_hex());
+    let asked_before = o.icc.status.as_ref().and_then(|s| s.reissue_requested_for.clone());
+    let reissue = crls
+        .and_then(|v| v.intermediate_revoked.as_ref())
+        .filter(|_| step == Cacerts::InPlace && revoked_serial != asked_before)
+        .and_then(|message| reissue(o, message));
+    let requested_for = match (crls, &reissue) {
+        (None, _) => asked_before,
+        (Some(_), Some(_)) => revoked_serial,
+        (Some(_), None) => revoked_serial.filter(|s| Some(s) == asked_before.as_ref()),
+    };
+    (reissue, requested_for)
+}
+
+/// The metrics of one decision: every kind of certificate series (so a series that went away
+/// is dropped), the CRLs' lapse times, the rotation phase and the reconcile's outcome.
+fn metric_updates(basis: &Basis, status: &IstioCACertsStatus, step: Cacerts, ready: bool) -> MetricUpdates {
+    let (now, t) = (basis.now, &basis.thresholds);
+    MetricUpdates {
+        rotation_phase: status.root_rotation.as_ref().map(|r| r.phase.as_str()),
+        certificates: Role::ALL
+            .iter()
+            .map(|role| {
+                let series = basis
+                    .tracked
+                    .iter()
+                    .filter(|c| c.role == *role)
+                    .map(|c| c.series(now, t));
+                (role.metric_kind(), series.collect())
+            })
+            .collect(),
+        crls: status
+            .crl
+            .iter()
+            .filter_map(|c| {
+                let next_update: Timestamp = c.next_update.parse().ok()?;
+                Some((c.issuer.clone(), next_update.as_second()))
+            })
+            .collect(),
+        reconcile: match (step, ready) {
+            (Cacerts::Refused, _) => "write_failed",
+            (_, true) => "synced",
+            (_, false) => "refused",
+        },
     }
 }
 

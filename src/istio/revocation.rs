@@ -289,6 +289,9 @@ pub fn apply(
     (plan, Some(verdict))
 }
 
+/// One CA of the chain with the CRL chosen for it.
+type Chosen = (Certificate, Crl, Origin);
+
 /// One CRL per CA of the chain, or `None` and why.
 fn crl_set(
     plan: &CacertsPlan,
@@ -299,7 +302,7 @@ fn crl_set(
 ) -> (Option<Vec<u8>>, Verdict) {
     let chain = &plan.contents.chain;
     let intermediate_key = plan.data.get(CA_KEY).and_then(|pem| SigningKey::from_pem(pem).ok());
-    let mut chosen: Vec<(Certificate, Crl, Origin)> = Vec::new();
+    let mut chosen: Vec<Chosen> = Vec::new();
     // CAs whose CRL comes from elsewhere (Vault, crlFrom): looked at again every FETCH_POLL,
     // so a revocation made there reaches ca-crl.pem within minutes.
     let mut fetched_cas = 0;
@@ -320,67 +323,11 @@ fn crl_set(
                 .filter(|s| s.certificate == *ca)
                 .map(|s| (s.key.as_ref(), inputs.revoked.clone()))
         };
-        let fresh = |c: &Crl| crl::check(c, ca, None, now, settings.refresh_before).is_ok();
-        let lists = |c: &Crl, revoked: &[Revoked]| {
-            c.revoked_numbers()
-                == revoked
-                    .iter()
-                    .map(|r| serial_number(&r.serial))
-                    .collect::<BTreeSet<_>>()
-        };
-        let pick = match &key {
-            Some((_, revoked)) if current.is_some_and(|c| fresh(c) && lists(c, revoked)) => {
-                current.map(|c| (c.clone(), Origin::Kept))
-            }
-            Some((key, revoked)) => {
-                let previous = current.and_then(Crl::number);
-                let crl_spec = CrlSpec {
-                    // Seconds since the epoch: grows with time with no state kept, and past the
-                    // number in place should the clock ever step back.
-                    number: u64::try_from(now.as_second())
-                        .unwrap_or(0)
-                        .max(previous.map_or(1, |p| p.saturating_add(1))),
-                    this_update: now,
-                    next_update: now + settings.validity,
-                    revoked: revoked.clone(),
-                };
-                let signer = CaSigner { certificate: ca, key };
-                match crl::issue(&crl_spec, &signer)
-                    .map_err(|e| e.to_string())
-                    .and_then(|c| crl::check(&c, ca, previous, now, settings.refresh_before).map(|()| c))
-                {
-                    Ok(c) => Some((c, Origin::Signed)),
-                    Err(why) => {
-                        problems.push(why);
-                        None
-                    }
-                }
-            }
+        let pick = match key {
+            Some((key, revoked)) => signed_here(ca, key, &revoked, current, settings, now, &mut problems),
             None => {
                 fetched_cas += 1;
-                // Fetched CRLs: the newest that may be written, unless the one in place is
-                // at least as new and still fresh.
-                let fetched = inputs
-                    .fetched
-                    .iter()
-                    .filter(|c| c.is_signed_by(ca))
-                    .filter(|c| {
-                        let previous = current.filter(|p| p.der() != c.der()).and_then(Crl::number);
-                        match crl::check(c, ca, previous, now, settings.refresh_before) {
-                            Ok(()) => true,
-                            Err(why) => {
-                                problems.push(format!("fetched: {why}"));
-                                false
-                            }
-                        }
-                    })
-                    .max_by_key(|c| c.number());
-                match (fetched, current) {
-                    (Some(f), Some(c)) if f.number() <= c.number() && fresh(c) => Some((c.clone(), Origin::Kept)),
-                    (Some(f), _) => Some((f.clone(), Origin::Fetched)),
-                    (None, Some(c)) if fresh(c) => Some((c.clone(), Origin::Kept)),
-                    _ => None,
-                }
+                fetched(ca, current, &inputs.fetched, settings, now, &mut problems)
             }
         };
         // Nothing better: the one in place, until it expires.
@@ -406,57 +353,176 @@ fn crl_set(
             stray.issuer()
         ));
     }
-    let intermediate = &plan.contents.intermediate;
-    let own_serial = intermediate.serial_number();
-    // Revoked at the issuer (spec.revoked), or in the CRL of the CA that signed it (one
-    // fetched from Vault or crlFrom lists what was revoked there).
-    // Found by the CA, not by position: a CA without a CRL leaves no entry in `chosen`.
-    let in_parent_crl = chosen
-        .iter()
-        .find(|(ca, _, _)| chain.get(1) == Some(ca))
-        .is_some_and(|(_, crl, _)| crl.revoked_numbers().contains(&own_serial));
-    let intermediate_revoked = (inputs.revoked.iter().any(|r| serial_number(&r.serial) == own_serial) || in_parent_crl)
-        .then(|| {
-            format!(
-                "{} lists the intermediate istiod signs with ({}, serial {}) as revoked: peers that load this mesh's CRLs refuse its workloads. A new intermediate is requested from cert-manager",
-                if inputs.issuer.is_empty() { "the issuer" } else { inputs.issuer.as_str() },
-                intermediate.subject(),
-                intermediate.serial_hex()
-            )
-        });
+    let intermediate_revoked = intermediate_revoked(plan, &chosen, inputs);
     let problems_text = if problems.is_empty() {
         String::new()
     } else {
         format!(": {}", problems.join("; "))
     };
     if !missing.is_empty() {
-        let verdict = Verdict {
-            condition: (
-                false,
-                reason::UNAVAILABLE,
-                format!(
-                    "no CRL that may be written for {}{problems_text}. ca-crl.pem is not written, because istiod refuses a ca-crl.pem that lacks the CRL of any CA of cert-chain.pem; cacerts is renewed as usual without it",
-                    missing.join(", ")
-                ),
-            ),
-            tracked: Vec::new(),
-            requeue_at: Some(now + RETRY_OVERDUE),
-            intermediate_revoked,
-            hold: None,
-        };
-        return (None, verdict);
+        return (None, unavailable(&missing, &problems_text, intermediate_revoked, now));
     }
 
     let tracked: Vec<TrackedCrl> = chosen
         .iter()
         .map(|(ca, crl, _)| tracked(ca, crl, settings, now))
         .collect();
-    let overdue: Vec<&(Certificate, Crl, Origin)> = chosen.iter().filter(|(_, _, o)| *o == Origin::Overdue).collect();
-    let condition = match overdue
-        .iter()
-        .map(|(ca, crl, _)| (ca, crl))
-        .min_by_key(|(_, c)| c.next_update())
+    let condition = condition(&chosen, &tracked, &problems_text, settings, now);
+    let requeue_at = requeue_at(&chosen, fetched_cas > 0, settings, now);
+    let pem: String = chosen.iter().map(|(_, crl, _)| crl.to_pem()).collect();
+    (
+        Some(pem.into_bytes()),
+        Verdict {
+            condition,
+            tracked,
+            requeue_at,
+            intermediate_revoked,
+            hold: None,
+        },
+    )
+}
+
+/// The verdict when some CA of the chain has no CRL that may be written: `ca-crl.pem` is not
+/// written at all.
+fn unavailable(
+    missing: &[String],
+    problems_text: &str,
+    intermediate_revoked: Option<String>,
+    now: Timestamp,
+) -> Verdict {
+    Verdict {
+        condition: (
+            false,
+            reason::UNAVAILABLE,
+            format!(
+                "no CRL that may be written for {}{problems_text}. ca-crl.pem is not written, because istiod refuses a ca-crl.pem that lacks the CRL of any CA of cert-chain.pem; cacerts is renewed as usual without it",
+                missing.join(", ")
+            ),
+        ),
+        tracked: Vec::new(),
+        requeue_at: Some(now + RETRY_OVERDUE),
+        intermediate_revoked,
+        hold: None,
+    }
+}
+
+/// The CRL of a CA whose key is here (the intermediate's, the local CA's): the one in place
+/// while it is fresh and lists exactly `revoked`, else one signed now. `None`: signing failed
+/// (named in `problems`).
+fn signed_here(
+    ca: &Certificate,
+    key: &SigningKey,
+    revoked: &[Revoked],
+    current: Option<&Crl>,
+    settings: &Settings,
+    now: Timestamp,
+    problems: &mut Vec<String>,
+) -> Option<(Crl, Origin)> {
+    let fresh = |c: &Crl| crl::check(c, ca, None, now, settings.refresh_before).is_ok();
+    let lists = |c: &Crl| {
+        c.revoked_numbers()
+            == revoked
+                .iter()
+                .map(|r| serial_number(&r.serial))
+                .collect::<BTreeSet<_>>()
+    };
+    if let Some(c) = current.filter(|c| fresh(c) && lists(c)) {
+        return Some((c.clone(), Origin::Kept));
+    }
+    let previous = current.and_then(Crl::number);
+    let crl_spec = CrlSpec {
+        // Seconds since the epoch: grows with time with no state kept, and past the number in
+        // place should the clock ever step back.
+        number: u64::try_from(now.as_second())
+            .unwrap_or(0)
+            .max(previous.map_or(1, |p| p.saturating_add(1))),
+        this_update: now,
+        next_update: now + settings.validity,
+        revoked: revoked.to_vec(),
+    };
+    let signer = CaSigner { certificate: ca, key };
+    match crl::issue(&crl_spec, &signer)
+        .map_err(|e| e.to_string())
+        .and_then(|c| crl::check(&c, ca, previous, now, settings.refresh_before).map(|()| c))
     {
+        Ok(c) => Some((c, Origin::Signed)),
+        Err(why) => {
+            problems.push(why);
+            None
+        }
+    }
+}
+
+/// The CRL of a CA whose key is elsewhere: the newest fetched one that may be written, unless
+/// the one in place is at least as new and still fresh. Fetched CRLs refused are named in
+/// `problems`.
+fn fetched(
+    ca: &Certificate,
+    current: Option<&Crl>,
+    fetched: &[Crl],
+    settings: &Settings,
+    now: Timestamp,
+    problems: &mut Vec<String>,
+) -> Option<(Crl, Origin)> {
+    let fresh = |c: &Crl| crl::check(c, ca, None, now, settings.refresh_before).is_ok();
+    let newest = fetched
+        .iter()
+        .filter(|c| c.is_signed_by(ca))
+        .filter(|c| {
+            let previous = current.filter(|p| p.der() != c.der()).and_then(Crl::number);
+            match crl::check(c, ca, previous, now, settings.refresh_before) {
+                Ok(()) => true,
+                Err(why) => {
+                    problems.push(format!("fetched: {why}"));
+                    false
+                }
+            }
+        })
+        .max_by_key(|c| c.number());
+    match (newest, current) {
+        (Some(f), Some(c)) if f.number() <= c.number() && fresh(c) => Some((c.clone(), Origin::Kept)),
+        (Some(f), _) => Some((f.clone(), Origin::Fetched)),
+        (None, Some(c)) if fresh(c) => Some((c.clone(), Origin::Kept)),
+        _ => None,
+    }
+}
+
+/// Ready's message when the intermediate being written is revoked: at the issuer
+/// (`spec.revoked`), or in the CRL of the CA that signed it (one fetched from Vault or
+/// `crlFrom` lists what was revoked there).
+fn intermediate_revoked(plan: &CacertsPlan, chosen: &[Chosen], inputs: &Inputs) -> Option<String> {
+    let intermediate = &plan.contents.intermediate;
+    let own_serial = intermediate.serial_number();
+    // Found by the CA, not by position: a CA without a CRL leaves no entry in `chosen`.
+    let in_parent_crl = chosen
+        .iter()
+        .find(|(ca, _, _)| plan.contents.chain.get(1) == Some(ca))
+        .is_some_and(|(_, crl, _)| crl.revoked_numbers().contains(&own_serial));
+    (inputs.revoked.iter().any(|r| serial_number(&r.serial) == own_serial) || in_parent_crl).then(|| {
+        format!(
+            "{} lists the intermediate istiod signs with ({}, serial {}) as revoked: peers that load this mesh's CRLs refuse its workloads. A new intermediate is requested from cert-manager",
+            if inputs.issuer.is_empty() { "the issuer" } else { inputs.issuer.as_str() },
+            intermediate.subject(),
+            intermediate.serial_hex()
+        )
+    })
+}
+
+/// `CRLsCurrent` for a complete set: current, or the CRL nearest its lapse among those past
+/// their refresh time that could not be replaced.
+fn condition(
+    chosen: &[Chosen],
+    tracked: &[TrackedCrl],
+    problems_text: &str,
+    settings: &Settings,
+    now: Timestamp,
+) -> (bool, &'static str, String) {
+    let overdue = chosen
+        .iter()
+        .filter(|(_, _, o)| *o == Origin::Overdue)
+        .map(|(ca, crl, _)| (ca, crl))
+        .min_by_key(|(_, c)| c.next_update());
+    match overdue {
         None => (
             true,
             reason::CURRENT,
@@ -488,8 +554,13 @@ fn crl_set(
                 ),
             )
         }
-    };
-    let requeue_at = chosen
+    }
+}
+
+/// When to look again: the first refresh time; for an overdue CRL, soon, then at its
+/// escalation and its lapse; and every FETCH_POLL while some CRL is fetched.
+fn requeue_at(chosen: &[Chosen], any_fetched: bool, settings: &Settings, now: Timestamp) -> Option<Timestamp> {
+    chosen
         .iter()
         .flat_map(|(_, crl, origin)| {
             let next_update = crl.next_update().unwrap_or(now);
@@ -502,20 +573,9 @@ fn crl_set(
                 _ => vec![next_update - settings.refresh_before],
             }
         })
-        .chain((fetched_cas > 0).then_some(now + FETCH_POLL))
+        .chain(any_fetched.then_some(now + FETCH_POLL))
         .filter(|t| *t > now)
-        .min();
-    let pem: String = chosen.iter().map(|(_, crl, _)| crl.to_pem()).collect();
-    (
-        Some(pem.into_bytes()),
-        Verdict {
-            condition,
-            tracked,
-            requeue_at,
-            intermediate_revoked,
-            hold: None,
-        },
-    )
+        .min()
 }
 
 fn tracked(ca: &Certificate, crl: &Crl, settings: &Settings, now: Timestamp) -> TrackedCrl {

@@ -461,29 +461,25 @@ async fn read_issuer(client: &Client, key: &IssuerKey) -> Read<Option<IssuerObje
     let what = key.display();
     let err = |e| format!("reading {what}: {}", reason(e));
     match &key.namespace {
-        None => Api::<ClusterMeshCAIssuer>::all(client.clone())
-            .get_opt(&key.name)
+        None => get_issuer(Api::<ClusterMeshCAIssuer>::all(client.clone()), &key.name)
             .await
-            .map(|i| {
-                i.map(|i| IssuerObject {
-                    generation: i.metadata.generation,
-                    spec: i.spec,
-                    status: i.status,
-                })
-            })
             .map_err(err),
-        Some(ns) => Api::<MeshCAIssuer>::namespaced(client.clone(), ns)
-            .get_opt(&key.name)
+        Some(ns) => get_issuer(Api::<MeshCAIssuer>::namespaced(client.clone(), ns), &key.name)
             .await
-            .map(|i| {
-                i.map(|i| IssuerObject {
-                    generation: i.metadata.generation,
-                    spec: i.spec,
-                    status: i.status,
-                })
-            })
             .map_err(err),
     }
+}
+
+/// Either kind of issuer, as far as the checks read it.
+async fn get_issuer<K: crate::controller::issuer::IssuerObject>(
+    api: Api<K>,
+    name: &str,
+) -> Result<Option<IssuerObject>, kube::Error> {
+    Ok(api.get_opt(name).await?.map(|i| IssuerObject {
+        generation: kube::Resource::meta(&i).generation,
+        spec: i.spec().clone(),
+        status: i.status().cloned(),
+    }))
 }
 
 /// Asks the API server whether `service_account` ("ns/name") may approve `signer`, as
