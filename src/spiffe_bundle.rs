@@ -19,6 +19,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
+use crate::pki::crl::Crl;
 use crate::pki::{Certificate, strength};
 
 /// The largest bundle body accepted, in bytes: a bundle of a few roots is a few KiB.
@@ -28,12 +29,33 @@ pub const X509_SVID_USE: &str = "x509-svid";
 /// The most keys a bundle may hold: a trust domain has one root, two during a rotation.
 pub const MAX_KEYS: usize = 32;
 
+/// The bundle's member that carries the serving cluster's CRLs. Ours: a reader that does not
+/// know it ignores it, as RFC 7517 (§5) asks of a JWK Set's unknown members.
+pub const REVOCATION_MEMBER: &str = "meshca_revocation";
+/// The most CAs, and the most CRLs, that member may carry: a chain has a few CAs.
+pub const MAX_REVOCATION_ENTRIES: usize = 16;
+
 /// A peer's bundle, checked: its roots in the order given, and what it says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bundle {
     pub roots: Vec<Certificate>,
     pub sequence: Option<u64>,
     pub refresh_hint: Option<Duration>,
+    /// The peer's CRLs ([`REVOCATION_MEMBER`]): none when it writes none, or why the member
+    /// could not be read. An unreadable member never refuses the roots: trust must not stop
+    /// following a peer's rotation over its CRLs.
+    pub revocation: Option<Result<Revocation, String>>,
+}
+
+/// What a cluster's bundle carries for revocation: the CAs of its chain below its roots, and
+/// the CRL of every CA of its chain, roots included (its `ca-crl.pem`). A proxy that checks
+/// CRLs (Envoy) needs a CRL of every CA of a peer workload's chain, and a CRL can be checked
+/// only with its CA's certificate. Nothing here is trusted on its own: the reader checks each
+/// CA against the bundle's roots and each CRL against its CA.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Revocation {
+    pub cas: Vec<Certificate>,
+    pub crls: Vec<Crl>,
 }
 
 /// Why a fetched bundle is refused (the last good one is kept). Never carries the body.
@@ -61,6 +83,17 @@ pub enum Refusal {
 /// `spiffe_refresh_hint` (whole seconds, at least 1). Fails only on a root whose key no JWK
 /// can carry here (neither RSA nor EC P-256/P-384), which a root we run under never is.
 pub fn encode(roots: &[Certificate], sequence: u64, refresh_hint: Duration) -> Result<String, String> {
+    encode_with_revocation(roots, sequence, refresh_hint, None)
+}
+
+/// [`encode`], with the serving cluster's CAs and CRLs in [`REVOCATION_MEMBER`] when it writes
+/// `ca-crl.pem`.
+pub fn encode_with_revocation(
+    roots: &[Certificate],
+    sequence: u64,
+    refresh_hint: Duration,
+    revocation: Option<&Revocation>,
+) -> Result<String, String> {
     let keys = roots
         .iter()
         .map(|root| {
@@ -71,11 +104,18 @@ pub fn encode(roots: &[Certificate], sequence: u64, refresh_hint: Duration) -> R
             Ok(Value::Object(key))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let document = json!({
+    let mut document = json!({
         "keys": keys,
         "spiffe_sequence": sequence,
         "spiffe_refresh_hint": refresh_hint.as_secs().max(1),
     });
+    if let Some(r) = revocation {
+        let der = |bytes: &[u8]| json!(STANDARD.encode(bytes));
+        document[REVOCATION_MEMBER] = json!({
+            "cas": r.cas.iter().map(|c| der(c.der())).collect::<Vec<_>>(),
+            "crls": r.crls.iter().map(|c| der(c.der())).collect::<Vec<_>>(),
+        });
+    }
     serde_json::to_string_pretty(&document).map_err(|e| e.to_string())
 }
 
@@ -138,7 +178,47 @@ pub fn decode(body: &[u8], last_sequence: Option<u64>, now: Timestamp) -> Result
         roots,
         sequence,
         refresh_hint,
+        revocation: object.get(REVOCATION_MEMBER).map(revocation),
     })
+}
+
+/// Reads [`REVOCATION_MEMBER`]: base64 DER certificates in `cas`, base64 DER CRLs in `crls`.
+/// Only the form is checked here; what may be believed of them is the reader's to judge.
+fn revocation(member: &Value) -> Result<Revocation, String> {
+    let list = |name: &str| -> Result<Vec<Vec<u8>>, String> {
+        let items = member
+            .get(name)
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("{REVOCATION_MEMBER} has no \"{name}\" array"))?;
+        if items.len() > MAX_REVOCATION_ENTRIES {
+            return Err(format!(
+                "{REVOCATION_MEMBER}.{name} holds {} entries; at most {MAX_REVOCATION_ENTRIES} are accepted",
+                items.len()
+            ));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                item.as_str()
+                    .and_then(|s| STANDARD.decode(s).ok())
+                    .ok_or_else(|| format!("{REVOCATION_MEMBER}.{name}[{i}] is not base64"))
+            })
+            .collect()
+    };
+    let cas = list("cas")?
+        .into_iter()
+        .enumerate()
+        .map(|(i, der)| {
+            Certificate::from_der(der).map_err(|e| format!("{REVOCATION_MEMBER}.cas[{i}] cannot be read: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let crls = list("crls")?
+        .into_iter()
+        .enumerate()
+        .map(|(i, der)| Crl::from_der(der).map_err(|e| format!("{REVOCATION_MEMBER}.crls[{i}] cannot be read: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Revocation { cas, crls })
 }
 
 /// The root one `x509-svid` key carries, checked as a trust anchor is.
@@ -400,5 +480,47 @@ mod tests {
                 .to_string()
                 .contains("valid only")
         );
+    }
+
+    /// A cluster's CAs and CRLs travel in the bundle and come back as they were; a member that
+    /// cannot be read is reported, and the roots are still taken.
+    #[test]
+    fn crls_ride_along_and_never_cost_the_roots() {
+        let good = root(KeyAlgorithm::Ecdsa, 256);
+        let (ca, key) = self_signed_root(&RootBootstrap::default(), now() - SignedDuration::from_hours(1)).unwrap();
+        let spec = crate::pki::crl::CrlSpec {
+            number: 7,
+            this_update: now(),
+            next_update: now() + SignedDuration::from_hours(72),
+            revoked: Vec::new(),
+        };
+        let signer = crate::pki::sign::CaSigner {
+            certificate: &ca,
+            key: &key,
+        };
+        let crl = vec![crate::pki::crl::issue(&spec, &signer).unwrap()];
+        let revocation = Revocation {
+            cas: vec![ca],
+            crls: crl,
+        };
+        let body = encode_with_revocation(
+            std::slice::from_ref(&good),
+            3,
+            Duration::from_secs(60),
+            Some(&revocation),
+        )
+        .unwrap();
+        let bundle = decode(body.as_bytes(), None, now()).unwrap();
+        assert_eq!(bundle.roots, std::slice::from_ref(&good));
+        assert_eq!(bundle.revocation, Some(Ok(revocation)));
+        // Without the member, none; with one that cannot be read, why, and the roots.
+        let plain = encode(std::slice::from_ref(&good), 3, Duration::from_secs(60)).unwrap();
+        assert_eq!(decode(plain.as_bytes(), None, now()).unwrap().revocation, None);
+        let mut document: Value = serde_json::from_str(&body).unwrap();
+        document[REVOCATION_MEMBER]["crls"] = json!(["***"]);
+        let bundle = decode(document.to_string().as_bytes(), None, now()).unwrap();
+        assert_eq!(bundle.roots, [good]);
+        let why = bundle.revocation.unwrap().unwrap_err();
+        assert!(why.contains("crls[0] is not base64"), "{why}");
     }
 }

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use mesh_ca_issuer::api::cert_manager::Certificate as CertManagerCertificate;
 use mesh_ca_issuer::api::issuer::MeshCAIssuer;
-use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, Revocation};
+use mesh_ca_issuer::api::istio_cacerts::{CrlWindow, IstioCACerts, IstioCACertsSpec, Revocation};
 use mesh_ca_issuer::pki::Certificate;
 use mesh_ca_issuer::pki::crl::Crl;
 use support::mesh::{Cluster, SOURCE, workload};
@@ -71,12 +71,17 @@ fn judge_signatures(data: &BTreeMap<String, Vec<u8>>) {
     assert_eq!(goverify::istiod_loads(data), Ok(()), "istiod's rule");
     let chain = chain(data);
     let crls = crls(data);
-    assert_eq!(crls.len(), chain.len(), "one CRL per CA of cert-chain.pem");
+    assert!(crls.len() >= chain.len(), "one CRL per CA of cert-chain.pem: {crls:?}");
     for (ca, crl) in chain.iter().zip(&crls) {
         let dir = Workdir::new();
         dir.write("crl.pem", crl.to_pem()).write("ca.pem", ca.to_pem());
         let (ok, said) = dir.try_run(&["crl", "-in", "crl.pem", "-CAfile", "ca.pem", "-noout"]);
         assert!(ok && said.contains("verify OK"), "{}: {said}", ca.subject());
+    }
+    // After them, only CRLs of intermediates this cacerts replaced: signed by no CA of the
+    // chain (the renewal test checks each against the intermediate it belongs to).
+    for retired in &crls[chain.len()..] {
+        assert!(!chain.iter().any(|ca| retired.is_signed_by(ca)), "{retired:?}");
     }
 }
 
@@ -221,6 +226,185 @@ async fn every_write_carries_fresh_crls_and_one_that_cannot_be_refreshed_is_kept
     );
 }
 
+/// A renewal keeps the workloads of the intermediate it replaces verifying with every CRL
+/// checked. istiod keeps their certificates valid until they expire, and a sidecar checking
+/// CRLs (Envoy checks every CA of a peer's chain) needs a CRL of that intermediate too: without
+/// one it refuses them ("unable to get certificate CRL") until they are renewed, up to a day.
+/// The replaced intermediate's CRL is signed with its key as it is replaced, valid until it
+/// expires, and stays while the intermediate after it is renewed in turn.
+#[tokio::test]
+async fn a_renewal_keeps_the_replaced_intermediates_workloads_verifying_with_every_crl_checked() {
+    let (cluster, _lock) = one_cluster("revocation-renew").await;
+    cluster.issue("root").await;
+    cluster.create_icc(revoking("72h", "24h")).await;
+    wait_crls(&cluster, "Current").await;
+    let first = cluster.cacerts().await;
+    judge(&first);
+    let first_leaf = workload(&first, "spiffe://cluster.local/ns/default/sa/first");
+    let mut seen = vec![(first_leaf, first)];
+    for renewal in 1..=2 {
+        cluster.issue("root").await;
+        let previous = seen.last().map(|(_, data)| chain(data)[0].clone()).expect("a write");
+        let data = eventually(TIMEOUT, || async {
+            let data = cluster.cacerts().await;
+            (chain(&data)[0] != previous).then_some(data)
+        })
+        .await
+        .expect("the renewed intermediate is written");
+        judge(&data);
+        // Every workload under an intermediate written so far, presented with its own chain,
+        // verifies under the CRLs written now.
+        for (leaf, then) in &seen {
+            let (ok, said) = verify_with_crls(leaf, &untrusted(then), &data["root-cert.pem"], &data["ca-crl.pem"]);
+            assert!(
+                ok,
+                "renewal {renewal}: a workload of {}: {said}",
+                chain(then)[0].subject()
+            );
+        }
+        let retired: Vec<Crl> = crls(&data)
+            .into_iter()
+            .filter(|c| !chain(&data).iter().any(|ca| c.is_signed_by(ca)))
+            .collect();
+        assert_eq!(retired.len(), renewal, "one CRL per intermediate replaced");
+        for (_, then) in &seen {
+            let replaced = &chain(then)[0];
+            let theirs: Vec<&Crl> = retired.iter().filter(|c| c.is_signed_by(replaced)).collect();
+            assert_eq!(theirs.len(), 1, "one CRL of {}: {retired:?}", replaced.subject());
+            assert_eq!(
+                theirs[0].next_update(),
+                Some(replaced.not_after()),
+                "valid until it expires"
+            );
+            assert!(theirs[0].revoked_serials().is_empty());
+        }
+        let status = cluster.icc().await.status.expect("status");
+        assert_eq!(
+            status.crl.iter().filter(|c| c.window == CrlWindow::Retired).count(),
+            renewal,
+            "{:#?}",
+            status.crl
+        );
+        let leaf = workload(&data, &format!("spiffe://cluster.local/ns/default/sa/r{renewal}"));
+        seen.push((leaf, data));
+    }
+}
+
+/// Peers' CRLs over their SPIFFE bundle endpoint, on two control planes with a root each
+/// (federated). A follows B's endpoint; with revocation on in both, A's `ca-crl.pem` carries
+/// B's intermediate's and root's CRLs after its own. A workload of B then verifies under A's
+/// roots and CRLs with every CRL checked, as a sidecar in A checks it; once B's issuer revokes
+/// B's intermediate, B's new root CRL reaches A over the endpoint and the workload is refused
+/// as revoked. A's set passes istiod's rule throughout, and its status names B's CAs as peers.
+#[tokio::test]
+async fn a_peers_crls_come_over_its_bundle_endpoint_and_its_revocations_reach_us() {
+    use mesh_ca_issuer::api::istio_cacerts::CrlWindow;
+    use support::mesh::{TwoClusters, endpoint_anchor, serving_bundle};
+    let TwoClusters {
+        mut a,
+        mut b,
+        lock: _lock,
+    } = TwoClusters::start("revocation-peer", "mesh").await;
+    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    for cluster in [&a, &b] {
+        cluster
+            .local_issuer("root", "mesh-root", "87600h", a_year_at_most())
+            .await;
+        cluster.issue("root").await;
+    }
+    let in_domain = |trust_domain: &str| IstioCACertsSpec {
+        revocation: revoking("72h", "24h").revocation,
+        ..support::mesh::publishing(trust_domain, None)
+    };
+    b.create_icc(IstioCACertsSpec {
+        bundle_endpoint: serving_bundle("1s"),
+        ..in_domain("b.example")
+    })
+    .await;
+    wait_crls(&b, "Current").await;
+    let at_b = b.cacerts().await;
+    let (b_intermediate, b_root) = (chain(&at_b)[0].clone(), chain(&at_b)[1].clone());
+    a.bootstrap("b-bootstrap", &[&b_root]).await;
+    let started = Instant::now();
+    a.create_icc(IstioCACertsSpec {
+        trust_anchors: vec![endpoint_anchor(
+            "peer-b",
+            "b.example",
+            b.controller.bundle_port,
+            "b-bootstrap",
+        )],
+        ..in_domain("a.example")
+    })
+    .await;
+    wait_crls(&a, "Current").await;
+    let at_a = eventually(TIMEOUT, || async {
+        let data = a.cacerts().await;
+        crls(&data)
+            .iter()
+            .any(|c| c.is_signed_by(&b_intermediate))
+            .then_some(data)
+    })
+    .await
+    .expect("B's intermediate's CRL in A's ca-crl.pem");
+    let first = started.elapsed();
+    judge(&at_a);
+    let held = crls(&at_a);
+    assert_eq!(
+        held.len(),
+        4,
+        "A's intermediate and root, B's intermediate and root: {held:?}"
+    );
+    assert!(held[3].is_signed_by(&b_root));
+    let b_leaf = workload(&at_b, "spiffe://b.example/ns/default/sa/x");
+    let (ok, said) = verify_with_crls(&b_leaf, &untrusted(&at_b), &at_a["root-cert.pem"], &at_a["ca-crl.pem"]);
+    assert!(ok, "B's workload under A's roots and CRLs: {said}");
+    let status = a.icc().await.status.expect("status");
+    let peers: Vec<&str> = status
+        .crl
+        .iter()
+        .filter(|c| c.window == CrlWindow::Peer)
+        .map(|c| c.ca_fingerprint_sha256.as_str())
+        .collect();
+    let (b_int_fp, b_root_fp) = (b_intermediate.fingerprint(), b_root.fingerprint());
+    assert_eq!(peers, [b_int_fp.as_str(), b_root_fp.as_str()]);
+
+    // B revokes its own intermediate: its next root CRL reaches A over the endpoint.
+    let serial = b_intermediate.serial_hex();
+    let revoked_at = Instant::now();
+    b.ns.api::<MeshCAIssuer>()
+        .patch(
+            "root",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"spec": {"revoked": [{"serialNumber": serial, "reason": "keyCompromise"}]}}),
+            ),
+        )
+        .await
+        .expect("revoke at B");
+    let listed = eventually(TIMEOUT, || async {
+        let data = a.cacerts().await;
+        crls(&data)
+            .iter()
+            .any(|c| c.is_signed_by(&b_root) && c.revoked_serials() == vec![serial.to_ascii_lowercase()])
+            .then_some(data)
+    })
+    .await
+    .expect("B's revocation in A's ca-crl.pem");
+    let reached = revoked_at.elapsed();
+    judge(&listed);
+    let (ok, said) = verify_with_crls(
+        &b_leaf,
+        &untrusted(&at_b),
+        &listed["root-cert.pem"],
+        &listed["ca-crl.pem"],
+    );
+    assert!(!ok && said.contains("certificate revoked"), "{said}");
+    eprintln!(
+        "B's CRLs in A's ca-crl.pem {first:?} after A's IstioCACerts was created; B's revocation there {reached:?} after B's issuer change; ca-crl.pem at A {} bytes",
+        listed["ca-crl.pem"].len()
+    );
+}
+
 /// Revoking the intermediate `cacerts` holds: on the issuer's change the root's CRL lists it
 /// (openssl then refuses the workloads under it), Ready says so, and cert-manager is asked for
 /// a new one through the Certificate's `Issuing` condition, once. The new intermediate is not
@@ -306,10 +490,11 @@ async fn a_revoked_intermediate_is_listed_said_and_replaced() {
 /// revoked and asks for a new one; B's workloads are refused under A's CRLs and, once B has a
 /// new intermediate, verify again.
 ///
-/// Envoy needs a CRL for every CA of a peer's chain, and A's `ca-crl.pem` holds only its own
-/// chain's: peers' intermediate CRLs are not distributed yet (docs/revocation.md). openssl is
-/// asked both ways: with A's CRLs alone (refused for the missing CRL, as a sidecar in A would
-/// refuse B today) and with B's own intermediate CRL added (what distribution would give).
+/// Envoy needs a CRL for every CA of a peer's chain. Here A does not follow B's bundle
+/// endpoint, so A's `ca-crl.pem` holds only its own chain's (peers' CRLs come over bundle
+/// endpoints: see the test above). openssl is asked both ways: with A's CRLs alone (refused for
+/// the missing CRL, as a sidecar in A would refuse B) and with B's own intermediate CRL added
+/// (what following B's endpoint gives).
 #[tokio::test]
 async fn meshca_revoke_cuts_off_a_peer_sharing_the_root_until_it_has_a_new_intermediate() {
     let support::mesh::TwoClusters {

@@ -63,6 +63,24 @@ fn go_spiffe_reads_our_bundles_as_we_wrote_them() {
         let ours = spiffe_bundle::decode(body.as_bytes(), None, Timestamp::now()).unwrap();
         assert_eq!(&ours.roots, roots, "case {i}");
     }
+    // With our CRL member (docs/revocation.md, peers' CRLs), go-spiffe reads the same roots:
+    // it ignores a member it does not know.
+    let roots = vec![root("P-256")];
+    let revocation = spiffe_bundle::Revocation {
+        cas: vec![root("P-384")],
+        crls: Vec::new(),
+    };
+    let body = spiffe_bundle::encode_with_revocation(&roots, 50, Duration::from_secs(300), Some(&revocation)).unwrap();
+    assert!(body.contains(spiffe_bundle::REVOCATION_MEMBER));
+    let read = go_spiffe("cluster.local", &body).unwrap_or_else(|e| panic!("go-spiffe refuses our CRL member: {e}"));
+    assert_eq!(
+        read,
+        vec![
+            format!("x509 {}", roots[0].fingerprint()),
+            "sequence 50".into(),
+            "refresh_hint 300".into()
+        ]
+    );
 }
 
 /// Bundles go-spiffe refuses are refused by us too (we refuse more: leaves, weak keys, roots

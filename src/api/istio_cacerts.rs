@@ -727,6 +727,15 @@ pub enum CrlWindow {
     RefreshDue,
     /// Less than half the refresh window left.
     Expiring,
+    /// The CRL of a CA no longer in `cert-chain.pem`: an intermediate this IstioCACerts
+    /// replaced (signed with its key as it was replaced, valid until it expires), or a CA of
+    /// the chain before a rotation. Workloads still holding certificates under that CA keep
+    /// verifying at sidecars that check CRLs. Never refreshed; removed at its `nextUpdate`.
+    Retired,
+    /// The CRL of a peer's CA, from the bundle its SPIFFE bundle endpoint serves: sidecars
+    /// here need it to accept that peer's workloads. The peer refreshes it; it is replaced
+    /// when the peer serves a newer one, and removed at its `nextUpdate` otherwise.
+    Peer,
 }
 
 /// A trust anchor certificate, tracked like a root.

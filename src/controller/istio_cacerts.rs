@@ -125,7 +125,16 @@ pub async fn observe(ctx: &Context, cached: &IstioCACerts) -> Result<Option<Obse
             ..Default::default()
         }),
         _ => None,
-    };
+    }
+    .map(|mut inputs| {
+        let (peers, problems) = revocation::peers(&anchors, now);
+        inputs.problems.extend(problems);
+        revocation::Inputs {
+            tracked: icc.status.as_ref().map(|s| s.crl.clone()).unwrap_or_default(),
+            peers,
+            ..inputs
+        }
+    });
     // Revocation was on and is off: does istiod still hand out the CRLs it loaded?
     let was_on = icc
         .status
@@ -416,6 +425,8 @@ async fn revocation_inputs(ctx: &Context, issuer: &SourceIssuer, now: Timestamp)
         signer: sources.signer,
         fetched: sources.fetched,
         problems,
+        tracked: Vec::new(),
+        peers: Vec::new(),
     }
 }
 

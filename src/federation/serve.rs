@@ -59,6 +59,8 @@ struct Basis {
     intermediate: Option<String>,
     tls_secret_name: Option<String>,
     refresh_hint: String,
+    /// `status.crl` (CA and number of each): a CRL signed anew is served anew.
+    crls: Vec<(String, u64)>,
 }
 
 /// What every replica serves, by trust domain; and the last problem logged for each, so that
@@ -243,6 +245,16 @@ pub async fn refresh_once(client: &Client, store: &Store<IstioCACerts>, served: 
                 .map(|i| i.fingerprint_sha256.clone()),
             tls_secret_name: spec.tls_secret_name.clone(),
             refresh_hint: spec.refresh_hint.clone(),
+            crls: icc
+                .status
+                .as_ref()
+                .map(|s| {
+                    s.crl
+                        .iter()
+                        .map(|c| (c.ca_fingerprint_sha256.clone(), c.number))
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         wanted.insert(td, (icc.clone(), basis));
     }
@@ -320,7 +332,11 @@ async fn build(client: &Client, icc: &IstioCACerts, basis: Basis, now: Timestamp
         .as_ref()
         .ok_or("bundleEndpoint is gone")
         .and_then(|spec| refresh_hint(spec).map_err(|_| "bad refresh hint"))?;
-    let body = spiffe_bundle::encode(&roots, basis.sequence, hint)?;
+    let revocation = match cacerts.get("ca-crl.pem") {
+        Some(pem) => Some(served_revocation(get("cert-chain.pem")?, pem)?),
+        None => None,
+    };
+    let body = spiffe_bundle::encode_with_revocation(&roots, basis.sequence, hint, revocation.as_ref())?;
     let (certified, rebuild_at) = match &basis.tls_secret_name {
         None => {
             let intermediate = Certificate::parse_pem_bundle(get("ca-cert.pem")?, "ca-cert.pem")
@@ -369,6 +385,22 @@ async fn build(client: &Client, icc: &IstioCACerts, basis: Basis, now: Timestamp
         certified,
         basis,
         rebuild_at,
+    })
+}
+
+/// What peers get for revocation: the CAs of `cert-chain.pem` below its root, and the CRLs of
+/// `ca-crl.pem` that a CA of that chain signed. Not the others (a replaced intermediate's,
+/// peers' own): a peer could not check them against a CA it is given, and each cluster serves
+/// only its own.
+fn served_revocation(chain_pem: &[u8], crl_pem: &[u8]) -> Result<spiffe_bundle::Revocation, String> {
+    let chain = Certificate::parse_pem_bundle(chain_pem, "cert-chain.pem").map_err(|e| e.to_string())?;
+    let crls = crate::pki::crl::Crl::parse_pem_bundle(crl_pem, "ca-crl.pem").map_err(|e| e.to_string())?;
+    Ok(spiffe_bundle::Revocation {
+        crls: crls
+            .into_iter()
+            .filter(|crl| chain.iter().any(|ca| crl.is_signed_by(ca)))
+            .collect(),
+        cas: chain.into_iter().filter(|c| !c.is_self_signed()).collect(),
     })
 }
 

@@ -582,9 +582,11 @@ fn metric_updates(basis: &Basis, status: &IstioCACertsStatus, step: Cacerts, rea
                 (role.metric_kind(), series.collect())
             })
             .collect(),
+        // A retired CRL is never refreshed and goes when it lapses: no alert waits on it.
         crls: status
             .crl
             .iter()
+            .filter(|c| c.window != crate::api::istio_cacerts::CrlWindow::Retired)
             .filter_map(|c| {
                 let next_update: Timestamp = c.next_update.parse().ok()?;
                 Some((c.issuer.clone(), next_update.as_second()))

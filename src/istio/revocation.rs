@@ -21,7 +21,7 @@
 use jiff::{SignedDuration, Timestamp};
 use std::collections::BTreeSet;
 
-use super::cacerts::{CA_CRL, CA_KEY, CERT_CHAIN, CacertsPlan, Target};
+use super::cacerts::{CA_CERT, CA_CRL, CA_KEY, CERT_CHAIN, CacertsPlan, Target};
 use crate::api::issuer::{RevocationReason, RevokedCertificate};
 use crate::api::istio_cacerts::{CrlWindow, Revocation, TrackedCrl};
 use crate::duration::parse_go_duration;
@@ -68,6 +68,47 @@ pub struct Inputs {
     pub fetched: Vec<Crl>,
     /// What could not be read or had to be refused; shown in the condition.
     pub problems: Vec<String>,
+    /// `status.crl` as last written: names the CAs of retired CRLs kept in place.
+    pub tracked: Vec<TrackedCrl>,
+    /// Peers' CRLs, from the bundles their SPIFFE bundle endpoints serve ([`peers`]).
+    pub peers: Vec<PeerCrls>,
+}
+
+/// What one peer's bundle carries for revocation, with the roots it came with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerCrls {
+    /// The trust anchor it came through.
+    pub anchor: String,
+    pub roots: Vec<Certificate>,
+    pub cas: Vec<Certificate>,
+    pub crls: Vec<Crl>,
+}
+
+/// The CRLs in the bundles last accepted from peers' SPIFFE bundle endpoints (see
+/// [`crate::spiffe_bundle::Revocation`]), and what could not be read of them. A bootstrap
+/// bundle carries none.
+pub fn peers(anchors: &[super::trust_bundle::AnchorInput], now: Timestamp) -> (Vec<PeerCrls>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for anchor in anchors.iter().filter(|a| a.endpoint.is_some()) {
+        let super::trust_bundle::Fetched::Found(body) = &anchor.fetched else {
+            continue;
+        };
+        let Ok(bundle) = crate::spiffe_bundle::decode(body, None, now) else {
+            continue;
+        };
+        match bundle.revocation {
+            Some(Ok(r)) => out.push(PeerCrls {
+                anchor: anchor.spec.name.clone(),
+                roots: bundle.roots,
+                cas: r.cas,
+                crls: r.crls,
+            }),
+            Some(Err(why)) => problems.push(format!("trust anchor {}: {why}", anchor.spec.name)),
+            None => {}
+        }
+    }
+    (out, problems)
 }
 
 /// The issuer's `spec.revoked`, read: entries without `revokedAt` date from `changed` (when
@@ -253,7 +294,8 @@ pub fn apply(
         Ok(settings) => {
             let default_inputs = Inputs::default();
             let inputs = inputs.unwrap_or(&default_inputs);
-            let (pem, verdict) = crl_set(&plan, &in_place, inputs, &settings, now);
+            let retiring = retiring(existing, &plan);
+            let (pem, verdict) = crl_set(&plan, &in_place, inputs, &settings, retiring.as_ref(), now);
             match pem {
                 Some(pem) => plan.data.insert(CA_CRL.to_string(), pem),
                 None => plan.data.remove(CA_CRL),
@@ -298,6 +340,7 @@ fn crl_set(
     in_place: &[Crl],
     inputs: &Inputs,
     settings: &Settings,
+    retiring: Option<&(Certificate, SigningKey)>,
     now: Timestamp,
 ) -> (Option<Vec<u8>>, Verdict) {
     let chain = &plan.contents.chain;
@@ -353,6 +396,24 @@ fn crl_set(
             stray.issuer()
         ));
     }
+    let from_peers = from_peers(chain, in_place, inputs, now, &mut problems);
+    let revoked: BTreeSet<Vec<u8>> = inputs
+        .revoked
+        .iter()
+        .map(|r| serial_number(&r.serial))
+        .chain(chosen.iter().flat_map(|(_, crl, _)| crl.revoked_numbers()))
+        .collect();
+    // Retiring an adopted target's intermediate is never asked for (see `retiring`).
+    let retired_now = retiring.and_then(|r| retire(r, in_place, &revoked, now, &mut problems));
+    let renewed: Vec<&Certificate> = from_peers
+        .iter()
+        .map(|(ca, _, _)| ca)
+        .chain(retiring.map(|(c, _)| c))
+        .collect();
+    let retired: Vec<(Crl, TrackedCrl)> = retired_now
+        .into_iter()
+        .chain(retired(plan, in_place, inputs, &renewed, now))
+        .collect();
     let intermediate_revoked = intermediate_revoked(plan, &chosen, inputs);
     let problems_text = if problems.is_empty() {
         String::new()
@@ -363,13 +424,25 @@ fn crl_set(
         return (None, unavailable(&missing, &problems_text, intermediate_revoked, now));
     }
 
-    let tracked: Vec<TrackedCrl> = chosen
+    let mut tracked: Vec<TrackedCrl> = chosen
         .iter()
         .map(|(ca, crl, _)| tracked(ca, crl, settings, now))
         .collect();
-    let condition = condition(&chosen, &tracked, &problems_text, settings, now);
-    let requeue_at = requeue_at(&chosen, fetched_cas > 0, settings, now);
-    let pem: String = chosen.iter().map(|(_, crl, _)| crl.to_pem()).collect();
+    let condition = condition(&chosen, &tracked, retired.len(), &problems_text, settings, now);
+    let requeue_at = requeue_at(&chosen, fetched_cas > 0, settings, now)
+        .into_iter()
+        .chain(retired.iter().filter_map(|(crl, _)| crl.next_update()))
+        .chain(from_peers.iter().filter_map(|(_, crl, _)| crl.next_update()))
+        .filter(|t| *t > now)
+        .min();
+    let pem: String = chosen
+        .iter()
+        .map(|(_, crl, _)| crl.to_pem())
+        .chain(from_peers.iter().map(|(_, crl, _)| crl.to_pem()))
+        .chain(retired.iter().map(|(crl, _)| crl.to_pem()))
+        .collect();
+    tracked.extend(from_peers.into_iter().map(|(_, _, t)| t));
+    tracked.extend(retired.into_iter().map(|(_, t)| t));
     (
         Some(pem.into_bytes()),
         Verdict {
@@ -380,6 +453,217 @@ fn crl_set(
             hold: None,
         },
     )
+}
+
+/// The intermediate the target holds and its key, when the plan replaces it: its CRL is
+/// signed as it goes (see [`retired`]). Not when the target is adopted: its CA is not ours.
+fn retiring(
+    existing: Option<&super::secret_data::SecretData>,
+    plan: &CacertsPlan,
+) -> Option<(Certificate, SigningKey)> {
+    let data = existing.filter(|_| !plan.adopting)?;
+    let certificate = Certificate::parse_pem_bundle(data.get(CA_CERT)?, "ca-cert.pem")
+        .ok()?
+        .into_iter()
+        .next()?;
+    if certificate == plan.contents.intermediate {
+        return None;
+    }
+    let key = SigningKey::from_pem(data.get(CA_KEY)?).ok()?;
+    Some((certificate, key))
+}
+
+/// CRLs of CAs no longer in `cert-chain.pem`, written after the chain's own, each with its
+/// `status.crl` entry. A workload certificate signed under the intermediate a renewal (or a
+/// rotation) replaces stays valid until it expires, and istiod hands it out until then; a
+/// sidecar that checks CRLs needs a CRL of every CA of a peer's chain, so without one it would
+/// refuse those workloads ("unable to get certificate CRL") until they are renewed.
+/// - The intermediate being replaced gets one CRL signed now with its key ([`retire`]).
+/// - CRLs in place that no CA of the new chain signed were written here (the target is ours),
+///   and stay until their `nextUpdate`; not those of a CA whose CRL is written anew
+///   (`renewed`: the one being retired, peers' CAs).
+fn retired(
+    plan: &CacertsPlan,
+    in_place: &[Crl],
+    inputs: &Inputs,
+    renewed: &[&Certificate],
+    now: Timestamp,
+) -> Vec<(Crl, TrackedCrl)> {
+    let mut out = Vec::new();
+    if plan.adopting {
+        return out;
+    }
+    for crl in in_place {
+        let superseded = renewed.iter().any(|c| crl.is_signed_by(c));
+        let lapsed = crl.next_update().is_none_or(|n| n <= now);
+        if superseded || lapsed || plan.contents.chain.iter().any(|ca| crl.is_signed_by(ca)) {
+            continue;
+        }
+        // Told apart by its lapse too: an intermediate renewed under the same name can sign
+        // its first CRL in the same second as its predecessor's last.
+        let next_update = crl.next_update().map(|t| t.to_string());
+        let known = inputs.tracked.iter().find(|t| {
+            t.issuer == crl.issuer()
+                && t.number == crl.number().unwrap_or(0)
+                && Some(&t.next_update) == next_update.as_ref()
+        });
+        let entry = retired_entry(
+            crl,
+            crl.issuer().to_string(),
+            known.map(|t| t.ca_fingerprint_sha256.clone()).unwrap_or_default(),
+        );
+        out.push((crl.clone(), entry));
+    }
+    out
+}
+
+/// The last CRL of the intermediate being replaced, signed with its key, valid until it
+/// expires: no certificate under it verifies after that, and its key is gone once the new one
+/// is written, so it could never be signed again. It revokes nothing. None for a revoked
+/// intermediate (its workloads are refused anyway: `revoked` holds the serials revoked at the
+/// issuer and in the chain's CRLs) or one already expired.
+fn retire(
+    replaced: &(Certificate, SigningKey),
+    in_place: &[Crl],
+    revoked: &BTreeSet<Vec<u8>>,
+    now: Timestamp,
+    problems: &mut Vec<String>,
+) -> Option<(Crl, TrackedCrl)> {
+    let (certificate, key) = replaced;
+    if certificate.not_after() <= now || revoked.contains(&certificate.serial_number()) {
+        return None;
+    }
+    let previous = in_place
+        .iter()
+        .filter(|c| c.is_signed_by(certificate))
+        .filter_map(Crl::number)
+        .max();
+    let crl_spec = CrlSpec {
+        number: u64::try_from(now.as_second())
+            .unwrap_or(0)
+            .max(previous.map_or(1, |p| p.saturating_add(1))),
+        this_update: now,
+        next_update: certificate.not_after(),
+        revoked: Vec::new(),
+    };
+    let signer = CaSigner { certificate, key };
+    match crl::issue(&crl_spec, &signer)
+        .map_err(|e| e.to_string())
+        .and_then(|c| crl::check(&c, certificate, previous, now, SignedDuration::ZERO).map(|()| c))
+    {
+        Ok(crl) => {
+            let entry = retired_entry(&crl, certificate.subject(), certificate.fingerprint());
+            Some((crl, entry))
+        }
+        Err(why) => {
+            problems.push(format!("the replaced intermediate's CRL: {why}"));
+            None
+        }
+    }
+}
+
+/// The `status.crl` entry of a retired CRL: never refreshed, so due only when it lapses.
+fn retired_entry(crl: &Crl, issuer: String, ca_fingerprint_sha256: String) -> TrackedCrl {
+    untended(crl, issuer, ca_fingerprint_sha256, CrlWindow::Retired)
+}
+
+/// The `status.crl` entry of a CRL this controller does not refresh (a retired one, a peer's):
+/// due only when it lapses.
+fn untended(crl: &Crl, issuer: String, ca_fingerprint_sha256: String, window: CrlWindow) -> TrackedCrl {
+    let next_update = crl.next_update().map(|t| t.to_string()).unwrap_or_default();
+    TrackedCrl {
+        issuer,
+        ca_fingerprint_sha256,
+        number: crl.number().unwrap_or(0),
+        this_update: crl.this_update().to_string(),
+        refresh_at: next_update.clone(),
+        next_update,
+        revoked_serials: crl.revoked_serials(),
+        window,
+    }
+}
+
+/// Peers' CRLs to write after the chain's own: a proxy that checks CRLs refuses a peer's
+/// workload without a CRL of every CA of its chain (Envoy: "unable to get certificate CRL").
+/// A peer is believed only about its own CAs:
+/// - a CA it names must chain to the roots of its bundle; a CRL must be signed by one of
+///   those CAs or roots;
+/// - never about a CA of this cluster's chain (a shared root): the CRL written here is the
+///   one that counts, and a peer, compromised, could otherwise hand over an older one that
+///   does not list it;
+/// - a CRL must be in date, and its number not below the one in place for its CA (no
+///   rollback); the newest of several for one CA is taken.
+///
+/// Refused ones are named in `problems`; the one in place, if any, then stays until it lapses.
+fn from_peers(
+    chain: &[Certificate],
+    in_place: &[Crl],
+    inputs: &Inputs,
+    now: Timestamp,
+    problems: &mut Vec<String>,
+) -> Vec<(Certificate, Crl, TrackedCrl)> {
+    let mut out: Vec<(Certificate, Crl, TrackedCrl)> = Vec::new();
+    for peer in &inputs.peers {
+        let mut cas: Vec<&Certificate> = peer.roots.iter().collect();
+        // Each pass takes the CAs signed by one already taken: a chain of n CAs takes n passes.
+        for _ in 0..peer.cas.len() {
+            for ca in &peer.cas {
+                if !cas.contains(&ca) && cas.iter().any(|parent| ca.is_signed_by(parent)) {
+                    cas.push(ca);
+                }
+            }
+        }
+        for ca in peer.cas.iter().filter(|ca| !cas.contains(ca)) {
+            problems.push(format!(
+                "peer {}: CA {} does not chain to the roots of its bundle; its CRL is not used",
+                peer.anchor,
+                ca.subject()
+            ));
+        }
+        for crl in &peer.crls {
+            let Some(ca) = cas.iter().find(|ca| crl.is_signed_by(ca)) else {
+                problems.push(format!(
+                    "peer {}: a CRL naming issuer {} is signed by none of its CAs: not used",
+                    peer.anchor,
+                    crl.issuer()
+                ));
+                continue;
+            };
+            if chain.contains(ca) {
+                continue;
+            }
+            let in_place_number = in_place
+                .iter()
+                .filter(|c| c.is_signed_by(ca))
+                .filter_map(Crl::number)
+                .max();
+            if let (Some(n), Some(p)) = (crl.number(), in_place_number)
+                && n < p
+            {
+                problems.push(format!(
+                    "peer {}: the CRL of {} has number {n}, below {p}, the one in place: an older CRL is never taken",
+                    peer.anchor,
+                    ca.subject()
+                ));
+                continue;
+            }
+            if let Err(why) = crl::check(crl, ca, None, now, SignedDuration::ZERO) {
+                problems.push(format!("peer {}: {why}", peer.anchor));
+                continue;
+            }
+            match out.iter_mut().find(|(c, _, _)| c == *ca) {
+                Some(taken) if taken.1.number() >= crl.number() => {}
+                Some(taken) => *taken = peer_entry(ca, crl),
+                None => out.push(peer_entry(ca, crl)),
+            }
+        }
+    }
+    out
+}
+
+fn peer_entry(ca: &Certificate, crl: &Crl) -> (Certificate, Crl, TrackedCrl) {
+    let entry = untended(crl, ca.subject(), ca.fingerprint(), CrlWindow::Peer);
+    (ca.clone(), crl.clone(), entry)
 }
 
 /// The verdict when some CA of the chain has no CRL that may be written: `ca-crl.pem` is not
@@ -513,6 +797,7 @@ fn intermediate_revoked(plan: &CacertsPlan, chosen: &[Chosen], inputs: &Inputs) 
 fn condition(
     chosen: &[Chosen],
     tracked: &[TrackedCrl],
+    retired: usize,
     problems_text: &str,
     settings: &Settings,
     now: Timestamp,
@@ -527,15 +812,24 @@ fn condition(
             true,
             reason::CURRENT,
             format!(
-                "ca-crl.pem holds {} CRLs, one for each CA of cert-chain.pem ({}); the next is replaced at {}",
+                "ca-crl.pem holds {} CRLs, one for each CA of cert-chain.pem ({}){}; the next is replaced at {}",
                 chosen.len(),
                 chosen
                     .iter()
                     .map(|(ca, crl, _)| format!("{} number {}", ca.subject(), crl.number().unwrap_or(0)))
                     .collect::<Vec<_>>()
                     .join(", "),
+                match retired {
+                    0 => String::new(),
+                    n => format!(
+                        ", and {n} of CAs no longer in it, kept until they lapse so that the workloads under them keep verifying"
+                    ),
+                },
                 tracked.iter().map(|t| t.refresh_at.as_str()).min().unwrap_or_default()
-            ),
+            ) + &match problems_text {
+                "" => String::new(),
+                text => format!(". Not used{text}"),
+            },
         ),
         Some((ca, crl)) => {
             let next_update = crl.next_update().unwrap_or(now);
@@ -748,6 +1042,188 @@ mod tests {
         }
     }
 
+    /// The intermediate a renewal replaces gets a CRL signed with its key, valid until it
+    /// expires, so that its workloads keep verifying where CRLs are checked; it is kept byte
+    /// for byte while the chain's own are refreshed, goes when it lapses, and is never made for
+    /// a revoked intermediate or an adopted target's.
+    #[test]
+    fn the_replaced_intermediate_keeps_a_crl_until_it_expires() {
+        let (plan, inputs, r) = setup();
+        let spec = enabled();
+        let (first, _) = apply(plan, &Target::Absent, Some(&spec), Some(&inputs), t0());
+        let replaced = first.contents.intermediate.clone();
+        let target = written(&first);
+        let source = source_under(&r);
+        let renewed = cacerts::plan(&source, &target, "mesh", &AdoptExisting::default(), t0()).unwrap();
+        let (out, verdict) = apply(renewed.clone(), &target, Some(&spec), Some(&inputs), t0() + HOUR);
+        let verdict = verdict.unwrap();
+        let set = crls(&out);
+        assert_eq!(set.len(), 3, "{set:?}");
+        assert!(set[0].is_signed_by(&renewed.contents.intermediate) && set[1].is_signed_by(&r.0));
+        assert!(set[2].is_signed_by(&replaced));
+        assert_eq!(set[2].next_update(), Some(replaced.not_after()));
+        assert!(set[2].revoked_serials().is_empty());
+        assert!(verdict.condition.0, "{:?}", verdict.condition);
+        assert!(
+            verdict.condition.2.contains("1 of CAs no longer in it"),
+            "{}",
+            verdict.condition.2
+        );
+        let entry = &verdict.tracked[2];
+        assert_eq!(entry.window, CrlWindow::Retired);
+        assert_eq!(entry.ca_fingerprint_sha256, replaced.fingerprint());
+        assert_eq!(entry.refresh_at, entry.next_update);
+
+        // The next look (status as written): the retired CRL is kept as it is.
+        let after = written(&out);
+        let seen = Inputs {
+            tracked: verdict.tracked.clone(),
+            ..inputs.clone()
+        };
+        let again = cacerts::plan(&source, &after, "mesh", &AdoptExisting::default(), t0()).unwrap();
+        let (kept, v) = apply(again.clone(), &after, Some(&spec), Some(&seen), t0() + DAY * 2 + HOUR);
+        assert_eq!(crls(&kept)[2], set[2], "kept byte for byte");
+        assert!(crls(&kept)[1].number() > set[1].number(), "the root's own is refreshed");
+        assert_eq!(v.unwrap().tracked[2].ca_fingerprint_sha256, replaced.fingerprint());
+        // Once the replaced intermediate has expired, its CRL goes, and the look after that is
+        // asked for then.
+        assert!(verdict.requeue_at <= Some(replaced.not_after()));
+        let late = replaced.not_after() + SignedDuration::from_secs(1);
+        let (gone, _) = apply(again, &after, Some(&spec), Some(&seen), late);
+        assert!(crls(&gone).iter().all(|c| !c.is_signed_by(&replaced)));
+
+        // Revoked: its workloads are refused anyway, and no CRL of it is made.
+        let revoking = Inputs {
+            revoked: vec![revoked(&replaced.serial_hex())],
+            ..inputs.clone()
+        };
+        let (out, _) = apply(renewed.clone(), &target, Some(&spec), Some(&revoking), t0() + HOUR);
+        assert!(crls(&out).iter().all(|c| !c.is_signed_by(&replaced)));
+
+        // Adopted: the Secret's CA is not ours to sign with, nor are its extra CRLs ours.
+        let foreign = Target::Present {
+            data: first.data.clone(),
+            owner: None,
+        };
+        let adopting = cacerts::plan(
+            &source_under(&r),
+            &foreign,
+            "mesh",
+            &AdoptExisting::KeepForeignKeys,
+            t0(),
+        )
+        .unwrap();
+        let (out, _) = apply(adopting, &foreign, Some(&spec), Some(&inputs), t0() + HOUR);
+        assert_eq!(crls(&out).len(), 2);
+    }
+
+    /// Peers' CRLs (from their bundle endpoints) follow the chain's own. A peer is believed
+    /// only about CAs under its own roots: never about this cluster's own CA (a shared root),
+    /// nor a CA that does not chain to its roots; an expired CRL or one older than the CRL in
+    /// place is refused, and the one in place then stays.
+    #[test]
+    fn peers_crls_follow_the_chains_own_and_are_believed_only_about_their_own_cas() {
+        let (plan, inputs, r) = setup();
+        let spec = enabled();
+        let peer_root = root(3650);
+        let peer = source_under(&peer_root);
+        let peer_key = SigningKey::from_pem(&peer.key_pem).unwrap();
+        let stranger_root = root(3650);
+        let stranger = source_under(&stranger_root);
+        let sign = |ca: &Certificate, key: &SigningKey, number: u64, at: Timestamp| {
+            let spec = CrlSpec {
+                number,
+                this_update: at,
+                next_update: at + DAY * 3,
+                revoked: Vec::new(),
+            };
+            crl::issue(&spec, &CaSigner { certificate: ca, key }).unwrap()
+        };
+        let peer_crls = |intermediate_number: u64, at: Timestamp| PeerCrls {
+            anchor: "cluster-b".into(),
+            // It shares this cluster's root too, as every cluster of a shared-root mesh does.
+            roots: vec![peer_root.0.clone(), r.0.clone()],
+            cas: vec![peer.intermediate.clone(), stranger.intermediate.clone()],
+            crls: vec![
+                sign(&peer.intermediate, &peer_key, intermediate_number, at),
+                sign(&peer_root.0, &peer_root.1, 10, at),
+                // This cluster's own root, as a compromised peer sharing it could hand over.
+                sign(&r.0, &r.1, 1, at),
+                sign(&stranger_root.0, &stranger_root.1, 10, at),
+            ],
+        };
+        let with = |peer: PeerCrls| Inputs {
+            peers: vec![peer],
+            ..inputs.clone()
+        };
+        let (out, verdict) = apply(
+            plan,
+            &Target::Absent,
+            Some(&spec),
+            Some(&with(peer_crls(10, t0()))),
+            t0() + HOUR,
+        );
+        let verdict = verdict.unwrap();
+        let set = crls(&out);
+        assert_eq!(set.len(), 4, "{set:?}");
+        assert!(set[0].is_signed_by(&out.contents.intermediate) && set[1].is_signed_by(&r.0));
+        assert!(set[1].number() != Some(1), "this cluster's own root CRL is its own");
+        assert!(set[2].is_signed_by(&peer.intermediate) && set[3].is_signed_by(&peer_root.0));
+        let windows: Vec<CrlWindow> = verdict.tracked.iter().map(|t| t.window).collect();
+        assert_eq!(
+            windows,
+            [CrlWindow::Current, CrlWindow::Current, CrlWindow::Peer, CrlWindow::Peer]
+        );
+        assert_eq!(
+            verdict.tracked[2].ca_fingerprint_sha256,
+            peer.intermediate.fingerprint()
+        );
+        let message = &verdict.condition.2;
+        assert!(verdict.condition.0, "{message}");
+        assert!(
+            message.contains("does not chain to the roots of its bundle"),
+            "{message}"
+        );
+        assert!(message.contains("signed by none of its CAs"), "{message}");
+        // A peer's CRL lapsing is looked at when it lapses.
+        assert!(verdict.requeue_at <= set[2].next_update());
+
+        // An older CRL than the one in place (a rollback) is refused; the one in place stays.
+        let target = written(&out);
+        let seen = |peer: PeerCrls| Inputs {
+            tracked: verdict.tracked.clone(),
+            ..with(peer)
+        };
+        let again = cacerts::plan(&source_under(&r), &target, "mesh", &AdoptExisting::default(), t0()).unwrap();
+        let (out, v) = apply(
+            again.clone(),
+            &target,
+            Some(&spec),
+            Some(&seen(peer_crls(5, t0()))),
+            t0() + HOUR,
+        );
+        let message = v.unwrap().condition.2;
+        assert!(message.contains("number 5, below 10"), "{message}");
+        assert!(crls(&out).contains(&set[2]), "the one in place stays");
+        // A newer one replaces it.
+        let (out, _) = apply(
+            again.clone(),
+            &target,
+            Some(&spec),
+            Some(&seen(peer_crls(11, t0()))),
+            t0() + HOUR,
+        );
+        let peers_now: Vec<Crl> = crls(&out)
+            .into_iter()
+            .filter(|c| c.is_signed_by(&peer.intermediate))
+            .collect();
+        assert_eq!(peers_now.iter().map(Crl::number).collect::<Vec<_>>(), [Some(11)]);
+        // An expired one is refused.
+        let late = t0() + DAY * 4;
+        let (_, v) = apply(again, &target, Some(&spec), Some(&seen(peer_crls(12, t0()))), late);
+        assert!(v.unwrap().condition.2.contains("expired"));
+    }
+
     /// A renewed intermediate is held back while the target holds CRLs and the new chain
     /// cannot have a CRL for every CA (istiod would keep the old CRLs, and Envoy refuse the new
     /// intermediate's workloads); it goes through once it can, and freely when no CRL was ever
@@ -764,9 +1240,12 @@ mod tests {
             problems: vec!["connection refused".into()],
             ..inputs.clone()
         };
-        // The root's CRL in place still serves the new chain while it is fresh.
+        // The root's CRL in place still serves the new chain while it is fresh; the replaced
+        // intermediate's follows the chain's own.
+        let replaced = &first.contents.intermediate;
         let (out, verdict) = apply(renewed.clone(), &target, Some(&spec), Some(&unreachable), t0() + HOUR);
-        assert!(verdict.unwrap().hold.is_none() && crls(&out).len() == 2);
+        assert!(verdict.unwrap().hold.is_none() && crls(&out).len() == 3);
+        assert!(crls(&out)[2].is_signed_by(replaced));
         // Once it has lapsed, nothing covers the root.
         let lapsed = t0() + DAY * 3 + HOUR;
         let (_, verdict) = apply(renewed.clone(), &target, Some(&spec), Some(&unreachable), lapsed);
@@ -775,8 +1254,9 @@ mod tests {
 
         let (out, verdict) = apply(renewed.clone(), &target, Some(&spec), Some(&inputs), lapsed);
         assert!(verdict.unwrap().hold.is_none());
-        assert_eq!(crls(&out).len(), 2);
+        assert_eq!(crls(&out).len(), 3);
         assert!(crls(&out)[0].is_signed_by(&renewed.contents.intermediate));
+        assert!(crls(&out)[2].is_signed_by(replaced));
 
         let bare = Target::Present {
             data: plan.data.clone(),

@@ -76,7 +76,9 @@ fn crls(icc: &IstioCACerts) -> Finding {
         );
     };
     let worst = status.crl.iter().map(|c| c.window).max_by_key(|w| match w {
-        CrlWindow::Current => 0,
+        // Never refreshed here by design: a retired one goes when it lapses, and its CA with
+        // it; a peer refreshes its own (fleet-peer-crls judges those).
+        CrlWindow::Current | CrlWindow::Retired | CrlWindow::Peer => 0,
         CrlWindow::RefreshDue => 1,
         CrlWindow::Expiring => 2,
     });
@@ -87,7 +89,7 @@ fn crls(icc: &IstioCACerts) -> Finding {
         current.message
     );
     match (current.status.as_str(), current.reason.as_str(), worst) {
-        ("True", _, None | Some(CrlWindow::Current)) => Finding::pass(id),
+        ("True", _, None | Some(CrlWindow::Current | CrlWindow::Retired | CrlWindow::Peer)) => Finding::pass(id),
         (_, reason::REFRESH_DUE, _) | ("True", _, Some(CrlWindow::RefreshDue)) => Finding::warn(id, what, fix),
         _ => Finding::fail(id, what, fix),
     }

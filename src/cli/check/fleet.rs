@@ -184,8 +184,9 @@ pub fn checks(members: &[Member]) -> Vec<Finding> {
 }
 
 /// Envoy checks the CRL of every CA of a peer's chain once any CRL is loaded: a cluster that
-/// writes `ca-crl.pem` needs the CRL of each peer's intermediate too, and those are not
-/// distributed (docs/revocation.md). Without one, its sidecars refuse that peer's workloads.
+/// writes `ca-crl.pem` needs the CRL of each peer's intermediate too, which comes only over
+/// the peer's SPIFFE bundle endpoint (docs/revocation.md). Without one, its sidecars refuse
+/// that peer's workloads.
 fn peer_crls(members: &[Member]) -> Finding {
     let id = CheckId::FleetPeerCrls;
     let mut findings = Vec::new();
@@ -210,7 +211,10 @@ fn peer_crls(members: &[Member]) -> Finding {
                     y.context
                 ),
                 format!(
-                    "peers' CRLs are not distributed yet: turn spec.revocation off in {} and restart its istiod (Istio keeps loaded CRLs), or use ztunnel there: {}#fleet-peer-crls",
+                    "in {}, follow {}'s SPIFFE bundle endpoint (spec.trustAnchors[].spiffeBundleEndpoint; {} serves it with spec.bundleEndpoint and revocation on), which carries its CRLs; or turn spec.revocation off in {} and restart its istiod (Istio keeps loaded CRLs), or use ztunnel there: {}#fleet-peer-crls",
+                    x.context,
+                    y.context,
+                    y.context,
                     x.context,
                     super::DOCS
                 ),
