@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use support::goverify::{istiod_loads, istiod_loads_at, workload_verifies};
+use support::goverify::{cacerts, istiod_loads, istiod_loads_at, workload_verifies};
 use support::openssl::{Workdir, workload_certificate};
 
 fn pki(root_bc: &str, int_ext: &str) -> Workdir {
@@ -17,14 +17,7 @@ const CA_EXT: &str =
     "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n";
 
 fn bundle(dir: &Workdir) -> BTreeMap<String, Vec<u8>> {
-    let int = dir.read("int.pem");
-    let root = dir.read("root.pem");
-    BTreeMap::from([
-        ("ca-cert.pem".to_string(), int.clone().into_bytes()),
-        ("ca-key.pem".to_string(), dir.read("int.key").into_bytes()),
-        ("cert-chain.pem".to_string(), format!("{int}{root}").into_bytes()),
-        ("root-cert.pem".to_string(), root.into_bytes()),
-    ])
+    cacerts(&dir.read("int.pem"), &dir.read("int.key"), "", &dir.read("root.pem"))
 }
 
 #[test]
@@ -47,33 +40,13 @@ fn three_levels(root_bc: &str) -> BTreeMap<String, Vec<u8>> {
         "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n",
     );
     dir.req_with_new_p256_key("istiod.key", "istiod.csr", None, "/O=goverify/CN=istiod", &[]);
-    dir.run(&[
-        "x509",
-        "-req",
-        "-in",
-        "istiod.csr",
-        "-CA",
-        "int.pem",
-        "-CAkey",
-        "int.key",
-        "-CAcreateserial",
-        "-days",
-        "30",
-        "-extfile",
-        "int.cnf",
-        "-out",
-        "istiod.pem",
-    ]);
-    let (istiod, int, root) = (dir.read("istiod.pem"), dir.read("int.pem"), dir.read("root.pem"));
-    BTreeMap::from([
-        ("ca-cert.pem".to_string(), istiod.clone().into_bytes()),
-        ("ca-key.pem".to_string(), dir.read("istiod.key").into_bytes()),
-        (
-            "cert-chain.pem".to_string(),
-            format!("{istiod}{int}{root}").into_bytes(),
-        ),
-        ("root-cert.pem".to_string(), root.into_bytes()),
-    ])
+    dir.sign("istiod.csr", ("int.pem", "int.key"), "30", "int.cnf", "istiod.pem", &[]);
+    cacerts(
+        &dir.read("istiod.pem"),
+        &dir.read("istiod.key"),
+        &dir.read("int.pem"),
+        &dir.read("root.pem"),
+    )
 }
 
 #[test]

@@ -18,7 +18,6 @@ use mesh_ca_issuer::api::istio_cacerts::{
     IstioCACerts, IstioCACertsSpec, PublishRoot, RootRotation, RotationMode, RotationPhase,
 };
 use mesh_ca_issuer::pki::Certificate;
-use support::cert_manager::{self as cm, IntermediateRequest};
 use support::goverify::workload_and_chain_verify as go_verifies;
 use support::issuer::a_year_at_most;
 use support::istiod::contains;
@@ -344,24 +343,13 @@ async fn bad_input_holds_the_rotation_with_a_clear_condition() {
         now - SignedDuration::from_hours(3),
     )
     .unwrap();
-    let (key, csr) = cm::make_key_and_csr(&IntermediateRequest::istiod("x", "mesh"));
-    let csr = mesh_ca_issuer::pki::CertificateSigningRequest::from_pem(csr.as_bytes()).unwrap();
-    let intermediate = mesh_ca_issuer::pki::sign::sign_csr(
-        &csr,
-        &mesh_ca_issuer::pki::policy::SigningPlan {
-            ca_path_len: Some(0),
-            not_before: now - SignedDuration::from_hours(3),
-            not_after: now - SignedDuration::from_hours(2),
-            requested: Duration::from_secs(1),
-            clamped: None,
-            name_constraints: None,
-        },
-        &mesh_ca_issuer::pki::sign::CaSigner {
-            certificate: &expired_root,
-            key: &expired_key,
-        },
-    )
-    .unwrap();
+    let plan = support::sign::plan(
+        true,
+        now - SignedDuration::from_hours(3),
+        now - SignedDuration::from_hours(2),
+        Duration::from_secs(1),
+    );
+    let (intermediate, key) = support::sign::istiod_intermediate(&plan, &expired_root, &expired_key);
     let secrets: Api<Secret> = mesh.ns.api();
     let expired_source = serde_json::json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": SOURCE},
