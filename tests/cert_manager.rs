@@ -15,7 +15,6 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::{Client, CustomResourceExt, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::{Certificate as CertificateSubset, CertificateRequest};
-use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
 use mesh_ca_issuer::pki::Certificate;
 use support::real_cert_manager::{self as real, CertManager, Options, certificates, condition};
@@ -49,19 +48,8 @@ async fn env(prefix: &str, options: Options) -> Env {
 }
 
 async fn ready_issuer(env: &Env, name: &str) {
-    let spec = IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: format!("{name}-root"),
-            bootstrap: Some(RootBootstrap::default()),
-        }),
-        ..Default::default()
-    };
-    env.ns
-        .api::<MeshCAIssuer>()
-        .create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
-        .await
-        .expect("create issuer");
-    support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), name, "True", TIMEOUT).await;
+    let spec = support::issuer::bootstrapped(&format!("{name}-root"));
+    support::issuer::create_ready(&env.ns.api(), name, spec, TIMEOUT).await;
 }
 
 /// istiod's intermediate as an Istio operator writes it (config/samples/certificate-istiod.yaml),

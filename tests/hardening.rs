@@ -57,7 +57,7 @@ fn local(secret_name: &str, bootstrap: bool) -> IssuerSpec {
 async fn only_a_secret_meant_as_a_ca_serves_a_local_ca_issuer() {
     let (_lock, client, ns) = support::namespaced_test("ca-secret-rules").await;
     // This namespace plays istiod's: the controller treats it as an Istio namespace.
-    let controller = RunningController::start(&["--namespace", &ns.name, "--istio-namespaces", &ns.name]).await;
+    let controller = RunningController::in_namespace_with(&ns.name, &["--istio-namespaces", &ns.name]).await;
     let secrets: Api<Secret> = ns.api();
     let issuers: Api<MeshCAIssuer> = ns.api();
     let cases = [
@@ -133,13 +133,14 @@ async fn only_a_secret_meant_as_a_ca_serves_a_local_ca_issuer() {
         "no Secret created"
     );
     drop(controller);
-    let _controller = RunningController::start(&[
-        "--namespace",
+    let _controller = RunningController::in_namespace_with(
         &ns.name,
-        "--istio-namespaces",
-        &ns.name,
-        "--allow-root-bootstrap-in-istio-namespaces=true",
-    ])
+        &[
+            "--istio-namespaces",
+            &ns.name,
+            "--allow-root-bootstrap-in-istio-namespaces=true",
+        ],
+    )
     .await;
     // Allowed, the root it bootstraps there is marked as a CA from the start.
     support::wait_issuer(&issuers, "boot", "True", TIMEOUT).await;
@@ -159,7 +160,7 @@ async fn only_a_secret_meant_as_a_ca_serves_a_local_ca_issuer() {
 #[tokio::test]
 async fn a_re_created_bootstrapped_root_is_a_warning_and_a_condition_naming_both_roots() {
     let (_lock, client, ns) = support::namespaced_test("reboot").await;
-    let _controller = RunningController::start(&["--namespace", &ns.name]).await;
+    let _controller = RunningController::in_namespace(&ns.name).await;
     let issuers: Api<MeshCAIssuer> = ns.api();
     issuers
         .create(

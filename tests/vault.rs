@@ -88,11 +88,7 @@ impl Env {
             policy,
             ..IssuerSpec::default()
         };
-        self.ns
-            .api::<MeshCAIssuer>()
-            .create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
-            .await
-            .unwrap();
+        support::issuer::create(&self.ns.api(), name, spec).await;
     }
 
     async fn wait_issuer(&self, name: &str, status: &str) -> (String, String) {
@@ -100,15 +96,8 @@ impl Env {
     }
 
     async fn secret(&self, name: &str, key: &str, value: &str) {
-        let secret: Secret = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name}, "stringData": {key: value}
-        }))
-        .unwrap();
-        self.ns
-            .api::<Secret>()
-            .create(&PostParams::default(), &secret)
-            .await
-            .unwrap();
+        let secret = serde_json::json!({"metadata": {"name": name}, "stringData": {key: value}});
+        support::objects::create_secret(&self.ns.api(), secret).await;
     }
 
     /// Serials of what the PKI mount signed besides its root.
@@ -472,13 +461,9 @@ async fn approle_and_token_auth_sign_and_a_wrong_role_secret_or_expired_token_is
 async fn a_sealed_vault_keeps_a_request_pending_and_after_unseal_it_is_issued_once() {
     let env = env("vault-sealed").await;
     // A short back-off keeps the test short; the schedule is the production one otherwise.
-    let _controller = RunningController::start(&[
-        "--namespace",
-        &env.ns.name,
-        "--retry-backoff-initial=1s",
-        "--retry-backoff-max=2s",
-    ])
-    .await;
+    let _controller =
+        RunningController::in_namespace_with(&env.ns.name, &["--retry-backoff-initial=1s", "--retry-backoff-max=2s"])
+            .await;
     env.role_for(ROLE, "vault");
     env.create_issuer("vault", env.vault(kubernetes_auth(ROLE))).await;
     env.wait_issuer("vault", "True").await;
@@ -537,13 +522,14 @@ path "pki/root/sign-intermediate" {
 async fn a_policy_or_an_issuer_that_refuses_the_csr_fails_the_request_with_vaults_reason() {
     let env = env("vault-refuse").await;
     // The retry budget a policy refusal (403) is retried within, shortened for the test.
-    let _controller = RunningController::start(&[
-        "--namespace",
+    let _controller = RunningController::in_namespace_with(
         &env.ns.name,
-        "--retry-backoff-initial=1s",
-        "--retry-backoff-max=2s",
-        "--max-retry-duration=6s",
-    ])
+        &[
+            "--retry-backoff-initial=1s",
+            "--retry-backoff-max=2s",
+            "--max-retry-duration=6s",
+        ],
+    )
     .await;
     // 1. An ACL policy that admits only prod.example's SPIFFE IDs.
     let policy = env.bao.file("prod-only.hcl", PROD_ONLY_POLICY);
@@ -679,12 +665,9 @@ async fn a_namespaced_issuer_logs_in_only_as_its_own_namespace_and_vault_servers
     }
     // --vault-servers that do not list this server: refused before any call, saying so.
     {
-        let _controller = RunningController::start(&[
-            "--namespace",
-            &env.ns.name,
-            "--vault-servers=https://vault.example.invalid:8200",
-        ])
-        .await;
+        let _controller =
+            RunningController::in_namespace_with(&env.ns.name, &["--vault-servers=https://vault.example.invalid:8200"])
+                .await;
         for issuer in ["own", "ambient"] {
             let message =
                 support::wait_issuer_reason(&env.ns.api::<MeshCAIssuer>(), issuer, "ServerNotAllowed", TIMEOUT).await;
@@ -697,13 +680,14 @@ async fn a_namespaced_issuer_logs_in_only_as_its_own_namespace_and_vault_servers
     }
     // Listed, and the controller's own token allowed for namespaced issuers: both are Ready.
     {
-        let _controller = RunningController::start(&[
-            "--namespace",
+        let _controller = RunningController::in_namespace_with(
             &env.ns.name,
-            &format!("--vault-servers={}/", env.bao.address),
-            "--issuer-ambient-credentials=true",
-            &format!("--service-account-token-file={}", token_file.display()),
-        ])
+            &[
+                &format!("--vault-servers={}/", env.bao.address),
+                "--issuer-ambient-credentials=true",
+                &format!("--service-account-token-file={}", token_file.display()),
+            ],
+        )
         .await;
         env.wait_issuer("own", "True").await;
         env.wait_issuer("ambient", "True").await;
