@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use mesh_ca_issuer::api::cert_manager::{CertificateRequest, CertificateRequestSpec, IssuerReference};
-use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer};
+use mesh_ca_issuer::api::issuer::MeshCAIssuer;
 use support::{TEST_MANAGER, TestNamespace, admin_client, client_with_token, ensure_crds};
 
 fn request(name: &str) -> CertificateRequest {
@@ -38,17 +38,8 @@ async fn custom_resource_write_is_stored_and_read_back() {
     ensure_crds(&client).await;
     let ns = TestNamespace::create(&client, "cp-cr-write").await;
     let issuers: Api<MeshCAIssuer> = ns.api();
-    let spec = IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: "root-ca".into(),
-            bootstrap: None,
-        }),
-        ..Default::default()
-    };
-    issuers
-        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", spec.clone()))
-        .await
-        .unwrap();
+    let spec = support::issuer::from_secret("root-ca");
+    support::issuer::create(&issuers, "mesh", spec.clone()).await;
 
     let stored = issuers.get("mesh").await.unwrap();
     assert_eq!(stored.spec, spec);
