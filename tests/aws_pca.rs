@@ -16,13 +16,10 @@ use mesh_ca_issuer::api::issuer::{IssuerSpec, MeshCAIssuer};
 use mesh_ca_issuer::pki::Certificate;
 use support::cert_manager::{self as cm, IntermediateRequest};
 use support::objects::create_secret;
-use support::pca::{ACCESS_KEY_ID, PcaFixture, SECRET_ACCESS_KEY};
+use support::pca::{ACCESS_KEY_ID, ENDPOINT_OVERRIDE, PcaFixture, SECRET_ACCESS_KEY};
 use support::{ControllerProcess, RunningController, eventually, issuer, openssl, wait_for_event};
 
 const TIMEOUT: Duration = Duration::from_secs(45);
-/// The tests' PCA is a loopback endpoint set on namespaced issuers (`spec.awsPCA.endpoint`):
-/// that takes the operator's consent (off by default).
-const ENDPOINT_OVERRIDE: &str = "--issuer-endpoint-override=true";
 /// Without `credentialsSecretRef` a namespaced issuer uses the controller's own identity only
 /// with the operator's consent (off by default).
 const AMBIENT: &str = "--issuer-ambient-credentials=true";

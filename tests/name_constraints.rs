@@ -25,7 +25,7 @@ use mesh_ca_issuer::pki::{Certificate, CertificateSigningRequest};
 use support::cert_manager::{self as cm, IntermediateRequest};
 use support::goverify::{self, istiod_loads, workload_verifies};
 use support::openssl::{self, Workdir, workload_certificate};
-use support::pca::{ACCESS_KEY_ID, PcaFixture, SECRET_ACCESS_KEY};
+use support::pca::{ACCESS_KEY_ID, ENDPOINT_OVERRIDE, PcaFixture, SECRET_ACCESS_KEY};
 use support::{RunningController, eventually};
 
 const TIMEOUT: Duration = Duration::from_secs(45);
@@ -78,6 +78,19 @@ impl Intermediate {
             chain: chain.iter().skip(1).map(Certificate::to_pem).collect(),
             root: String::from_utf8(status.ca.clone().unwrap()).unwrap(),
         }
+    }
+
+    /// openssl reads a critical name constraint permitting only OWN's URIs; its text is
+    /// printed for the reader (`what` says which intermediate).
+    fn assert_openssl_shows_own_constraint(&self, what: &str) {
+        let text = openssl::text(self.certificate.as_bytes());
+        assert!(
+            text.contains(&format!(
+                "X509v3 Name Constraints: critical\n                Permitted:\n                  URI:{OWN}\n"
+            )),
+            "{text}"
+        );
+        println!("--- openssl x509 -text of {what} intermediate ---\n{text}");
     }
 
     /// A workload certificate for `sans` (a SPIFFE ID, optionally `,DNS:...`), as istiod makes
@@ -355,7 +368,7 @@ fn ztunnels_verifier_refuses_even_its_own_trust_domain_under_a_uri_constrained_i
 type Env = support::WithNamespace<RunningController>;
 
 async fn env(prefix: &str) -> Env {
-    Env::controlled(prefix, &["--trust-domain", OWN, "--issuer-endpoint-override=true"]).await
+    Env::controlled(prefix, &["--trust-domain", OWN, ENDPOINT_OVERRIDE]).await
 }
 
 fn policy(mode: NameConstraintsMode) -> IssuancePolicy {
@@ -423,14 +436,7 @@ async fn local_root_issues_an_intermediate_constrained_to_its_trust_domain_and_c
     );
 
     let int = Intermediate::from_request(&cr, &key);
-    let text = openssl::text(int.certificate.as_bytes());
-    assert!(
-        text.contains(&format!(
-            "X509v3 Name Constraints: critical\n                Permitted:\n                  URI:{OWN}\n"
-        )),
-        "{text}"
-    );
-    println!("--- openssl x509 -text of a localCA intermediate ---\n{text}");
+    int.assert_openssl_shows_own_constraint("a localCA");
     int.prove_constrained_to(OWN, OTHER);
 
     // IstioCACerts writes it to cacerts and shows the constraints in status.intermediate.
@@ -550,14 +556,7 @@ async fn aws_pca_issues_a_constrained_intermediate_through_the_passthrough_templ
     assert_eq!(issued["custom_extensions"][0]["critical"], true);
 
     let int = Intermediate::from_request(&cr, &key);
-    let text = openssl::text(int.certificate.as_bytes());
-    assert!(
-        text.contains(&format!(
-            "X509v3 Name Constraints: critical\n                Permitted:\n                  URI:{OWN}\n"
-        )),
-        "{text}"
-    );
-    println!("--- openssl x509 -text of an awsPCA intermediate ---\n{text}");
+    int.assert_openssl_shows_own_constraint("an awsPCA");
     int.prove_constrained_to(OWN, OTHER);
 }
 

@@ -17,7 +17,7 @@ use mesh_ca_issuer::api::cert_manager::CertificateRequest;
 use mesh_ca_issuer::api::issuer::MeshCAIssuer;
 use support::RunningController;
 use support::cert_manager as cm;
-use support::pca::{PcaFixture, create_credentials_secret};
+use support::pca::{ENDPOINT_OVERRIDE, PcaFixture, create_credentials_secret};
 
 const BUDGET_ANNOTATION: &str = "meshca.io/first-transient-failure";
 
@@ -58,7 +58,7 @@ async fn a_request_that_waited_longer_than_the_budget_still_rides_out_throttling
             "--retry-backoff-initial",
             "1s",
             // The namespaced issuer points at the local PCA endpoint: the operator's opt-in.
-            "--issuer-endpoint-override=true",
+            ENDPOINT_OVERRIDE,
         ],
     )
     .await;
@@ -125,7 +125,7 @@ async fn one_transient_error_while_rechecking_leaves_a_ready_issuer_ready() {
     let pca = PcaFixture::start();
     create_credentials_secret(&ns.api()).await;
     // The namespaced issuer points at the local PCA endpoint: the operator's opt-in.
-    let controller = RunningController::in_namespace_with(&ns.name, &["--issuer-endpoint-override=true"]).await;
+    let controller = RunningController::in_namespace_with(&ns.name, &[ENDPOINT_OVERRIDE]).await;
     let arn = pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
     let spec = pca.issuer_spec(&arn);
     let issuers: Api<MeshCAIssuer> = ns.api();

@@ -17,15 +17,13 @@ use mesh_ca_issuer::api::cert_manager::CertificateRequest;
 use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, MeshCAIssuer};
 use support::cert_manager::{self as cm, IntermediateRequest};
 use support::objects::create_tls_secret;
-use support::pca::{ACCESS_KEY_ID, PcaFixture, SECRET_ACCESS_KEY, create_credentials_secret};
+use support::pca::{ACCESS_KEY_ID, ENDPOINT_OVERRIDE, PcaFixture, SECRET_ACCESS_KEY, create_credentials_secret};
 use support::{
     ControllerProcess, RunningController, ScopeLock, TestNamespace, goverify, issuer, openssl, wait_for_event,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(45);
 const ARN_ANNOTATION: &str = "meshca.io/aws-pca-certificate-arn";
-/// The tests' PCA is a loopback endpoint set on namespaced issuers: that takes consent.
-const ENDPOINT_OVERRIDE: &str = "--issuer-endpoint-override=true";
 
 // === helpers ===
 
@@ -302,49 +300,67 @@ async fn weak_requests_are_failed_by_name_and_never_signed() {
         .map(|i| format!("DNS:padding-{i:05}.example.org,"))
         .collect::<String>()
         + istiod;
-    let cases: Vec<(&str, String, &str)> = vec![
+    // (request name, key, digest, SANs, what the refusal says); each CSR has a file name of its own.
+    let weak: [(&str, &[&str], &str, &str, &str); 8] = [
         // Today's gap: an RSA-1024 SHA-1 CSR got a CA certificate. The signature is named first.
         (
             "rsa1024-sha1",
-            openssl_csr(&dir, "a", &rsa1024, "-sha1", istiod),
+            &rsa1024,
+            "-sha1",
+            istiod,
             "signed with sha1WithRSAEncryption (SHA-1)",
         ),
         (
             "rsa1024",
-            openssl_csr(&dir, "b", &rsa1024, "-sha256", istiod),
+            &rsa1024,
+            "-sha256",
+            istiod,
             "RSA key has 1024 bits; at least 2048 are required",
         ),
         (
             "sha1",
-            openssl_csr(&dir, "c", &rsa2048, "-sha1", istiod),
+            &rsa2048,
+            "-sha1",
+            istiod,
             "signed with sha1WithRSAEncryption (SHA-1)",
         ),
         (
             "md5",
-            openssl_csr(&dir, "d", &rsa2048, "-md5", istiod),
+            &rsa2048,
+            "-md5",
+            istiod,
             "signed with md5WithRSAEncryption (MD5)",
         ),
         (
             "p521",
-            openssl_csr(&dir, "e", &p521, "-sha512", istiod),
+            &p521,
+            "-sha512",
+            istiod,
             "curve P-521 (secp521r1); only P-256 and P-384",
         ),
         (
             "secp256k1",
-            openssl_csr(&dir, "f", &k256, "-sha256", istiod),
+            &k256,
+            "-sha256",
+            istiod,
             "curve secp256k1; only P-256 and P-384",
         ),
         (
             "many-sans",
-            openssl_csr(&dir, "g", &p256, "-sha256", &many),
+            &p256,
+            "-sha256",
+            &many,
             "102 subject alternative names; at most 100",
         ),
-        (
-            "huge",
-            openssl_csr(&dir, "h", &p256, "-sha256", &huge),
-            "at most 65536 are accepted",
-        ),
+        ("huge", &p256, "-sha256", &huge, "at most 65536 are accepted"),
     ];
+    let cases: Vec<(&str, String, &str)> = weak
+        .iter()
+        .zip('a'..)
+        .map(|(&(name, key, digest, sans, expected), file)| {
+            (name, openssl_csr(&dir, &file.to_string(), key, digest, sans), expected)
+        })
+        .collect();
     let base = IntermediateRequest::istiod("x", "pca");
     for (name, csr, _) in &cases {
         request_with(&env.client, &env.ns.name, &base.named(name), csr.as_bytes(), &[]).await;

@@ -11,6 +11,10 @@ use mesh_ca_issuer::api::issuer::{AwsCredentialsSecretRef, AwsPCA, IssuerSpec};
 /// The static test credentials the fixture accepts.
 pub const ACCESS_KEY_ID: &str = "AKIDMESHCATEST";
 pub const SECRET_ACCESS_KEY: &str = "meshca-test-secret-key-0123456789abcdef";
+/// The tests' PCA is a loopback endpoint set on namespaced issuers (`spec.awsPCA.endpoint`):
+/// that takes the operator's consent, off by default, so every controller of a PCA test is
+/// started with this flag.
+pub const ENDPOINT_OVERRIDE: &str = "--issuer-endpoint-override=true";
 /// The Secret holding them that the tests' issuers name (`credentialsSecretRef`).
 pub const CREDENTIALS_SECRET: &str = "aws-creds";
 
