@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::PostParams;
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
 use mesh_ca_issuer::api::issuer::{IssuerSpec, MeshCAIssuer};
 use mesh_ca_issuer::pki::Certificate;
@@ -716,9 +715,7 @@ async fn a_pca_chain_without_a_crl_writes_no_ca_crl_pem_and_still_renews() {
         }),
         ..Default::default()
     };
-    iccs.create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
-        .await
-        .unwrap();
+    support::objects::create_icc(&iccs, "istiod", spec).await;
     let condition = |type_: &'static str| {
         let iccs = &iccs;
         async move {

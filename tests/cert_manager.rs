@@ -137,11 +137,7 @@ async fn create_istio_cacerts(env: &Env, source: &str) {
         target_secret_name: "cacerts".into(),
         ..Default::default()
     };
-    env.ns
-        .api::<IstioCACerts>()
-        .create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
-        .await
-        .expect("create IstioCACerts");
+    support::objects::create_icc(&env.ns.api(), "istiod", spec).await;
 }
 
 /// Waits until IstioCACerts `istiod` has published the intermediate with `fingerprint`.

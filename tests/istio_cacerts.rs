@@ -639,9 +639,7 @@ async fn a_refused_cacerts_write_is_retried_until_it_is_allowed() {
         adopt_existing: AdoptExisting::Never,
         ..Default::default()
     };
-    api.create(&PostParams::default(), &IstioCACerts::new("mesh", spec))
-        .await
-        .unwrap();
+    support::objects::create_icc(&api, "mesh", spec).await;
     let failed_message = eventually(TIMEOUT, || async {
         let icc = api.get("mesh").await.ok()?;
         let c = condition(&icc, "Ready")?.clone();

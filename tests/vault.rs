@@ -165,19 +165,11 @@ async fn cacerts_from(
     key: &str,
 ) -> BTreeMap<String, Vec<u8>> {
     cm::write_certificate_secret(client, &ns.name, SOURCE, cr, key).await;
-    ns.api::<IstioCACerts>()
-        .create(
-            &PostParams::default(),
-            &IstioCACerts::new(
-                "istiod",
-                IstioCACertsSpec {
-                    source_secret_name: SOURCE.into(),
-                    ..Default::default()
-                },
-            ),
-        )
-        .await
-        .unwrap();
+    let spec = IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        ..Default::default()
+    };
+    support::objects::create_icc(&ns.api(), "istiod", spec).await;
     eventually(TIMEOUT, || async {
         let secret = ns.api::<Secret>().get_opt("cacerts").await.ok()??;
         let data: BTreeMap<String, Vec<u8>> = secret.data?.into_iter().map(|(k, v)| (k, v.0)).collect();
@@ -287,9 +279,7 @@ async fn the_chain_under_openbao_carries_openbaos_crl_and_a_revocation_there_rea
         ..Default::default()
     };
     let iccs = env.ns.api::<IstioCACerts>();
-    iccs.create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
-        .await
-        .unwrap();
+    support::objects::create_icc(&iccs, "istiod", spec).await;
     let crls_of = |data: &BTreeMap<String, Vec<u8>>| {
         data.get("ca-crl.pem")
             .map(|pem| Crl::parse_pem_bundle(pem, "ca-crl.pem").unwrap())

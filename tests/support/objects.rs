@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, RotationPhase};
+use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, RotationPhase};
 
 use super::{TEST_MANAGER, eventually};
 
@@ -98,6 +98,13 @@ pub async fn create_tls_secret(secrets: &Api<Secret>, name: &str, certificate: &
         }),
     )
     .await
+}
+
+/// Creates IstioCACerts `name` with `spec` in the namespace of `api`; returns it as created.
+pub async fn create_icc(api: &Api<IstioCACerts>, name: &str, spec: IstioCACertsSpec) -> IstioCACerts {
+    api.create(&PostParams::default(), &IstioCACerts::new(name, spec))
+        .await
+        .unwrap_or_else(|e| panic!("creating IstioCACerts {name}: {e}"))
 }
 
 /// Copies Secret `name` from `from` into namespace `namespace` of `to`, as a platform team
