@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
 use mesh_ca_issuer::api::issuer::{IssuerSpec, MeshCAIssuer};
 use mesh_ca_issuer::pki::Certificate;
-use support::cert_manager::{self as cm, IntermediateRequest};
+use support::cert_manager::{self as cm, IntermediateRequest, issued_parts};
 use support::objects::create_secret;
 use support::pca::{ACCESS_KEY_ID, ENDPOINT_OVERRIDE, PcaFixture, SECRET_ACCESS_KEY};
 use support::{ControllerProcess, RunningController, eventually, issuer, openssl, wait_for_event};
@@ -42,15 +42,6 @@ async fn wait_issuer(env: &Env, name: &str, status: &str) -> (String, String) {
     support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), name, status, TIMEOUT).await
 }
 
-fn issued_parts(cr: &CertificateRequest) -> (Vec<Certificate>, Certificate) {
-    let status = cr.status.as_ref().unwrap();
-    let chain = Certificate::parse_pem_bundle(status.certificate.as_deref().unwrap(), "certificate").unwrap();
-    let root = Certificate::parse_pem_bundle(status.ca.as_deref().unwrap(), "ca")
-        .unwrap()
-        .remove(0);
-    (chain, root)
-}
-
 #[tokio::test]
 async fn an_istiod_intermediate_is_signed_by_the_pca_exactly_once() {
     let env = env("pca-happy").await;
@@ -71,15 +62,7 @@ async fn an_istiod_intermediate_is_signed_by_the_pca_exactly_once() {
         root.is_self_signed() && root.subject().contains("Test PCA Root"),
         "status.ca is the PCA root"
     );
-    let certificate = cr.status.as_ref().unwrap().certificate.clone().unwrap();
-    let ca = cr.status.as_ref().unwrap().ca.clone().unwrap();
-    assert_eq!(openssl::verify(&ca, &certificate), "chain.pem: OK");
-    let text = openssl::text(&certificate);
-    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
-    assert!(
-        text.contains("URI:spiffe://cluster.local/ns/istio-system/sa/istiod"),
-        "{text}"
-    );
+    openssl::assert_istiod_intermediate(&cr);
     // The ARN was recorded on the request, and exactly one certificate was issued.
     let arn_recorded = cr.annotations().get(ARN_ANNOTATION).cloned().expect("ARN annotation");
     assert!(arn_recorded.starts_with(&arn));

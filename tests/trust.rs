@@ -506,22 +506,17 @@ async fn a_stored_arn_of_another_ca_or_another_key_is_failed_and_nothing_is_writ
     assert_eq!(env.pca.calls("IssueCertificate").await, 2);
     let gets_before = env.pca.calls("GetCertificate").await;
 
-    let fresh = |name: &str| {
+    // A fresh request `name` for issuer `a` that carries the stored ARN `arn`, once Failed with
+    // nothing written: its Ready message.
+    let failed_with_arn = async |name: &str, arn: &str| {
         let req = IntermediateRequest::istiod(name, "a");
         let (_, csr) = cm::make_key_and_csr(&req);
-        (req, csr)
+        let annotations = [(ARN_ANNOTATION, arn)];
+        request_with(&env.client, &env.ns.name, &req, csr.as_bytes(), &annotations).await;
+        wait_failed_unsigned(&env.client, &env.ns.name, name).await
     };
     // Another CA's certificate: refused before any call.
-    let (req, csr) = fresh("foreign-ca");
-    request_with(
-        &env.client,
-        &env.ns.name,
-        &req,
-        csr.as_bytes(),
-        &[(ARN_ANNOTATION, &arns["b"])],
-    )
-    .await;
-    let message = wait_failed_unsigned(&env.client, &env.ns.name, "foreign-ca").await;
+    let message = failed_with_arn("foreign-ca", &arns["b"]).await;
     assert!(
         message.contains("ARN check failed") && message.contains(&other_ca),
         "{message}"
@@ -533,44 +528,17 @@ async fn a_stored_arn_of_another_ca_or_another_key_is_failed_and_nothing_is_writ
     );
 
     // This CA's certificate, but for another key (the request "from-a"'s).
-    let (req, csr) = fresh("other-key");
-    request_with(
-        &env.client,
-        &env.ns.name,
-        &req,
-        csr.as_bytes(),
-        &[(ARN_ANNOTATION, &arns["a"])],
-    )
-    .await;
-    let message = wait_failed_unsigned(&env.client, &env.ns.name, "other-key").await;
+    let message = failed_with_arn("other-key", &arns["a"]).await;
     assert!(message.contains("public key check failed"), "{message}");
 
     // A certificate this CA does not have: permanent, not an endless wait on the issuer.
     let missing = format!("{}/certificate/00000000000000000000000000000000", env.ca_arn);
-    let (req, csr) = fresh("missing");
-    request_with(
-        &env.client,
-        &env.ns.name,
-        &req,
-        csr.as_bytes(),
-        &[(ARN_ANNOTATION, &missing)],
-    )
-    .await;
-    let message = wait_failed_unsigned(&env.client, &env.ns.name, "missing").await;
+    let message = failed_with_arn("missing", &missing).await;
     assert!(message.contains("ResourceNotFoundException"), "{message}");
 
     // PCA says issuing the recorded certificate failed: permanent too.
     env.pca.inject("GetCertificate", "request_failed", 1).await;
-    let (req, csr) = fresh("request-failed");
-    request_with(
-        &env.client,
-        &env.ns.name,
-        &req,
-        csr.as_bytes(),
-        &[(ARN_ANNOTATION, &arns["a"])],
-    )
-    .await;
-    let message = wait_failed_unsigned(&env.client, &env.ns.name, "request-failed").await;
+    let message = failed_with_arn("request-failed", &arns["a"]).await;
     assert!(message.contains("RequestFailedException"), "{message}");
 
     assert_eq!(env.pca.calls("IssueCertificate").await, 2, "nothing more was signed");

@@ -25,7 +25,7 @@ use mesh_ca_issuer::api::issuer::{
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
 use mesh_ca_issuer::api::name_constraints::{NameConstraintsMode, NameConstraintsPolicy};
 use mesh_ca_issuer::pki::Certificate;
-use support::cert_manager::{self as cm, IntermediateRequest};
+use support::cert_manager::{self as cm, IntermediateRequest, issued_parts};
 use support::goverify::workload_and_chain_verify as go_verifies;
 use support::openbao::{OpenBao, create_service_account};
 use support::openssl::{self, workload_certificate, workload_verifies as openssl_verifies};
@@ -128,15 +128,6 @@ fn selector(name: &str) -> SecretKeySelector {
     }
 }
 
-fn issued_parts(cr: &CertificateRequest) -> (Vec<Certificate>, Certificate) {
-    let status = cr.status.as_ref().unwrap();
-    let chain = Certificate::parse_pem_bundle(status.certificate.as_deref().unwrap(), "certificate").unwrap();
-    let root = Certificate::parse_pem_bundle(status.ca.as_deref().unwrap(), "ca")
-        .unwrap()
-        .remove(0);
-    (chain, root)
-}
-
 fn serial_of(cr: &CertificateRequest) -> String {
     issued_parts(cr).0[0].serial_hex().to_ascii_lowercase()
 }
@@ -214,15 +205,7 @@ async fn an_intermediate_signed_through_kubernetes_auth_verifies_under_openbaos_
     let (chain, root) = issued_parts(&cr);
     assert_eq!(chain.len(), 1, "the intermediate only; the root goes to status.ca");
     assert_eq!(root, env.root, "status.ca is OpenBao's root");
-    let certificate = cr.status.as_ref().unwrap().certificate.clone().unwrap();
-    let ca = cr.status.as_ref().unwrap().ca.clone().unwrap();
-    assert_eq!(openssl::verify(&ca, &certificate), "chain.pem: OK");
-    let text = openssl::text(&certificate);
-    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
-    assert!(
-        text.contains("URI:spiffe://cluster.local/ns/istio-system/sa/istiod"),
-        "{text}"
-    );
+    let text = openssl::assert_istiod_intermediate(&cr);
     assert!(!text.contains("DNS:"), "the CN is not made a SAN: {text}");
     assert!(ready_message(&cr).contains("(vault)"), "{}", ready_message(&cr));
     // Exactly one certificate signed, and it is the one handed out.

@@ -165,6 +165,23 @@ pub fn verify_leaf(leaf_pem: &[u8], untrusted_pem: &[u8], roots_pem: &[u8]) -> R
     }
 }
 
+/// openssl's judgement of the intermediate a request was issued: its chain verifies against
+/// `status.ca` (x509_strict), and it is a CA for workloads only (pathLen 0) carrying istiod's
+/// SPIFFE ID. Returns its `openssl x509 -text`, for the caller's own checks.
+pub fn assert_istiod_intermediate(cr: &mesh_ca_issuer::api::cert_manager::CertificateRequest) -> String {
+    let status = cr.status.as_ref().expect("an issued request");
+    let certificate = status.certificate.clone().expect("status.certificate");
+    let ca = status.ca.clone().expect("status.ca");
+    assert_eq!(verify(&ca, &certificate), "chain.pem: OK");
+    let text = text(&certificate);
+    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+    assert!(
+        text.contains("URI:spiffe://cluster.local/ns/istio-system/sa/istiod"),
+        "{text}"
+    );
+    text
+}
+
 /// `openssl x509 -text` of the first certificate in `pem`.
 pub fn text(pem: &[u8]) -> String {
     let dir = Workdir::new();
