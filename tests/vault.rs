@@ -69,13 +69,7 @@ impl Env {
 
     /// `spec.vault` for this server (trusting its dev TLS CA) with `auth`.
     fn vault(&self, auth: VaultAuth) -> Vault {
-        Vault {
-            server: self.bao.address.clone(),
-            path: "pki/root/sign-intermediate".into(),
-            ca_bundle: Some(k8s_openapi::ByteString(self.bao.tls_ca.clone().into_bytes())),
-            auth,
-            ..Vault::default()
-        }
+        vault_of(&self.bao, auth)
     }
 
     async fn create_issuer(&self, name: &str, vault: Vault) {
@@ -106,11 +100,28 @@ impl Env {
     }
 }
 
+/// `spec.vault` for `bao` (trusting its dev TLS CA, signing at its root's sign-intermediate)
+/// with `auth`.
+fn vault_of(bao: &OpenBao, auth: VaultAuth) -> Vault {
+    Vault {
+        server: bao.address.clone(),
+        path: "pki/root/sign-intermediate".into(),
+        ca_bundle: Some(k8s_openapi::ByteString(bao.tls_ca.clone().into_bytes())),
+        auth,
+        ..Vault::default()
+    }
+}
+
 /// Kubernetes auth as ServiceAccount `vault-auth` of the issuer's namespace.
 fn kubernetes_auth(role: &str) -> VaultAuth {
+    kubernetes_auth_at(K8S_MOUNT, role)
+}
+
+/// Kubernetes auth at mount `mount` as ServiceAccount `vault-auth` of the issuer's namespace.
+fn kubernetes_auth_at(mount: &str, role: &str) -> VaultAuth {
     VaultAuth {
         kubernetes: Some(VaultKubernetesAuth {
-            mount_path: format!("/v1/auth/{K8S_MOUNT}"),
+            mount_path: format!("/v1/auth/{mount}"),
             role: role.into(),
             service_account_ref: Some(VaultServiceAccountRef {
                 name: SA.into(),
@@ -696,23 +707,7 @@ impl VaultCluster {
             controller.log()
         );
         let spec = IssuerSpec {
-            vault: Some(Vault {
-                server: bao.address.clone(),
-                path: "pki/root/sign-intermediate".into(),
-                ca_bundle: Some(k8s_openapi::ByteString(bao.tls_ca.clone().into_bytes())),
-                auth: VaultAuth {
-                    kubernetes: Some(VaultKubernetesAuth {
-                        mount_path: format!("/v1/auth/{mount}"),
-                        role: ROLE.into(),
-                        service_account_ref: Some(VaultServiceAccountRef {
-                            name: SA.into(),
-                            audiences: vec![],
-                        }),
-                    }),
-                    ..VaultAuth::default()
-                },
-                ..Vault::default()
-            }),
+            vault: Some(vault_of(bao, kubernetes_auth_at(mount, ROLE))),
             ..IssuerSpec::default()
         };
         ns.api::<MeshCAIssuer>()
