@@ -312,12 +312,8 @@ async fn a_revoked_intermediate_is_listed_said_and_replaced() {
 /// refuse B today) and with B's own intermediate CRL added (what distribution would give).
 #[tokio::test]
 async fn meshca_revoke_cuts_off_a_peer_sharing_the_root_until_it_has_a_new_intermediate() {
-    let support::mesh::TwoClusters {
-        mut a,
-        mut b,
-        lock: _lock,
-    } = support::mesh::TwoClusters::start("revocation-peer", "mesh").await;
-    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    let support::mesh::TwoClusters { a, b, lock: _lock } =
+        support::mesh::TwoClusters::start_waiting("revocation-peer", "mesh", TIMEOUT).await;
     a.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;
     b.copy_secret(&a, "mesh-root").await;
     b.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;

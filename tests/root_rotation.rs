@@ -475,12 +475,7 @@ async fn phases(a: &Mesh, b: &Mesh) -> (Option<RotationPhase>, Option<RotationPh
 
 #[tokio::test]
 async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_advance() {
-    let TwoClusters {
-        mut a,
-        mut b,
-        lock: _lock,
-    } = TwoClusters::start("rotation-fleet", "mesh").await;
-    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    let TwoClusters { a, b, lock: _lock } = TwoClusters::start_waiting("rotation-fleet", "mesh", TIMEOUT).await;
     let namespace = a.ns.name.clone();
     assert_ne!(a.context, b.context);
     // One old and one new root, shared: bootstrapped in A, copied to B.
@@ -608,12 +603,7 @@ async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_a
 /// switch goes. B verifies A's workloads before, in AddingNewRoot and after the switch.
 #[tokio::test]
 async fn a_peer_federated_by_copy_must_trust_the_new_root_before_the_switch() {
-    let TwoClusters {
-        mut a,
-        mut b,
-        lock: _lock,
-    } = TwoClusters::start("rotation-peer", "mesh").await;
-    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    let TwoClusters { a, b, lock: _lock } = TwoClusters::start_waiting("rotation-peer", "mesh", TIMEOUT).await;
     let namespace = a.ns.name.clone();
     a.root_issuer("old", "87600h").await;
     a.root_issuer("new", "175200h").await;
@@ -729,12 +719,7 @@ async fn a_peer_federated_by_copy_must_trust_the_new_root_before_the_switch() {
 /// certificate of each verifies at the other at every step, with openssl and Go.
 #[tokio::test]
 async fn federated_clusters_follow_a_peers_root_rotation_through_bundle_endpoints() {
-    let TwoClusters {
-        mut a,
-        mut b,
-        lock: _lock,
-    } = TwoClusters::start("rotation-endpoints", "mesh").await;
-    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    let TwoClusters { a, b, lock: _lock } = TwoClusters::start_waiting("rotation-endpoints", "mesh", TIMEOUT).await;
     a.root_issuer("own", "87600h").await;
     b.root_issuer("old", "87600h").await;
     b.root_issuer("new", "175200h").await;
