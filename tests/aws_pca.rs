@@ -42,6 +42,15 @@ async fn wait_issuer(env: &Env, name: &str, status: &str) -> (String, String) {
     support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), name, status, TIMEOUT).await
 }
 
+/// A CA with `key_algorithm` in the PCA and MeshCAIssuer `pca` for it, once Ready: where most
+/// tests start, once their controller runs. The CA's ARN.
+async fn ready_pca_issuer(env: &Env, key_algorithm: &str) -> String {
+    let arn = env.pca.create_ca(key_algorithm, "GENERAL_PURPOSE", 3650).await;
+    issuer::create(&env.ns.api(), "pca", env.pca.issuer_spec(&arn)).await;
+    wait_issuer(env, "pca", "True").await;
+    arn
+}
+
 #[tokio::test]
 async fn an_istiod_intermediate_is_signed_by_the_pca_exactly_once() {
     let env = env("pca-happy").await;
@@ -248,9 +257,7 @@ async fn throttling_and_server_errors_keep_requests_pending_then_issue_once() {
     // A 1 s initial back-off keeps the test short; the schedule is the production one otherwise.
     let _controller =
         RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE, "--retry-backoff-initial", "1s"]).await;
-    let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
-    issuer::create(&env.ns.api(), "pca", env.pca.issuer_spec(&arn)).await;
-    wait_issuer(&env, "pca", "True").await;
+    ready_pca_issuer(&env, "EC_prime256v1").await;
     // The first three IssueCertificate calls are throttled, the fourth gets a 500; the new
     // certificate then answers RequestInProgress to its first GetCertificate.
     env.pca.inject("IssueCertificate", "throttle", 3).await;
@@ -297,9 +304,7 @@ async fn throttling_and_server_errors_keep_requests_pending_then_issue_once() {
 async fn requests_pca_refuses_fail_and_malformed_csrs_never_reach_it() {
     let env = env("pca-malformed").await;
     let _controller = RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE]).await;
-    let arn = env.pca.create_ca("RSA_2048", "GENERAL_PURPOSE", 3650).await;
-    issuer::create(&env.ns.api(), "pca", env.pca.issuer_spec(&arn)).await;
-    wait_issuer(&env, "pca", "True").await;
+    ready_pca_issuer(&env, "RSA_2048").await;
     // A CSR that is not a CSR is refused before any billed call.
     let req = IntermediateRequest::istiod("garbage", "pca");
     cm::create_request(
@@ -328,9 +333,7 @@ async fn requests_pca_refuses_fail_and_malformed_csrs_never_reach_it() {
 async fn a_certificate_that_differs_from_the_request_is_never_handed_out() {
     let env = env("pca-tamper").await;
     let _controller = RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE]).await;
-    let arn = env.pca.create_ca("RSA_2048", "GENERAL_PURPOSE", 3650).await;
-    issuer::create(&env.ns.api(), "pca", env.pca.issuer_spec(&arn)).await;
-    wait_issuer(&env, "pca", "True").await;
+    ready_pca_issuer(&env, "RSA_2048").await;
     let cases = [
         (
             "path-len",
@@ -374,9 +377,7 @@ async fn a_disabled_ca_makes_requests_wait_until_it_is_enabled() {
     let _controller =
         RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE, "--issuer-recheck-interval", "2s"])
             .await;
-    let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
-    issuer::create(&env.ns.api(), "pca", env.pca.issuer_spec(&arn)).await;
-    wait_issuer(&env, "pca", "True").await;
+    let arn = ready_pca_issuer(&env, "EC_prime256v1").await;
     env.pca.set_ca_status(&arn, "DISABLED").await;
     let message = support::wait_issuer_reason(&env.ns.api::<MeshCAIssuer>(), "pca", "CADisabled", TIMEOUT).await;
     assert!(
@@ -620,9 +621,7 @@ async fn no_credentials_or_keys_in_logs_events_or_conditions() {
         "{}",
         controller.log()
     );
-    let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
-    issuer::create(&env.ns.api(), "pca", env.pca.issuer_spec(&arn)).await;
-    wait_issuer(&env, "pca", "True").await;
+    ready_pca_issuer(&env, "EC_prime256v1").await;
     let (_, key) = cm::request_until(
         &env.client,
         &env.ns.name,
