@@ -384,14 +384,7 @@ async fn adopting_never_deletes_a_typed_secret_with_foreign_keys_unless_replace_
         "{message}"
     );
     wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "AdoptionNeedsReplace").await;
-    // No sleep: the refusal is decided before any write, and act writes cacerts first and the
-    // status and event last, so the reconcile that raised this event wrote nothing.
-    let after = secrets.get("cacerts").await.unwrap();
-    assert_eq!(
-        fingerprint_of(&after),
-        fingerprint_of(&before),
-        "not deleted, not changed"
-    );
+    assert_unchanged_after_refusal(&secrets, "cacerts", &before, "not deleted, not changed").await;
 
     env.patch_icc(serde_json::json!({"spec": {"adoptExisting": "Replace"}}))
         .await;
@@ -861,6 +854,15 @@ async fn bad_sources_leave_cacerts_untouched_with_the_cause() {
     }
 }
 
+/// Secret `name` still has the fingerprint it had `before` (`what` says whose it is). No
+/// sleep is needed once the refusal's event is out: the refusal is decided before any write,
+/// and act writes cacerts first and the status and event last, so the reconcile that raised
+/// the event wrote nothing.
+async fn assert_unchanged_after_refusal(secrets: &Api<Secret>, name: &str, before: &Secret, what: &str) {
+    let after = secrets.get(name).await.unwrap();
+    assert_eq!(fingerprint_of(&after), fingerprint_of(before), "{what}");
+}
+
 /// Everything of a Secret that a write could change.
 fn fingerprint_of(secret: &Secret) -> impl PartialEq + std::fmt::Debug {
     (
@@ -914,14 +916,13 @@ async fn a_target_outside_the_allowed_names_is_refused_and_left_byte_for_byte() 
         assert!(message.contains(needed), "{needed}: {message}");
     }
     wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "TargetNotAllowed").await;
-    // No sleep: the refusal is decided before any write, and act writes cacerts first and the
-    // status and event last, so the reconcile that raised this event wrote nothing.
-    let after = secrets.get("istio-ingressgateway-certs").await.unwrap();
-    assert_eq!(
-        fingerprint_of(&after),
-        fingerprint_of(&before),
-        "the gateway's Secret is untouched"
-    );
+    assert_unchanged_after_refusal(
+        &secrets,
+        "istio-ingressgateway-certs",
+        &before,
+        "the gateway's Secret is untouched",
+    )
+    .await;
     assert!(
         secrets.get_opt("cacerts").await.unwrap().is_none(),
         "nothing else written"
@@ -989,14 +990,7 @@ async fn a_target_that_is_the_source_is_refused_and_cert_managers_secret_kept() 
         "{message}"
     );
     wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "TargetIsSource").await;
-    // No sleep: the refusal is decided before any write, and act writes cacerts first and the
-    // status and event last, so the reconcile that raised this event wrote nothing.
-    let after = secrets.get(SOURCE).await.unwrap();
-    assert_eq!(
-        fingerprint_of(&after),
-        fingerprint_of(&before),
-        "cert-manager's Secret is untouched"
-    );
+    assert_unchanged_after_refusal(&secrets, SOURCE, &before, "cert-manager's Secret is untouched").await;
 }
 
 #[tokio::test]
