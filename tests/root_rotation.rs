@@ -82,6 +82,26 @@ fn rotating(mode: RotationMode) -> IstioCACertsSpec {
     }
 }
 
+/// [`rotating`] with its delays set: trust propagation `trust`, workload drain `drain`.
+fn rotating_with(mode: RotationMode, trust: &str, drain: &str) -> IstioCACertsSpec {
+    let mut spec = rotating(mode);
+    if let Some(r) = spec.root_rotation.as_mut() {
+        r.trust_propagation_delay = trust.into();
+        r.workload_drain_delay = drain.into();
+    }
+    spec
+}
+
+/// Roots `old` and `new` in `mesh`, and `cacerts` Synced from `old` under an IstioCACerts
+/// `spec`: where the single-mesh rotation tests start, the new root not yet issued.
+async fn synced_on_old_root(mesh: &Mesh, spec: IstioCACertsSpec) {
+    mesh.root_issuer("old", "87600h").await;
+    mesh.root_issuer("new", "175200h").await;
+    mesh.issue("old").await;
+    mesh.create_icc(spec).await;
+    mesh.wait_condition("Ready", "Synced").await;
+}
+
 /// A controller process watching only `namespace`, optionally stopping dead at a failpoint.
 async fn controller(namespace: &str, failpoint: Option<&str>, logs: &Path) -> ControllerProcess {
     let env: Vec<(&str, &str)> = failpoint.map(|f| ("MESHCA_FAILPOINT", f)).into_iter().collect();
@@ -145,11 +165,7 @@ async fn one_cluster_rotates_through_every_phase_across_crashes_and_restarts() {
     let namespace = ns.name.clone();
     let mesh = mesh_in(&client, ns);
     let mut running = controller(&namespace, None, logs.path()).await;
-    mesh.root_issuer("old", "87600h").await;
-    mesh.root_issuer("new", "175200h").await;
-    mesh.issue("old").await;
-    mesh.create_icc(rotating(RotationMode::Automatic)).await;
-    mesh.wait_condition("Ready", "Synced").await;
+    synced_on_old_root(&mesh, rotating(RotationMode::Automatic)).await;
     let (old_root, new_root) = (mesh.root_of("old").await, mesh.root_of("new").await);
     let recorder = mesh.record_cacerts();
     let started = Instant::now();
@@ -961,17 +977,8 @@ async fn an_early_advance_is_refused_and_only_force_moves_at_once_naming_who_set
     let namespace = ns.name.clone();
     let mesh = mesh_in(&client, ns);
     let _running = controller(&namespace, None, logs.path()).await;
-    mesh.root_issuer("old", "87600h").await;
-    mesh.root_issuer("new", "175200h").await;
-    mesh.issue("old").await;
-    let mut spec = rotating(RotationMode::Manual);
-    if let Some(r) = spec.root_rotation.as_mut() {
-        // Long enough that the test ends well inside it.
-        r.trust_propagation_delay = "1h".into();
-        r.workload_drain_delay = "25h".into();
-    }
-    mesh.create_icc(spec).await;
-    mesh.wait_condition("Ready", "Synced").await;
+    // Delays long enough that the test ends well inside them.
+    synced_on_old_root(&mesh, rotating_with(RotationMode::Manual, "1h", "25h")).await;
     mesh.issue("new").await;
     let icc = mesh.wait_phase(RotationPhase::AddingNewRoot).await;
     let next = icc.status.unwrap().root_rotation.unwrap().next_phase_at.unwrap();
@@ -1065,16 +1072,7 @@ async fn a_controller_with_default_flags_refuses_a_one_minute_drain_naming_the_m
         "--min-trust-propagation-delay=1m",
     ];
     let _running = controller_with(&namespace, &defaults, logs.path()).await;
-    mesh.root_issuer("old", "87600h").await;
-    mesh.root_issuer("new", "175200h").await;
-    mesh.issue("old").await;
-    let mut spec = rotating(RotationMode::Automatic);
-    if let Some(r) = spec.root_rotation.as_mut() {
-        r.trust_propagation_delay = "1h".into();
-        r.workload_drain_delay = "1m".into();
-    }
-    mesh.create_icc(spec).await;
-    mesh.wait_condition("Ready", "Synced").await;
+    synced_on_old_root(&mesh, rotating_with(RotationMode::Automatic, "1h", "1m")).await;
     // Said before any new root arrives.
     mesh.wait_condition("RootRotation", "DelayTooShort").await;
     let synced = mesh.cacerts_secret().await;
