@@ -211,8 +211,7 @@ async fn an_intermediate_signed_through_kubernetes_auth_verifies_under_openbaos_
         certificate: Some(SOURCE.into()),
         ..IntermediateRequest::istiod("istiod-1", "vault")
     };
-    let key = cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+    let (cr, key) = cm::request_until(&env.client, &env.ns.name, &req, &["Issued"], TIMEOUT).await;
     let (chain, root) = issued_parts(&cr);
     assert_eq!(chain.len(), 1, "the intermediate only; the root goes to status.ca");
     assert_eq!(root, env.root, "status.ca is OpenBao's root");
@@ -260,8 +259,7 @@ async fn the_chain_under_openbao_carries_openbaos_crl_and_a_revocation_there_rea
         certificate: Some(SOURCE.into()),
         ..IntermediateRequest::istiod("istiod-1", "vault")
     };
-    let key = cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+    let (cr, key) = cm::request_until(&env.client, &env.ns.name, &req, &["Issued"], TIMEOUT).await;
     cm::write_certificate_secret(&env.client, &env.ns.name, SOURCE, &cr, &key).await;
     let spec = IstioCACertsSpec {
         source_secret_name: SOURCE.into(),
@@ -381,8 +379,9 @@ async fn approle_and_token_auth_sign_and_a_wrong_role_secret_or_expired_token_is
     for issuer in ["approle", "token"] {
         env.wait_issuer(issuer, "True").await;
         let req = IntermediateRequest::istiod(&format!("via-{issuer}"), issuer);
-        cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-        let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+        let cr = cm::request_until(&env.client, &env.ns.name, &req, &["Issued"], TIMEOUT)
+            .await
+            .0;
         assert_eq!(issued_parts(&cr).1, env.root);
     }
     let signed_before = env.signed().len();
@@ -434,8 +433,9 @@ async fn approle_and_token_auth_sign_and_a_wrong_role_secret_or_expired_token_is
             "{issuer}: a secret in {message}"
         );
         let req = IntermediateRequest::istiod(&format!("via-{issuer}"), issuer);
-        cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-        let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Pending"], TIMEOUT).await;
+        let cr = cm::request_until(&env.client, &env.ns.name, &req, &["Pending"], TIMEOUT)
+            .await
+            .0;
         assert!(ready_message(&cr).contains("not Ready"), "{}", ready_message(&cr));
     }
     assert_eq!(env.signed().len(), signed_before, "nothing signed for them");
@@ -454,8 +454,9 @@ async fn a_sealed_vault_keeps_a_request_pending_and_after_unseal_it_is_issued_on
 
     env.bao.seal();
     let req = IntermediateRequest::istiod("during-seal", "vault");
-    cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Pending"], TIMEOUT).await;
+    let cr = cm::request_until(&env.client, &env.ns.name, &req, &["Pending"], TIMEOUT)
+        .await
+        .0;
     let pending = eventually(TIMEOUT, || async {
         let cr = env.ns.api::<CertificateRequest>().get(&req.name).await.ok()?;
         let message = ready_message(&cr);
@@ -560,8 +561,9 @@ async fn a_policy_or_an_issuer_that_refuses_the_csr_fails_the_request_with_vault
     env.create_issuer("no-issuing", env.vault(kubernetes_auth(ROLE))).await;
     env.wait_issuer("no-issuing", "True").await;
     let req = IntermediateRequest::istiod("no-issuing", "no-issuing");
-    cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-    let failed = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Failed"], TIMEOUT).await;
+    let failed = cm::request_until(&env.client, &env.ns.name, &req, &["Failed"], TIMEOUT)
+        .await
+        .0;
     let message = ready_message(&failed);
     println!("refused by the issuer: {message}");
     assert!(
@@ -676,8 +678,7 @@ async fn a_namespaced_issuer_logs_in_only_as_its_own_namespace_and_vault_servers
         env.wait_issuer("own", "True").await;
         env.wait_issuer("ambient", "True").await;
         let req = IntermediateRequest::istiod("ambient-1", "ambient");
-        cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-        cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+        cm::request_until(&env.client, &env.ns.name, &req, &["Issued"], TIMEOUT).await;
     }
 }
 
@@ -729,8 +730,7 @@ impl VaultCluster {
             certificate: Some(SOURCE.into()),
             ..IntermediateRequest::istiod("istiod-1", "vault")
         };
-        let key = cm::request_and_approve(&self.client, &self.ns.name, &req).await;
-        let cr = cm::wait_for_reason(&self.client, &self.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+        let (cr, key) = cm::request_until(&self.client, &self.ns.name, &req, &["Issued"], TIMEOUT).await;
         cacerts_from(&self.client, &self.ns, &cr, &key).await
     }
 
@@ -870,8 +870,7 @@ async fn no_token_secret_or_key_appears_in_the_controller_log_and_logins_are_rev
             ..IntermediateRequest::istiod(&format!("via-{issuer}"), issuer)
         };
         let started = Instant::now();
-        let key = cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-        let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+        let (cr, key) = cm::request_until(&env.client, &env.ns.name, &req, &["Issued"], TIMEOUT).await;
         issuance.push(started.elapsed());
         if issuer == "k8s" {
             // The intermediate's key passes through the controller into cacerts.
@@ -1064,8 +1063,9 @@ async fn name_constraints_openbao_cannot_add_fail_the_request_and_constraints_th
     env.wait_issuer("vault", "True").await;
     // The CSR carries no constraints: Vault could not add them, so nothing is signed.
     let plain_req = IntermediateRequest::istiod("unconstrained", "vault");
-    cm::request_and_approve(&env.client, &env.ns.name, &plain_req).await;
-    let failed = cm::wait_for_reason(&env.client, &env.ns.name, &plain_req.name, &["Failed"], TIMEOUT).await;
+    let failed = cm::request_until(&env.client, &env.ns.name, &plain_req, &["Failed"], TIMEOUT)
+        .await
+        .0;
     let message = ready_message(&failed);
     println!("{message}");
     assert!(
@@ -1086,8 +1086,9 @@ async fn name_constraints_openbao_cannot_add_fail_the_request_and_constraints_th
         name_constraints: Some(constraints.to_der().unwrap()),
         ..IntermediateRequest::istiod("constrained", "vault")
     };
-    cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+    let cr = cm::request_until(&env.client, &env.ns.name, &req, &["Issued"], TIMEOUT)
+        .await
+        .0;
     let text = openssl::text(cr.status.as_ref().unwrap().certificate.as_deref().unwrap());
     assert!(
         text.contains("X509v3 Name Constraints: critical") && text.contains("URI:cluster.local"),
