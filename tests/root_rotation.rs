@@ -92,6 +92,17 @@ fn rotating_with(mode: RotationMode, trust: &str, drain: &str) -> IstioCACertsSp
     spec
 }
 
+/// No rotation under way, and `cacerts` still the version `synced` was: what a refused or
+/// unapproved new root leaves.
+async fn assert_held(mesh: &Mesh, icc: &IstioCACerts, synced: &Secret) {
+    assert_eq!(phase_of(icc), None);
+    assert_eq!(
+        mesh.cacerts_secret().await.resource_version(),
+        synced.resource_version(),
+        "cacerts untouched"
+    );
+}
+
 /// Roots `old` and `new` in `mesh`, and `cacerts` Synced from `old` under an IstioCACerts
 /// `spec`: where the single-mesh rotation tests start, the new root not yet issued.
 async fn synced_on_old_root(mesh: &Mesh, spec: IstioCACertsSpec) {
@@ -384,11 +395,7 @@ async fn bad_input_holds_the_rotation_with_a_clear_condition() {
             condition(icc, "Ready").is_some_and(|c| c.reason == "NewRootRefused" && c.message.contains("expired"))
         })
         .await;
-    assert_eq!(phase_of(&icc), None);
-    assert_eq!(
-        mesh.cacerts_secret().await.resource_version(),
-        synced.resource_version()
-    );
+    assert_held(&mesh, &icc, &synced).await;
 
     // multiRootMeshEnabled: false refuses the new root and says what to set.
     mesh.patch_icc(serde_json::json!({"spec": {"rootRotation": {"multiRootMeshEnabled": false}}}))
@@ -400,11 +407,7 @@ async fn bad_input_holds_the_rotation_with_a_clear_condition() {
         message.contains("ISTIO_MULTIROOT_MESH") && message.contains("spec.rootRotation.multiRootMeshEnabled"),
         "{message}"
     );
-    assert_eq!(phase_of(&icc), None);
-    assert_eq!(
-        mesh.cacerts_secret().await.resource_version(),
-        synced.resource_version()
-    );
+    assert_held(&mesh, &icc, &synced).await;
 
     // Confirmed, the good new root starts the rotation; then a pause holds it through its delay.
     mesh.patch_icc(serde_json::json!({"spec": {"rootRotation": {"multiRootMeshEnabled": true}}}))
@@ -904,12 +907,7 @@ async fn a_new_root_waits_for_meshca_rotation_approve_which_refuses_another_fing
     );
     let waiting = icc.status.as_ref().and_then(|s| s.new_root_awaiting_approval.clone());
     assert_eq!(waiting.map(|w| w.fingerprint_sha256), Some(fingerprint.clone()));
-    assert_eq!(phase_of(&icc), None);
-    assert_eq!(
-        mesh.cacerts_secret().await.resource_version(),
-        synced.resource_version(),
-        "cacerts untouched"
-    );
+    assert_held(&mesh, &icc, &synced).await;
 
     // Another root's fingerprint (here the old one's) is refused and nothing is written.
     let kubeconfig = support::kubeconfig();
