@@ -48,8 +48,7 @@ async fn env(prefix: &str, options: Options) -> Env {
 }
 
 async fn ready_issuer(env: &Env, name: &str) {
-    let spec = support::issuer::bootstrapped(&format!("{name}-root"));
-    support::issuer::create_ready(&env.ns.api(), name, spec, TIMEOUT).await;
+    support::issuer::create_ready_with_own_root(&env.ns.api(), name, TIMEOUT).await;
 }
 
 /// istiod's intermediate as an Istio operator writes it (config/samples/certificate-istiod.yaml),

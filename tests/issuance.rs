@@ -45,13 +45,7 @@ async fn wait_issuer(env: &Env, name: &str, status: &str) -> (String, String) {
 }
 
 async fn ready_issuer(env: &Env, name: &str) {
-    issuer::create_ready(
-        &env.ns.api(),
-        name,
-        issuer::bootstrapped(&format!("{name}-root")),
-        TIMEOUT,
-    )
-    .await;
+    issuer::create_ready_with_own_root(&env.ns.api(), name, TIMEOUT).await;
 }
 
 /// Stops bootstrapping the issuer's root Secret (`<name>-root`), so a Secret the test changes

@@ -61,6 +61,12 @@ pub async fn create(api: &Api<MeshCAIssuer>, name: &str, spec: IssuerSpec) {
         .unwrap_or_else(|e| panic!("creating MeshCAIssuer {name}: {e}"));
 }
 
+/// Creates MeshCAIssuer `name` with a root of its own bootstrapped into `<name>-root`, and
+/// waits until it is Ready: the issuer most tests just need to exist.
+pub async fn create_ready_with_own_root(api: &Api<MeshCAIssuer>, name: &str, timeout: Duration) {
+    create_ready(api, name, bootstrapped(&format!("{name}-root")), timeout).await;
+}
+
 /// Creates MeshCAIssuer `name` with `spec` and waits until it is Ready.
 pub async fn create_ready(api: &Api<MeshCAIssuer>, name: &str, spec: IssuerSpec, timeout: Duration) {
     create(api, name, spec).await;
