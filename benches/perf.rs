@@ -968,15 +968,11 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    // `cargo test --all-targets` runs bench binaries without `--bench`: this one needs a
-    // control plane, which hack/bench provides.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("perf benchmark: run it with hack/bench");
+    if !common::started_by_hack_bench("perf") {
         return;
     }
     let smoke = std::env::args().any(|a| a == "--smoke");
     let sizes = Sizes::from_env(smoke);
-    mesh_ca_issuer::install_crypto_provider();
     let client = Client::try_default().await.expect("KUBECONFIG");
     let prefix = format!("perf-{}", std::process::id());
     let ns = prefix.clone();
