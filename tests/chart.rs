@@ -546,9 +546,7 @@ fn the_approver_may_be_limited_to_named_issuers() {
 
 #[tokio::test]
 async fn samples_are_valid_against_the_installed_crds() {
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::create(&client, "chart-samples").await;
+    let (client, ns) = support::test_namespace("chart-samples").await;
     for file in [
         "clustermeshcaissuer-localca.yaml",
         "clustermeshcaissuer-awspca.yaml",

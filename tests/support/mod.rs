@@ -607,6 +607,15 @@ impl ScopeLock {
     }
 }
 
+/// An admin client with the CRDs installed and a namespace of its own, `<prefix>-<suffix>`:
+/// how a test that runs no controller (or runs its own, as a process) starts.
+pub async fn test_namespace(prefix: &str) -> (Client, TestNamespace) {
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    (client, ns)
+}
+
 /// How a test whose controllers watch only its own namespace starts: an admin client with the
 /// CRDs installed, the shared [`ScopeLock`], and a namespace of its own. Bound as
 /// `let (_lock, client, ns) = ...`, the namespace is removed before the lock is released.
