@@ -54,6 +54,15 @@ impl Mesh {
     }
 }
 
+/// A test's own namespace as one mesh (see [`mesh_in`]) and a directory for its controllers'
+/// logs: where every single-mesh rotation test starts, before its controller. Bound as
+/// `let (_lock, logs, mesh) = ...`, the namespace goes first, the lock last.
+async fn one_mesh(prefix: &str) -> (support::ScopeLock, tempfile::TempDir, Mesh) {
+    let (lock, client, ns) = support::namespaced_test(prefix).await;
+    let logs = tempfile::tempdir().unwrap();
+    (lock, logs, mesh_in(&client, ns))
+}
+
 /// A mesh `mesh` in `ns`, waiting as long as rotations take.
 fn mesh_in(client: &kube::Client, ns: support::TestNamespace) -> Mesh {
     let mut mesh = Mesh::new(client.clone(), ns, "mesh");
@@ -171,10 +180,8 @@ fn holds(data: &BTreeMap<String, Vec<u8>>, root: &Certificate) -> bool {
 
 #[tokio::test]
 async fn one_cluster_rotates_through_every_phase_across_crashes_and_restarts() {
-    let (_lock, client, ns) = support::namespaced_test("rotation-one").await;
-    let logs = tempfile::tempdir().unwrap();
-    let namespace = ns.name.clone();
-    let mesh = mesh_in(&client, ns);
+    let (_lock, logs, mesh) = one_mesh("rotation-one").await;
+    let (client, namespace) = (mesh.client.clone(), mesh.ns.name.clone());
     let mut running = controller(&namespace, None, logs.path()).await;
     synced_on_old_root(&mesh, rotating(RotationMode::Automatic)).await;
     let (old_root, new_root) = (mesh.root_of("old").await, mesh.root_of("new").await);
@@ -340,10 +347,8 @@ async fn one_cluster_rotates_through_every_phase_across_crashes_and_restarts() {
 
 #[tokio::test]
 async fn bad_input_holds_the_rotation_with_a_clear_condition() {
-    let (_lock, client, ns) = support::namespaced_test("rotation-bad").await;
-    let logs = tempfile::tempdir().unwrap();
-    let namespace = ns.name.clone();
-    let mesh = mesh_in(&client, ns);
+    let (_lock, logs, mesh) = one_mesh("rotation-bad").await;
+    let (client, namespace) = (mesh.client.clone(), mesh.ns.name.clone());
     let _running = controller(&namespace, None, logs.path()).await;
     mesh.root_issuer("old", "87600h").await;
     mesh.root_issuer("short", "8760h").await;
@@ -873,10 +878,8 @@ async fn federated_clusters_follow_a_peers_root_rotation_through_bundle_endpoint
 /// the rotation starts.
 #[tokio::test]
 async fn a_new_root_waits_for_meshca_rotation_approve_which_refuses_another_fingerprint() {
-    let (_lock, client, ns) = support::namespaced_test("rotation-approve").await;
-    let logs = tempfile::tempdir().unwrap();
-    let namespace = ns.name.clone();
-    let mesh = mesh_in(&client, ns);
+    let (_lock, logs, mesh) = one_mesh("rotation-approve").await;
+    let namespace = mesh.ns.name.clone();
     let _running = controller(&namespace, None, logs.path()).await;
     mesh.root_issuer("old", "87600h").await;
     mesh.issue("old").await;
@@ -970,10 +973,8 @@ async fn a_new_root_waits_for_meshca_rotation_approve_which_refuses_another_fing
 /// `force-<phase>` moves at once, and a Warning event names the field manager that set it.
 #[tokio::test]
 async fn an_early_advance_is_refused_and_only_force_moves_at_once_naming_who_set_it() {
-    let (_lock, client, ns) = support::namespaced_test("rotation-gate").await;
-    let logs = tempfile::tempdir().unwrap();
-    let namespace = ns.name.clone();
-    let mesh = mesh_in(&client, ns);
+    let (_lock, logs, mesh) = one_mesh("rotation-gate").await;
+    let (client, namespace) = (mesh.client.clone(), mesh.ns.name.clone());
     let _running = controller(&namespace, None, logs.path()).await;
     // Delays long enough that the test ends well inside them.
     synced_on_old_root(&mesh, rotating_with(RotationMode::Manual, "1h", "25h")).await;
@@ -1060,10 +1061,8 @@ async fn an_early_advance_is_refused_and_only_force_moves_at_once_naming_who_set
 /// is refused before the rotation starts, naming the field, the value, the minimum and flags.
 #[tokio::test]
 async fn a_controller_with_default_flags_refuses_a_one_minute_drain_naming_the_minimum() {
-    let (_lock, client, ns) = support::namespaced_test("rotation-min").await;
-    let logs = tempfile::tempdir().unwrap();
-    let namespace = ns.name.clone();
-    let mesh = mesh_in(&client, ns);
+    let (_lock, logs, mesh) = one_mesh("rotation-min").await;
+    let (client, namespace) = (mesh.client.clone(), mesh.ns.name.clone());
     let defaults = [
         "--workload-cert-ttl=24h",
         "--clock-skew-allowance=5m",
