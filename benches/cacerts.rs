@@ -32,15 +32,10 @@ where
 
 #[tokio::main]
 async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("cacerts benchmark: run it with hack/bench");
+    if !common::started_by_hack_bench("cacerts") {
         return;
     }
-    mesh_ca_issuer::install_crypto_provider();
-    let renewals: usize = std::env::var("MESHCA_BENCH_RENEWALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+    let renewals: usize = common::env_or("MESHCA_BENCH_RENEWALS", 100);
     let client = Client::try_default().await.expect("KUBECONFIG");
     let ns = format!("bench-cacerts-{}", std::process::id());
     common::create_namespace(&client, &ns).await;
@@ -58,9 +53,8 @@ async fn main() {
     let mut issued: Vec<(CertificateRequest, String)> = Vec::new();
     for i in 0..=renewals {
         let req = cert_manager::IntermediateRequest::istiod(&format!("istiod-{i}"), "bench");
-        let key = cert_manager::request_and_approve(&client, &ns, &req).await;
-        let cr = cert_manager::wait_for_reason(&client, &ns, &req.name, &["Issued"], Duration::from_secs(120)).await;
-        issued.push((cr, key));
+        let issued_one = cert_manager::request_until(&client, &ns, &req, &["Issued"], Duration::from_secs(120)).await;
+        issued.push(issued_one);
     }
     let (first, first_key) = &issued[0];
     cert_manager::write_certificate_secret(&client, &ns, "istiod-intermediate", first, first_key).await;

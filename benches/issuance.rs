@@ -141,17 +141,10 @@ async fn run_batch(client: &Client, ns: &str, n: usize, tag: &str) -> (Vec<Durat
 
 #[tokio::main]
 async fn main() {
-    // `cargo test --all-targets` runs bench binaries without `--bench`: this one needs a
-    // control plane and a controller, which hack/bench provides.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("issuance benchmark: run it with hack/bench");
+    if !common::started_by_hack_bench("issuance") {
         return;
     }
-    mesh_ca_issuer::install_crypto_provider();
-    let pid: u32 = std::env::var("MESHCA_BENCH_CONTROLLER_PID")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let pid: u32 = common::env_or("MESHCA_BENCH_CONTROLLER_PID", 0);
     let sizes: Vec<usize> = std::env::var("MESHCA_BENCH_SIZES")
         .unwrap_or_else(|_| "100,500".into())
         .split(',')

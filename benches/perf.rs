@@ -588,28 +588,38 @@ struct Burst {
     wasted_signatures: u64,
 }
 
+/// What the controller's timed bursts run against: the client, the controller under test,
+/// its namespace and the template request. One value, so that each burst's signature says
+/// only which batch it times.
+struct Stage<'a> {
+    client: &'a Client,
+    controller: &'a Controller,
+    ns: &'a str,
+    template: &'a Template,
+}
+
+impl Stage<'_> {
+    /// The namespace's requests, and the names of the `n` requests of batch `batch`.
+    fn batch(&self, batch: &str, n: usize) -> (Api<CertificateRequest>, Vec<String>) {
+        let api = Api::namespaced(self.client.clone(), self.ns);
+        (api, (0..n).map(|i| format!("{batch}-{i}")).collect())
+    }
+}
+
 /// N approved requests wait on the missing issuer `issuer`; it is created (on the already
 /// bootstrapped root), and the clock runs until all are Ready.
-async fn gated_burst(
-    client: &Client,
-    controller: &Controller,
-    ns: &str,
-    template: &Template,
-    n: usize,
-    batch: &str,
-) -> Burst {
-    let api: Api<CertificateRequest> = Api::namespaced(client.clone(), ns);
+async fn gated_burst(stage: &Stage<'_>, n: usize, batch: &str) -> Burst {
+    let (api, names) = stage.batch(batch, n);
     let issuer = format!("{batch}-issuer");
-    let names: Vec<String> = (0..n).map(|i| format!("{batch}-{i}")).collect();
     create_all(
         &api,
         names
             .iter()
-            .map(|name| request(name, batch, &issuer, "meshca.io", &template.csr))
+            .map(|name| request(name, batch, &issuer, "meshca.io", &stage.template.csr))
             .collect(),
     )
     .await;
-    approve_all(client, ns, &names).await;
+    approve_all(stage.client, stage.ns, &names).await;
     // Gated: every request has been told it waits (so the approvals are processed) first.
     wait_batch(&api, batch, n, |cr| {
         cr.condition("Ready")
@@ -617,16 +627,19 @@ async fn gated_burst(
     })
     .await;
     let ready = watch_listed(&api, batch, n, is_ready).await;
-    let cpu_before = controller.cpu();
-    let writes_before = controller.status_writes().await;
-    let (conflicts_before, wasted_before) = (controller.conflicts().await, controller.wasted_signatures().await);
+    let cpu_before = stage.controller.cpu();
+    let writes_before = stage.controller.status_writes().await;
+    let (conflicts_before, wasted_before) = (
+        stage.controller.conflicts().await,
+        stage.controller.wasted_signatures().await,
+    );
     let (secret_gets_before, request_gets_before) = (
-        apiserver_gets(client, "secrets").await,
-        apiserver_gets(client, "certificaterequests").await,
+        apiserver_gets(stage.client, "secrets").await,
+        apiserver_gets(stage.client, "certificaterequests").await,
     );
     let started = Instant::now();
     let create_issuer = async {
-        let issuers: Api<mesh_ca_issuer::api::issuer::MeshCAIssuer> = Api::namespaced(client.clone(), ns);
+        let issuers: Api<mesh_ca_issuer::api::issuer::MeshCAIssuer> = Api::namespaced(stage.client.clone(), stage.ns);
         let spec = IssuerSpec {
             local_ca: Some(LocalCA {
                 secret_name: ROOT_SECRET.into(),
@@ -649,20 +662,20 @@ async fn gated_burst(
     let burst = Burst {
         took: since_start(ready.values().max()),
         first_ready: since_start(ready.values().min()),
-        cpu_per_request: (controller.cpu().saturating_sub(cpu_before)) / n as u32,
-        status_writes_per_request: per_request(controller.status_writes().await.saturating_sub(writes_before)),
+        cpu_per_request: (stage.controller.cpu().saturating_sub(cpu_before)) / n as u32,
+        status_writes_per_request: per_request(stage.controller.status_writes().await.saturating_sub(writes_before)),
         secret_gets_per_request: per_request(
-            apiserver_gets(client, "secrets")
+            apiserver_gets(stage.client, "secrets")
                 .await
                 .saturating_sub(secret_gets_before),
         ),
         request_gets_per_request: per_request(
-            apiserver_gets(client, "certificaterequests")
+            apiserver_gets(stage.client, "certificaterequests")
                 .await
                 .saturating_sub(request_gets_before),
         ),
-        conflicts: controller.conflicts().await.saturating_sub(conflicts_before),
-        wasted_signatures: controller.wasted_signatures().await.saturating_sub(wasted_before),
+        conflicts: stage.controller.conflicts().await.saturating_sub(conflicts_before),
+        wasted_signatures: stage.controller.wasted_signatures().await.saturating_sub(wasted_before),
     };
     delete_batch(&api, batch).await;
     burst
@@ -670,17 +683,9 @@ async fn gated_burst(
 
 /// N requests created and approved while the controller races them: time from the first
 /// creation until all are Ready, and CPU per request. Kept (the memory phase counts them).
-async fn end_to_end_burst(
-    client: &Client,
-    controller: &Controller,
-    ns: &str,
-    template: &Template,
-    n: usize,
-    batch: &str,
-) -> (Duration, Duration) {
-    let api: Api<CertificateRequest> = Api::namespaced(client.clone(), ns);
-    let names: Vec<String> = (0..n).map(|i| format!("{batch}-{i}")).collect();
-    let cpu_before = controller.cpu();
+async fn end_to_end_burst(stage: &Stage<'_>, n: usize, batch: &str) -> (Duration, Duration) {
+    let (api, names) = stage.batch(batch, n);
+    let cpu_before = stage.controller.cpu();
     let started = Instant::now();
     let ready = wait_batch(&api, batch, n, is_ready);
     let work = async {
@@ -690,11 +695,11 @@ async fn end_to_end_burst(
                 async move {
                     api.create(
                         &PostParams::default(),
-                        &request(name, batch, "bench", "meshca.io", &template.csr),
+                        &request(name, batch, "bench", "meshca.io", &stage.template.csr),
                     )
                     .await
                     .expect("create");
-                    cert_manager::approve(client, ns, name).await;
+                    cert_manager::approve(stage.client, stage.ns, name).await;
                 }
             })
             .await;
@@ -705,7 +710,7 @@ async fn end_to_end_burst(
         .max()
         .map(|t| t.saturating_duration_since(started))
         .unwrap_or_default();
-    (took, controller.cpu().saturating_sub(cpu_before) / n as u32)
+    (took, stage.controller.cpu().saturating_sub(cpu_before) / n as u32)
 }
 
 /// One approval every 1/rate s for `secs`; approve→Ready latencies, sorted.
@@ -963,15 +968,11 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    // `cargo test --all-targets` runs bench binaries without `--bench`: this one needs a
-    // control plane, which hack/bench provides.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("perf benchmark: run it with hack/bench");
+    if !common::started_by_hack_bench("perf") {
         return;
     }
     let smoke = std::env::args().any(|a| a == "--smoke");
     let sizes = Sizes::from_env(smoke);
-    mesh_ca_issuer::install_crypto_provider();
     let client = Client::try_default().await.expect("KUBECONFIG");
     let prefix = format!("perf-{}", std::process::id());
     let ns = prefix.clone();
@@ -1037,7 +1038,13 @@ async fn main() {
     // The watches see the last of them shortly after: RSS is a reading, not a proof.
     tokio::time::sleep(Duration::from_secs(3)).await;
     report.add("rss_after_foreign_mib", controller.rss_mib(), "MiB");
-    let (e2e, cpu) = end_to_end_burst(&client, &controller, &ns, &template, sizes.own_requests, "own").await;
+    let stage = Stage {
+        client: &client,
+        controller: &controller,
+        ns: &ns,
+        template: &template,
+    };
+    let (e2e, cpu) = end_to_end_burst(&stage, sizes.own_requests, "own").await;
     report.ms(&format!("end_to_end_burst_n{}_ms", sizes.own_requests), e2e);
     report.add("cpu_per_request_e2e_ms", cpu.as_secs_f64() * 1e3, "ms");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1055,7 +1062,7 @@ async fn main() {
             report.ms(&format!("{name}_burst_n{n}_ms"), took);
             floors.push((name, took));
         }
-        let burst = gated_burst(&client, &controller, &ns, &template, n, &format!("gated{n}")).await;
+        let burst = gated_burst(&stage, n, &format!("gated{n}")).await;
         let ours = burst.took;
         report.ms(&format!("gated_burst_n{n}_ms"), ours);
         report.ms(&format!("gated_first_ready_n{n}_ms"), burst.first_ready);

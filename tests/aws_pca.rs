@@ -10,18 +10,15 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::PostParams;
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
-use mesh_ca_issuer::api::issuer::{AwsCredentialsSecretRef, AwsPCA, IssuerSpec, MeshCAIssuer};
+use mesh_ca_issuer::api::issuer::{IssuerSpec, MeshCAIssuer};
 use mesh_ca_issuer::pki::Certificate;
-use support::cert_manager::{self as cm, IntermediateRequest};
-use support::pca::{ACCESS_KEY_ID, PcaFixture, SECRET_ACCESS_KEY};
-use support::{ControllerProcess, RunningController, eventually, openssl, wait_for_event};
+use support::cert_manager::{self as cm, IntermediateRequest, issued_parts};
+use support::objects::create_secret;
+use support::pca::{ACCESS_KEY_ID, ENDPOINT_OVERRIDE, PcaFixture, SECRET_ACCESS_KEY};
+use support::{ControllerProcess, RunningController, eventually, issuer, openssl, wait_for_event};
 
 const TIMEOUT: Duration = Duration::from_secs(45);
-/// The tests' PCA is a loopback endpoint set on namespaced issuers (`spec.awsPCA.endpoint`):
-/// that takes the operator's consent (off by default).
-const ENDPOINT_OVERRIDE: &str = "--issuer-endpoint-override=true";
 /// Without `credentialsSecretRef` a namespaced issuer uses the controller's own identity only
 /// with the operator's consent (off by default).
 const AMBIENT: &str = "--issuer-ambient-credentials=true";
@@ -37,58 +34,29 @@ struct Pca {
 async fn env(prefix: &str) -> Env {
     let test = support::WithNamespace::start(prefix).await;
     let pca = PcaFixture::start();
-    let creds: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "aws-creds"},
-        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY}
-    }))
-    .unwrap();
-    test.ns
-        .api::<Secret>()
-        .create(&PostParams::default(), &creds)
-        .await
-        .unwrap();
+    support::pca::create_credentials_secret(&test.ns.api()).await;
     test.with(Pca { pca })
-}
-
-fn pca_spec(env: &Env, arn: &str) -> IssuerSpec {
-    IssuerSpec {
-        aws_pca: Some(AwsPCA {
-            arn: arn.to_string(),
-            endpoint: Some(env.pca.endpoint.clone()),
-            credentials_secret_ref: Some(AwsCredentialsSecretRef::named("aws-creds")),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-async fn create_issuer(env: &Env, name: &str, spec: IssuerSpec) {
-    env.ns
-        .api::<MeshCAIssuer>()
-        .create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
-        .await
-        .unwrap();
 }
 
 async fn wait_issuer(env: &Env, name: &str, status: &str) -> (String, String) {
     support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), name, status, TIMEOUT).await
 }
 
-fn issued_parts(cr: &CertificateRequest) -> (Vec<Certificate>, Certificate) {
-    let status = cr.status.as_ref().unwrap();
-    let chain = Certificate::parse_pem_bundle(status.certificate.as_deref().unwrap(), "certificate").unwrap();
-    let root = Certificate::parse_pem_bundle(status.ca.as_deref().unwrap(), "ca")
-        .unwrap()
-        .remove(0);
-    (chain, root)
+/// A CA with `key_algorithm` in the PCA and MeshCAIssuer `pca` for it, once Ready: where most
+/// tests start, once their controller runs. The CA's ARN.
+async fn ready_pca_issuer(env: &Env, key_algorithm: &str) -> String {
+    let arn = env.pca.create_ca(key_algorithm, "GENERAL_PURPOSE", 3650).await;
+    issuer::create(&env.ns.api(), "pca", env.pca.issuer_spec(&arn)).await;
+    wait_issuer(env, "pca", "True").await;
+    arn
 }
 
 #[tokio::test]
 async fn an_istiod_intermediate_is_signed_by_the_pca_exactly_once() {
     let env = env("pca-happy").await;
-    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
+    let _controller = RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE]).await;
     let arn = env.pca.create_ca("RSA_2048", "GENERAL_PURPOSE", 3650).await;
-    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
+    issuer::create(&env.ns.api(), "pca", env.pca.issuer_spec(&arn)).await;
     let (reason, message) = wait_issuer(&env, "pca", "True").await;
     assert_eq!(reason, "Verified", "{message}");
     let issuer = env.ns.api::<MeshCAIssuer>().get("pca").await.unwrap();
@@ -103,15 +71,7 @@ async fn an_istiod_intermediate_is_signed_by_the_pca_exactly_once() {
         root.is_self_signed() && root.subject().contains("Test PCA Root"),
         "status.ca is the PCA root"
     );
-    let certificate = cr.status.as_ref().unwrap().certificate.clone().unwrap();
-    let ca = cr.status.as_ref().unwrap().ca.clone().unwrap();
-    assert_eq!(openssl::verify(&ca, &certificate), "chain.pem: OK");
-    let text = openssl::text(&certificate);
-    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
-    assert!(
-        text.contains("URI:spiffe://cluster.local/ns/istio-system/sa/istiod"),
-        "{text}"
-    );
+    openssl::assert_istiod_intermediate(&cr);
     // The ARN was recorded on the request, and exactly one certificate was issued.
     let arn_recorded = cr.annotations().get(ARN_ANNOTATION).cloned().expect("ARN annotation");
     assert!(arn_recorded.starts_with(&arn));
@@ -140,7 +100,7 @@ async fn an_istiod_intermediate_is_signed_by_the_pca_exactly_once() {
 #[tokio::test]
 async fn the_signing_algorithm_follows_the_cas_key_not_the_csrs() {
     let env = env("pca-algorithms").await;
-    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
+    let _controller = RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE]).await;
     let cases = [
         // (CA key, CSR key, algorithm PCA must be asked for, openssl's name for it)
         ("RSA_2048", "ECDSA", "SHA256WITHRSA", "sha256WithRSAEncryption"),
@@ -149,7 +109,7 @@ async fn the_signing_algorithm_follows_the_cas_key_not_the_csrs() {
     ];
     for (i, (ca_key, csr_key, _, _)) in cases.iter().enumerate() {
         let arn = env.pca.create_ca(ca_key, "GENERAL_PURPOSE", 3650).await;
-        create_issuer(&env, &format!("pca-{i}"), pca_spec(&env, &arn)).await;
+        issuer::create(&env.ns.api(), &format!("pca-{i}"), env.pca.issuer_spec(&arn)).await;
         wait_issuer(&env, &format!("pca-{i}"), "True").await;
         let req = IntermediateRequest {
             key_algorithm: csr_key.to_string(),
@@ -233,7 +193,7 @@ async fn crash_at(env: &Env, failpoint: &str, request: &str, logs: &std::path::P
 async fn a_crash_between_issue_and_status_never_issues_twice() {
     let env = env("pca-crash").await;
     let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
-    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
+    issuer::create(&env.ns.api(), "pca", env.pca.issuer_spec(&arn)).await;
     let logs = tempfile::tempdir().unwrap();
 
     // 1. Killed right after IssueCertificate returned, before the ARN was recorded.
@@ -295,17 +255,9 @@ async fn a_crash_between_issue_and_status_never_issues_twice() {
 async fn throttling_and_server_errors_keep_requests_pending_then_issue_once() {
     let env = env("pca-throttle").await;
     // A 1 s initial back-off keeps the test short; the schedule is the production one otherwise.
-    let _controller = RunningController::start(&[
-        "--namespace",
-        &env.ns.name,
-        ENDPOINT_OVERRIDE,
-        "--retry-backoff-initial",
-        "1s",
-    ])
-    .await;
-    let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
-    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
-    wait_issuer(&env, "pca", "True").await;
+    let _controller =
+        RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE, "--retry-backoff-initial", "1s"]).await;
+    ready_pca_issuer(&env, "EC_prime256v1").await;
     // The first three IssueCertificate calls are throttled, the fourth gets a 500; the new
     // certificate then answers RequestInProgress to its first GetCertificate.
     env.pca.inject("IssueCertificate", "throttle", 3).await;
@@ -351,10 +303,8 @@ async fn throttling_and_server_errors_keep_requests_pending_then_issue_once() {
 #[tokio::test]
 async fn requests_pca_refuses_fail_and_malformed_csrs_never_reach_it() {
     let env = env("pca-malformed").await;
-    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
-    let arn = env.pca.create_ca("RSA_2048", "GENERAL_PURPOSE", 3650).await;
-    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
-    wait_issuer(&env, "pca", "True").await;
+    let _controller = RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE]).await;
+    ready_pca_issuer(&env, "RSA_2048").await;
     // A CSR that is not a CSR is refused before any billed call.
     let req = IntermediateRequest::istiod("garbage", "pca");
     cm::create_request(
@@ -382,10 +332,8 @@ async fn requests_pca_refuses_fail_and_malformed_csrs_never_reach_it() {
 #[tokio::test]
 async fn a_certificate_that_differs_from_the_request_is_never_handed_out() {
     let env = env("pca-tamper").await;
-    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
-    let arn = env.pca.create_ca("RSA_2048", "GENERAL_PURPOSE", 3650).await;
-    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
-    wait_issuer(&env, "pca", "True").await;
+    let _controller = RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE]).await;
+    ready_pca_issuer(&env, "RSA_2048").await;
     let cases = [
         (
             "path-len",
@@ -426,17 +374,10 @@ async fn a_certificate_that_differs_from_the_request_is_never_handed_out() {
 #[tokio::test]
 async fn a_disabled_ca_makes_requests_wait_until_it_is_enabled() {
     let env = env("pca-disabled").await;
-    let _controller = RunningController::start(&[
-        "--namespace",
-        &env.ns.name,
-        ENDPOINT_OVERRIDE,
-        "--issuer-recheck-interval",
-        "2s",
-    ])
-    .await;
-    let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
-    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
-    wait_issuer(&env, "pca", "True").await;
+    let _controller =
+        RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE, "--issuer-recheck-interval", "2s"])
+            .await;
+    let arn = ready_pca_issuer(&env, "EC_prime256v1").await;
     env.pca.set_ca_status(&arn, "DISABLED").await;
     let message = support::wait_issuer_reason(&env.ns.api::<MeshCAIssuer>(), "pca", "CADisabled", TIMEOUT).await;
     assert!(
@@ -454,21 +395,16 @@ async fn a_disabled_ca_makes_requests_wait_until_it_is_enabled() {
 #[tokio::test]
 async fn unknown_arns_and_bad_credentials_say_what_to_fix() {
     let env = env("pca-config").await;
-    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
+    let _controller = RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE]).await;
     let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
     let unknown = "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/00000000-0000-0000-0000-000000000000";
-    create_issuer(&env, "unknown", pca_spec(&env, unknown)).await;
-    let bad: Secret = serde_json::from_value(serde_json::json!({
+    issuer::create(&env.ns.api(), "unknown", env.pca.issuer_spec(unknown)).await;
+    let bad = serde_json::json!({
         "metadata": {"name": "bad-creds"},
         "stringData": {"AWS_ACCESS_KEY_ID": "AKIDWRONG", "AWS_SECRET_ACCESS_KEY": "nope-nope-nope-secret"}
-    }))
-    .unwrap();
-    env.ns
-        .api::<Secret>()
-        .create(&PostParams::default(), &bad)
-        .await
-        .unwrap();
-    let mut spec = pca_spec(&env, &arn);
+    });
+    create_secret(&env.ns.api(), bad).await;
+    let mut spec = env.pca.issuer_spec(&arn);
     spec.aws_pca
         .as_mut()
         .unwrap()
@@ -476,10 +412,10 @@ async fn unknown_arns_and_bad_credentials_say_what_to_fix() {
         .as_mut()
         .unwrap()
         .name = "bad-creds".into();
-    create_issuer(&env, "bad-creds", spec).await;
-    let mut malformed = pca_spec(&env, "arn:aws:acm-pca:nowhere");
+    issuer::create(&env.ns.api(), "bad-creds", spec).await;
+    let mut malformed = env.pca.issuer_spec("arn:aws:acm-pca:nowhere");
     malformed.aws_pca.as_mut().unwrap().endpoint = Some(env.pca.endpoint.clone());
-    create_issuer(&env, "malformed", malformed).await;
+    issuer::create(&env.ns.api(), "malformed", malformed).await;
     let cases = [
         ("unknown", "CANotFound", "check spec.awsPCA.arn"),
         (
@@ -518,7 +454,7 @@ async fn issue_once_with(env: &Env, vars: &[(&str, &str)], ambient: bool, mut sp
     );
     let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
     spec.aws_pca.as_mut().unwrap().arn = arn;
-    create_issuer(env, "pca", spec).await;
+    issuer::create(&env.ns.api(), "pca", spec).await;
     let (reason, message) = wait_issuer(env, "pca", "True").await;
     assert_eq!(reason, "Verified", "{message}\n{}", controller.log());
     let cr = cm::istiod_until(&env.client, &env.ns.name, "istiod", "pca", "Issued", TIMEOUT).await;
@@ -564,7 +500,7 @@ async fn with_a_role_arn_pca_is_called_with_the_assumed_roles_credentials() {
     let env = env("pca-role").await;
     // The Secret's key may assume the role, but is refused by PCA itself.
     env.pca.allow_keys(&[]).await;
-    let mut spec = pca_spec(&env, "");
+    let mut spec = env.pca.issuer_spec("");
     spec.aws_pca.as_mut().unwrap().role_arn = Some(ROLE.to_string());
     let stats = issue_once_with(&env, &[("AWS_ENDPOINT_URL_STS", &env.pca.endpoint)], false, spec).await;
     for session in role_sessions(&stats, "AssumeRole") {
@@ -583,7 +519,7 @@ async fn with_a_role_arn_pca_is_called_with_the_assumed_roles_credentials() {
 #[tokio::test]
 async fn without_a_credentials_secret_keys_come_from_the_environment() {
     let env = env("pca-env-keys").await;
-    let mut spec = pca_spec(&env, "");
+    let mut spec = env.pca.issuer_spec("");
     spec.aws_pca.as_mut().unwrap().credentials_secret_ref = None;
     let stats = issue_once_with(
         &env,
@@ -608,7 +544,7 @@ async fn without_a_credentials_secret_a_web_identity_token_is_exchanged_for_the_
     let token_dir = tempfile::tempdir().unwrap();
     let token_file = token_dir.path().join("token");
     std::fs::write(&token_file, "projected-service-account-token").unwrap();
-    let mut spec = pca_spec(&env, "");
+    let mut spec = env.pca.issuer_spec("");
     spec.aws_pca.as_mut().unwrap().credentials_secret_ref = None;
     let stats = issue_once_with(
         &env,
@@ -631,14 +567,14 @@ async fn without_a_credentials_secret_a_web_identity_token_is_exchanged_for_the_
 #[tokio::test]
 async fn validity_is_clamped_to_the_ca_and_to_seven_days_for_a_short_lived_ca() {
     let env = env("pca-validity").await;
-    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
+    let _controller = RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE]).await;
     let month = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 30).await;
     let short = env
         .pca
         .create_ca("EC_prime256v1", "SHORT_LIVED_CERTIFICATE", 3650)
         .await;
-    create_issuer(&env, "month", pca_spec(&env, &month)).await;
-    create_issuer(&env, "short", pca_spec(&env, &short)).await;
+    issuer::create(&env.ns.api(), "month", env.pca.issuer_spec(&month)).await;
+    issuer::create(&env.ns.api(), "short", env.pca.issuer_spec(&short)).await;
     wait_issuer(&env, "month", "True").await;
     wait_issuer(&env, "short", "True").await;
     cm::request_and_approve(
@@ -685,9 +621,7 @@ async fn no_credentials_or_keys_in_logs_events_or_conditions() {
         "{}",
         controller.log()
     );
-    let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
-    create_issuer(&env, "pca", pca_spec(&env, &arn)).await;
-    wait_issuer(&env, "pca", "True").await;
+    ready_pca_issuer(&env, "EC_prime256v1").await;
     let (_, key) = cm::request_until(
         &env.client,
         &env.ns.name,
@@ -727,7 +661,7 @@ async fn a_pca_chain_without_a_crl_writes_no_ca_crl_pem_and_still_renews() {
     use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, Revocation};
     const SOURCE: &str = "istiod-intermediate";
     let env = env("pca-crl").await;
-    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
+    let _controller = RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE]).await;
     let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
     let spec = IssuerSpec {
         crl_from: Some(CrlFrom {
@@ -736,9 +670,9 @@ async fn a_pca_chain_without_a_crl_writes_no_ca_crl_pem_and_still_renews() {
                 key: "crl.pem".into(),
             },
         }),
-        ..pca_spec(&env, &arn)
+        ..env.pca.issuer_spec(&arn)
     };
-    create_issuer(&env, "pca", spec).await;
+    issuer::create(&env.ns.api(), "pca", spec).await;
     wait_issuer(&env, "pca", "True").await;
     let issue = |name: &'static str| {
         let env = &env;
@@ -763,9 +697,7 @@ async fn a_pca_chain_without_a_crl_writes_no_ca_crl_pem_and_still_renews() {
         }),
         ..Default::default()
     };
-    iccs.create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
-        .await
-        .unwrap();
+    support::objects::create_icc(&iccs, "istiod", spec).await;
     let condition = |type_: &'static str| {
         let iccs = &iccs;
         async move {

@@ -70,8 +70,7 @@ async fn a_peers_outage_and_our_restart_keep_its_root_trusted_and_the_status_say
         mut a,
         mut b,
         lock: _lock,
-    } = TwoClusters::start("endpoint-outage", "mesh").await;
-    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    } = TwoClusters::start_waiting("endpoint-outage", "mesh", TIMEOUT).await;
     let namespace = a.ns.name.clone();
     own_root(&a, "own").await;
     own_root(&b, "own").await;
@@ -448,12 +447,7 @@ async fn roots_and_anchors_appear_as_cluster_trust_bundles_and_go_with_their_ist
 #[tokio::test]
 async fn an_https_web_endpoint_is_followed_with_its_ca_bundle_and_another_ca_is_refused() {
     use mesh_ca_issuer::api::istio_cacerts::{BundleEndpointProfile, SpiffeBundleEndpoint, TrustAnchor};
-    let TwoClusters {
-        mut a,
-        mut b,
-        lock: _lock,
-    } = TwoClusters::start("endpoint-web", "mesh").await;
-    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    let TwoClusters { a, b, lock: _lock } = TwoClusters::start_waiting("endpoint-web", "mesh", TIMEOUT).await;
     own_root(&a, "own").await;
     own_root(&b, "own").await;
     let b_root = support::objects::root_of(&b.ns.api(), "own").await;

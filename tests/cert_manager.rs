@@ -15,7 +15,6 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::{Client, CustomResourceExt, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::{Certificate as CertificateSubset, CertificateRequest};
-use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
 use mesh_ca_issuer::pki::Certificate;
 use support::real_cert_manager::{self as real, CertManager, Options, certificates, condition};
@@ -49,19 +48,7 @@ async fn env(prefix: &str, options: Options) -> Env {
 }
 
 async fn ready_issuer(env: &Env, name: &str) {
-    let spec = IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: format!("{name}-root"),
-            bootstrap: Some(RootBootstrap::default()),
-        }),
-        ..Default::default()
-    };
-    env.ns
-        .api::<MeshCAIssuer>()
-        .create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
-        .await
-        .expect("create issuer");
-    support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), name, "True", TIMEOUT).await;
+    support::issuer::create_ready_with_own_root(&env.ns.api(), name, TIMEOUT).await;
 }
 
 /// istiod's intermediate as an Istio operator writes it (config/samples/certificate-istiod.yaml),
@@ -149,11 +136,7 @@ async fn create_istio_cacerts(env: &Env, source: &str) {
         target_secret_name: "cacerts".into(),
         ..Default::default()
     };
-    env.ns
-        .api::<IstioCACerts>()
-        .create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
-        .await
-        .expect("create IstioCACerts");
+    support::objects::create_icc(&env.ns.api(), "istiod", spec).await;
 }
 
 /// Waits until IstioCACerts `istiod` has published the intermediate with `fingerprint`.

@@ -12,10 +12,20 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use mesh_ca_issuer::istio::cacerts::verify_bundle;
-use support::goverify::{istiod_loads, workload_verifies};
+use support::goverify::{cacerts, istiod_loads, workload_verifies};
 use support::openssl::{Workdir, workload_certificate};
 
 const CA_KU: &str = "keyUsage=critical,keyCertSign,cRLSign,digitalSignature";
+// The extension lines the cases combine, named once so each case says only what it changes.
+const CA_TRUE: &str = "basicConstraints=critical,CA:TRUE";
+const PATHLEN_0: &str = "basicConstraints=critical,CA:TRUE,pathlen:0";
+const PATHLEN_1: &str = "basicConstraints=critical,CA:TRUE,pathlen:1";
+const CLIENT_AUTH: &str = "extendedKeyUsage=clientAuth";
+const UNKNOWN_CRITICAL: &str = "1.3.6.1.4.1.55555.1=critical,ASN1:NULL";
+/// A CA with no path length limit: what most cases' root and middle CA are.
+const CA: &[&str] = &[CA_TRUE, CA_KU];
+/// istiod's intermediate as cert-manager asks for it: a CA that signs only workloads.
+const ISTIOD: &[&str] = &[PATHLEN_0, CA_KU];
 
 /// One PKI: a root, optionally a middle CA, and istiod's intermediate, each with the given
 /// extension lines (`None` for the middle: no middle CA).
@@ -41,48 +51,63 @@ enum Ours {
 }
 use Ours::{Accepted, Refused, RefusedStricterThanGo};
 
-/// The fields most cases share: a P-256 root, an intermediate signed with SHA-256.
+/// The fields most cases share: a P-256 [`CA`] root, no middle CA, an [`ISTIOD`] intermediate
+/// signed with SHA-256.
 const PLAIN: Case = Case {
     name: "",
-    root: &[],
+    root: CA,
     middle: None,
-    intermediate: &[],
+    intermediate: ISTIOD,
     ours: Accepted,
     root_key: "ec",
     intermediate_digest: "sha256",
 };
+
+/// Each case is [`PLAIN`] but for what its builder calls change: the table then reads as the
+/// list of differences it is.
+impl Case {
+    const fn new(name: &'static str, ours: Ours) -> Self {
+        Self { name, ours, ..PLAIN }
+    }
+
+    const fn root(self, root: &'static [&'static str]) -> Self {
+        Self { root, ..self }
+    }
+
+    const fn middle(self, middle: &'static [&'static str]) -> Self {
+        Self {
+            middle: Some(middle),
+            ..self
+        }
+    }
+
+    const fn intermediate(self, intermediate: &'static [&'static str]) -> Self {
+        Self { intermediate, ..self }
+    }
+
+    const fn root_key(self, root_key: &'static str) -> Self {
+        Self { root_key, ..self }
+    }
+
+    const fn intermediate_digest(self, intermediate_digest: &'static str) -> Self {
+        Self {
+            intermediate_digest,
+            ..self
+        }
+    }
+}
 
 fn sign(dir: &Workdir, name: &str, parent: &str, extensions: &[&str]) {
     sign_with(dir, name, parent, extensions, "sha256");
 }
 
 fn sign_with(dir: &Workdir, name: &str, parent: &str, extensions: &[&str], digest: &str) {
-    dir.req_with_new_p256_key(
-        &format!("{name}.key"),
-        &format!("{name}.csr"),
-        None,
-        &format!("/CN={name}"),
-        &[],
-    );
-    dir.write(format!("{name}.cnf").as_str(), extensions.join("\n") + "\n");
-    dir.run(&[
-        "x509",
-        "-req",
-        "-in",
-        &format!("{name}.csr"),
-        "-CA",
-        &format!("{parent}.pem"),
-        "-CAkey",
-        &format!("{parent}.key"),
-        "-CAcreateserial",
-        &format!("-{digest}"),
-        "-days",
-        "365",
-        "-extfile",
-        &format!("{name}.cnf"),
-        "-out",
-        &format!("{name}.pem"),
-    ]);
+    let (key, csr, cnf) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.cnf"));
+    dir.req_with_new_p256_key(&key, &csr, None, &format!("/CN={name}"), &[]);
+    dir.write(&cnf, extensions.join("\n") + "\n");
+    let (ca, ca_key) = (format!("{parent}.pem"), format!("{parent}.key"));
+    let out = format!("{name}.pem");
+    dir.sign(&csr, (&ca, &ca_key), "365", &cnf, &out, &[&format!("-{digest}")]);
 }
 
 /// The `cacerts` bundle of a case, as istiod reads it.
@@ -120,16 +145,12 @@ fn bundle(case: &Case) -> BTreeMap<String, Vec<u8>> {
     };
     sign_with(&dir, "int", parent, case.intermediate, case.intermediate_digest);
     let middle = case.middle.map(|_| dir.read("middle.pem")).unwrap_or_default();
-    let (int, root) = (dir.read("int.pem"), dir.read("root.pem"));
-    BTreeMap::from([
-        ("ca-cert.pem".to_string(), int.clone().into_bytes()),
-        ("ca-key.pem".to_string(), dir.read("int.key").into_bytes()),
-        (
-            "cert-chain.pem".to_string(),
-            format!("{int}{middle}{root}").into_bytes(),
-        ),
-        ("root-cert.pem".to_string(), root.into_bytes()),
-    ])
+    cacerts(
+        &dir.read("int.pem"),
+        &dir.read("int.key"),
+        &middle,
+        &dir.read("root.pem"),
+    )
 }
 
 /// Whether a workload certificate signed with the bundle verifies as its peers check it.
@@ -146,202 +167,48 @@ fn workload_accepted(data: &BTreeMap<String, Vec<u8>>) -> Result<(), String> {
 #[test]
 fn our_verdict_on_cacerts_agrees_with_gos_x509_verify() {
     let cases = [
-        Case {
-            name: "intermediate under its root",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            middle: None,
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            ours: Accepted,
-            ..PLAIN
-        },
-        Case {
-            name: "root pathLen 0 (istiod loads it, its workloads fail)",
-            root: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            middle: None,
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            ours: Refused,
-            ..PLAIN
-        },
-        Case {
-            name: "middle CA pathLen 0 above the intermediate",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            middle: Some(&["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU]),
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            ours: Refused,
-            ..PLAIN
-        },
-        Case {
-            name: "root pathLen 1 above a middle CA and the intermediate",
-            root: &["basicConstraints=critical,CA:TRUE,pathlen:1", CA_KU],
-            middle: Some(&["basicConstraints=critical,CA:TRUE", CA_KU]),
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            ours: Refused,
-            ..PLAIN
-        },
-        Case {
-            name: "path lengths 2, 1, 0",
-            root: &["basicConstraints=critical,CA:TRUE,pathlen:2", CA_KU],
-            middle: Some(&["basicConstraints=critical,CA:TRUE,pathlen:1", CA_KU]),
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            ours: Accepted,
-            ..PLAIN
-        },
-        Case {
-            name: "middle certificate is not a CA",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            middle: Some(&["basicConstraints=critical,CA:FALSE", CA_KU]),
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            ours: Refused,
-            ..PLAIN
-        },
-        Case {
-            name: "middle CA without keyCertSign",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            middle: Some(&[
-                "basicConstraints=critical,CA:TRUE",
-                "keyUsage=critical,digitalSignature",
-            ]),
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            ours: Refused,
-            ..PLAIN
-        },
-        Case {
-            name: "intermediate EKU clientAuth only",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            middle: None,
-            intermediate: &[
-                "basicConstraints=critical,CA:TRUE,pathlen:0",
-                CA_KU,
-                "extendedKeyUsage=clientAuth",
-            ],
-            ours: Refused,
-            ..PLAIN
-        },
-        Case {
-            name: "middle CA EKU clientAuth only",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            middle: Some(&[
-                "basicConstraints=critical,CA:TRUE",
-                CA_KU,
-                "extendedKeyUsage=clientAuth",
-            ]),
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            ours: Refused,
-            ..PLAIN
-        },
-        Case {
-            name: "middle CA EKU serverAuth and clientAuth",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            middle: Some(&[
-                "basicConstraints=critical,CA:TRUE",
-                CA_KU,
-                "extendedKeyUsage=serverAuth,clientAuth",
-            ]),
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            ours: Accepted,
-            ..PLAIN
-        },
-        Case {
-            name: "root EKU clientAuth only",
-            root: &[
-                "basicConstraints=critical,CA:TRUE",
-                CA_KU,
-                "extendedKeyUsage=clientAuth",
-            ],
-            middle: None,
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            ours: Refused,
-            ..PLAIN
-        },
-        Case {
-            name: "intermediate signed with ECDSA-SHA1",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            intermediate_digest: "sha1",
-            ours: Refused,
-            ..PLAIN
-        },
-        Case {
-            name: "RSA-1024 root signing with SHA-1",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            root_key: "rsa:1024",
-            intermediate_digest: "sha1",
-            ours: Refused,
-            ..PLAIN
-        },
-        Case {
-            name: "RSA-1024 root signing with SHA-256",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            root_key: "rsa:1024",
-            ours: RefusedStricterThanGo,
-            ..PLAIN
-        },
-        Case {
-            name: "RSA-3072 root signing with SHA-256",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            root_key: "rsa:3072",
-            ours: Accepted,
-            ..PLAIN
-        },
-        Case {
-            name: "intermediate with an unknown critical extension",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            intermediate: &[
-                "basicConstraints=critical,CA:TRUE,pathlen:0",
-                CA_KU,
-                "1.3.6.1.4.1.55555.1=critical,ASN1:NULL",
-            ],
-            ours: Refused,
-            ..PLAIN
-        },
-        Case {
-            name: "middle CA with an unknown critical extension",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            middle: Some(&[
-                "basicConstraints=critical,CA:TRUE",
-                CA_KU,
-                "1.3.6.1.4.1.55555.1=critical,ASN1:NULL",
-            ]),
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            ours: Refused,
-            ..PLAIN
-        },
-        Case {
-            name: "root with an unknown critical extension",
-            root: &[
-                "basicConstraints=critical,CA:TRUE",
-                CA_KU,
-                "1.3.6.1.4.1.55555.1=critical,ASN1:NULL",
-            ],
-            intermediate: &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-            ours: Refused,
-            ..PLAIN
-        },
-        Case {
-            name: "unknown extension, not critical",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            intermediate: &[
-                "basicConstraints=critical,CA:TRUE,pathlen:0",
-                CA_KU,
-                "1.3.6.1.4.1.55555.1=ASN1:NULL",
-            ],
-            ours: Accepted,
-            ..PLAIN
-        },
-        Case {
-            name: "critical certificate policies (Go handles them)",
-            root: &["basicConstraints=critical,CA:TRUE", CA_KU],
-            intermediate: &[
-                "basicConstraints=critical,CA:TRUE,pathlen:0",
-                CA_KU,
-                "certificatePolicies=critical,2.5.29.32.0",
-            ],
-            ours: Accepted,
-            ..PLAIN
-        },
+        Case::new("intermediate under its root", Accepted),
+        Case::new("root pathLen 0 (istiod loads it, its workloads fail)", Refused).root(&[PATHLEN_0, CA_KU]),
+        Case::new("middle CA pathLen 0 above the intermediate", Refused).middle(ISTIOD),
+        Case::new("root pathLen 1 above a middle CA and the intermediate", Refused)
+            .root(&[PATHLEN_1, CA_KU])
+            .middle(CA),
+        Case::new("path lengths 2, 1, 0", Accepted)
+            .root(&["basicConstraints=critical,CA:TRUE,pathlen:2", CA_KU])
+            .middle(&[PATHLEN_1, CA_KU]),
+        Case::new("middle certificate is not a CA", Refused).middle(&["basicConstraints=critical,CA:FALSE", CA_KU]),
+        Case::new("middle CA without keyCertSign", Refused).middle(&[CA_TRUE, "keyUsage=critical,digitalSignature"]),
+        Case::new("intermediate EKU clientAuth only", Refused).intermediate(&[PATHLEN_0, CA_KU, CLIENT_AUTH]),
+        Case::new("middle CA EKU clientAuth only", Refused).middle(&[CA_TRUE, CA_KU, CLIENT_AUTH]),
+        Case::new("middle CA EKU serverAuth and clientAuth", Accepted).middle(&[
+            CA_TRUE,
+            CA_KU,
+            "extendedKeyUsage=serverAuth,clientAuth",
+        ]),
+        Case::new("root EKU clientAuth only", Refused).root(&[CA_TRUE, CA_KU, CLIENT_AUTH]),
+        Case::new("intermediate signed with ECDSA-SHA1", Refused).intermediate_digest("sha1"),
+        Case::new("RSA-1024 root signing with SHA-1", Refused)
+            .root_key("rsa:1024")
+            .intermediate_digest("sha1"),
+        Case::new("RSA-1024 root signing with SHA-256", RefusedStricterThanGo).root_key("rsa:1024"),
+        Case::new("RSA-3072 root signing with SHA-256", Accepted).root_key("rsa:3072"),
+        Case::new("intermediate with an unknown critical extension", Refused).intermediate(&[
+            PATHLEN_0,
+            CA_KU,
+            UNKNOWN_CRITICAL,
+        ]),
+        Case::new("middle CA with an unknown critical extension", Refused).middle(&[CA_TRUE, CA_KU, UNKNOWN_CRITICAL]),
+        Case::new("root with an unknown critical extension", Refused).root(&[CA_TRUE, CA_KU, UNKNOWN_CRITICAL]),
+        Case::new("unknown extension, not critical", Accepted).intermediate(&[
+            PATHLEN_0,
+            CA_KU,
+            "1.3.6.1.4.1.55555.1=ASN1:NULL",
+        ]),
+        Case::new("critical certificate policies (Go handles them)", Accepted).intermediate(&[
+            PATHLEN_0,
+            CA_KU,
+            "certificatePolicies=critical,2.5.29.32.0",
+        ]),
     ];
     for case in &cases {
         let data = bundle(case);
@@ -388,45 +255,25 @@ fn our_verdict_on_cacerts_agrees_with_gos_x509_verify() {
 async fn an_issuer_whose_ca_path_length_forbids_a_sub_ca_is_not_ready_and_signs_nothing() {
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Api, PostParams};
-    use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer};
+    use mesh_ca_issuer::api::issuer::MeshCAIssuer;
     use std::time::Duration;
     use support::cert_manager::{self as cm, IntermediateRequest};
+    use support::issuer;
+    use support::objects::create_tls_secret;
 
     let (_lock, client, ns) = support::namespaced_test("pathlen").await;
     let _controller = support::RunningController::in_namespace(&ns.name).await;
-    let ca_secret = |dir: &Workdir| -> Secret {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "ca"},
-            "type": "kubernetes.io/tls",
-            "stringData": {"tls.crt": dir.read("root.pem"), "tls.key": dir.read("root.key")}
-        }))
-        .unwrap()
+    // A self-signed root named `cn` whose basicConstraints are `constraints`.
+    let root_ca = |cn: &str, constraints: &str| {
+        let dir = Workdir::new();
+        dir.req_with_new_p256_key("root.key", "root.pem", Some(3650), cn, &[constraints, CA_KU]);
+        dir
     };
-    let exhausted = Workdir::new();
-    exhausted.req_with_new_p256_key(
-        "root.key",
-        "root.pem",
-        Some(3650),
-        "/CN=exhausted root",
-        &["basicConstraints=critical,CA:TRUE,pathlen:0", CA_KU],
-    );
+    let exhausted = root_ca("/CN=exhausted root", PATHLEN_0);
     let secrets: Api<Secret> = ns.api();
-    secrets
-        .create(&PostParams::default(), &ca_secret(&exhausted))
-        .await
-        .unwrap();
-    let spec = IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: "ca".into(),
-            bootstrap: None,
-        }),
-        ..Default::default()
-    };
+    create_tls_secret(&secrets, "ca", &exhausted.read("root.pem"), &exhausted.read("root.key")).await;
     let issuers: Api<MeshCAIssuer> = ns.api();
-    issuers
-        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", spec))
-        .await
-        .unwrap();
+    issuer::create(&issuers, "mesh", issuer::from_secret("ca")).await;
     let timeout = Duration::from_secs(30);
     let message = support::wait_issuer_reason(&issuers, "mesh", "PathLenExhausted", timeout).await;
     assert!(message.contains("CN=exhausted root has pathLen 0"), "{message}");
@@ -437,15 +284,13 @@ async fn an_issuer_whose_ca_path_length_forbids_a_sub_ca_is_not_ready_and_signs_
     assert!(status.certificate.is_none(), "nothing signed");
 
     // A root with room for one sub-CA: the issuer turns Ready and the request is issued.
-    let roomy = Workdir::new();
-    roomy.req_with_new_p256_key(
-        "root.key",
-        "root.pem",
-        Some(3650),
-        "/CN=roomy root",
-        &["basicConstraints=critical,CA:TRUE,pathlen:1", CA_KU],
-    );
-    let mut replacement = ca_secret(&roomy);
+    let roomy = root_ca("/CN=roomy root", PATHLEN_1);
+    let replacement = serde_json::json!({
+        "metadata": {"name": "ca"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": roomy.read("root.pem"), "tls.key": roomy.read("root.key")}
+    });
+    let mut replacement: Secret = serde_json::from_value(replacement).unwrap();
     replacement.metadata.resource_version = secrets.get("ca").await.unwrap().metadata.resource_version;
     secrets
         .replace("ca", &PostParams::default(), &replacement)
@@ -455,15 +300,7 @@ async fn an_issuer_whose_ca_path_length_forbids_a_sub_ca_is_not_ready_and_signs_
     let status = issued.status.unwrap();
     let intermediate = String::from_utf8(status.certificate.unwrap()).unwrap();
     let root = String::from_utf8(status.ca.unwrap()).unwrap();
-    let data = BTreeMap::from([
-        ("ca-cert.pem".to_string(), intermediate.clone().into_bytes()),
-        ("ca-key.pem".to_string(), key.into_bytes()),
-        (
-            "cert-chain.pem".to_string(),
-            format!("{intermediate}{root}").into_bytes(),
-        ),
-        ("root-cert.pem".to_string(), root.into_bytes()),
-    ]);
+    let data = cacerts(&intermediate, &key, "", &root);
     assert_eq!(istiod_loads(&data), Ok(()));
     assert_eq!(workload_accepted(&data), Ok(()));
 }

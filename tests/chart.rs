@@ -14,7 +14,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::{Certificate as CertManagerCertificate, CertificateRequest};
 use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, RootBootstrap};
-use mesh_ca_issuer::api::istio_cacerts::{AdoptExisting, IstioCACerts, IstioCACertsSpec, PublishRoot};
+use mesh_ca_issuer::api::istio_cacerts::{AdoptExisting, IstioCACertsSpec, PublishRoot};
 use support::chart::{InstalledChart, chart_dir as chart, helm, text, tool};
 use support::{ControllerProcess, ScopeLock, TestNamespace, admin_client, ensure_crds, eventually, repo_root};
 
@@ -97,20 +97,7 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
 ];
 
 fn template(set: &[&str], kube_version: &str) -> Output {
-    let chart = chart();
-    let mut args = vec![
-        "template",
-        "mesh-ca-issuer",
-        chart.to_str().unwrap(),
-        "--namespace",
-        "mesh-ca-issuer",
-        "--kube-version",
-        kube_version,
-    ];
-    for s in set {
-        args.extend_from_slice(&["--set", s]);
-    }
-    run(&helm(), &args)
+    support::chart::template(&["--kube-version", kube_version], set)
 }
 
 #[test]
@@ -132,19 +119,7 @@ fn generated_crds_and_rbac_match_the_code_and_the_chart() {
         let files = std::fs::read_dir(repo_root().join(dir)).unwrap().count();
         assert_eq!(files, mesh_ca_issuer::api::crds().len(), "{dir} holds exactly our CRDs");
     }
-    let chart = chart();
-    let rendered = run(
-        &helm(),
-        &[
-            "template",
-            "mesh-ca-issuer",
-            chart.to_str().unwrap(),
-            "--namespace",
-            "mesh-ca-issuer",
-            "--show-only",
-            "templates/rbac.yaml",
-        ],
-    );
+    let rendered = support::chart::template(&["--show-only", "templates/rbac.yaml"], &[]);
     assert!(rendered.status.success(), "{}", text(&rendered));
     let checked_in = std::fs::read_to_string(repo_root().join("config/rbac/rbac.yaml")).unwrap();
     assert!(
@@ -571,9 +546,7 @@ fn the_approver_may_be_limited_to_named_issuers() {
 
 #[tokio::test]
 async fn samples_are_valid_against_the_installed_crds() {
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::create(&client, "chart-samples").await;
+    let (client, ns) = support::test_namespace("chart-samples").await;
     for file in [
         "clustermeshcaissuer-localca.yaml",
         "clustermeshcaissuer-awspca.yaml",
@@ -712,11 +685,7 @@ async fn installed_chart_runs_the_whole_flow_under_its_own_service_account_and_n
         }),
         ..Default::default()
     };
-    istio
-        .api::<IstioCACerts>()
-        .create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
-        .await
-        .unwrap();
+    support::objects::create_icc(&istio.api(), "istiod", spec).await;
     let cacerts = eventually(Duration::from_secs(60), || async {
         istio.api::<Secret>().get_opt("cacerts").await.ok().flatten()
     })

@@ -10,21 +10,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, MeshCAIssuer};
 use support::cert_manager::{self as cm, IntermediateRequest};
+use support::issuer::{bootstrapped, from_secret};
 use support::{RunningController, ScopeLock, TestNamespace, admin_client, ensure_crds};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn spec(secret: &str, bootstrap: bool) -> IssuerSpec {
-    IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: secret.into(),
-            bootstrap: bootstrap.then(RootBootstrap::default),
-        }),
-        ..Default::default()
-    }
-}
 
 async fn cluster_ready(client: &Client, name: &str, status: &str) -> (String, String) {
     support::wait_issuer(&Api::<ClusterMeshCAIssuer>::all(client.clone()), name, status, TIMEOUT).await
@@ -45,7 +36,7 @@ async fn cluster_issuer_reads_only_the_cluster_resource_namespace_and_kinds_neve
 
     let api: Api<ClusterMeshCAIssuer> = Api::all(client.clone());
     // Two team namespaces it serves (by default it would serve only --istio-namespaces).
-    let mut serving_teams = spec("mesh-root", true);
+    let mut serving_teams = bootstrapped("mesh-root");
     serving_teams.policy.allowed_namespaces = vec![team_a.name.clone(), team_b.name.clone()];
     api.create(&PostParams::default(), &ClusterMeshCAIssuer::new(&good, serving_teams))
         .await
@@ -67,7 +58,7 @@ async fn cluster_issuer_reads_only_the_cluster_resource_namespace_and_kinds_neve
         .unwrap();
     api.create(
         &PostParams::default(),
-        &ClusterMeshCAIssuer::new(&misplaced, spec("team-root", false)),
+        &ClusterMeshCAIssuer::new(&misplaced, from_secret("team-root")),
     )
     .await
     .unwrap();
@@ -105,7 +96,7 @@ async fn cluster_issuer_reads_only_the_cluster_resource_namespace_and_kinds_neve
     ns_issuers
         .create(
             &PostParams::default(),
-            &MeshCAIssuer::new(&local, spec("local-root", true)),
+            &MeshCAIssuer::new(&local, bootstrapped("local-root")),
         )
         .await
         .unwrap();

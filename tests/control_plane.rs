@@ -13,8 +13,8 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use mesh_ca_issuer::api::cert_manager::{CertificateRequest, CertificateRequestSpec, IssuerReference};
-use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer};
-use support::{TEST_MANAGER, TestNamespace, admin_client, client_with_token, ensure_crds};
+use mesh_ca_issuer::api::issuer::MeshCAIssuer;
+use support::{TEST_MANAGER, TestNamespace, admin_client, client_with_token};
 
 fn request(name: &str) -> CertificateRequest {
     CertificateRequest::new(
@@ -34,21 +34,10 @@ fn request(name: &str) -> CertificateRequest {
 
 #[tokio::test]
 async fn custom_resource_write_is_stored_and_read_back() {
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::create(&client, "cp-cr-write").await;
+    let (_, ns) = support::test_namespace("cp-cr-write").await;
     let issuers: Api<MeshCAIssuer> = ns.api();
-    let spec = IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: "root-ca".into(),
-            bootstrap: None,
-        }),
-        ..Default::default()
-    };
-    issuers
-        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", spec.clone()))
-        .await
-        .unwrap();
+    let spec = support::issuer::from_secret("root-ca");
+    support::issuer::create(&issuers, "mesh", spec.clone()).await;
 
     let stored = issuers.get("mesh").await.unwrap();
     assert_eq!(stored.spec, spec);
@@ -59,9 +48,7 @@ async fn custom_resource_write_is_stored_and_read_back() {
 
 #[tokio::test]
 async fn server_side_apply_on_status_keeps_each_managers_condition() {
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::create(&client, "cp-ssa-status").await;
+    let (_, ns) = support::test_namespace("cp-ssa-status").await;
     let requests: Api<CertificateRequest> = ns.api();
     requests.create(&PostParams::default(), &request("r1")).await.unwrap();
 
@@ -110,9 +97,7 @@ async fn server_side_apply_on_status_keeps_each_managers_condition() {
 
 #[tokio::test]
 async fn watch_sees_a_change() {
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::create(&client, "cp-watch").await;
+    let (_, ns) = support::test_namespace("cp-watch").await;
     let requests: Api<CertificateRequest> = ns.api();
 
     let mut events = watcher(requests.clone(), watcher::Config::default())
@@ -204,9 +189,7 @@ fn http_request(path: &str, namespace: &str) -> http::Request<Vec<u8>> {
 
 #[tokio::test]
 async fn controller_binary_becomes_healthy_and_ready() {
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::create(&client, "cp-controller").await;
+    let (_, ns) = support::test_namespace("cp-controller").await;
     let logs = tempfile::tempdir().unwrap();
     let mut controller = support::ControllerProcess::start(&["--namespace", &ns.name], logs.path());
     assert!(
@@ -225,9 +208,7 @@ async fn controller_binary_becomes_healthy_and_ready() {
 #[tokio::test]
 async fn status_apply_with_a_stale_resource_version_is_refused() {
     // The controller relies on this to never publish a decision made on an outdated request.
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::create(&client, "cp-ssa-precondition").await;
+    let (_, ns) = support::test_namespace("cp-ssa-precondition").await;
     let requests: Api<CertificateRequest> = ns.api();
     let created = requests.create(&PostParams::default(), &request("r1")).await.unwrap();
     let stale = created.resource_version().unwrap();
@@ -277,9 +258,7 @@ async fn refusal(api: &Api<kube::core::DynamicObject>, object: serde_json::Value
 
 #[tokio::test]
 async fn the_api_server_refuses_what_the_crds_cel_rules_forbid_in_plain_words() {
-    let client = admin_client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::create(&client, "cp-cel").await;
+    let (client, ns) = support::test_namespace("cp-cel").await;
     let gvk = |kind: &str| kube::core::GroupVersionKind::gvk("meshca.io", "v1alpha1", kind);
     let issuers = Api::<kube::core::DynamicObject>::namespaced_with(
         client.clone(),

@@ -48,13 +48,8 @@ impl Pki {
     }
 
     fn cacerts(&self, crls: &[&Crl]) -> BTreeMap<String, Vec<u8>> {
-        let (int, root) = (self.dir.read("int.pem"), self.dir.read("root.pem"));
-        let mut data = BTreeMap::from([
-            ("ca-cert.pem".to_string(), int.clone().into_bytes()),
-            ("ca-key.pem".to_string(), self.dir.read("int.key").into_bytes()),
-            ("cert-chain.pem".to_string(), format!("{int}{root}").into_bytes()),
-            ("root-cert.pem".to_string(), root.into_bytes()),
-        ]);
+        let read = |file: &str| self.dir.read(file);
+        let mut data = goverify::cacerts(&read("int.pem"), &read("int.key"), "", &read("root.pem"));
         if !crls.is_empty() {
             let pem: String = crls.iter().map(|c| c.to_pem()).collect();
             data.insert("ca-crl.pem".to_string(), pem.into_bytes());

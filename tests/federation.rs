@@ -27,6 +27,26 @@ use support::{ScopeLock, eventually, goverify};
 const TIMEOUT: Duration = Duration::from_secs(30);
 const PUBLISHED: &str = "istio-ca-root-published";
 
+/// A ConfigMap under the published name, holding `root_cert`, applied by the test (not by the
+/// controller) in `cluster`'s namespace: someone else's, which the controller must not take.
+async fn foreign_published(cluster: &Cluster, root_cert: &str) {
+    let foreign = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": PUBLISHED, "namespace": cluster.ns.name},
+        "data": {"root-cert.pem": root_cert},
+    });
+    cluster
+        .ns
+        .api::<ConfigMap>()
+        .patch(
+            PUBLISHED,
+            &PatchParams::apply(support::TEST_MANAGER),
+            &Patch::Apply(&foreign),
+        )
+        .await
+        .unwrap();
+}
+
 /// What a federation test does with a cluster: its own root, istiod's intermediate, an
 /// IstioCACerts `istiod` that publishes the root.
 impl Cluster {
@@ -318,19 +338,8 @@ async fn meshca_refuses_and_writes_nothing_when_a_check_fails() {
     );
     // B's publishRoot ConfigMap made by hand (B's controller refuses it as NotOwned): the
     // CLI never copies it into A.
-    let hand_made = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": PUBLISHED, "namespace": b.ns.name},
-        "data": {"root-cert.pem": String::from_utf8(a.cacerts().await["root-cert.pem"].clone()).unwrap()},
-    });
-    b.ns.api::<ConfigMap>()
-        .patch(
-            PUBLISHED,
-            &PatchParams::apply(support::TEST_MANAGER),
-            &Patch::Apply(&hand_made),
-        )
-        .await
-        .unwrap();
+    let a_root = String::from_utf8(a.cacerts().await["root-cert.pem"].clone()).unwrap();
+    foreign_published(&b, &a_root).await;
     b.patch_icc(serde_json::json!({"spec": {"publishRoot": {"configMapName": PUBLISHED}}}))
         .await;
     b.wait_condition("RootPublished", "NotOwned").await;
@@ -550,19 +559,7 @@ async fn the_published_root_is_byte_stable_and_never_takes_over_a_foreign_config
     let a = Cluster::start(support::kubeconfig(), &namespace, "istiod", "a.example").await;
     a.issue_intermediate().await;
     // Someone else's ConfigMap under the published name: left alone, and said so.
-    let foreign = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": PUBLISHED, "namespace": a.ns.name},
-        "data": {"root-cert.pem": "not ours"},
-    });
-    a.ns.api::<ConfigMap>()
-        .patch(
-            PUBLISHED,
-            &PatchParams::apply(support::TEST_MANAGER),
-            &Patch::Apply(&foreign),
-        )
-        .await
-        .unwrap();
+    foreign_published(&a, "not ours").await;
     a.create_istio_cacerts(vec![]).await;
     let published_condition = |icc: &IstioCACerts| {
         icc.status

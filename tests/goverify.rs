@@ -6,25 +6,30 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use support::goverify::{istiod_loads, istiod_loads_at, workload_verifies};
+use support::goverify::{cacerts, istiod_loads, istiod_loads_at, workload_verifies};
 use support::openssl::{Workdir, workload_certificate};
 
 fn pki(root_bc: &str, int_ext: &str) -> Workdir {
     support::openssl::root_and_intermediate(root_bc, int_ext)
 }
 
+/// A workload certificate for `id` signed by the intermediate of `dir` (int.pem, int.key),
+/// followed by the chain a proxy presents (the intermediate and root.pem).
+fn workload(dir: &Workdir, id: &str) -> String {
+    let chain = format!("{}{}", dir.read("int.pem"), dir.read("root.pem"));
+    workload_certificate(
+        dir.read("int.pem").as_bytes(),
+        dir.read("int.key").as_bytes(),
+        chain.as_bytes(),
+        id,
+    )
+}
+
 const CA_EXT: &str =
     "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n";
 
 fn bundle(dir: &Workdir) -> BTreeMap<String, Vec<u8>> {
-    let int = dir.read("int.pem");
-    let root = dir.read("root.pem");
-    BTreeMap::from([
-        ("ca-cert.pem".to_string(), int.clone().into_bytes()),
-        ("ca-key.pem".to_string(), dir.read("int.key").into_bytes()),
-        ("cert-chain.pem".to_string(), format!("{int}{root}").into_bytes()),
-        ("root-cert.pem".to_string(), root.into_bytes()),
-    ])
+    cacerts(&dir.read("int.pem"), &dir.read("int.key"), "", &dir.read("root.pem"))
 }
 
 #[test]
@@ -47,33 +52,13 @@ fn three_levels(root_bc: &str) -> BTreeMap<String, Vec<u8>> {
         "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n",
     );
     dir.req_with_new_p256_key("istiod.key", "istiod.csr", None, "/O=goverify/CN=istiod", &[]);
-    dir.run(&[
-        "x509",
-        "-req",
-        "-in",
-        "istiod.csr",
-        "-CA",
-        "int.pem",
-        "-CAkey",
-        "int.key",
-        "-CAcreateserial",
-        "-days",
-        "30",
-        "-extfile",
-        "int.cnf",
-        "-out",
-        "istiod.pem",
-    ]);
-    let (istiod, int, root) = (dir.read("istiod.pem"), dir.read("int.pem"), dir.read("root.pem"));
-    BTreeMap::from([
-        ("ca-cert.pem".to_string(), istiod.clone().into_bytes()),
-        ("ca-key.pem".to_string(), dir.read("istiod.key").into_bytes()),
-        (
-            "cert-chain.pem".to_string(),
-            format!("{istiod}{int}{root}").into_bytes(),
-        ),
-        ("root-cert.pem".to_string(), root.into_bytes()),
-    ])
+    dir.sign("istiod.csr", ("int.pem", "int.key"), "30", "int.cnf", "istiod.pem", &[]);
+    cacerts(
+        &dir.read("istiod.pem"),
+        &dir.read("istiod.key"),
+        &dir.read("int.pem"),
+        &dir.read("root.pem"),
+    )
 }
 
 #[test]
@@ -97,13 +82,7 @@ fn istiod_check_refuses_a_sub_ca_below_a_root_with_path_length_zero() {
 fn a_root_with_path_length_zero_passes_istiods_load_check_but_fails_every_workload() {
     let dir = pki("CA:TRUE,pathlen:0", CA_EXT);
     assert_eq!(istiod_loads(&bundle(&dir)), Ok(()));
-    let chain = format!("{}{}", dir.read("int.pem"), dir.read("root.pem"));
-    let leaf = workload_certificate(
-        dir.read("int.pem").as_bytes(),
-        dir.read("int.key").as_bytes(),
-        chain.as_bytes(),
-        "spiffe://cluster.local/ns/default/sa/x",
-    );
+    let leaf = workload(&dir, "spiffe://cluster.local/ns/default/sa/x");
     let verdict = workload_verifies(leaf.as_bytes(), b"", dir.read("root.pem").as_bytes());
     assert!(
         verdict.as_ref().is_err_and(|e| e.contains("too many intermediates")),
@@ -151,13 +130,7 @@ fn istiod_check_reads_the_tls_format_as_istiod_does() {
 #[test]
 fn workload_certificate_verifies_under_its_own_root_only() {
     let dir = pki("CA:TRUE", CA_EXT);
-    let chain = format!("{}{}", dir.read("int.pem"), dir.read("root.pem"));
-    let leaf = workload_certificate(
-        dir.read("int.pem").as_bytes(),
-        dir.read("int.key").as_bytes(),
-        chain.as_bytes(),
-        "spiffe://cluster.local/ns/default/sa/x",
-    );
+    let leaf = workload(&dir, "spiffe://cluster.local/ns/default/sa/x");
     assert_eq!(
         workload_verifies(leaf.as_bytes(), b"", dir.read("root.pem").as_bytes()),
         Ok(())
@@ -174,15 +147,7 @@ fn workload_certificate_verifies_under_its_own_root_only() {
 fn workload_certificate_outside_a_uri_name_constraint_is_refused() {
     let constrained = format!("{CA_EXT}nameConstraints=critical,permitted;URI:cluster-a.example\n");
     let dir = pki("CA:TRUE", &constrained);
-    let chain = format!("{}{}", dir.read("int.pem"), dir.read("root.pem"));
-    let make = |id: &str| {
-        workload_certificate(
-            dir.read("int.pem").as_bytes(),
-            dir.read("int.key").as_bytes(),
-            chain.as_bytes(),
-            id,
-        )
-    };
+    let make = |id: &str| workload(&dir, id);
     let root = dir.read("root.pem");
     let own = make("spiffe://cluster-a.example/ns/x/sa/y");
     assert_eq!(workload_verifies(own.as_bytes(), b"", root.as_bytes()), Ok(()));

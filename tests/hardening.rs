@@ -10,10 +10,10 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
+use mesh_ca_issuer::api::issuer::MeshCAIssuer;
 use support::cert_manager::{self as cm, IntermediateRequest};
 use support::openssl::Workdir;
-use support::{ControllerProcess, RunningController, TEST_MANAGER, eventually};
+use support::{ControllerProcess, RunningController, TEST_MANAGER, eventually, issuer};
 
 const TIMEOUT: Duration = Duration::from_secs(45);
 const CA_KU: &str = "keyUsage=critical,keyCertSign,cRLSign,digitalSignature";
@@ -40,16 +40,6 @@ fn ca_secret(name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) 
     .unwrap()
 }
 
-fn local(secret_name: &str, bootstrap: bool) -> IssuerSpec {
-    IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: secret_name.into(),
-            bootstrap: bootstrap.then(RootBootstrap::default),
-        }),
-        ..Default::default()
-    }
-}
-
 /// In istiod's namespace a MeshCAIssuer could otherwise sign with whatever CA lies there:
 /// cert-manager's Secret of istiod's own intermediate above all. Each Secret that is not meant
 /// as a CA is refused with `InvalidCASecret` and a sentence that says how to mark one that is.
@@ -57,7 +47,7 @@ fn local(secret_name: &str, bootstrap: bool) -> IssuerSpec {
 async fn only_a_secret_meant_as_a_ca_serves_a_local_ca_issuer() {
     let (_lock, client, ns) = support::namespaced_test("ca-secret-rules").await;
     // This namespace plays istiod's: the controller treats it as an Istio namespace.
-    let controller = RunningController::start(&["--namespace", &ns.name, "--istio-namespaces", &ns.name]).await;
+    let controller = RunningController::in_namespace_with(&ns.name, &["--istio-namespaces", &ns.name]).await;
     let secrets: Api<Secret> = ns.api();
     let issuers: Api<MeshCAIssuer> = ns.api();
     let cases = [
@@ -87,10 +77,7 @@ async fn only_a_secret_meant_as_a_ca_serves_a_local_ca_issuer() {
     ];
     for (name, secret, expected) in &cases {
         secrets.create(&PostParams::default(), secret).await.unwrap();
-        issuers
-            .create(&PostParams::default(), &MeshCAIssuer::new(name, local(name, false)))
-            .await
-            .unwrap();
+        issuer::create(&issuers, name, issuer::from_secret(name)).await;
         let message = support::wait_issuer_reason(&issuers, name, "InvalidCASecret", TIMEOUT).await;
         assert!(message.contains(expected), "{name}: {message}");
     }
@@ -116,13 +103,7 @@ async fn only_a_secret_meant_as_a_ca_serves_a_local_ca_issuer() {
     support::wait_issuer(&issuers, "plain", "True", TIMEOUT).await;
     // Bootstrapping a root creates a Secret under a name the issuer chose: not in an Istio
     // namespace unless the operator allows it.
-    issuers
-        .create(
-            &PostParams::default(),
-            &MeshCAIssuer::new("boot", local("boot-root", true)),
-        )
-        .await
-        .unwrap();
+    issuer::create(&issuers, "boot", issuer::bootstrapped("boot-root")).await;
     let message = support::wait_issuer_reason(&issuers, "boot", "BootstrapNotAllowed", TIMEOUT).await;
     assert!(
         message.contains("--allow-root-bootstrap-in-istio-namespaces"),
@@ -133,13 +114,14 @@ async fn only_a_secret_meant_as_a_ca_serves_a_local_ca_issuer() {
         "no Secret created"
     );
     drop(controller);
-    let _controller = RunningController::start(&[
-        "--namespace",
+    let _controller = RunningController::in_namespace_with(
         &ns.name,
-        "--istio-namespaces",
-        &ns.name,
-        "--allow-root-bootstrap-in-istio-namespaces=true",
-    ])
+        &[
+            "--istio-namespaces",
+            &ns.name,
+            "--allow-root-bootstrap-in-istio-namespaces=true",
+        ],
+    )
     .await;
     // Allowed, the root it bootstraps there is marked as a CA from the start.
     support::wait_issuer(&issuers, "boot", "True", TIMEOUT).await;
@@ -159,15 +141,9 @@ async fn only_a_secret_meant_as_a_ca_serves_a_local_ca_issuer() {
 #[tokio::test]
 async fn a_re_created_bootstrapped_root_is_a_warning_and_a_condition_naming_both_roots() {
     let (_lock, client, ns) = support::namespaced_test("reboot").await;
-    let _controller = RunningController::start(&["--namespace", &ns.name]).await;
+    let _controller = RunningController::in_namespace(&ns.name).await;
     let issuers: Api<MeshCAIssuer> = ns.api();
-    issuers
-        .create(
-            &PostParams::default(),
-            &MeshCAIssuer::new("boot", local("boot-root", true)),
-        )
-        .await
-        .unwrap();
+    issuer::create(&issuers, "boot", issuer::bootstrapped("boot-root")).await;
     support::wait_issuer(&issuers, "boot", "True", TIMEOUT).await;
     let bootstrapped = |status: &mesh_ca_issuer::api::issuer::IssuerStatus| {
         status
@@ -308,14 +284,8 @@ async fn an_oversized_ca_secret_neither_stalls_signing_nor_the_lease() {
     .unwrap();
     secrets.create(&PostParams::default(), &big).await.unwrap();
     let issuers: Api<MeshCAIssuer> = ns.api();
-    issuers
-        .create(&PostParams::default(), &MeshCAIssuer::new("big", local("big", false)))
-        .await
-        .unwrap();
-    issuers
-        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", local("root", true)))
-        .await
-        .unwrap();
+    issuer::create(&issuers, "big", issuer::from_secret("big")).await;
+    issuer::create(&issuers, "mesh", issuer::bootstrapped("root")).await;
     let message = support::wait_issuer_reason(&issuers, "big", "InvalidCA", TIMEOUT).await;
     assert!(
         message.contains(&format!("holds {count} certificates")) && message.contains("at most 32"),

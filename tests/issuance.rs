@@ -13,27 +13,16 @@ use mesh_ca_issuer::api::cert_manager::CertificateRequest;
 use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
 use mesh_ca_issuer::pki::Certificate;
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::{RunningController, ScopeLock, TestNamespace, eventually, openssl, wait_for_event};
+use support::objects::{create_secret, create_tls_secret};
+use support::{RunningController, eventually, issuer, openssl, wait_for_event};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-struct Env {
-    client: Client,
-    ns: TestNamespace,
-    _controller: RunningController,
-    _lock: ScopeLock,
-}
-
 /// A namespace with a controller watching only it.
+type Env = support::WithNamespace<RunningController>;
+
 async fn env(prefix: &str) -> Env {
-    let (lock, client, ns) = support::namespaced_test(prefix).await;
-    let controller = RunningController::in_namespace(&ns.name).await;
-    Env {
-        client,
-        ns,
-        _controller: controller,
-        _lock: lock,
-    }
+    Env::controlled(prefix, &[]).await
 }
 
 fn local_ca(secret: &str, bootstrap: Option<RootBootstrap>) -> IssuerSpec {
@@ -47,10 +36,7 @@ fn local_ca(secret: &str, bootstrap: Option<RootBootstrap>) -> IssuerSpec {
 }
 
 async fn create_issuer(env: &Env, name: &str, spec: IssuerSpec) {
-    let api: Api<MeshCAIssuer> = env.ns.api();
-    api.create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
-        .await
-        .expect("create issuer");
+    issuer::create(&env.ns.api(), name, spec).await;
 }
 
 /// Waits for the issuer's Ready condition to have `status` and returns (reason, message).
@@ -59,13 +45,7 @@ async fn wait_issuer(env: &Env, name: &str, status: &str) -> (String, String) {
 }
 
 async fn ready_issuer(env: &Env, name: &str) {
-    create_issuer(
-        env,
-        name,
-        local_ca(&format!("{name}-root"), Some(RootBootstrap::default())),
-    )
-    .await;
-    wait_issuer(env, name, "True").await;
+    issuer::create_ready_with_own_root(&env.ns.api(), name, TIMEOUT).await;
 }
 
 /// Stops bootstrapping the issuer's root Secret (`<name>-root`), so a Secret the test changes
@@ -280,7 +260,7 @@ async fn missing_issuer_makes_the_request_wait_until_the_issuer_exists() {
 #[tokio::test]
 async fn missing_root_secret_makes_issuer_not_ready_and_requests_wait_until_it_appears() {
     let env = env("issue-late-root").await;
-    create_issuer(&env, "mesh", local_ca("root-ca", None)).await;
+    create_issuer(&env, "mesh", issuer::from_secret("root-ca")).await;
     let (reason, message) = wait_issuer(&env, "mesh", "False").await;
     assert_eq!(reason, "SecretNotFound");
     assert!(
@@ -303,18 +283,7 @@ async fn missing_root_secret_makes_issuer_not_ready_and_requests_wait_until_it_a
             "keyUsage=critical,keyCertSign,cRLSign",
         ],
     );
-    let secret = serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "root-ca"}, "type": "kubernetes.io/tls",
-        "stringData": {
-            "tls.crt": dir.read("tls.crt"),
-            "tls.key": dir.read("tls.key"),
-        }
-    });
-    let secrets: Api<Secret> = env.ns.api();
-    secrets
-        .create(&PostParams::default(), &serde_json::from_value(secret).unwrap())
-        .await
-        .unwrap();
+    create_tls_secret(&env.ns.api(), "root-ca", &dir.read("tls.crt"), &dir.read("tls.key")).await;
     let cr = cm::wait_for_reason(&env.client, &env.ns.name, "waiting", &["Issued"], TIMEOUT).await;
     let status = cr.status.unwrap();
     assert_eq!(
@@ -335,15 +304,7 @@ async fn bad_roots_make_the_issuer_not_ready_with_the_cause() {
         "/CN=A",
         &["basicConstraints=critical,CA:TRUE"],
     );
-    dir.run(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        "b.key",
-    ]);
+    dir.new_p256_key("b.key");
     dir.req_with_new_p256_key(
         "leaf.key",
         "leaf.crt",
@@ -361,11 +322,8 @@ async fn bad_roots_make_the_issuer_not_ready_with_the_cause() {
     for (name, crt, key, _) in &cases {
         let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
             "stringData": {"tls.crt": crt, "tls.key": key}});
-        secrets
-            .create(&PostParams::default(), &serde_json::from_value(secret).unwrap())
-            .await
-            .unwrap();
-        create_issuer(&env, name, local_ca(name, None)).await;
+        create_secret(&secrets, secret).await;
+        create_issuer(&env, name, issuer::from_secret(name)).await;
     }
     for (name, _, _, expected) in &cases {
         let message = support::wait_issuer_reason(&env.ns.api::<MeshCAIssuer>(), name, expected, TIMEOUT).await;
@@ -407,7 +365,7 @@ async fn bad_requests_fail_with_the_cause_and_the_controller_keeps_serving() {
         "mesh",
         IssuerSpec {
             policy,
-            ..local_ca("mesh-root", Some(RootBootstrap::default()))
+            ..issuer::bootstrapped("mesh-root")
         },
     )
     .await;
@@ -637,13 +595,7 @@ async fn no_key_material_in_logs_events_or_conditions() {
         controller.log()
     );
     let issuers: Api<MeshCAIssuer> = ns.api();
-    issuers
-        .create(
-            &PostParams::default(),
-            &MeshCAIssuer::new("mesh", local_ca("mesh-root", Some(RootBootstrap::default()))),
-        )
-        .await
-        .unwrap();
+    issuer::create(&issuers, "mesh", issuer::bootstrapped("mesh-root")).await;
     let mut keys = Vec::new();
     keys.push(cm::request_and_approve(&client, &ns.name, &IntermediateRequest::istiod("good", "mesh")).await);
     cm::wait_for_reason(&client, &ns.name, "good", &["Issued"], TIMEOUT).await;
@@ -699,17 +651,10 @@ async fn get_cr_in(client: &Client, namespace: &str, name: &str) -> CertificateR
 /// after a spec change, and requests wait until the controller can re-check it.
 #[tokio::test]
 async fn requests_wait_while_the_issuer_status_is_older_than_its_spec() {
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use k8s_openapi::api::rbac::v1::Role;
     let (_lock, client, ns) = support::namespaced_test("issue-stale-generation").await;
     let issuers: Api<MeshCAIssuer> = ns.api();
-    issuers
-        .create(
-            &PostParams::default(),
-            &MeshCAIssuer::new("mesh", local_ca("mesh-root", Some(RootBootstrap::default()))),
-        )
-        .await
-        .unwrap();
+    issuer::create(&issuers, "mesh", issuer::bootstrapped("mesh-root")).await;
     // Checked once (by an admin-run controller), then the controller goes away.
     {
         let _checker = RunningController::in_namespace(&ns.name).await;
@@ -743,32 +688,10 @@ async fn requests_wait_while_the_issuer_status_is_older_than_its_spec() {
         if issuer_status {
             rules.push(serde_json::json!({"apiGroups": ["meshca.io"], "resources": ["meshcaissuers/status"], "verbs": ["update", "patch"]}));
         }
-        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "controller"}, "rules": rules})
+        rules
     };
-    let roles: Api<Role> = ns.api();
-    roles
-        .create(&PostParams::default(), &serde_json::from_value(rules(false)).unwrap())
-        .await
-        .unwrap();
-    let binding = serde_json::json!({
-        "metadata": {"name": "controller"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "controller"},
-        "subjects": [{"kind": "ServiceAccount", "name": "controller", "namespace": ns.name}]
-    });
-    ns.api::<ServiceAccount>()
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": "controller"}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    ns.api::<RoleBinding>()
-        .create(&PostParams::default(), &serde_json::from_value(binding).unwrap())
-        .await
-        .unwrap();
-    let token = support::service_account_token(&client, &ns.name, "controller").await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = support::kubeconfig_with_token(dir.path(), &token);
+    let kubeconfig = support::restricted_identity(&client, &ns.name, "controller", rules(false), dir.path()).await;
     let mut controller =
         support::ControllerProcess::start_with_env(&kubeconfig, &["--namespace", &ns.name], &[], dir.path());
     assert!(
@@ -790,11 +713,12 @@ async fn requests_wait_while_the_issuer_status_is_older_than_its_spec() {
 
     // Once the controller may write the issuer's status again, it re-checks the issuer and the
     // request is issued without anyone touching it.
-    roles
+    let role = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "controller"}, "rules": rules(true)});
+    ns.api::<Role>()
         .replace(
             "controller",
             &PostParams::default(),
-            &serde_json::from_value(rules(true)).unwrap(),
+            &serde_json::from_value(role).unwrap(),
         )
         .await
         .unwrap();
@@ -985,7 +909,7 @@ async fn a_root_replaced_during_a_burst_of_200_signs_every_request_approved_afte
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum()
     };
-    let metrics = env._controller.metrics().await;
+    let metrics = env.metrics().await;
     assert_eq!(issued_writes(&metrics), (2 * HALF) as f64, "issued status writes");
     let events: Api<k8s_openapi::api::events::v1::Event> = env.ns.api();
     let mut issued_events: HashMap<String, usize> = HashMap::new();

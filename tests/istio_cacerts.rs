@@ -13,13 +13,11 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use mesh_ca_issuer::api::issuer::{MeshCAIssuer, RootBootstrap};
 use mesh_ca_issuer::api::istio_cacerts::{AdoptExisting, IstioCACerts, IstioCACertsSpec, RenewalWindow};
-use mesh_ca_issuer::pki::policy::SigningPlan;
-use mesh_ca_issuer::pki::sign::{CaSigner, sign_csr};
-use mesh_ca_issuer::pki::{Certificate, CertificateSigningRequest, SigningKey};
-use support::cert_manager::{self as cm, IntermediateRequest};
+use mesh_ca_issuer::pki::{Certificate, SigningKey};
+use support::cert_manager as cm;
 use support::issuer::{a_year_at_most, bootstrapped};
 use support::mesh::{Mesh, SOURCE};
-use support::objects::{condition, data};
+use support::objects::{condition, create_secret, data};
 use support::{RunningController, ScopeLock, eventually, goverify, openssl, wait_for_event};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -310,15 +308,10 @@ async fn renewals_keep_root_cert_pem_byte_identical_and_unchanged_content_is_not
 async fn a_foreign_cacerts_is_untouched_unless_adoption_is_asked_for() {
     let env = env("icc-foreign").await;
     issue(&env, "mesh", None).await;
-    let hand_made: Secret = serde_json::from_value(serde_json::json!({
+    let hand_made = serde_json::json!({
         "metadata": {"name": "cacerts"}, "stringData": {"ca-cert.pem": "hand made", "note": "by an operator"}
-    }))
-    .unwrap();
-    env.ns
-        .api::<Secret>()
-        .create(&PostParams::default(), &hand_made)
-        .await
-        .unwrap();
+    });
+    create_secret(&env.ns.api(), hand_made).await;
     let before = cacerts(&env).await.unwrap();
     create_icc(&env, AdoptExisting::Never).await;
     let icc = wait_condition(&env, "Ready", "NotOwned").await;
@@ -381,22 +374,8 @@ async fn a_foreign_cacerts_is_untouched_unless_adoption_is_asked_for() {
 async fn adopting_never_deletes_a_typed_secret_with_foreign_keys_unless_replace_is_asked_for() {
     let env = env("icc-adopt-foreign").await;
     issue(&env, "mesh", None).await;
-    let dir = openssl::Workdir::new();
-    dir.req_with_new_p256_key(
-        "old.key",
-        "old.pem",
-        Some(30),
-        "/CN=old hand-made CA",
-        &["basicConstraints=critical,CA:TRUE"],
-    );
-    let tls: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "cacerts"},
-        "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": dir.read("old.pem"), "tls.key": dir.read("old.key"), "backup.pem": "someone else's"}
-    }))
-    .unwrap();
+    let before = hand_made_cacerts(&env, "backup.pem", Some("someone else's")).await;
     let secrets = env.ns.api::<Secret>();
-    let before = secrets.create(&PostParams::default(), &tls).await.unwrap();
     create_icc(&env, AdoptExisting::KeepForeignKeys).await;
     let icc = wait_condition(&env, "Ready", "AdoptionNeedsReplace").await;
     let message = condition_message(&icc, "Ready");
@@ -405,14 +384,7 @@ async fn adopting_never_deletes_a_typed_secret_with_foreign_keys_unless_replace_
         "{message}"
     );
     wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "AdoptionNeedsReplace").await;
-    // No sleep: the refusal is decided before any write, and act writes cacerts first and the
-    // status and event last, so the reconcile that raised this event wrote nothing.
-    let after = secrets.get("cacerts").await.unwrap();
-    assert_eq!(
-        fingerprint_of(&after),
-        fingerprint_of(&before),
-        "not deleted, not changed"
-    );
+    assert_unchanged_after_refusal(&secrets, "cacerts", &before, "not deleted, not changed").await;
 
     env.patch_icc(serde_json::json!({"spec": {"adoptExisting": "Replace"}}))
         .await;
@@ -428,6 +400,13 @@ async fn adopting_never_deletes_a_typed_secret_with_foreign_keys_unless_replace_
 /// A `kubernetes.io/tls` Secret `cacerts` holding a hand-made CA, whose root (`ca.crt`) is
 /// `root_pem`.
 async fn tls_cacerts(env: &Env, root_pem: Option<&str>) -> Secret {
+    hand_made_cacerts(env, "ca.crt", root_pem).await
+}
+
+/// A `kubernetes.io/tls` Secret `cacerts` holding a hand-made CA and one more entry, `extra`,
+/// whose value is `value` (the CA's own certificate when `None`): what an operator left there
+/// before the controller came.
+async fn hand_made_cacerts(env: &Env, extra: &str, value: Option<&str>) -> Secret {
     let dir = openssl::Workdir::new();
     dir.req_with_new_p256_key(
         "old.key",
@@ -436,18 +415,13 @@ async fn tls_cacerts(env: &Env, root_pem: Option<&str>) -> Secret {
         "/CN=old hand-made CA",
         &["basicConstraints=critical,CA:TRUE"],
     );
-    let ca = root_pem.map_or_else(|| dir.read("old.pem"), str::to_string);
-    let tls: Secret = serde_json::from_value(serde_json::json!({
+    let value = value.map_or_else(|| dir.read("old.pem"), str::to_string);
+    let tls = serde_json::json!({
         "metadata": {"name": "cacerts"},
         "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": dir.read("old.pem"), "tls.key": dir.read("old.key"), "ca.crt": ca}
-    }))
-    .unwrap();
-    env.ns
-        .api::<Secret>()
-        .create(&PostParams::default(), &tls)
-        .await
-        .unwrap()
+        "stringData": {"tls.crt": dir.read("old.pem"), "tls.key": dir.read("old.key"), extra: value}
+    });
+    create_secret(&env.ns.api(), tls).await
 }
 
 /// The root the source Secret carries (`ca.crt`), the mesh's root.
@@ -611,8 +585,7 @@ async fn a_failed_re_create_after_adoption_is_shown_names_the_backup_and_is_retr
 /// in between, so the retry is the controller's own.
 #[tokio::test]
 async fn a_refused_cacerts_write_is_retried_until_it_is_allowed() {
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use k8s_openapi::api::rbac::v1::Role;
     let env = env("icc-rbac").await;
     issue(&env, "mesh", None).await;
     // From here on only a restricted controller runs.
@@ -633,29 +606,10 @@ async fn a_refused_cacerts_write_is_retried_until_it_is_allowed() {
             rules.push(serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "update", "delete"]}));
             rules.push(serde_json::json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}));
         }
-        serde_json::from_value::<Role>(serde_json::json!({"metadata": {"name": "controller"}, "rules": rules})).unwrap()
+        rules
     };
-    let roles: Api<Role> = ns.api();
-    roles.create(&PostParams::default(), &rules(false)).await.unwrap();
-    ns.api::<ServiceAccount>()
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": "controller"}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let binding = serde_json::json!({
-        "metadata": {"name": "controller"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "controller"},
-        "subjects": [{"kind": "ServiceAccount", "name": "controller", "namespace": ns.name}]
-    });
-    ns.api::<RoleBinding>()
-        .create(&PostParams::default(), &serde_json::from_value(binding).unwrap())
-        .await
-        .unwrap();
-    let token = support::service_account_token(&client, &ns.name, "controller").await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = support::kubeconfig_with_token(dir.path(), &token);
+    let kubeconfig = support::restricted_identity(&client, &ns.name, "controller", rules(false), dir.path()).await;
     let flags = [
         "--namespace",
         &ns.name,
@@ -678,9 +632,7 @@ async fn a_refused_cacerts_write_is_retried_until_it_is_allowed() {
         adopt_existing: AdoptExisting::Never,
         ..Default::default()
     };
-    api.create(&PostParams::default(), &IstioCACerts::new("mesh", spec))
-        .await
-        .unwrap();
+    support::objects::create_icc(&api, "mesh", spec).await;
     let failed_message = eventually(TIMEOUT, || async {
         let icc = api.get("mesh").await.ok()?;
         let c = condition(&icc, "Ready")?.clone();
@@ -717,7 +669,9 @@ async fn a_refused_cacerts_write_is_retried_until_it_is_allowed() {
     );
 
     // Granted: the write lands and the held-back events follow, with no other trigger.
-    let mut granted = rules(true);
+    let roles: Api<Role> = ns.api();
+    let mut granted: Role =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "controller"}, "rules": rules(true)})).unwrap();
     granted.metadata.resource_version = roles.get("controller").await.unwrap().metadata.resource_version;
     roles
         .replace("controller", &PostParams::default(), &granted)
@@ -743,16 +697,11 @@ async fn a_refused_cacerts_write_is_retried_until_it_is_allowed() {
 async fn istiods_self_signed_ca_is_never_touched_even_when_adopting() {
     let env = env("icc-istiod").await;
     issue(&env, "mesh", None).await;
-    let istiod: Secret = serde_json::from_value(serde_json::json!({
+    let istiod = serde_json::json!({
         "metadata": {"name": "cacerts"},
         "stringData": {"ca-cert.pem": "istiod's own", "ca-key.pem": "k", "root-cert.pem": "r", "istio-generated": ""}
-    }))
-    .unwrap();
-    env.ns
-        .api::<Secret>()
-        .create(&PostParams::default(), &istiod)
-        .await
-        .unwrap();
+    });
+    create_secret(&env.ns.api(), istiod).await;
     let before = cacerts(&env).await.unwrap();
     create_icc(&env, AdoptExisting::KeepForeignKeys).await;
     let icc = wait_condition(&env, "Ready", "IstiodSelfSignedCA").await;
@@ -795,25 +744,8 @@ fn sign_with_root(root_secret: &Secret, ca: bool, from: Timestamp, to: Timestamp
     let d = data(root_secret);
     let root = Certificate::parse_pem_bundle(&d["tls.crt"], "root").unwrap().remove(0);
     let root_key = SigningKey::from_pem(&d["tls.key"]).unwrap();
-    let (key, csr) = cm::make_key_and_csr(&IntermediateRequest::istiod("x", "mesh"));
-    let csr = CertificateSigningRequest::from_pem(csr.as_bytes()).unwrap();
-    let plan = SigningPlan {
-        ca_path_len: ca.then_some(0),
-        not_before: from,
-        not_after: to,
-        requested: Duration::from_secs(1),
-        clamped: None,
-        name_constraints: None,
-    };
-    let cert = sign_csr(
-        &csr,
-        &plan,
-        &CaSigner {
-            certificate: &root,
-            key: &root_key,
-        },
-    )
-    .unwrap();
+    let plan = support::sign::plan(ca, from, to, Duration::from_secs(1));
+    let (cert, key) = support::sign::istiod_intermediate(&plan, &root, &root_key);
     (cert.to_pem(), key)
 }
 
@@ -897,10 +829,11 @@ async fn bad_sources_leave_cacerts_untouched_with_the_cause() {
                 secrets.get_opt(SOURCE).await.ok()?.is_none().then_some(())
             })
             .await;
-            let s: Secret =
-                serde_json::from_value(serde_json::json!({"metadata": {"name": SOURCE}, "stringData": content}))
-                    .unwrap();
-            secrets.create(&PostParams::default(), &s).await.unwrap();
+            create_secret(
+                &secrets,
+                serde_json::json!({"metadata": {"name": SOURCE}, "stringData": content}),
+            )
+            .await;
         }
         let icc = wait_condition(&env, "Ready", expected).await;
         let message = condition_message(&icc, "Ready");
@@ -919,6 +852,15 @@ async fn bad_sources_leave_cacerts_untouched_with_the_cause() {
         );
         assert_eq!(data(&now_cacerts), data(&good), "{expected}");
     }
+}
+
+/// Secret `name` still has the fingerprint it had `before` (`what` says whose it is). No
+/// sleep is needed once the refusal's event is out: the refusal is decided before any write,
+/// and act writes cacerts first and the status and event last, so the reconcile that raised
+/// the event wrote nothing.
+async fn assert_unchanged_after_refusal(secrets: &Api<Secret>, name: &str, before: &Secret, what: &str) {
+    let after = secrets.get(name).await.unwrap();
+    assert_eq!(fingerprint_of(&after), fingerprint_of(before), "{what}");
 }
 
 /// Everything of a Secret that a write could change.
@@ -950,14 +892,13 @@ async fn a_target_outside_the_allowed_names_is_refused_and_left_byte_for_byte() 
         "/CN=ingress.example",
         &["subjectAltName=DNS:ingress.example"],
     );
-    let gateway: Secret = serde_json::from_value(serde_json::json!({
+    let gateway = serde_json::json!({
         "metadata": {"name": "istio-ingressgateway-certs", "labels": {"app": "istio-ingressgateway"}},
         "type": "kubernetes.io/tls",
         "stringData": {"tls.crt": dir.read("gw.pem"), "tls.key": dir.read("gw.key")}
-    }))
-    .unwrap();
+    });
     let secrets = env.ns.api::<Secret>();
-    let before = secrets.create(&PostParams::default(), &gateway).await.unwrap();
+    let before = create_secret(&secrets, gateway).await;
     env.create_icc(IstioCACertsSpec {
         source_secret_name: SOURCE.into(),
         target_secret_name: "istio-ingressgateway-certs".into(),
@@ -975,14 +916,13 @@ async fn a_target_outside_the_allowed_names_is_refused_and_left_byte_for_byte() 
         assert!(message.contains(needed), "{needed}: {message}");
     }
     wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "TargetNotAllowed").await;
-    // No sleep: the refusal is decided before any write, and act writes cacerts first and the
-    // status and event last, so the reconcile that raised this event wrote nothing.
-    let after = secrets.get("istio-ingressgateway-certs").await.unwrap();
-    assert_eq!(
-        fingerprint_of(&after),
-        fingerprint_of(&before),
-        "the gateway's Secret is untouched"
-    );
+    assert_unchanged_after_refusal(
+        &secrets,
+        "istio-ingressgateway-certs",
+        &before,
+        "the gateway's Secret is untouched",
+    )
+    .await;
     assert!(
         secrets.get_opt("cacerts").await.unwrap().is_none(),
         "nothing else written"
@@ -1050,14 +990,7 @@ async fn a_target_that_is_the_source_is_refused_and_cert_managers_secret_kept() 
         "{message}"
     );
     wait_for_event(&env.client, &env.ns.name, "IstioCACerts/mesh", "TargetIsSource").await;
-    // No sleep: the refusal is decided before any write, and act writes cacerts first and the
-    // status and event last, so the reconcile that raised this event wrote nothing.
-    let after = secrets.get(SOURCE).await.unwrap();
-    assert_eq!(
-        fingerprint_of(&after),
-        fingerprint_of(&before),
-        "cert-manager's Secret is untouched"
-    );
+    assert_unchanged_after_refusal(&secrets, SOURCE, &before, "cert-manager's Secret is untouched").await;
 }
 
 #[tokio::test]

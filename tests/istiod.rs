@@ -726,6 +726,24 @@ async fn write_by_hand(sys: &IstioSystem, cacerts: &serde_json::Value) -> String
         .unwrap_or_default()
 }
 
+/// Writes `cacerts` by hand and waits until istiod's watch has seen that very write, so what
+/// istiod does next is its answer to it.
+async fn write_seen_by_istiod(sys: &IstioSystem, cacerts: &serde_json::Value) {
+    let version = write_by_hand(sys, cacerts).await;
+    sys.istiod()
+        .cacerts
+        .wait_for(TIMEOUT, |p| p.resource_version == version)
+        .await;
+}
+
+/// A workload `app` in `ns`, once its first certificate (from the running istiod) is signed
+/// by `intermediate`: where each half of the wrong-rotation test starts.
+async fn workload_under(sys: &IstioSystem, ns: &str, intermediate: &Certificate) -> Workload {
+    let workload = Workload::new(&sys.client, ns, "app", sys.istiod()).await;
+    assert!(workload.request(sys.istiod()).await.leaf().is_signed_by(intermediate));
+    workload
+}
+
 async fn source(sys: &IstioSystem) -> BTreeMap<String, Vec<u8>> {
     data(
         &sys.ns
@@ -757,19 +775,8 @@ async fn istiod_ignores_a_root_change_that_is_neither_superset_nor_subset_and_an
     write_by_hand(&sys, &first).await;
     sys.start_istiod(IstiodConfig::new("cluster.local", true)).await;
     let ns = sys.workload_namespace("wrong-wl").await;
-    let workload = Workload::new(&sys.client, &ns, "app", sys.istiod()).await;
-    assert!(
-        workload
-            .request(sys.istiod())
-            .await
-            .leaf()
-            .is_signed_by(&old_intermediate)
-    );
-    let version = write_by_hand(&sys, &replaced).await;
-    sys.istiod()
-        .cacerts
-        .wait_for(TIMEOUT, |p| p.resource_version == version)
-        .await;
+    let workload = workload_under(&sys, &ns, &old_intermediate).await;
+    write_seen_by_istiod(&sys, &replaced).await;
     let refused = sys.istiod().wait_log_line(ROOT_REFUSED, 0, TIMEOUT).await;
     // Ignored as a whole: the new intermediate is not used either, the roots stay.
     let issued = workload.request(sys.istiod()).await;
@@ -790,11 +797,7 @@ async fn istiod_ignores_a_root_change_that_is_neither_superset_nor_subset_and_an
     // parsed certificates; up to 1.30 it compared bytes and would refuse this one).
     let reordered = hand_made_cacerts(&old_source, &format!("{other_root}{old_root}"));
     for (taken, cacerts) in [(1, &grown), (2, &reordered)] {
-        let version = write_by_hand(&sys, cacerts).await;
-        sys.istiod()
-            .cacerts
-            .wait_for(TIMEOUT, |p| p.resource_version == version)
-            .await;
+        write_seen_by_istiod(&sys, cacerts).await;
         wait_root_changes_taken(&sys, taken).await;
     }
     let issued = workload.request(sys.istiod()).await;
@@ -815,22 +818,11 @@ async fn istiod_ignores_a_root_change_that_is_neither_superset_nor_subset_and_an
     sys.istiod = None;
     write_by_hand(&sys, &first).await;
     sys.start_istiod(IstiodConfig::new("cluster.local", false)).await;
-    let workload = Workload::new(&sys.client, &ns, "app", sys.istiod()).await;
-    assert!(
-        workload
-            .request(sys.istiod())
-            .await
-            .leaf()
-            .is_signed_by(&old_intermediate)
-    );
+    let workload = workload_under(&sys, &ns, &old_intermediate).await;
     let mut refused_without = Vec::new();
     for (what, cacerts) in [("a superset", &grown), ("neither", &replaced)] {
         let seen = sys.istiod().log_lines(ROOT_REFUSED_NO_MULTIROOT).len();
-        let version = write_by_hand(&sys, cacerts).await;
-        sys.istiod()
-            .cacerts
-            .wait_for(TIMEOUT, |p| p.resource_version == version)
-            .await;
+        write_seen_by_istiod(&sys, cacerts).await;
         let line = sys
             .istiod()
             .wait_log_line(ROOT_REFUSED_NO_MULTIROOT, seen, TIMEOUT)

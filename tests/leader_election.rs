@@ -7,16 +7,45 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, PostParams};
-use mesh_ca_issuer::api::issuer::MeshCAIssuer;
+use kube::api::Api;
 use support::cert_manager as cm;
-use support::eventually;
 use support::issuer::bootstrapped;
 use support::leader::{LEASE, LeaderPair, RETRY, is_leader, metric, signed_once};
+use support::{ControllerProcess, eventually};
 
 /// `<prefix>-0` … `<prefix>-<n-1>`.
 fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// MeshCAIssuer `mesh` (a bootstrapped root), and istiod's intermediates `names` issued by it
+/// with each Issued event out: an event follows its status write, so the leader may be
+/// stopped only now, not between a write and its event (which would never be sent).
+async fn issued_before(client: &kube::Client, ns: &str, names: &[String]) {
+    support::issuer::create(&Api::namespaced(client.clone(), ns), "mesh", bootstrapped("root")).await;
+    cm::issue_all(client, ns, "mesh", names, Duration::from_secs(30)).await;
+    for name in names {
+        support::wait_for_event(client, ns, name, "Issued").await;
+    }
+}
+
+/// Requests istiod's intermediates `names` while the leader is gone (requests keep coming),
+/// then waits until `standby` leads; `what` names the takeover in the failure.
+async fn requested_until_taken_over(
+    client: &kube::Client,
+    ns: &str,
+    names: &[String],
+    standby: &ControllerProcess,
+    what: &str,
+) {
+    for name in names {
+        cm::request_and_approve(client, ns, &cm::IntermediateRequest::istiod(name, "mesh")).await;
+    }
+    eventually(Duration::from_secs(20), || async {
+        is_leader(standby).await.then_some(())
+    })
+    .await
+    .expect(what);
 }
 
 #[tokio::test]
@@ -26,17 +55,8 @@ async fn one_leader_writes_and_a_standby_takes_over_when_it_dies() {
     let LeaderPair { leader, standby } = LeaderPair::start(&ns.name, logs.path()).await;
     let (mut leader, standby) = (leader.process, standby.process);
 
-    let issuers: Api<MeshCAIssuer> = ns.api();
-    issuers
-        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", bootstrapped("root")))
-        .await
-        .unwrap();
-    cm::issue_all(&client, &ns.name, "mesh", &names("before", 5), Duration::from_secs(30)).await;
-    // Each Issued event (and the issued count) follows its status write: the leader is killed
-    // only once all five are out, not between a write and its event, which would never be sent.
-    for name in names("before", 5) {
-        support::wait_for_event(&client, &ns.name, &name, "Issued").await;
-    }
+    // The issued count follows each status write too: all five are counted by now.
+    issued_before(&client, &ns.name, &names("before", 5)).await;
     let issued_metric = "meshca_reconciles_total{controller=\"certificaterequest\",outcome=\"issued\"} ";
     assert_eq!(
         metric(leader.admin_port, issued_metric).await,
@@ -54,14 +74,14 @@ async fn one_leader_writes_and_a_standby_takes_over_when_it_dies() {
     assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
     let killed = Instant::now();
     let _ = leader.child.wait();
-    for name in names("after", 5) {
-        cm::request_and_approve(&client, &ns.name, &cm::IntermediateRequest::istiod(&name, "mesh")).await;
-    }
-    eventually(Duration::from_secs(20), || async {
-        is_leader(&standby).await.then_some(())
-    })
-    .await
-    .expect("the standby takes over");
+    requested_until_taken_over(
+        &client,
+        &ns.name,
+        &names("after", 5),
+        &standby,
+        "the standby takes over",
+    )
+    .await;
     let failover = killed.elapsed();
     // The lease was renewed at most one retry period before the kill; the standby polls every
     // retry period: the takeover comes within lease duration + retry period of the kill.
@@ -113,17 +133,8 @@ async fn a_paused_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     let LeaderPair { leader, standby } = LeaderPair::start(&ns.name, logs.path()).await;
     let (old, old_name, new) = (leader.process, leader.name, standby.process);
 
-    let issuers: Api<MeshCAIssuer> = ns.api();
-    issuers
-        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", bootstrapped("root")))
-        .await
-        .unwrap();
     let names = |prefix: &str| names(prefix, 3);
-    cm::issue_all(&client, &ns.name, "mesh", &names("before"), Duration::from_secs(30)).await;
-    // Each Issued event follows its status write: quiet only once all three are out.
-    for name in names("before") {
-        support::wait_for_event(&client, &ns.name, &name, "Issued").await;
-    }
+    issued_before(&client, &ns.name, &names("before")).await;
     // Quiet now: every request issued, the issuer checked. What the old leader has sent so far:
     let sent = "meshca_api_writes_total{outcome=\"sent\"} ";
     let refused = "meshca_api_writes_total{outcome=\"refused_not_leader\"} ";
@@ -135,14 +146,8 @@ async fn a_paused_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     let pid = old.child.id().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     let stopped = Instant::now();
-    for name in names("during") {
-        cm::request_and_approve(&client, &ns.name, &cm::IntermediateRequest::istiod(&name, "mesh")).await;
-    }
-    eventually(Duration::from_secs(20), || async {
-        is_leader(&new).await.then_some(())
-    })
-    .await
-    .expect("the standby takes over from the paused leader");
+    let taken_over = "the standby takes over from the paused leader";
+    requested_until_taken_over(&client, &ns.name, &names("during"), &new, taken_over).await;
     let failover = stopped.elapsed();
     for name in names("during") {
         cm::wait_for_reason(&client, &ns.name, &name, &["Issued"], Duration::from_secs(30)).await;

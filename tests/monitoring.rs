@@ -21,9 +21,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
-use mesh_ca_issuer::api::issuer::{IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
-use mesh_ca_issuer::api::istio_cacerts::{AdoptExisting, IstioCACerts, IstioCACertsSpec};
+use mesh_ca_issuer::api::istio_cacerts::{AdoptExisting, IstioCACertsSpec};
 use serde_json::{Value, json};
 use support::cert_manager::{self as cm, IntermediateRequest};
 use support::{ControllerProcess, TestNamespace, admin_client, ensure_crds, eventually, repo_root};
@@ -135,18 +133,7 @@ async fn scrape_a_busy_controller() -> String {
     let mut controller = controller;
     assert!(controller.wait_ready(TIMEOUT).await, "{}", controller.log());
 
-    let issuers: Api<MeshCAIssuer> = ns.api();
-    let spec = IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: "mesh-root".into(),
-            bootstrap: Some(RootBootstrap::default()),
-        }),
-        ..Default::default()
-    };
-    issuers
-        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", spec))
-        .await
-        .unwrap();
+    support::issuer::create(&ns.api(), "mesh", support::issuer::bootstrapped("mesh-root")).await;
     // A request the policy refuses (not a CA): a failed issuance.
     let leaf = IntermediateRequest {
         is_ca: false,
@@ -160,26 +147,18 @@ async fn scrape_a_busy_controller() -> String {
     let cr = cm::wait_for_reason(&client, &ns.name, "istiod-1", &["Issued"], TIMEOUT).await;
     cm::write_certificate_secret(&client, &ns.name, "istiod", &cr, &key).await;
     cm::record_certificate(&client, &ns.name, "istiod", "istiod", &cr, None).await;
-    ns.api::<IstioCACerts>()
-        .create(
-            &PostParams::default(),
-            &IstioCACerts::new(
-                "istiod",
-                IstioCACertsSpec {
-                    source_secret_name: "istiod".into(),
-                    target_secret_name: "cacerts".into(),
-                    adopt_existing: AdoptExisting::Never,
-                    revocation: Some(mesh_ca_issuer::api::istio_cacerts::Revocation {
-                        enabled: true,
-                        crl_validity: "72h".into(),
-                        refresh_before: None,
-                    }),
-                    ..Default::default()
-                },
-            ),
-        )
-        .await
-        .unwrap();
+    let spec = IstioCACertsSpec {
+        source_secret_name: "istiod".into(),
+        target_secret_name: "cacerts".into(),
+        adopt_existing: AdoptExisting::Never,
+        revocation: Some(mesh_ca_issuer::api::istio_cacerts::Revocation {
+            enabled: true,
+            crl_validity: "72h".into(),
+            refresh_before: None,
+        }),
+        ..Default::default()
+    };
+    support::objects::create_icc(&ns.api(), "istiod", spec).await;
     let _cacerts = eventually(TIMEOUT, || async {
         ns.api::<Secret>().get_opt("cacerts").await.ok().flatten()
     })
@@ -245,16 +224,6 @@ fn tool(env: &str, fallback: &str) -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from(fallback))
 }
 
-fn helm() -> PathBuf {
-    tool(
-        "MESHCA_HELM",
-        &format!(
-            "{}/.cache/mesh-ca-issuer/tools/helm-3.17.2/helm",
-            std::env::var("HOME").unwrap_or_default()
-        ),
-    )
-}
-
 fn promtool() -> PathBuf {
     tool("MESHCA_PROMTOOL", "promtool")
 }
@@ -277,18 +246,7 @@ fn text(out: &Output) -> String {
 
 /// The chart rendered with `set`: its documents.
 fn render(set: &[&str]) -> Vec<Value> {
-    let chart = repo_root().join("charts/mesh-ca-issuer");
-    let mut args = vec![
-        "template",
-        "mesh-ca-issuer",
-        chart.to_str().unwrap(),
-        "--namespace",
-        "mesh-ca-issuer",
-    ];
-    for s in set {
-        args.extend(["--set", s]);
-    }
-    let out = run(&helm(), &args, &repo_root());
+    let out = support::chart::template(&[], set);
     assert!(out.status.success(), "helm template: {}", text(&out));
     serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&out.stdout))
         .filter_map(|doc| <Value as serde::Deserialize>::deserialize(doc).ok())

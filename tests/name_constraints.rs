@@ -12,23 +12,21 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::PostParams;
-use kube::{Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
-use mesh_ca_issuer::api::issuer::{
-    AwsCredentialsSecretRef, AwsPCA, IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap,
-};
+use mesh_ca_issuer::api::issuer::{IssuancePolicy, IssuerSpec, LocalCA, MeshCAIssuer, RootBootstrap};
 use mesh_ca_issuer::api::istio_cacerts::IstioCACerts;
 use mesh_ca_issuer::api::name_constraints::{NameConstraintsMode, NameConstraintsPolicy};
 use mesh_ca_issuer::pki::name_constraints::{self, NameConstraints, Subtree};
 use mesh_ca_issuer::pki::policy::{self, CaLifetime, RequestFacts};
-use mesh_ca_issuer::pki::sign::{CaSigner, self_signed_root, sign_csr};
+use mesh_ca_issuer::pki::sign::self_signed_root;
 use mesh_ca_issuer::pki::{Certificate, CertificateSigningRequest};
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::goverify::{istiod_loads, workload_verifies};
+use support::goverify::{self, istiod_loads, workload_verifies};
 use support::openssl::{self, Workdir, workload_certificate};
-use support::pca::{ACCESS_KEY_ID, PcaFixture, SECRET_ACCESS_KEY};
-use support::{RunningController, ScopeLock, TestNamespace, eventually};
+use support::pca::{ACCESS_KEY_ID, ENDPOINT_OVERRIDE, PcaFixture, SECRET_ACCESS_KEY};
+use support::{RunningController, eventually};
 
 const TIMEOUT: Duration = Duration::from_secs(45);
 const OWN: &str = "cluster-a.example";
@@ -82,6 +80,19 @@ impl Intermediate {
         }
     }
 
+    /// openssl reads a critical name constraint permitting only OWN's URIs; its text is
+    /// printed for the reader (`what` says which intermediate).
+    fn assert_openssl_shows_own_constraint(&self, what: &str) {
+        let text = openssl::text(self.certificate.as_bytes());
+        assert!(
+            text.contains(&format!(
+                "X509v3 Name Constraints: critical\n                Permitted:\n                  URI:{OWN}\n"
+            )),
+            "{text}"
+        );
+        println!("--- openssl x509 -text of {what} intermediate ---\n{text}");
+    }
+
     /// A workload certificate for `sans` (a SPIFFE ID, optionally `,DNS:...`), as istiod makes
     /// one, followed by the chain a proxy presents.
     fn workload(&self, sans: &str) -> String {
@@ -96,15 +107,7 @@ impl Intermediate {
 
     /// The `cacerts` bundle istiod would load, in Istio's own format.
     fn cacerts(&self) -> BTreeMap<String, Vec<u8>> {
-        BTreeMap::from([
-            ("ca-cert.pem".to_string(), self.certificate.clone().into_bytes()),
-            ("ca-key.pem".to_string(), self.key.clone().into_bytes()),
-            (
-                "cert-chain.pem".to_string(),
-                format!("{}{}{}", self.certificate, self.chain, self.root).into_bytes(),
-            ),
-            ("root-cert.pem".to_string(), self.root.clone().into_bytes()),
-        ])
+        goverify::cacerts(&self.certificate, &self.key, &self.chain, &self.root)
     }
 
     /// The proof the issue asks for: own trust domain accepted and another refused by openssl
@@ -233,15 +236,7 @@ fn sign_locally(uris: &[&str], nc: NameConstraintsPolicy) -> Intermediate {
     };
     let mut plan = policy::plan(&csr, &facts, &issuance, &lifetime, now).unwrap();
     plan.name_constraints = name_constraints::decide(&csr, plan.ca_path_len.is_some(), &issuance, OWN).unwrap();
-    let certificate = sign_csr(
-        &csr,
-        &plan,
-        &CaSigner {
-            certificate: &root,
-            key: &root_key,
-        },
-    )
-    .unwrap();
+    let certificate = support::sign::signed(&csr, &plan, &root, &root_key);
     Intermediate {
         certificate: certificate.to_pem(),
         key,
@@ -368,30 +363,12 @@ fn ztunnels_verifier_refuses_even_its_own_trust_domain_under_a_uri_constrained_i
 
 // === on the API server: the local root backend ===
 
-struct Env {
-    client: Client,
-    ns: TestNamespace,
-    _controller: RunningController,
-    _lock: ScopeLock,
-}
+/// A namespace with a controller watching only it: the mesh's trust domain is OWN; the PCA
+/// tests' namespaced issuers name a loopback endpoint.
+type Env = support::WithNamespace<RunningController>;
 
 async fn env(prefix: &str) -> Env {
-    let (lock, client, ns) = support::namespaced_test(prefix).await;
-    // The mesh's trust domain is OWN; the PCA tests' namespaced issuers name a loopback endpoint.
-    let controller = RunningController::start(&[
-        "--namespace",
-        &ns.name,
-        "--trust-domain",
-        OWN,
-        "--issuer-endpoint-override=true",
-    ])
-    .await;
-    Env {
-        client,
-        ns,
-        _controller: controller,
-        _lock: lock,
-    }
+    Env::controlled(prefix, &["--trust-domain", OWN, ENDPOINT_OVERRIDE]).await
 }
 
 fn policy(mode: NameConstraintsMode) -> IssuancePolicy {
@@ -405,11 +382,7 @@ fn policy(mode: NameConstraintsMode) -> IssuancePolicy {
 }
 
 async fn create_ready_issuer(env: &Env, name: &str, spec: IssuerSpec) {
-    env.ns
-        .api::<MeshCAIssuer>()
-        .create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
-        .await
-        .unwrap();
+    support::issuer::create(&env.ns.api(), name, spec).await;
     let (reason, message) = support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), name, "True", TIMEOUT).await;
     assert_eq!(reason, "Verified", "{message}");
 }
@@ -463,14 +436,7 @@ async fn local_root_issues_an_intermediate_constrained_to_its_trust_domain_and_c
     );
 
     let int = Intermediate::from_request(&cr, &key);
-    let text = openssl::text(int.certificate.as_bytes());
-    assert!(
-        text.contains(&format!(
-            "X509v3 Name Constraints: critical\n                Permitted:\n                  URI:{OWN}\n"
-        )),
-        "{text}"
-    );
-    println!("--- openssl x509 -text of a localCA intermediate ---\n{text}");
+    int.assert_openssl_shows_own_constraint("a localCA");
     int.prove_constrained_to(OWN, OTHER);
 
     // IstioCACerts writes it to cacerts and shows the constraints in status.intermediate.
@@ -496,8 +462,11 @@ async fn local_root_issues_an_intermediate_constrained_to_its_trust_domain_and_c
     assert_eq!(shown.permitted, vec![format!("URI:{OWN}")]);
     assert!(shown.excluded.is_empty());
     let cacerts: Secret = env.ns.api().get("cacerts").await.unwrap();
-    let data: BTreeMap<String, Vec<u8>> = cacerts.data.unwrap().into_iter().map(|(k, v)| (k, v.0)).collect();
-    assert_eq!(istiod_loads(&data), Ok(()), "istiod loads the written cacerts");
+    assert_eq!(
+        istiod_loads(&support::objects::data(&cacerts)),
+        Ok(()),
+        "istiod loads the written cacerts"
+    );
 }
 
 #[tokio::test]
@@ -531,11 +500,7 @@ async fn domains_listed_while_the_mode_is_none_make_the_issuer_not_ready() {
     let env = env("nc-invalid").await;
     let mut spec = local_issuer(NameConstraintsMode::None);
     spec.policy.name_constraints.permitted_dns_domains = vec!["istio-system.svc".into()];
-    env.ns
-        .api::<MeshCAIssuer>()
-        .create(&PostParams::default(), &MeshCAIssuer::new("mesh", spec))
-        .await
-        .unwrap();
+    support::issuer::create(&env.ns.api(), "mesh", spec).await;
     let (reason, message) = support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), "mesh", "False", TIMEOUT).await;
     assert_eq!(reason, "InvalidSpec", "{message}");
     assert!(
@@ -554,29 +519,14 @@ struct PcaEnv {
 async fn pca_env(prefix: &str) -> PcaEnv {
     let env = env(prefix).await;
     let pca = PcaFixture::start();
-    let creds: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "aws-creds"},
-        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY}
-    }))
-    .unwrap();
-    env.ns
-        .api::<Secret>()
-        .create(&PostParams::default(), &creds)
-        .await
-        .unwrap();
+    support::pca::create_credentials_secret(&env.ns.api()).await;
     PcaEnv { env, pca }
 }
 
 fn pca_issuer(pca: &PcaFixture, arn: &str, mode: NameConstraintsMode) -> IssuerSpec {
     IssuerSpec {
-        aws_pca: Some(AwsPCA {
-            arn: arn.to_string(),
-            endpoint: Some(pca.endpoint.clone()),
-            credentials_secret_ref: Some(AwsCredentialsSecretRef::named("aws-creds")),
-            ..Default::default()
-        }),
         policy: policy(mode),
-        ..Default::default()
+        ..pca.issuer_spec(arn)
     }
 }
 
@@ -606,14 +556,7 @@ async fn aws_pca_issues_a_constrained_intermediate_through_the_passthrough_templ
     assert_eq!(issued["custom_extensions"][0]["critical"], true);
 
     let int = Intermediate::from_request(&cr, &key);
-    let text = openssl::text(int.certificate.as_bytes());
-    assert!(
-        text.contains(&format!(
-            "X509v3 Name Constraints: critical\n                Permitted:\n                  URI:{OWN}\n"
-        )),
-        "{text}"
-    );
-    println!("--- openssl x509 -text of an awsPCA intermediate ---\n{text}");
+    int.assert_openssl_shows_own_constraint("an awsPCA");
     int.prove_constrained_to(OWN, OTHER);
 }
 

@@ -3,12 +3,13 @@
 //! arbitrary strings. Each harness asserts its own invariants besides "no panic"; the crashing
 //! inputs fuzzing found are replayed here by name.
 
+mod support;
+
 use std::sync::OnceLock;
 
 use mesh_ca_issuer::api::issuer::RootBootstrap;
 use mesh_ca_issuer::fuzzing::{self, SEPARATOR};
-use mesh_ca_issuer::pki::policy::SigningPlan;
-use mesh_ca_issuer::pki::sign::{CaSigner, self_signed_root, sign_csr};
+use mesh_ca_issuer::pki::sign::self_signed_root;
 use mesh_ca_issuer::pki::{CertificateSigningRequest, SigningKey};
 use proptest::prelude::*;
 
@@ -39,23 +40,13 @@ fn seeds() -> &'static Seeds {
         )];
         let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
         let csr = CertificateSigningRequest::from_pem(csr_pem.as_bytes()).unwrap();
-        let plan = SigningPlan {
-            ca_path_len: Some(0),
-            not_before: now - jiff::SignedDuration::from_secs(60),
-            not_after: now + jiff::SignedDuration::from_hours(2160),
-            requested: std::time::Duration::from_secs(2160 * 3600),
-            clamped: None,
-            name_constraints: None,
-        };
-        let intermediate = sign_csr(
-            &csr,
-            &plan,
-            &CaSigner {
-                certificate: &root,
-                key: &root_key,
-            },
-        )
-        .unwrap();
+        let plan = support::sign::plan(
+            true,
+            now - jiff::SignedDuration::from_secs(60),
+            now + jiff::SignedDuration::from_hours(2160),
+            std::time::Duration::from_secs(2160 * 3600),
+        );
+        let intermediate = support::sign::signed(&csr, &plan, &root, &root_key);
         let intermediate_key = SigningKey::from_pem(key.serialize_pem().as_bytes()).unwrap();
         Seeds {
             root: root.to_pem(),

@@ -9,7 +9,6 @@ use support::openssl::Workdir;
 use jiff::{SignedDuration, Timestamp};
 use mesh_ca_issuer::api::issuer::IssuancePolicy;
 use mesh_ca_issuer::pki::policy::{CaLifetime, RequestFacts, plan, with_defaults};
-use mesh_ca_issuer::pki::sign::{CaSigner, sign_csr};
 use mesh_ca_issuer::pki::{Certificate, CertificateSigningRequest, SigningKey};
 
 /// An openssl-made root with a three-attribute UTF8 subject, its key in the given form.
@@ -55,15 +54,7 @@ fn openssl_root(dir: &Workdir, key_args: &[&str], convert: Option<&[&str]>) -> (
 
 /// An istiod-like CSR made by openssl (so the CSR side is independent of our code too).
 fn openssl_csr(dir: &Workdir) -> CertificateSigningRequest {
-    dir.run(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        "istiod.key",
-    ]);
+    dir.new_p256_key("istiod.key");
     dir.run(&[
         "req",
         "-new",
@@ -98,15 +89,7 @@ fn sign_and_verify(key_args: &[&str], convert: Option<&[&str]>, expected_sig: &s
     // The default policy as the controller applies it (`--trust-domain cluster.local`).
     let policy = with_defaults(&IssuancePolicy::default(), "cluster.local");
     let the_plan = plan(&csr, &facts, &policy, &ca, now).unwrap();
-    let cert = sign_csr(
-        &csr,
-        &the_plan,
-        &CaSigner {
-            certificate: &root,
-            key: &root_key,
-        },
-    )
-    .unwrap();
+    let cert = support::sign::signed(&csr, &the_plan, &root, &root_key);
     std::fs::write(dir.path().join("intermediate.crt"), cert.to_pem()).unwrap();
 
     // The independent verdict: the chain verifies and the intermediate can act as a CA.
@@ -119,23 +102,14 @@ fn sign_and_verify(key_args: &[&str], convert: Option<&[&str]>, expected_sig: &s
         "basicConstraints=critical,CA:FALSE\nsubjectAltName=URI:spiffe://cluster.local/ns/default/sa/app\n",
     )
     .unwrap();
-    dir.run(&[
-        "x509",
-        "-req",
-        "-in",
+    dir.sign(
         "leaf.csr",
-        "-CA",
-        "intermediate.crt",
-        "-CAkey",
-        "istiod.key",
-        "-CAcreateserial",
-        "-days",
+        ("intermediate.crt", "istiod.key"),
         "1",
-        "-extfile",
         "leaf.ext",
-        "-out",
         "leaf.crt",
-    ]);
+        &[],
+    );
     let leaf = dir.run(&[
         "verify",
         "-x509_strict",

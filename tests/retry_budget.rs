@@ -11,14 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
-use mesh_ca_issuer::api::issuer::{AwsCredentialsSecretRef, AwsPCA, IssuerSpec, MeshCAIssuer};
+use mesh_ca_issuer::api::issuer::MeshCAIssuer;
 use support::RunningController;
 use support::cert_manager as cm;
-use support::pca::{ACCESS_KEY_ID, PcaFixture, SECRET_ACCESS_KEY};
+use support::pca::{ENDPOINT_OVERRIDE, PcaFixture, create_credentials_secret};
 
 const BUDGET_ANNOTATION: &str = "meshca.io/first-transient-failure";
 
@@ -50,22 +49,18 @@ fn record_every_state(api: Api<CertificateRequest>, name: &str) -> (Seen, tokio:
 async fn a_request_that_waited_longer_than_the_budget_still_rides_out_throttling() {
     let (_lock, client, ns) = support::namespaced_test("retry-budget").await;
     let pca = PcaFixture::start();
-    let creds: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "aws-creds"},
-        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY}
-    }))
-    .unwrap();
-    ns.api::<Secret>().create(&PostParams::default(), &creds).await.unwrap();
-    let _controller = RunningController::start(&[
-        "--namespace",
+    create_credentials_secret(&ns.api()).await;
+    let _controller = RunningController::in_namespace_with(
         &ns.name,
-        "--max-retry-duration",
-        "10s",
-        "--retry-backoff-initial",
-        "1s",
-        // The namespaced issuer points at the local PCA endpoint: the operator's opt-in.
-        "--issuer-endpoint-override=true",
-    ])
+        &[
+            "--max-retry-duration",
+            "10s",
+            "--retry-backoff-initial",
+            "1s",
+            // The namespaced issuer points at the local PCA endpoint: the operator's opt-in.
+            ENDPOINT_OVERRIDE,
+        ],
+    )
     .await;
     let requests: Api<CertificateRequest> = ns.api();
     let (seen, watch) = record_every_state(requests.clone(), "istiod");
@@ -80,19 +75,8 @@ async fn a_request_that_waited_longer_than_the_budget_still_rides_out_throttling
     let arn = pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
     pca.inject_for("IssueCertificate", "throttle", Duration::from_secs(5))
         .await;
-    let spec = IssuerSpec {
-        aws_pca: Some(AwsPCA {
-            arn,
-            endpoint: Some(pca.endpoint.clone()),
-            credentials_secret_ref: Some(AwsCredentialsSecretRef::named("aws-creds")),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    ns.api::<MeshCAIssuer>()
-        .create(&PostParams::default(), &MeshCAIssuer::new("pca", spec))
-        .await
-        .unwrap();
+    let spec = pca.issuer_spec(&arn);
+    support::issuer::create(&ns.api(), "pca", spec).await;
     let done = cm::wait_for_reason(
         &client,
         &ns.name,
@@ -139,29 +123,13 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 async fn one_transient_error_while_rechecking_leaves_a_ready_issuer_ready() {
     let (_lock, client, ns) = support::namespaced_test("issuer-blip").await;
     let pca = PcaFixture::start();
-    let creds: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "aws-creds"},
-        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY}
-    }))
-    .unwrap();
-    ns.api::<Secret>().create(&PostParams::default(), &creds).await.unwrap();
+    create_credentials_secret(&ns.api()).await;
     // The namespaced issuer points at the local PCA endpoint: the operator's opt-in.
-    let controller = RunningController::start(&["--namespace", &ns.name, "--issuer-endpoint-override=true"]).await;
+    let controller = RunningController::in_namespace_with(&ns.name, &[ENDPOINT_OVERRIDE]).await;
     let arn = pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
-    let spec = IssuerSpec {
-        aws_pca: Some(AwsPCA {
-            arn,
-            endpoint: Some(pca.endpoint.clone()),
-            credentials_secret_ref: Some(AwsCredentialsSecretRef::named("aws-creds")),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let spec = pca.issuer_spec(&arn);
     let issuers: Api<MeshCAIssuer> = ns.api();
-    issuers
-        .create(&PostParams::default(), &MeshCAIssuer::new("pca", spec))
-        .await
-        .unwrap();
+    support::issuer::create(&issuers, "pca", spec).await;
     support::wait_issuer(&issuers, "pca", "True", Duration::from_secs(30)).await;
     let ready_since = |issuer: &MeshCAIssuer| {
         let c = issuer

@@ -56,12 +56,18 @@ fn untrusted(data: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
         .into_bytes()
 }
 
+/// openssl's verdict on `leaf` with every CRL checked, under the chain, root and CRLs of the
+/// `cacerts` `data`: what a peer of that mesh checks.
+fn verify_under(data: &BTreeMap<String, Vec<u8>>, leaf: &str) -> (bool, String) {
+    verify_with_crls(leaf, &untrusted(data), &data["root-cert.pem"], &data["ca-crl.pem"])
+}
+
 /// Every judge on the `cacerts` just read: [`judge_signatures`], and a workload certificate
 /// under it verified now with every CRL checked (which also refuses an expired CRL).
 fn judge(data: &BTreeMap<String, Vec<u8>>) {
     judge_signatures(data);
     let leaf = workload(data, "spiffe://cluster.local/ns/default/sa/x");
-    let (ok, said) = verify_with_crls(&leaf, &untrusted(data), &data["root-cert.pem"], &data["ca-crl.pem"]);
+    let (ok, said) = verify_under(data, &leaf);
     assert!(ok, "a workload certificate with every CRL checked: {said}");
 }
 
@@ -445,12 +451,7 @@ async fn a_revoked_intermediate_is_listed_said_and_replaced() {
     let took = started.elapsed();
     assert_eq!(goverify::istiod_loads(&listed), Ok(()), "istiod still loads it");
     let leaf = workload(&listed, "spiffe://cluster.local/ns/default/sa/x");
-    let (ok, said) = verify_with_crls(
-        &leaf,
-        &untrusted(&listed),
-        &listed["root-cert.pem"],
-        &listed["ca-crl.pem"],
-    );
+    let (ok, said) = verify_under(&listed, &leaf);
     assert!(!ok && said.contains("certificate revoked"), "{said}");
 
     let icc = cluster.wait_ready("IntermediateRevoked").await;
@@ -497,12 +498,8 @@ async fn a_revoked_intermediate_is_listed_said_and_replaced() {
 /// (what following B's endpoint gives).
 #[tokio::test]
 async fn meshca_revoke_cuts_off_a_peer_sharing_the_root_until_it_has_a_new_intermediate() {
-    let support::mesh::TwoClusters {
-        mut a,
-        mut b,
-        lock: _lock,
-    } = support::mesh::TwoClusters::start("revocation-peer", "mesh").await;
-    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    let support::mesh::TwoClusters { a, b, lock: _lock } =
+        support::mesh::TwoClusters::start_waiting("revocation-peer", "mesh", TIMEOUT).await;
     a.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;
     b.copy_secret(&a, "mesh-root").await;
     b.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;
@@ -577,12 +574,7 @@ async fn meshca_revoke_cuts_off_a_peer_sharing_the_root_until_it_has_a_new_inter
     let (ok, said) = at_a_with_b_crl(&listed_at_a, &b.cacerts().await);
     assert!(!ok && said.contains("certificate revoked"), "B's workload at A: {said}");
     let a_leaf = workload(&listed_at_a, "spiffe://cluster.local/ns/a/sa/x");
-    let (ok, said) = verify_with_crls(
-        &a_leaf,
-        &untrusted(&listed_at_a),
-        &listed_at_a["root-cert.pem"],
-        &listed_at_a["ca-crl.pem"],
-    );
+    let (ok, said) = verify_under(&listed_at_a, &a_leaf);
     assert!(ok, "A's own workloads still verify: {said}");
 
     // B says so, and asks cert-manager for a new intermediate.

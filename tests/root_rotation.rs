@@ -18,7 +18,6 @@ use mesh_ca_issuer::api::istio_cacerts::{
     IstioCACerts, IstioCACertsSpec, PublishRoot, RootRotation, RotationMode, RotationPhase,
 };
 use mesh_ca_issuer::pki::Certificate;
-use support::cert_manager::{self as cm, IntermediateRequest};
 use support::goverify::workload_and_chain_verify as go_verifies;
 use support::issuer::a_year_at_most;
 use support::istiod::contains;
@@ -55,6 +54,15 @@ impl Mesh {
     }
 }
 
+/// A test's own namespace as one mesh (see [`mesh_in`]) and a directory for its controllers'
+/// logs: where every single-mesh rotation test starts, before its controller. Bound as
+/// `let (_lock, logs, mesh) = ...`, the namespace goes first, the lock last.
+async fn one_mesh(prefix: &str) -> (support::ScopeLock, tempfile::TempDir, Mesh) {
+    let (lock, client, ns) = support::namespaced_test(prefix).await;
+    let logs = tempfile::tempdir().unwrap();
+    (lock, logs, mesh_in(&client, ns))
+}
+
 /// A mesh `mesh` in `ns`, waiting as long as rotations take.
 fn mesh_in(client: &kube::Client, ns: support::TestNamespace) -> Mesh {
     let mut mesh = Mesh::new(client.clone(), ns, "mesh");
@@ -81,6 +89,37 @@ fn rotating(mode: RotationMode) -> IstioCACertsSpec {
         }),
         ..Default::default()
     }
+}
+
+/// [`rotating`] with its delays set: trust propagation `trust`, workload drain `drain`.
+fn rotating_with(mode: RotationMode, trust: &str, drain: &str) -> IstioCACertsSpec {
+    let mut spec = rotating(mode);
+    if let Some(r) = spec.root_rotation.as_mut() {
+        r.trust_propagation_delay = trust.into();
+        r.workload_drain_delay = drain.into();
+    }
+    spec
+}
+
+/// No rotation under way, and `cacerts` still the version `synced` was: what a refused or
+/// unapproved new root leaves.
+async fn assert_held(mesh: &Mesh, icc: &IstioCACerts, synced: &Secret) {
+    assert_eq!(phase_of(icc), None);
+    assert_eq!(
+        mesh.cacerts_secret().await.resource_version(),
+        synced.resource_version(),
+        "cacerts untouched"
+    );
+}
+
+/// Roots `old` and `new` in `mesh`, and `cacerts` Synced from `old` under an IstioCACerts
+/// `spec`: where the single-mesh rotation tests start, the new root not yet issued.
+async fn synced_on_old_root(mesh: &Mesh, spec: IstioCACertsSpec) {
+    mesh.root_issuer("old", "87600h").await;
+    mesh.root_issuer("new", "175200h").await;
+    mesh.issue("old").await;
+    mesh.create_icc(spec).await;
+    mesh.wait_condition("Ready", "Synced").await;
 }
 
 /// A controller process watching only `namespace`, optionally stopping dead at a failpoint.
@@ -141,16 +180,10 @@ fn holds(data: &BTreeMap<String, Vec<u8>>, root: &Certificate) -> bool {
 
 #[tokio::test]
 async fn one_cluster_rotates_through_every_phase_across_crashes_and_restarts() {
-    let (_lock, client, ns) = support::namespaced_test("rotation-one").await;
-    let logs = tempfile::tempdir().unwrap();
-    let namespace = ns.name.clone();
-    let mesh = mesh_in(&client, ns);
+    let (_lock, logs, mesh) = one_mesh("rotation-one").await;
+    let (client, namespace) = (mesh.client.clone(), mesh.ns.name.clone());
     let mut running = controller(&namespace, None, logs.path()).await;
-    mesh.root_issuer("old", "87600h").await;
-    mesh.root_issuer("new", "175200h").await;
-    mesh.issue("old").await;
-    mesh.create_icc(rotating(RotationMode::Automatic)).await;
-    mesh.wait_condition("Ready", "Synced").await;
+    synced_on_old_root(&mesh, rotating(RotationMode::Automatic)).await;
     let (old_root, new_root) = (mesh.root_of("old").await, mesh.root_of("new").await);
     let recorder = mesh.record_cacerts();
     let started = Instant::now();
@@ -314,10 +347,8 @@ async fn one_cluster_rotates_through_every_phase_across_crashes_and_restarts() {
 
 #[tokio::test]
 async fn bad_input_holds_the_rotation_with_a_clear_condition() {
-    let (_lock, client, ns) = support::namespaced_test("rotation-bad").await;
-    let logs = tempfile::tempdir().unwrap();
-    let namespace = ns.name.clone();
-    let mesh = mesh_in(&client, ns);
+    let (_lock, logs, mesh) = one_mesh("rotation-bad").await;
+    let (client, namespace) = (mesh.client.clone(), mesh.ns.name.clone());
     let _running = controller(&namespace, None, logs.path()).await;
     mesh.root_issuer("old", "87600h").await;
     mesh.root_issuer("short", "8760h").await;
@@ -344,24 +375,13 @@ async fn bad_input_holds_the_rotation_with_a_clear_condition() {
         now - SignedDuration::from_hours(3),
     )
     .unwrap();
-    let (key, csr) = cm::make_key_and_csr(&IntermediateRequest::istiod("x", "mesh"));
-    let csr = mesh_ca_issuer::pki::CertificateSigningRequest::from_pem(csr.as_bytes()).unwrap();
-    let intermediate = mesh_ca_issuer::pki::sign::sign_csr(
-        &csr,
-        &mesh_ca_issuer::pki::policy::SigningPlan {
-            ca_path_len: Some(0),
-            not_before: now - SignedDuration::from_hours(3),
-            not_after: now - SignedDuration::from_hours(2),
-            requested: Duration::from_secs(1),
-            clamped: None,
-            name_constraints: None,
-        },
-        &mesh_ca_issuer::pki::sign::CaSigner {
-            certificate: &expired_root,
-            key: &expired_key,
-        },
-    )
-    .unwrap();
+    let plan = support::sign::plan(
+        true,
+        now - SignedDuration::from_hours(3),
+        now - SignedDuration::from_hours(2),
+        Duration::from_secs(1),
+    );
+    let (intermediate, key) = support::sign::istiod_intermediate(&plan, &expired_root, &expired_key);
     let secrets: Api<Secret> = mesh.ns.api();
     let expired_source = serde_json::json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": SOURCE},
@@ -380,11 +400,7 @@ async fn bad_input_holds_the_rotation_with_a_clear_condition() {
             condition(icc, "Ready").is_some_and(|c| c.reason == "NewRootRefused" && c.message.contains("expired"))
         })
         .await;
-    assert_eq!(phase_of(&icc), None);
-    assert_eq!(
-        mesh.cacerts_secret().await.resource_version(),
-        synced.resource_version()
-    );
+    assert_held(&mesh, &icc, &synced).await;
 
     // multiRootMeshEnabled: false refuses the new root and says what to set.
     mesh.patch_icc(serde_json::json!({"spec": {"rootRotation": {"multiRootMeshEnabled": false}}}))
@@ -396,11 +412,7 @@ async fn bad_input_holds_the_rotation_with_a_clear_condition() {
         message.contains("ISTIO_MULTIROOT_MESH") && message.contains("spec.rootRotation.multiRootMeshEnabled"),
         "{message}"
     );
-    assert_eq!(phase_of(&icc), None);
-    assert_eq!(
-        mesh.cacerts_secret().await.resource_version(),
-        synced.resource_version()
-    );
+    assert_held(&mesh, &icc, &synced).await;
 
     // Confirmed, the good new root starts the rotation; then a pause holds it through its delay.
     mesh.patch_icc(serde_json::json!({"spec": {"rootRotation": {"multiRootMeshEnabled": true}}}))
@@ -487,12 +499,7 @@ async fn phases(a: &Mesh, b: &Mesh) -> (Option<RotationPhase>, Option<RotationPh
 
 #[tokio::test]
 async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_advance() {
-    let TwoClusters {
-        mut a,
-        mut b,
-        lock: _lock,
-    } = TwoClusters::start("rotation-fleet", "mesh").await;
-    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    let TwoClusters { a, b, lock: _lock } = TwoClusters::start_waiting("rotation-fleet", "mesh", TIMEOUT).await;
     let namespace = a.ns.name.clone();
     assert_ne!(a.context, b.context);
     // One old and one new root, shared: bootstrapped in A, copied to B.
@@ -620,12 +627,7 @@ async fn two_clusters_sharing_a_root_rotate_together_driven_by_meshca_rotation_a
 /// switch goes. B verifies A's workloads before, in AddingNewRoot and after the switch.
 #[tokio::test]
 async fn a_peer_federated_by_copy_must_trust_the_new_root_before_the_switch() {
-    let TwoClusters {
-        mut a,
-        mut b,
-        lock: _lock,
-    } = TwoClusters::start("rotation-peer", "mesh").await;
-    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    let TwoClusters { a, b, lock: _lock } = TwoClusters::start_waiting("rotation-peer", "mesh", TIMEOUT).await;
     let namespace = a.ns.name.clone();
     a.root_issuer("old", "87600h").await;
     a.root_issuer("new", "175200h").await;
@@ -741,12 +743,7 @@ async fn a_peer_federated_by_copy_must_trust_the_new_root_before_the_switch() {
 /// certificate of each verifies at the other at every step, with openssl and Go.
 #[tokio::test]
 async fn federated_clusters_follow_a_peers_root_rotation_through_bundle_endpoints() {
-    let TwoClusters {
-        mut a,
-        mut b,
-        lock: _lock,
-    } = TwoClusters::start("rotation-endpoints", "mesh").await;
-    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    let TwoClusters { a, b, lock: _lock } = TwoClusters::start_waiting("rotation-endpoints", "mesh", TIMEOUT).await;
     a.root_issuer("own", "87600h").await;
     b.root_issuer("old", "87600h").await;
     b.root_issuer("new", "175200h").await;
@@ -881,10 +878,8 @@ async fn federated_clusters_follow_a_peers_root_rotation_through_bundle_endpoint
 /// the rotation starts.
 #[tokio::test]
 async fn a_new_root_waits_for_meshca_rotation_approve_which_refuses_another_fingerprint() {
-    let (_lock, client, ns) = support::namespaced_test("rotation-approve").await;
-    let logs = tempfile::tempdir().unwrap();
-    let namespace = ns.name.clone();
-    let mesh = mesh_in(&client, ns);
+    let (_lock, logs, mesh) = one_mesh("rotation-approve").await;
+    let namespace = mesh.ns.name.clone();
     let _running = controller(&namespace, None, logs.path()).await;
     mesh.root_issuer("old", "87600h").await;
     mesh.issue("old").await;
@@ -915,12 +910,7 @@ async fn a_new_root_waits_for_meshca_rotation_approve_which_refuses_another_fing
     );
     let waiting = icc.status.as_ref().and_then(|s| s.new_root_awaiting_approval.clone());
     assert_eq!(waiting.map(|w| w.fingerprint_sha256), Some(fingerprint.clone()));
-    assert_eq!(phase_of(&icc), None);
-    assert_eq!(
-        mesh.cacerts_secret().await.resource_version(),
-        synced.resource_version(),
-        "cacerts untouched"
-    );
+    assert_held(&mesh, &icc, &synced).await;
 
     // Another root's fingerprint (here the old one's) is refused and nothing is written.
     let kubeconfig = support::kubeconfig();
@@ -983,22 +973,11 @@ async fn a_new_root_waits_for_meshca_rotation_approve_which_refuses_another_fing
 /// `force-<phase>` moves at once, and a Warning event names the field manager that set it.
 #[tokio::test]
 async fn an_early_advance_is_refused_and_only_force_moves_at_once_naming_who_set_it() {
-    let (_lock, client, ns) = support::namespaced_test("rotation-gate").await;
-    let logs = tempfile::tempdir().unwrap();
-    let namespace = ns.name.clone();
-    let mesh = mesh_in(&client, ns);
+    let (_lock, logs, mesh) = one_mesh("rotation-gate").await;
+    let (client, namespace) = (mesh.client.clone(), mesh.ns.name.clone());
     let _running = controller(&namespace, None, logs.path()).await;
-    mesh.root_issuer("old", "87600h").await;
-    mesh.root_issuer("new", "175200h").await;
-    mesh.issue("old").await;
-    let mut spec = rotating(RotationMode::Manual);
-    if let Some(r) = spec.root_rotation.as_mut() {
-        // Long enough that the test ends well inside it.
-        r.trust_propagation_delay = "1h".into();
-        r.workload_drain_delay = "25h".into();
-    }
-    mesh.create_icc(spec).await;
-    mesh.wait_condition("Ready", "Synced").await;
+    // Delays long enough that the test ends well inside them.
+    synced_on_old_root(&mesh, rotating_with(RotationMode::Manual, "1h", "25h")).await;
     mesh.issue("new").await;
     let icc = mesh.wait_phase(RotationPhase::AddingNewRoot).await;
     let next = icc.status.unwrap().root_rotation.unwrap().next_phase_at.unwrap();
@@ -1082,26 +1061,15 @@ async fn an_early_advance_is_refused_and_only_force_moves_at_once_naming_who_set
 /// is refused before the rotation starts, naming the field, the value, the minimum and flags.
 #[tokio::test]
 async fn a_controller_with_default_flags_refuses_a_one_minute_drain_naming_the_minimum() {
-    let (_lock, client, ns) = support::namespaced_test("rotation-min").await;
-    let logs = tempfile::tempdir().unwrap();
-    let namespace = ns.name.clone();
-    let mesh = mesh_in(&client, ns);
+    let (_lock, logs, mesh) = one_mesh("rotation-min").await;
+    let (client, namespace) = (mesh.client.clone(), mesh.ns.name.clone());
     let defaults = [
         "--workload-cert-ttl=24h",
         "--clock-skew-allowance=5m",
         "--min-trust-propagation-delay=1m",
     ];
     let _running = controller_with(&namespace, &defaults, logs.path()).await;
-    mesh.root_issuer("old", "87600h").await;
-    mesh.root_issuer("new", "175200h").await;
-    mesh.issue("old").await;
-    let mut spec = rotating(RotationMode::Automatic);
-    if let Some(r) = spec.root_rotation.as_mut() {
-        r.trust_propagation_delay = "1h".into();
-        r.workload_drain_delay = "1m".into();
-    }
-    mesh.create_icc(spec).await;
-    mesh.wait_condition("Ready", "Synced").await;
+    synced_on_old_root(&mesh, rotating_with(RotationMode::Automatic, "1h", "1m")).await;
     // Said before any new root arrives.
     mesh.wait_condition("RootRotation", "DelayTooShort").await;
     let synced = mesh.cacerts_secret().await;

@@ -11,77 +11,42 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use mesh_ca_issuer::api::cert_manager::CertificateRequest;
-use mesh_ca_issuer::api::issuer::{
-    AwsCredentialsSecretRef, AwsPCA, ClusterMeshCAIssuer, IssuerSpec, LocalCA, MeshCAIssuer,
-};
+use mesh_ca_issuer::api::issuer::{ClusterMeshCAIssuer, MeshCAIssuer};
 use support::cert_manager::{self as cm, IntermediateRequest};
-use support::pca::{ACCESS_KEY_ID, PcaFixture, SECRET_ACCESS_KEY};
-use support::{ControllerProcess, RunningController, ScopeLock, TestNamespace, goverify, openssl, wait_for_event};
+use support::objects::create_tls_secret;
+use support::pca::{ACCESS_KEY_ID, ENDPOINT_OVERRIDE, PcaFixture, SECRET_ACCESS_KEY, create_credentials_secret};
+use support::{
+    ControllerProcess, RunningController, ScopeLock, TestNamespace, goverify, issuer, openssl, wait_for_event,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(45);
 const ARN_ANNOTATION: &str = "meshca.io/aws-pca-certificate-arn";
-/// The tests' PCA is a loopback endpoint set on namespaced issuers: that takes consent.
-const ENDPOINT_OVERRIDE: &str = "--issuer-endpoint-override=true";
 
 // === helpers ===
 
-async fn credentials_secret(client: &Client, namespace: &str) {
-    let creds: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "aws-creds"},
-        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &creds)
-        .await
-        .unwrap();
-}
-
-fn pca_spec(pca: &PcaFixture, arn: &str) -> IssuerSpec {
-    IssuerSpec {
-        aws_pca: Some(AwsPCA {
-            arn: arn.to_string(),
-            endpoint: Some(pca.endpoint.clone()),
-            credentials_secret_ref: Some(AwsCredentialsSecretRef::named("aws-creds")),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// A namespace with the credentials Secret, a PCA with one CA, and a MeshCAIssuer `pca` for it.
-struct Env {
-    client: Client,
-    ns: TestNamespace,
+type Env = support::WithNamespace<Pca>;
+
+struct Pca {
     pca: PcaFixture,
     ca_arn: String,
-    _lock: ScopeLock,
 }
 
 async fn env(prefix: &str) -> Env {
-    let (lock, client, ns) = support::namespaced_test(prefix).await;
+    let test = support::WithNamespace::start(prefix).await;
     let pca = PcaFixture::start();
-    credentials_secret(&client, &ns.name).await;
+    create_credentials_secret(&test.ns.api()).await;
     let ca_arn = pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
-    Env {
-        client,
-        ns,
-        pca,
-        ca_arn,
-        _lock: lock,
-    }
+    test.with(Pca { pca, ca_arn })
 }
 
-async fn create_issuer(env: &Env, name: &str, spec: IssuerSpec) {
-    env.ns
-        .api::<MeshCAIssuer>()
-        .create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
-        .await
-        .unwrap();
+/// MeshCAIssuer `pca` for the environment's CA, once Ready: where most tests start.
+async fn ready_pca_issuer(env: &Env) {
+    let spec = env.pca.issuer_spec(&env.ca_arn);
+    issuer::create_ready(&env.ns.api(), "pca", spec, TIMEOUT).await;
 }
 
 /// Creates a request for `csr_pem`, with `annotations`, and approves it.
@@ -156,7 +121,7 @@ async fn a_cluster_issuer_signs_only_for_the_istio_namespaces_until_widened() {
     let istio = TestNamespace::create(&client, "trust-istio").await;
     let team = TestNamespace::create(&client, "trust-team").await;
     let pca = PcaFixture::start();
-    credentials_secret(&client, &resources.name).await;
+    create_credentials_secret(&resources.api()).await;
     let arn = pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
     let name = format!("mesh-{}", support::unique_suffix());
     let _cleanup = support::DeleteClusterIssuers(vec![name.clone()]);
@@ -171,7 +136,7 @@ async fn a_cluster_issuer_signs_only_for_the_istio_namespaces_until_widened() {
     issuers
         .create(
             &PostParams::default(),
-            &ClusterMeshCAIssuer::new(&name, pca_spec(&pca, &arn)),
+            &ClusterMeshCAIssuer::new(&name, pca.issuer_spec(&arn)),
         )
         .await
         .unwrap();
@@ -236,7 +201,7 @@ async fn a_cluster_issuer_signs_only_for_the_istio_namespaces_until_widened() {
     );
 
     // A namespaced issuer cannot be widened: the field makes it not Ready.
-    let mut widened = pca_spec(&pca, &arn);
+    let mut widened = pca.issuer_spec(&arn);
     widened.policy.allowed_namespaces = vec!["*".into()];
     team.api::<MeshCAIssuer>()
         .create(&PostParams::default(), &MeshCAIssuer::new("wide", widened))
@@ -251,9 +216,8 @@ async fn a_cluster_issuer_signs_only_for_the_istio_namespaces_until_widened() {
 #[tokio::test]
 async fn a_spiffe_id_outside_the_default_trust_domain_is_failed_and_never_signed() {
     let env = env("trust-domain").await;
-    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
-    create_issuer(&env, "pca", pca_spec(&env.pca, &env.ca_arn)).await;
-    support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), "pca", "True", TIMEOUT).await;
+    let _controller = RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE]).await;
+    ready_pca_issuer(&env).await;
     let base = IntermediateRequest::istiod("x", "pca");
     let cases = [
         (
@@ -322,9 +286,8 @@ fn openssl_csr(dir: &openssl::Workdir, name: &str, newkey: &[&str], digest: &str
 #[tokio::test]
 async fn weak_requests_are_failed_by_name_and_never_signed() {
     let env = env("trust-weak").await;
-    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
-    create_issuer(&env, "pca", pca_spec(&env.pca, &env.ca_arn)).await;
-    support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), "pca", "True", TIMEOUT).await;
+    let _controller = RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE]).await;
+    ready_pca_issuer(&env).await;
     let dir = openssl::Workdir::new();
     let istiod = "URI:spiffe://cluster.local/ns/istio-system/sa/istiod";
     let rsa1024 = ["-newkey", "rsa:1024"];
@@ -337,49 +300,67 @@ async fn weak_requests_are_failed_by_name_and_never_signed() {
         .map(|i| format!("DNS:padding-{i:05}.example.org,"))
         .collect::<String>()
         + istiod;
-    let cases: Vec<(&str, String, &str)> = vec![
+    // (request name, key, digest, SANs, what the refusal says); each CSR has a file name of its own.
+    let weak: [(&str, &[&str], &str, &str, &str); 8] = [
         // Today's gap: an RSA-1024 SHA-1 CSR got a CA certificate. The signature is named first.
         (
             "rsa1024-sha1",
-            openssl_csr(&dir, "a", &rsa1024, "-sha1", istiod),
+            &rsa1024,
+            "-sha1",
+            istiod,
             "signed with sha1WithRSAEncryption (SHA-1)",
         ),
         (
             "rsa1024",
-            openssl_csr(&dir, "b", &rsa1024, "-sha256", istiod),
+            &rsa1024,
+            "-sha256",
+            istiod,
             "RSA key has 1024 bits; at least 2048 are required",
         ),
         (
             "sha1",
-            openssl_csr(&dir, "c", &rsa2048, "-sha1", istiod),
+            &rsa2048,
+            "-sha1",
+            istiod,
             "signed with sha1WithRSAEncryption (SHA-1)",
         ),
         (
             "md5",
-            openssl_csr(&dir, "d", &rsa2048, "-md5", istiod),
+            &rsa2048,
+            "-md5",
+            istiod,
             "signed with md5WithRSAEncryption (MD5)",
         ),
         (
             "p521",
-            openssl_csr(&dir, "e", &p521, "-sha512", istiod),
+            &p521,
+            "-sha512",
+            istiod,
             "curve P-521 (secp521r1); only P-256 and P-384",
         ),
         (
             "secp256k1",
-            openssl_csr(&dir, "f", &k256, "-sha256", istiod),
+            &k256,
+            "-sha256",
+            istiod,
             "curve secp256k1; only P-256 and P-384",
         ),
         (
             "many-sans",
-            openssl_csr(&dir, "g", &p256, "-sha256", &many),
+            &p256,
+            "-sha256",
+            &many,
             "102 subject alternative names; at most 100",
         ),
-        (
-            "huge",
-            openssl_csr(&dir, "h", &p256, "-sha256", &huge),
-            "at most 65536 are accepted",
-        ),
+        ("huge", &p256, "-sha256", &huge, "at most 65536 are accepted"),
     ];
+    let cases: Vec<(&str, String, &str)> = weak
+        .iter()
+        .zip('a'..)
+        .map(|(&(name, key, digest, sans, expected), file)| {
+            (name, openssl_csr(&dir, &file.to_string(), key, digest, sans), expected)
+        })
+        .collect();
     let base = IntermediateRequest::istiod("x", "pca");
     for (name, csr, _) in &cases {
         request_with(&env.client, &env.ns.name, &base.named(name), csr.as_bytes(), &[]).await;
@@ -422,26 +403,8 @@ async fn a_weak_signing_ca_key_makes_the_issuer_not_ready_and_says_why() {
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
     ]);
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "weak-root"}, "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": dir.read("root.crt"), "tls.key": dir.read("root.key")}
-    }))
-    .unwrap();
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    let spec = IssuerSpec {
-        local_ca: Some(LocalCA {
-            secret_name: "weak-root".into(),
-            bootstrap: None,
-        }),
-        ..Default::default()
-    };
-    ns.api::<MeshCAIssuer>()
-        .create(&PostParams::default(), &MeshCAIssuer::new("weak", spec))
-        .await
-        .unwrap();
+    create_tls_secret(&ns.api(), "weak-root", &dir.read("root.crt"), &dir.read("root.key")).await;
+    issuer::create(&ns.api(), "weak", issuer::from_secret("weak-root")).await;
     let (reason, message) = support::wait_issuer(&ns.api::<MeshCAIssuer>(), "weak", "False", TIMEOUT).await;
     assert_eq!(reason, "WeakCAKey", "{message}");
     assert!(
@@ -476,12 +439,12 @@ async fn a_namespaced_issuer_without_credentials_may_not_use_the_controllers_env
         "{}",
         controller.log()
     );
-    let mut ambient = pca_spec(&env.pca, &env.ca_arn);
+    let mut ambient = env.pca.issuer_spec(&env.ca_arn);
     ambient.aws_pca.as_mut().unwrap().credentials_secret_ref = None;
     let mut with_role = ambient.clone();
     with_role.aws_pca.as_mut().unwrap().role_arn = Some("arn:aws:iam::123456789012:role/mesh-signer".into());
-    create_issuer(&env, "ambient", ambient).await;
-    create_issuer(&env, "ambient-role", with_role).await;
+    issuer::create(&env.ns.api(), "ambient", ambient).await;
+    issuer::create(&env.ns.api(), "ambient-role", with_role).await;
     for (name, hint) in [
         ("ambient", "--issuer-ambient-credentials=true"),
         ("ambient-role", "roleARN"),
@@ -508,7 +471,7 @@ async fn an_endpoint_override_on_a_namespaced_issuer_needs_the_operators_consent
     let env = env("trust-endpoint").await;
     // No --issuer-endpoint-override: the default.
     let _controller = RunningController::in_namespace(&env.ns.name).await;
-    create_issuer(&env, "redirected", pca_spec(&env.pca, &env.ca_arn)).await;
+    issuer::create(&env.ns.api(), "redirected", env.pca.issuer_spec(&env.ca_arn)).await;
     let (reason, message) = support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), "redirected", "False", TIMEOUT).await;
     assert_eq!(reason, "EndpointOverrideDisabled", "{message}");
     assert!(message.contains("--issuer-endpoint-override=true"), "{message}");
@@ -524,10 +487,10 @@ async fn an_endpoint_override_on_a_namespaced_issuer_needs_the_operators_consent
 #[tokio::test]
 async fn a_stored_arn_of_another_ca_or_another_key_is_failed_and_nothing_is_written() {
     let env = env("trust-binding").await;
-    let _controller = RunningController::start(&["--namespace", &env.ns.name, ENDPOINT_OVERRIDE]).await;
+    let _controller = RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE]).await;
     let other_ca = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
-    create_issuer(&env, "a", pca_spec(&env.pca, &env.ca_arn)).await;
-    create_issuer(&env, "b", pca_spec(&env.pca, &other_ca)).await;
+    issuer::create(&env.ns.api(), "a", env.pca.issuer_spec(&env.ca_arn)).await;
+    issuer::create(&env.ns.api(), "b", env.pca.issuer_spec(&other_ca)).await;
     for name in ["a", "b"] {
         support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), name, "True", TIMEOUT).await;
     }
@@ -543,22 +506,17 @@ async fn a_stored_arn_of_another_ca_or_another_key_is_failed_and_nothing_is_writ
     assert_eq!(env.pca.calls("IssueCertificate").await, 2);
     let gets_before = env.pca.calls("GetCertificate").await;
 
-    let fresh = |name: &str| {
+    // A fresh request `name` for issuer `a` that carries the stored ARN `arn`, once Failed with
+    // nothing written: its Ready message.
+    let failed_with_arn = async |name: &str, arn: &str| {
         let req = IntermediateRequest::istiod(name, "a");
         let (_, csr) = cm::make_key_and_csr(&req);
-        (req, csr)
+        let annotations = [(ARN_ANNOTATION, arn)];
+        request_with(&env.client, &env.ns.name, &req, csr.as_bytes(), &annotations).await;
+        wait_failed_unsigned(&env.client, &env.ns.name, name).await
     };
     // Another CA's certificate: refused before any call.
-    let (req, csr) = fresh("foreign-ca");
-    request_with(
-        &env.client,
-        &env.ns.name,
-        &req,
-        csr.as_bytes(),
-        &[(ARN_ANNOTATION, &arns["b"])],
-    )
-    .await;
-    let message = wait_failed_unsigned(&env.client, &env.ns.name, "foreign-ca").await;
+    let message = failed_with_arn("foreign-ca", &arns["b"]).await;
     assert!(
         message.contains("ARN check failed") && message.contains(&other_ca),
         "{message}"
@@ -570,44 +528,17 @@ async fn a_stored_arn_of_another_ca_or_another_key_is_failed_and_nothing_is_writ
     );
 
     // This CA's certificate, but for another key (the request "from-a"'s).
-    let (req, csr) = fresh("other-key");
-    request_with(
-        &env.client,
-        &env.ns.name,
-        &req,
-        csr.as_bytes(),
-        &[(ARN_ANNOTATION, &arns["a"])],
-    )
-    .await;
-    let message = wait_failed_unsigned(&env.client, &env.ns.name, "other-key").await;
+    let message = failed_with_arn("other-key", &arns["a"]).await;
     assert!(message.contains("public key check failed"), "{message}");
 
     // A certificate this CA does not have: permanent, not an endless wait on the issuer.
     let missing = format!("{}/certificate/00000000000000000000000000000000", env.ca_arn);
-    let (req, csr) = fresh("missing");
-    request_with(
-        &env.client,
-        &env.ns.name,
-        &req,
-        csr.as_bytes(),
-        &[(ARN_ANNOTATION, &missing)],
-    )
-    .await;
-    let message = wait_failed_unsigned(&env.client, &env.ns.name, "missing").await;
+    let message = failed_with_arn("missing", &missing).await;
     assert!(message.contains("ResourceNotFoundException"), "{message}");
 
     // PCA says issuing the recorded certificate failed: permanent too.
     env.pca.inject("GetCertificate", "request_failed", 1).await;
-    let (req, csr) = fresh("request-failed");
-    request_with(
-        &env.client,
-        &env.ns.name,
-        &req,
-        csr.as_bytes(),
-        &[(ARN_ANNOTATION, &arns["a"])],
-    )
-    .await;
-    let message = wait_failed_unsigned(&env.client, &env.ns.name, "request-failed").await;
+    let message = failed_with_arn("request-failed", &arns["a"]).await;
     assert!(message.contains("RequestFailedException"), "{message}");
 
     assert_eq!(env.pca.calls("IssueCertificate").await, 2, "nothing more was signed");
@@ -617,18 +548,18 @@ async fn a_stored_arn_of_another_ca_or_another_key_is_failed_and_nothing_is_writ
 #[tokio::test]
 async fn an_unknown_client_error_is_retried_until_the_retry_deadline_then_failed() {
     let env = env("trust-unknown-4xx").await;
-    let _controller = RunningController::start(&[
-        "--namespace",
+    let _controller = RunningController::in_namespace_with(
         &env.ns.name,
-        ENDPOINT_OVERRIDE,
-        "--retry-backoff-initial",
-        "1s",
-        "--max-retry-duration",
-        "6s",
-    ])
+        &[
+            ENDPOINT_OVERRIDE,
+            "--retry-backoff-initial",
+            "1s",
+            "--max-retry-duration",
+            "6s",
+        ],
+    )
     .await;
-    create_issuer(&env, "pca", pca_spec(&env.pca, &env.ca_arn)).await;
-    support::wait_issuer(&env.ns.api::<MeshCAIssuer>(), "pca", "True", TIMEOUT).await;
+    ready_pca_issuer(&env).await;
     env.pca.inject("IssueCertificate", "unknown_client_error", 100).await;
     // First retried (Pending, no failureTime)...
     let pending = cm::pending(&env.client, &env.ns.name, "unknown", "pca", TIMEOUT).await;

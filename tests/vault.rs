@@ -25,7 +25,7 @@ use mesh_ca_issuer::api::issuer::{
 use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
 use mesh_ca_issuer::api::name_constraints::{NameConstraintsMode, NameConstraintsPolicy};
 use mesh_ca_issuer::pki::Certificate;
-use support::cert_manager::{self as cm, IntermediateRequest};
+use support::cert_manager::{self as cm, IntermediateRequest, issued_parts};
 use support::goverify::workload_and_chain_verify as go_verifies;
 use support::openbao::{OpenBao, create_service_account};
 use support::openssl::{self, workload_certificate, workload_verifies as openssl_verifies};
@@ -69,13 +69,7 @@ impl Env {
 
     /// `spec.vault` for this server (trusting its dev TLS CA) with `auth`.
     fn vault(&self, auth: VaultAuth) -> Vault {
-        Vault {
-            server: self.bao.address.clone(),
-            path: "pki/root/sign-intermediate".into(),
-            ca_bundle: Some(k8s_openapi::ByteString(self.bao.tls_ca.clone().into_bytes())),
-            auth,
-            ..Vault::default()
-        }
+        vault_of(&self.bao, auth)
     }
 
     async fn create_issuer(&self, name: &str, vault: Vault) {
@@ -88,11 +82,7 @@ impl Env {
             policy,
             ..IssuerSpec::default()
         };
-        self.ns
-            .api::<MeshCAIssuer>()
-            .create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
-            .await
-            .unwrap();
+        support::issuer::create(&self.ns.api(), name, spec).await;
     }
 
     async fn wait_issuer(&self, name: &str, status: &str) -> (String, String) {
@@ -100,15 +90,8 @@ impl Env {
     }
 
     async fn secret(&self, name: &str, key: &str, value: &str) {
-        let secret: Secret = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name}, "stringData": {key: value}
-        }))
-        .unwrap();
-        self.ns
-            .api::<Secret>()
-            .create(&PostParams::default(), &secret)
-            .await
-            .unwrap();
+        let secret = serde_json::json!({"metadata": {"name": name}, "stringData": {key: value}});
+        support::objects::create_secret(&self.ns.api(), secret).await;
     }
 
     /// Serials of what the PKI mount signed besides its root.
@@ -117,11 +100,28 @@ impl Env {
     }
 }
 
+/// `spec.vault` for `bao` (trusting its dev TLS CA, signing at its root's sign-intermediate)
+/// with `auth`.
+fn vault_of(bao: &OpenBao, auth: VaultAuth) -> Vault {
+    Vault {
+        server: bao.address.clone(),
+        path: "pki/root/sign-intermediate".into(),
+        ca_bundle: Some(k8s_openapi::ByteString(bao.tls_ca.clone().into_bytes())),
+        auth,
+        ..Vault::default()
+    }
+}
+
 /// Kubernetes auth as ServiceAccount `vault-auth` of the issuer's namespace.
 fn kubernetes_auth(role: &str) -> VaultAuth {
+    kubernetes_auth_at(K8S_MOUNT, role)
+}
+
+/// Kubernetes auth at mount `mount` as ServiceAccount `vault-auth` of the issuer's namespace.
+fn kubernetes_auth_at(mount: &str, role: &str) -> VaultAuth {
     VaultAuth {
         kubernetes: Some(VaultKubernetesAuth {
-            mount_path: format!("/v1/auth/{K8S_MOUNT}"),
+            mount_path: format!("/v1/auth/{mount}"),
             role: role.into(),
             service_account_ref: Some(VaultServiceAccountRef {
                 name: SA.into(),
@@ -137,15 +137,6 @@ fn selector(name: &str) -> SecretKeySelector {
         name: name.into(),
         key: None,
     }
-}
-
-fn issued_parts(cr: &CertificateRequest) -> (Vec<Certificate>, Certificate) {
-    let status = cr.status.as_ref().unwrap();
-    let chain = Certificate::parse_pem_bundle(status.certificate.as_deref().unwrap(), "certificate").unwrap();
-    let root = Certificate::parse_pem_bundle(status.ca.as_deref().unwrap(), "ca")
-        .unwrap()
-        .remove(0);
-    (chain, root)
 }
 
 fn serial_of(cr: &CertificateRequest) -> String {
@@ -176,19 +167,11 @@ async fn cacerts_from(
     key: &str,
 ) -> BTreeMap<String, Vec<u8>> {
     cm::write_certificate_secret(client, &ns.name, SOURCE, cr, key).await;
-    ns.api::<IstioCACerts>()
-        .create(
-            &PostParams::default(),
-            &IstioCACerts::new(
-                "istiod",
-                IstioCACertsSpec {
-                    source_secret_name: SOURCE.into(),
-                    ..Default::default()
-                },
-            ),
-        )
-        .await
-        .unwrap();
+    let spec = IstioCACertsSpec {
+        source_secret_name: SOURCE.into(),
+        ..Default::default()
+    };
+    support::objects::create_icc(&ns.api(), "istiod", spec).await;
     eventually(TIMEOUT, || async {
         let secret = ns.api::<Secret>().get_opt("cacerts").await.ok()??;
         let data: BTreeMap<String, Vec<u8>> = secret.data?.into_iter().map(|(k, v)| (k, v.0)).collect();
@@ -228,20 +211,11 @@ async fn an_intermediate_signed_through_kubernetes_auth_verifies_under_openbaos_
         certificate: Some(SOURCE.into()),
         ..IntermediateRequest::istiod("istiod-1", "vault")
     };
-    let key = cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+    let (cr, key) = cm::request_until(&env.client, &env.ns.name, &req, &["Issued"], TIMEOUT).await;
     let (chain, root) = issued_parts(&cr);
     assert_eq!(chain.len(), 1, "the intermediate only; the root goes to status.ca");
     assert_eq!(root, env.root, "status.ca is OpenBao's root");
-    let certificate = cr.status.as_ref().unwrap().certificate.clone().unwrap();
-    let ca = cr.status.as_ref().unwrap().ca.clone().unwrap();
-    assert_eq!(openssl::verify(&ca, &certificate), "chain.pem: OK");
-    let text = openssl::text(&certificate);
-    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
-    assert!(
-        text.contains("URI:spiffe://cluster.local/ns/istio-system/sa/istiod"),
-        "{text}"
-    );
+    let text = openssl::assert_istiod_intermediate(&cr);
     assert!(!text.contains("DNS:"), "the CN is not made a SAN: {text}");
     assert!(ready_message(&cr).contains("(vault)"), "{}", ready_message(&cr));
     // Exactly one certificate signed, and it is the one handed out.
@@ -285,8 +259,7 @@ async fn the_chain_under_openbao_carries_openbaos_crl_and_a_revocation_there_rea
         certificate: Some(SOURCE.into()),
         ..IntermediateRequest::istiod("istiod-1", "vault")
     };
-    let key = cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+    let (cr, key) = cm::request_until(&env.client, &env.ns.name, &req, &["Issued"], TIMEOUT).await;
     cm::write_certificate_secret(&env.client, &env.ns.name, SOURCE, &cr, &key).await;
     let spec = IstioCACertsSpec {
         source_secret_name: SOURCE.into(),
@@ -298,9 +271,7 @@ async fn the_chain_under_openbao_carries_openbaos_crl_and_a_revocation_there_rea
         ..Default::default()
     };
     let iccs = env.ns.api::<IstioCACerts>();
-    iccs.create(&PostParams::default(), &IstioCACerts::new("istiod", spec))
-        .await
-        .unwrap();
+    support::objects::create_icc(&iccs, "istiod", spec).await;
     let crls_of = |data: &BTreeMap<String, Vec<u8>>| {
         data.get("ca-crl.pem")
             .map(|pem| Crl::parse_pem_bundle(pem, "ca-crl.pem").unwrap())
@@ -408,8 +379,9 @@ async fn approle_and_token_auth_sign_and_a_wrong_role_secret_or_expired_token_is
     for issuer in ["approle", "token"] {
         env.wait_issuer(issuer, "True").await;
         let req = IntermediateRequest::istiod(&format!("via-{issuer}"), issuer);
-        cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-        let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+        let cr = cm::request_until(&env.client, &env.ns.name, &req, &["Issued"], TIMEOUT)
+            .await
+            .0;
         assert_eq!(issued_parts(&cr).1, env.root);
     }
     let signed_before = env.signed().len();
@@ -461,8 +433,9 @@ async fn approle_and_token_auth_sign_and_a_wrong_role_secret_or_expired_token_is
             "{issuer}: a secret in {message}"
         );
         let req = IntermediateRequest::istiod(&format!("via-{issuer}"), issuer);
-        cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-        let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Pending"], TIMEOUT).await;
+        let cr = cm::request_until(&env.client, &env.ns.name, &req, &["Pending"], TIMEOUT)
+            .await
+            .0;
         assert!(ready_message(&cr).contains("not Ready"), "{}", ready_message(&cr));
     }
     assert_eq!(env.signed().len(), signed_before, "nothing signed for them");
@@ -472,21 +445,18 @@ async fn approle_and_token_auth_sign_and_a_wrong_role_secret_or_expired_token_is
 async fn a_sealed_vault_keeps_a_request_pending_and_after_unseal_it_is_issued_once() {
     let env = env("vault-sealed").await;
     // A short back-off keeps the test short; the schedule is the production one otherwise.
-    let _controller = RunningController::start(&[
-        "--namespace",
-        &env.ns.name,
-        "--retry-backoff-initial=1s",
-        "--retry-backoff-max=2s",
-    ])
-    .await;
+    let _controller =
+        RunningController::in_namespace_with(&env.ns.name, &["--retry-backoff-initial=1s", "--retry-backoff-max=2s"])
+            .await;
     env.role_for(ROLE, "vault");
     env.create_issuer("vault", env.vault(kubernetes_auth(ROLE))).await;
     env.wait_issuer("vault", "True").await;
 
     env.bao.seal();
     let req = IntermediateRequest::istiod("during-seal", "vault");
-    cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Pending"], TIMEOUT).await;
+    let cr = cm::request_until(&env.client, &env.ns.name, &req, &["Pending"], TIMEOUT)
+        .await
+        .0;
     let pending = eventually(TIMEOUT, || async {
         let cr = env.ns.api::<CertificateRequest>().get(&req.name).await.ok()?;
         let message = ready_message(&cr);
@@ -537,13 +507,14 @@ path "pki/root/sign-intermediate" {
 async fn a_policy_or_an_issuer_that_refuses_the_csr_fails_the_request_with_vaults_reason() {
     let env = env("vault-refuse").await;
     // The retry budget a policy refusal (403) is retried within, shortened for the test.
-    let _controller = RunningController::start(&[
-        "--namespace",
+    let _controller = RunningController::in_namespace_with(
         &env.ns.name,
-        "--retry-backoff-initial=1s",
-        "--retry-backoff-max=2s",
-        "--max-retry-duration=6s",
-    ])
+        &[
+            "--retry-backoff-initial=1s",
+            "--retry-backoff-max=2s",
+            "--max-retry-duration=6s",
+        ],
+    )
     .await;
     // 1. An ACL policy that admits only prod.example's SPIFFE IDs.
     let policy = env.bao.file("prod-only.hcl", PROD_ONLY_POLICY);
@@ -590,8 +561,9 @@ async fn a_policy_or_an_issuer_that_refuses_the_csr_fails_the_request_with_vault
     env.create_issuer("no-issuing", env.vault(kubernetes_auth(ROLE))).await;
     env.wait_issuer("no-issuing", "True").await;
     let req = IntermediateRequest::istiod("no-issuing", "no-issuing");
-    cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-    let failed = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Failed"], TIMEOUT).await;
+    let failed = cm::request_until(&env.client, &env.ns.name, &req, &["Failed"], TIMEOUT)
+        .await
+        .0;
     let message = ready_message(&failed);
     println!("refused by the issuer: {message}");
     assert!(
@@ -679,12 +651,9 @@ async fn a_namespaced_issuer_logs_in_only_as_its_own_namespace_and_vault_servers
     }
     // --vault-servers that do not list this server: refused before any call, saying so.
     {
-        let _controller = RunningController::start(&[
-            "--namespace",
-            &env.ns.name,
-            "--vault-servers=https://vault.example.invalid:8200",
-        ])
-        .await;
+        let _controller =
+            RunningController::in_namespace_with(&env.ns.name, &["--vault-servers=https://vault.example.invalid:8200"])
+                .await;
         for issuer in ["own", "ambient"] {
             let message =
                 support::wait_issuer_reason(&env.ns.api::<MeshCAIssuer>(), issuer, "ServerNotAllowed", TIMEOUT).await;
@@ -697,19 +666,19 @@ async fn a_namespaced_issuer_logs_in_only_as_its_own_namespace_and_vault_servers
     }
     // Listed, and the controller's own token allowed for namespaced issuers: both are Ready.
     {
-        let _controller = RunningController::start(&[
-            "--namespace",
+        let _controller = RunningController::in_namespace_with(
             &env.ns.name,
-            &format!("--vault-servers={}/", env.bao.address),
-            "--issuer-ambient-credentials=true",
-            &format!("--service-account-token-file={}", token_file.display()),
-        ])
+            &[
+                &format!("--vault-servers={}/", env.bao.address),
+                "--issuer-ambient-credentials=true",
+                &format!("--service-account-token-file={}", token_file.display()),
+            ],
+        )
         .await;
         env.wait_issuer("own", "True").await;
         env.wait_issuer("ambient", "True").await;
         let req = IntermediateRequest::istiod("ambient-1", "ambient");
-        cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-        cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+        cm::request_until(&env.client, &env.ns.name, &req, &["Issued"], TIMEOUT).await;
     }
 }
 
@@ -739,23 +708,7 @@ impl VaultCluster {
             controller.log()
         );
         let spec = IssuerSpec {
-            vault: Some(Vault {
-                server: bao.address.clone(),
-                path: "pki/root/sign-intermediate".into(),
-                ca_bundle: Some(k8s_openapi::ByteString(bao.tls_ca.clone().into_bytes())),
-                auth: VaultAuth {
-                    kubernetes: Some(VaultKubernetesAuth {
-                        mount_path: format!("/v1/auth/{mount}"),
-                        role: ROLE.into(),
-                        service_account_ref: Some(VaultServiceAccountRef {
-                            name: SA.into(),
-                            audiences: vec![],
-                        }),
-                    }),
-                    ..VaultAuth::default()
-                },
-                ..Vault::default()
-            }),
+            vault: Some(vault_of(bao, kubernetes_auth_at(mount, ROLE))),
             ..IssuerSpec::default()
         };
         ns.api::<MeshCAIssuer>()
@@ -777,8 +730,7 @@ impl VaultCluster {
             certificate: Some(SOURCE.into()),
             ..IntermediateRequest::istiod("istiod-1", "vault")
         };
-        let key = cm::request_and_approve(&self.client, &self.ns.name, &req).await;
-        let cr = cm::wait_for_reason(&self.client, &self.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+        let (cr, key) = cm::request_until(&self.client, &self.ns.name, &req, &["Issued"], TIMEOUT).await;
         cacerts_from(&self.client, &self.ns, &cr, &key).await
     }
 
@@ -918,8 +870,7 @@ async fn no_token_secret_or_key_appears_in_the_controller_log_and_logins_are_rev
             ..IntermediateRequest::istiod(&format!("via-{issuer}"), issuer)
         };
         let started = Instant::now();
-        let key = cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-        let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+        let (cr, key) = cm::request_until(&env.client, &env.ns.name, &req, &["Issued"], TIMEOUT).await;
         issuance.push(started.elapsed());
         if issuer == "k8s" {
             // The intermediate's key passes through the controller into cacerts.
@@ -1112,8 +1063,9 @@ async fn name_constraints_openbao_cannot_add_fail_the_request_and_constraints_th
     env.wait_issuer("vault", "True").await;
     // The CSR carries no constraints: Vault could not add them, so nothing is signed.
     let plain_req = IntermediateRequest::istiod("unconstrained", "vault");
-    cm::request_and_approve(&env.client, &env.ns.name, &plain_req).await;
-    let failed = cm::wait_for_reason(&env.client, &env.ns.name, &plain_req.name, &["Failed"], TIMEOUT).await;
+    let failed = cm::request_until(&env.client, &env.ns.name, &plain_req, &["Failed"], TIMEOUT)
+        .await
+        .0;
     let message = ready_message(&failed);
     println!("{message}");
     assert!(
@@ -1134,8 +1086,9 @@ async fn name_constraints_openbao_cannot_add_fail_the_request_and_constraints_th
         name_constraints: Some(constraints.to_der().unwrap()),
         ..IntermediateRequest::istiod("constrained", "vault")
     };
-    cm::request_and_approve(&env.client, &env.ns.name, &req).await;
-    let cr = cm::wait_for_reason(&env.client, &env.ns.name, &req.name, &["Issued"], TIMEOUT).await;
+    let cr = cm::request_until(&env.client, &env.ns.name, &req, &["Issued"], TIMEOUT)
+        .await
+        .0;
     let text = openssl::text(cr.status.as_ref().unwrap().certificate.as_deref().unwrap());
     assert!(
         text.contains("X509v3 Name Constraints: critical") && text.contains("URI:cluster.local"),

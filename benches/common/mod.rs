@@ -16,6 +16,25 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
         .unwrap_or_default()
 }
 
+/// Whether hack/bench started this benchmark (`--bench`); when it did, the crypto provider is
+/// installed for what follows. `cargo test --all-targets` runs bench binaries without
+/// `--bench`, and these need a control plane (and a controller) that only hack/bench provides,
+/// so the benchmark `name` then says so and does nothing.
+pub fn started_by_hack_bench(name: &str) -> bool {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{name} benchmark: run it with hack/bench");
+        return false;
+    }
+    mesh_ca_issuer::install_crypto_provider();
+    true
+}
+
+/// The value of environment variable `name`, else `default`: the benchmarks' knobs
+/// (`MESHCA_BENCH_*`, set by whoever runs hack/bench).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// Creates namespace `name`.
 pub async fn create_namespace(client: &Client, name: &str) {
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");

@@ -369,6 +369,23 @@ pub async fn pending(
     request_until(client, namespace, &req, &["Pending"], timeout).await.0
 }
 
+/// What an issued request holds: the chain in `status.certificate` and the root in
+/// `status.ca`, parsed.
+pub fn issued_parts(
+    cr: &CertificateRequest,
+) -> (Vec<mesh_ca_issuer::pki::Certificate>, mesh_ca_issuer::pki::Certificate) {
+    let status = cr.status.as_ref().expect("an issued request");
+    let chain = mesh_ca_issuer::pki::Certificate::parse_pem_bundle(
+        status.certificate.as_deref().unwrap_or_default(),
+        "certificate",
+    )
+    .expect("status.certificate");
+    let root = mesh_ca_issuer::pki::Certificate::parse_pem_bundle(status.ca.as_deref().unwrap_or_default(), "ca")
+        .expect("status.ca")
+        .remove(0);
+    (chain, root)
+}
+
 /// What a request's Ready condition says (empty when it has none).
 pub fn ready_message(cr: &CertificateRequest) -> String {
     cr.condition("Ready")

@@ -36,6 +36,24 @@ pub fn chart_dir() -> PathBuf {
 /// stdout and stderr of a finished command.
 pub use super::said as text;
 
+/// `helm template` of our chart, as release `mesh-ca-issuer` in namespace `mesh-ca-issuer`,
+/// with `options` (`--kube-version`, `--show-only`, ...) and `--set` each of `set`, run from
+/// the repository root: what every test that reads the rendered chart asks helm.
+pub fn template(options: &[&str], set: &[&str]) -> std::process::Output {
+    let chart = chart_dir();
+    let mut command = Command::new(helm());
+    command
+        .args(["template", "mesh-ca-issuer"])
+        .arg(&chart)
+        .args(["--namespace", "mesh-ca-issuer"])
+        .args(options)
+        .current_dir(repo_root());
+    for s in set {
+        command.args(["--set", s]);
+    }
+    command.output().expect("run helm")
+}
+
 /// The chart installed (CRDs skipped: the harness installs them) into `release_ns`, serving
 /// the cluster resource namespace `resources` and the Istio namespace `istio`; uninstalled on
 /// drop, before its namespaces go.

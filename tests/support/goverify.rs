@@ -14,6 +14,22 @@ use super::openssl::Workdir;
 /// Go's verdict: `Ok(())` when Go verifies, `Err(why)` with Go's own words when it refuses.
 pub type Verdict = Result<(), String>;
 
+/// The `cacerts` data istiod loads, in Istio's own format: CA certificate `ca_cert` (PEM) and
+/// its `ca_key`, the chain from it through `above` (the PEM of any CAs between it and the
+/// root, possibly empty) to `root`, and the root. Every test that hands istiod a bundle
+/// builds it here, so all of them judge the same layout.
+pub fn cacerts(ca_cert: &str, ca_key: &str, above: &str, root: &str) -> BTreeMap<String, Vec<u8>> {
+    BTreeMap::from([
+        ("ca-cert.pem".to_string(), ca_cert.as_bytes().to_vec()),
+        ("ca-key.pem".to_string(), ca_key.as_bytes().to_vec()),
+        (
+            "cert-chain.pem".to_string(),
+            format!("{ca_cert}{above}{root}").into_bytes(),
+        ),
+        ("root-cert.pem".to_string(), root.as_bytes().to_vec()),
+    ])
+}
+
 /// The goverify binary, built into `target/goverify/<source hash>/` on first use; parallel test
 /// processes each build into a temporary file and rename it, so none sees a half-written one.
 fn binary() -> &'static Path {

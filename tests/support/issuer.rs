@@ -1,5 +1,6 @@
 //! MeshCAIssuers as the tests make them, written once: a local root bootstrapped into a
-//! Secret (a root already in that Secret is used as it is), created and waited on until Ready.
+//! Secret (a root already in that Secret is used as it is), or one an operator put there,
+//! created and waited on until Ready.
 
 use std::time::Duration;
 
@@ -12,6 +13,18 @@ pub fn bootstrapped(secret: &str) -> IssuerSpec {
         local_ca: Some(LocalCA {
             secret_name: secret.into(),
             bootstrap: Some(RootBootstrap::default()),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A local CA whose certificate and key an operator put in `secret` (no bootstrap: a Secret
+/// without them leaves the issuer not Ready).
+pub fn from_secret(secret: &str) -> IssuerSpec {
+    IssuerSpec {
+        local_ca: Some(LocalCA {
+            secret_name: secret.into(),
+            bootstrap: None,
         }),
         ..Default::default()
     }
@@ -40,10 +53,22 @@ pub fn a_year_at_most() -> IssuancePolicy {
     }
 }
 
-/// Creates MeshCAIssuer `name` with `spec` and waits until it is Ready.
-pub async fn create_ready(api: &Api<MeshCAIssuer>, name: &str, spec: IssuerSpec, timeout: Duration) {
+/// Creates MeshCAIssuer `name` with `spec`, without waiting: for tests that watch what its
+/// Ready condition becomes.
+pub async fn create(api: &Api<MeshCAIssuer>, name: &str, spec: IssuerSpec) {
     api.create(&PostParams::default(), &MeshCAIssuer::new(name, spec))
         .await
         .unwrap_or_else(|e| panic!("creating MeshCAIssuer {name}: {e}"));
+}
+
+/// Creates MeshCAIssuer `name` with a root of its own bootstrapped into `<name>-root`, and
+/// waits until it is Ready: the issuer most tests just need to exist.
+pub async fn create_ready_with_own_root(api: &Api<MeshCAIssuer>, name: &str, timeout: Duration) {
+    create_ready(api, name, bootstrapped(&format!("{name}-root")), timeout).await;
+}
+
+/// Creates MeshCAIssuer `name` with `spec` and waits until it is Ready.
+pub async fn create_ready(api: &Api<MeshCAIssuer>, name: &str, spec: IssuerSpec, timeout: Duration) {
+    create(api, name, spec).await;
     super::wait_issuer(api, name, "True", timeout).await;
 }

@@ -356,6 +356,14 @@ impl TwoClusters {
         let b = Cluster::start(super::kubeconfig_b(), &namespace, icc, "b.example").await;
         Self { a, b, lock }
     }
+
+    /// [`Self::start`], with every wait in either cluster bounded by `timeout`: the tests
+    /// that drive both clusters through a rotation or an outage set it once here.
+    pub async fn start_waiting(prefix: &str, icc: &str, timeout: Duration) -> Self {
+        let mut clusters = Self::start(prefix, icc).await;
+        (clusters.a.timeout, clusters.b.timeout) = (timeout, timeout);
+        clusters
+    }
 }
 
 /// The KUBECONFIG of both clusters (their files colon-separated, as a user would set it).

@@ -204,13 +204,7 @@ impl MeshCluster {
 
     /// A MeshCAIssuer `name` with its own bootstrapped root; waits until Ready.
     pub async fn create_issuer(&self, name: &str) {
-        issuer::create_ready(
-            &self.ns.api(),
-            name,
-            issuer::bootstrapped(&format!("{name}-root")),
-            TIMEOUT,
-        )
-        .await;
+        issuer::create_ready_with_own_root(&self.ns.api(), name, TIMEOUT).await;
     }
 
     /// cert-manager (stand-in) issues istiod's intermediate from `issuer` and records the

@@ -31,6 +31,7 @@ pub mod openssl;
 pub mod pca;
 pub mod promql;
 pub mod real_cert_manager;
+pub mod sign;
 pub mod spiffe;
 
 use std::path::{Path, PathBuf};
@@ -606,6 +607,15 @@ impl ScopeLock {
     }
 }
 
+/// An admin client with the CRDs installed and a namespace of its own, `<prefix>-<suffix>`:
+/// how a test that runs no controller (or runs its own, as a process) starts.
+pub async fn test_namespace(prefix: &str) -> (Client, TestNamespace) {
+    let client = admin_client().await;
+    ensure_crds(&client).await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    (client, ns)
+}
+
 /// How a test whose controllers watch only its own namespace starts: an admin client with the
 /// CRDs installed, the shared [`ScopeLock`], and a namespace of its own. Bound as
 /// `let (_lock, client, ns) = ...`, the namespace is removed before the lock is released.
@@ -646,6 +656,17 @@ impl WithNamespace<()> {
             fixture,
             _lock: self._lock,
         }
+    }
+}
+
+impl WithNamespace<RunningController> {
+    /// A test's own namespace with a controller watching only it (`flags` added to its command
+    /// line): the environment most tests start from. The namespace is removed before the
+    /// controller stops.
+    pub async fn controlled(prefix: &str, flags: &[&str]) -> Self {
+        let test = WithNamespace::start(prefix).await;
+        let controller = RunningController::in_namespace_with(&test.ns.name, flags).await;
+        test.with(controller)
     }
 }
 
@@ -710,7 +731,14 @@ impl RunningController {
 
     /// A controller watching only `namespace` (cluster issuers disabled).
     pub async fn in_namespace(namespace: &str) -> Self {
-        Self::start(&["--namespace", namespace]).await
+        Self::in_namespace_with(namespace, &[]).await
+    }
+
+    /// A controller watching only `namespace`, with `flags` added to its command line.
+    pub async fn in_namespace_with(namespace: &str, flags: &[&str]) -> Self {
+        let mut args = vec!["--namespace", namespace];
+        args.extend_from_slice(flags);
+        Self::start(&args).await
     }
 
     pub async fn metrics(&self) -> String {
@@ -791,6 +819,43 @@ pub async fn service_account_token(client: &Client, namespace: &str, name: &str)
         .status
         .and_then(|s| s.token)
         .expect("the issued token")
+}
+
+/// ServiceAccount `name` of `namespace`, allowed only `rules` (a Role and a RoleBinding, both
+/// named `name` too), and a kubeconfig in `dir` that authenticates as it: how a test runs the
+/// controller with less than its chart grants, to see what a refused call does. Returns the
+/// kubeconfig's path; the test widens the Role itself when it grants the rest.
+pub async fn restricted_identity(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    rules: Vec<serde_json::Value>,
+    dir: &Path,
+) -> PathBuf {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let role = serde_json::json!({"metadata": {"name": name}, "rules": rules});
+    let account = serde_json::json!({"metadata": {"name": name}});
+    let binding = serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
+    });
+    let params = PostParams::default();
+    Api::<Role>::namespaced(client.clone(), namespace)
+        .create(&params, &serde_json::from_value(role).expect("a Role"))
+        .await
+        .unwrap_or_else(|e| panic!("creating Role {name}: {e}"));
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create(&params, &serde_json::from_value(account).expect("a ServiceAccount"))
+        .await
+        .unwrap_or_else(|e| panic!("creating ServiceAccount {name}: {e}"));
+    Api::<RoleBinding>::namespaced(client.clone(), namespace)
+        .create(&params, &serde_json::from_value(binding).expect("a RoleBinding"))
+        .await
+        .unwrap_or_else(|e| panic!("creating RoleBinding {name}: {e}"));
+    let token = service_account_token(client, namespace, name).await;
+    kubeconfig_with_token(dir, &token)
 }
 
 /// A copy of the test kubeconfig that authenticates with `token` instead of as admin.

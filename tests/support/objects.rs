@@ -1,14 +1,15 @@
 //! Reading and copying the objects the controller reads and writes, written once for every
 //! test: a Secret's data, an IstioCACerts' conditions and rotation phase, waiting until an
-//! IstioCACerts gets somewhere, and copying a Secret between namespaces or clusters.
+//! IstioCACerts gets somewhere, creating a Secret as an operator writes one, and copying a
+//! Secret between namespaces or clusters.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, Patch, PatchParams};
-use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, RotationPhase};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use mesh_ca_issuer::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec, RotationPhase};
 
 use super::{TEST_MANAGER, eventually};
 
@@ -69,6 +70,41 @@ pub async fn wait_icc(
         };
         panic!("{cluster}IstioCACerts never got to {what} within {timeout:?}")
     })
+}
+
+/// Creates the Secret `object` describes (`metadata.name`, `type`, `stringData`, ...) in the
+/// namespace of `secrets`, as an operator writes one by hand; returns it as created.
+pub async fn create_secret(secrets: &Api<Secret>, object: serde_json::Value) -> Secret {
+    let secret: Secret = serde_json::from_value(object).expect("a Secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "creating Secret {}: {e}",
+                secret.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+}
+
+/// A `kubernetes.io/tls` Secret `name` holding `certificate` and its `key` (PEM): a CA an
+/// operator supplies.
+pub async fn create_tls_secret(secrets: &Api<Secret>, name: &str, certificate: &str, key: &str) -> Secret {
+    create_secret(
+        secrets,
+        serde_json::json!({
+            "metadata": {"name": name}, "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": certificate, "tls.key": key}
+        }),
+    )
+    .await
+}
+
+/// Creates IstioCACerts `name` with `spec` in the namespace of `api`; returns it as created.
+pub async fn create_icc(api: &Api<IstioCACerts>, name: &str, spec: IstioCACertsSpec) -> IstioCACerts {
+    api.create(&PostParams::default(), &IstioCACerts::new(name, spec))
+        .await
+        .unwrap_or_else(|e| panic!("creating IstioCACerts {name}: {e}"))
 }
 
 /// Copies Secret `name` from `from` into namespace `namespace` of `to`, as a platform team

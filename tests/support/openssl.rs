@@ -72,6 +72,41 @@ impl Workdir {
         }
         self.run(&args);
     }
+
+    /// `openssl x509 -req`: signs the CSR in `csr` with the CA certificate and key in the files
+    /// `(certificate, key)` of `ca` for `days`, with the extensions in file `extfile`, into
+    /// `out`; `extra` adds options (a digest such as `-sha1`). Every certificate the tests make
+    /// under a CA of their own is signed here.
+    pub fn sign(&self, csr: &str, ca: (&str, &str), days: &str, extfile: &str, out: &str, extra: &[&str]) {
+        let (ca, ca_key) = ca;
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-days", days, "-extfile", extfile, "-out", out]);
+        self.run(&args);
+    }
+
+    /// A new P-256 key (PKCS#8) in `out`, made with `openssl genpkey`.
+    pub fn new_p256_key(&self, out: &str) {
+        self.run(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            out,
+        ]);
+    }
 }
 
 /// A root (`CN=Root`, its basicConstraints `root_bc`, keyCertSign and cRLSign) and an
@@ -91,23 +126,7 @@ pub fn root_and_intermediate(root_bc: &str, int_ext: &str) -> Workdir {
     );
     dir.req_with_new_p256_key("int.key", "int.csr", None, "/O=goverify/CN=Intermediate", &[]);
     dir.write("int.cnf", int_ext);
-    dir.run(&[
-        "x509",
-        "-req",
-        "-in",
-        "int.csr",
-        "-CA",
-        "root.pem",
-        "-CAkey",
-        "root.key",
-        "-CAcreateserial",
-        "-days",
-        "365",
-        "-extfile",
-        "int.cnf",
-        "-out",
-        "int.pem",
-    ]);
+    dir.sign("int.csr", ("root.pem", "root.key"), "365", "int.cnf", "int.pem", &[]);
     dir
 }
 
@@ -146,6 +165,23 @@ pub fn verify_leaf(leaf_pem: &[u8], untrusted_pem: &[u8], roots_pem: &[u8]) -> R
     }
 }
 
+/// openssl's judgement of the intermediate a request was issued: its chain verifies against
+/// `status.ca` (x509_strict), and it is a CA for workloads only (pathLen 0) carrying istiod's
+/// SPIFFE ID. Returns its `openssl x509 -text`, for the caller's own checks.
+pub fn assert_istiod_intermediate(cr: &mesh_ca_issuer::api::cert_manager::CertificateRequest) -> String {
+    let status = cr.status.as_ref().expect("an issued request");
+    let certificate = status.certificate.clone().expect("status.certificate");
+    let ca = status.ca.clone().expect("status.ca");
+    assert_eq!(verify(&ca, &certificate), "chain.pem: OK");
+    let text = text(&certificate);
+    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+    assert!(
+        text.contains("URI:spiffe://cluster.local/ns/istio-system/sa/istiod"),
+        "{text}"
+    );
+    text
+}
+
 /// `openssl x509 -text` of the first certificate in `pem`.
 pub fn text(pem: &[u8]) -> String {
     let dir = Workdir::new();
@@ -179,23 +215,7 @@ pub fn workload_certificate(ca_cert_pem: &[u8], ca_key_pem: &[u8], cert_chain_pe
         ),
     );
     dir.req_with_new_p256_key("leaf.key", "leaf.csr", None, "/", &[]);
-    dir.run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "leaf.pem",
-    ]);
+    dir.sign("leaf.csr", ("ca.pem", "ca.key"), "1", "ext.cnf", "leaf.pem", &[]);
     let mut pem = dir.read("leaf.pem");
     pem.push_str(&String::from_utf8_lossy(cert_chain_pem));
     pem

@@ -6,9 +6,30 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use mesh_ca_issuer::api::issuer::{AwsCredentialsSecretRef, AwsPCA, IssuerSpec};
+
 /// The static test credentials the fixture accepts.
 pub const ACCESS_KEY_ID: &str = "AKIDMESHCATEST";
 pub const SECRET_ACCESS_KEY: &str = "meshca-test-secret-key-0123456789abcdef";
+/// The tests' PCA is a loopback endpoint set on namespaced issuers (`spec.awsPCA.endpoint`):
+/// that takes the operator's consent, off by default, so every controller of a PCA test is
+/// started with this flag.
+pub const ENDPOINT_OVERRIDE: &str = "--issuer-endpoint-override=true";
+/// The Secret holding them that the tests' issuers name (`credentialsSecretRef`).
+pub const CREDENTIALS_SECRET: &str = "aws-creds";
+
+/// Creates [`CREDENTIALS_SECRET`] with the fixture's keys in the namespace of `secrets`: every
+/// namespaced PCA issuer of the tests reads it.
+pub async fn create_credentials_secret(secrets: &kube::Api<k8s_openapi::api::core::v1::Secret>) {
+    super::objects::create_secret(
+        secrets,
+        serde_json::json!({
+            "metadata": {"name": CREDENTIALS_SECRET},
+            "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY}
+        }),
+    )
+    .await;
+}
 
 pub struct PcaFixture {
     child: Child,
@@ -48,6 +69,20 @@ impl PcaFixture {
             .and_then(|p| p.parse().ok())
             .expect("fixture port");
         Self { child, endpoint, port }
+    }
+
+    /// `spec` of a MeshCAIssuer signing with CA `arn` of this endpoint, with the keys of
+    /// [`CREDENTIALS_SECRET`].
+    pub fn issuer_spec(&self, arn: &str) -> IssuerSpec {
+        IssuerSpec {
+            aws_pca: Some(AwsPCA {
+                arn: arn.to_string(),
+                endpoint: Some(self.endpoint.clone()),
+                credentials_secret_ref: Some(AwsCredentialsSecretRef::named(CREDENTIALS_SECRET)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     async fn control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
