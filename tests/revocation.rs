@@ -306,12 +306,7 @@ async fn a_renewal_keeps_the_replaced_intermediates_workloads_verifying_with_eve
 async fn a_peers_crls_come_over_its_bundle_endpoint_and_its_revocations_reach_us() {
     use mesh_ca_issuer::api::istio_cacerts::CrlWindow;
     use support::mesh::{TwoClusters, endpoint_anchor, serving_bundle};
-    let TwoClusters {
-        mut a,
-        mut b,
-        lock: _lock,
-    } = TwoClusters::start("revocation-peer", "mesh").await;
-    (a.timeout, b.timeout) = (TIMEOUT, TIMEOUT);
+    let TwoClusters { a, b, lock: _lock } = TwoClusters::start_waiting("revocation-peer", "mesh", TIMEOUT).await;
     for cluster in [&a, &b] {
         cluster
             .local_issuer("root", "mesh-root", "87600h", a_year_at_most())
