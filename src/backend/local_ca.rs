@@ -481,28 +481,16 @@ mod tests {
     fn ca_secret_checks() {
         let (cert, key) = root();
         let (_, other_key) = root();
-        let (leaf_csr, leaf_key) = crate::pki::sign::tests::istiod_csr_with_key();
-        let leaf = {
-            // A certificate that is not a CA, signed by the root.
-            let csr = leaf_csr;
-            let plan = crate::pki::policy::SigningPlan {
-                ca_path_len: None,
-                not_before: now() - jiff::SignedDuration::from_secs(60),
-                not_after: now() + jiff::SignedDuration::from_hours(1),
-                requested: std::time::Duration::from_secs(3600),
-                clamped: None,
-                name_constraints: None,
-            };
-            sign_csr(
-                &csr,
-                &plan,
-                &CaSigner {
-                    certificate: &cert,
-                    key: &key,
-                },
-            )
-            .unwrap()
-        };
+        // A certificate that is not a CA, signed by the root.
+        let (leaf, leaf_key) = crate::pki::sign::tests::signed_istiod(
+            &CaSigner {
+                certificate: &cert,
+                key: &key,
+            },
+            None,
+            now() - jiff::SignedDuration::from_secs(60),
+            now() + jiff::SignedDuration::from_hours(1),
+        );
         let expired_at = now() + jiff::SignedDuration::from_hours(24 * 365 * 20);
         let cases: Vec<(&str, BTreeMap<String, ByteString>, Timestamp, &str)> = vec![
             // A bootstrapped root: usable.

@@ -472,28 +472,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 "metadata": {"name": args.clusters.name, "namespace": args.clusters.namespace},
                 "spec": {"rootRotation": {"expectedNewRoot": fingerprint}},
             });
-            for c in &clusters {
-                let client = client_for(&kubeconfig, &c.context).await?;
-                let api: Api<IstioCACerts> = Api::namespaced(client, &args.clusters.namespace);
-                // The user named this root: take the field over from whoever set it before.
-                api.patch(
-                    &args.clusters.name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await
-                .map_err(|e| {
-                    Failure::failed(format!(
-                        "context {}: approving the new root on IstioCACerts {}/{}: {e} (re-running is safe)",
-                        c.context, args.clusters.namespace, args.clusters.name
-                    ))
-                })?;
-                println!(
-                    "context {}: approved new root {fingerprint} on IstioCACerts {}/{} (spec.rootRotation.expectedNewRoot)",
-                    c.context, args.clusters.namespace, args.clusters.name
-                );
-            }
-            Ok(())
+            // The user named this root: take the field over from whoever set it before.
+            let (params, patch) = (PatchParams::apply(FIELD_MANAGER).force(), Patch::Apply(&patch));
+            patch_each(
+                &kubeconfig,
+                &clusters,
+                &args.clusters,
+                &params,
+                &patch,
+                "approving the new root on",
+                |at| format!("approved new root {fingerprint} on {at} (spec.rootRotation.expectedNewRoot)"),
+            )
+            .await
         }
         Command::Revoke(args) => {
             let kubeconfig = load_kubeconfig(cli.kubeconfig.as_deref())?;
@@ -508,27 +498,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let patch = serde_json::json!({"metadata": {"annotations": {
                 crate::api::istio_cacerts::ADVANCE_ROTATION_ANNOTATION: phase.as_str()
             }}});
-            for c in &clusters {
-                let client = client_for(&kubeconfig, &c.context).await?;
-                let api: Api<IstioCACerts> = Api::namespaced(client, &args.clusters.namespace);
-                api.patch(&args.clusters.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(|e| {
-                        Failure::failed(format!(
-                            "context {}: annotating IstioCACerts {}/{}: {e} (re-running is safe)",
-                            c.context, args.clusters.namespace, args.clusters.name
-                        ))
-                    })?;
-                println!(
-                    "context {}: asked IstioCACerts {}/{} to advance {} to {}",
-                    c.context,
-                    args.clusters.namespace,
-                    args.clusters.name,
-                    phase.as_str(),
-                    rotation::next_phase(phase).map_or("-", |p| p.as_str())
-                );
-            }
-            Ok(())
+            let next = rotation::next_phase(phase).map_or("-", |p| p.as_str());
+            let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+            patch_each(
+                &kubeconfig,
+                &clusters,
+                &args.clusters,
+                &params,
+                &patch,
+                "annotating",
+                |at| format!("asked {at} to advance {} to {next}", phase.as_str()),
+            )
+            .await
         }
     }
 }
@@ -794,6 +775,30 @@ fn load_kubeconfig(paths: Option<&str>) -> Result<Kubeconfig, Failure> {
         None => Kubeconfig::read().map_err(|e| e.to_string()),
     };
     merged.map_err(|e| Failure::refused(format!("cannot read the kubeconfig: {e}")))
+}
+
+/// Patches the IstioCACerts of each cluster in turn and says so for each (`done` gets
+/// "IstioCACerts ns/name"). A refusal stops there; every patch here is idempotent, so the
+/// message says re-running is safe.
+async fn patch_each(
+    kubeconfig: &Kubeconfig,
+    clusters: &[rotation::ClusterRotation],
+    target: &RotationArgs,
+    params: &PatchParams,
+    patch: &Patch<&serde_json::Value>,
+    doing: &str,
+    done: impl Fn(&str) -> String,
+) -> Result<(), Failure> {
+    let at = format!("IstioCACerts {}/{}", target.namespace, target.name);
+    for c in clusters {
+        let client = client_for(kubeconfig, &c.context).await?;
+        let api: Api<IstioCACerts> = Api::namespaced(client, &target.namespace);
+        api.patch(&target.name, params, patch)
+            .await
+            .map_err(|e| Failure::failed(format!("context {}: {doing} {at}: {e} (re-running is safe)", c.context)))?;
+        println!("context {}: {}", c.context, done(&at));
+    }
+    Ok(())
 }
 
 /// A client for one context, with short timeouts: an unreachable cluster is reported within

@@ -116,9 +116,6 @@ pub fn ours_only(event: watcher::Event<CertificateRequest>) -> Option<watcher::E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::cert_manager::{
-        CertificateRequestCondition, CertificateRequestSpec, CertificateRequestStatus, IssuerReference,
-    };
     use crate::controller::certificate_request::IssuerKind;
     use kube::ResourceExt;
 
@@ -126,19 +123,9 @@ mod tests {
     const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
     fn issued_foreign_or_ours(group: &str, conditions: &[(&str, &str, &str)]) -> CertificateRequest {
-        let mut cr = CertificateRequest::new(
-            "r",
-            CertificateRequestSpec {
-                issuer_ref: IssuerReference {
-                    name: "mesh".into(),
-                    kind: Some("MeshCAIssuer".into()),
-                    group: Some(group.into()),
-                },
-                request: b"-----BEGIN CERTIFICATE REQUEST-----".to_vec(),
-                is_ca: Some(true),
-                ..Default::default()
-            },
-        );
+        let mut cr = crate::controller::certificate_request::tests::cr(group, "MeshCAIssuer", conditions);
+        cr.spec.request = b"-----BEGIN CERTIFICATE REQUEST-----".to_vec();
+        cr.spec.is_ca = Some(true);
         cr.metadata.namespace = Some("istio-system".into());
         cr.metadata.resource_version = Some("42".into());
         cr.metadata.managed_fields = Some(vec![Default::default()]);
@@ -149,23 +136,10 @@ mod tests {
             ]
             .into(),
         );
-        cr.status = Some(CertificateRequestStatus {
-            conditions: Some(
-                conditions
-                    .iter()
-                    .map(|(t, s, r)| CertificateRequestCondition {
-                        type_: t.to_string(),
-                        status: s.to_string(),
-                        reason: Some(r.to_string()),
-                        message: None,
-                        last_transition_time: None,
-                    })
-                    .collect(),
-            ),
-            certificate: Some(b"CHAIN".to_vec()),
-            ca: Some(b"ROOT".to_vec()),
-            failure_time: None,
-        });
+        if let Some(status) = cr.status.as_mut() {
+            status.certificate = Some(b"CHAIN".to_vec());
+            status.ca = Some(b"ROOT".to_vec());
+        }
         cr
     }
 

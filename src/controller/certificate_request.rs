@@ -912,12 +912,14 @@ async fn apply_outcome(ctx: &Context, cr: &CertificateRequest, outcome: Outcome,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::cert_manager::{CertificateRequestSpec, IssuerReference};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-    fn cr(group: &str, kind: &str, conditions: &[(&str, &str, &str)]) -> CertificateRequest {
+    /// A request named `r` for issuer `mesh` of `kind` in `group`, with `conditions` (type,
+    /// status, reason).
+    pub(crate) fn cr(group: &str, kind: &str, conditions: &[(&str, &str, &str)]) -> CertificateRequest {
         let mut cr = CertificateRequest::new(
             "r",
             CertificateRequestSpec {

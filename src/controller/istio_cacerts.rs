@@ -111,30 +111,10 @@ pub async fn observe(ctx: &Context, cached: &IstioCACerts) -> Result<Option<Obse
     let issuer = source_issuer(ctx, &namespace, source.as_ref()).await;
     let backend_ca = issuer.as_ref().and_then(|i| i.status.as_ref()?.ca.clone());
     let enabled = spec.revocation.as_ref().is_some_and(|r| r.enabled);
-    let revocation = match &issuer {
-        Some(issuer) if enabled => Some(revocation_inputs(ctx, issuer, now).await),
-        // Said, so that the CA left without a CRL is explained.
-        None if enabled => Some(revocation::Inputs {
-            problems: vec![format!(
-                "{} names no issuer of ours (cert-manager's issuer annotations), so no backend gives the CRL of the CA above the intermediate",
-                source.as_ref().map_or_else(
-                    || format!("Secret {namespace}/{} (not found)", spec.source_secret_name),
-                    |_| format!("Secret {namespace}/{}", spec.source_secret_name)
-                )
-            )],
-            ..Default::default()
-        }),
-        _ => None,
-    }
-    .map(|mut inputs| {
-        let (peers, problems) = revocation::peers(&anchors, now);
-        inputs.problems.extend(problems);
-        revocation::Inputs {
-            tracked: icc.status.as_ref().map(|s| s.crl.clone()).unwrap_or_default(),
-            peers,
-            ..inputs
-        }
-    });
+    let revocation = match enabled {
+        true => Some(revocation_for(ctx, &icc, issuer.as_ref(), source.is_some(), &anchors, now).await),
+        false => None,
+    };
     // Revocation was on and is off: does istiod still hand out the CRLs it loaded?
     let was_on = icc
         .status
@@ -412,6 +392,38 @@ fn revoked_changed(meta: &kube::api::ObjectMeta) -> Option<Timestamp> {
         .filter_map(|m| m.time.as_ref())
         .map(|t| t.0)
         .max()
+}
+
+/// What revocation reads, with `spec.revocation` on: the issuer's revoked list and its
+/// backend's CRLs, peers' CRLs from the bundles of the anchors, and `status.crl` as written.
+async fn revocation_for(
+    ctx: &Context,
+    icc: &IstioCACerts,
+    issuer: Option<&SourceIssuer>,
+    source_found: bool,
+    anchors: &[crate::istio::trust_bundle::AnchorInput],
+    now: Timestamp,
+) -> revocation::Inputs {
+    let mut inputs = match issuer {
+        Some(issuer) => revocation_inputs(ctx, issuer, now).await,
+        // Said, so that the CA left without a CRL is explained.
+        None => revocation::Inputs {
+            problems: vec![format!(
+                "Secret {}/{}{} names no issuer of ours (cert-manager's issuer annotations), so no backend gives the CRL of the CA above the intermediate",
+                icc.namespace().unwrap_or_default(),
+                icc.spec.source_secret_name,
+                if source_found { "" } else { " (not found)" }
+            )],
+            ..Default::default()
+        },
+    };
+    let (peers, problems) = revocation::peers(anchors, now);
+    inputs.problems.extend(problems);
+    revocation::Inputs {
+        tracked: icc.status.as_ref().map(|s| s.crl.clone()).unwrap_or_default(),
+        peers,
+        ..inputs
+    }
 }
 
 /// The issuer's revoked list and its backend's CRL sources.

@@ -430,8 +430,7 @@ fn trusted_roots(data: &SecretData) -> Option<(&'static str, &Vec<u8>)> {
 mod tests {
     use super::*;
     use crate::api::issuer::RootBootstrap;
-    use crate::pki::policy::SigningPlan;
-    use crate::pki::sign::{CaSigner, self_signed_root, sign_csr, tests::istiod_csr_with_key};
+    use crate::pki::sign::{CaSigner, self_signed_root, tests::signed_istiod};
     use jiff::SignedDuration;
 
     fn now() -> Timestamp {
@@ -450,27 +449,11 @@ mod tests {
     }
 
     fn intermediate(pki: &Pki, ca: bool, from: Timestamp, to: Timestamp) -> (Certificate, SigningKey) {
-        let (csr, key) = istiod_csr_with_key();
-        let plan = SigningPlan {
-            ca_path_len: ca.then_some(0),
-            not_before: from,
-            not_after: to,
-            requested: std::time::Duration::from_secs(1),
-            clamped: None,
-            name_constraints: None,
+        let root = CaSigner {
+            certificate: &pki.root,
+            key: &pki.root_key,
         };
-        (
-            sign_csr(
-                &csr,
-                &plan,
-                &CaSigner {
-                    certificate: &pki.root,
-                    key: &pki.root_key,
-                },
-            )
-            .unwrap(),
-            key,
-        )
+        signed_istiod(&root, ca.then_some(0), from, to)
     }
 
     fn source(pki: &Pki) -> SourceBundle {

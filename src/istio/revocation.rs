@@ -385,35 +385,8 @@ fn crl_set(
         }
     }
 
-    // A fetched CRL no CA of the chain signed is named: a forgery, or a CRL of another CA.
-    for stray in inputs
-        .fetched
-        .iter()
-        .filter(|c| !chain.iter().any(|ca| c.is_signed_by(ca)))
-    {
-        problems.push(format!(
-            "a fetched CRL naming issuer {} is signed by no CA of cert-chain.pem: not used",
-            stray.issuer()
-        ));
-    }
-    let from_peers = from_peers(chain, in_place, inputs, now, &mut problems);
-    let revoked: BTreeSet<Vec<u8>> = inputs
-        .revoked
-        .iter()
-        .map(|r| serial_number(&r.serial))
-        .chain(chosen.iter().flat_map(|(_, crl, _)| crl.revoked_numbers()))
-        .collect();
-    // Retiring an adopted target's intermediate is never asked for (see `retiring`).
-    let retired_now = retiring.and_then(|r| retire(r, in_place, &revoked, now, &mut problems));
-    let renewed: Vec<&Certificate> = from_peers
-        .iter()
-        .map(|(ca, _, _)| ca)
-        .chain(retiring.map(|(c, _)| c))
-        .collect();
-    let retired: Vec<(Crl, TrackedCrl)> = retired_now
-        .into_iter()
-        .chain(retired(plan, in_place, inputs, &renewed, now))
-        .collect();
+    problems.extend(strays(chain, &inputs.fetched));
+    let extras = beyond_the_chain(plan, in_place, inputs, &chosen, retiring, now, &mut problems);
     let intermediate_revoked = intermediate_revoked(plan, &chosen, inputs);
     let problems_text = if problems.is_empty() {
         String::new()
@@ -428,21 +401,19 @@ fn crl_set(
         .iter()
         .map(|(ca, crl, _)| tracked(ca, crl, settings, now))
         .collect();
-    let condition = condition(&chosen, &tracked, retired.len(), &problems_text, settings, now);
+    let condition = condition(&chosen, &tracked, &extras, &problems_text, settings, now);
+    // Extras are looked at again when they lapse, to take them out.
     let requeue_at = requeue_at(&chosen, fetched_cas > 0, settings, now)
         .into_iter()
-        .chain(retired.iter().filter_map(|(crl, _)| crl.next_update()))
-        .chain(from_peers.iter().filter_map(|(_, crl, _)| crl.next_update()))
+        .chain(extras.iter().filter_map(|(crl, _)| crl.next_update()))
         .filter(|t| *t > now)
         .min();
     let pem: String = chosen
         .iter()
         .map(|(_, crl, _)| crl.to_pem())
-        .chain(from_peers.iter().map(|(_, crl, _)| crl.to_pem()))
-        .chain(retired.iter().map(|(crl, _)| crl.to_pem()))
+        .chain(extras.iter().map(|(crl, _)| crl.to_pem()))
         .collect();
-    tracked.extend(from_peers.into_iter().map(|(_, _, t)| t));
-    tracked.extend(retired.into_iter().map(|(_, t)| t));
+    tracked.extend(extras.into_iter().map(|(_, t)| t));
     (
         Some(pem.into_bytes()),
         Verdict {
@@ -471,6 +442,69 @@ fn retiring(
     }
     let key = SigningKey::from_pem(data.get(CA_KEY)?).ok()?;
     Some((certificate, key))
+}
+
+/// A fetched CRL no CA of the chain signed is named: a forgery, or a CRL of another CA.
+fn strays<'a>(chain: &'a [Certificate], fetched: &'a [Crl]) -> impl Iterator<Item = String> + 'a {
+    fetched
+        .iter()
+        .filter(|c| !chain.iter().any(|ca| c.is_signed_by(ca)))
+        .map(|stray| {
+            format!(
+                "a fetched CRL naming issuer {} is signed by no CA of cert-chain.pem: not used",
+                stray.issuer()
+            )
+        })
+}
+
+/// The CRLs written after the chain's own, each with its `status.crl` entry: peers' (see
+/// [`from_peers`]), then those of CAs no longer in the chain (see [`retire`] and [`retired`]).
+fn beyond_the_chain(
+    plan: &CacertsPlan,
+    in_place: &[Crl],
+    inputs: &Inputs,
+    chosen: &[Chosen],
+    retiring: Option<&(Certificate, SigningKey)>,
+    now: Timestamp,
+    problems: &mut Vec<String>,
+) -> Vec<(Crl, TrackedCrl)> {
+    let from_peers = from_peers(&plan.contents.chain, in_place, inputs, now, problems);
+    let revoked: BTreeSet<Vec<u8>> = inputs
+        .revoked
+        .iter()
+        .map(|r| serial_number(&r.serial))
+        .chain(chosen.iter().flat_map(|(_, crl, _)| crl.revoked_numbers()))
+        .collect();
+    // Retiring an adopted target's intermediate is never asked for (see `retiring`).
+    let retired_now = retiring.and_then(|r| retire(r, in_place, &revoked, now, problems));
+    let renewed: Vec<&Certificate> = from_peers
+        .iter()
+        .map(|(ca, _, _)| ca)
+        .chain(retiring.map(|(c, _)| c))
+        .collect();
+    let kept = retired(plan, in_place, inputs, &renewed, now);
+    from_peers
+        .iter()
+        .map(|(_, crl, entry)| (crl.clone(), entry.clone()))
+        .chain(retired_now)
+        .chain(kept)
+        .collect()
+}
+
+/// What `CRLsCurrent` says of the CRLs after the chain's own.
+fn beyond_the_chain_text(extras: &[(Crl, TrackedCrl)]) -> String {
+    let count = |window: CrlWindow| extras.iter().filter(|(_, t)| t.window == window).count();
+    let mut text = String::new();
+    if count(CrlWindow::Peer) > 0 {
+        text.push_str(&format!(", {} of peers' CAs", count(CrlWindow::Peer)));
+    }
+    if count(CrlWindow::Retired) > 0 {
+        text.push_str(&format!(
+            ", and {} of CAs no longer in it, kept until they lapse so that the workloads under them keep verifying",
+            count(CrlWindow::Retired)
+        ));
+    }
+    text
 }
 
 /// CRLs of CAs no longer in `cert-chain.pem`, written after the chain's own, each with its
@@ -797,7 +831,7 @@ fn intermediate_revoked(plan: &CacertsPlan, chosen: &[Chosen], inputs: &Inputs) 
 fn condition(
     chosen: &[Chosen],
     tracked: &[TrackedCrl],
-    retired: usize,
+    extras: &[(Crl, TrackedCrl)],
     problems_text: &str,
     settings: &Settings,
     now: Timestamp,
@@ -819,12 +853,7 @@ fn condition(
                     .map(|(ca, crl, _)| format!("{} number {}", ca.subject(), crl.number().unwrap_or(0)))
                     .collect::<Vec<_>>()
                     .join(", "),
-                match retired {
-                    0 => String::new(),
-                    n => format!(
-                        ", and {n} of CAs no longer in it, kept until they lapse so that the workloads under them keep verifying"
-                    ),
-                },
+                beyond_the_chain_text(extras),
                 tracked.iter().map(|t| t.refresh_at.as_str()).min().unwrap_or_default()
             ) + &match problems_text {
                 "" => String::new(),

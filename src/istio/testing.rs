@@ -13,8 +13,7 @@ use super::plan::Observed;
 use super::secret_data::SecretData;
 use crate::api::issuer::RootBootstrap;
 use crate::api::istio_cacerts::{IstioCACerts, IstioCACertsSpec};
-use crate::pki::policy::SigningPlan;
-use crate::pki::sign::{CaSigner, self_signed_root, sign_csr, tests::istiod_csr_with_key};
+use crate::pki::sign::{CaSigner, self_signed_root, tests::signed_istiod};
 use crate::pki::{Certificate, SigningKey};
 
 pub const HOUR: SignedDuration = SignedDuration::from_hours(1);
@@ -37,20 +36,11 @@ pub fn root(days: i64) -> (Certificate, SigningKey) {
 /// A "root" that is a CA certificate signed by `issuer`, not by itself (valid from an hour
 /// before t0 for two years): unfit to rotate to.
 pub fn cross_signed_root(issuer: &(Certificate, SigningKey)) -> (Certificate, SigningKey) {
-    let (csr, key) = istiod_csr_with_key();
-    let plan = SigningPlan {
-        ca_path_len: Some(1),
-        not_before: t0() - HOUR,
-        not_after: t0() + DAY * 730,
-        requested: std::time::Duration::from_secs(1),
-        clamped: None,
-        name_constraints: None,
-    };
     let signer = CaSigner {
         certificate: &issuer.0,
         key: &issuer.1,
     };
-    (sign_csr(&csr, &plan, &signer).unwrap(), key)
+    signed_istiod(&signer, Some(1), t0() - HOUR, t0() + DAY * 730)
 }
 
 /// A self-signed root on curve P-521, which the key-strength check refuses (valid for rcgen's
@@ -72,21 +62,13 @@ pub fn weak_root() -> (Certificate, SigningKey) {
 /// An istiod intermediate (pathLen 0) signed by `root`, valid from an hour before t0 for 90
 /// days, as cert-manager's Secret would hold it.
 pub fn source_under(root: &(Certificate, SigningKey)) -> SourceBundle {
-    let (csr, key) = istiod_csr_with_key();
-    let plan = SigningPlan {
-        ca_path_len: Some(0),
-        not_before: t0() - HOUR,
-        not_after: t0() + DAY * 90,
-        requested: std::time::Duration::from_secs(1),
-        clamped: None,
-        name_constraints: None,
-    };
     let signer = CaSigner {
         certificate: &root.0,
         key: &root.1,
     };
+    let (intermediate, key) = signed_istiod(&signer, Some(0), t0() - HOUR, t0() + DAY * 90);
     SourceBundle {
-        intermediate: sign_csr(&csr, &plan, &signer).unwrap(),
+        intermediate,
         intermediates: vec![],
         key_pem: zeroize::Zeroizing::new(key.to_pem().into_bytes()),
         root: root.0.clone(),

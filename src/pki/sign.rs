@@ -292,6 +292,27 @@ pub(crate) mod tests {
         csr_with_uris_and_key(&["spiffe://cluster.local/ns/istio-system/sa/istiod"])
     }
 
+    /// istiod's CSR signed by `issuer`, valid from `not_before` to `not_after`: a CA with path
+    /// length `ca_path_len`, or a leaf when `None`; and its key. The certificate every test
+    /// module needs under a root of its own.
+    pub(crate) fn signed_istiod(
+        issuer: &CaSigner,
+        ca_path_len: Option<u8>,
+        not_before: Timestamp,
+        not_after: Timestamp,
+    ) -> (Certificate, SigningKey) {
+        let (csr, key) = istiod_csr_with_key();
+        let plan = SigningPlan {
+            ca_path_len,
+            not_before,
+            not_after,
+            requested: std::time::Duration::from_secs(1),
+            clamped: None,
+            name_constraints: None,
+        };
+        (sign_csr(&csr, &plan, issuer).unwrap(), key)
+    }
+
     /// [`istiod_csr`] naming other URI SANs.
     pub(crate) fn csr_with_uris(uris: &[&str]) -> CertificateSigningRequest {
         csr_with_uris_and_key(uris).0
