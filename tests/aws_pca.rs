@@ -665,10 +665,11 @@ async fn a_pca_chain_without_a_crl_writes_no_ca_crl_pem_and_still_renews() {
     let arn = env.pca.create_ca("EC_prime256v1", "GENERAL_PURPOSE", 3650).await;
     let spec = IssuerSpec {
         crl_from: Some(CrlFrom {
-            config_map_key_ref: ConfigMapKeySelector {
+            config_map_key_ref: Some(ConfigMapKeySelector {
                 name: "pca-crl".into(),
                 key: "crl.pem".into(),
-            },
+            }),
+            ..Default::default()
         }),
         ..env.pca.issuer_spec(&arn)
     };

@@ -406,6 +406,151 @@ async fn a_peers_crls_come_over_its_bundle_endpoint_and_its_revocations_reach_us
     );
 }
 
+/// `spec.crlFrom.url`: a local CA that is a sub-CA, under a root whose key only the test holds.
+/// The root's CRL is served over https by the test (a private Web PKI, the issuer's
+/// `caBundle`), and `ca-crl.pem` carries the intermediate's, the sub-CA's and that root's CRLs,
+/// accepted by istiod's rule and openssl. A newer root CRL revoking the sub-CA is fetched on the
+/// next look, and openssl then refuses the workloads under it. A body that is not a CRL, or a
+/// server that does not chain to `caBundle`, is refused by name, and the CRL in place stays.
+#[tokio::test]
+async fn crl_from_url_fetches_a_ca_s_crl_over_https_and_follows_it() {
+    use mesh_ca_issuer::api::issuer::CrlFrom;
+    use mesh_ca_issuer::pki::SigningKey;
+    use mesh_ca_issuer::pki::crl::{CrlSpec, Reason, Revoked, issue};
+    use mesh_ca_issuer::pki::sign::{CaSigner, self_signed_root};
+    use support::bundle_peer::{BundlePeer, web_pki_for_loopback};
+    let lock = ScopeLock::shared().await;
+    let namespace = format!("revocation-url-{}", support::unique_suffix());
+    let mut cluster = Cluster::start(support::kubeconfig(), &namespace, "mesh", "cluster.local").await;
+    cluster.timeout = TIMEOUT;
+    let _lock = lock;
+    // The root (its key stays here) and the sub-CA the issuer signs with.
+    let now = Timestamp::now();
+    let root = self_signed_root(&Default::default(), now - jiff::SignedDuration::from_hours(1)).expect("root");
+    let sub_plan = mesh_ca_issuer::pki::policy::SigningPlan {
+        ca_path_len: Some(1),
+        ..support::sign::plan(
+            true,
+            now - jiff::SignedDuration::from_hours(1),
+            now + jiff::SignedDuration::from_hours(24 * 365),
+            Duration::from_secs(1),
+        )
+    };
+    let (sub_ca, sub_key) = support::sign::istiod_intermediate(&sub_plan, &root.0, &root.1);
+    support::objects::create_tls_secret(
+        &cluster.ns.api(),
+        "sub-ca",
+        &format!("{}{}", sub_ca.to_pem(), root.0.to_pem()),
+        &sub_key,
+    )
+    .await;
+    let root_crl = |number: u64, revoked: Vec<Revoked>| {
+        let spec = CrlSpec {
+            number,
+            this_update: Timestamp::now() - jiff::SignedDuration::from_mins(1),
+            next_update: Timestamp::now() + jiff::SignedDuration::from_hours(72),
+            revoked,
+        };
+        issue(
+            &spec,
+            &CaSigner {
+                certificate: &root.0,
+                key: &root.1,
+            },
+        )
+        .expect("the root's CRL")
+    };
+    let (ca_pem, crt_pem, key_pem) = web_pki_for_loopback();
+    let web_ca = Certificate::parse_pem_bundle(ca_pem.as_bytes(), "ca")
+        .expect("ca")
+        .remove(0);
+    let serving = (
+        Certificate::parse_pem_bundle(crt_pem.as_bytes(), "crt")
+            .expect("crt")
+            .remove(0),
+        SigningKey::from_pem(key_pem.as_bytes()).expect("key"),
+    );
+    let first = root_crl(1, Vec::new());
+    let server = BundlePeer::start(&serving, &web_ca, first.der().to_vec()).await;
+    let url = |version: u32| format!("https://127.0.0.1:{}/root.crl?v={version}", server.port);
+    cluster
+        .issuer(
+            "sub",
+            mesh_ca_issuer::api::issuer::IssuerSpec {
+                crl_from: Some(CrlFrom {
+                    url: Some(url(1)),
+                    ca_bundle: Some(ca_pem.clone()),
+                    ..Default::default()
+                }),
+                policy: a_year_at_most(),
+                ..support::issuer::from_secret("sub-ca")
+            },
+        )
+        .await;
+    cluster.issue("sub").await;
+    cluster.create_icc(revoking("72h", "24h")).await;
+    wait_crls(&cluster, "Current").await;
+    let data = cluster.cacerts().await;
+    judge(&data);
+    assert_eq!(chain(&data).len(), 3, "intermediate, sub-CA, root");
+    assert_eq!(crls(&data)[2], first, "the root's CRL as served");
+
+    // A look after the issuer changed (the URL, here) fetches again. First what is refused:
+    // a body that is not a CRL, then a server that does not chain to caBundle.
+    let issuers: kube::Api<MeshCAIssuer> = cluster.ns.api();
+    let point = |version: u32, ca: &str| {
+        let patch = serde_json::json!({"spec": {"crlFrom": {"url": url(version), "caBundle": ca}}});
+        let issuers = issuers.clone();
+        async move {
+            issuers
+                .patch("sub", &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .expect("patch crlFrom")
+        }
+    };
+    server.serve(b"<html>not a CRL</html>".to_vec());
+    point(2, &ca_pem).await;
+    let said = |text: &'static str| {
+        let cluster = &cluster;
+        async move {
+            cluster
+                .wait_icc(text, |icc| {
+                    condition(icc, "CRLsCurrent").is_some_and(|c| c.message.contains(text))
+                })
+                .await
+        }
+    };
+    said("not a CRL").await;
+    assert_eq!(crls(&cluster.cacerts().await)[2], first, "the CRL in place stays");
+    let (other_ca, _, _) = web_pki_for_loopback();
+    point(3, &other_ca).await;
+    said("fetching https://127.0.0.1").await;
+    assert_eq!(crls(&cluster.cacerts().await)[2], first, "the CRL in place stays");
+
+    // The root revokes the sub-CA: the next look writes that CRL, and openssl refuses the
+    // workloads under the sub-CA.
+    let revoked = root_crl(
+        2,
+        vec![Revoked {
+            serial: sub_ca.serial_number(),
+            reason: Reason::CaCompromise,
+            revoked_at: Timestamp::now() - jiff::SignedDuration::from_mins(1),
+        }],
+    );
+    server.serve(revoked.der().to_vec());
+    point(4, &ca_pem).await;
+    let listed = eventually(TIMEOUT, || async {
+        let data = cluster.cacerts().await;
+        (crls(&data)[2] == revoked).then_some(data)
+    })
+    .await
+    .expect("the root's new CRL in ca-crl.pem");
+    judge_signatures(&listed);
+    let leaf = workload(&listed, "spiffe://cluster.local/ns/default/sa/x");
+    let (ok, said) = verify_under(&listed, &leaf);
+    assert!(!ok && said.contains("certificate revoked"), "{said}");
+}
+
 /// Revoking the intermediate `cacerts` holds: on the issuer's change the root's CRL lists it
 /// (openssl then refuses the workloads under it), Ready says so, and cert-manager is asked for
 /// a new one through the Certificate's `Issuing` condition, once. The new intermediate is not

@@ -83,10 +83,9 @@ pub struct IssuerSpec {
     )]
     #[schemars(length(max = 1000), extend("nullable" = true))]
     pub revoked: Vec<RevokedCertificate>,
-    /// CRLs for CAs of the chain that the backend neither signs nor publishes (AWS Private CA
-    /// without a CRL distribution point, a CA above a local sub-CA): a ConfigMap key holding PEM
-    /// or DER CRLs, each matched to its CA by signature, read from the namespace the issuer
-    /// reads Secrets from.
+    /// CRLs for CAs of the chain that the backend neither signs nor publishes (AWS Private CA,
+    /// a CA above a local sub-CA): PEM or DER CRLs, each matched to its CA by signature, from a
+    /// ConfigMap key (in the namespace the issuer reads Secrets from) or an `https://` URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crl_from: Option<CrlFrom>,
 }
@@ -126,11 +125,28 @@ pub enum RevocationReason {
     CessationOfOperation,
 }
 
-/// Where CRLs the backend cannot give are read from.
+/// Where CRLs the backend cannot give are read from: exactly one of a ConfigMap key and a URL.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend(
+    "x-kubernetes-validations" = [{
+        "rule": "has(self.configMapKeyRef) != has(self.url)",
+        "message": "exactly one of configMapKeyRef and url must be set"
+    }]
+))]
 pub struct CrlFrom {
-    pub config_map_key_ref: ConfigMapKeySelector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ConfigMapKeySelector>,
+    /// An `https://` URL that serves the CRLs (AWS Private CA writes its CA's CRL to S3, as DER
+    /// at `crl/<CA id>.crl` of its bucket, or its custom CNAME). Fetched on every look, at
+    /// least every 5 minutes; its server is checked against `caBundle`, else the system's
+    /// roots. The CRLs' own signatures are what make them trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https://"))]
+    pub url: Option<String>,
+    /// PEM CA certificates for `url`'s server; default: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
 }
 
 /// A key of a ConfigMap.

@@ -1,7 +1,7 @@
 //! What an issuer's backend gives for revocation (`ca-crl.pem`): the local CA's key, to sign
 //! its CA's CRL; the CRL Vault publishes for its signing CA; CRLs read from the issuer's
 //! `spec.crlFrom`. Each backend says here what it can do; `istio::revocation` decides which
-//! CRLs are written. (AWS Private CA's CRL in S3 is not fetched: `crlFrom` carries it.)
+//! CRLs are written. (AWS Private CA's CRL in S3 is not found by itself: `crlFrom` names it.)
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -9,6 +9,7 @@ use kube::Api;
 
 use super::{Backends, IssuerScope, Purpose, local_ca};
 use crate::api::issuer::{CrlFrom, IssuerSpec};
+use crate::pki::Certificate;
 use crate::pki::crl::{Crl, CrlSigner, X509_CRL};
 
 /// The largest `crlFrom` value read (a CRL of a large CA can be some megabytes; more is no CRL
@@ -67,9 +68,16 @@ pub async fn sources(backends: &Backends, spec: &IssuerSpec, scope: &IssuerScope
     out
 }
 
+/// How long a `crlFrom.url` may take to answer.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The CRLs of `spec.crlFrom`: PEM (any number) or one DER CRL.
 async fn read_crl_from(backends: &Backends, from: &CrlFrom, scope: &IssuerScope) -> Result<Vec<Crl>, String> {
-    let r = &from.config_map_key_ref;
+    let r = match (&from.config_map_key_ref, &from.url) {
+        (Some(r), None) => r,
+        (None, Some(url)) => return fetch_crl(url, from.ca_bundle.as_deref()).await,
+        _ => return Err("spec.crlFrom must name exactly one of configMapKeyRef and url".into()),
+    };
     let display = format!("ConfigMap {}/{} key {}", scope.secret_namespace, r.name, r.key);
     let api: Api<ConfigMap> = Api::namespaced(backends.kube.clone(), &scope.secret_namespace);
     let cm = api
@@ -85,6 +93,27 @@ async fn read_crl_from(backends: &Backends, from: &CrlFrom, scope: &IssuerScope)
         .or_else(|| cm.binary_data.as_ref().and_then(|d| d.get(&r.key)).map(|b| b.0.clone()))
         .ok_or_else(|| format!("{display} (spec.crlFrom) has no such key"))?;
     parse_crls(&bytes).map_err(|why| format!("{display} (spec.crlFrom) is refused: {why}"))
+}
+
+/// The CRLs at `url` (`spec.crlFrom.url`), its server checked against `ca_bundle` or the
+/// system's roots. Plain http is refused: a CRL is signed, but a CRL withheld or swapped for an
+/// older one on the way would go unseen.
+async fn fetch_crl(url: &str, ca_bundle: Option<&str>) -> Result<Vec<Crl>, String> {
+    use crate::federation::fetch::{Authenticate, Body, get_within};
+    let cas = match ca_bundle {
+        Some(pem) => Certificate::parse_pem_bundle(pem.as_bytes(), "caBundle")
+            .map_err(|e| format!("spec.crlFrom.caBundle cannot be read: {e}"))?,
+        None => Vec::new(),
+    };
+    let what = Body {
+        accept: "application/pkix-crl, application/x-pem-file",
+        limit: MAX_CRL_BYTES,
+        name: "the CRL",
+    };
+    let bytes = get_within(url, &Authenticate::Web { cas }, FETCH_TIMEOUT, &what)
+        .await
+        .map_err(|why| format!("spec.crlFrom.url: {why}"))?;
+    parse_crls(&bytes).map_err(|why| format!("spec.crlFrom.url {url} is refused: {why}"))
 }
 
 /// PEM CRLs, or a single DER one.

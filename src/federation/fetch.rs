@@ -34,14 +34,40 @@ pub enum Authenticate {
 
 /// GETs `url`; `Fetch::Failed` names why, never with the body.
 pub async fn fetch(url: &str, authenticate: &Authenticate, timeout: Duration) -> Fetch {
-    match tokio::time::timeout(timeout, get(url, authenticate)).await {
-        Ok(Ok(body)) => Fetch::Body(body),
-        Ok(Err(why)) => Fetch::Failed(format!("fetching {url}: {why}")),
-        Err(_) => Fetch::Failed(format!("fetching {url}: no answer within {}s", timeout.as_secs())),
+    let what = Body {
+        accept: "application/json",
+        limit: MAX_BUNDLE_BYTES,
+        name: "the bundle",
+    };
+    match get_within(url, authenticate, timeout, &what).await {
+        Ok(body) => Fetch::Body(body),
+        Err(why) => Fetch::Failed(why),
     }
 }
 
-async fn get(url: &str, authenticate: &Authenticate) -> Result<Vec<u8>, String> {
+/// What a GET asks for: its `accept` header, the most bytes read, and its name in messages.
+pub struct Body {
+    pub accept: &'static str,
+    pub limit: usize,
+    pub name: &'static str,
+}
+
+/// GETs `url` over https within `timeout`, authenticated as `authenticate` says; the error
+/// names the URL and why, never with the body.
+pub async fn get_within(
+    url: &str,
+    authenticate: &Authenticate,
+    timeout: Duration,
+    what: &Body,
+) -> Result<Vec<u8>, String> {
+    match tokio::time::timeout(timeout, get(url, authenticate, what)).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(why)) => Err(format!("fetching {url}: {why}")),
+        Err(_) => Err(format!("fetching {url}: no answer within {}s", timeout.as_secs())),
+    }
+}
+
+async fn get(url: &str, authenticate: &Authenticate, what: &Body) -> Result<Vec<u8>, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
     if uri.scheme_str() != Some("https") {
         return Err("only https:// is fetched".into());
@@ -84,7 +110,7 @@ async fn get(url: &str, authenticate: &Authenticate) -> Result<Vec<u8>, String> 
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, Empty<bytes::Bytes>>(connector);
     let request = http::Request::get(uri)
-        .header("accept", "application/json")
+        .header("accept", what.accept)
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let response = client.request(request).await.map_err(|e| {
@@ -101,10 +127,11 @@ async fn get(url: &str, authenticate: &Authenticate) -> Result<Vec<u8>, String> 
     if response.status() != http::StatusCode::OK {
         return Err(format!("the endpoint answered {}", response.status()));
     }
-    match Limited::new(response.into_body(), MAX_BUNDLE_BYTES + 1).collect().await {
+    match Limited::new(response.into_body(), what.limit + 1).collect().await {
         Ok(body) => Ok(body.to_bytes().to_vec()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(format!(
-            "the bundle is over {MAX_BUNDLE_BYTES} bytes; it is not read further"
+            "{} is over {} bytes; it is not read further",
+            what.name, what.limit
         )),
         Err(e) => Err(format!("reading the body: {e}")),
     }

@@ -332,9 +332,16 @@ async fn build(client: &Client, icc: &IstioCACerts, basis: Basis, now: Timestamp
         .as_ref()
         .ok_or("bundleEndpoint is gone")
         .and_then(|spec| refresh_hint(spec).map_err(|_| "bad refresh hint"))?;
-    let revocation = match cacerts.get("ca-crl.pem") {
-        Some(pem) => Some(served_revocation(get("cert-chain.pem")?, pem)?),
-        None => None,
+    // The roots are served whatever becomes of the CRLs: a peer must keep following them.
+    let revocation = match (cacerts.get("ca-crl.pem"), cacerts.get("cert-chain.pem")) {
+        (Some(crls), Some(chain)) => match served_revocation(chain, crls) {
+            Ok(r) => Some(r),
+            Err(why) => {
+                warn!(icc = %basis.icc, "bundle endpoint: serving no CRLs: {why}");
+                None
+            }
+        },
+        _ => None,
     };
     let body = spiffe_bundle::encode_with_revocation(&roots, basis.sequence, hint, revocation.as_ref())?;
     let (certified, rebuild_at) = match &basis.tls_secret_name {
