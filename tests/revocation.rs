@@ -406,6 +406,120 @@ async fn a_peers_crls_come_over_its_bundle_endpoint_and_its_revocations_reach_us
     );
 }
 
+/// Proof 2 with the CRLs distributed, on two control planes sharing one local root: A follows
+/// B's SPIFFE bundle endpoint. A's `ca-crl.pem` then holds B's intermediate's CRL besides its
+/// own two (the shared root's CRL stays A's own: a peer is never believed about a CA of our
+/// chain), and B's workloads verify under A's CRLs alone. Revoking B's intermediate at both
+/// issuers makes A refuse them as revoked, while A's own still verify; B's next intermediate's
+/// CRL reaches A over the endpoint, and B's new workloads verify at A again.
+#[tokio::test]
+async fn a_peer_sharing_the_root_is_cut_off_by_our_own_crls_once_we_follow_its_endpoint() {
+    use support::mesh::{TwoClusters, endpoint_anchor, serving_bundle};
+    let TwoClusters { a, b, lock: _lock } = TwoClusters::start_waiting("revocation-shared", "mesh", TIMEOUT).await;
+    a.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;
+    b.copy_secret(&a, "mesh-root").await;
+    b.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;
+    for c in [&a, &b] {
+        let cr = c.issue("root").await;
+        cm::record_certificate(&c.client, &c.ns.name, SOURCE, SOURCE, &cr, None).await;
+    }
+    b.create_icc(IstioCACertsSpec {
+        bundle_endpoint: serving_bundle("1s"),
+        ..revoking("72h", "24h")
+    })
+    .await;
+    wait_crls(&b, "Current").await;
+    let at_b = b.cacerts().await;
+    let (b_intermediate, shared_root) = (chain(&at_b)[0].clone(), chain(&at_b)[1].clone());
+    a.bootstrap("b-bootstrap", &[&shared_root]).await;
+    a.create_icc(IstioCACertsSpec {
+        trust_anchors: vec![endpoint_anchor(
+            "peer-b",
+            "cluster.local",
+            b.controller.bundle_port,
+            "b-bootstrap",
+        )],
+        ..revoking("72h", "24h")
+    })
+    .await;
+    wait_crls(&a, "Current").await;
+    let holding = |intermediate: Certificate| {
+        let a = &a;
+        async move {
+            eventually(TIMEOUT, || async {
+                let data = a.cacerts().await;
+                crls(&data)
+                    .iter()
+                    .any(|c| c.is_signed_by(&intermediate))
+                    .then_some(data)
+            })
+            .await
+            .expect("B's intermediate's CRL at A")
+        }
+    };
+    let at_a = holding(b_intermediate.clone()).await;
+    judge(&at_a);
+    assert_eq!(
+        crls(&at_a).len(),
+        3,
+        "A's intermediate's, the shared root's (A's own), B's intermediate's"
+    );
+    assert_eq!(chain(&at_a)[1], shared_root, "one root");
+    let b_leaf = workload(&at_b, "spiffe://cluster.local/ns/b/sa/x");
+    let (ok, said) = verify_with_crls(&b_leaf, &untrusted(&at_b), &at_a["root-cert.pem"], &at_a["ca-crl.pem"]);
+    assert!(ok, "B's workload under A's CRLs alone: {said}");
+
+    let serial = b_intermediate.serial_hex();
+    for c in [&a, &b] {
+        c.ns.api::<MeshCAIssuer>()
+            .patch(
+                "root",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    serde_json::json!({"spec": {"revoked": [{"serialNumber": serial, "reason": "keyCompromise"}]}}),
+                ),
+            )
+            .await
+            .expect("revoke B's intermediate");
+    }
+    let listed = eventually(TIMEOUT, || async {
+        let data = a.cacerts().await;
+        crls(&data)
+            .iter()
+            .any(|c| c.is_signed_by(&shared_root) && c.revoked_serials() == vec![serial.to_ascii_lowercase()])
+            .then_some(data)
+    })
+    .await
+    .expect("A's root CRL lists B's intermediate");
+    judge(&listed);
+    let (ok, said) = verify_with_crls(
+        &b_leaf,
+        &untrusted(&at_b),
+        &listed["root-cert.pem"],
+        &listed["ca-crl.pem"],
+    );
+    assert!(!ok && said.contains("certificate revoked"), "B's workload at A: {said}");
+
+    // cert-manager (stand-in) issues B's next intermediate; its CRL comes over the endpoint.
+    b.issue("root").await;
+    let renewed = eventually(TIMEOUT, || async {
+        let data = b.cacerts().await;
+        (chain(&data)[0] != b_intermediate).then_some(data)
+    })
+    .await
+    .expect("B's new intermediate");
+    let at_a = holding(chain(&renewed)[0].clone()).await;
+    judge(&at_a);
+    let b_new_leaf = workload(&renewed, "spiffe://cluster.local/ns/b/sa/x");
+    let (ok, said) = verify_with_crls(
+        &b_new_leaf,
+        &untrusted(&renewed),
+        &at_a["root-cert.pem"],
+        &at_a["ca-crl.pem"],
+    );
+    assert!(ok, "B's new workloads verify at A again: {said}");
+}
+
 /// `spec.crlFrom.url`: a local CA that is a sub-CA, under a root whose key only the test holds.
 /// The root's CRL is served over https by the test (a private Web PKI, the issuer's
 /// `caBundle`), and `ca-crl.pem` carries the intermediate's, the sub-CA's and that root's CRLs,
