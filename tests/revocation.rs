@@ -62,6 +62,13 @@ fn verify_under(data: &BTreeMap<String, Vec<u8>>, leaf: &str) -> (bool, String) 
     verify_with_crls(leaf, &untrusted(data), &data["root-cert.pem"], &data["ca-crl.pem"])
 }
 
+/// A workload of a peer (`leaf`, presented with the chain of the peer's `cacerts` `theirs`)
+/// verified under `ours`: our roots and our CRLs alone, every CRL checked, as a sidecar here
+/// checks it.
+fn verify_at(ours: &BTreeMap<String, Vec<u8>>, leaf: &str, theirs: &BTreeMap<String, Vec<u8>>) -> (bool, String) {
+    verify_with_crls(leaf, &untrusted(theirs), &ours["root-cert.pem"], &ours["ca-crl.pem"])
+}
+
 /// Every judge on the `cacerts` just read: [`judge_signatures`], and a workload certificate
 /// under it verified now with every CRL checked (which also refuses an expired CRL).
 fn judge(data: &BTreeMap<String, Vec<u8>>) {
@@ -104,6 +111,58 @@ async fn one_cluster(prefix: &str) -> (Cluster, ScopeLock) {
 
 async fn wait_crls(cluster: &Cluster, reason: &str) -> IstioCACerts {
     cluster.wait_condition("CRLsCurrent", reason).await
+}
+
+/// Two control planes whose issuers `root` share one local root (A's, copied to B), each with
+/// an intermediate issued into the source Secret and its Certificate recorded (so that a
+/// revoked one can ask cert-manager for another).
+async fn sharing_one_root(prefix: &str) -> support::mesh::TwoClusters {
+    let clusters = support::mesh::TwoClusters::start_waiting(prefix, "mesh", TIMEOUT).await;
+    let (a, b) = (&clusters.a, &clusters.b);
+    a.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;
+    b.copy_secret(a, "mesh-root").await;
+    b.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;
+    for c in [a, b] {
+        let cr = c.issue("root").await;
+        cm::record_certificate(&c.client, &c.ns.name, SOURCE, SOURCE, &cr, None).await;
+    }
+    clusters
+}
+
+/// `cluster`'s `cacerts` once its `ca-crl.pem` holds a CRL that `ca` signed.
+async fn holding_crl_of(cluster: &Cluster, ca: &Certificate) -> BTreeMap<String, Vec<u8>> {
+    eventually(TIMEOUT, || async {
+        let data = cluster.cacerts().await;
+        crls(&data).iter().any(|c| c.is_signed_by(ca)).then_some(data)
+    })
+    .await
+    .unwrap_or_else(|| panic!("a CRL of {} in ca-crl.pem", ca.subject()))
+}
+
+/// Lists `serial` (keyCompromise) in the `spec.revoked` of `cluster`'s issuer `root`, as
+/// `meshca revoke` does.
+async fn revoke_at(cluster: &Cluster, serial: &str) {
+    let patch = serde_json::json!({"spec": {"revoked": [{"serialNumber": serial, "reason": "keyCompromise"}]}});
+    cluster
+        .ns
+        .api::<MeshCAIssuer>()
+        .patch("root", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect("revoke at the issuer");
+}
+
+/// `cluster`'s `cacerts` once the CRL `ca` signed in its `ca-crl.pem` lists exactly `serial`.
+async fn once_listed(cluster: &Cluster, ca: &Certificate, serial: &str) -> BTreeMap<String, Vec<u8>> {
+    let serial = serial.to_ascii_lowercase();
+    eventually(TIMEOUT, || async {
+        let data = cluster.cacerts().await;
+        crls(&data)
+            .iter()
+            .any(|c| c.is_signed_by(ca) && c.revoked_serials() == vec![serial.clone()])
+            .then_some(data)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the CRL of {} listing {serial}", ca.subject()))
 }
 
 /// Proofs 1 and 3: every write carries a CRL for the intermediate and the root that all judges
@@ -261,7 +320,7 @@ async fn a_renewal_keeps_the_replaced_intermediates_workloads_verifying_with_eve
         // Every workload under an intermediate written so far, presented with its own chain,
         // verifies under the CRLs written now.
         for (leaf, then) in &seen {
-            let (ok, said) = verify_with_crls(leaf, &untrusted(then), &data["root-cert.pem"], &data["ca-crl.pem"]);
+            let (ok, said) = verify_at(&data, leaf, then);
             assert!(
                 ok,
                 "renewal {renewal}: a workload of {}: {said}",
@@ -338,15 +397,7 @@ async fn a_peers_crls_come_over_its_bundle_endpoint_and_its_revocations_reach_us
     })
     .await;
     wait_crls(&a, "Current").await;
-    let at_a = eventually(TIMEOUT, || async {
-        let data = a.cacerts().await;
-        crls(&data)
-            .iter()
-            .any(|c| c.is_signed_by(&b_intermediate))
-            .then_some(data)
-    })
-    .await
-    .expect("B's intermediate's CRL in A's ca-crl.pem");
+    let at_a = holding_crl_of(&a, &b_intermediate).await;
     let first = started.elapsed();
     judge(&at_a);
     let held = crls(&at_a);
@@ -357,7 +408,7 @@ async fn a_peers_crls_come_over_its_bundle_endpoint_and_its_revocations_reach_us
     );
     assert!(held[3].is_signed_by(&b_root));
     let b_leaf = workload(&at_b, "spiffe://b.example/ns/default/sa/x");
-    let (ok, said) = verify_with_crls(&b_leaf, &untrusted(&at_b), &at_a["root-cert.pem"], &at_a["ca-crl.pem"]);
+    let (ok, said) = verify_at(&at_a, &b_leaf, &at_b);
     assert!(ok, "B's workload under A's roots and CRLs: {said}");
     let status = a.icc().await.status.expect("status");
     let peers: Vec<&str> = status
@@ -372,33 +423,11 @@ async fn a_peers_crls_come_over_its_bundle_endpoint_and_its_revocations_reach_us
     // B revokes its own intermediate: its next root CRL reaches A over the endpoint.
     let serial = b_intermediate.serial_hex();
     let revoked_at = Instant::now();
-    b.ns.api::<MeshCAIssuer>()
-        .patch(
-            "root",
-            &PatchParams::default(),
-            &Patch::Merge(
-                serde_json::json!({"spec": {"revoked": [{"serialNumber": serial, "reason": "keyCompromise"}]}}),
-            ),
-        )
-        .await
-        .expect("revoke at B");
-    let listed = eventually(TIMEOUT, || async {
-        let data = a.cacerts().await;
-        crls(&data)
-            .iter()
-            .any(|c| c.is_signed_by(&b_root) && c.revoked_serials() == vec![serial.to_ascii_lowercase()])
-            .then_some(data)
-    })
-    .await
-    .expect("B's revocation in A's ca-crl.pem");
+    revoke_at(&b, &serial).await;
+    let listed = once_listed(&a, &b_root, &serial).await;
     let reached = revoked_at.elapsed();
     judge(&listed);
-    let (ok, said) = verify_with_crls(
-        &b_leaf,
-        &untrusted(&at_b),
-        &listed["root-cert.pem"],
-        &listed["ca-crl.pem"],
-    );
+    let (ok, said) = verify_at(&listed, &b_leaf, &at_b);
     assert!(!ok && said.contains("certificate revoked"), "{said}");
     eprintln!(
         "B's CRLs in A's ca-crl.pem {first:?} after A's IstioCACerts was created; B's revocation there {reached:?} after B's issuer change; ca-crl.pem at A {} bytes",
@@ -415,14 +444,7 @@ async fn a_peers_crls_come_over_its_bundle_endpoint_and_its_revocations_reach_us
 #[tokio::test]
 async fn a_peer_sharing_the_root_is_cut_off_by_our_own_crls_once_we_follow_its_endpoint() {
     use support::mesh::{TwoClusters, endpoint_anchor, serving_bundle};
-    let TwoClusters { a, b, lock: _lock } = TwoClusters::start_waiting("revocation-shared", "mesh", TIMEOUT).await;
-    a.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;
-    b.copy_secret(&a, "mesh-root").await;
-    b.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;
-    for c in [&a, &b] {
-        let cr = c.issue("root").await;
-        cm::record_certificate(&c.client, &c.ns.name, SOURCE, SOURCE, &cr, None).await;
-    }
+    let TwoClusters { a, b, lock: _lock } = sharing_one_root("revocation-shared").await;
     b.create_icc(IstioCACertsSpec {
         bundle_endpoint: serving_bundle("1s"),
         ..revoking("72h", "24h")
@@ -443,21 +465,7 @@ async fn a_peer_sharing_the_root_is_cut_off_by_our_own_crls_once_we_follow_its_e
     })
     .await;
     wait_crls(&a, "Current").await;
-    let holding = |intermediate: Certificate| {
-        let a = &a;
-        async move {
-            eventually(TIMEOUT, || async {
-                let data = a.cacerts().await;
-                crls(&data)
-                    .iter()
-                    .any(|c| c.is_signed_by(&intermediate))
-                    .then_some(data)
-            })
-            .await
-            .expect("B's intermediate's CRL at A")
-        }
-    };
-    let at_a = holding(b_intermediate.clone()).await;
+    let at_a = holding_crl_of(&a, &b_intermediate).await;
     judge(&at_a);
     assert_eq!(
         crls(&at_a).len(),
@@ -466,38 +474,16 @@ async fn a_peer_sharing_the_root_is_cut_off_by_our_own_crls_once_we_follow_its_e
     );
     assert_eq!(chain(&at_a)[1], shared_root, "one root");
     let b_leaf = workload(&at_b, "spiffe://cluster.local/ns/b/sa/x");
-    let (ok, said) = verify_with_crls(&b_leaf, &untrusted(&at_b), &at_a["root-cert.pem"], &at_a["ca-crl.pem"]);
+    let (ok, said) = verify_at(&at_a, &b_leaf, &at_b);
     assert!(ok, "B's workload under A's CRLs alone: {said}");
 
     let serial = b_intermediate.serial_hex();
     for c in [&a, &b] {
-        c.ns.api::<MeshCAIssuer>()
-            .patch(
-                "root",
-                &PatchParams::default(),
-                &Patch::Merge(
-                    serde_json::json!({"spec": {"revoked": [{"serialNumber": serial, "reason": "keyCompromise"}]}}),
-                ),
-            )
-            .await
-            .expect("revoke B's intermediate");
+        revoke_at(c, &serial).await;
     }
-    let listed = eventually(TIMEOUT, || async {
-        let data = a.cacerts().await;
-        crls(&data)
-            .iter()
-            .any(|c| c.is_signed_by(&shared_root) && c.revoked_serials() == vec![serial.to_ascii_lowercase()])
-            .then_some(data)
-    })
-    .await
-    .expect("A's root CRL lists B's intermediate");
+    let listed = once_listed(&a, &shared_root, &serial).await;
     judge(&listed);
-    let (ok, said) = verify_with_crls(
-        &b_leaf,
-        &untrusted(&at_b),
-        &listed["root-cert.pem"],
-        &listed["ca-crl.pem"],
-    );
+    let (ok, said) = verify_at(&listed, &b_leaf, &at_b);
     assert!(!ok && said.contains("certificate revoked"), "B's workload at A: {said}");
 
     // cert-manager (stand-in) issues B's next intermediate; its CRL comes over the endpoint.
@@ -508,15 +494,10 @@ async fn a_peer_sharing_the_root_is_cut_off_by_our_own_crls_once_we_follow_its_e
     })
     .await
     .expect("B's new intermediate");
-    let at_a = holding(chain(&renewed)[0].clone()).await;
+    let at_a = holding_crl_of(&a, &chain(&renewed)[0]).await;
     judge(&at_a);
     let b_new_leaf = workload(&renewed, "spiffe://cluster.local/ns/b/sa/x");
-    let (ok, said) = verify_with_crls(
-        &b_new_leaf,
-        &untrusted(&renewed),
-        &at_a["root-cert.pem"],
-        &at_a["ca-crl.pem"],
-    );
+    let (ok, said) = verify_at(&at_a, &b_new_leaf, &renewed);
     assert!(ok, "B's new workloads verify at A again: {said}");
 }
 
@@ -752,14 +733,8 @@ async fn a_revoked_intermediate_is_listed_said_and_replaced() {
 /// (what following B's endpoint gives).
 #[tokio::test]
 async fn meshca_revoke_cuts_off_a_peer_sharing_the_root_until_it_has_a_new_intermediate() {
-    let support::mesh::TwoClusters { a, b, lock: _lock } =
-        support::mesh::TwoClusters::start_waiting("revocation-peer", "mesh", TIMEOUT).await;
-    a.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;
-    b.copy_secret(&a, "mesh-root").await;
-    b.local_issuer("root", "mesh-root", "87600h", a_year_at_most()).await;
+    let support::mesh::TwoClusters { a, b, lock: _lock } = sharing_one_root("revocation-peer").await;
     for c in [&a, &b] {
-        let cr = c.issue("root").await;
-        cm::record_certificate(&c.client, &c.ns.name, SOURCE, SOURCE, &cr, None).await;
         c.create_icc(revoking("72h", "24h")).await;
         wait_crls(c, "Current").await;
     }
@@ -773,7 +748,7 @@ async fn meshca_revoke_cuts_off_a_peer_sharing_the_root_until_it_has_a_new_inter
         crls.extend(crls_of_pem(&b_data["ca-crl.pem"]).remove(0).to_pem().into_bytes());
         verify_with_crls(&b_leaf, &untrusted(b_data), &a_data["root-cert.pem"], &crls)
     };
-    let (ok, said) = verify_with_crls(&b_leaf, &untrusted(&at_b), &at_a["root-cert.pem"], &at_a["ca-crl.pem"]);
+    let (ok, said) = verify_at(&at_a, &b_leaf, &at_b);
     assert!(
         !ok && said.contains("unable to get certificate CRL"),
         "A's CRLs alone: {said}"
