@@ -447,12 +447,9 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
         (Ok(_), Some(wait)) => return Ok(Action::requeue(wait)),
         (Ok(spec), None) => return sign_and_write(&ctx, &cr, spec, &scope, now).await,
     };
-    let requeue = requeue_after(&outcome);
+    let next = next_action(&outcome);
     apply_outcome(&ctx, &cr, outcome, now).await?;
-    Ok(match requeue {
-        Some(after) => Action::requeue(after), // requeue: waiting or retrying
-        None => Action::await_change(),        // done
-    })
+    Ok(next)
 }
 
 /// Signs an approved request of an issuer that is ready, and writes the outcome: the request
@@ -496,7 +493,7 @@ async fn sign_and_write(
         return Ok(Action::requeue(Duration::ZERO));
     }
     let outcome = sign(ctx, &mut fresh, spec, scope, signer, now).await;
-    let requeue = requeue_after(&outcome);
+    let next = next_action(&outcome);
     let signed = matches!(outcome, Outcome::Issued { .. });
     match apply_outcome(ctx, &fresh, outcome, now).await {
         Err(e) if signed && e.is_conflict() => {
@@ -510,16 +507,15 @@ async fn sign_and_write(
         }
         written => written?,
     }
-    Ok(match requeue {
-        Some(after) => Action::requeue(after), // requeue: waiting or retrying
-        None => Action::await_change(),        // done
-    })
+    Ok(next)
 }
 
-fn requeue_after(outcome: &Outcome) -> Option<Duration> {
+/// What follows a written outcome: waiting or retrying comes back after its delay; anything
+/// else is done.
+fn next_action(outcome: &Outcome) -> Action {
     match outcome {
-        Outcome::Waiting { retry_after, .. } | Outcome::Transient { retry_after, .. } => Some(*retry_after),
-        _ => None,
+        Outcome::Waiting { retry_after, .. } | Outcome::Transient { retry_after, .. } => Action::requeue(*retry_after),
+        _ => Action::await_change(),
     }
 }
 

@@ -572,19 +572,16 @@ fn retire(
         .filter(|c| c.is_signed_by(certificate))
         .filter_map(Crl::number)
         .max();
-    let crl_spec = CrlSpec {
-        number: u64::try_from(now.as_second())
-            .unwrap_or(0)
-            .max(previous.map_or(1, |p| p.saturating_add(1))),
-        this_update: now,
-        next_update: certificate.not_after(),
-        revoked: Vec::new(),
-    };
-    let signer = CaSigner { certificate, key };
-    match crl::issue(&crl_spec, &signer)
-        .map_err(|e| e.to_string())
-        .and_then(|c| crl::check(&c, certificate, previous, now, SignedDuration::ZERO).map(|()| c))
-    {
+    // Checked only for being in date: it is never refreshed, so no refresh window applies.
+    match sign_checked(
+        certificate,
+        key,
+        previous,
+        certificate.not_after(),
+        Vec::new(),
+        now,
+        SignedDuration::ZERO,
+    ) {
         Ok(crl) => {
             let entry = retired_entry(&crl, certificate.subject(), certificate.fingerprint());
             Some((crl, entry))
@@ -748,27 +745,47 @@ fn signed_here(
         return Some((c.clone(), Origin::Kept));
     }
     let previous = current.and_then(Crl::number);
-    let crl_spec = CrlSpec {
-        // Seconds since the epoch: grows with time with no state kept, and past the number in
-        // place should the clock ever step back.
-        number: u64::try_from(now.as_second())
-            .unwrap_or(0)
-            .max(previous.map_or(1, |p| p.saturating_add(1))),
-        this_update: now,
-        next_update: now + settings.validity,
-        revoked: revoked.to_vec(),
-    };
-    let signer = CaSigner { certificate: ca, key };
-    match crl::issue(&crl_spec, &signer)
-        .map_err(|e| e.to_string())
-        .and_then(|c| crl::check(&c, ca, previous, now, settings.refresh_before).map(|()| c))
-    {
+    match sign_checked(
+        ca,
+        key,
+        previous,
+        now + settings.validity,
+        revoked.to_vec(),
+        now,
+        settings.refresh_before,
+    ) {
         Ok(c) => Some((c, Origin::Signed)),
         Err(why) => {
             problems.push(why);
             None
         }
     }
+}
+
+/// A CRL of `ca` signed now with `key`, valid until `next_update`, then checked as every CRL
+/// written is (`previous`: the number in place, which it must pass). Its number is the seconds
+/// since the epoch: it grows with time with no state kept, and goes past `previous` should the
+/// clock ever step back.
+fn sign_checked(
+    ca: &Certificate,
+    key: &SigningKey,
+    previous: Option<u64>,
+    next_update: Timestamp,
+    revoked: Vec<Revoked>,
+    now: Timestamp,
+    refresh_before: SignedDuration,
+) -> Result<Crl, String> {
+    let spec = CrlSpec {
+        number: u64::try_from(now.as_second())
+            .unwrap_or(0)
+            .max(previous.map_or(1, |p| p.saturating_add(1))),
+        this_update: now,
+        next_update,
+        revoked,
+    };
+    crl::issue(&spec, &CaSigner { certificate: ca, key })
+        .map_err(|e| e.to_string())
+        .and_then(|c| crl::check(&c, ca, previous, now, refresh_before).map(|()| c))
 }
 
 /// The CRL of a CA whose key is elsewhere: the newest fetched one that may be written, unless
