@@ -385,11 +385,35 @@ async fn a_disabled_ca_makes_requests_wait_until_it_is_enabled() {
         "{message}"
     );
     let cr = cm::pending(&env.client, &env.ns.name, "waits", "pca", TIMEOUT).await;
-    assert!(cm::ready_message(&cr).contains("CADisabled"));
+    assert!(
+        cm::ready_message(&cr).contains("CADisabled"),
+        "{}",
+        cm::ready_message(&cr)
+    );
     // Enabled again: issued without anyone touching the request.
     env.pca.set_ca_status(&arn, "ACTIVE").await;
     cm::wait_for_reason(&env.client, &env.ns.name, "waits", &["Issued"], TIMEOUT).await;
     assert_eq!(env.pca.certificates_issued().await, 1);
+}
+
+#[tokio::test]
+async fn a_ca_disabled_since_the_issuers_last_check_is_named_by_its_state() {
+    // The issuer was checked while the CA was ACTIVE and is not checked again for an hour, so
+    // the request is signed with that description and IssueCertificate finds the CA disabled.
+    // The request must say which state the CA is in and what to do, as the issuer would.
+    let env = env("pca-disabled-since").await;
+    let _controller =
+        RunningController::in_namespace_with(&env.ns.name, &[ENDPOINT_OVERRIDE, "--issuer-recheck-interval", "1h"])
+            .await;
+    let arn = ready_pca_issuer(&env, "EC_prime256v1").await;
+    env.pca.set_ca_status(&arn, "DISABLED").await;
+    let cr = cm::pending(&env.client, &env.ns.name, "waits", "pca", TIMEOUT).await;
+    let message = cm::ready_message(&cr);
+    assert!(
+        message.contains("CADisabled") && message.contains("enable it"),
+        "{message}"
+    );
+    assert_eq!(env.pca.certificates_issued().await, 0);
 }
 
 #[tokio::test]

@@ -46,6 +46,10 @@ impl DescriptionCache {
         (cached_arn == arn && at.elapsed() < self.ttl).then(|| d.clone())
     }
 
+    fn forget(&self, issuer: &str) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(issuer);
+    }
+
     fn store(&self, issuer: &str, arn: &str, description: &CaDescription) {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(
             issuer.to_string(),
@@ -81,6 +85,9 @@ pub(super) async fn describe(
         .ok_or_else(|| BackendError::retryable(reason::API_ERROR, "DescribeCertificateAuthority returned nothing"))?;
     let status = ca.status().cloned().unwrap_or(CertificateAuthorityStatus::Creating);
     let not_ready = |r: &'static str, what: &str| {
+        // A CA that cannot issue is not described for signing from memory any more: the next
+        // signing asks again instead of calling IssueCertificate on an ACTIVE remembered.
+        cache.forget(issuer);
         BackendError::issuer_not_ready(r, format!("AWS Private CA {arn} is {}: {what}", status.as_str()))
     };
     match status {

@@ -158,8 +158,15 @@ impl AwsPcaSigner {
             .validity(validity)
             .idempotency_token(idempotency_token(request.request_uid))
             .send()
-            .await
-            .map_err(|e| classify("IssueCertificate", &self.ca_arn, e.into()))?;
+            .await;
+        let issued = match issued {
+            Ok(issued) => issued,
+            Err(e) => {
+                return Err(self
+                    .why_not_issued(classify("IssueCertificate", &self.ca_arn, e.into()))
+                    .await);
+            }
+        };
         let arn = issued.certificate_arn().unwrap_or_default().to_string();
         if arn.is_empty() {
             return Err(BackendError::retryable(
@@ -169,6 +176,28 @@ impl AwsPcaSigner {
         }
         crate::failpoint::hit("after-issue-certificate");
         Ok(SignOutcome::InProgress { backend_ref: arn })
+    }
+
+    /// What to tell the request when `IssueCertificate` found the CA not ACTIVE. The signer
+    /// judged the CA by a description up to a few seconds old, so the CA was disabled, expired
+    /// or deleted since; a fresh description names which, and what to do, instead of the
+    /// API's "not ACTIVE".
+    async fn why_not_issued(&self, error: BackendError) -> BackendError {
+        if error.reason != reason::CA_NOT_ACTIVE {
+            return error;
+        }
+        match describe(
+            &self.client,
+            &self.shared.descriptions,
+            &self.issuer,
+            &self.ca_arn,
+            Purpose::HealthCheck,
+        )
+        .await
+        {
+            Err(precise) => precise,
+            Ok(_) => error,
+        }
     }
 
     /// Fetches the certificate recorded for this request and binds it to the request (see
