@@ -267,9 +267,15 @@ async fn missing_root_secret_makes_issuer_not_ready_and_requests_wait_until_it_a
         message.contains(&format!("Secret {}/root-ca not found", env.ns.name)),
         "{message}"
     );
-    let cr = cm::pending(&env.client, &env.ns.name, "waiting", "mesh", TIMEOUT).await;
-    let pending = cm::ready_message(&cr);
-    assert!(pending.contains("not Ready: SecretNotFound"), "{pending}");
+    cm::pending_saying(
+        &env.client,
+        &env.ns.name,
+        "waiting",
+        "mesh",
+        "not Ready: SecretNotFound",
+        TIMEOUT,
+    )
+    .await;
 
     // An operator creates the root Secret (made with openssl, as they would).
     let dir = openssl::Workdir::new();
@@ -340,8 +346,7 @@ async fn bad_roots_make_the_issuer_not_ready_with_the_cause() {
         );
     }
     // A request to a broken issuer waits; it is not failed.
-    let cr = cm::pending(&env.client, &env.ns.name, "r", "mismatch", TIMEOUT).await;
-    assert!(cm::ready_message(&cr).contains("KeyMismatch"));
+    cm::pending_saying(&env.client, &env.ns.name, "r", "mismatch", "KeyMismatch", TIMEOUT).await;
 }
 
 /// A CSR whose signature does not verify: one bit flipped in the signature.

@@ -412,8 +412,7 @@ async fn a_weak_signing_ca_key_makes_the_issuer_not_ready_and_says_why() {
         "{message}"
     );
     // Requests wait on the issuer; nothing is signed with the weak key.
-    let cr = cm::pending(&client, &ns.name, "waits", "weak", TIMEOUT).await;
-    assert!(cm::ready_message(&cr).contains("WeakCAKey"));
+    let cr = cm::pending_saying(&client, &ns.name, "waits", "weak", "WeakCAKey", TIMEOUT).await;
     assert!(cr.status.unwrap().certificate.is_none());
 }
 
@@ -456,8 +455,15 @@ async fn a_namespaced_issuer_without_credentials_may_not_use_the_controllers_env
             "{name}: {message}"
         );
     }
-    let cr = cm::pending(&env.client, &env.ns.name, "waits", "ambient", TIMEOUT).await;
-    assert!(cm::ready_message(&cr).contains("AmbientCredentialsDisabled"));
+    let cr = cm::pending_saying(
+        &env.client,
+        &env.ns.name,
+        "waits",
+        "ambient",
+        "AmbientCredentialsDisabled",
+        TIMEOUT,
+    )
+    .await;
     assert!(cr.status.unwrap().certificate.is_none());
     // Not one call reached PCA or STS with the controller's identity.
     let stats = env.pca.stats().await;

@@ -432,11 +432,16 @@ async fn approle_and_token_auth_sign_and_a_wrong_role_secret_or_expired_token_is
             !message.contains(&secret_id) && !message.contains(&short),
             "{issuer}: a secret in {message}"
         );
-        let req = IntermediateRequest::istiod(&format!("via-{issuer}"), issuer);
-        let cr = cm::request_until(&env.client, &env.ns.name, &req, &["Pending"], TIMEOUT)
-            .await
-            .0;
-        assert!(ready_message(&cr).contains("not Ready"), "{}", ready_message(&cr));
+        let says = format!("which is not Ready: {reason}");
+        cm::pending_saying(
+            &env.client,
+            &env.ns.name,
+            &format!("via-{issuer}"),
+            issuer,
+            &says,
+            TIMEOUT,
+        )
+        .await;
     }
     assert_eq!(env.signed().len(), signed_before, "nothing signed for them");
 }

@@ -216,18 +216,35 @@ pub async fn wait_for_reason(
     reasons: &[&str],
     timeout: Duration,
 ) -> CertificateRequest {
+    let what = format!("{reasons:?}");
+    wait_until(client, namespace, name, &what, timeout, |cr| {
+        cr.condition("Ready")
+            .and_then(|c| c.reason.as_deref())
+            .is_some_and(|reason| reasons.contains(&reason))
+    })
+    .await
+}
+
+/// The request `name` once `reached` holds of it; panics with its status, naming `what` it
+/// did not reach, after `timeout`.
+async fn wait_until(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    reached: impl Fn(&CertificateRequest) -> bool,
+) -> CertificateRequest {
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), namespace);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let cr = api.get(name).await.expect("get CertificateRequest");
-        if let Some(reason) = cr.condition("Ready").and_then(|c| c.reason.clone())
-            && reasons.contains(&reason.as_str())
-        {
+        if reached(&cr) {
             return cr;
         }
         if tokio::time::Instant::now() >= deadline {
             panic!(
-                "CertificateRequest {namespace}/{name} did not reach {reasons:?} within {timeout:?}: status {:?}",
+                "CertificateRequest {namespace}/{name} did not reach {what} within {timeout:?}: status {:?}",
                 cr.status
             );
         }
@@ -367,6 +384,28 @@ pub async fn pending(
 ) -> CertificateRequest {
     let req = IntermediateRequest::istiod(name, issuer);
     request_until(client, namespace, &req, &["Pending"], timeout).await.0
+}
+
+/// istiod's intermediate `name` requested from issuer `issuer` and approved, once it waits
+/// (`Pending`) with a message that `says` this. The request controller judges the issuer from
+/// its watch cache, which may be a moment behind the issuer status a test has just read: the
+/// first Pending message can still be "Waiting for ... to be checked", and the next one, after
+/// the issuer's change re-queues the request, says why.
+pub async fn pending_saying(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    issuer: &str,
+    says: &str,
+    timeout: Duration,
+) -> CertificateRequest {
+    request_and_approve(client, namespace, &IntermediateRequest::istiod(name, issuer)).await;
+    let what = format!("Pending saying {says:?}");
+    wait_until(client, namespace, name, &what, timeout, |cr| {
+        cr.condition("Ready")
+            .is_some_and(|c| c.reason.as_deref() == Some("Pending") && ready_message(cr).contains(says))
+    })
+    .await
 }
 
 /// What an issued request holds: the chain in `status.certificate` and the root in

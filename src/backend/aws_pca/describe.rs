@@ -74,44 +74,7 @@ pub(super) async fn describe(
     {
         return Ok(recent);
     }
-    let described = client
-        .describe_certificate_authority()
-        .certificate_authority_arn(arn)
-        .send()
-        .await
-        .map_err(|e| classify("DescribeCertificateAuthority", arn, e.into()))?;
-    let ca = described
-        .certificate_authority()
-        .ok_or_else(|| BackendError::retryable(reason::API_ERROR, "DescribeCertificateAuthority returned nothing"))?;
-    let status = ca.status().cloned().unwrap_or(CertificateAuthorityStatus::Creating);
-    let not_ready = |r: &'static str, what: &str| {
-        // A CA that cannot issue is not described for signing from memory any more: the next
-        // signing asks again instead of calling IssueCertificate on an ACTIVE remembered.
-        cache.forget(issuer);
-        BackendError::issuer_not_ready(r, format!("AWS Private CA {arn} is {}: {what}", status.as_str()))
-    };
-    match status {
-        CertificateAuthorityStatus::Active => {}
-        CertificateAuthorityStatus::Disabled => {
-            return Err(not_ready(
-                reason::CA_DISABLED,
-                "enable it again (update-certificate-authority --status ACTIVE); requests wait until then",
-            ));
-        }
-        CertificateAuthorityStatus::Expired => {
-            return Err(not_ready(
-                reason::CA_EXPIRED,
-                "renew its certificate or point spec.awsPCA.arn at another CA",
-            ));
-        }
-        CertificateAuthorityStatus::Deleted => {
-            return Err(not_ready(
-                reason::CA_DELETED,
-                "restore it within its restoration period or point spec.awsPCA.arn at another CA",
-            ));
-        }
-        _ => return Err(not_ready(reason::CA_NOT_ACTIVE, "it cannot issue until it is ACTIVE")),
-    }
+    let ca = active_ca(client, cache, issuer, arn).await?;
     let key_algorithm = ca
         .certificate_authority_configuration()
         .map(|c| c.key_algorithm().clone());
@@ -120,8 +83,14 @@ pub(super) async fn describe(
         .get_certificate_authority_certificate()
         .certificate_authority_arn(arn)
         .send()
-        .await
-        .map_err(|e| classify("GetCertificateAuthorityCertificate", arn, e.into()))?;
+        .await;
+    let certs = match certs {
+        Ok(certs) => certs,
+        Err(e) => {
+            let error = classify("GetCertificateAuthorityCertificate", arn, e.into());
+            return Err(named_state(client, cache, issuer, arn, error).await);
+        }
+    };
     let bad = |m: String| {
         BackendError::issuer_not_ready(
             reason::API_ERROR,
@@ -157,4 +126,74 @@ pub(super) async fn describe(
     };
     cache.store(issuer, arn, &description);
     Ok(description)
+}
+
+/// `DescribeCertificateAuthority`: the CA, if it is ACTIVE; otherwise its state, named, and
+/// what to do.
+async fn active_ca(
+    client: &aws_sdk_acmpca::Client,
+    cache: &DescriptionCache,
+    issuer: &str,
+    arn: &str,
+) -> Result<aws_sdk_acmpca::types::CertificateAuthority, BackendError> {
+    let described = client
+        .describe_certificate_authority()
+        .certificate_authority_arn(arn)
+        .send()
+        .await
+        .map_err(|e| classify("DescribeCertificateAuthority", arn, e.into()))?;
+    let ca = described
+        .certificate_authority()
+        .cloned()
+        .ok_or_else(|| BackendError::retryable(reason::API_ERROR, "DescribeCertificateAuthority returned nothing"))?;
+    let status = ca.status().cloned().unwrap_or(CertificateAuthorityStatus::Creating);
+    let not_ready = |r: &'static str, what: &str| {
+        // A CA that cannot issue is not described for signing from memory any more: the next
+        // signing asks again instead of calling IssueCertificate on an ACTIVE remembered.
+        cache.forget(issuer);
+        BackendError::issuer_not_ready(r, format!("AWS Private CA {arn} is {}: {what}", status.as_str()))
+    };
+    match status {
+        CertificateAuthorityStatus::Active => {}
+        CertificateAuthorityStatus::Disabled => {
+            return Err(not_ready(
+                reason::CA_DISABLED,
+                "enable it again (update-certificate-authority --status ACTIVE); requests wait until then",
+            ));
+        }
+        CertificateAuthorityStatus::Expired => {
+            return Err(not_ready(
+                reason::CA_EXPIRED,
+                "renew its certificate or point spec.awsPCA.arn at another CA",
+            ));
+        }
+        CertificateAuthorityStatus::Deleted => {
+            return Err(not_ready(
+                reason::CA_DELETED,
+                "restore it within its restoration period or point spec.awsPCA.arn at another CA",
+            ));
+        }
+        _ => return Err(not_ready(reason::CA_NOT_ACTIVE, "it cannot issue until it is ACTIVE")),
+    }
+    Ok(ca)
+}
+
+/// What to say when a call after the description (`GetCertificateAuthorityCertificate`,
+/// `IssueCertificate`) found the CA not ACTIVE. The CA changed state since it was described,
+/// and the API's InvalidStateException does not say to which: a new description names it
+/// (`CADisabled`, ...) and what to do. Any other error is said as it is.
+pub(super) async fn named_state(
+    client: &aws_sdk_acmpca::Client,
+    cache: &DescriptionCache,
+    issuer: &str,
+    arn: &str,
+    error: BackendError,
+) -> BackendError {
+    if error.reason != reason::CA_NOT_ACTIVE {
+        return error;
+    }
+    match active_ca(client, cache, issuer, arn).await {
+        Err(named) => named,
+        Ok(_) => error,
+    }
 }

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use super::arn::{idempotency_token, is_ec, parse_ca_arn, signing_algorithm_for, spec_algorithm, template_arn};
 use super::binding;
 use super::credentials::{ambient_gate, client_for, read_credentials};
-use super::describe::{CaDescription, describe};
+use super::describe::{CaDescription, describe, named_state};
 use super::rate_limit::Shared;
 use super::{SHORT_LIVED_MAX, classify, reason};
 use crate::api::issuer::AwsPCA;
@@ -162,9 +162,9 @@ impl AwsPcaSigner {
         let issued = match issued {
             Ok(issued) => issued,
             Err(e) => {
-                return Err(self
-                    .why_not_issued(classify("IssueCertificate", &self.ca_arn, e.into()))
-                    .await);
+                let error = classify("IssueCertificate", &self.ca_arn, e.into());
+                let descriptions = &self.shared.descriptions;
+                return Err(named_state(&self.client, descriptions, &self.issuer, &self.ca_arn, error).await);
             }
         };
         let arn = issued.certificate_arn().unwrap_or_default().to_string();
@@ -176,28 +176,6 @@ impl AwsPcaSigner {
         }
         crate::failpoint::hit("after-issue-certificate");
         Ok(SignOutcome::InProgress { backend_ref: arn })
-    }
-
-    /// What to tell the request when `IssueCertificate` found the CA not ACTIVE. The signer
-    /// judged the CA by a description up to a few seconds old, so the CA was disabled, expired
-    /// or deleted since; a fresh description names which, and what to do, instead of the
-    /// API's "not ACTIVE".
-    async fn why_not_issued(&self, error: BackendError) -> BackendError {
-        if error.reason != reason::CA_NOT_ACTIVE {
-            return error;
-        }
-        match describe(
-            &self.client,
-            &self.shared.descriptions,
-            &self.issuer,
-            &self.ca_arn,
-            Purpose::HealthCheck,
-        )
-        .await
-        {
-            Err(precise) => precise,
-            Ok(_) => error,
-        }
     }
 
     /// Fetches the certificate recorded for this request and binds it to the request (see
