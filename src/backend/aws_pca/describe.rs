@@ -9,7 +9,7 @@ use aws_sdk_acmpca::types::{CertificateAuthorityStatus, CertificateAuthorityUsag
 use jiff::Timestamp;
 
 use super::{classify, reason};
-use crate::backend::{BackendError, Purpose};
+use crate::backend::{BackendError, FailureKind, Purpose};
 use crate::pki::{Certificate, strength};
 
 /// What `DescribeCertificateAuthority` and `GetCertificateAuthorityCertificate` said.
@@ -193,7 +193,10 @@ pub(super) async fn named_state(
         return error;
     }
     match active_ca(client, cache, issuer, arn).await {
-        Err(named) => named,
-        Ok(_) => error,
+        // Only a state is taken from the second description: were that call throttled or
+        // cut off, the request would otherwise turn from waiting on its issuer into a
+        // transient failure with a deadline.
+        Err(named) if named.kind == FailureKind::IssuerNotReady => named,
+        _ => error,
     }
 }
